@@ -1,0 +1,295 @@
+"""The code format v1: CWT claims in a COSE_Sign1, as prefixed Base45 text.
+
+``docs/code-format.md`` is the normative description; this module is its
+implementation. :func:`encode_code` builds and signs a code;
+:func:`decode_unverified` takes a code apart *without* checking anything but
+its form, for the verifier (:mod:`healthcode.verify`) and for diagnostics.
+
+Text form::
+
+    "EHC1:" + Base45( COSE_Sign1 )
+
+    COSE_Sign1 = #6.18([ protected: bstr .cbor {1: alg, 4: kid},
+                         unprotected: {},            ; must be empty
+                         payload: bstr .cbor Claims,
+                         signature: bstr ])          ; raw, 64 bytes
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import cbor
+from .base45 import Base45Error, b45decode, b45encode
+from .errors import MalformedCode, UnsupportedVersion
+from .model import PROVINCES, CodeClaims, MainIndexId, ProvinceCode, to_epoch
+
+__all__ = [
+    "PREFIX",
+    "MAX_TEXT_LENGTH",
+    "MAX_COSE_BYTES",
+    "MAX_CBOR_DEPTH",
+    "ClaimKey",
+    "RESERVED_CLAIM_KEYS",
+    "Signer",
+    "UnverifiedCode",
+    "encode_claims",
+    "encode_code",
+    "decode_unverified",
+    "sig_structure",
+]
+
+PREFIX = "EHC1:"
+_PREFIX_STEM = "EHC"
+#: Hard caps, checked before any parsing.
+MAX_TEXT_LENGTH = 1024  # characters, prefix included
+MAX_COSE_BYTES = 600  # bytes after Base45 decoding
+MAX_CBOR_DEPTH = 6  # nesting inside the claims (the cnf COSE_Key needs 2)
+MAX_ITEMS = 32  # entries in any one map or array
+
+
+class ClaimKey:
+    """Integer claim keys (RFC 8392 registry, plus one private-use key)."""
+
+    ISS = 1  # province, GB/T 2260 two digits, text
+    SUB = 2  # main index ID, text
+    AUD = 3  # not used; refused
+    EXP = 4
+    NBF = 5  # not used; refused
+    IAT = 6
+    CTI = 7  # serial, big-endian unsigned, minimal length, 1..8 bytes
+    CNF = 8  # RFC 8747 holder key, reserved for dynamic codes
+    STATUS = -65537  # reserved optional status claim (private use)
+
+
+RESERVED_CLAIM_KEYS = frozenset(
+    {
+        ClaimKey.ISS,
+        ClaimKey.SUB,
+        ClaimKey.AUD,
+        ClaimKey.EXP,
+        ClaimKey.NBF,
+        ClaimKey.IAT,
+        ClaimKey.CTI,
+        ClaimKey.CNF,
+        ClaimKey.STATUS,
+    }
+)
+
+_TAG_COSE_SIGN1 = 0xD2
+_SIG1_CONTEXT = b"\x84\x6aSignature1"  # array(4), "Signature1"
+_EMPTY_AAD = b"\x40"
+
+
+class Signer:
+    """The seam between the format and wherever a private key lives.
+
+    ``kid`` goes into the protected header; ``algorithm`` is the key's;
+    ``sign`` returns the COSE raw signature. Software keys, key files and the
+    PKCS#11 HSM (``keys/``) all implement it.
+    """
+
+    kid: bytes
+    algorithm: Any  # healthcode.algorithms.Algorithm
+
+    def sign(self, data: bytes) -> bytes:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class UnverifiedCode:
+    """A code taken apart but *not verified*: nothing here is trustworthy yet."""
+
+    alg_id: int
+    kid: bytes
+    claims: dict[Any, Any]
+    signed_bytes: bytes  # the COSE Sig_structure the signature covers
+    signature: bytes
+    cose: bytes
+
+
+def sig_structure(protected_item: bytes, payload_item: bytes) -> bytes:
+    """Sig_structure (RFC 9052 section 4.4) from the *received* encoded bstr items.
+
+    ``protected_item`` and ``payload_item`` are the byte strings exactly as
+    they appear in the COSE_Sign1, head included, so nothing is re-encoded.
+    """
+    return _SIG1_CONTEXT + protected_item + _EMPTY_AAD + payload_item
+
+
+def encode_claims(claims: CodeClaims) -> bytes:
+    """The CWT claims of ``claims`` in core deterministic CBOR."""
+    mapping: dict[Any, Any] = dict(claims.extra)
+    mapping[ClaimKey.ISS] = claims.province
+    mapping[ClaimKey.SUB] = claims.subject
+    mapping[ClaimKey.IAT] = to_epoch(claims.issued_at)
+    mapping[ClaimKey.EXP] = to_epoch(claims.expires_at)
+    mapping[ClaimKey.CTI] = claims.serial.to_bytes(max(1, (claims.serial.bit_length() + 7) // 8), "big")
+    if claims.holder_key is not None:
+        mapping[ClaimKey.CNF] = dict(claims.holder_key)
+    if claims.status is not None:
+        mapping[ClaimKey.STATUS] = claims.status
+    return cbor.dumps(mapping)
+
+
+def encode_code(claims: CodeClaims, signer: Signer) -> str:
+    """Sign ``claims`` with ``signer``; return the code's text form."""
+    protected = cbor.dumps({1: signer.algorithm.cose_id, 4: bytes(signer.kid)})
+    payload = encode_claims(claims)
+    protected_item = cbor.dumps(protected)
+    payload_item = cbor.dumps(payload)
+    signature = signer.sign(sig_structure(protected_item, payload_item))
+    cose = bytes((_TAG_COSE_SIGN1, 0x84)) + protected_item + b"\xa0" + payload_item + cbor.dumps(signature)
+    if len(cose) > MAX_COSE_BYTES:
+        raise MalformedCode(f"encoded code is {len(cose)} bytes, over the {MAX_COSE_BYTES}-byte cap")
+    return PREFIX + b45encode(cose)
+
+
+def _bstr_span(data: bytes, pos: int) -> tuple[int, int]:
+    """Return (content start, end) of the definite byte string whose head is at ``pos``."""
+    head = data[pos]
+    if head >> 5 != 2:
+        raise MalformedCode("byte string expected in COSE_Sign1")
+    ai = head & 0x1F
+    if ai < 24:
+        start, length = pos + 1, ai
+    elif ai == 24:
+        start, length = pos + 2, data[pos + 1]
+        if length < 24:
+            raise MalformedCode("byte string length not in shortest form")
+    elif ai == 25:
+        start, length = pos + 3, (data[pos + 1] << 8) | data[pos + 2]
+        if length < 256:
+            raise MalformedCode("byte string length not in shortest form")
+    else:
+        raise MalformedCode("byte string too long or of indefinite length")
+    end = start + length
+    if end > len(data):
+        raise MalformedCode("truncated byte string")
+    return start, end
+
+
+def decode_unverified(text: str) -> UnverifiedCode:
+    """Take a code's text apart, checking its form only.
+
+    Raises :class:`MalformedCode` or :class:`UnsupportedVersion`. The caps are
+    checked first: text length, then decoded size, then CBOR depth and size
+    while parsing. Duplicate map keys and trailing bytes are refused.
+    """
+    return UnverifiedCode(*_decode_unverified(text))
+
+
+def _decode_unverified(text: str) -> tuple[int, bytes, dict[Any, Any], bytes, bytes, bytes]:
+    """:func:`decode_unverified` as a plain tuple, for the verify hot path."""
+    # (1) caps and prefix, before any decoding
+    if type(text) is not str:
+        raise MalformedCode("code must be text")
+    if len(text) > MAX_TEXT_LENGTH:
+        raise MalformedCode(f"code longer than {MAX_TEXT_LENGTH} characters")
+    if not text.startswith(PREFIX):
+        if text.startswith(_PREFIX_STEM) and len(text) > 4 and text[4] == ":" and text[3].isalnum():
+            raise UnsupportedVersion(f"code format version {text[3]!r} is not supported")
+        raise MalformedCode("not a health code (prefix EHC1: missing)")
+    # (2) Base45; the decoded size is bounded by the text cap (2 bytes per 3 chars)
+    try:
+        cose = b45decode(text[5:])
+    except Base45Error as exc:
+        raise MalformedCode(f"bad Base45: {exc}") from None
+    if len(cose) > MAX_COSE_BYTES:
+        raise MalformedCode(f"code larger than {MAX_COSE_BYTES} bytes")
+    # (3) COSE_Sign1 structure: tag 18, array of 4
+    if len(cose) < 8 or cose[0] != _TAG_COSE_SIGN1 or cose[1] != 0x84:
+        raise MalformedCode("not a tagged COSE_Sign1")
+    try:
+        p_start, p_end = _bstr_span(cose, 2)
+        if cose[p_end] != 0xA0:
+            raise MalformedCode("unprotected header must be an empty map")
+        c_start, c_end = _bstr_span(cose, p_end + 1)
+        if cose[c_end] == 0x58 and cose[c_end + 1] == 64:  # the usual 64-byte signature
+            s_start, s_end = c_end + 2, c_end + 66
+        else:
+            s_start, s_end = _bstr_span(cose, c_end)
+    except IndexError:
+        raise MalformedCode("truncated COSE_Sign1") from None
+    if s_end != len(cose):
+        raise MalformedCode("truncated or trailing bytes after COSE_Sign1")
+    # (4) protected header {1: alg, 4: kid}
+    protected = cose[p_start:p_end]
+    if (
+        len(protected) == 13
+        and protected[0] == 0xA2
+        and protected[1] == 0x01
+        and (protected[2] == 0x26 or protected[2] == 0x27)
+        and protected[3] == 0x04
+        and protected[4] == 0x48
+    ):
+        alg_id = -1 - (protected[2] - 0x20)  # fast path: ES256 or EdDSA with an 8-byte kid
+        kid = protected[5:13]
+    else:
+        alg_id, kid = _decode_protected(protected)
+    # (5) claims
+    try:
+        claims = cbor.loads(cose[c_start:c_end], max_depth=MAX_CBOR_DEPTH, max_items=MAX_ITEMS)
+    except cbor.CBORError as exc:
+        raise MalformedCode(f"bad claims: {exc}") from None
+    if type(claims) is not dict:
+        raise MalformedCode("claims must be a map")
+    return (
+        alg_id,
+        kid,
+        claims,
+        _SIG1_CONTEXT + cose[2:p_end] + _EMPTY_AAD + cose[p_end + 1 : c_end],
+        cose[s_start:s_end],
+        cose,
+    )
+
+
+def _decode_protected(protected: bytes) -> tuple[int, bytes]:
+    try:
+        header = cbor.loads(protected, max_depth=1, max_items=8)
+    except cbor.CBORError as exc:
+        raise MalformedCode(f"bad protected header: {exc}") from None
+    if type(header) is not dict:
+        raise MalformedCode("protected header must be a map")
+    if 2 in header:
+        raise MalformedCode("critical header parameters are not supported")
+    alg_id, kid = header.get(1), header.get(4)
+    if type(alg_id) is not int:
+        raise MalformedCode("protected header needs an integer alg")
+    if type(kid) is not bytes or not 1 <= len(kid) <= 32:
+        raise MalformedCode("protected header needs a kid of 1 to 32 bytes")
+    return alg_id, kid
+
+
+_BASE32 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+
+
+def parse_core_claims(claims: dict[Any, Any]) -> tuple[ProvinceCode, MainIndexId, int, int, int]:
+    """Check the required claims' types; return (province, subject, iat, exp, serial).
+
+    Raises :class:`MalformedCode`. Called on unverified claims: the values are
+    only *well formed*, not trusted, until the signature has been checked.
+    """
+    iss = claims.get(ClaimKey.ISS)
+    sub = claims.get(ClaimKey.SUB)
+    iat = claims.get(ClaimKey.IAT)
+    exp = claims.get(ClaimKey.EXP)
+    cti = claims.get(ClaimKey.CTI)
+    if type(iss) is not str or iss not in PROVINCES:
+        raise MalformedCode("iss must be a GB/T 2260 province code")
+    if (
+        type(sub) is not str
+        or len(sub) != 26
+        or not _BASE32.issuperset(sub)
+        or sub[-1] not in "AEIMQUY4"
+    ):
+        raise MalformedCode("sub must be a 26-character main index ID")
+    if type(iat) is not int or type(exp) is not int or not 0 <= iat < exp:
+        raise MalformedCode("iat and exp must be integers with 0 <= iat < exp")
+    if type(cti) is not bytes or not 1 <= len(cti) <= 8 or (cti[0] == 0 and len(cti) > 1):
+        raise MalformedCode("cti must be a minimal big-endian serial of 1 to 8 bytes")
+    if ClaimKey.AUD in claims or ClaimKey.NBF in claims:
+        raise MalformedCode("aud and nbf claims are not used by this format")
+    return ProvinceCode(iss), MainIndexId(sub), iat, exp, int.from_bytes(cti, "big")
+

@@ -1,0 +1,168 @@
+"""Verification of a code's text against a keyring, at a given time.
+
+:func:`verify` returns a :class:`~healthcode.model.VerifiedCode` or raises a
+:class:`~healthcode.errors.VerificationError` whose ``reason`` says why;
+:func:`check` is the non-raising form for scanner UIs. Time is always a
+parameter: the core never reads a clock.
+
+The steps, marked in the code:
+
+1. caps, prefix and version, Base45, COSE_Sign1 form, claims form
+   (:func:`healthcode.codec.decode_unverified`);
+2. trust freshness hook (the verifier's policy on stale trust data);
+3. candidate keys: same kid *and* same province as ``iss``;
+4. the algorithm comes from the key: the header must name the key's;
+5. the signature over the received Sig_structure bytes;
+6. key compromise;
+7. the key's use window must contain ``iat``;
+8. time: ``iat`` not in the future (beyond the skew), ``now`` before ``exp``
+   and not after the key's ``verify_until``;
+9. revocation of (province, kid, serial).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Protocol
+
+from .codec import RESERVED_CLAIM_KEYS, ClaimKey, _decode_unverified, parse_core_claims
+from .errors import (
+    AlgorithmMismatch,
+    BadSignature,
+    Expired,
+    KeyCompromised,
+    KeyNotValidAtIssuance,
+    NotYetValid,
+    Reason,
+    Revoked,
+    TrustDataStale,
+    UnknownKey,
+    VerificationError,
+)
+from .keyring import CompromisePolicy, Keyring, KeyStatus
+from .model import VerifiedCode, to_epoch
+
+__all__ = ["RevocationChecker", "TrustFreshness", "VerificationResult", "verify", "check"]
+
+_NO_SKEW = _dt.timedelta(0)
+_EMPTY = MappingProxyType({})
+
+
+class RevocationChecker(Protocol):
+    """Answers whether a serial of a (province, key) shard is revoked."""
+
+    def is_revoked(self, province: str, kid: bytes, serial: int) -> bool: ...
+
+
+class TrustFreshness(Protocol):
+    """The verifier's view of its trust data; ``stale_detail`` is None while fresh enough."""
+
+    def stale_detail(self, now: _dt.datetime) -> str | None: ...
+
+
+def verify(
+    text: str,
+    keyring: Keyring,
+    *,
+    now: _dt.datetime,
+    revocation: RevocationChecker | None = None,
+    trust: TrustFreshness | None = None,
+    clock_skew: _dt.timedelta = _NO_SKEW,
+) -> VerifiedCode:
+    """Verify the code ``text`` at time ``now``; raise on any failure.
+
+    ``clock_skew`` tolerates a code whose ``iat`` is up to that far in the
+    future of ``now`` (the issuer's clock may run ahead of the terminal's).
+    """
+    # (1) form
+    alg_id, kid, claims, signed_bytes, signature, _ = _decode_unverified(text)
+    province, subject, iat, exp, serial = parse_core_claims(claims)
+    now_s = to_epoch(now)
+    # (2) trust freshness
+    if trust is not None:
+        stale = trust.stale_detail(now)
+        if stale is not None:
+            raise TrustDataStale(stale)
+    # (3) candidate keys: the kid is a hint, the province must match
+    candidates = keyring.candidates(kid)
+    if len(candidates) != 1 or candidates[0].province != province:
+        candidates = tuple(k for k in candidates if k.province == province)
+        if not candidates:
+            raise UnknownKey(f"no trusted key of province {province} with kid {kid.hex()}")
+    # (4) algorithm from the key, never from the code
+    if len(candidates) == 1 and candidates[0]._alg_id == alg_id:
+        matching = candidates
+    else:
+        matching = tuple(k for k in candidates if k._alg_id == alg_id)
+        if not matching:
+            raise AlgorithmMismatch(
+                f"header alg {alg_id} is not the key's {candidates[0].algorithm.value}"
+            )
+    # (5) signature over the received bytes
+    for key in matching:
+        if key.public_key.verify(signature, signed_bytes):
+            break
+    else:
+        raise BadSignature("signature does not verify")
+    # (6) compromise
+    if key.status is KeyStatus.COMPROMISED and (
+        key.compromise_policy is CompromisePolicy.REJECT_ALL or iat >= key._compromised_s
+    ):
+        raise KeyCompromised(f"signing key {key.kid.hex()} of province {province} is compromised")
+    # (7) the key's use window
+    if not key._use_from_s <= iat <= key._use_until_s:
+        raise KeyNotValidAtIssuance(f"code issued outside its key's use window")
+    # (8) time
+    if iat > now_s + int(clock_skew.total_seconds()):
+        raise NotYetValid("code issued in the future")
+    if now_s >= exp:
+        raise Expired("code has expired")
+    if now_s > key._verify_until_s:
+        raise Expired("signing key's verification window has ended")
+    # (9) revocation
+    if revocation is not None and revocation.is_revoked(province, key.kid, serial):
+        raise Revoked("code has been revoked")
+    if len(claims) == 5:
+        holder_key = status = None
+        extra = _EMPTY
+    else:
+        holder_key = claims.get(ClaimKey.CNF)
+        status = claims.get(ClaimKey.STATUS)
+        extra = MappingProxyType({k: v for k, v in claims.items() if k not in RESERVED_CLAIM_KEYS})
+    return VerifiedCode(
+        province, subject, serial, iat, exp, key.kid, key.algorithm.value, holder_key, status, extra
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationResult:
+    """Non-raising outcome for UIs: ``code`` when valid, else ``reason`` and ``detail``."""
+
+    code: VerifiedCode | None
+    reason: Reason | None
+    detail: str
+
+    @property
+    def valid(self) -> bool:
+        return self.code is not None
+
+
+def check(
+    text: str,
+    keyring: Keyring,
+    *,
+    now: _dt.datetime,
+    revocation: RevocationChecker | None = None,
+    trust: TrustFreshness | None = None,
+    clock_skew: _dt.timedelta = _NO_SKEW,
+) -> VerificationResult:
+    """Like :func:`verify`, but returns a :class:`VerificationResult` instead of raising."""
+    try:
+        code = verify(
+            text, keyring, now=now, revocation=revocation, trust=trust, clock_skew=clock_skew
+        )
+    except VerificationError as exc:
+        return VerificationResult(None, exc.reason, exc.detail)
+    return VerificationResult(code, None, "valid")
