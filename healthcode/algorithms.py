@@ -19,10 +19,7 @@ from typing import Callable, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from .errors import InvalidKey, UnsupportedAlgorithm
 
@@ -103,6 +100,18 @@ class VerificationKey:
         return f"<{type(self).__name__} {self.algorithm.value} kid={self.key_id().hex()}>"
 
 
+def raw_signature_to_der(signature: bytes) -> bytes:
+    """DER ``Ecdsa-Sig-Value`` of a 64-byte raw r||s (what ``encode_dss_signature`` gives,
+    without the two big-integer conversions: this runs on every ES256 verification)."""
+    r = signature[:32].lstrip(b"\0") or b"\0"
+    if r[0] & 0x80:
+        r = b"\0" + r
+    s = signature[32:].lstrip(b"\0") or b"\0"
+    if s[0] & 0x80:
+        s = b"\0" + s
+    return b"\x30" + bytes((len(r) + len(s) + 4, 2, len(r))) + r + bytes((2, len(s))) + s
+
+
 class _ES256PublicKey(VerificationKey):
     algorithm = Algorithm.ES256
     __slots__ = ("_key", "_verify")
@@ -116,11 +125,8 @@ class _ES256PublicKey(VerificationKey):
     def verify(self, signature: bytes, data: bytes) -> bool:
         if len(signature) != 64:
             return False
-        der = encode_dss_signature(
-            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-        )
         try:
-            self._verify(der, data, _ECDSA_SHA256)
+            self._verify(raw_signature_to_der(signature), data, _ECDSA_SHA256)
         except InvalidSignature:
             return False
         return True

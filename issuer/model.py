@@ -1,0 +1,52 @@
+"""Value types of the issuer's domain (never protobuf types: ``service.py`` converts)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+
+
+class RevocationReason(str, enum.Enum):
+    """Why a code was revoked. Stable values, stored and returned by the API."""
+
+    LOST_DEVICE = "lost_device"
+    DECEASED = "deceased"
+    FRAUD = "fraud"
+    MERGED = "merged"  # its resident was merged into another entry
+    SUPERSEDED = "superseded"  # replaced by a renewed code
+    KEY_COMPROMISE = "key_compromise"
+    OTHER = "other"
+
+
+class CodeState(str, enum.Enum):
+    VALID = "valid"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class CodeRef:
+    """Names one issued code: serials are unique within (province, signing key)."""
+
+    province: str
+    kid: bytes
+    serial: int
+
+
+@dataclass(frozen=True)
+class IssuedCode:
+    """An issued code as the issuer recorded it (durably, before anyone saw it)."""
+
+    ref: CodeRef
+    main_index_id: str
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+    text: str
+    revoked_at: dt.datetime | None = None
+    revocation_reason: RevocationReason | None = None
+
+    def state(self, now: dt.datetime) -> CodeState:
+        if self.revoked_at is not None:
+            return CodeState.REVOKED
+        return CodeState.VALID if now < self.expires_at else CodeState.EXPIRED

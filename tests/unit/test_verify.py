@@ -1,0 +1,248 @@
+"""Sign and verify through the public API: round trips, and one table row per reason code."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import pytest
+
+import healthcode as hc
+from healthcode import Algorithm, CodeClaims, Keyring, Reason, SoftwareSigner, TrustedKey
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+DAY = dt.timedelta(days=1)
+SUBJECT = hc.main_index_id_from_bytes(hashlib.sha256(b"test resident").digest()[:16])
+
+
+def signer_for(alg: Algorithm, label: str = "k1") -> SoftwareSigner:
+    secret = hashlib.sha256(f"healthcode unit-test key {alg.value} {label}".encode()).digest()
+    return SoftwareSigner(hc.signing_key_from_private_bytes(alg, secret))
+
+
+def trusted(signer, *, province="33", use_from=T0 - DAY, use_until=T0 + 90 * DAY,
+            verify_until=T0 + 120 * DAY, **kw) -> TrustedKey:
+    return TrustedKey(kid=signer.kid, province=province, public_key=signer.public_key(),
+                      use_from=use_from, use_until=use_until, verify_until=verify_until, **kw)
+
+
+def claims(**kw) -> CodeClaims:
+    base = dict(province="33", subject=SUBJECT, serial=4242, issued_at=T0, expires_at=T0 + 7 * DAY)
+    base.update(kw)
+    return CodeClaims(**base)
+
+
+@pytest.mark.parametrize("alg", list(Algorithm), ids=str)
+def test_round_trip_every_algorithm(alg):
+    signer = signer_for(alg)
+    code = hc.sign_code(claims(), signer)
+    verified = hc.verify(code, Keyring([trusted(signer)]), now=T0 + DAY)
+    assert (verified.province, verified.subject, verified.serial) == ("33", SUBJECT, 4242)
+    assert verified.issued_at == T0 and verified.expires_at == T0 + 7 * DAY
+    assert verified.algorithm == alg.value and verified.kid == signer.kid
+    assert code.startswith("EHC1:") and set(code[5:]) <= set(hc.base45.ALPHABET)
+
+
+def test_code_size_fits_qr_version_8_at_ecc_m():
+    code = hc.sign_code(claims(serial=2**32 - 1), signer_for(Algorithm.ES256))
+    assert len(code) <= 311  # alphanumeric capacity of version 8-M
+    assert len(hc.base45.b45decode(code[5:])) <= 150
+
+
+def test_reserved_and_unknown_claims_are_preserved():
+    holder = {1: {1: 2, -1: 1, -2: b"x" * 32, -3: b"y" * 32}}
+    signer = signer_for(Algorithm.ES256)
+    code = hc.sign_code(claims(holder_key=holder, status=1, extra={-70000: "future", "note": [1, 2]}), signer)
+    verified = hc.verify(code, Keyring([trusted(signer)]), now=T0)
+    assert verified.holder_key == holder and verified.status == 1
+    assert dict(verified.extra) == {-70000: "future", "note": [1, 2]}
+
+
+class Revoked:
+    def __init__(self, *serials):
+        self.serials = set(serials)
+
+    def is_revoked(self, province, kid, serial):
+        return serial in self.serials
+
+
+class Stale:
+    def stale_detail(self, now):
+        return "trust data is 80 hours old"
+
+
+ES = signer_for(Algorithm.ES256)
+ED = signer_for(Algorithm.EDDSA)
+OTHER = signer_for(Algorithm.ES256, "other")
+
+# name, code, keys, now, verify kwargs, expected reason (None = valid)
+CASES = [
+    ("valid", hc.sign_code(claims(), ES), [trusted(ES)], T0, {}, None),
+    ("valid-last-second", hc.sign_code(claims(), ES), [trusted(ES)], T0 + 7 * DAY - dt.timedelta(seconds=1), {}, None),
+    ("expired-at-exp", hc.sign_code(claims(), ES), [trusted(ES)], T0 + 7 * DAY, {}, Reason.EXPIRED),
+    ("not-yet-valid", hc.sign_code(claims(), ES), [trusted(ES)], T0 - dt.timedelta(seconds=1), {}, Reason.NOT_YET_VALID),
+    ("within-clock-skew", hc.sign_code(claims(), ES), [trusted(ES)], T0 - dt.timedelta(seconds=60),
+     {"clock_skew": dt.timedelta(seconds=90)}, None),
+    ("beyond-clock-skew", hc.sign_code(claims(), ES), [trusted(ES)], T0 - dt.timedelta(seconds=91),
+     {"clock_skew": dt.timedelta(seconds=90)}, Reason.NOT_YET_VALID),
+    ("unknown-kid", hc.sign_code(claims(), ES), [trusted(OTHER)], T0, {}, Reason.UNKNOWN_KEY),
+    ("empty-keyring", hc.sign_code(claims(), ES), [], T0, {}, Reason.UNKNOWN_KEY),
+    ("province-mismatch", hc.sign_code(claims(province="44"), ES), [trusted(ES)], T0, {}, Reason.UNKNOWN_KEY),
+    ("kid-of-other-key", hc.sign_code(claims(), SoftwareSigner(OTHER._key, kid=ES.kid)), [trusted(ES)], T0, {},
+     Reason.BAD_SIGNATURE),
+    ("alg-mismatch", hc.sign_code(claims(), SoftwareSigner(ED._key, kid=ES.kid)), [trusted(ES)], T0, {},
+     Reason.ALGORITHM_MISMATCH),
+    ("retired-key-inside-window", hc.sign_code(claims(), ES),
+     [trusted(ES, use_until=T0 + DAY, status=hc.KeyStatus.RETIRED)], T0 + 5 * DAY, {}, None),
+    ("issued-before-use-from", hc.sign_code(claims(), ES), [trusted(ES, use_from=T0 + DAY)], T0 + 2 * DAY, {},
+     Reason.KEY_NOT_VALID_AT_ISSUANCE),
+    ("issued-after-use-until", hc.sign_code(claims(), ES), [trusted(ES, use_until=T0 - dt.timedelta(seconds=1))],
+     T0, {}, Reason.KEY_NOT_VALID_AT_ISSUANCE),
+    ("after-verify-until", hc.sign_code(claims(), ES), [trusted(ES, use_until=T0, verify_until=T0 + DAY)],
+     T0 + 2 * DAY, {}, Reason.EXPIRED),
+    ("compromised-before-issue", hc.sign_code(claims(), ES),
+     [trusted(ES, status=hc.KeyStatus.COMPROMISED, compromised_since=T0)], T0, {}, Reason.KEY_COMPROMISED),
+    ("issued-before-compromise", hc.sign_code(claims(), ES),
+     [trusted(ES, status=hc.KeyStatus.COMPROMISED, compromised_since=T0 + DAY)], T0 + 2 * DAY, {}, None),
+    ("compromise-reject-all", hc.sign_code(claims(), ES),
+     [trusted(ES, status=hc.KeyStatus.COMPROMISED, compromised_since=T0 + DAY,
+              compromise_policy=hc.CompromisePolicy.REJECT_ALL)], T0 + 2 * DAY, {}, Reason.KEY_COMPROMISED),
+    ("revoked", hc.sign_code(claims(), ES), [trusted(ES)], T0, {"revocation": Revoked(4242)}, Reason.REVOKED),
+    ("other-serial-revoked", hc.sign_code(claims(), ES), [trusted(ES)], T0, {"revocation": Revoked(4243)}, None),
+    ("trust-stale", hc.sign_code(claims(), ES), [trusted(ES)], T0, {"trust": Stale()}, Reason.TRUST_DATA_STALE),
+    ("garbage", "hello world", [trusted(ES)], T0, {}, Reason.MALFORMED),
+    ("empty-text", "", [trusted(ES)], T0, {}, Reason.MALFORMED),
+    ("prefix-only", "EHC1:", [trusted(ES)], T0, {}, Reason.MALFORMED),
+    ("next-version", "EHC2:" + hc.sign_code(claims(), ES)[5:], [trusted(ES)], T0, {}, Reason.UNSUPPORTED_VERSION),
+    ("lowercase", hc.sign_code(claims(), ES).lower(), [trusted(ES)], T0, {}, Reason.MALFORMED),
+    ("two-codes-run-together", hc.sign_code(claims(), ES) + hc.sign_code(claims(), ES), [trusted(ES)], T0, {},
+     Reason.MALFORMED),
+    ("one-megabyte", "EHC1:" + "0" * 1_000_000, [trusted(ES)], T0, {}, Reason.MALFORMED),
+    ("not-text", b"EHC1:", [trusted(ES)], T0, {}, Reason.MALFORMED),
+]
+
+
+@pytest.mark.parametrize("name,code,keys,now,kwargs,expected", CASES, ids=[c[0] for c in CASES])
+def test_verification_table(name, code, keys, now, kwargs, expected):
+    result = hc.check(code, Keyring(keys), now=now, **kwargs)
+    assert result.reason == expected, result.detail
+    assert result.valid == (expected is None)
+    if expected is None:
+        assert hc.verify(code, Keyring(keys), now=now, **kwargs).serial == 4242
+    else:
+        with pytest.raises(hc.VerificationError) as info:
+            hc.verify(code, Keyring(keys), now=now, **kwargs)
+        assert info.value.reason == expected
+        assert isinstance(info.value, hc.HealthCodeError)
+        assert type(info.value) is hc.errors.ERROR_FOR_REASON[expected]
+
+
+def test_shared_kid_tries_every_candidate():
+    # The kid is a hint: two keys announce the same kid, only the second one signed.
+    impostor = trusted(OTHER)
+    impostor = TrustedKey(kid=ES.kid, province="33", public_key=OTHER.public_key(), use_from=T0 - DAY,
+                          use_until=T0 + DAY, verify_until=T0 + 9 * DAY)
+    code = hc.sign_code(claims(), ES)
+    assert hc.verify(code, Keyring([impostor, trusted(ES)]), now=T0).serial == 4242
+
+
+def test_every_bit_flip_is_refused():
+    code = hc.sign_code(claims(), ES)
+    raw = bytearray(hc.base45.b45decode(code[5:]))
+    keyring = Keyring([trusted(ES)])
+    for i in range(len(raw)):
+        for bit in (0x01, 0x80):
+            raw[i] ^= bit
+            result = hc.check("EHC1:" + hc.base45.b45encode(bytes(raw)), keyring, now=T0)
+            raw[i] ^= bit
+            assert not result.valid, (i, bit)
+
+
+def test_error_messages_carry_no_subject():
+    code = hc.sign_code(claims(), ES)
+    for now in (T0 - DAY, T0 + 30 * DAY):
+        assert SUBJECT not in hc.check(code, Keyring([trusted(ES)]), now=now).detail
+
+
+BAD_CLAIMS = [
+    ("province", dict(province="99")),
+    ("province-int", dict(province=33)),
+    ("subject-short", dict(subject="ABC")),
+    ("subject-lowercase", dict(subject=SUBJECT.lower())),
+    ("subject-padding-bits", dict(subject=SUBJECT[:-1] + "B")),
+    ("serial-negative", dict(serial=-1)),
+    ("serial-too-big", dict(serial=2**64)),
+    ("serial-bool", dict(serial=True)),
+    ("naive-time", dict(issued_at=dt.datetime(2026, 1, 1))),
+    ("exp-before-iat", dict(expires_at=T0 - DAY)),
+    ("status-negative", dict(status=-1)),
+    ("extra-reserved", dict(extra={7: b"x"})),
+]
+
+
+@pytest.mark.parametrize("name,kw", BAD_CLAIMS, ids=[c[0] for c in BAD_CLAIMS])
+def test_claims_are_validated(name, kw):
+    with pytest.raises(hc.InvalidClaims):
+        claims(**kw)
+
+
+BAD_KEYS = [
+    ("window-order", dict(use_from=T0, use_until=T0 - DAY)),
+    ("verify-before-use-end", dict(verify_until=T0)),
+    ("compromised-without-time", dict(status=hc.KeyStatus.COMPROMISED)),
+    ("time-without-compromise", dict(compromised_since=T0)),
+    ("province", dict(province="00")),
+    ("naive", dict(use_from=dt.datetime(2026, 1, 1))),
+]
+
+
+@pytest.mark.parametrize("name,kw", BAD_KEYS, ids=[c[0] for c in BAD_KEYS])
+def test_trusted_keys_are_validated(name, kw):
+    with pytest.raises(hc.InvalidKey):
+        trusted(ES, **kw)
+
+
+def test_main_index_ids_are_random_base32():
+    ident = hc.main_index_id_from_bytes(bytes(range(16)))
+    assert hc.parse_main_index_id(ident) == ident and len(ident) == 26
+    with pytest.raises(hc.InvalidClaims):
+        hc.main_index_id_from_bytes(b"short")
+
+
+@pytest.mark.parametrize("alg", list(Algorithm), ids=str)
+def test_public_key_pem_round_trip_and_kid(alg):
+    key = signer_for(alg).public_key()
+    loaded = hc.load_public_key_pem(key.pem())
+    assert loaded == key and loaded.algorithm is alg and len(loaded.key_id()) == 8
+
+
+@pytest.mark.parametrize("pem", ["", "not pem", "-----BEGIN PUBLIC KEY-----\n!!\n-----END PUBLIC KEY-----\n",
+                                 "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"])
+def test_bad_public_keys_are_refused(pem):
+    with pytest.raises(hc.InvalidKey):
+        hc.load_public_key_pem(pem)
+
+
+@pytest.mark.parametrize("pattern", ["random", "leading-zeros", "high-bit", "zero", "ones"])
+def test_raw_signature_to_der_matches_cryptography(pattern):
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    from healthcode.algorithms import raw_signature_to_der
+
+    for _ in range(200):
+        sig = bytearray(os.urandom(64))
+        if pattern == "leading-zeros":
+            sig[0:3] = b"\0\0\x01"
+            sig[32:34] = b"\0\x80"
+        elif pattern == "high-bit":
+            sig[0] |= 0x80
+            sig[32] |= 0x80
+        elif pattern == "zero":
+            sig = bytearray(64)
+        elif pattern == "ones":
+            sig = bytearray(b"\xff" * 64)
+        expected = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+        assert raw_signature_to_der(bytes(sig)) == expected
