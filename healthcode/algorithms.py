@@ -279,6 +279,26 @@ class _Ed25519SigningKey:
         return "<EdDSA signing key>"
 
 
+class _BoundedNonceSource:
+    """A caller-supplied SM2 nonce source that fails instead of hanging.
+
+    gmalglib asks again until the nonce (read as a *little-endian* number)
+    falls in [1, n-1]; a source that keeps returning an out-of-range value
+    would loop forever. More than 64 refusals within one signature cannot
+    happen by chance, so the 65th request of a signature raises.
+    """
+
+    def __init__(self, random_bytes: Callable[[int], bytes]) -> None:
+        self._random_bytes = random_bytes
+        self.calls = 0
+
+    def __call__(self, size: int) -> bytes:
+        self.calls += 1
+        if self.calls > 64:
+            raise InvalidKey("SM2 nonce source keeps returning out-of-range values")
+        return self._random_bytes(size)
+
+
 class _SM2SigningKey:
     algorithm = Algorithm.SM2_SM3
 
@@ -287,7 +307,8 @@ class _SM2SigningKey:
         if len(secret) != 32 or not core.SM2.is_sk_valid(secret):
             raise InvalidKey("not a valid SM2 private key")
         self._secret = secret
-        kwargs = {"rnd_fn": random_bytes} if random_bytes is not None else {}
+        self._nonces = _BoundedNonceSource(random_bytes) if random_bytes is not None else None
+        kwargs = {"rnd_fn": self._nonces} if self._nonces is not None else {}
         self._sm2 = core.SM2(sk=secret, uid=SM2_DEFAULT_SIGNER_ID, **kwargs)
         self._point = core.SM2.get_pk(secret)
 
@@ -295,7 +316,13 @@ class _SM2SigningKey:
         return _SM2PublicKey(self._point)
 
     def sign(self, data: bytes) -> bytes:
-        return self._sm2.sign(data)
+        if self._nonces is None:
+            return self._sm2.sign(data)
+        self._nonces.calls = 0
+        try:
+            return self._sm2.sign(data)
+        except RuntimeError:  # gmalglib's wrapper of the source's exception
+            raise InvalidKey("SM2 nonce source keeps returning out-of-range values") from None
 
     def private_bytes(self) -> bytes:
         return self._secret
@@ -326,7 +353,8 @@ def signing_key_from_private_bytes(
     """A software signing key from its 32-byte private scalar or seed.
 
     ``deterministic`` selects RFC 6979 nonces for ES256; ``random_bytes``
-    replaces SM2's nonce source. Both exist for reproducible test vectors.
+    replaces SM2's nonce source (gmalglib reads its bytes as a little-endian
+    number). Both exist for reproducible test vectors.
     """
     algorithm = Algorithm(algorithm)
     if len(secret) != 32:

@@ -202,10 +202,18 @@ def _decode_unverified(text: str) -> tuple[int, bytes, dict[Any, Any], bytes, by
     if len(cose) < 8 or cose[0] != _TAG_COSE_SIGN1 or cose[1] != 0x84:
         raise MalformedCode("not a tagged COSE_Sign1")
     try:
-        p_start, p_end = _bstr_span(cose, 2)
+        if cose[2] == 0x4D:  # the usual 13-byte protected header
+            p_start, p_end = 3, 16
+        else:
+            p_start, p_end = _bstr_span(cose, 2)
         if cose[p_end] != 0xA0:
             raise MalformedCode("unprotected header must be an empty map")
-        c_start, c_end = _bstr_span(cose, p_end + 1)
+        head = cose[p_end + 1]
+        if head == 0x58 and cose[p_end + 2] >= 24:  # the usual 24..255-byte payload
+            c_start = p_end + 3
+            c_end = c_start + cose[p_end + 2]
+        else:
+            c_start, c_end = _bstr_span(cose, p_end + 1)
         if cose[c_end] == 0x58 and cose[c_end + 1] == 64:  # the usual 64-byte signature
             s_start, s_end = c_end + 2, c_end + 66
         else:

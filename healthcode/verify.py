@@ -115,7 +115,7 @@ def verify(
     if not key._use_from_s <= iat <= key._use_until_s:
         raise KeyNotValidAtIssuance(f"code issued outside its key's use window")
     # (8) time
-    if iat > now_s + int(clock_skew.total_seconds()):
+    if iat > now_s and iat > now_s + int(clock_skew.total_seconds()):
         raise NotYetValid("code issued in the future")
     if now_s >= exp:
         raise Expired("code has expired")

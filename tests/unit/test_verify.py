@@ -246,3 +246,12 @@ def test_raw_signature_to_der_matches_cryptography(pattern):
             sig = bytearray(b"\xff" * 64)
         expected = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
         assert raw_signature_to_der(bytes(sig)) == expected
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("stuck", [b"\xff", b"\x00"], ids=["all-ones", "all-zeros"])
+def test_a_stuck_sm2_nonce_source_fails_instead_of_hanging(stuck):
+    secret = hashlib.sha256(b"healthcode unit-test key SM2 stuck").digest()
+    key = hc.signing_key_from_private_bytes(Algorithm.SM2_SM3, secret, random_bytes=lambda n: stuck * n)
+    with pytest.raises(hc.InvalidKey):
+        key.sign(b"message")
