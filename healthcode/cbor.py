@@ -203,8 +203,13 @@ def decode_item(data: bytes, pos: int, depth: int, max_items: int = DEFAULT_MAX_
 
 
 def _decode_float(data: bytes, start: int, end: int, ai: int) -> float:
-    fmt = {25: ">e", 26: ">f", 27: ">d"}[ai]
-    return struct.unpack(fmt, data[start:end])[0]
+    value = struct.unpack(_FLOAT_FORMAT[ai], data[start:end])[0]
+    if ai != 25 and _encode_float(value) != data[start - 1 : end]:
+        raise CBORError("float not in shortest form")
+    return value
+
+
+_FLOAT_FORMAT = {25: ">e", 26: ">f", 27: ">d"}
 
 
 def _head(major: int, arg: int) -> bytes:
@@ -250,11 +255,14 @@ def dumps(value: Any) -> bytes:
 
 
 def _encode_float(value: float) -> bytes:
+    """The shortest of half, single and double that holds ``value`` exactly (NaN: f97e00)."""
+    if value != value:
+        return b"\xf9\x7e\x00"
     for ai, fmt in ((25, ">e"), (26, ">f")):
         try:
             packed = struct.pack(fmt, value)
         except OverflowError:
             continue
-        if struct.unpack(fmt, packed)[0] == value or value != value:
+        if struct.unpack(fmt, packed)[0] == value:
             return bytes((0xE0 | ai,)) + packed
     return b"\xfb" + struct.pack(">d", value)

@@ -45,7 +45,7 @@ _PREFIX_STEM = "EHC"
 #: Hard caps, checked before any parsing.
 MAX_TEXT_LENGTH = 1024  # characters, prefix included
 MAX_COSE_BYTES = 600  # bytes after Base45 decoding
-MAX_CBOR_DEPTH = 6  # nesting inside the claims (the cnf COSE_Key needs 2)
+MAX_CBOR_DEPTH = 6  # nesting inside the claims (RFC 8747 cnf {1: COSE_Key} needs 3)
 MAX_ITEMS = 32  # entries in any one map or array
 
 

@@ -106,7 +106,7 @@ class CodeClaims:
 
     ``serial`` is the code's serial number, dense and never reused within
     (province, signing key): revocation lists are sets of these serials.
-    ``holder_key`` is the reserved RFC 8747 ``cnf`` claim (a COSE_Key map) for
+    ``holder_key`` is the reserved RFC 8747 ``cnf`` claim (``{1: COSE_Key}``) for
     dynamic codes; ``status`` is the reserved optional status claim; ``extra``
     holds further claims, keyed by integer or text, carried as they are.
     """

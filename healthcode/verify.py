@@ -34,6 +34,7 @@ from .errors import (
     Expired,
     KeyCompromised,
     KeyNotValidAtIssuance,
+    MalformedCode,
     NotYetValid,
     Reason,
     Revoked,
@@ -130,6 +131,10 @@ def verify(
     else:
         holder_key = claims.get(ClaimKey.CNF)
         status = claims.get(ClaimKey.STATUS)
+        if holder_key is not None and type(holder_key) is not dict:
+            raise MalformedCode("cnf must be a map")
+        if status is not None and (type(status) is not int or status < 0):
+            raise MalformedCode("status must be an unsigned integer")
         extra = MappingProxyType({k: v for k, v in claims.items() if k not in RESERVED_CLAIM_KEYS})
     return VerifiedCode(
         province, subject, serial, iat, exp, key.kid, key.algorithm.value, holder_key, status, extra

@@ -67,6 +67,7 @@ CBOR_GOOD = [
     ("simple", "83f4f5f6", [False, True, None]),
     ("half-float", "f93c00", 1.0),
     ("double", "fb3ff199999999999a", 1.1),
+    ("single", "fa47c35000", 100000.0),
     ("big-map-generic", "b8" + "18" + "".join(f"{i:02x}00" if i < 24 else f"18{i:02x}00" for i in range(24)),
      {i: 0 for i in range(24)}),
 ]
@@ -101,6 +102,9 @@ CBOR_BAD = [
     ("empty", "", "truncated"),
     ("deep", "81" * 9 + "00", "deep"),
     ("deep-tag", "c1" * 9 + "00", "deep"),
+    ("double-not-shortest", "fb3ff0000000000000", "float"),
+    ("single-not-shortest", "fa3f800000", "float"),
+    ("double-nan", "fb7ff8000000000000", "float"),
     ("too-many-items", "98" + "41" + "00" * 65, "too many"),
 ]
 
