@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
 
-from .codec import RESERVED_CLAIM_KEYS, ClaimKey, _decode_unverified, parse_core_claims
+from .codec import (
+    RESERVED_CLAIM_KEYS,
+    ClaimKey,
+    _decode_unverified,
+    canonical_core_claims,
+    decode_claims,
+    parse_core_claims,
+)
 from .errors import (
     AlgorithmMismatch,
     BadSignature,
@@ -78,8 +85,14 @@ def verify(
     future of ``now`` (the issuer's clock may run ahead of the terminal's).
     """
     # (1) form
-    alg_id, kid, claims, signed_bytes, signature, _ = _decode_unverified(text)
-    province, subject, iat, exp, serial = parse_core_claims(claims)
+    alg_id, kid, payload, signed_bytes, signature, _ = _decode_unverified(text)
+    core = canonical_core_claims(payload)
+    if core is None:
+        claims = decode_claims(payload)
+        core = parse_core_claims(claims)
+    else:
+        claims = None  # exactly the five core claims
+    province, subject, iat, exp, serial = core
     now_s = to_epoch(now)
     # (2) trust freshness
     if trust is not None:
@@ -125,7 +138,7 @@ def verify(
     # (9) revocation
     if revocation is not None and revocation.is_revoked(province, key.kid, serial):
         raise Revoked("code has been revoked")
-    if len(claims) == 5:
+    if claims is None or len(claims) == 5:
         holder_key = status = None
         extra = _EMPTY
     else:
