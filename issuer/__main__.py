@@ -1,0 +1,105 @@
+"""``healthcode-issuer``: the issuer's command line, a thin click shell over :mod:`issuer.app`.
+
+This is the only place that reads argv and the environment. Commands:
+
+* ``serve``: run the gRPC issuer (see ``healthcode-issuer serve --help``).
+
+Further commands attach to :data:`cli` with ``@cli.command()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import sys
+
+import click
+
+from issuer.config import ConfigError, IssuerConfig, load_config
+
+__all__ = ["cli", "main"]
+
+_PATH = click.Path(path_type=pathlib.Path, dir_okay=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="healthcode", prog_name="healthcode-issuer")
+def cli() -> None:
+    """Issue electronic health codes for one province."""
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(path_type=pathlib.Path, dir_okay=False, exists=True),
+              help="TOML config file; flags override it.")
+@click.option("--province", help="GB/T 2260 province code this issuer signs for, e.g. 33.")
+@click.option("--database", type=_PATH, help="SQLite database file (created if missing).")
+@click.option("--listen", help="gRPC address host:port [default: 127.0.0.1:50051].")
+@click.option("--tls-cert", type=_PATH, help="Server certificate chain (PEM).")
+@click.option("--tls-key", type=_PATH, help="Server private key (PEM).")
+@click.option("--client-ca", type=_PATH, help="CA of client certificates: turns on mTLS (certificate required).")
+@click.option("--insecure-dev-plaintext", is_flag=True, default=None,
+              help="Serve without TLS. Development only; never in production.")
+@click.option("--api-keys", type=_PATH, help="TOML file of callers and their API key SHA-256 hashes.")
+@click.option("--rate", type=float, help="Per-caller requests a second (token bucket) [default: 100].")
+@click.option("--burst", type=float, help="Per-caller bucket size [default: 200].")
+@click.option("--code-validity-hours", type=float, help="Validity of issued codes in hours [default: 168].")
+@click.option("--signing-key", type=_PATH, help="Province signing key, PKCS#8 PEM (P-256 or Ed25519).")
+@click.option("--signing-key-passphrase-env", metavar="VAR",
+              help="Environment variable holding the signing key's passphrase.")
+@click.option("--vault-key", type=_PATH, help="File with the 32-byte identifier vault secret as 64 hex digits.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Prometheus HTTP port; 0 = off [default: 0].")
+@click.option("--metrics-address", help="Prometheus HTTP address [default: 127.0.0.1].")
+@click.option("--grace-period", type=float, help="Seconds in-flight RPCs get at shutdown [default: 10].")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Log level [default: INFO].")
+def serve(config_file: pathlib.Path | None, code_validity_hours: float | None, **flags) -> None:
+    """Run the gRPC issuer until SIGTERM or SIGINT, then drain and stop.
+
+    Settings come from --config and/or flags (a flag overrides the file).
+    Logs are JSON lines on stderr, without identity numbers or main index IDs.
+    """
+    import datetime as dt
+
+    from issuer import app
+
+    if code_validity_hours is not None:
+        flags["code_validity"] = dt.timedelta(hours=code_validity_hours)
+    try:
+        config = load_config(config_file, flags)
+        passphrase = _passphrase(config)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    app.configure_logging(config.log_level)
+    try:
+        asyncio.run(app.run(config, signing_key_passphrase=passphrase))
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _passphrase(config: IssuerConfig) -> bytes | None:
+    if config.signing_key_passphrase_env is None:
+        return None
+    value = os.environ.get(config.signing_key_passphrase_env)
+    if value is None:
+        raise ConfigError(f"environment variable {config.signing_key_passphrase_env} (signing key passphrase) is not set")
+    return value.encode("utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``healthcode-issuer`` script."""
+    try:
+        cli.main(args=argv, prog_name="healthcode-issuer", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        return 1
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except SystemExit as e:  # --help, --version
+        return int(e.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

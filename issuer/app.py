@@ -1,0 +1,500 @@
+"""The issuer's gRPC server: TLS, auth, rate limits, health, reflection, logs, metrics, shutdown.
+
+:class:`IssuerServer` assembles a ``grpc.aio`` server around an
+:class:`~issuer.service.IssuerService` (any domain behind its two ports, so
+tests can pass fakes) from :class:`ServerOptions` holding bytes and values, not
+paths. :func:`run` is the shell ``healthcode-issuer serve`` calls: it reads
+the files an :class:`~issuer.config.IssuerConfig` names, opens the SQLite
+store, builds the domain, serves until SIGTERM/SIGINT, then shuts down:
+
+1. health turns NOT_SERVING (load balancers stop sending);
+2. ``server.stop(grace)``: new RPCs are refused, in-flight ones get ``grace``
+   seconds to finish;
+3. domain calls still running after their RPC ended are awaited;
+4. the store is closed.
+
+Interceptors, outermost first: :class:`ObservabilityInterceptor` (one JSON log
+line and metrics per RPC) and :class:`~issuer.auth.AuthInterceptor`. Both leave
+the standard health service alone. Logs carry the method, caller, status code
+and latency, never request contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+import healthcode as hc
+from issuer import auth
+from issuer.config import ConfigError, IssuerConfig
+from issuer.model import IssuedCode
+from issuer.service import CodeIssuerPort, IssuerService, ResidentIndexPort, ServiceSettings
+
+__all__ = [
+    "TlsMaterial",
+    "ServerOptions",
+    "Metrics",
+    "ObservabilityInterceptor",
+    "JsonFormatter",
+    "IssuerServer",
+    "configure_logging",
+    "load_signer_pem",
+    "parse_vault_secret",
+    "run",
+    "utc_now",
+]
+
+log = logging.getLogger("issuer.app")
+rpc_log = logging.getLogger("issuer.rpc")
+
+MAX_REQUEST_BYTES = 64 * 1024
+#: How long shutdown waits for domain calls that outlived their RPCs before closing the store.
+DRAIN_TIMEOUT = 30.0
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """The server's certificate chain and key (PEM), and the CA its clients' certificates chain to.
+
+    With ``client_ca_pem`` set, every connection must present a client
+    certificate signed by it (gRPC Python cannot make client certificates
+    optional); the certificate's CN is the caller unless an API key is sent.
+    """
+
+    cert_chain_pem: bytes
+    key_pem: bytes = field(repr=False)
+    client_ca_pem: bytes | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key_pem, self.cert_chain_pem)],
+            root_certificates=self.client_ca_pem,
+            require_client_auth=self.client_ca_pem is not None,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerOptions:
+    """Everything the server needs besides the domain. ``tls=None`` means plaintext and is
+    refused unless ``insecure_dev_plaintext`` is also set."""
+
+    service: ServiceSettings
+    listen: str = "127.0.0.1:50051"
+    tls: TlsMaterial | None = None
+    insecure_dev_plaintext: bool = False
+    api_keys: tuple[auth.ApiKey, ...] = ()
+    rate_limit: auth.RateLimit | None = auth.RateLimit(100.0, 200.0)
+    metrics_listen: tuple[str, int] | None = None  # (address, port); port 0 picks a free one
+    grace: float = 10.0
+    max_concurrent_rpcs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tls is None and not self.insecure_dev_plaintext:
+            raise ValueError("TLS material is required (plaintext only with insecure_dev_plaintext)")
+
+
+# --------------------------------------------------------------------------- logs and metrics
+
+_RECORD_FIELDS = ("event", "method", "caller", "code", "latency_ms", "port", "metrics_port")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and the RPC fields if present."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in _RECORD_FIELDS:
+            if hasattr(record, name):
+                entry[name] = getattr(record, name)
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["exc_type"] = record.exc_info[0].__name__  # the type only: a message may quote data
+        return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+
+
+def configure_logging(level: str = "INFO", stream: Any = None) -> None:
+    """Send every log record to ``stream`` (stderr) as JSON lines."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class Metrics:
+    """The issuer's Prometheus metrics, in their own registry (several servers may share a process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.codes_issued = Counter(
+            "healthcode_issuer_codes_issued",
+            "Codes returned by IssueCode and RenewCode (idempotent replays included), by province.",
+            ["province"],
+            registry=self.registry,
+        )
+        self.rpcs = Counter(
+            "healthcode_issuer_rpcs",
+            "RPCs handled, by method and gRPC status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "healthcode_issuer_rpc_latency_seconds",
+            "RPC latency in the server, by method.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def observe_rpc(self, method: str, code: str, latency: float) -> None:
+        children = self._children.get((method, code))
+        if children is None:  # labels() takes a lock and builds a key: do it once per series
+            children = self._children[(method, code)] = (
+                self.rpcs.labels(method, code), self.latency.labels(method))
+        children[0].inc()
+        children[1].observe(latency)
+
+    def on_issued(self, code: IssuedCode) -> None:
+        self.codes_issued.labels(code.ref.province).inc()
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Times every RPC outside ``exempt_services``; counts it by status code; logs one line."""
+
+    def __init__(self, metrics: Metrics, *, exempt_services: Iterable[str] = (auth.HEALTH_SERVICE,)) -> None:
+        self._metrics = metrics
+        self._exempt = frozenset(exempt_services)
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # by method: wrapped once
+
+    def _record(self, method: str, context: grpc.aio.ServicerContext, start: float,
+                error: BaseException | None) -> None:
+        latency = time.perf_counter() - start
+        code = context.code()
+        if isinstance(error, asyncio.CancelledError):
+            remaining = context.time_remaining()
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else (
+                grpc.StatusCode.CANCELLED)
+        elif code is None:
+            code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        self._metrics.observe_rpc(method, name, latency)
+        rpc_log.info(
+            "rpc",
+            extra={"method": method, "caller": auth.peek_caller(), "code": name,
+                   "latency_ms": round(latency * 1000, 3), "event": "rpc"},
+        )
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or auth.service_of(handler_call_details.method) in self._exempt:
+            return handler
+        wrapped = self._wrapped.get(handler_call_details.method)
+        if wrapped is None:
+            wrapped = self._wrapped[handler_call_details.method] = self._wrap(
+                handler, handler_call_details.method.lstrip("/")
+            )
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        record = self._record
+
+        def around(request, context, behaviour):
+            if handler.response_streaming and inspect.isasyncgenfunction(behaviour):
+
+                async def gen():
+                    start, error = time.perf_counter(), None
+                    auth.clear_caller()
+                    try:
+                        async for item in behaviour(request, context):
+                            yield item
+                    except BaseException as e:
+                        error = e
+                        raise
+                    finally:
+                        record(method, context, start, error)
+
+                return gen()
+
+            async def call():
+                start, error = time.perf_counter(), None
+                auth.clear_caller()
+                try:
+                    return await behaviour(request, context)
+                except BaseException as e:
+                    error = e
+                    raise
+                finally:
+                    record(method, context, start, error)
+
+            return call()
+
+        return auth.wrap_handler(handler, around)
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class IssuerServer:
+    """A started issuer server. Build with :meth:`start`; end with :meth:`shutdown`."""
+
+    def __init__(self) -> None:  # use start()
+        self.server: grpc.aio.Server
+        self.service: IssuerService
+        self.health: HealthServicer
+        self.metrics: Metrics
+        self.port: int
+        self.metrics_port: int | None = None
+        self.service_names: list[str] = []
+        self._metrics_httpd: Any = None
+        self._on_close: Callable[[], Awaitable[None] | None] | None = None
+        self._grace = 0.0
+        self._stopped = asyncio.Event()
+        self._shutdown_lock = asyncio.Lock()
+
+    @classmethod
+    async def start(
+        cls,
+        options: ServerOptions,
+        *,
+        index: ResidentIndexPort,
+        codes: CodeIssuerPort,
+        clock: Callable[[], dt.datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
+        on_close: Callable[[], Awaitable[None] | None] | None = None,
+    ) -> "IssuerServer":
+        self = cls()
+        self._grace = options.grace
+        self._on_close = on_close
+        self.metrics = Metrics()
+        self.service = IssuerService(
+            index=index, codes=codes, settings=options.service, clock=clock, on_issued=self.metrics.on_issued
+        )
+        per_caller = {k.caller: k.rate_limit for k in options.api_keys if k.rate_limit is not None}
+        authenticator = auth.Authenticator(
+            options.api_keys, accept_client_certs=options.tls is not None and options.tls.client_ca_pem is not None
+        )
+        interceptors = [
+            ObservabilityInterceptor(self.metrics),
+            auth.AuthInterceptor(authenticator, auth.RateLimiter(options.rate_limit, per_caller, clock=monotonic)),
+        ]
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+        )
+        self.service_names = self.service.add_to_server(self.server)
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self.server,
+        )
+        if options.tls is not None:
+            self.port = self.server.add_secure_port(options.listen, options.tls.credentials())
+        else:
+            log.warning("serving PLAINTEXT gRPC (--insecure-dev-plaintext): development only")
+            self.port = self.server.add_insecure_port(options.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {options.listen}")
+        if options.metrics_listen is not None:
+            address, port = options.metrics_listen
+            self._metrics_httpd, _ = start_http_server(port, addr=address, registry=self.metrics.registry)
+            self.metrics_port = self._metrics_httpd.server_port
+        await self.server.start()
+        for name in self.service_names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("issuer serving", extra={"event": "start"})
+        return self
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Drain and stop (idempotent): NOT_SERVING, stop(grace), finish domain calls, close the store."""
+        async with self._shutdown_lock:
+            if self._stopped.is_set():
+                return
+            log.info("issuer shutting down", extra={"event": "shutdown"})
+            await self.health.enter_graceful_shutdown()  # (1)
+            await self.server.stop(self._grace if grace is None else grace)  # (2)
+            try:  # (3)
+                await asyncio.wait_for(self.service.drain(), DRAIN_TIMEOUT)
+            except TimeoutError:
+                log.warning("domain calls still running after %.0f s; closing the store anyway", DRAIN_TIMEOUT)
+            if self._metrics_httpd is not None:
+                self._metrics_httpd.shutdown()
+                self._metrics_httpd.server_close()
+            if self._on_close is not None:  # (4)
+                result = self._on_close()
+                if asyncio.iscoroutine(result):
+                    await result
+            self._stopped.set()
+            log.info("issuer stopped", extra={"event": "stopped"})
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+# --------------------------------------------------------------------------- the serve shell
+
+
+def load_signer_pem(pem: bytes, passphrase: bytes | None) -> hc.Signer:
+    """A software :class:`healthcode.Signer` from a PKCS#8 PEM key (P-256 -> ES256, Ed25519 -> EdDSA).
+
+    Interim: the keystore issue replaces this with real key handling.
+    """
+    try:
+        key = serialization.load_pem_private_key(pem, password=passphrase)
+    except TypeError:
+        raise ConfigError("the signing key is encrypted: set keys.signing_key_passphrase_env") from None
+    except ValueError:
+        raise ConfigError("cannot read the signing key (not a PKCS#8 PEM, or a wrong passphrase)") from None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        secret = key.private_numbers().private_value.to_bytes(32, "big")
+        algorithm = hc.Algorithm.ES256
+    elif isinstance(key, ed25519.Ed25519PrivateKey):
+        secret = key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        algorithm = hc.Algorithm.EDDSA
+    else:
+        raise ConfigError("the signing key must be a P-256 (ES256) or Ed25519 (EdDSA) key")
+    return hc.SoftwareSigner(hc.signing_key_from_private_bytes(algorithm, secret))
+
+
+def parse_vault_secret(text: bytes) -> bytes:
+    """The 32-byte vault secret from its file: 64 hex digits (surrounding whitespace ignored)."""
+    try:
+        secret = bytes.fromhex(text.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise ConfigError("the vault key file must hold 64 hex digits") from None
+    if len(secret) != 32:
+        raise ConfigError("the vault key file must hold 64 hex digits (32 bytes)")
+    return secret
+
+
+def _read(path, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def server_options(config: IssuerConfig) -> ServerOptions:
+    """The :class:`ServerOptions` an :class:`IssuerConfig` describes (reads the TLS and key files)."""
+    tls = None
+    if not config.insecure_dev_plaintext:
+        tls = TlsMaterial(
+            cert_chain_pem=_read(config.tls_cert, "TLS certificate"),
+            key_pem=_read(config.tls_key, "TLS key"),
+            client_ca_pem=_read(config.client_ca, "client CA") if config.client_ca else None,
+        )
+    api_keys: tuple[auth.ApiKey, ...] = ()
+    if config.api_keys is not None:
+        try:
+            api_keys = tuple(auth.load_api_keys(config.api_keys))
+        except OSError as e:
+            raise ConfigError(f"cannot read API keys file {config.api_keys}: {e.strerror}") from None
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return ServerOptions(
+        service=ServiceSettings(province=config.province, min_time_remaining=config.min_time_remaining),
+        listen=config.listen,
+        tls=tls,
+        insecure_dev_plaintext=config.insecure_dev_plaintext,
+        api_keys=api_keys,
+        rate_limit=auth.RateLimit(config.rate, config.burst),
+        metrics_listen=(config.metrics_address, config.metrics_port) if config.metrics_port else None,
+        grace=config.grace_period,
+        max_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
+
+
+def build_domain(
+    config: IssuerConfig, *, signer: hc.Signer, vault_secret: bytes
+) -> tuple[ResidentIndexPort, CodeIssuerPort, Callable[[], None]]:
+    """Open the SQLite store and build the resident index and the code issuer over it.
+
+    Returns ``(index, codes, close)``; ``close`` closes the store.
+    """
+    from issuer.index import ResidentIndex
+    from issuer.issuance import CodeIssuer
+    from issuer.privacy import IdentifierVault
+    from issuer.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(config.database)
+    try:
+        vault = IdentifierVault.from_secret(vault_secret)
+        index = ResidentIndex(store=store, vault=vault)
+        codes = CodeIssuer(store=store, signer=signer, province=config.province, validity=config.code_validity)
+    except BaseException:
+        store.close()
+        raise
+    return index, codes, store.close
+
+
+async def run(
+    config: IssuerConfig,
+    *,
+    signing_key_passphrase: bytes | None = None,
+    ready: Callable[[IssuerServer], None] | None = None,
+) -> None:
+    """Serve ``config`` until SIGTERM or SIGINT, then shut down gracefully."""
+    options = server_options(config)
+    signer = load_signer_pem(_read(config.signing_key, "signing key"), signing_key_passphrase)
+    vault_secret = parse_vault_secret(_read(config.vault_key, "vault key"))
+    index, codes, close = build_domain(config, signer=signer, vault_secret=vault_secret)
+    try:
+        server = await IssuerServer.start(options, index=index, codes=codes, on_close=close)
+    except BaseException:
+        close()
+        raise
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "listening on port %d (metrics port %s, province %s, %s)",
+        server.port, server.metrics_port, config.province, "TLS" if options.tls else "PLAINTEXT",
+        extra={"event": "listening", "port": server.port, "metrics_port": server.metrics_port},
+    )
+    if ready is not None:
+        ready(server)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.shutdown()

@@ -1,0 +1,225 @@
+"""The issuer's configuration: one frozen dataclass, from a TOML file and/or CLI flags.
+
+:func:`load_config` merges a TOML file with flag values (a flag given on the
+command line overrides the file) and validates the result. Relative paths in
+the file are relative to the file's directory; relative paths from flags are
+relative to the working directory. Nothing here reads the environment: the
+signing key's passphrase is read by the CLI from the variable
+``signing_key_passphrase_env`` names.
+
+Example file (every key optional in the file if given as a flag)::
+
+    province = "33"
+    database = "issuer-33.db"
+    listen = "0.0.0.0:50051"
+    code_validity_hours = 168
+    grace_period = 10.0
+
+    [tls]
+    cert = "pki/server.pem"
+    key = "pki/server.key"
+    client_ca = "pki/ca.pem"          # optional: turns on mTLS (every client then needs a certificate)
+
+    [auth]
+    api_keys = "callers.toml"         # see issuer/auth.py for its format
+    rate = 100.0                      # default per-caller token bucket: tokens a second ...
+    burst = 200                       # ... and bucket size
+
+    [keys]
+    signing_key = "keys/signing-33.pem"          # PKCS#8 PEM, P-256 (ES256) or Ed25519 (EdDSA)
+    signing_key_passphrase_env = "HC_SIGNING_KEY_PASSPHRASE"   # if the PEM is encrypted
+    vault_key = "keys/vault.key"                 # 32 bytes as 64 hex digits
+
+    [metrics]
+    port = 9464                       # 0: no metrics endpoint
+    address = "127.0.0.1"
+
+Plaintext gRPC is never configured in the file: only the
+``--insecure-dev-plaintext`` flag turns TLS off, for one development run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import pathlib
+import tomllib
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
+
+from healthcode import PROVINCES
+
+__all__ = ["IssuerConfig", "ConfigError", "load_config", "FILE_KEYS"]
+
+
+class ConfigError(ValueError):
+    """The configuration is incomplete or inconsistent; the message says which setting."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class IssuerConfig:
+    """Everything ``healthcode-issuer serve`` needs. Validated on construction."""
+
+    province: str
+    database: pathlib.Path
+    signing_key: pathlib.Path
+    vault_key: pathlib.Path
+    signing_key_passphrase_env: str | None = None
+    listen: str = "127.0.0.1:50051"
+    tls_cert: pathlib.Path | None = None
+    tls_key: pathlib.Path | None = None
+    client_ca: pathlib.Path | None = None
+    insecure_dev_plaintext: bool = False
+    api_keys: pathlib.Path | None = None
+    rate: float = 100.0
+    burst: float = 200.0
+    code_validity: dt.timedelta = dt.timedelta(days=7)
+    metrics_port: int = 0
+    metrics_address: str = "127.0.0.1"
+    grace_period: float = 10.0
+    min_time_remaining: float = 0.010
+    max_concurrent_rpcs: int | None = None
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.province not in PROVINCES:
+            raise ConfigError("province must be a two-digit GB/T 2260 code (for example 33)")
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError("listen must be host:port (for example 0.0.0.0:50051)")
+        if self.insecure_dev_plaintext:
+            if self.client_ca is not None:
+                raise ConfigError("client_ca (mTLS) needs TLS: drop --insecure-dev-plaintext")
+        elif self.tls_cert is None or self.tls_key is None:
+            raise ConfigError(
+                "TLS needs tls.cert and tls.key (plaintext only with --insecure-dev-plaintext, for development)"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls.cert and tls.key go together")
+        if self.api_keys is None and self.client_ca is None:
+            raise ConfigError("no way to authenticate callers: set auth.api_keys and/or tls.client_ca")
+        if not (self.rate > 0 and self.burst >= 1):
+            raise ConfigError("auth.rate must be > 0 and auth.burst >= 1")
+        if self.code_validity <= dt.timedelta(0):
+            raise ConfigError("code_validity_hours must be positive")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("metrics.port must be 0 (off) or a TCP port")
+        if self.grace_period < 0 or self.min_time_remaining < 0:
+            raise ConfigError("grace_period and min_time_remaining_ms must be >= 0")
+        if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs < 1:
+            raise ConfigError("max_concurrent_rpcs must be >= 1")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
+
+
+def _path(value: Any) -> pathlib.Path:
+    if not isinstance(value, (str, pathlib.Path)) or not str(value):
+        raise TypeError
+    return pathlib.Path(value)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError
+    return float(value)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError
+    return value
+
+
+def _hours(value: Any) -> dt.timedelta:
+    return dt.timedelta(hours=_number(value))
+
+
+def _millis(value: Any) -> float:
+    return _number(value) / 1000.0
+
+
+# (file section, file key) -> (IssuerConfig field, converter). Flags use the field names.
+FILE_KEYS: Mapping[tuple[str, str], tuple[str, Callable[[Any], Any]]] = {
+    ("", "province"): ("province", _str),
+    ("", "database"): ("database", _path),
+    ("", "listen"): ("listen", _str),
+    ("", "code_validity_hours"): ("code_validity", _hours),
+    ("", "grace_period"): ("grace_period", _number),
+    ("", "min_time_remaining_ms"): ("min_time_remaining", _millis),
+    ("", "max_concurrent_rpcs"): ("max_concurrent_rpcs", _int),
+    ("", "log_level"): ("log_level", _str),
+    ("tls", "cert"): ("tls_cert", _path),
+    ("tls", "key"): ("tls_key", _path),
+    ("tls", "client_ca"): ("client_ca", _path),
+    ("auth", "api_keys"): ("api_keys", _path),
+    ("auth", "rate"): ("rate", _number),
+    ("auth", "burst"): ("burst", _number),
+    ("keys", "signing_key"): ("signing_key", _path),
+    ("keys", "signing_key_passphrase_env"): ("signing_key_passphrase_env", _str),
+    ("keys", "vault_key"): ("vault_key", _path),
+    ("metrics", "port"): ("metrics_port", _int),
+    ("metrics", "address"): ("metrics_address", _str),
+}
+_PATH_FIELDS = {"database", "tls_cert", "tls_key", "client_ca", "api_keys", "signing_key", "vault_key"}
+_SECTIONS = {section for section, _ in FILE_KEYS if section}
+
+
+def _from_file(path: pathlib.Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    values: dict[str, Any] = {}
+
+    def take(section: str, table: Mapping[str, Any]) -> None:
+        for key, value in table.items():
+            if section == "" and key in _SECTIONS:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config file: [{key}] must be a table")
+                take(key, value)
+                continue
+            spec = FILE_KEYS.get((section, key))
+            name = f"{section}.{key}" if section else key
+            if spec is None:
+                raise ConfigError(f"config file: unknown setting {name}")
+            field, convert = spec
+            try:
+                converted = convert(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"config file: {name} has the wrong type") from None
+            if field in _PATH_FIELDS and not converted.is_absolute():
+                converted = path.parent / converted
+            values[field] = converted
+
+    take("", data)
+    return values
+
+
+def load_config(file: pathlib.Path | None, flags: Mapping[str, Any] | None = None) -> IssuerConfig:
+    """Build the configuration from ``file`` (TOML, optional) and ``flags``.
+
+    ``flags`` maps :class:`IssuerConfig` field names to values; ``None`` means
+    "not given" and leaves the file's value (or the default) in place.
+    """
+    values = _from_file(pathlib.Path(file)) if file is not None else {}
+    known = {f.name for f in fields(IssuerConfig)}
+    for name, value in (flags or {}).items():
+        if name not in known:
+            raise ConfigError(f"unknown setting {name}")
+        if value is not None:
+            values[name] = value
+    missing = [n for n in ("province", "database", "signing_key", "vault_key") if n not in values]
+    if missing:
+        raise ConfigError("missing settings: " + ", ".join(missing) + " (flags or config file)")
+    try:
+        return IssuerConfig(**values)
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
