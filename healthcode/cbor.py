@@ -204,7 +204,7 @@ def decode_item(data: bytes, pos: int, depth: int, max_items: int = DEFAULT_MAX_
 
 def _decode_float(data: bytes, start: int, end: int, ai: int) -> float:
     value = struct.unpack(_FLOAT_FORMAT[ai], data[start:end])[0]
-    if ai != 25 and _encode_float(value) != data[start - 1 : end]:
+    if (ai != 25 or value != value) and _encode_float(value) != data[start - 1 : end]:
         raise CBORError("float not in shortest form")
     return value
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import cbor
 from .base45 import Base45Error, b45decode, b45encode
-from .errors import MalformedCode, UnsupportedVersion
+from .errors import InvalidClaims, MalformedCode, UnsupportedVersion
 from .model import PROVINCES, CodeClaims, MainIndexId, ProvinceCode, to_epoch
 
 __all__ = [
@@ -43,10 +43,13 @@ __all__ = [
 
 PREFIX = "EHC1:"
 _PREFIX_STEM = "EHC"
+_VERSION_CHARACTERS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: Times are unsigned 32-bit seconds on the wire (until 2106).
+MAX_TIME = 0xFFFFFFFF
 #: Hard caps, checked before any parsing.
 MAX_TEXT_LENGTH = 1024  # characters, prefix included
 MAX_COSE_BYTES = 600  # bytes after Base45 decoding
-MAX_CBOR_DEPTH = 6  # nesting inside the claims (RFC 8747 cnf {1: COSE_Key} needs 3)
+MAX_CBOR_DEPTH = 6  # levels, the claims map and every tag included (cnf {1: COSE_Key} uses 3)
 MAX_ITEMS = 32  # entries in any one map or array
 
 
@@ -135,15 +138,27 @@ def encode_claims(claims: CodeClaims) -> bytes:
 
 
 def encode_code(claims: CodeClaims, signer: Signer) -> str:
-    """Sign ``claims`` with ``signer``; return the code's text form."""
-    protected = cbor.dumps({1: signer.algorithm.cose_id, 4: bytes(signer.kid)})
-    payload = encode_claims(claims)
+    """Sign ``claims`` with ``signer``; return the code's text form.
+
+    Refuses (:class:`InvalidClaims`) anything a verifier would refuse as
+    malformed: claims over the CBOR caps, values CBOR cannot carry, a code
+    over the size cap. So every code this signs passes the format checks.
+    """
+    try:
+        payload = encode_claims(claims)
+        protected = cbor.dumps({1: signer.algorithm.cose_id, 4: bytes(signer.kid)})
+    except cbor.CBORError as exc:
+        raise InvalidClaims(f"claims cannot be encoded: {exc}") from None
+    try:
+        parse_optional_claims(decode_claims(payload))
+    except MalformedCode as exc:
+        raise InvalidClaims(f"claims would not verify: {exc.detail}") from None
     protected_item = cbor.dumps(protected)
     payload_item = cbor.dumps(payload)
     signature = signer.sign(sig_structure(protected_item, payload_item))
     cose = bytes((_TAG_COSE_SIGN1, 0x84)) + protected_item + b"\xa0" + payload_item + cbor.dumps(signature)
     if len(cose) > MAX_COSE_BYTES:
-        raise MalformedCode(f"encoded code is {len(cose)} bytes, over the {MAX_COSE_BYTES}-byte cap")
+        raise InvalidClaims(f"encoded code is {len(cose)} bytes, over the {MAX_COSE_BYTES}-byte cap")
     return PREFIX + b45encode(cose)
 
 
@@ -191,7 +206,7 @@ def _decode_unverified(text: str) -> tuple[int, bytes, bytes, bytes, bytes, byte
     if len(text) > MAX_TEXT_LENGTH:
         raise MalformedCode(f"code longer than {MAX_TEXT_LENGTH} characters")
     if not text.startswith(PREFIX):
-        if text.startswith(_PREFIX_STEM) and len(text) > 4 and text[4] == ":" and text[3].isalnum():
+        if text.startswith(_PREFIX_STEM) and len(text) > 4 and text[4] == ":" and text[3] in _VERSION_CHARACTERS:
             raise UnsupportedVersion(f"code format version {text[3]!r} is not supported")
         raise MalformedCode("not a health code (prefix EHC1: missing)")
     # (2) Base45; the decoded size is bounded by the text cap (2 bytes per 3 chars)
@@ -323,6 +338,30 @@ _PROVINCE_BYTES = frozenset(code.encode("ascii") for code in PROVINCES)
 _BASE32_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
+_CNF_MEMBERS = frozenset({1, 2, 3})  # RFC 8747: COSE_Key, Encrypted_COSE_Key, kid
+
+
+def parse_optional_claims(claims: dict[Any, Any]) -> tuple[dict[Any, Any] | None, int | None]:
+    """Check the reserved optional claims' shapes; return (cnf, status).
+
+    ``cnf`` (8) must be an RFC 8747 confirmation map: integer members 1
+    (a COSE_Key map), 2 or 3 only. ``status`` (-65537) must be an unsigned
+    integer. Raises :class:`MalformedCode`.
+    """
+    cnf = claims.get(ClaimKey.CNF)
+    status = claims.get(ClaimKey.STATUS)
+    if cnf is not None and (
+        type(cnf) is not dict
+        or not cnf
+        or not _CNF_MEMBERS.issuperset(cnf)
+        or (1 in cnf and type(cnf[1]) is not dict)
+    ):
+        raise MalformedCode("cnf must be an RFC 8747 confirmation map")
+    if status is not None and (type(status) is not int or status < 0):
+        raise MalformedCode("status must be an unsigned integer")
+    return cnf, status
+
+
 def parse_core_claims(claims: dict[Any, Any]) -> tuple[ProvinceCode, MainIndexId, int, int, int]:
     """Check the required claims' types; return (province, subject, iat, exp, serial).
 
@@ -343,8 +382,8 @@ def parse_core_claims(claims: dict[Any, Any]) -> tuple[ProvinceCode, MainIndexId
         or sub[-1] not in "AEIMQUY4"
     ):
         raise MalformedCode("sub must be a 26-character main index ID")
-    if type(iat) is not int or type(exp) is not int or not 0 <= iat < exp:
-        raise MalformedCode("iat and exp must be integers with 0 <= iat < exp")
+    if type(iat) is not int or type(exp) is not int or not 0 <= iat < exp <= MAX_TIME:
+        raise MalformedCode("iat and exp must be integers with 0 <= iat < exp < 2**32")
     if type(cti) is not bytes or not 1 <= len(cti) <= 8 or (cti[0] == 0 and len(cti) > 1):
         raise MalformedCode("cti must be a minimal big-endian serial of 1 to 8 bytes")
     if ClaimKey.AUD in claims or ClaimKey.NBF in claims:

@@ -10,7 +10,10 @@ A :class:`TrustedKey` is one province's public key with
   Codes issued at or after that time are refused; with
   ``CompromisePolicy.REJECT_ALL`` every code of the key is refused.
 
-The kid is only a hint: several keys may share one, and the verifier tries each.
+The kid is only a hint, never trusted alone: the verifier looks a key up by
+(province, kid), checks the algorithm is the key's and the signature, and then
+the windows. Keys of different provinces may share a kid; within a province
+kids are unique, because revocation shards are named by (province, kid).
 A retired key still verifies what it signed inside its window.
 """
 
@@ -106,21 +109,24 @@ class TrustedKey:
 class Keyring:
     """An immutable set of :class:`TrustedKey`, indexed by kid."""
 
-    __slots__ = ("_by_kid", "_keys")
+    __slots__ = ("_by_shard", "_keys")
 
     def __init__(self, keys: Iterable[TrustedKey] = ()) -> None:
-        by_kid: dict[bytes, tuple[TrustedKey, ...]] = {}
+        by_shard: dict[tuple[str, bytes], TrustedKey] = {}
         ordered = tuple(keys)
         for key in ordered:
             if not isinstance(key, TrustedKey):
                 raise InvalidKey("a keyring holds TrustedKey values")
-            by_kid[key.kid] = by_kid.get(key.kid, ()) + (key,)
-        self._by_kid = by_kid
+            if (key.province, key.kid) in by_shard:
+                # Revocation shards are (province, kid): two keys there would share one list.
+                raise InvalidKey(f"two keys of province {key.province} share kid {key.kid.hex()}")
+            by_shard[(key.province, key.kid)] = key
+        self._by_shard = by_shard
         self._keys = ordered
 
-    def candidates(self, kid: bytes) -> tuple[TrustedKey, ...]:
-        """Every key whose kid is ``kid`` (usually one)."""
-        return self._by_kid.get(kid, ())
+    def find(self, province: str, kid: bytes) -> TrustedKey | None:
+        """The key of ``province`` named ``kid``, if trusted."""
+        return self._by_shard.get((province, kid))
 
     def for_province(self, province: str) -> tuple[TrustedKey, ...]:
         return tuple(k for k in self._keys if k.province == province)

@@ -129,10 +129,10 @@ class CodeClaims:
             iat, exp = to_epoch(self.issued_at), to_epoch(self.expires_at)
         except (ValueError, AttributeError, TypeError):
             raise InvalidClaims("issued_at and expires_at must be aware datetimes") from None
-        if not 0 <= iat < exp:
-            raise InvalidClaims("expires_at must be after issued_at (and both after 1970)")
+        if not 0 <= iat < exp <= 0xFFFFFFFF:
+            raise InvalidClaims("expires_at must be after issued_at (both between 1970 and 2106)")
         if self.holder_key is not None and not isinstance(self.holder_key, Mapping):
-            raise InvalidClaims("holder_key must be a COSE_Key map")
+            raise InvalidClaims("holder_key must be an RFC 8747 confirmation map {1: COSE_Key}")
         if self.status is not None and (type(self.status) is not int or self.status < 0):
             raise InvalidClaims("status must be a non-negative integer")
         from .codec import RESERVED_CLAIM_KEYS  # late import: codec imports model

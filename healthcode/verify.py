@@ -7,10 +7,11 @@ parameter: the core never reads a clock.
 
 The steps, marked in the code:
 
-1. caps, prefix and version, Base45, COSE_Sign1 form, claims form
-   (:func:`healthcode.codec.decode_unverified`);
+1. caps, prefix and version, Base45, COSE_Sign1 form, claims form,
+   including the shapes of the optional cnf and status claims
+   (:mod:`healthcode.codec`);
 2. trust freshness hook (the verifier's policy on stale trust data);
-3. candidate keys: same kid *and* same province as ``iss``;
+3. the key named by (``iss``, kid) in the keyring;
 4. the algorithm comes from the key: the header must name the key's;
 5. the signature over the received Sig_structure bytes;
 6. key compromise;
@@ -29,11 +30,11 @@ from typing import Protocol
 
 from .codec import (
     RESERVED_CLAIM_KEYS,
-    ClaimKey,
     _decode_unverified,
     canonical_core_claims,
     decode_claims,
     parse_core_claims,
+    parse_optional_claims,
 )
 from .errors import (
     AlgorithmMismatch,
@@ -41,7 +42,6 @@ from .errors import (
     Expired,
     KeyCompromised,
     KeyNotValidAtIssuance,
-    MalformedCode,
     NotYetValid,
     Reason,
     Revoked,
@@ -90,6 +90,7 @@ def verify(
     if core is None:
         claims = decode_claims(payload)
         core = parse_core_claims(claims)
+        holder_key, status = parse_optional_claims(claims)
     else:
         claims = None  # exactly the five core claims
     province, subject, iat, exp, serial = core
@@ -99,26 +100,15 @@ def verify(
         stale = trust.stale_detail(now)
         if stale is not None:
             raise TrustDataStale(stale)
-    # (3) candidate keys: the kid is a hint, the province must match
-    candidates = keyring.candidates(kid)
-    if len(candidates) != 1 or candidates[0].province != province:
-        candidates = tuple(k for k in candidates if k.province == province)
-        if not candidates:
-            raise UnknownKey(f"no trusted key of province {province} with kid {kid.hex()}")
+    # (3) the key: the kid is a hint, looked up within the code's province
+    key = keyring.find(province, kid)
+    if key is None:
+        raise UnknownKey(f"no trusted key of province {province} with kid {kid.hex()}")
     # (4) algorithm from the key, never from the code
-    if len(candidates) == 1 and candidates[0]._alg_id == alg_id:
-        matching = candidates
-    else:
-        matching = tuple(k for k in candidates if k._alg_id == alg_id)
-        if not matching:
-            raise AlgorithmMismatch(
-                f"header alg {alg_id} is not the key's {candidates[0].algorithm.value}"
-            )
+    if key._alg_id != alg_id:
+        raise AlgorithmMismatch(f"header alg {alg_id} is not the key's {key.algorithm.value}")
     # (5) signature over the received bytes
-    for key in matching:
-        if key.public_key.verify(signature, signed_bytes):
-            break
-    else:
+    if not key.public_key.verify(signature, signed_bytes):
         raise BadSignature("signature does not verify")
     # (6) compromise
     if key.status is KeyStatus.COMPROMISED and (
@@ -138,16 +128,10 @@ def verify(
     # (9) revocation
     if revocation is not None and revocation.is_revoked(province, key.kid, serial):
         raise Revoked("code has been revoked")
-    if claims is None or len(claims) == 5:
+    if claims is None:
         holder_key = status = None
         extra = _EMPTY
     else:
-        holder_key = claims.get(ClaimKey.CNF)
-        status = claims.get(ClaimKey.STATUS)
-        if holder_key is not None and type(holder_key) is not dict:
-            raise MalformedCode("cnf must be a map")
-        if status is not None and (type(status) is not int or status < 0):
-            raise MalformedCode("status must be an unsigned integer")
         extra = MappingProxyType({k: v for k, v in claims.items() if k not in RESERVED_CLAIM_KEYS})
     return VerifiedCode(
         province, subject, serial, iat, exp, key.kid, key.algorithm.value, holder_key, status, extra

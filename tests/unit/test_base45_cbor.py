@@ -105,6 +105,7 @@ CBOR_BAD = [
     ("double-not-shortest", "fb3ff0000000000000", "float"),
     ("single-not-shortest", "fa3f800000", "float"),
     ("double-nan", "fb7ff8000000000000", "float"),
+    ("half-nan-payload", "f97e01", "float"),
     ("too-many-items", "98" + "41" + "00" * 65, "too many"),
 ]
 
