@@ -1,0 +1,428 @@
+"""Issuing, renewing and revoking codes, durably and idempotently.
+
+An issuance, step by step (marked in :meth:`CodeIssuer._issue_new`):
+
+1. the resident must exist and not be merged (a cache hit, or one indexed read);
+2. the signer for ``now`` is looked up (per issuance: keys rotate);
+3. the serial is allocated in memory: serials are dense per (province, kid)
+   and start from ``max committed + 1`` loaded from the store the first time a
+   kid is used;
+4. the claims are signed (:func:`healthcode.sign_code`);
+5. the record is submitted to the store's group-commit writer;
+6. the issuance is acknowledged only when its transaction has committed.
+
+Steps 3 to 5 run without yielding to the event loop, so nothing interleaves
+between allocating a serial and queueing it. A serial whose row the store
+refuses before writing anything (:class:`~issuer.store.base.RowRejected`) is
+handed out again; one whose fate is unknown (a failed commit) never is. A
+crash can lose only serials never acknowledged (they never left the process);
+serials above the highest committed one are then reused, which is safe for
+the same reason.
+
+**Assumption: one issuing process per province database, and one
+:class:`CodeIssuer` per store.** The allocator lives in this object's memory;
+the store's UNIQUE (province, kid, serial) index refuses, rather than
+duplicates, a serial from a second allocator.
+
+Idempotency: a request with an idempotency key is answered, on every retry by
+the same caller with the same key, with the code the first request produced:
+coalesced in memory while the first is still in flight, read back from the
+store once it has committed (also after a restart). The same key with
+different parameters is a :class:`~issuer.errors.Conflict`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import heapq
+from concurrent.futures import Future
+from typing import Callable
+
+import healthcode
+from healthcode.codec import Signer, decode_unverified, parse_core_claims
+from healthcode.errors import HealthCodeError, VerificationError
+from healthcode.model import from_epoch, parse_province, to_epoch
+
+from .errors import Conflict, FieldViolation, InvalidRequest, NoSigningKey, NotFound
+from .index import parse_main_index_id_field
+from .model import CodeRef, IssuedCode, RevocationReason
+from .store.base import (
+    CodeNotRenewable,
+    CodeRecord,
+    DuplicateIdempotencyKey,
+    ResidentMerged,
+    ResidentNotFound,
+    RowRejected,
+    Store,
+)
+
+__all__ = ["CodeIssuer", "DEFAULT_VALIDITY", "MAX_IDEMPOTENCY_KEY_LENGTH", "MAX_CALLER_LENGTH"]
+
+DEFAULT_VALIDITY = dt.timedelta(days=7)
+MAX_IDEMPOTENCY_KEY_LENGTH = 128
+MAX_CALLER_LENGTH = 256
+
+
+class _SerialAllocator:
+    """Dense serials for one (province, kid): the next unused one, or one handed back."""
+
+    __slots__ = ("next", "free")
+
+    def __init__(self, start: int) -> None:
+        self.next = start
+        self.free: list[int] = []
+
+    def allocate(self) -> int:
+        if self.free:
+            return heapq.heappop(self.free)
+        serial = self.next
+        self.next = serial + 1
+        return serial
+
+    def release(self, serial: int) -> None:
+        """Hand back a serial that is stored nowhere and was shown to no one."""
+        heapq.heappush(self.free, serial)
+
+
+def _fingerprint(*parts: bytes) -> bytes:
+    return hashlib.sha256(b"\x00".join(parts)).digest()[:16]
+
+
+def _check_caller(caller: object) -> str:
+    if not isinstance(caller, str) or not 1 <= len(caller) <= MAX_CALLER_LENGTH:
+        raise InvalidRequest([FieldViolation("caller", f"must be 1 to {MAX_CALLER_LENGTH} characters", "length")])
+    return caller
+
+
+def _check_key(key: object) -> str | None:
+    if key is None:
+        return None
+    if (
+        not isinstance(key, str)
+        or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH
+        or not key.isascii()
+        or not key.isprintable()
+    ):
+        raise InvalidRequest(
+            [
+                FieldViolation(
+                    "idempotency_key",
+                    f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters (or absent)",
+                    "idempotency_key",
+                )
+            ]
+        )
+    return key
+
+
+def _check_ref(ref: object) -> CodeRef:
+    if (
+        not isinstance(ref, CodeRef)
+        or not isinstance(ref.kid, bytes)
+        or not 1 <= len(ref.kid) <= 32
+        or type(ref.serial) is not int
+        or not 0 <= ref.serial <= healthcode.model.MAX_SERIAL
+    ):
+        raise InvalidRequest([FieldViolation("ref", "must name a code: province, kid (1-32 bytes), serial", "ref")])
+    return ref
+
+
+class CodeIssuer:
+    """Issues a province's codes. Give either ``signer`` or ``signer_for``.
+
+    ``signer_for(now)`` returns the :class:`~healthcode.codec.Signer` to use at
+    ``now`` (key rotation; it may raise :class:`~issuer.errors.NoSigningKey`);
+    ``signer`` is the fixed-key shorthand. ``validity`` is each code's
+    lifetime.
+
+    Signing runs on the event loop (a software key signs in tens of
+    microseconds); a slow signer (a network HSM) should sign in its own thread
+    pool behind the same interface.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        province: str,
+        signer: Signer | None = None,
+        signer_for: Callable[[dt.datetime], Signer] | None = None,
+        validity: dt.timedelta = DEFAULT_VALIDITY,
+    ) -> None:
+        if (signer is None) == (signer_for is None):
+            raise ValueError("give exactly one of signer and signer_for")
+        if not isinstance(validity, dt.timedelta) or validity < dt.timedelta(seconds=1):
+            raise ValueError("validity must be at least one second")
+        self._store = store
+        self.province = parse_province(province)
+        self._signer_for = signer_for if signer_for is not None else (lambda now, _s=signer: _s)
+        self._validity = validity
+        self._allocators: dict[bytes, _SerialAllocator] = {}
+        self._loading: dict[bytes, asyncio.Future] = {}
+        self._pending: dict[tuple[str, str], tuple[bytes, asyncio.Future]] = {}
+
+    # -- idempotency
+
+    async def _idempotent(self, caller: str, key: str | None, fingerprint: bytes, work: Callable) -> IssuedCode:
+        """Run ``work()`` once per (caller, key): coalesce concurrent retries onto the first."""
+        if key is None:
+            return await work()
+        slot = (caller, key)
+        pending = self._pending.get(slot)
+        if pending is not None:
+            if pending[0] != fingerprint:
+                raise Conflict("idempotency key was already used with different parameters")
+            return await asyncio.shield(pending[1])
+        # The work runs as its own task: a caller that gives up (deadline) does
+        # not cancel it, so a retry still gets the first request's code.
+        task = asyncio.ensure_future(work())
+        self._pending[slot] = (fingerprint, task)
+        task.add_done_callback(lambda t: self._settle(slot, t))
+        return await asyncio.shield(task)
+
+    def _settle(self, slot: tuple[str, str], task: asyncio.Future) -> None:
+        if self._pending.get(slot, (None, None))[1] is task:
+            del self._pending[slot]
+        if not task.cancelled():
+            task.exception()  # retrieved: no "exception never retrieved" noise when callers gave up
+
+    async def _stored_original(self, caller: str, key: str, fingerprint: bytes) -> IssuedCode | None:
+        record = await asyncio.to_thread(self._store.find_code_by_idempotency_key, caller, key)
+        if record is None:
+            return None
+        if record.request_fingerprint != fingerprint:
+            raise Conflict("idempotency key was already used with different parameters")
+        return record.to_issued_code()
+
+    # -- the resident check
+
+    async def _require_active(self, mid: str) -> None:
+        if self._store.known_active(mid):
+            return
+        resident = await asyncio.to_thread(self._store.get_resident, mid)
+        if resident is None:
+            raise NotFound("resident not found")
+        if resident.merged_into is not None:
+            raise Conflict("resident was merged into another entry; use the survivor's main index ID")
+
+    # -- serials
+
+    async def _allocator(self, kid: bytes) -> _SerialAllocator:
+        allocator = self._allocators.get(kid)
+        if allocator is not None:
+            return allocator
+        loading = self._loading.get(kid)
+        if loading is None:
+            loading = asyncio.ensure_future(asyncio.to_thread(self._store.next_serial, self.province, kid))
+            self._loading[kid] = loading
+            loading.add_done_callback(lambda _f: self._loading.pop(kid, None))
+        start = await asyncio.shield(loading)
+        # several waiters may arrive here: only the first creates the allocator
+        return self._allocators.setdefault(kid, _SerialAllocator(start))
+
+    def _signer(self, now: dt.datetime) -> Signer:
+        signer = self._signer_for(now)
+        if signer is None:
+            raise NoSigningKey("no signing key for this province now")
+        return signer
+
+    # -- issuing
+
+    async def _issue_new(
+        self,
+        *,
+        caller: str,
+        mid: str,
+        key: str | None,
+        fingerprint: bytes | None,
+        now: dt.datetime,
+        supersedes: CodeRef | None = None,
+    ) -> IssuedCode:
+        # (1) is checked by the callers, before anything is allocated.
+        # (2) the signer for this moment
+        signer = self._signer(now)
+        kid = bytes(signer.kid)
+        allocator = self._allocators.get(kid) or await self._allocator(kid)
+        iat = to_epoch(now)
+        issued_at = from_epoch(iat)
+        expires_at = issued_at + self._validity
+        # (3)-(5) allocate, sign, submit: no await in between
+        serial = allocator.allocate()
+        try:
+            text = healthcode.sign_code(
+                healthcode.CodeClaims(self.province, mid, serial, issued_at, expires_at), signer
+            )
+            record = CodeRecord(
+                self.province, kid, serial, mid, issued_at, expires_at, text, caller, key, fingerprint
+            )
+            future = self._store.submit_code(record, supersedes=supersedes)
+        except BaseException:
+            allocator.release(serial)
+            raise
+        # (6) acknowledged only once durable
+        try:
+            await asyncio.wrap_future(future)
+        except RowRejected:
+            allocator.release(serial)
+            raise
+        except asyncio.CancelledError:
+            # The caller gave up; the write goes on. Hand the serial back if it is refused.
+            loop = asyncio.get_running_loop()
+            future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._release_if_rejected, allocator,
+                                                                         serial, f))
+            raise
+        return IssuedCode(CodeRef(self.province, kid, serial), mid, issued_at, expires_at, text)
+
+    @staticmethod
+    def _release_if_rejected(allocator: _SerialAllocator, serial: int, future: Future) -> None:
+        if isinstance(future.exception(), RowRejected):
+            allocator.release(serial)
+
+    async def issue_code(
+        self,
+        *,
+        caller: str,
+        main_index_id: str,
+        idempotency_key: str | None,
+        now: dt.datetime,
+    ) -> IssuedCode:
+        """Issue a code to an unmerged resident; return it once durably stored.
+
+        Raises :class:`~issuer.errors.InvalidRequest` (bad ID or key),
+        :class:`~issuer.errors.NotFound` (no such resident),
+        :class:`~issuer.errors.Conflict` (merged resident; key reused for
+        another resident), :class:`~issuer.errors.NoSigningKey`,
+        :class:`~issuer.errors.Unavailable` (store closed or failing).
+        """
+        caller = _check_caller(caller)
+        mid = parse_main_index_id_field(main_index_id, "main_index_id")
+        key = _check_key(idempotency_key)
+        fingerprint = _fingerprint(b"issue", mid.encode()) if key is not None else None
+
+        async def work() -> IssuedCode:
+            try:
+                await self._require_active(mid)
+            except (NotFound, Conflict):
+                if key is not None:  # a retry after a merge still gets its original code
+                    original = await self._stored_original(caller, key, fingerprint)
+                    if original is not None:
+                        return original
+                raise
+            try:
+                return await self._issue_new(caller=caller, mid=mid, key=key, fingerprint=fingerprint, now=now)
+            except DuplicateIdempotencyKey:  # committed before (e.g. before a restart): the original
+                original = await self._stored_original(caller, key, fingerprint)
+                if original is None:
+                    raise
+                return original
+            except ResidentMerged:
+                raise Conflict("resident was merged into another entry; use the survivor's main index ID") from None
+            except ResidentNotFound:
+                raise NotFound("resident not found") from None
+
+        return await self._idempotent(caller, key, fingerprint, work)
+
+    async def renew_code(
+        self,
+        *,
+        caller: str,
+        ref: CodeRef,
+        idempotency_key: str | None,
+        now: dt.datetime,
+    ) -> IssuedCode:
+        """Issue a new code to the same resident; the old one is revoked as ``superseded``, atomically.
+
+        The old code may have expired but must not be revoked
+        (:class:`~issuer.errors.Conflict`) and must exist
+        (:class:`~issuer.errors.NotFound`).
+        """
+        caller = _check_caller(caller)
+        ref = _check_ref(ref)
+        key = _check_key(idempotency_key)
+        fingerprint = (
+            _fingerprint(b"renew", ref.province.encode(), ref.kid, str(ref.serial).encode()) if key is not None else None
+        )
+
+        async def work() -> IssuedCode:
+            if key is not None:
+                original = await self._stored_original(caller, key, fingerprint)
+                if original is not None:
+                    return original
+            old = await asyncio.to_thread(self._store.get_code, ref)
+            if old is None:
+                raise NotFound("code not found")
+            if old.revoked_at is not None:
+                raise Conflict("code is revoked; issue a new one instead")
+            await self._require_active(old.main_index_id)
+            try:
+                return await self._issue_new(
+                    caller=caller, mid=old.main_index_id, key=key, fingerprint=fingerprint, now=now, supersedes=ref
+                )
+            except DuplicateIdempotencyKey:
+                original = await self._stored_original(caller, key, fingerprint)
+                if original is None:
+                    raise
+                return original
+            except CodeNotRenewable:
+                raise Conflict("code was revoked or renewed meanwhile") from None
+            except ResidentMerged:
+                raise Conflict("resident was merged into another entry") from None
+            except ResidentNotFound:
+                raise NotFound("resident not found") from None
+
+        return await self._idempotent(caller, key, fingerprint, work)
+
+    # -- revoking and reading
+
+    async def revoke_code(self, *, ref: CodeRef, reason: RevocationReason, now: dt.datetime) -> IssuedCode:
+        """Revoke a code; return it as stored. A revoked code keeps its first reason and time."""
+        ref = _check_ref(ref)
+        reason = self._check_reason(reason)
+        record = await asyncio.wrap_future(self._store.revoke_code(ref, reason=reason, at=now))
+        if record is None:
+            raise NotFound("code not found")
+        return record.to_issued_code()
+
+    async def revoke_resident_codes(self, *, main_index_id: str, reason: RevocationReason, now: dt.datetime) -> int:
+        """Revoke every live code of a resident (merged or not); return how many."""
+        mid = parse_main_index_id_field(main_index_id, "main_index_id")
+        reason = self._check_reason(reason)
+        if await asyncio.to_thread(self._store.get_resident, mid) is None:
+            raise NotFound("resident not found")
+        return await asyncio.wrap_future(self._store.revoke_resident_codes(mid, reason=reason, at=now))
+
+    async def get_code(self, ref: CodeRef) -> IssuedCode:
+        """The code as stored now, with its revocation if any (:class:`~issuer.errors.NotFound`)."""
+        record = await asyncio.to_thread(self._store.get_code, _check_ref(ref))
+        if record is None:
+            raise NotFound("code not found")
+        return record.to_issued_code()
+
+    @staticmethod
+    def ref_from_text(text: str) -> CodeRef:
+        """Name the code in ``text`` by its *unverified* (province, kid, serial).
+
+        Only the form is checked: the result is a lookup key, not proof of
+        anything. A malformed code raises :class:`~issuer.errors.InvalidRequest`
+        on field ``code``.
+        """
+        try:
+            unverified = decode_unverified(text)
+            province, _subject, _iat, _exp, serial = parse_core_claims(unverified.claims)
+        except (VerificationError, HealthCodeError) as exc:
+            detail = exc.detail if isinstance(exc, VerificationError) else "malformed code"
+            raise InvalidRequest([FieldViolation("code", f"not a well-formed health code: {detail}",
+                                                 "malformed")]) from None
+        return CodeRef(province, unverified.kid, serial)
+
+    @staticmethod
+    def _check_reason(reason: object) -> RevocationReason:
+        try:
+            return RevocationReason(reason)
+        except ValueError:
+            raise InvalidRequest(
+                [FieldViolation("reason", "must be one of: " + ", ".join(r.value for r in RevocationReason), "reason")]
+            ) from None
+

@@ -1,0 +1,301 @@
+"""The store interface: what the issuer's domain needs from a database, and no more.
+
+SQLite implements it now (:mod:`issuer.store.sqlite`); PostgreSQL will next.
+Records are frozen dataclasses; times are aware UTC ``datetime`` values at this
+interface (stores may keep whole seconds: every time the domain passes is
+floored to the second before it is stored).
+
+Two kinds of method, deliberately different:
+
+* **reads** block and return records (``None`` when absent). The async domain
+  runs them with :func:`asyncio.to_thread`.
+* **writes** return a :class:`concurrent.futures.Future` at once; the store
+  applies them in submission order and resolves each future only after its
+  transaction committed durably (or with the error that refused it). The async
+  domain awaits them with :func:`asyncio.wrap_future`. A write's future cannot
+  be cancelled: once submitted, a write happens or fails on its own.
+
+Nothing here ever holds a document number: identifiers are a keyed blind index
+plus a sealed value (:mod:`issuer.privacy`).
+
+Errors raised by writes are :mod:`issuer.errors` types (so the service maps
+them in its one table). The ones that subclass :class:`RowRejected` promise
+that *nothing* of the write was stored, so e.g. a serial allocated for a
+refused code may be handed out again.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..errors import AlreadyExists, Conflict, IssuerError, NotFound, Unavailable
+from ..model import CodeRef, IssuedCode, RevocationReason
+
+__all__ = [
+    "Store",
+    "ResidentRecord",
+    "IdentifierRecord",
+    "CodeRecord",
+    "RowRejected",
+    "DuplicateIdentifier",
+    "DuplicateIdempotencyKey",
+    "DuplicateSerial",
+    "ResidentNotFound",
+    "ResidentMerged",
+    "CodeNotRenewable",
+    "StoreClosed",
+    "StoreOverloaded",
+    "WriteFailed",
+]
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class ResidentRecord:
+    """A main index entry. ``merged_into`` names the survivor once merged (then it is read-only)."""
+
+    main_index_id: str
+    created_at: dt.datetime
+    merged_into: str | None = None
+    merged_at: dt.datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.merged_into is None
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifierRecord:
+    """One document linked to a resident, as stored: never the number itself.
+
+    ``blind_index`` is the keyed HMAC of the document's canonical form (unique
+    across the store); ``sealed`` is its AES-GCM sealed value, bound to
+    ``blind_index`` as associated data; ``doc_type`` is the
+    :class:`~issuer.documents.DocumentType` value; ``primary`` marks the
+    document the resident registered with.
+    """
+
+    blind_index: bytes
+    doc_type: str
+    sealed: bytes
+    main_index_id: str
+    primary: bool
+    created_at: dt.datetime
+
+    def __repr__(self) -> str:  # the sealed value is opaque, but keep logs short and bland
+        return f"IdentifierRecord(doc_type={self.doc_type!r}, primary={self.primary})"
+
+
+@dataclass(frozen=True, slots=True)
+class CodeRecord:
+    """An issued code as stored, with what makes retries idempotent.
+
+    ``(province, kid, serial)`` is unique; so is ``(caller, idempotency_key)``
+    when the key is set. ``request_fingerprint`` is a digest of the request's
+    parameters, so a key reused for a different request is recognised.
+    """
+
+    province: str
+    kid: bytes
+    serial: int
+    main_index_id: str
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+    text: str
+    caller: str
+    idempotency_key: str | None = None
+    request_fingerprint: bytes | None = None
+    revoked_at: dt.datetime | None = None
+    revocation_reason: RevocationReason | None = None
+
+    @property
+    def ref(self) -> CodeRef:
+        return CodeRef(self.province, self.kid, self.serial)
+
+    def to_issued_code(self) -> IssuedCode:
+        return IssuedCode(
+            ref=CodeRef(self.province, self.kid, self.serial),
+            main_index_id=self.main_index_id,
+            issued_at=self.issued_at,
+            expires_at=self.expires_at,
+            text=self.text,
+            revoked_at=self.revoked_at,
+            revocation_reason=self.revocation_reason,
+        )
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class RowRejected(IssuerError):
+    """Mixin: the store refused the write before storing anything of it."""
+
+
+class DuplicateIdentifier(RowRejected, AlreadyExists):
+    """A document is already linked to a resident. ``position`` indexes the identifiers passed."""
+
+    def __init__(self, position: int, message: str = "document is already registered") -> None:
+        super().__init__(message)
+        self.position = position
+
+
+class DuplicateIdempotencyKey(RowRejected, Conflict):
+    """(caller, idempotency key) already names a stored code."""
+
+
+class DuplicateSerial(IssuerError):
+    """(province, kid, serial) is already stored: two allocators for one key (a bug).
+
+    Not a :class:`RowRejected`: the serial is taken, so it must not be handed out again.
+    """
+
+    reason = "internal"
+
+
+class ResidentNotFound(RowRejected, NotFound):
+    """The resident does not exist."""
+
+
+class ResidentMerged(RowRejected, Conflict):
+    """The resident was merged into another entry; only the survivor takes new codes or documents."""
+
+
+class CodeNotRenewable(RowRejected, Conflict):
+    """The code to supersede is missing, revoked, or of another resident."""
+
+
+class StoreClosed(RowRejected, Unavailable):
+    """The store is closed (shutting down)."""
+
+
+class StoreOverloaded(RowRejected, Unavailable):
+    """Too many writes are waiting for the disk; the caller should back off and retry."""
+
+
+class WriteFailed(Unavailable):
+    """The transaction failed for a reason outside the row (I/O, disk full).
+
+    Whether it reached the disk is unknown, so nothing it held may be reused.
+    """
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+class Store(abc.ABC):
+    """Residents, their identifiers, issued codes and serial counters.
+
+    One writer process per province database: serial allocation relies on it
+    (see :mod:`issuer.issuance`).
+    """
+
+    # -- residents and identifiers: reads
+
+    @abc.abstractmethod
+    def get_resident(self, main_index_id: str) -> ResidentRecord | None:
+        """The entry, merged or not."""
+
+    def known_active(self, main_index_id: str) -> bool:
+        """Non-blocking hint: True only if the store *knows* (cache) the entry exists unmerged.
+
+        False means "ask :meth:`get_resident`". Writes re-check at commit.
+        """
+        return False
+
+    @abc.abstractmethod
+    def find_identifier(self, blind_index: bytes) -> IdentifierRecord | None:
+        """The identifier with this blind index."""
+
+    @abc.abstractmethod
+    def identifiers_of(self, main_index_id: str) -> list[IdentifierRecord]:
+        """Every identifier linked to the entry, primary first."""
+
+    # -- residents and identifiers: writes
+
+    @abc.abstractmethod
+    def create_resident(self, resident: ResidentRecord, identifiers: Sequence[IdentifierRecord]) -> Future[None]:
+        """Create the entry with its identifiers, atomically.
+
+        Fails with :class:`DuplicateIdentifier` (``position`` into
+        ``identifiers``) if any is linked already.
+        """
+
+    @abc.abstractmethod
+    def add_identifier(self, identifier: IdentifierRecord) -> Future[bool]:
+        """Link one more identifier. True if added, False if already linked to this same entry.
+
+        Fails with :class:`ResidentNotFound`, :class:`ResidentMerged`, or
+        :class:`DuplicateIdentifier` (linked to another entry).
+        """
+
+    @abc.abstractmethod
+    def merge_residents(self, *, survivor: str, merged: str, at: dt.datetime) -> Future[int]:
+        """Move ``merged``'s identifiers to ``survivor``, mark it merged, revoke its live codes.
+
+        All in one transaction; codes with ``expires_at > at`` and not yet
+        revoked get :attr:`RevocationReason.MERGED` at ``at``. Resolves to how
+        many were revoked. Fails with :class:`ResidentNotFound` or
+        :class:`ResidentMerged` (either entry already merged), or
+        :class:`~issuer.errors.Conflict` if they are the same entry.
+        """
+
+    # -- codes: reads
+
+    @abc.abstractmethod
+    def get_code(self, ref: CodeRef) -> CodeRecord | None:
+        """The code named by ``ref``."""
+
+    @abc.abstractmethod
+    def find_code_by_idempotency_key(self, caller: str, idempotency_key: str) -> CodeRecord | None:
+        """The code a caller's earlier request with this key produced."""
+
+    @abc.abstractmethod
+    def codes_of(self, main_index_id: str) -> list[CodeRecord]:
+        """Every code issued to the entry, oldest first."""
+
+    @abc.abstractmethod
+    def next_serial(self, province: str, kid: bytes) -> int:
+        """One past the highest serial ever committed for (province, kid); 0 if none."""
+
+    # -- codes: writes
+
+    @abc.abstractmethod
+    def submit_code(self, record: CodeRecord, *, supersedes: CodeRef | None = None) -> Future[None]:
+        """Store a newly issued code; resolve once it is durable.
+
+        With ``supersedes``, that code (which must be the same resident's and
+        not revoked, else :class:`CodeNotRenewable`) is revoked as
+        :attr:`RevocationReason.SUPERSEDED` in the same transaction. Fails with
+        :class:`DuplicateIdempotencyKey`, :class:`DuplicateSerial`,
+        :class:`ResidentNotFound`, :class:`ResidentMerged`, :class:`StoreClosed`,
+        :class:`StoreOverloaded` (all :class:`RowRejected`) or :class:`WriteFailed`.
+        """
+
+    @abc.abstractmethod
+    def revoke_code(self, ref: CodeRef, *, reason: RevocationReason, at: dt.datetime) -> Future[CodeRecord | None]:
+        """Revoke one code; a code already revoked keeps its first reason and time.
+
+        Resolves to the code as stored afterwards, or None if there is none.
+        """
+
+    @abc.abstractmethod
+    def revoke_resident_codes(self, main_index_id: str, *, reason: RevocationReason, at: dt.datetime) -> Future[int]:
+        """Revoke every unrevoked code of the entry with ``expires_at > at``; resolve to how many."""
+
+    # -- lifecycle
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Apply every write already submitted, then stop. Later writes fail with :class:`StoreClosed`."""
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

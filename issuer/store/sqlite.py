@@ -1,0 +1,777 @@
+"""The SQLite store: WAL, full fsync, one writer thread with group commit.
+
+Writes
+    Every write goes through one writer thread and one connection, in
+    submission order. Code insertions are *group committed*: the writer takes
+    everything waiting in its queue (up to ``batch_cap``) and commits the
+    insertions together in one transaction, so one fsync acknowledges many
+    issuances; only then does it resolve each submitter's future. Other writes
+    (register, link, merge, revoke) run in their own transaction, in order
+    between the batches.
+
+    If a batch's transaction fails on a row (a UNIQUE conflict from a retried
+    idempotent request, say), the writer rolls back and applies the rows one
+    by one in a fresh transaction: SQLite undoes only the failing *statement*,
+    so that row's future gets its error and every other row still commits.
+
+Reads
+    Reads use their own connections from a small pool (WAL lets them run
+    while the writer commits), opened ``query_only``.
+
+Durability
+    ``journal_mode=WAL`` and ``synchronous=FULL``: a commit returns after the
+    WAL is fsync'd, so a future resolved by the writer survives a crash or a
+    power cut. ``busy_timeout`` covers a second connection (an operator's
+    ``sqlite3`` shell, a backup) holding a lock briefly.
+
+Assumption: one writer *process* per province database. Serial numbers are
+allocated in the issuing process's memory from :meth:`SQLiteStore.next_serial`
+(see :mod:`issuer.issuance`), and the resident cache trusts that merges go
+through this process. A second writer process would make the UNIQUE index on
+(province, kid, serial) refuse its codes rather than duplicate a serial.
+
+Privacy: the file holds main index IDs, blind indexes and sealed values, never
+a document number (see :mod:`issuer.privacy`); the WAL holds the same.
+
+Schema (``PRAGMA user_version`` counts the migrations applied)::
+
+    residents(main_index_id TEXT PK, created_at INT, merged_into TEXT -> residents, merged_at INT)
+    identifiers(blind_index BLOB PK, doc_type TEXT, sealed BLOB, main_index_id TEXT -> residents,
+                is_primary INT, created_at INT)          index (main_index_id)
+    codes(id INT PK, province TEXT, kid BLOB, serial INT, main_index_id TEXT -> residents,
+          issued_at INT, expires_at INT, text TEXT, caller TEXT, idempotency_key TEXT,
+          request_fingerprint BLOB, revoked_at INT, revocation_reason TEXT)
+          UNIQUE (province, kid, serial); UNIQUE (caller, idempotency_key); index (main_index_id)
+    serial_counters(province TEXT, kid BLOB, next_serial INT, PK (province, kid))
+
+Times are whole seconds since the Unix epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import pathlib
+import queue
+import sqlite3
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import sqlite_utils
+
+from healthcode.model import from_epoch, to_epoch
+
+from ..errors import Conflict, IssuerError
+from ..model import CodeRef, RevocationReason
+from .base import (
+    CodeNotRenewable,
+    CodeRecord,
+    DuplicateIdempotencyKey,
+    DuplicateIdentifier,
+    DuplicateSerial,
+    IdentifierRecord,
+    ResidentMerged,
+    ResidentNotFound,
+    ResidentRecord,
+    Store,
+    StoreClosed,
+    StoreOverloaded,
+    WriteFailed,
+)
+
+__all__ = ["SQLiteStore", "WriterStats", "MIGRATIONS", "SchemaTooNew", "DEFAULT_BATCH_CAP"]
+
+DEFAULT_BATCH_CAP = 512
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+DEFAULT_RESIDENT_CACHE = 200_000
+DEFAULT_MAX_QUEUED = 50_000
+
+
+class SchemaTooNew(IssuerError):
+    """The database was migrated by newer software than this."""
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def _migration_1_initial(db: sqlite_utils.Database) -> None:
+    db["residents"].create(
+        {"main_index_id": str, "created_at": int, "merged_into": str, "merged_at": int},
+        pk="main_index_id",
+        not_null=["main_index_id", "created_at"],
+        foreign_keys=[("merged_into", "residents", "main_index_id")],
+        strict=True,
+    )
+    db["identifiers"].create(
+        {
+            "blind_index": bytes,
+            "doc_type": str,
+            "sealed": bytes,
+            "main_index_id": str,
+            "is_primary": int,
+            "created_at": int,
+        },
+        pk="blind_index",
+        not_null=["blind_index", "doc_type", "sealed", "main_index_id", "is_primary", "created_at"],
+        foreign_keys=[("main_index_id", "residents", "main_index_id")],
+        strict=True,
+    )
+    db["identifiers"].create_index(["main_index_id"], index_name="identifiers_by_resident")
+    db["codes"].create(
+        {
+            "id": int,
+            "province": str,
+            "kid": bytes,
+            "serial": int,
+            "main_index_id": str,
+            "issued_at": int,
+            "expires_at": int,
+            "text": str,
+            "caller": str,
+            "idempotency_key": str,
+            "request_fingerprint": bytes,
+            "revoked_at": int,
+            "revocation_reason": str,
+        },
+        pk="id",
+        not_null=["province", "kid", "serial", "main_index_id", "issued_at", "expires_at", "text", "caller"],
+        foreign_keys=[("main_index_id", "residents", "main_index_id")],
+        strict=True,
+    )
+    db["codes"].create_index(["province", "kid", "serial"], index_name="codes_by_serial", unique=True)
+    db["codes"].create_index(["caller", "idempotency_key"], index_name="codes_by_idempotency_key", unique=True)
+    db["codes"].create_index(["main_index_id"], index_name="codes_by_resident")
+    db["serial_counters"].create(
+        {"province": str, "kid": bytes, "next_serial": int},
+        pk=("province", "kid"),
+        not_null=["province", "kid", "next_serial"],
+        strict=True,
+    )
+
+
+#: Applied in order; ``PRAGMA user_version`` is the number applied. Append only.
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1_initial,)
+
+
+def _migrate(conn: sqlite3.Connection) -> int:
+    """Apply the missing migrations, each in its own transaction; return the schema version."""
+    db = sqlite_utils.Database(conn, execute_plugins=False)
+    while True:
+        conn.execute("BEGIN IMMEDIATE")  # re-read the version under the write lock
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(f"database schema version {version} is newer than this software's "
+                                   f"{len(MIGRATIONS)}")
+            if version == len(MIGRATIONS):
+                conn.execute("COMMIT")
+                return version
+            MIGRATIONS[version](db)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+# --------------------------------------------------------------------------- rows
+
+
+_CODE_COLUMNS = (
+    "province, kid, serial, main_index_id, issued_at, expires_at, text, caller, idempotency_key, "
+    "request_fingerprint, revoked_at, revocation_reason"
+)
+_INSERT_CODE = (
+    "INSERT INTO codes (province, kid, serial, main_index_id, issued_at, expires_at, text, caller, "
+    "idempotency_key, request_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SUPERSEDE = (
+    "UPDATE codes SET revoked_at = ?, revocation_reason = ? "
+    "WHERE province = ? AND kid = ? AND serial = ? AND main_index_id = ? AND revoked_at IS NULL"
+)
+_BUMP_COUNTER = (
+    "INSERT INTO serial_counters (province, kid, next_serial) VALUES (?, ?, ?) "
+    "ON CONFLICT (province, kid) DO UPDATE SET next_serial = max(next_serial, excluded.next_serial)"
+)
+_IDENTIFIER_COLUMNS = "blind_index, doc_type, sealed, main_index_id, is_primary, created_at"
+
+
+def _time(value: int | None) -> dt.datetime | None:
+    return None if value is None else from_epoch(value)
+
+
+def _code_record(row: tuple) -> CodeRecord:
+    (province, kid, serial, mid, iat, exp, text, caller, key, fingerprint, revoked_at, reason) = row
+    return CodeRecord(
+        province=province,
+        kid=kid,
+        serial=serial,
+        main_index_id=mid,
+        issued_at=from_epoch(iat),
+        expires_at=from_epoch(exp),
+        text=text,
+        caller=caller,
+        idempotency_key=key,
+        request_fingerprint=fingerprint,
+        revoked_at=_time(revoked_at),
+        revocation_reason=None if reason is None else RevocationReason(reason),
+    )
+
+
+def _identifier_record(row: tuple) -> IdentifierRecord:
+    blind_index, doc_type, sealed, mid, primary, created_at = row
+    return IdentifierRecord(blind_index, doc_type, sealed, mid, bool(primary), from_epoch(created_at))
+
+
+def _resident_record(row: tuple) -> ResidentRecord:
+    mid, created_at, merged_into, merged_at = row
+    return ResidentRecord(mid, from_epoch(created_at), merged_into, _time(merged_at))
+
+
+def _code_params(record: CodeRecord) -> tuple:
+    return (
+        record.province,
+        record.kid,
+        record.serial,
+        record.main_index_id,
+        to_epoch(record.issued_at),
+        to_epoch(record.expires_at),
+        record.text,
+        record.caller,
+        record.idempotency_key,
+        record.request_fingerprint,
+    )
+
+
+def _integrity_error(exc: sqlite3.IntegrityError) -> IssuerError:
+    """Name a failed constraint of a code insertion (SQLite's messages name the columns)."""
+    message = str(exc)
+    if "codes.caller" in message and "codes.idempotency_key" in message:
+        return DuplicateIdempotencyKey("idempotency key was already used by this caller")
+    if "codes.serial" in message:
+        return DuplicateSerial("serial is already taken for this signing key")
+    if "FOREIGN KEY" in message:
+        return ResidentNotFound("resident not found")
+    return WriteFailed("code could not be stored (constraint)")
+
+
+# --------------------------------------------------------------------------- the writer's queue items
+
+
+@dataclass(slots=True)
+class _CodeItem:
+    params: tuple
+    record: CodeRecord
+    supersedes: CodeRef | None
+    future: Future
+
+
+@dataclass(slots=True)
+class _Operation:
+    """Any other write: ``run(conn)`` inside its own transaction, its result resolves ``future``."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    future: Future
+    after_commit: Callable[[Any], None] | None = None
+
+
+_STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """What the writer has done since the store opened (for tests, metrics and benchmarks)."""
+
+    transactions: int  # committed transactions, of all kinds
+    batches: int  # committed group-commit batches of code insertions
+    codes: int  # codes committed
+    largest_batch: int  # most codes committed by one transaction
+    fallbacks: int  # batches that fell back to row-by-row
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class SQLiteStore(Store):
+    """The :class:`~issuer.store.base.Store` on one SQLite file.
+
+    ``batch_cap`` bounds the codes one transaction commits; ``busy_timeout_ms``
+    how long a connection waits on a lock held elsewhere;
+    ``resident_cache_size`` how many unmerged entries :meth:`known_active`
+    remembers; ``max_queued`` how many writes may wait for the writer before
+    new ones fail with :class:`~issuer.store.base.StoreOverloaded`
+    (backpressure instead of unbounded memory and latency). Opening creates or
+    migrates the schema.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        batch_cap: int = DEFAULT_BATCH_CAP,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        resident_cache_size: int = DEFAULT_RESIDENT_CACHE,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+    ) -> None:
+        if batch_cap < 1 or max_queued < 1:
+            raise ValueError("batch_cap and max_queued must be at least 1")
+        self._max_queued = max_queued
+        self.path = pathlib.Path(path)
+        self._batch_cap = batch_cap
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._cache_cap = resident_cache_size
+        self._active: dict[str, None] = {}  # FIFO-bounded set of entries known to exist unmerged
+        self._merged: set[str] = set()  # entries this process merged (guards in-flight codes)
+        self._cache_lock = threading.Lock()
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all_readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._submit_lock = threading.Lock()
+        self._closed = False
+        self._stats = [0, 0, 0, 0, 0]
+
+        conn = self._connect(writer=True)
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise WriteFailed(f"cannot put the database in WAL mode (got {mode})")
+            self.schema_version = _migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._writer = threading.Thread(target=self._run_writer, name=f"sqlite-writer:{self.path.name}", daemon=True)
+        self._writer.start()
+
+    # -- connections
+
+    def _connect(self, *, writer: bool) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; the code says BEGIN and COMMIT itself.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self._busy_timeout_ms / 1000)
+        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if writer:
+            conn.execute("PRAGMA synchronous = FULL")
+        else:
+            conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise StoreClosed("store is closed")
+        try:
+            conn = self._readers.get_nowait()
+        except queue.Empty:
+            conn = self._connect(writer=False)
+            with self._readers_lock:
+                self._all_readers.append(conn)
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._readers.put(conn)
+
+    # -- the resident cache
+
+    def _remember_active(self, main_index_id: str) -> None:
+        with self._cache_lock:
+            if main_index_id in self._merged:
+                return
+            active = self._active
+            active[main_index_id] = None
+            while len(active) > self._cache_cap:
+                del active[next(iter(active))]
+
+    def _forget_active(self, main_index_id: str) -> None:
+        with self._cache_lock:
+            self._merged.add(main_index_id)
+            self._active.pop(main_index_id, None)
+
+    def known_active(self, main_index_id: str) -> bool:
+        return main_index_id in self._active
+
+    # -- reads
+
+    def get_resident(self, main_index_id: str) -> ResidentRecord | None:
+        with self._reader() as conn:
+            row = conn.execute(
+                "SELECT main_index_id, created_at, merged_into, merged_at FROM residents WHERE main_index_id = ?",
+                (main_index_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        record = _resident_record(row)
+        if record.active and self._cache_cap:
+            self._remember_active(main_index_id)
+        return record
+
+    def find_identifier(self, blind_index: bytes) -> IdentifierRecord | None:
+        with self._reader() as conn:
+            row = conn.execute(
+                f"SELECT {_IDENTIFIER_COLUMNS} FROM identifiers WHERE blind_index = ?", (blind_index,)
+            ).fetchone()
+        return None if row is None else _identifier_record(row)
+
+    def identifiers_of(self, main_index_id: str) -> list[IdentifierRecord]:
+        with self._reader() as conn:
+            rows = conn.execute(
+                f"SELECT {_IDENTIFIER_COLUMNS} FROM identifiers WHERE main_index_id = ? "
+                "ORDER BY is_primary DESC, created_at, blind_index",
+                (main_index_id,),
+            ).fetchall()
+        return [_identifier_record(row) for row in rows]
+
+    def get_code(self, ref: CodeRef) -> CodeRecord | None:
+        with self._reader() as conn:
+            row = conn.execute(
+                f"SELECT {_CODE_COLUMNS} FROM codes WHERE province = ? AND kid = ? AND serial = ?",
+                (ref.province, ref.kid, ref.serial),
+            ).fetchone()
+        return None if row is None else _code_record(row)
+
+    def find_code_by_idempotency_key(self, caller: str, idempotency_key: str) -> CodeRecord | None:
+        with self._reader() as conn:
+            row = conn.execute(
+                f"SELECT {_CODE_COLUMNS} FROM codes WHERE caller = ? AND idempotency_key = ?",
+                (caller, idempotency_key),
+            ).fetchone()
+        return None if row is None else _code_record(row)
+
+    def codes_of(self, main_index_id: str) -> list[CodeRecord]:
+        with self._reader() as conn:
+            rows = conn.execute(
+                f"SELECT {_CODE_COLUMNS} FROM codes WHERE main_index_id = ? ORDER BY issued_at, id",
+                (main_index_id,),
+            ).fetchall()
+        return [_code_record(row) for row in rows]
+
+    def next_serial(self, province: str, kid: bytes) -> int:
+        with self._reader() as conn:
+            conn.execute("BEGIN")  # one snapshot for both
+            (counted,) = conn.execute(
+                "SELECT coalesce(max(next_serial), 0) FROM serial_counters WHERE province = ? AND kid = ?",
+                (province, kid),
+            ).fetchone()
+            (highest,) = conn.execute(
+                "SELECT coalesce(max(serial) + 1, 0) FROM codes WHERE province = ? AND kid = ?", (province, kid)
+            ).fetchone()
+            conn.execute("COMMIT")
+        return max(counted, highest)
+
+    def write_stats(self) -> WriterStats:
+        """Counters of the writer (transactions, batches, codes, largest batch, fallbacks)."""
+        return WriterStats(*self._stats)
+
+    # -- writes: submission
+
+    def _submit(self, item: Any) -> Future:
+        with self._submit_lock:
+            if self._closed:
+                raise StoreClosed("store is closed")
+            if self._queue.qsize() >= self._max_queued:
+                raise StoreOverloaded("too many writes are waiting; retry later")
+            self._queue.put(item)
+        return item.future
+
+    @staticmethod
+    def _new_future() -> Future:
+        future: Future = Future()
+        future.set_running_or_notify_cancel()  # a submitted write cannot be cancelled
+        return future
+
+    def submit_code(self, record: CodeRecord, *, supersedes: CodeRef | None = None) -> Future[None]:
+        return self._submit(_CodeItem(_code_params(record), record, supersedes, self._new_future()))
+
+    def _operation(self, run: Callable[[sqlite3.Connection], Any],
+                   after_commit: Callable[[Any], None] | None = None) -> Future:
+        return self._submit(_Operation(run, self._new_future(), after_commit))
+
+    def create_resident(self, resident: ResidentRecord, identifiers: Sequence[IdentifierRecord]) -> Future[None]:
+        mid = resident.main_index_id
+        rows = [
+            (i.blind_index, i.doc_type, i.sealed, mid, int(i.primary), to_epoch(i.created_at)) for i in identifiers
+        ]
+        created = to_epoch(resident.created_at)
+
+        def run(conn: sqlite3.Connection) -> None:
+            for position, row in enumerate(rows):
+                if conn.execute("SELECT 1 FROM identifiers WHERE blind_index = ?", (row[0],)).fetchone():
+                    raise DuplicateIdentifier(position)
+            conn.execute("INSERT INTO residents (main_index_id, created_at) VALUES (?, ?)", (mid, created))
+            conn.executemany(f"INSERT INTO identifiers ({_IDENTIFIER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+        return self._operation(run, lambda _: self._remember_active(mid) if self._cache_cap else None)
+
+    def add_identifier(self, identifier: IdentifierRecord) -> Future[bool]:
+        i = identifier
+        row = (i.blind_index, i.doc_type, i.sealed, i.main_index_id, int(i.primary), to_epoch(i.created_at))
+
+        def run(conn: sqlite3.Connection) -> bool:
+            _require_active(conn, i.main_index_id)
+            linked = conn.execute(
+                "SELECT main_index_id FROM identifiers WHERE blind_index = ?", (i.blind_index,)
+            ).fetchone()
+            if linked is not None:
+                if linked[0] == i.main_index_id:
+                    return False
+                raise DuplicateIdentifier(0)
+            conn.execute(f"INSERT INTO identifiers ({_IDENTIFIER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", row)
+            return True
+
+        return self._operation(run)
+
+    def merge_residents(self, *, survivor: str, merged: str, at: dt.datetime) -> Future[int]:
+        now = to_epoch(at)
+
+        def run(conn: sqlite3.Connection) -> int:
+            if survivor == merged:
+                raise Conflict("cannot merge a resident into itself")
+            _require_active(conn, survivor, "survivor")
+            _require_active(conn, merged, "merged resident")
+            # (1) the survivor keeps every document; it keeps its own primary
+            conn.execute(
+                "UPDATE identifiers SET main_index_id = ?, is_primary = 0 WHERE main_index_id = ?", (survivor, merged)
+            )
+            # (2) the merged entry stays, read-only, pointing at the survivor
+            conn.execute(
+                "UPDATE residents SET merged_into = ?, merged_at = ? WHERE main_index_id = ?", (survivor, now, merged)
+            )
+            # (3) its live codes are revoked in the same transaction
+            return conn.execute(
+                "UPDATE codes SET revoked_at = ?, revocation_reason = ? "
+                "WHERE main_index_id = ? AND revoked_at IS NULL AND expires_at > ?",
+                (now, RevocationReason.MERGED.value, merged, now),
+            ).rowcount
+
+        return self._operation(run, lambda _: self._forget_active(merged))
+
+    def revoke_code(self, ref: CodeRef, *, reason: RevocationReason, at: dt.datetime) -> Future[CodeRecord | None]:
+        reason_value = RevocationReason(reason).value
+        now = to_epoch(at)
+        key = (ref.province, ref.kid, ref.serial)
+
+        def run(conn: sqlite3.Connection) -> CodeRecord | None:
+            conn.execute(
+                "UPDATE codes SET revoked_at = ?, revocation_reason = ? "
+                "WHERE province = ? AND kid = ? AND serial = ? AND revoked_at IS NULL",
+                (now, reason_value) + key,
+            )
+            row = conn.execute(
+                f"SELECT {_CODE_COLUMNS} FROM codes WHERE province = ? AND kid = ? AND serial = ?", key
+            ).fetchone()
+            return None if row is None else _code_record(row)
+
+        return self._operation(run)
+
+    def revoke_resident_codes(self, main_index_id: str, *, reason: RevocationReason, at: dt.datetime) -> Future[int]:
+        reason_value = RevocationReason(reason).value
+        now = to_epoch(at)
+
+        def run(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE codes SET revoked_at = ?, revocation_reason = ? "
+                "WHERE main_index_id = ? AND revoked_at IS NULL AND expires_at > ?",
+                (now, reason_value, main_index_id, now),
+            ).rowcount
+
+        return self._operation(run)
+
+    # -- the writer thread
+
+    def _run_writer(self) -> None:
+        get, get_nowait, cap = self._queue.get, self._queue.get_nowait, self._batch_cap
+        while True:
+            items = [get()]
+            codes = type(items[0]) is _CodeItem
+            while codes < cap:
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+                items.append(item)
+                codes += type(item) is _CodeItem
+            batch: list[_CodeItem] = []
+            for item in items:
+                if type(item) is _CodeItem:
+                    batch.append(item)
+                    continue
+                if batch:
+                    self._commit_codes(batch)
+                    batch = []
+                if item is _STOP:
+                    return
+                self._apply_operation(item)
+            if batch:
+                self._commit_codes(batch)
+
+    def _apply_operation(self, op: _Operation) -> None:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = op.run(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except IssuerError as exc:
+            op.future.set_exception(exc)
+            return
+        except sqlite3.Error as exc:
+            op.future.set_exception(WriteFailed(f"write failed: {exc.__class__.__name__}"))
+            return
+        except BaseException as exc:  # a bug in an operation must not kill the writer
+            op.future.set_exception(exc)
+            return
+        self._stats[0] += 1
+        if op.after_commit is not None:
+            op.after_commit(result)
+        op.future.set_result(result)
+
+    def _commit_codes(self, batch: list[_CodeItem]) -> None:
+        """Commit a batch of code insertions in one transaction; resolve each future after."""
+        merged = self._merged
+        if merged:  # entries merged while these codes were in flight take no new code
+            kept = []
+            for item in batch:
+                if item.record.main_index_id in merged:
+                    item.future.set_exception(ResidentMerged("resident was merged into another entry"))
+                else:
+                    kept.append(item)
+            batch = kept
+            if not batch:
+                return
+        conn = self._conn
+        try:
+            try:
+                outcomes = self._apply_codes_fast(conn, batch)
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._stats[4] += 1
+                outcomes = self._apply_codes_one_by_one(conn, batch)
+            self._bump_counters(conn, batch, outcomes)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            error = WriteFailed(f"codes could not be committed: {exc.__class__.__name__}")
+            for item in batch:
+                item.future.set_exception(error)
+            return
+        committed = sum(1 for outcome in outcomes if outcome is None)
+        stats = self._stats
+        stats[0] += 1
+        stats[1] += 1
+        stats[2] += committed
+        if committed > stats[3]:
+            stats[3] = committed
+        for item, outcome in zip(batch, outcomes):
+            if outcome is None:
+                item.future.set_result(None)
+            else:
+                item.future.set_exception(outcome)
+
+    def _apply_codes_fast(self, conn: sqlite3.Connection, batch: list[_CodeItem]) -> list[IssuerError | None]:
+        """All plain insertions in one statement; renewals one by one. Raises on any row's failure."""
+        conn.execute("BEGIN IMMEDIATE")
+        plain = [item.params for item in batch if item.supersedes is None]
+        if plain:
+            conn.executemany(_INSERT_CODE, plain)
+        if len(plain) == len(batch):
+            return [None] * len(batch)
+        return [None if item.supersedes is None else self._apply_renewal(conn, item) for item in batch]
+
+    def _apply_codes_one_by_one(self, conn: sqlite3.Connection, batch: list[_CodeItem]) -> list[IssuerError | None]:
+        """One statement per row in one transaction: a failing row is undone alone (statement rollback)."""
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[IssuerError | None] = []
+        for item in batch:
+            if item.supersedes is not None:
+                outcomes.append(self._apply_renewal(conn, item))
+                continue
+            try:
+                conn.execute(_INSERT_CODE, item.params)
+            except sqlite3.IntegrityError as exc:
+                outcomes.append(_integrity_error(exc))
+                continue
+            except sqlite3.Error:
+                if not conn.in_transaction:  # the error took the transaction with it: fail the batch
+                    raise
+                outcomes.append(WriteFailed("code could not be stored"))
+                continue
+            outcomes.append(None)
+        return outcomes
+
+    @staticmethod
+    def _apply_renewal(conn: sqlite3.Connection, item: _CodeItem) -> IssuerError | None:
+        """Insert the new code and supersede the old one, both or neither (a savepoint)."""
+        old = item.supersedes
+        record = item.record
+        conn.execute("SAVEPOINT renewal")
+        try:
+            try:
+                conn.execute(_INSERT_CODE, item.params)
+            except sqlite3.IntegrityError as exc:
+                conn.execute("ROLLBACK TO renewal")
+                return _integrity_error(exc)
+            updated = conn.execute(
+                _SUPERSEDE,
+                (item.params[4], RevocationReason.SUPERSEDED.value, old.province, old.kid, old.serial,
+                 record.main_index_id),
+            ).rowcount
+            if updated != 1:
+                conn.execute("ROLLBACK TO renewal")
+                return CodeNotRenewable("code to renew is unknown, revoked, or of another resident")
+            return None
+        finally:
+            conn.execute("RELEASE renewal")
+
+    @staticmethod
+    def _bump_counters(conn: sqlite3.Connection, batch: list[_CodeItem], outcomes: list) -> None:
+        highest: dict[tuple[str, bytes], int] = {}
+        for item, outcome in zip(batch, outcomes):
+            if outcome is None:
+                key = (item.record.province, item.record.kid)
+                serial = item.record.serial
+                if serial >= highest.get(key, -1):
+                    highest[key] = serial
+        for (province, kid), serial in highest.items():
+            conn.execute(_BUMP_COUNTER, (province, kid, serial + 1))
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._writer.join()
+        self._conn.close()
+        with self._readers_lock:
+            for conn in self._all_readers:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._all_readers.clear()
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path.name}>"
+
+
+def _require_active(conn: sqlite3.Connection, main_index_id: str, what: str = "resident") -> None:
+    row = conn.execute("SELECT merged_into FROM residents WHERE main_index_id = ?", (main_index_id,)).fetchone()
+    if row is None:
+        raise ResidentNotFound(f"{what} not found")
+    if row[0] is not None:
+        raise ResidentMerged(f"{what} was merged into another entry")
