@@ -2,7 +2,8 @@
 
 This is the only place that reads argv and the environment. Commands:
 
-* ``serve``: run the gRPC issuer (see ``healthcode-issuer serve --help``).
+* ``serve``: run the gRPC issuer (see ``healthcode-issuer serve --help``);
+* ``batch-issue``: codes and printable QR sheets for a CSV of residents.
 
 Further commands attach to :data:`cli` with ``@cli.command()``.
 """
@@ -75,6 +76,52 @@ def serve(config_file: pathlib.Path | None, code_validity_hours: float | None, *
         asyncio.run(app.run(config, signing_key_passphrase=passphrase))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
+
+
+@cli.command("batch-issue")
+@click.argument("csv_file", type=click.Path(path_type=pathlib.Path, dir_okay=False, exists=True))
+@click.option("--server", required=True, help="Issuer address host:port.")
+@click.option("--ca", "ca_file", required=True, type=click.Path(path_type=pathlib.Path, dir_okay=False, exists=True),
+              help="CA certificate (PEM) the issuer's TLS certificate chains to.")
+@click.option("--api-key-file", required=True,
+              type=click.Path(path_type=pathlib.Path, dir_okay=False, exists=True), help="File holding the API key.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=pathlib.Path, file_okay=False),
+              help="Output directory: journal, rejected rows, sheets. Rerun with the same one to resume.")
+@click.option("--format", "fmt", type=click.Choice(["pdf", "png"]), default="pdf", show_default=True,
+              help="Printable sheets as one PDF or PNG pages.")
+@click.option("--per-page", type=click.IntRange(2, 12), default=6, show_default=True, help="Codes per A4 page.")
+def batch_issue(csv_file: pathlib.Path, server: str, ca_file: pathlib.Path, api_key_file: pathlib.Path,
+                out_dir: pathlib.Path, fmt: str, per_page: int) -> None:
+    """Issue codes for a CSV of residents and print QR sheets for those without smartphones.
+
+    CSV header: document_type,document_number[,country]. Resumable: after an
+    interruption, run the same command again; no resident gets a second code.
+    """
+    import datetime as dt
+
+    from tqdm import tqdm
+
+    from issuer.batch import render_sheets, run_batch
+    from issuer.client import IssuerClient
+
+    today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()  # dates of birth are China Standard Time
+    with IssuerClient(server, ca_pem=ca_file.read_bytes(), api_key=api_key_file.read_text().strip()) as client:
+        def issue_row(row, idempotency_key):
+            code = client.issue(client.find_or_register(row.document), idempotency_key=idempotency_key)
+            return (code.ref.serial, code.ref.kid.hex(), code.code_text,
+                    code.expires_at.ToDatetime(tzinfo=dt.timezone.utc).isoformat())
+
+        def progress(rows, total):
+            return tqdm(rows, total=total, unit="code", desc="issuing", file=sys.stderr, mininterval=0.5)
+
+        try:
+            result = run_batch(csv_file.read_bytes(), out_dir, issue_row=issue_row, today=today, progress=progress)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+    sheets = render_sheets(result.issued, out_dir, fmt=fmt, per_page=per_page)
+    click.echo(f"{len(result.issued)} codes ({result.resumed} from an earlier run), "
+               f"{len({r.row for r in result.rejected})} rows rejected (see {out_dir / 'rejected.csv'}); "
+               f"sheets: {', '.join(str(p) for p in sheets) or 'none'}")
 
 
 def _passphrase(config: IssuerConfig) -> bytes | None:
