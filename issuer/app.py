@@ -28,6 +28,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
@@ -52,6 +53,7 @@ __all__ = [
     "Metrics",
     "ObservabilityInterceptor",
     "JsonFormatter",
+    "BatchingStreamHandler",
     "IssuerServer",
     "configure_logging",
     "load_signer_pem",
@@ -140,9 +142,71 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
 
 
+class BatchingStreamHandler(logging.StreamHandler):
+    """A stream handler that writes the per-RPC lines (logger ``batch_logger``) in batches.
+
+    Why: under load, one ``write`` per RPC from the event-loop thread releases
+    the GIL and then waits to take it back from the store's writer and gRPC's
+    poller threads; measured in the issuer, 40-65 µs of wall time per RPC line
+    against ~12 µs of formatting. Here RPC lines are written together: when
+    ``max_pending`` are waiting, else by a daemon thread every ``interval``
+    seconds. Every other record (lifecycle events, warnings, errors) is
+    written at once, after the lines pending before it, so order is kept.
+    A SIGKILL loses at most ``interval`` seconds of RPC lines; ``close`` (run
+    by :func:`logging.shutdown` at exit) writes the rest.
+    """
+
+    def __init__(self, stream: Any = None, *, batch_logger: str = "issuer.rpc", interval: float = 0.2,
+                 max_pending: int = 256) -> None:
+        super().__init__(stream)
+        self._batch_logger = batch_logger
+        self._interval = interval
+        self._max_pending = max_pending
+        self._pending: list[str] = []
+        self._closed = threading.Event()
+        threading.Thread(target=self._flush_periodically, name="log-flusher", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held
+        try:
+            self._pending.append(self.format(record))
+            if (record.name != self._batch_logger or record.levelno >= logging.WARNING
+                    or len(self._pending) >= self._max_pending):
+                self._write_pending()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            text = "\n".join(self._pending) + "\n"
+            self._pending.clear()
+            self.stream.write(text)
+            self.stream.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            try:
+                self._write_pending()
+            except (OSError, ValueError):  # the stream went away (closed pipe, closed file)
+                self._pending.clear()
+
+    def _flush_periodically(self) -> None:
+        while not self._closed.wait(self._interval):
+            self.flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+        super().close()
+
+
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:
-    """Send every log record to ``stream`` (stderr) as JSON lines."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """Send every log record to ``stream`` (stderr) as JSON lines (per-RPC lines in batches)."""
+    for old in logging.getLogger().handlers:
+        if isinstance(old, BatchingStreamHandler):
+            old.close()
+    handler = BatchingStreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -443,26 +507,72 @@ def server_options(config: IssuerConfig) -> ServerOptions:
 
 
 def build_domain(
-    config: IssuerConfig, *, signer: hc.Signer, vault_secret: bytes
+    config: IssuerConfig, *, signer: Any, vault_secret: bytes
 ) -> tuple[ResidentIndexPort, CodeIssuerPort, Callable[[], None]]:
     """Open the SQLite store and build the resident index and the code issuer over it.
 
-    Returns ``(index, codes, close)``; ``close`` closes the store.
+    ``signer`` is one fixed :class:`healthcode.Signer` or a
+    :class:`keys.lifecycle.RotatingSigner` (its per-key code counts are then
+    seeded from the store's serials). Returns ``(index, codes, close)``;
+    ``close`` closes the store.
     """
     from issuer.index import ResidentIndex
     from issuer.issuance import CodeIssuer
     from issuer.privacy import IdentifierVault
     from issuer.store.sqlite import SQLiteStore
+    from keys.lifecycle import RotatingSigner
 
     store = SQLiteStore(config.database)
     try:
         vault = IdentifierVault.from_secret(vault_secret)
         index = ResidentIndex(store=store, vault=vault)
-        codes = CodeIssuer(store=store, signer=signer, province=config.province, validity=config.code_validity)
+        if isinstance(signer, RotatingSigner):
+            signer.count_codes_from(lambda kid: store.next_serial(config.province, kid))
+            codes = CodeIssuer(store=store, signer_for=_rotating_signer_for(signer), province=config.province,
+                               validity=config.code_validity)
+        else:
+            codes = CodeIssuer(store=store, signer=signer, province=config.province, validity=config.code_validity)
     except BaseException:
         store.close()
         raise
     return index, codes, store.close
+
+
+def _rotating_signer_for(rotating: Any) -> Callable[[dt.datetime], hc.Signer]:
+    """``rotating.signer_for`` with "no key now" and "cap reached" as :class:`NoSigningKey` (FAILED_PRECONDITION)."""
+    from issuer.errors import NoSigningKey
+    from keys.errors import CodeCapReached, NoActiveKey
+
+    def signer_for(now: dt.datetime) -> hc.Signer:
+        try:
+            return rotating.signer_for(now)
+        except (NoActiveKey, CodeCapReached) as exc:
+            raise NoSigningKey(exc.detail) from None
+
+    return signer_for
+
+
+def open_rotating_signer(config: IssuerConfig, secret: bytes | None) -> tuple[Any, Callable[[], None]]:
+    """The :class:`keys.lifecycle.RotatingSigner` over ``config.key_set`` and its keystore
+    (``secret``: the file keystore's passphrase or the token's PIN); returns it and the keystore's close."""
+    from keys.errors import KeyManagementError
+    from keys.keystore import open_keystore
+    from keys.lifecycle import RotatingSigner
+
+    try:
+        keystore = open_keystore(config.keystore, secret=secret, directory=config.keystore_dir,
+                                 module=config.pkcs11_module, token=config.pkcs11_token)
+    except (KeyManagementError, ValueError) as exc:
+        raise ConfigError(f"cannot open the {config.keystore} keystore: {exc}") from None
+    try:
+        rotating = RotatingSigner.from_file(config.key_set, keystore, province=config.province)
+    except KeyManagementError as exc:
+        keystore.close()
+        raise ConfigError(f"cannot use key set {config.key_set}: {exc}") from None
+    if config.code_validity > rotating.key_set.policy.max_code_validity:
+        keystore.close()
+        raise ConfigError("code_validity_hours exceeds the key set's max_code_validity: codes would outlive their key")
+    return rotating, keystore.close
 
 
 async def run(
@@ -471,11 +581,30 @@ async def run(
     signing_key_passphrase: bytes | None = None,
     ready: Callable[[IssuerServer], None] | None = None,
 ) -> None:
-    """Serve ``config`` until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve ``config`` until SIGTERM or SIGINT, then shut down gracefully.
+
+    With ``config.key_set``, codes are signed by a rotating signer whose key-set
+    file is re-read every ``key_set_check_interval`` seconds and on SIGHUP.
+    """
     options = server_options(config)
-    signer = load_signer_pem(_read(config.signing_key, "signing key"), signing_key_passphrase)
+    close_keystore: Callable[[], None] | None = None
+    if config.key_set is not None:
+        signer, close_keystore = open_rotating_signer(config, signing_key_passphrase)
+    else:
+        signer = load_signer_pem(_read(config.signing_key, "signing key"), signing_key_passphrase)
     vault_secret = parse_vault_secret(_read(config.vault_key, "vault key"))
-    index, codes, close = build_domain(config, signer=signer, vault_secret=vault_secret)
+    try:
+        index, codes, close_store = build_domain(config, signer=signer, vault_secret=vault_secret)
+    except BaseException:
+        if close_keystore is not None:
+            close_keystore()
+        raise
+
+    def close() -> None:
+        close_store()
+        if close_keystore is not None:
+            close_keystore()
+
     try:
         server = await IssuerServer.start(options, index=index, codes=codes, on_close=close)
     except BaseException:
@@ -485,6 +614,11 @@ async def run(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = None
+    if close_keystore is not None:  # rotating keys: re-read the key set periodically and on SIGHUP
+        reload_now = asyncio.Event()
+        loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+        watcher = asyncio.ensure_future(signer.watch(every=config.key_set_check_interval, wake=reload_now))
     log.info(
         "listening on port %d (metrics port %s, province %s, %s)",
         server.port, server.metrics_port, config.province, "TLS" if options.tls else "PLAINTEXT",
@@ -497,4 +631,7 @@ async def run(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if watcher is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
+            watcher.cancel()
         await server.shutdown()

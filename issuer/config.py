@@ -30,6 +30,18 @@ Example file (every key optional in the file if given as a flag)::
     signing_key_passphrase_env = "HC_SIGNING_KEY_PASSPHRASE"   # if the PEM is encrypted
     vault_key = "keys/vault.key"                 # 32 bytes as 64 hex digits
 
+Rotating keys instead of one fixed ``signing_key`` (see ``keys/lifecycle.py``)::
+
+    [keys]
+    key_set = "keys/key-set-33.json"  # the province's key set; re-read when it changes and on SIGHUP
+    key_set_check_seconds = 5.0       # how often its file is checked
+    keystore = "file"                 # "file" (encrypted PKCS#8 files) or "pkcs11" (an HSM)
+    keystore_dir = "keys/store-33"    # file keystore directory
+    # pkcs11_module = "/usr/lib/softhsm/libsofthsm2.so"   # for keystore = "pkcs11"
+    # pkcs11_token = "province-33"
+    signing_key_passphrase_env = "HC_KEYSTORE_SECRET"   # the file keystore's passphrase, or the token's user PIN
+    vault_key = "keys/vault.key"
+
     [metrics]
     port = 9464                       # 0: no metrics endpoint
     address = "127.0.0.1"
@@ -61,9 +73,15 @@ class IssuerConfig:
 
     province: str
     database: pathlib.Path
-    signing_key: pathlib.Path
     vault_key: pathlib.Path
+    signing_key: pathlib.Path | None = None
     signing_key_passphrase_env: str | None = None
+    key_set: pathlib.Path | None = None
+    key_set_check_interval: float = 5.0
+    keystore: str = "file"
+    keystore_dir: pathlib.Path | None = None
+    pkcs11_module: pathlib.Path | None = None
+    pkcs11_token: str | None = None
     listen: str = "127.0.0.1:50051"
     tls_cert: pathlib.Path | None = None
     tls_key: pathlib.Path | None = None
@@ -109,6 +127,23 @@ class IssuerConfig:
             raise ConfigError("max_concurrent_rpcs must be >= 1")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        self._check_key_source()
+
+    def _check_key_source(self) -> None:
+        if (self.signing_key is None) == (self.key_set is None):
+            raise ConfigError("give keys.signing_key (one fixed key) or keys.key_set (rotating keys), not both")
+        if self.key_set is None:
+            return
+        if not self.key_set_check_interval > 0:
+            raise ConfigError("keys.key_set_check_seconds must be positive")
+        if self.keystore == "file":
+            if self.keystore_dir is None:
+                raise ConfigError("keys.keystore = \"file\" needs keys.keystore_dir")
+        elif self.keystore == "pkcs11":
+            if self.pkcs11_module is None or not self.pkcs11_token:
+                raise ConfigError("keys.keystore = \"pkcs11\" needs keys.pkcs11_module and keys.pkcs11_token")
+        else:
+            raise ConfigError("keys.keystore must be \"file\" or \"pkcs11\"")
 
 
 def _path(value: Any) -> pathlib.Path:
@@ -162,10 +197,17 @@ FILE_KEYS: Mapping[tuple[str, str], tuple[str, Callable[[Any], Any]]] = {
     ("keys", "signing_key"): ("signing_key", _path),
     ("keys", "signing_key_passphrase_env"): ("signing_key_passphrase_env", _str),
     ("keys", "vault_key"): ("vault_key", _path),
+    ("keys", "key_set"): ("key_set", _path),
+    ("keys", "key_set_check_seconds"): ("key_set_check_interval", _number),
+    ("keys", "keystore"): ("keystore", _str),
+    ("keys", "keystore_dir"): ("keystore_dir", _path),
+    ("keys", "pkcs11_module"): ("pkcs11_module", _path),
+    ("keys", "pkcs11_token"): ("pkcs11_token", _str),
     ("metrics", "port"): ("metrics_port", _int),
     ("metrics", "address"): ("metrics_address", _str),
 }
-_PATH_FIELDS = {"database", "tls_cert", "tls_key", "client_ca", "api_keys", "signing_key", "vault_key"}
+_PATH_FIELDS = {"database", "tls_cert", "tls_key", "client_ca", "api_keys", "signing_key", "vault_key", "key_set",
+                "keystore_dir", "pkcs11_module"}
 _SECTIONS = {section for section, _ in FILE_KEYS if section}
 
 
@@ -217,6 +259,9 @@ def load_config(file: pathlib.Path | None, flags: Mapping[str, Any] | None = Non
         if value is not None:
             values[name] = value
     missing = [n for n in ("province", "database", "signing_key", "vault_key") if n not in values]
+    if "key_set" in values and "signing_key" in missing:
+        missing.remove("signing_key")  # rotating keys instead of one fixed key
+    missing = ["signing_key (or key_set)" if n == "signing_key" else n for n in missing]
     if missing:
         raise ConfigError("missing settings: " + ", ".join(missing) + " (flags or config file)")
     try:

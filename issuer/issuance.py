@@ -37,8 +37,9 @@ import asyncio
 import datetime as dt
 import hashlib
 import heapq
+import threading
 from concurrent.futures import Future
-from typing import Callable
+from typing import Any, Callable
 
 import healthcode
 from healthcode.codec import Signer, decode_unverified, parse_core_claims
@@ -84,6 +85,48 @@ class _SerialAllocator:
     def release(self, serial: int) -> None:
         """Hand back a serial that is stored nowhere and was shown to no one."""
         heapq.heappush(self.free, serial)
+
+
+class _Completions:
+    """Hands the store's write outcomes to one event loop, one wake-up per burst.
+
+    ``asyncio.wrap_future`` wakes the loop once per future: a self-pipe write
+    in the writer thread and a read in the loop, each releasing and retaking
+    the GIL. A group commit resolves its futures back to back, so here the
+    first outcome of a burst schedules one delivery and the rest join it.
+    A waiter that was cancelled (its caller gave up) is skipped.
+    """
+
+    __slots__ = ("loop", "_lock", "_ready")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[tuple[asyncio.Future, Future]] = []
+
+    def wrap(self, future: Future) -> asyncio.Future:
+        waiter = self.loop.create_future()
+        future.add_done_callback(lambda f: self._post(waiter, f))
+        return waiter
+
+    def _post(self, waiter: asyncio.Future, future: Future) -> None:  # any thread
+        with self._lock:
+            first = not self._ready
+            self._ready.append((waiter, future))
+        if first and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:  # the loop's thread
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for waiter, future in ready:
+            if waiter.done():
+                continue
+            error = future.exception()
+            if error is None:
+                waiter.set_result(future.result())
+            else:
+                waiter.set_exception(error)
 
 
 def _fingerprint(*parts: bytes) -> bytes:
@@ -162,6 +205,14 @@ class CodeIssuer:
         self._allocators: dict[bytes, _SerialAllocator] = {}
         self._loading: dict[bytes, asyncio.Future] = {}
         self._pending: dict[tuple[str, str], tuple[bytes, asyncio.Future]] = {}
+        self._completions: _Completions | None = None
+
+    def _durable(self, future: Future) -> "asyncio.Future[Any]":
+        """An awaitable for a store write's future (see :class:`_Completions`)."""
+        completions = self._completions
+        if completions is None or completions.loop is not asyncio.get_running_loop():
+            completions = self._completions = _Completions(asyncio.get_running_loop())
+        return completions.wrap(future)
 
     # -- idempotency
 
@@ -263,7 +314,7 @@ class CodeIssuer:
             raise
         # (6) acknowledged only once durable
         try:
-            await asyncio.wrap_future(future)
+            await self._durable(future)
         except RowRejected:
             allocator.release(serial)
             raise
