@@ -1,0 +1,920 @@
+"""Revocation: exact, compact sets of revoked serials, one per (province, kid) shard.
+
+A code is revoked by its serial inside its shard, never by its signature bytes
+(ECDSA signatures are malleable). The issuer assigns serials densely from 0
+per (province, kid), so a shard's revocations are an exact set of integers in
+``[0, universe)``: no false positives, close to the information-theoretic size.
+``docs/revocation.md`` is the normative description of the files; in short:
+
+* a **snapshot** carries a shard's whole state: its sequence number, its
+  universe, the sorted revoked serials (Golomb–Rice coded gaps) and the
+  SHA-256 of the canonical state;
+* a **delta** takes a shard from ``from_seq`` to ``to_seq`` by adding newly
+  revoked serials (coded the same way) and states the SHA-256 of the resulting
+  state. There is no "unrevoke": sets only grow, and a shard ends as a whole
+  when its key's last code has expired.
+
+Every shard implicitly starts at sequence 0, empty, with universe 0, so a
+verifier may follow a shard from its first delta without any snapshot.
+
+Verifier side: :class:`RevocationState` is one shard (``load_snapshot``,
+``apply_delta``: strictly in order, unchanged on any failure);
+:class:`RevocationSet` holds every shard and is the verifier's
+:class:`~healthcode.verify.RevocationChecker`. A shard is held decoded, as a
+sorted ``array`` of 32-bit (or 64-bit) serials plus a directory of bucket
+starts: a lookup reads the directory and bisects one bucket of ~32 serials,
+O(log n) with about 4.1 bytes per revoked code.
+
+Parsing is strict: lengths are capped before anything is decoded, the coding
+is canonical (one valid byte string per state), and every problem raises
+:class:`RevocationDataError` (sequence problems raise its subclass
+:class:`RevocationSequenceError`, on which a verifier falls back to a snapshot).
+Bytes in, objects out: no I/O here; the publisher (``issuer``) and the sync
+(``verifier``) do the files and the network.
+
+Low level (shared by both sides and the benchmark): the split-stream
+Golomb–Rice coding (:func:`rice_encode`/:func:`rice_decode`) and the measured
+alternative, Elias–Fano (:func:`elias_fano_encode`/:func:`elias_fano_decode`),
+which the file format does not use. Both decode in bulk with int and bytes
+operations (no per-bit Python loop): see ``_decode_unary`` and ``_unpack_fields``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import struct
+import sys
+from array import array
+from bisect import bisect_left
+from dataclasses import dataclass
+from itertools import accumulate, chain, islice, repeat
+from operator import add, and_, lshift, lt, or_, rshift, sub
+from typing import Callable, Iterable, Iterator
+
+from .errors import HealthCodeError
+from .keyring import Keyring
+from .model import PROVINCES, to_epoch
+
+__all__ = [
+    "RevocationDataError",
+    "RevocationSequenceError",
+    "RevocationState",
+    "RevocationSet",
+    "FileInfo",
+    "read_header",
+    "encode_delta",
+    "shard_directory",
+    "snapshot_target",
+    "delta_target",
+    "rice_parameter",
+    "MAGIC",
+    "FORMAT_VERSION",
+    "MAX_SNAPSHOT_BYTES",
+    "MAX_DELTA_BYTES",
+    "MAX_SEQ",
+    "MAX_UNIVERSE",
+    "MAX_COUNT",
+    # low level
+    "rice_encode",
+    "rice_decode",
+    "elias_fano_encode",
+    "elias_fano_decode",
+]
+
+
+class RevocationDataError(HealthCodeError):
+    """Revocation data is malformed, inconsistent, or does not fit the state it is applied to."""
+
+
+class RevocationSequenceError(RevocationDataError):
+    """A delta or snapshot is out of order: a gap (fetch a snapshot), a replay or a rollback."""
+
+
+MAGIC = b"HCRV"
+FORMAT_VERSION = 1
+_KIND_SNAPSHOT = 0x53  # "S"
+_KIND_DELTA = 0x44  # "D"
+#: Hard caps, checked before any decoding. A national shard is ~0.1-0.3 MB.
+MAX_SNAPSHOT_BYTES = 64 << 20
+MAX_DELTA_BYTES = 16 << 20
+MAX_SEQ = 0xFFFFFFFF  # hourly publication for 490,000 years
+MAX_COUNT = 0xFFFFFFFF
+MAX_UNIVERSE = 0xFFFFFFFFFFFFFFFF  # so serial 2**64 - 1 is never revocable; dense serials never get there
+_MAX_KID = 32
+
+_SNAPSHOT_TAIL = struct.Struct(">IQIB32s")  # seq, universe, count, k, state hash
+_DELTA_TAIL = struct.Struct(">IIQIB32s")  # from_seq, to_seq, universe, count, k, state hash
+_STATE_DOMAIN = b"healthcode revocation state v1\x00"
+
+# 4- and 8-byte unsigned array typecodes of this platform ('I' and 'Q' nearly everywhere).
+_U32 = next(code for code in "IL" if array(code).itemsize == 4)
+_U64 = "Q"
+_SLOTS = tuple((8 * array(code).itemsize, code) for code in ("B", "H", _U32, _U64))
+_LITTLE = sys.byteorder == "little"
+_UNARY_CHUNK = 1 << 16  # bytes of unary stream turned into a bit string at a time
+
+
+# --------------------------------------------------------------------------- target names
+
+
+def shard_directory(province: str, kid: bytes) -> str:
+    """The TUF target directory of a shard: ``provinces/<code>/revocation/<kid-hex>``."""
+    return f"provinces/{province}/revocation/{kid.hex()}"
+
+
+def snapshot_target(province: str, kid: bytes) -> str:
+    """The target name of a shard's latest snapshot."""
+    return f"{shard_directory(province, kid)}/snapshot.hcrs"
+
+
+def delta_target(province: str, kid: bytes, from_seq: int) -> str:
+    """The target name of the delta that starts at ``from_seq`` (it ends at ``from_seq + 1``)."""
+    return f"{shard_directory(province, kid)}/delta-{from_seq:010d}.hcrd"
+
+
+# --------------------------------------------------------------------------- bit streams
+#
+# Both streams are little-endian integers: bit j of a stream is bit (j % 8) of
+# byte j // 8. The unary stream codes q as q zero bits then a one bit; the
+# fixed-width stream puts value i in bits [i*w, (i+1)*w). Unused high bits of
+# the last byte are zero, and a unary stream ends in the byte of its last one.
+
+
+def _encode_unary(values: list[int]) -> bytes:
+    if not values:
+        return b""
+    bits = "1".join(map("0".__mul__, values)) + "1"
+    return int(bits[::-1], 2).to_bytes((len(bits) + 7) // 8, "little")
+
+
+def _decode_unary(data: bytes, count: int) -> Iterator[int]:
+    """The ``count`` values of a unary stream, lazily; the count and the padding are checked first."""
+    if int.from_bytes(data, "little").bit_count() != count:
+        raise RevocationDataError("unary stream does not hold the header's count of values")
+    if data and not data[-1]:
+        raise RevocationDataError("unary stream has trailing bytes")
+    return chain.from_iterable(_unary_runs(data))
+
+
+def _unary_runs(data: bytes) -> Iterator[Iterable[int]]:
+    # One Python step per chunk, never per value: the values come out of str.split and len.
+    carry = 0  # zeros seen since the last one
+    for start in range(0, len(data), _UNARY_CHUNK):
+        # The sentinel byte keeps leading zeros; [:2:-1] drops "0b1" and puts bit 0 first.
+        bits = bin(int.from_bytes(data[start : start + _UNARY_CHUNK] + b"\x01", "little"))[:2:-1]
+        runs = bits.split("1")
+        if len(runs) == 1:
+            carry += len(bits)
+            continue
+        yield (carry + len(runs[0]),)
+        yield map(len, islice(runs, 1, len(runs) - 1))
+        carry = len(runs[-1])
+
+
+def _slot(width: int) -> tuple[int, str]:
+    for bits, code in _SLOTS:
+        if width <= bits:
+            return bits, code
+    raise RevocationDataError("field width over 64 bits")
+
+
+def _mask(block_bits: int, low_bits: int, blocks: int) -> int:
+    """``blocks`` repetitions of a ``block_bits``-wide block whose low ``low_bits`` bits are set."""
+    return int.from_bytes(((1 << low_bits) - 1).to_bytes(block_bits // 8, "little") * blocks, "little")
+
+
+def _pack_fields(values: Iterable[int], count: int, width: int) -> bytes:
+    """``count`` values below ``2**width`` as a fixed-width stream of ``ceil(count*width/8)`` bytes.
+
+    Values go into 8/16/32/64-bit array slots; then, eight values at a time,
+    three mask-and-shift steps over one big integer squeeze each slot to
+    ``width`` bits, and strided byte slices gather the groups.
+    """
+    if count == 0 or width == 0:
+        return b""
+    slot, code = _slot(width)
+    groups = (count + 7) // 8
+    slots = array(code, values)
+    if not _LITTLE:
+        slots.byteswap()
+    raw = slots.tobytes() + bytes((groups * 8 - count) * (slot // 8))
+    size = (count * width + 7) // 8
+    if width == slot:
+        return raw[:size]
+    x = int.from_bytes(raw, "little")
+    for j in (1, 2, 4):  # pairs of j-slot units become 2j-slot units holding 2j packed fields
+        mask = _mask(2 * j * slot, j * width, groups * 8 // (2 * j))
+        x = (x & mask) | (((x >> (j * slot)) & mask) << (j * width))
+    spread = x.to_bytes(groups * slot, "little")  # each group: `slot` bytes, low `width` bytes used
+    packed = bytearray(groups * width)
+    for b in range(width):
+        packed[b::width] = spread[b::slot]
+    return bytes(packed[:size])
+
+
+def _unpack_fields(data: bytes, count: int, width: int, *, plus_one: bool = False) -> Iterable[int]:
+    """The inverse of :func:`_pack_fields` (``data`` has exactly the right length).
+
+    With ``plus_one`` every value comes out one larger: one big-integer
+    addition when the slot has a spare bit, which saves the Rice decoder a
+    pass over the gaps.
+    """
+    if width == 0:
+        return (b"\x01" if plus_one else b"\x00") * count
+    slot, code = _slot(width)
+    groups = (count + 7) // 8
+    padded = data + bytes(groups * width - len(data))
+    if width == slot:
+        raw = padded
+    else:
+        spread = bytearray(groups * slot)
+        for b in range(width):
+            spread[b::slot] = padded[b::width]
+        x = int.from_bytes(spread, "little")
+        for j in (4, 2, 1):
+            mask = _mask(2 * j * slot, j * width, groups * 8 // (2 * j))
+            x = (x & mask) | (((x >> (j * width)) & mask) << (j * slot))
+        if plus_one:
+            x += int.from_bytes(b"\x01".ljust(slot // 8, b"\x00") * (groups * 8), "little")
+            plus_one = False
+        raw = x.to_bytes(groups * slot, "little")
+    if slot == 8:
+        values: bytes | array = raw[:count]
+    else:
+        values = array(code)
+        values.frombytes(raw)
+        if not _LITTLE:
+            values.byteswap()
+        del values[count:]
+    return map(add, values, repeat(1)) if plus_one else values
+
+
+def _check_padding(data: bytes, bits: int) -> None:
+    if bits % 8 and data[-1] >> (bits % 8):
+        raise RevocationDataError("non-zero padding bits")
+
+
+def _typecode(universe: int) -> str:
+    return _U32 if universe <= 1 << 32 else _U64
+
+
+# --------------------------------------------------------------------------- Golomb-Rice
+
+
+def rice_parameter(universe: int, count: int) -> int:
+    """The canonical Rice parameter k for ``count`` serials among ``universe``.
+
+    Kiely's rule for geometric gaps with p = count/universe,
+    k = max(0, 1 + floor(log2(ln(phi) / p))), in integers so every platform
+    picks the same k (the decoder requires it: one encoding per state).
+    """
+    if count == 0:
+        return 0
+    return (universe * 4812118 // (count * 10_000_000)).bit_length()  # ln(phi) = 0.4812118...
+
+
+def rice_encode(serials: Iterable[int], count: int, k: int) -> bytes:
+    """Golomb–Rice code of sorted distinct serials, split-stream.
+
+    Gap g_i = x_i - x_(i-1) - 1 (with x_(-1) = -1) is coded as its quotient
+    ``g >> k`` in a unary stream followed, after all quotients, by the ``k``
+    low bits of every gap in a fixed-width stream. The bits are those of
+    interleaved Rice codes, regrouped so both streams decode in bulk.
+    """
+    values = serials if isinstance(serials, (list, array)) else list(serials)
+    gaps = list(map(sub, map(sub, values, chain((-1,), values)), repeat(1)))
+    if len(gaps) != count:
+        raise RevocationDataError("serial count does not match")
+    if gaps and min(gaps) < 0:
+        raise RevocationDataError("serials must be strictly increasing (sorted, no duplicates)")
+    quotients = list(map(rshift, gaps, repeat(k))) if k else gaps
+    remainders = map(and_, gaps, repeat((1 << k) - 1))
+    return _encode_unary(quotients) + _pack_fields(remainders, count, k)
+
+
+def rice_decode(body: bytes, count: int, universe: int, k: int) -> array:
+    """The sorted serials coded by :func:`rice_encode`; strict and bounded.
+
+    Raises :class:`RevocationDataError` unless ``body`` is exactly the
+    canonical coding of ``count`` distinct serials below ``universe``.
+    """
+    if count > universe:
+        raise RevocationDataError("more serials than the universe holds")
+    if count == 0:
+        if body:
+            raise RevocationDataError("trailing bytes after an empty set")
+        return array(_typecode(universe))
+    remainder_bits = count * k
+    split = len(body) - (remainder_bits + 7) // 8
+    # every gap sums to at most universe - count, so the quotients sum to at most that >> k
+    if split < 1 or split > (count + ((universe - count) >> k) + 7) // 8:
+        raise RevocationDataError("coded body has the wrong length for its count and universe")
+    unary, fixed = body[:split], body[split:]
+    if fixed:
+        _check_padding(fixed, remainder_bits)
+    quotients = _decode_unary(unary, count)
+    # x_i = sum over j <= i of (g_j + 1), minus 1: accumulate from -1 over (q << k) + r + 1
+    gaps_plus_one = _unpack_fields(fixed, count, k, plus_one=True)
+    steps = map(add, map(lshift, quotients, repeat(k)) if k else quotients, gaps_plus_one)
+    serials = _to_array(islice(accumulate(steps, initial=-1), 1, None), universe)
+    if serials[-1] >= universe:
+        raise RevocationDataError("serial out of range of the universe")
+    return serials
+
+
+def _to_array(values: Iterable[int], universe: int) -> array:
+    try:
+        return array(_typecode(universe), values)
+    except OverflowError:  # over 2**32 (or 2**64): out of any universe of that array
+        raise RevocationDataError("serial out of range of the universe") from None
+
+
+# --------------------------------------------------------------------------- Elias-Fano (measured, not used)
+
+
+def _elias_fano_low_bits(universe: int, count: int) -> int:
+    return max(0, (universe // count).bit_length() - 1) if count else 0
+
+
+def elias_fano_encode(serials: Iterable[int], count: int, universe: int) -> bytes:
+    """Elias–Fano code of sorted distinct serials: unary high-part increments, then the low bits.
+
+    The measured alternative to :func:`rice_encode` (``docs/revocation.md``);
+    the file format does not use it.
+    """
+    values = serials if isinstance(serials, (list, array)) else list(serials)
+    if len(values) != count:
+        raise RevocationDataError("serial count does not match")
+    if not all(map(lt, values, islice(values, 1, None))):
+        raise RevocationDataError("serials must be strictly increasing (sorted, no duplicates)")
+    low = _elias_fano_low_bits(universe, count)
+    highs = list(map(rshift, values, repeat(low)))
+    upper = _encode_unary(list(map(sub, highs, chain((0,), highs))))
+    return upper + _pack_fields(map(and_, values, repeat((1 << low) - 1)), count, low)
+
+
+def elias_fano_decode(body: bytes, count: int, universe: int) -> array:
+    """The serials coded by :func:`elias_fano_encode`; strict and bounded."""
+    if count > universe:
+        raise RevocationDataError("more serials than the universe holds")
+    if count == 0:
+        if body:
+            raise RevocationDataError("trailing bytes after an empty set")
+        return array(_typecode(universe))
+    low = _elias_fano_low_bits(universe, count)
+    split = len(body) - (count * low + 7) // 8
+    if split < 1 or split > (count + ((universe - 1) >> low) + 7) // 8:
+        raise RevocationDataError("coded body has the wrong length for its count and universe")
+    upper, lower = body[:split], body[split:]
+    if lower:
+        _check_padding(lower, count * low)
+    highs = accumulate(_decode_unary(upper, count))
+    lows = _unpack_fields(lower, count, low)
+    serials = _to_array(map(or_, map(lshift, highs, repeat(low)), lows) if low else highs, universe)
+    if serials[-1] >= universe:
+        raise RevocationDataError("serial out of range of the universe")
+    return serials
+
+
+# --------------------------------------------------------------------------- headers
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """The header of a snapshot or delta, parsed but *unverified* (nothing decoded or hashed).
+
+    For a snapshot, ``from_seq`` is None and ``to_seq`` is its sequence number.
+    ``count`` is the number of serials coded in the body (the whole set for a
+    snapshot, the new ones for a delta); ``state_hash`` is that of the
+    resulting state.
+    """
+
+    kind: str  # "snapshot" or "delta"
+    province: str
+    kid: bytes
+    from_seq: int | None
+    to_seq: int
+    universe: int
+    count: int
+    rice_k: int
+    state_hash: bytes
+    body_offset: int
+
+
+def _parse_header(data: bytes, kind: int) -> FileInfo:
+    cap = MAX_SNAPSHOT_BYTES if kind == _KIND_SNAPSHOT else MAX_DELTA_BYTES
+    what = "snapshot" if kind == _KIND_SNAPSHOT else "delta"
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise RevocationDataError(f"{what} must be bytes")
+    if len(data) > cap:
+        raise RevocationDataError(f"{what} is larger than the {cap}-byte cap")
+    data = bytes(data)
+    tail = _SNAPSHOT_TAIL if kind == _KIND_SNAPSHOT else _DELTA_TAIL
+    if len(data) < 9 or data[:4] != MAGIC:
+        raise RevocationDataError("not a revocation file (bad magic)")
+    if data[4] != FORMAT_VERSION:
+        raise RevocationDataError(f"unsupported revocation format version {data[4]}")
+    if data[5] != kind:
+        raise RevocationDataError(f"not a revocation {what}")
+    try:
+        province = data[6:8].decode("ascii")
+    except UnicodeDecodeError:
+        province = ""
+    if province not in PROVINCES:
+        raise RevocationDataError("bad province code")
+    kid_length = data[8]
+    if not 1 <= kid_length <= _MAX_KID:
+        raise RevocationDataError(f"kid must be 1 to {_MAX_KID} bytes")
+    offset = 9 + kid_length
+    if len(data) < offset + tail.size:
+        raise RevocationDataError(f"truncated {what} header")
+    kid = data[9:offset]
+    if kind == _KIND_SNAPSHOT:
+        seq, universe, count, k, state_hash = tail.unpack_from(data, offset)
+        from_seq = None
+    else:
+        from_seq, seq, universe, count, k, state_hash = tail.unpack_from(data, offset)
+        if seq <= from_seq:
+            raise RevocationDataError("delta must end after it starts (to_seq > from_seq)")
+    if universe > MAX_UNIVERSE or count > universe:
+        raise RevocationDataError("more serials than the universe holds")
+    if k != rice_parameter(universe, count):
+        raise RevocationDataError("Rice parameter is not the canonical one for the count and universe")
+    return FileInfo(what, province, kid, from_seq, seq, universe, count, k, state_hash, offset + tail.size)
+
+
+def read_header(data: bytes) -> FileInfo:
+    """The *unverified* header of a snapshot or a delta (for sync decisions and diagnostics)."""
+    kind = data[5] if isinstance(data, (bytes, bytearray)) and len(data) > 5 else _KIND_SNAPSHOT
+    return _parse_header(data, _KIND_DELTA if kind == _KIND_DELTA else _KIND_SNAPSHOT)
+
+
+def _shard_prefix(kind: int, province: str, kid: bytes) -> bytes:
+    return MAGIC + bytes((FORMAT_VERSION, kind)) + province.encode("ascii") + bytes((len(kid),)) + kid
+
+
+def _state_hash(province: str, kid: bytes, seq: int, universe: int, serials: array) -> bytes:
+    """SHA-256 of the canonical state: domain, shard, seq, universe, count, serials.
+
+    Serials are 4-byte little-endian when the universe is at most 2**32, else
+    8-byte little-endian; the header fields are big-endian (``docs/revocation.md``).
+    """
+    digest = hashlib.sha256(_STATE_DOMAIN)
+    digest.update(province.encode("ascii") + bytes((len(kid),)) + kid)
+    digest.update(struct.pack(">IQI", seq, universe, len(serials)))
+    if _LITTLE:
+        digest.update(serials)
+    else:
+        swapped = array(serials.typecode, serials)
+        swapped.byteswap()
+        digest.update(swapped)
+    return digest.digest()
+
+
+# --------------------------------------------------------------------------- one shard
+
+
+def _check_shard(province: object, kid: object) -> None:
+    if not isinstance(province, str) or province not in PROVINCES:
+        raise RevocationDataError(f"not a GB/T 2260 province code: {province!r}")
+    if not isinstance(kid, bytes) or not 1 <= len(kid) <= _MAX_KID:
+        raise RevocationDataError(f"kid must be 1 to {_MAX_KID} bytes")
+
+
+def _sorted_serials(serials: Iterable[int], universe: int) -> array:
+    code = _typecode(universe)
+    try:
+        values = serials if isinstance(serials, array) and serials.typecode == code else array(code, serials)
+    except (OverflowError, TypeError):
+        raise RevocationDataError("serials must be integers in [0, universe)") from None
+    if values and (values[0] < 0 or values[-1] >= universe):
+        raise RevocationDataError("serial out of range of the universe")
+    if not all(map(lt, values, islice(values, 1, None))):
+        raise RevocationDataError("serials must be strictly increasing (sorted, no duplicates)")
+    return array(code, values) if values is serials else values
+
+
+#: Serials per directory bucket, on average: a lookup bisects about log2 of this.
+_BUCKET_TARGET = 32
+
+
+def _directory(serials: array, universe: int) -> tuple[array, array, int]:
+    """(serials, directory, shift): serials below ``b << shift`` are ``serials[:directory[b]]``.
+
+    A lookup reads two directory entries and bisects one bucket of ~32
+    serials (5 steps in a few cache lines) instead of the whole shard (18
+    steps scattered over ~1 MB for the largest national shard); the
+    directory costs ~1/8 byte per revoked serial.
+    """
+    count = len(serials)
+    if count == 0:
+        return serials, array(_U32, (0,)), 0  # no bucket: every lookup answers False at once
+    shift = max(0, (universe * _BUCKET_TARGET // count).bit_length() - 1)
+    buckets = ((universe - 1) >> shift) + 1
+    starts = map(bisect_left, repeat(serials, buckets + 1), map(lshift, range(buckets + 1), repeat(shift)))
+    return serials, array(_U32, starts), shift
+
+
+class RevocationState:
+    """The revocation state of one shard (province, kid): seq, universe, sorted revoked serials.
+
+    A new state is empty at sequence 0 with universe 0 unless given. The only
+    changes are :meth:`load_snapshot` and :meth:`apply_delta`, each checked in
+    full before anything is replaced: on any failure the state is unchanged.
+    """
+
+    __slots__ = ("_province", "_kid", "_seq", "_universe", "_serials", "_hash", "_index")
+
+    def __init__(
+        self, province: str, kid: bytes, *, seq: int = 0, universe: int = 0, serials: Iterable[int] = ()
+    ) -> None:
+        _check_shard(province, kid)
+        if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+            raise RevocationDataError("seq must be an integer in [0, 2**32)")
+        if type(universe) is not int or not 0 <= universe <= MAX_UNIVERSE:
+            raise RevocationDataError("universe must be an integer in [0, 2**64)")
+        values = _sorted_serials(serials, universe)
+        if len(values) > MAX_COUNT:
+            raise RevocationDataError("too many serials for one shard")
+        self._province = province
+        self._kid = kid
+        self._commit(seq, universe, values, _state_hash(province, kid, seq, universe, values))
+
+    def _commit(self, seq: int, universe: int, serials: array, state_hash: bytes) -> None:
+        # Everything is computed before the first assignment; readers (is_revoked) load
+        # _index once, so the serials and their directory change together.
+        index = _directory(serials, universe)
+        self._seq, self._universe, self._hash, self._serials, self._index = seq, universe, state_hash, serials, index
+
+    # -- reading
+
+    @property
+    def province(self) -> str:
+        return self._province
+
+    @property
+    def kid(self) -> bytes:
+        return self._kid
+
+    @property
+    def shard(self) -> tuple[str, bytes]:
+        return (self._province, self._kid)
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def universe(self) -> int:
+        return self._universe
+
+    @property
+    def state_hash(self) -> bytes:
+        """SHA-256 of the canonical state (``docs/revocation.md``)."""
+        return self._hash
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the serials array and its directory."""
+        serials, directory, _ = self._index
+        return len(serials) * serials.itemsize + len(directory) * directory.itemsize
+
+    def serials(self) -> list[int]:
+        """A copy of the revoked serials, ascending."""
+        return self._serials.tolist()
+
+    def is_revoked(self, serial: int) -> bool:
+        serials, directory, shift = self._index
+        bucket = serial >> shift
+        if not 0 <= bucket < len(directory) - 1:
+            return False
+        end = directory[bucket + 1]
+        i = bisect_left(serials, serial, directory[bucket], end)
+        return i != end and serials[i] == serial
+
+    __contains__ = is_revoked
+
+    def __len__(self) -> int:
+        return len(self._serials)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._serials)
+
+    def __repr__(self) -> str:
+        return (f"<RevocationState {self._province}/{self._kid.hex()} seq={self._seq} "
+                f"universe={self._universe} revoked={len(self._serials)}>")
+
+    # -- files
+
+    def to_snapshot(self) -> bytes:
+        """This state as a snapshot file."""
+        count = len(self._serials)
+        k = rice_parameter(self._universe, count)
+        return (
+            _shard_prefix(_KIND_SNAPSHOT, self._province, self._kid)
+            + _SNAPSHOT_TAIL.pack(self._seq, self._universe, count, k, self._hash)
+            + rice_encode(self._serials, count, k)
+        )
+
+    @classmethod
+    def from_snapshot(cls, data: bytes, *, province: str | None = None, kid: bytes | None = None) -> RevocationState:
+        """The state a snapshot carries, verified against its hash (and its shard, if given)."""
+        info, serials = _decode_snapshot(data, province, kid)
+        state = cls.__new__(cls)
+        state._province, state._kid = info.province, info.kid
+        state._commit(info.to_seq, info.universe, serials, info.state_hash)
+        return state
+
+    def load_snapshot(self, data: bytes) -> None:
+        """Replace this state by a newer snapshot of the same shard.
+
+        An older snapshot is a rollback (:class:`RevocationSequenceError`); one
+        at the current sequence must carry the same state, else the publisher
+        forked (:class:`RevocationDataError`); either way nothing changes.
+        """
+        info, serials = _decode_snapshot(data, self._province, self._kid)
+        if info.to_seq < self._seq:
+            raise RevocationSequenceError(f"snapshot seq {info.to_seq} is older than the state's {self._seq}")
+        if info.to_seq == self._seq:
+            if info.state_hash != self._hash:
+                raise RevocationDataError(f"snapshot at seq {info.to_seq} disagrees with the state at that seq")
+            return
+        self._commit(info.to_seq, info.universe, serials, info.state_hash)
+
+    def apply_delta(self, data: bytes) -> None:
+        """Apply the next delta of this shard, strictly in order; all or nothing.
+
+        (1) the header: caps, form, this shard; (2) the sequence: ``from_seq``
+        must be this state's seq (else a gap, or a replay of an older delta);
+        (3) the universe may only grow; (4) the new serials: canonical coding,
+        below the universe, none already revoked; (5) the hash of the merged
+        state must be the one the delta states. Only then is the state replaced.
+        """
+        # (1)
+        info = _parse_header(data, _KIND_DELTA)
+        if (info.province, info.kid) != (self._province, self._kid):
+            raise RevocationDataError("delta is for another shard")
+        # (2)
+        if info.from_seq != self._seq:
+            if info.to_seq <= self._seq:
+                raise RevocationSequenceError(
+                    f"delta {info.from_seq}->{info.to_seq} is older than the state's seq {self._seq} (replay)")
+            if info.from_seq > self._seq:
+                raise RevocationSequenceError(
+                    f"gap: delta starts at seq {info.from_seq}, the state is at {self._seq}")
+            raise RevocationSequenceError(
+                f"delta {info.from_seq}->{info.to_seq} overlaps the state's seq {self._seq}")
+        # (3)
+        if info.universe < self._universe:
+            raise RevocationDataError("delta shrinks the universe")
+        # (4)
+        added = rice_decode(bytes(data[info.body_offset :]), info.count, info.universe, info.rice_k)
+        merged = _merge(self._serials, added, info.universe)
+        # (5)
+        state_hash = _state_hash(self._province, self._kid, info.to_seq, info.universe, merged)
+        if state_hash != info.state_hash:
+            raise RevocationDataError("state hash after the delta does not match (wrong base or corrupt delta)")
+        self._commit(info.to_seq, info.universe, merged, state_hash)
+
+
+def _decode_snapshot(data: bytes, province: str | None, kid: bytes | None) -> tuple[FileInfo, array]:
+    info = _parse_header(data, _KIND_SNAPSHOT)
+    if (province is not None and info.province != province) or (kid is not None and info.kid != kid):
+        raise RevocationDataError("snapshot is for another shard")
+    serials = rice_decode(bytes(data[info.body_offset :]), info.count, info.universe, info.rice_k)
+    if _state_hash(info.province, info.kid, info.to_seq, info.universe, serials) != info.state_hash:
+        raise RevocationDataError("snapshot state hash does not match its serials")
+    return info, serials
+
+
+def _merge(old: array, added: array, universe: int) -> array:
+    """A new sorted array holding both; :class:`RevocationDataError` if ``added`` repeats one of ``old``.
+
+    Up to one addition per 16 serials: slices of ``old`` copied around each
+    addition (m bisects, memcpy for the rest); beyond that, one sort of both.
+    """
+    code = _typecode(universe)
+    if old.typecode != code:
+        old = array(code, old)
+    if len(added) > len(old) // 16:
+        values = sorted(chain(old, added))  # two sorted runs: timsort merges them in linear time
+        if not all(map(lt, values, islice(values, 1, None))):
+            raise RevocationDataError("delta revokes a serial which is already revoked")
+        return array(code, values)
+    merged = array(code)
+    start = 0
+    for serial in added:
+        i = bisect_left(old, serial, start)
+        if i != len(old) and old[i] == serial:
+            raise RevocationDataError(f"delta revokes serial {serial} which is already revoked")
+        merged += old[start:i]
+        merged.append(serial)
+        start = i
+    merged += old[start:]
+    return merged
+
+
+def _added(old: array, new: array) -> list[int] | None:
+    """The serials of sorted ``new`` missing from sorted ``old``; None unless ``old`` is a subset.
+
+    A few additions to a large shard (the hourly case) cost O(m log n) bisects
+    and C-level slice comparisons instead of hashing every serial: with
+    off(i) = (position of old[i] in new) - i, a run of old whose offsets at
+    both ends agree must appear unchanged in new; only runs whose offsets
+    differ hold additions and are split.
+    """
+    extra = len(new) - len(old)
+    if extra < 0:
+        return None
+    if not old:
+        return new.tolist()
+    if extra > len(new) // 64 or old.typecode != new.typecode:  # many additions: hashing is cheaper
+        have = set(new)
+        have.difference_update(old)
+        return sorted(have) if len(have) == extra else None
+    first = bisect_left(new, old[0])
+    if first > extra or new[first] != old[0]:
+        return None
+    added = new[:first].tolist()
+    segments = [(0, len(old), first, extra)]  # old[a:b], off(a), off(b) with off(len(old)) = extra
+    while segments:
+        a, b, off_a, off_b = segments.pop()
+        if off_a == off_b:
+            if old[a:b] != new[a + off_a : b + off_b]:
+                return None
+            continue
+        if b - a == 1:  # old[a] (already matched) then the additions up to the next run
+            added.extend(new[a + off_a + 1 : b + off_b])
+            continue
+        mid = (a + b) // 2
+        j = bisect_left(new, old[mid], a + off_a, b + off_b)
+        if j == b + off_b or new[j] != old[mid]:
+            return None
+        segments.append((mid, b, j - mid, off_b))  # right after left: additions come out in order
+        segments.append((a, mid, off_a, j - mid))
+    return added
+
+
+def encode_delta(old: RevocationState, new: RevocationState) -> bytes:
+    """The delta file that takes ``old`` to ``new`` (publisher side).
+
+    Both must be the same shard, ``new`` later with a universe at least as
+    large, and ``new`` must hold every serial ``old`` does: revocations are
+    never lifted.
+    """
+    if old.shard != new.shard:
+        raise RevocationDataError("states of different shards")
+    if new.seq <= old.seq:
+        raise RevocationDataError("the new state must have a later seq")
+    if new.universe < old.universe:
+        raise RevocationDataError("the universe may only grow")
+    added = _added(old._serials, new._serials)
+    if added is None:
+        raise RevocationDataError("the new state lifts a revocation (never supported: reissue the code)")
+    count = len(added)
+    k = rice_parameter(new.universe, count)
+    return (
+        _shard_prefix(_KIND_DELTA, new.province, new.kid)
+        + _DELTA_TAIL.pack(old.seq, new.seq, new.universe, count, k, new.state_hash)
+        + rice_encode(added, count, k)
+    )
+
+
+# --------------------------------------------------------------------------- every shard
+
+
+class RevocationSet:
+    """Every shard a verifier holds; the :class:`~healthcode.verify.RevocationChecker` it passes to verify.
+
+    :meth:`is_revoked` answers False for a shard it holds no data for; a
+    verifier finds those with :meth:`missing` (and reports stale trust data)
+    rather than refusing every code of a new key. Each publisher should put
+    out a snapshot, even an empty one, for every live key.
+    """
+
+    __slots__ = ("_shards",)
+
+    def __init__(self, states: Iterable[RevocationState] = ()) -> None:
+        self._shards: dict[tuple[str, bytes], RevocationState] = {}
+        for state in states:
+            if not isinstance(state, RevocationState):
+                raise TypeError("a RevocationSet holds RevocationState values")
+            if state.shard in self._shards:
+                raise RevocationDataError(f"two states for shard {state.province}/{state.kid.hex()}")
+            self._shards[state.shard] = state
+
+    def is_revoked(self, province: str, kid: bytes, serial: int) -> bool:
+        """Whether ``serial`` of shard (``province``, ``kid``) is revoked: a dict get, a directory read, a short bisect."""
+        state = self._shards.get((province, kid))
+        if state is None:
+            return False
+        serials, directory, shift = state._index  # inlined RevocationState.is_revoked
+        bucket = serial >> shift
+        if not 0 <= bucket < len(directory) - 1:
+            return False
+        end = directory[bucket + 1]
+        i = bisect_left(serials, serial, directory[bucket], end)
+        return i != end and serials[i] == serial
+
+    def get(self, province: str, kid: bytes) -> RevocationState | None:
+        return self._shards.get((province, kid))
+
+    def load_snapshot(self, data: bytes, *, province: str | None = None, kid: bytes | None = None) -> RevocationState:
+        """Load a snapshot into its shard (new, or a later state of a held one); return the shard."""
+        info = _parse_header(data, _KIND_SNAPSHOT)
+        if (province is not None and province != info.province) or (kid is not None and kid != info.kid):
+            raise RevocationDataError("snapshot is for another shard")
+        state = self._shards.get((info.province, info.kid))
+        if state is None:
+            state = RevocationState.from_snapshot(data)
+            self._shards[state.shard] = state
+        else:
+            state.load_snapshot(data)
+        return state
+
+    def apply_delta(self, data: bytes, *, province: str | None = None, kid: bytes | None = None) -> RevocationState:
+        """Apply a delta to its shard; a shard not held yet starts empty at seq 0."""
+        info = _parse_header(data, _KIND_DELTA)
+        if (province is not None and province != info.province) or (kid is not None and kid != info.kid):
+            raise RevocationDataError("delta is for another shard")
+        state = self._shards.get((info.province, info.kid))
+        if state is None:
+            state = RevocationState(info.province, info.kid)
+            state.apply_delta(data)
+            self._shards[state.shard] = state
+        else:
+            state.apply_delta(data)
+        return state
+
+    def follow_deltas(self, province: str, kid: bytes, fetch: Callable[[str], bytes | None], *,
+                      limit: int = 10_000) -> int:
+        """Apply the shard's published deltas from its current seq on; return how many were applied.
+
+        ``fetch(target_name)`` returns a target's (already TUF-verified) bytes,
+        or None when the repository lists no such target; it is the caller's
+        I/O. The chain stops at the first missing delta: either the shard is at
+        the latest seq, or it is further behind than the publisher keeps deltas
+        for, and the caller loads the snapshot (it knows which from the
+        snapshot target's hash: unchanged since its last sync means at the
+        latest). A :class:`RevocationSequenceError` also means: load the snapshot.
+        """
+        applied = 0
+        while applied < limit:
+            state = self._shards.get((province, kid))
+            data = fetch(delta_target(province, kid, 0 if state is None else state.seq))
+            if data is None:
+                break
+            self.apply_delta(data, province=province, kid=kid)
+            applied += 1
+        return applied
+
+    def drop(self, province: str, kid: bytes) -> bool:
+        return self._shards.pop((province, kid), None) is not None
+
+    def drop_expired(self, live: Keyring | Iterable[tuple[str, bytes]], *, now: _dt.datetime | None = None
+                     ) -> list[tuple[str, bytes]]:
+        """Drop every shard that is not live; return the dropped (province, kid) pairs.
+
+        ``live`` is a keyring (with ``now``: a shard lives while its key is in
+        the keyring and ``now`` is not past its ``verify_until``; after that no
+        code of the key verifies, revoked or not) or the set of live shards.
+        """
+        if isinstance(live, Keyring):
+            if now is None:
+                raise TypeError("drop_expired with a keyring needs now")
+            now_s = to_epoch(now)
+            keep = {(key.province, key.kid) for key in live if now_s <= to_epoch(key.verify_until)}
+        else:
+            keep = set(live)
+        dropped = [shard for shard in list(self._shards) if shard not in keep]
+        for shard in dropped:
+            del self._shards[shard]
+        return dropped
+
+    def missing(self, keyring: Keyring, *, now: _dt.datetime) -> list[tuple[str, bytes]]:
+        """The live shards of ``keyring`` at ``now`` this set holds no data for."""
+        now_s = to_epoch(now)
+        return [
+            (key.province, key.kid)
+            for key in keyring
+            if now_s <= to_epoch(key.verify_until) and (key.province, key.kid) not in self._shards
+        ]
+
+    @property
+    def revoked_count(self) -> int:
+        return sum(len(state) for state in self._shards.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the serial arrays of every shard."""
+        return sum(state.nbytes for state in self._shards.values())
+
+    def __iter__(self) -> Iterator[RevocationState]:
+        return iter(list(self._shards.values()))
+
+    def __len__(self) -> int:
+        return len(self._shards)
+
+    def __repr__(self) -> str:
+        return f"<RevocationSet {len(self._shards)} shards, {self.revoked_count} revoked>"

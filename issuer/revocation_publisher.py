@@ -1,0 +1,316 @@
+"""Publishing revocations: from the issuer's store to snapshot and delta files.
+
+The store says which codes are revoked; this module writes the files of
+:mod:`healthcode.revocation`, one shard per (province, kid), laid out exactly
+as the TUF targets they will be published as (the TUF push is a later step
+that takes :attr:`ShardPublication.written` and ``removed``)::
+
+    <directory>/provinces/<code>/revocation/<kid-hex>/snapshot.hcrs
+    <directory>/provinces/<code>/revocation/<kid-hex>/delta-<from_seq:010d>.hcrd
+
+A publication, per shard (marked in :meth:`RevocationPublisher._publish_shard`):
+
+1. the last published state: the shard's snapshot file, parsed and verified
+   like a verifier would (or the empty state at seq 0 before the first one);
+2. the store's revoked serials and universe (serials issued so far), read in
+   one transaction;
+3. if a snapshot exists and no serial was added, nothing is written (a grown
+   universe alone is not worth a publication: a serial at or above a
+   verifier's universe is simply not revoked there);
+4. the next state: seq + 1, the larger universe, the store's serials (they
+   must include every published one: revocations are never lifted);
+5. the delta (last -> next) is written, then the snapshot; each atomically
+   (temporary file, fsync, ``os.replace``). The snapshot's replacement is the
+   commit point: a crash before it leaves a delta that the next run
+   overwrites, and nothing of that run was pushed (the push follows
+   :meth:`RevocationPublisher.publish`);
+6. deltas more than ``keep_deltas`` publications old are deleted (a verifier
+   further behind fetches the snapshot).
+
+Assumption, as for the store: one publisher process per province directory.
+
+Reading the store: :class:`SQLiteRevocationSource` opens its own read-only
+connections to the issuer's SQLite file (WAL lets it read while the writer
+commits). It needs no change to :mod:`issuer.store`; at national scale the
+query wants a partial index on revoked codes (``docs/revocation.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import re
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+from healthcode.revocation import (
+    RevocationDataError,
+    RevocationState,
+    delta_target,
+    encode_delta,
+    read_header,
+    rice_decode,
+    shard_directory,
+    snapshot_target,
+)
+
+from .errors import IssuerError
+
+__all__ = [
+    "RevocationSource",
+    "SQLiteRevocationSource",
+    "RevocationPublisher",
+    "ShardPublication",
+    "RevocationPublishError",
+    "DEFAULT_KEEP_DELTAS",
+]
+
+#: A week of hourly publications.
+DEFAULT_KEEP_DELTAS = 168
+
+_DELTA_NAME = re.compile(r"delta-(\d{10})\.hcrd")
+
+
+class RevocationPublishError(IssuerError):
+    """The published files and the store disagree in a way the publisher must not paper over."""
+
+
+class RevocationSource(Protocol):
+    """Where the publisher reads revocations (the issuer's store, or a fake in tests)."""
+
+    def shards(self) -> list[tuple[str, bytes]]:
+        """Every (province, kid) that has issued a code."""
+        ...
+
+    def revoked(self, province: str, kid: bytes) -> tuple[int, list[int]]:
+        """(universe, ascending revoked serials) of one shard, read consistently."""
+        ...
+
+
+class SQLiteRevocationSource:
+    """Reads revoked serials straight from the issuer's SQLite file (schema of :mod:`issuer.store.sqlite`)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = 5000) -> None:
+        self.path = pathlib.Path(path)
+        self._busy_timeout_ms = int(busy_timeout_ms)
+
+    @contextlib.contextmanager
+    def _connect(self):
+        # mode=rw: never create an empty database by mistake; query_only: never write.
+        uri = self.path.resolve().as_uri() + "?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self._busy_timeout_ms / 1000)
+        try:
+            conn.execute("PRAGMA query_only = ON")
+            yield conn
+        finally:
+            conn.close()
+
+    def shards(self) -> list[tuple[str, bytes]]:
+        # serial_counters gets a row, in the same transaction, for every shard that commits a code
+        with self._connect() as conn:
+            return [(p, bytes(k)) for p, k in
+                    conn.execute("SELECT province, kid FROM serial_counters ORDER BY province, kid")]
+
+    def revoked(self, province: str, kid: bytes) -> tuple[int, list[int]]:
+        with self._connect() as conn:
+            conn.execute("BEGIN")  # one snapshot of the database for all three reads
+            serials = [s for (s,) in conn.execute(
+                "SELECT serial FROM codes WHERE province = ? AND kid = ? AND revoked_at IS NOT NULL "
+                "ORDER BY serial", (province, kid))]
+            (counted,) = conn.execute(
+                "SELECT coalesce(max(next_serial), 0) FROM serial_counters WHERE province = ? AND kid = ?",
+                (province, kid)).fetchone()
+            (highest,) = conn.execute(
+                "SELECT coalesce(max(serial) + 1, 0) FROM codes WHERE province = ? AND kid = ?",
+                (province, kid)).fetchone()
+            conn.execute("COMMIT")
+        return max(counted, highest), serials
+
+
+@dataclass(frozen=True)
+class ShardPublication:
+    """What one publication did to one shard. Paths are TUF target names, relative to the directory."""
+
+    province: str
+    kid: bytes
+    seq: int
+    universe: int
+    revoked: int  # serials in the new state
+    added: int  # serials the delta adds
+    written: tuple[str, ...]  # the delta, then the snapshot
+    removed: tuple[str, ...]  # deltas past the retention
+
+
+def _write_atomically(path: pathlib.Path, data: bytes, *, fsync: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        try:
+            tmp.write(data)
+            tmp.flush()
+            if fsync:
+                os.fsync(tmp.fileno())
+        except BaseException:
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
+    try:
+        os.replace(tmp.name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp.name)
+        raise
+    if fsync:
+        _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: pathlib.Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RevocationPublisher:
+    """Writes each shard's snapshot and deltas under ``directory`` from a :class:`RevocationSource`.
+
+    ``keep_deltas`` is how many of the latest deltas each shard keeps;
+    ``fsync`` may be turned off for tests and benchmarks only.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: RevocationSource,
+        directory: str | os.PathLike[str],
+        keep_deltas: int = DEFAULT_KEEP_DELTAS,
+        fsync: bool = True,
+    ) -> None:
+        if keep_deltas < 1:
+            raise ValueError("keep_deltas must be at least 1")
+        self._source = source
+        self.directory = pathlib.Path(directory)
+        self._keep = keep_deltas
+        self._fsync = fsync
+
+    # -- reading what was published
+
+    def _path(self, target: str) -> pathlib.Path:
+        return self.directory / target
+
+    def published_state(self, province: str, kid: bytes) -> RevocationState:
+        """The shard's last published state (verified), or the empty state at seq 0."""
+        path = self._path(snapshot_target(province, kid))
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return RevocationState(province, kid)
+        try:
+            return RevocationState.from_snapshot(data, province=province, kid=kid)
+        except RevocationDataError as exc:
+            raise RevocationPublishError(f"published snapshot {path.name} of {province}/{kid.hex()} "
+                                         f"is unreadable: {exc}") from None
+
+    def catch_up_delta(self, province: str, kid: bytes, from_seq: int) -> bytes:
+        """One delta from ``from_seq`` to the latest seq, merged from the retained deltas.
+
+        For verifiers that sync rarely (a daily delta instead of 24 hourly
+        ones); raises :class:`RevocationPublishError` if a needed delta is no
+        longer retained.
+        """
+        head = self.published_state(province, kid)
+        if not 0 <= from_seq < head.seq:
+            raise RevocationPublishError(f"no catch-up from seq {from_seq}: the shard is at {head.seq}")
+        since: set[int] = set()
+        for seq in range(from_seq, head.seq):
+            try:
+                data = self._path(delta_target(province, kid, seq)).read_bytes()
+            except FileNotFoundError:
+                raise RevocationPublishError(f"delta from seq {seq} is no longer retained") from None
+            info = read_header(data)
+            since.update(rice_decode(data[info.body_offset:], info.count, info.universe, info.rice_k))
+        base = RevocationState(province, kid, seq=from_seq, universe=head.universe,
+                               serials=[s for s in head if s not in since])
+        return encode_delta(base, head)
+
+    # -- publishing
+
+    def publish(self, *, shards: Iterable[tuple[str, bytes]] | None = None) -> list[ShardPublication]:
+        """Publish every shard of the source (or only ``shards``); return what changed."""
+        chosen = self._source.shards() if shards is None else list(shards)
+        results = []
+        for province, kid in chosen:
+            result = self._publish_shard(province, kid)
+            if result is not None:
+                results.append(result)
+        return results
+
+    def _publish_shard(self, province: str, kid: bytes) -> ShardPublication | None:
+        directory = self._path(shard_directory(province, kid))
+        for stale in directory.glob(".*.hcr?.*"):  # temporary files of a crashed run
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        # (1) what verifiers have
+        last = self.published_state(province, kid)
+        # (2) what the store says
+        universe, serials = self._source.revoked(province, kid)
+        # (3) nothing new
+        first = not self._path(snapshot_target(province, kid)).exists()
+        if not first and len(serials) == len(last):
+            if serials != last.serials():
+                raise RevocationPublishError(f"shard {province}/{kid.hex()}: the store lost a published revocation")
+            return None
+        # (4) the next state
+        try:
+            nxt = RevocationState(province, kid, seq=last.seq + 1, universe=max(universe, last.universe),
+                                  serials=serials)
+            delta = encode_delta(last, nxt)
+        except RevocationDataError as exc:
+            raise RevocationPublishError(f"shard {province}/{kid.hex()}: {exc}") from None
+        # (5) delta first, then the snapshot: the commit point
+        delta_name, snapshot_name = delta_target(province, kid, last.seq), snapshot_target(province, kid)
+        _write_atomically(self._path(delta_name), delta, fsync=self._fsync)
+        _write_atomically(self._path(snapshot_name), nxt.to_snapshot(), fsync=self._fsync)
+        # (6) retention
+        removed = []
+        for path in sorted(directory.glob("delta-*.hcrd")):
+            match = _DELTA_NAME.fullmatch(path.name)
+            if match and int(match.group(1)) < nxt.seq - self._keep:
+                path.unlink()
+                removed.append(f"{shard_directory(province, kid)}/{path.name}")
+        return ShardPublication(province, kid, nxt.seq, nxt.universe, len(nxt), len(nxt) - len(last),
+                                (delta_name, snapshot_name), tuple(removed))
+
+    def province_files(self, publications: Iterable[ShardPublication]
+                       ) -> dict[str, tuple[dict[str, bytes], list[str]]]:
+        """What to hand the trust repository, per province: ``{code: (files, remove)}``.
+
+        Names are relative to ``provinces/<code>/`` (``revocation/<kid-hex>/snapshot.hcrs``...),
+        as :meth:`keys.trustrepo.TrustRepository.publish_province_targets` takes them.
+        """
+        changes: dict[str, tuple[dict[str, bytes], list[str]]] = {}
+        for publication in publications:
+            prefix = f"provinces/{publication.province}/"
+            files, remove = changes.setdefault(publication.province, ({}, []))
+            for target in publication.written:
+                files[target.removeprefix(prefix)] = self._path(target).read_bytes()
+            remove.extend(target.removeprefix(prefix) for target in publication.removed)
+        return changes
+
+    def retire(self, province: str, kid: bytes) -> list[str]:
+        """Delete a shard whose key's last code has expired; return the removed target names.
+
+        Verifiers drop the shard on their side when the key's ``verify_until``
+        passes (:meth:`healthcode.revocation.RevocationSet.drop_expired`).
+        """
+        directory = self._path(shard_directory(province, kid))
+        removed = []
+        for path in sorted(directory.glob("*.hcr?")):
+            path.unlink()
+            removed.append(f"{shard_directory(province, kid)}/{path.name}")
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+        return removed
