@@ -1,0 +1,588 @@
+"""The scanner loop end to end, in-process: a real pty as a keyboard wedge, a serial port,
+real PNG/JPEG images in a watched folder, no network at all, aging trust data, a sync that
+fails mid-run, garbage input, the audit log and the HIS socket.
+
+Every test uses an injected clock; real time is only spent on I/O timeouts (bounded).
+The helpers here (:class:`World`, :func:`runtime_for`) are shared with ``test_verifier_cli.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import pathlib
+import socket
+import sqlite3
+import termios
+import threading
+import time
+
+import pytest
+
+import healthcode as hc
+from verifier.audit import AuditLog
+from verifier.config import AuditConfig, ScanConfig, SyncConfig, VerifierConfig
+from verifier.display import Display
+from verifier.output import SocketSink, StreamSink
+from verifier.runtime import Runtime
+from verifier.scan import FdStream, FolderSource, SerialStream
+from verifier.trust import DevBundleSource, SyncFailed, dev_bundle_bytes
+
+T0 = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
+H = dt.timedelta(hours=1)
+WATCHDOG = 60.0  # no test may run the loop longer than this
+
+
+class Clock:
+    """An injected clock: stands still unless moved."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+class World:
+    """Two provinces' keys, codes signed with them, a mirror serving a dev bundle, a synced cache."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+        self.mirror = root / "mirror"
+        self.data_dir = root / "data"
+        self.signers = {}
+        keys = []
+        for province in ("33", "44"):
+            key = hc.generate_signing_key(hc.Algorithm.ES256)
+            signer = hc.SoftwareSigner(key)
+            self.signers[province] = signer
+            keys.append(hc.TrustedKey(kid=signer.kid, province=province, public_key=key.public_key(),
+                                      use_from=T0 - 30 * 24 * H, use_until=T0 + 60 * 24 * H,
+                                      verify_until=T0 + 90 * 24 * H))
+        self.keys = keys
+        self.valid = [self.code("33", serial=i) for i in range(6)] + [self.code("44", serial=i) for i in range(4)]
+        self.revoked = self.code("33", serial=1000)
+        self.expired = self.code("44", serial=2000, issued=T0 - 10 * 24 * H, expires=T0 - 3 * 24 * H)
+        self.publish(version=1)
+        self.source().refresh(T0)
+
+    def code(self, province: str, *, serial: int, issued: dt.datetime | None = None,
+             expires: dt.datetime | None = None) -> str:
+        issued = issued or T0 - H
+        expires = expires or T0 + 30 * 24 * H  # outlives the trust-data limit, to test staleness
+        claims = hc.CodeClaims(province=province, subject=hc.main_index_id_from_bytes(os.urandom(16)),
+                               serial=serial, issued_at=issued, expires_at=expires)
+        return hc.sign_code(claims, self.signers[province])
+
+    def publish(self, *, version: int, extra_revoked: tuple[int, ...] = ()) -> None:
+        self.mirror.mkdir(parents=True, exist_ok=True)
+        revoked = {("33", self.signers["33"].kid): [1000, *extra_revoked]}
+        (self.mirror / "bundle.json").write_bytes(dev_bundle_bytes(self.keys, version=version, revoked=revoked))
+
+    def source(self) -> DevBundleSource:
+        return DevBundleSource(self.data_dir / "trust", self.mirror)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    return World(tmp_path_factory.mktemp("world"))
+
+
+def runtime_for(world: World, clock: Clock, tmp_path: pathlib.Path, *, source=None, audit=True,
+                config: VerifierConfig | None = None, background_sync=False, display_ansi=False):
+    """A runtime writing JSON to a buffer, the display to a string and the audit log under tmp_path."""
+    config = config or VerifierConfig(
+        audit=AuditConfig(path=tmp_path / "audit.sqlite3"),
+        scan=ScanConfig(frame_timeout=dt.timedelta(milliseconds=150), folder_poll=dt.timedelta(milliseconds=50)),
+    )
+    out = io.BytesIO()
+    screen = io.StringIO()
+    audit_log = AuditLog(config.audit, clock=clock).start() if audit else None
+    runtime = Runtime(source or world.source(), config=config, clock=clock, sinks=[StreamSink(out)],
+                      display=Display(screen, ansi=display_ansi), audit=audit_log,
+                      background_sync=background_sync)
+    runtime.load()
+    watchdog = threading.Timer(WATCHDOG, runtime.stop)
+    watchdog.daemon = True
+    watchdog.start()
+    return runtime, out, screen, audit_log
+
+
+def lines_of(out: io.BytesIO) -> list[dict]:
+    return [json.loads(line) for line in out.getvalue().decode().splitlines()]
+
+
+def audit_rows(path: pathlib.Path) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM audit ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+class Pty:
+    """A real pseudo-terminal: the test writes to the master as a scanner would type."""
+
+    def __init__(self) -> None:
+        self.master, slave = os.openpty()
+        self.path = os.ttyname(slave)
+        os.close(slave)
+
+    def wait_raw(self, timeout: float = 10.0) -> None:
+        """Wait until the verifier has put the tty in byte mode (so nothing is echoed or edited)."""
+        deadline = time.monotonic() + timeout
+        while termios.tcgetattr(self.master)[3] & termios.ICANON:
+            assert time.monotonic() < deadline, "the verifier never configured the tty"
+            time.sleep(0.01)
+
+    def type(self, data: bytes, *, chunk: int = 0) -> None:
+        if not chunk:
+            os.write(self.master, data)
+            return
+        for i in range(0, len(data), chunk):
+            os.write(self.master, data[i:i + chunk])
+
+    def close(self) -> None:
+        os.close(self.master)
+
+
+def run_in_thread(runtime: Runtime) -> threading.Thread:
+    thread = threading.Thread(target=runtime.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+# --- the keyboard wedge on a real pty ---------------------------------------------------------------
+
+
+def test_pty_keyboard_wedge(world, tmp_path):
+    clock = Clock(T0 + H)
+    runtime, out, screen, audit_log = runtime_for(world, clock, tmp_path)
+    pty = Pty()
+    runtime.add_stream(lambda: FdStream.open_tty(pty.path), name="wedge")
+
+    def scanner():
+        pty.wait_raw()
+        for i, code in enumerate(world.valid):
+            pty.type(code.encode() + b"\r\n", chunk=(1, 7, 64, 0)[i % 4])  # keystroke-sized and larger writes
+        pty.type(world.revoked.encode() + b"\r\n" + world.expired.encode() + b"\r\n")
+        pty.type(world.valid[0].encode())  # a scanner with no Enter suffix: the pause ends the scan
+        time.sleep(0.4)
+        pty.type(b"\r\n")
+        wait_for(lambda: runtime.seq >= len(world.valid) + 3)
+        pty.close()
+
+    writer = threading.Thread(target=scanner)
+    writer.start()
+    assert runtime.run() == len(world.valid) + 3
+    writer.join()
+    audit_log.close()
+
+    results = lines_of(out)
+    assert [r["result"] for r in results] == ["valid"] * len(world.valid) + ["invalid", "invalid", "valid"]
+    assert [r["reason"] for r in results[-3:]] == ["revoked", None, None][:1] + ["expired", None]
+    assert results[-1]["ended_by"] == "timeout"
+    assert {r["province"] for r in results[:-3]} == {"33", "44"}
+    assert results[-3]["unverified"] == {"province": "33", "kid": world.signers["33"].kid.hex(), "serial": "1000"}
+    assert all(r["source"] == f"tty:{pty.path}" and r["trust"]["freshness"] == "fresh" for r in results)
+    assert [r["seq"] for r in results] == list(range(1, len(results) + 1))
+
+    rows = audit_rows(tmp_path / "audit.sqlite3")
+    assert [row["result"] for row in rows] == [r["result"] for r in results]
+    assert rows[-3]["serial"] == "1000" and rows[-3]["claims_verified"] == 0 and rows[-3]["reason"] == "revoked"
+    assert rows[0]["claims_verified"] == 1 and rows[0]["kid"] == world.signers["33"].kid.hex()
+    assert all(row["subject"] is None and row["raw"] is None for row in rows)  # privacy by default
+    db_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("audit.sqlite3*"))
+    assert all(r["main_index_id"] is None or r["main_index_id"].encode() not in db_bytes for r in results)
+    assert "VALID" in screen.getvalue() and "浙江 Zhejiang (33)" in screen.getvalue()
+
+
+def test_serial_scanner_without_terminator(world, tmp_path):
+    """pyserial on a pty: codes sent with no terminator are split by the inter-character timeout."""
+    clock = Clock(T0 + H)
+    runtime, out, _, audit_log = runtime_for(world, clock, tmp_path, audit=False)
+    pty = Pty()
+    runtime.add_stream(lambda: SerialStream(pty.path, 9600), name="serial", reopen=False)
+    thread = run_in_thread(runtime)
+    pty.wait_raw()  # pyserial puts the port in raw mode
+    for code in world.valid[:3]:
+        pty.type(code.encode())
+        wait_for(lambda n=runtime.seq: runtime.seq > n)
+    pty.type(b"EHC1:6BF")  # a partial scan, then silence
+    wait_for(lambda: runtime.seq >= 4)
+    runtime.stop()
+    thread.join(10)
+    pty.close()
+    results = lines_of(out)
+    assert [r["result"] for r in results] == ["valid"] * 3 + ["invalid"]
+    assert all(r["ended_by"] == "timeout" for r in results)
+    assert results[-1]["reason"] == "malformed"
+
+
+# --- garbage ----------------------------------------------------------------------------------------
+
+GARBAGE = [
+    # name, bytes typed (terminator included), reason, words in the detail
+    ("binary garbage", bytes(range(1, 256)) * 3 + b"\n", "malformed", "UTF-8"),
+    ("1 MB line", b"A" * (1 << 20) + b"\r\n", "malformed", "too long"),
+    ("partial scan", b"EHC1:6BFOXN*TS0\r\n", "malformed", ""),
+    ("two codes run together", None, "malformed", "two codes"),
+    ("EU DCC", b"HC1:NCFOXN%TS3DH3ZSUZK+.V0ETD%65NL-AH-R6IOOK.IR9B+9G4G50PHZF0AT4V22F/8X*G3M9JUPY0BX/KR96R/S09T./0LWTKD33236J3TA3M*4VV2 73-E3GG396B-43O058YIB73A*G3W19UEBY5:PI0EGSP4*2DN43U*0CEBQ/GXQFY73CIBC:G 7376BXBJBAJ UNFMJCRN0H3PQN*E33H3OA70M3FMJIJN523.K5QZ4A+2XEN QT QTHC31M3+E32R44$28A9H0D3ZCL4JMYAZ+S-A5$XKX6T2YC 35H/ITX8GL2-LH/CJTK96L6SR9MU9RFGJA6Q3QR$P2OIC0JVLA8J3ET3:H3A+2+33U SAAUOT3TPTO4UBZIC0JKQTL*QDKBO.AI9BVYTOCFOPS4IJCOT0$89NT2V457U8+9W2KQ-7LF9-DF07U$B97JJ1D7WKP/HLIJLRKF1MFHJP7NVDEBU1J*Z222E.GJF67Z JA6B.38O4BH*HB0EGLE2%V -3O+J3.PI2G:M1SSP2Y3D38-G9C+Q6 1H2V-8ZAU+J6QJ3/6BH7H/KM4LEVDBLP1RKJ.B.SRJB2PKHY+P3$5BSX6BL7G7E*L5OGK:*VBP8%EK1ORKKOBS9-A$3F36ULMTG32%95Y1K+UR0T73MA$NI1QFB/$2L7/2$+4%KJQ 3*N9PI8R6F8-F1MF4C2 QR01P5ZF.LJB:VKGU6IP9NS+EH*0U: OJ21L6CQ9JAT\r\n", "malformed", "EU Digital COVID"),
+    ("NUL bytes", b"EHC1:\x00\x00\x00ABC\r\n", "malformed", "NUL"),
+    ("invalid UTF-8", b"EHC1:\xc3\x28\xa0\xa1\r\n", "malformed", "UTF-8"),
+    ("CR LF and spaces", b"   \r\n", "malformed", ""),
+    ("lower-case wedge", None, "malformed", "lower case"),
+    ("no Enter, then silence", b"EHC1:6BFOXN", "malformed", ""),
+]
+
+
+@pytest.mark.parametrize("name,data,reason,words", GARBAGE, ids=[g[0] for g in GARBAGE])
+def test_garbage_on_the_wedge(world, tmp_path, name, data, reason, words):
+    """Garbage gives INVALID with a reason (one per line in it); a good code right after still verifies."""
+    if name == "two codes run together":
+        data = (world.valid[0] + world.valid[1]).encode() + b"\r\n"
+    if name == "lower-case wedge":
+        data = world.valid[0].lower().encode() + b"\r\n"
+    clock = Clock(T0 + H)
+    runtime, out, _, audit_log = runtime_for(world, clock, tmp_path, audit=False)
+    pty = Pty()
+    runtime.add_stream(lambda: FdStream.open_tty(pty.path), name="wedge")
+
+    def scanner():
+        pty.wait_raw()
+        pty.type(data, chunk=4096)
+        if not data.endswith(b"\n"):
+            wait_for(lambda: runtime.seq >= 1)  # ended by the frame timeout
+        done = runtime.seq
+        pty.type(world.valid[2].encode() + b"\r\n")
+        wait_for(lambda: runtime.valid_count >= 1 and runtime.seq > done)
+        pty.close()
+
+    writer = threading.Thread(target=scanner)
+    writer.start()
+    runtime.run()
+    writer.join()
+    results = lines_of(out)
+    *refused, last = results
+    assert last["result"] == "valid" and refused  # binary garbage holds CR/LF bytes: it may be several scans
+    assert all(r["result"] == "invalid" and r["reason"] == reason for r in refused)
+    assert any(words in r["detail"] for r in refused), refused
+
+
+def test_garbage_through_a_pipe_never_stops_the_loop(world, tmp_path):
+    """Everything at once through a pipe (no frame timeout on pipes): one result per line."""
+    clock = Clock(T0 + H)
+    runtime, out, _, _ = runtime_for(world, clock, tmp_path, audit=False)
+    read_fd, write_fd = os.pipe()
+    runtime.add_stream(lambda: FdStream(read_fd, "pipe", owns=True), name="pipe")
+    payload = b"".join(g[1] for g in GARBAGE if g[1] is not None and g[1].endswith(b"\n"))
+    payload += world.valid[3].encode() + b"\n" + os.urandom(5000).replace(b"\n", b"") + b"\n"
+    payload += world.valid[4].encode()  # last line without terminator: ends at EOF
+
+    def feed():
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(payload)
+
+    threading.Thread(target=feed).start()
+    runtime.run()
+    results = lines_of(out)
+    assert results[-1]["result"] == "valid" and results[-1]["ended_by"] == "eof"
+    assert [r["result"] for r in results].count("valid") == 2
+    assert all(r["reason"] == "malformed" for r in results if r["result"] == "invalid")
+
+
+# --- images in a watched folder -------------------------------------------------------------------
+
+
+def _images(world) -> dict[str, bytes]:
+    from PIL import Image, ImageFilter
+
+    from issuer.render import render_png
+
+    def jpeg(image: Image.Image, quality: int = 40) -> bytes:
+        buffer = io.BytesIO()
+        image.convert("L").save(buffer, "JPEG", quality=quality)
+        return buffer.getvalue()
+
+    base = Image.open(io.BytesIO(render_png(world.valid[5], scale=6)))
+    return {
+        "plain.png": render_png(world.valid[0]),
+        "q40.jpg": jpeg(Image.open(io.BytesIO(render_png(world.valid[1], scale=5)))),
+        "blurred.jpg": jpeg(base.convert("L").filter(ImageFilter.GaussianBlur(1.5)), 60),
+        "rotated.png": _png(Image.open(io.BytesIO(render_png(world.valid[6], scale=5))).convert("L").rotate(
+            17, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=255)),
+        "revoked.png": render_png(world.revoked),
+        "not-an-image.png": b"\x89PNG\r\n\x1a\n" + os.urandom(200),
+        "blank.png": _png(Image.new("L", (200, 200), 255)),
+    }
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_folder_of_dropped_images(world, tmp_path):
+    clock = Clock(T0 + H)
+    runtime, out, _, audit_log = runtime_for(world, clock, tmp_path)
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    runtime.add_folder(FolderSource(folder))
+    thread = run_in_thread(runtime)
+    images = _images(world)
+    for name, data in images.items():
+        temp = folder / f".{name}.tmp"  # written aside, then renamed into place
+        temp.write_bytes(data)
+        os.replace(temp, folder / name)
+    (folder / "still-writing.jpg.part").write_bytes(b"partial")
+    wait_for(lambda: runtime.seq >= len(images))
+    time.sleep(0.2)  # a few more polls: nothing is processed twice
+    runtime.stop()
+    thread.join(10)
+    audit_log.close()
+
+    by_file = {r["source"].removeprefix("folder:"): r for r in lines_of(out)}
+    assert len(lines_of(out)) == len(images)
+    for name in ("plain.png", "q40.jpg", "blurred.jpg", "rotated.png"):
+        assert by_file[name]["result"] == "valid", (name, by_file[name])
+    assert by_file["revoked.png"]["reason"] == "revoked"
+    assert "image unreadable" in by_file["not-an-image.png"]["detail"]
+    assert by_file["blank.png"]["detail"] == "no QR code found in the image"
+    assert sorted(p.name for p in (folder / "processed").iterdir()) == sorted(images)
+    assert sorted(p.name for p in folder.iterdir()) == ["processed", "still-writing.jpg.part"]
+    assert len(audit_rows(tmp_path / "audit.sqlite3")) == len(images)
+
+
+# --- offline, aging, clock ----------------------------------------------------------------------------
+
+
+def test_verifies_with_no_network_at_all(world, tmp_path, monkeypatch):
+    """Every way to reach the network raises; verification runs from the cached trust data."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network is unreachable (blocked by the test)")
+
+    for name in ("connect", "connect_ex", "sendto"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+    clock = Clock(T0 + 5 * H)
+    source = DevBundleSource(world.data_dir / "trust", "https://mirror.invalid/bundle.json", timeout=2)
+    config = VerifierConfig(audit=AuditConfig(path=tmp_path / "audit.sqlite3"),
+                            sync=SyncConfig(interval=dt.timedelta(hours=1), retry=dt.timedelta(hours=1)))
+    runtime, out, screen, audit_log = runtime_for(world, clock, tmp_path, source=source, config=config,
+                                                  background_sync=True)
+    read_fd, write_fd = os.pipe()
+    runtime.add_stream(lambda: FdStream(read_fd, "pipe", owns=True), name="pipe")
+    threading.Thread(target=lambda: os.write(write_fd, "\n".join(world.valid).encode() + b"\n") and None).start()
+    thread = run_in_thread(runtime)
+    wait_for(lambda: runtime.seq >= len(world.valid) and runtime.sync_error is not None)
+    os.close(write_fd)
+    thread.join(10)
+    audit_log.close()
+    results = lines_of(out)
+    assert [r["result"] for r in results] == ["valid"] * len(world.valid)
+    assert attempts, "the background sync did try the network (and was refused)"
+    assert "trust sync failed" in screen.getvalue()
+
+
+AGE_CASES = [
+    ("fresh", 2 * H, "valid", None, "fresh"),
+    ("aging: verifies, warns", 80 * H, "valid", None, "aging"),
+    ("past the hard limit: refused", 7 * 24 * H + 60 * dt.timedelta(seconds=1), "invalid", "trust_data_stale", "stale"),
+]
+
+
+@pytest.mark.parametrize("name,age,result,reason,freshness", AGE_CASES, ids=[c[0] for c in AGE_CASES])
+def test_trust_data_ages_honestly(world, tmp_path, name, age, result, reason, freshness):
+    clock = Clock(T0 + age)
+    runtime, out, screen, _ = runtime_for(world, clock, tmp_path, audit=False)
+    outcome = runtime.process(_scan(world.valid[0]))
+    runtime.sinks[0].flush()
+    record = lines_of(out)[0]
+    assert (record["result"], record["reason"], record["trust"]["freshness"]) == (result, reason, freshness)
+    assert record["trust"]["age_s"] == int(age.total_seconds())
+    if freshness == "fresh":
+        assert "WARNING" not in screen.getvalue()
+    else:
+        assert "WARNING: trust data" in screen.getvalue()
+    assert outcome.trust.level.value == freshness
+
+
+def test_clock_behind_the_last_refresh_is_floored_and_flagged(world, tmp_path):
+    clock = Clock(T0 - 3 * 24 * H)  # the RTC lost three days
+    runtime, out, screen, _ = runtime_for(world, clock, tmp_path, audit=False)
+    runtime.process(_scan(world.valid[0]))
+    runtime.process(_scan(world.expired))
+    runtime.sinks[0].flush()
+    first, second = lines_of(out)
+    assert first["result"] == "valid" and first["time"].startswith("2026-11-22T08:00:00")
+    assert first["trust"]["clock_behind_s"] == 3 * 24 * 3600
+    assert second["reason"] == "expired"  # expired before the last refresh: winding back does not help
+    assert "clock 3 d behind" in screen.getvalue()
+
+
+def _scan(text: str):
+    from verifier.scan import Scan
+
+    return Scan(text, "test", None, "newline")
+
+
+# --- sync --------------------------------------------------------------------------------------------
+
+
+class FlakySource:
+    """Delegates to a real source; every refresh after the first ``good`` raises."""
+
+    def __init__(self, inner, good: int) -> None:
+        self.inner = inner
+        self.good = good
+        self.calls = 0
+        self.done = 0  # refreshes finished (well or not)
+
+    def refresh(self, now, *, progress=None):
+        self.calls += 1
+        try:
+            if self.calls > self.good:
+                raise SyncFailed("mirror unreachable (test)")
+            return self.inner.refresh(now, progress=progress)
+        finally:
+            self.done += 1
+
+    def load(self, now):
+        return self.inner.load(now)
+
+
+def test_sync_that_fails_mid_run_keeps_the_last_good_data(world, tmp_path):
+    local = World(tmp_path / "w")  # its own mirror: this test publishes a new revocation
+    clock = Clock(T0 + H)
+    source = FlakySource(local.source(), good=2)
+    config = VerifierConfig(sync=SyncConfig(interval=dt.timedelta(hours=1), retry=dt.timedelta(hours=1)),
+                            audit=AuditConfig(path=tmp_path / "audit.sqlite3"))
+    runtime, out, screen, audit_log = runtime_for(local, clock, tmp_path, source=source, config=config,
+                                                  background_sync=True)
+    read_fd, write_fd = os.pipe()
+    runtime.add_stream(lambda: FdStream(read_fd, "pipe", owns=True), name="pipe")
+    thread = run_in_thread(runtime)
+    wait_for(lambda: source.done >= 1 and runtime.sync_error is None)  # the first sync, at start
+    local.publish(version=2, extra_revoked=(2,))
+    runtime.request_sync()
+    wait_for(lambda: source.done >= 2 and runtime.last_sync is not None and runtime.last_sync.changed)
+    os.write(write_fd, (local.valid[2] + "\n").encode())  # revoked by the second, good, sync
+    wait_for(lambda: runtime.seq >= 1)
+    runtime.request_sync()  # from here on the mirror is gone
+    wait_for(lambda: source.done >= 3 and runtime.sync_error is not None)
+    clock.now = T0 + 2 * H
+    os.write(write_fd, "\n".join(local.valid).encode() + b"\n")
+    runtime.request_sync()
+    wait_for(lambda: runtime.seq >= 1 + len(local.valid) and source.done >= 4)
+    os.close(write_fd)
+    thread.join(10)
+    audit_log.close()
+
+    results = lines_of(out)
+    assert results[0]["reason"] == "revoked"
+    after = results[1:]
+    assert [r["result"] for r in after] == ["invalid" if i == 2 else "valid" for i in range(len(local.valid))]
+    assert all(r["trust"]["sync_error"] == "trust sync failed: mirror unreachable (test)" for r in after)
+    assert all(r["trust"]["age_s"] <= 3600 for r in after)  # the last good refresh is still in force
+    assert "trust sync failed: mirror unreachable (test)" in screen.getvalue()
+    assert "last good" in screen.getvalue()
+
+
+# --- audit log ---------------------------------------------------------------------------------------
+
+
+def test_audit_log_survives_a_full_disk(world, tmp_path):
+    """SQLITE_FULL (a page cap stands in for the disk) is reported; the loop goes on; rows follow later."""
+    clock = Clock(T0 + H)
+    config = AuditConfig(path=tmp_path / "audit.sqlite3", batch_interval=dt.timedelta(milliseconds=10))
+    log = AuditLog(config, clock=clock).start()
+    log.flush()
+    log.close()
+    full = AuditLog(config, clock=clock, pragmas=["PRAGMA max_page_count = 4"]).start()
+    runtime = Runtime(world.source(), clock=clock, audit=full, display=Display(io.StringIO(), ansi=False),
+                      config=VerifierConfig(audit=config))
+    runtime.load()
+    for _ in range(1000):
+        assert runtime.process(_scan(world.valid[0])).valid
+    wait_for(lambda: full.problem is not None)
+    assert "full" in full.problem
+    assert any("audit log not writable" in w for w in runtime.warnings())
+    full._conn.execute("PRAGMA max_page_count = 100000")  # space freed
+    assert full.flush(10)
+    assert full.problem is None
+    full.close()
+    assert len(audit_rows(config.path)) == 1000
+
+
+def test_audit_replay_window_rotation_and_cap(world, tmp_path):
+    clock = Clock(T0)
+    config = AuditConfig(path=tmp_path / "audit.sqlite3", keep_subject_for=dt.timedelta(hours=1),
+                         retention=dt.timedelta(days=2), max_rows=5)
+    log = AuditLog(config, clock=clock).start()
+    runtime = Runtime(world.source(), clock=clock, audit=log, config=VerifierConfig(audit=config))
+    runtime.load()
+    for i, hours in enumerate((0, 1, 2, 30, 49, 50, 50.5)):
+        clock.now = T0 + 72 * H + dt.timedelta(hours=hours)  # trust data aging, still usable
+        runtime.process(_scan(world.valid[i]))
+    assert log.flush()
+    rows = audit_rows(config.path)
+    assert len(rows) == 7 and all(r["subject"] for r in rows)  # inside the window they are kept
+    log.maintain()
+    rows = audit_rows(config.path)
+    # now = T0+72h+50.5h: older than 2 d deleted, at most 5 rows, subjects older than 1 h cleared
+    assert [r["time"][:16] for r in rows] == ["2026-11-26T14:00", "2026-11-27T09:00", "2026-11-27T10:00",
+                                              "2026-11-27T10:30"]
+    assert [bool(r["subject"]) for r in rows] == [False, False, True, True]
+    log.close()
+
+
+# --- JSON to the HIS over a local socket -------------------------------------------------------------
+
+
+def test_json_lines_to_a_unix_socket_that_comes_late(world, tmp_path):
+    path = str(tmp_path / "his.sock")
+    sink = SocketSink(f"unix:{path}")
+    clock = Clock(T0 + H)
+    runtime = Runtime(world.source(), clock=clock, sinks=[sink])
+    runtime.load()
+    for code in world.valid[:3]:
+        runtime.process(_scan(code))
+    sink.flush()
+    wait_for(lambda: sink.problem is not None)  # the HIS is not listening yet: kept, reported
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen()
+    server.settimeout(10)
+    runtime.process(_scan(world.revoked))
+    sink.flush()
+    conn, _ = server.accept()
+    conn.settimeout(10)
+    data = b""
+    while data.count(b"\n") < 4:
+        data += conn.recv(65536)
+    records = [json.loads(line) for line in data.splitlines()]
+    assert [r["result"] for r in records] == ["valid"] * 3 + ["invalid"]
+    sink.close()
+    conn.close()
+    server.close()
+
+
+def test_tcp_output_only_to_loopback():
+    with pytest.raises(ValueError, match="loopback"):
+        SocketSink("tcp:10.0.0.5:9000")

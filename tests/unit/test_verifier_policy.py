@@ -1,0 +1,329 @@
+"""The verifier's pure parts, as tables: freshness and clock policy, framing, hints, settings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pytest
+
+import healthcode as hc
+from verifier.__main__ import parse_duration
+from verifier.config import AuditConfig, FreshnessPolicy, ScanConfig
+from verifier.scan import LineFramer, hint, to_scan
+from verifier.trust import Freshness, SetRevocation, assess, format_age
+
+T0 = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
+H = dt.timedelta(hours=1)
+POLICY = FreshnessPolicy()  # warn 72 h, refuse 7 d, skew 5 min
+
+
+# --- freshness and clock ---------------------------------------------------------------------
+
+ASSESS_CASES = [
+    # name, system clock relative to the last verified refresh, level, expected now, clock_behind
+    ("just refreshed", dt.timedelta(0), Freshness.FRESH, T0, None),
+    ("one hour", H, Freshness.FRESH, T0 + H, None),
+    ("exactly the warning age", 72 * H, Freshness.FRESH, T0 + 72 * H, None),
+    ("a second past the warning age", 72 * H + dt.timedelta(seconds=1), Freshness.AGING,
+     T0 + 72 * H + dt.timedelta(seconds=1), None),
+    ("exactly the hard limit", 7 * 24 * H, Freshness.AGING, T0 + 7 * 24 * H, None),
+    ("a second past the hard limit", 7 * 24 * H + dt.timedelta(seconds=1), Freshness.STALE,
+     T0 + 7 * 24 * H + dt.timedelta(seconds=1), None),
+    ("a year", 365 * 24 * H, Freshness.STALE, T0 + 365 * 24 * H, None),
+    ("clock behind within the skew: floored, not flagged", -dt.timedelta(minutes=4), Freshness.FRESH, T0, None),
+    ("clock behind exactly the skew: not flagged", -dt.timedelta(minutes=5), Freshness.FRESH, T0, None),
+    ("clock behind two hours: floored and flagged", -2 * H, Freshness.FRESH, T0, 2 * H),
+    ("clock reset to 2000: floored and flagged", dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc) - T0,
+     Freshness.FRESH, T0, T0 - dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)),
+]
+
+
+@pytest.mark.parametrize("name,offset,level,now,behind", ASSESS_CASES, ids=[c[0] for c in ASSESS_CASES])
+def test_assess(name, offset, level, now, behind):
+    a = assess(POLICY, system_now=T0 + offset, last_verified=T0)
+    assert (a.level, a.now, a.clock_behind) == (level, now, behind)
+    assert a.age == now - T0
+    assert (a.stale_detail(a.now) is None) == (level is not Freshness.STALE)
+    assert (a.warning is None) == (level is Freshness.FRESH and behind is None)
+
+
+def test_assess_without_trust_data_refuses():
+    a = assess(POLICY, system_now=T0, last_verified=None)
+    assert a.level is Freshness.MISSING and a.age is None and a.now == T0
+    assert "no verified trust data" in a.stale_detail(T0)
+    assert "sync" in a.warning
+
+
+def test_assess_needs_an_aware_clock():
+    with pytest.raises(ValueError):
+        assess(POLICY, system_now=T0.replace(tzinfo=None), last_verified=T0)
+
+
+@pytest.mark.parametrize("warn,limit,age,level", [
+    (H, 2 * H, 90 * dt.timedelta(minutes=1), Freshness.AGING),
+    (H, 2 * H, 3 * H, Freshness.STALE),
+    (24 * H, 24 * H, 24 * H + dt.timedelta(seconds=1), Freshness.STALE),
+])
+def test_configured_limits(warn, limit, age, level):
+    policy = FreshnessPolicy(warn_age=warn, max_age=limit)
+    assert assess(policy, system_now=T0 + age, last_verified=T0).level is level
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"warn_age": dt.timedelta(0)},
+    {"max_age": -H},
+    {"warn_age": 10 * H, "max_age": 5 * H},
+    {"clock_skew": -dt.timedelta(seconds=1)},
+])
+def test_policy_refuses_nonsense(kwargs):
+    with pytest.raises(ValueError):
+        FreshnessPolicy(**kwargs)
+
+
+@pytest.mark.parametrize("seconds,text", [
+    (0, "0 s"), (59, "59 s"), (60, "1 min"), (3599, "59 min"), (3600, "1 h"), (3660, "1 h 1 min"),
+    (86399, "23 h 59 min"), (86400, "1 d"), (3 * 86400 + 4 * 3600, "3 d 4 h"), (-5, "0 s"),
+])
+def test_format_age(seconds, text):
+    assert format_age(dt.timedelta(seconds=seconds)) == text
+
+
+# --- the policy as the core's hook -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def signed():
+    key = hc.generate_signing_key(hc.Algorithm.ES256)
+    signer = hc.SoftwareSigner(key)
+    ring = hc.Keyring([hc.TrustedKey(kid=signer.kid, province="44", public_key=key.public_key(),
+                                     use_from=T0 - 30 * 24 * H, use_until=T0 + 30 * 24 * H,
+                                     verify_until=T0 + 90 * 24 * H)])
+
+    def code(issued: dt.datetime, expires: dt.datetime, serial: int = 7) -> str:
+        return hc.sign_code(hc.CodeClaims(province="44", subject=hc.main_index_id_from_bytes(os.urandom(16)),
+                                          serial=serial, issued_at=issued, expires_at=expires), signer)
+
+    return ring, code, signer
+
+
+def _check(ring, text, system_now, last_verified, policy=POLICY, revocation=None):
+    a = assess(policy, system_now=system_now, last_verified=last_verified)
+    return hc.check(text, ring, now=a.now, trust=a, clock_skew=policy.clock_skew, revocation=revocation)
+
+
+HOOK_CASES = [
+    ("fresh", 1 * H, None),
+    ("aging still verifies", 80 * H, None),
+    ("past the hard limit is refused", 7 * 24 * H + dt.timedelta(seconds=1), hc.Reason.TRUST_DATA_STALE),
+]
+
+
+@pytest.mark.parametrize("name,age,reason", HOOK_CASES, ids=[c[0] for c in HOOK_CASES])
+def test_hook_in_the_core(signed, name, age, reason):
+    ring, code, _ = signed
+    text = code(T0 - H, T0 + 30 * 24 * H)
+    assert _check(ring, text, T0 + age, T0).reason is reason
+
+
+def test_winding_the_clock_back_does_not_resurrect_an_expired_code(signed):
+    ring, code, _ = signed
+    text = code(T0 - 10 * H, T0 - H)  # expired an hour before the last verified refresh
+    assert _check(ring, text, T0 - 5 * H, T0).reason is hc.Reason.EXPIRED  # the clock says it is still valid
+
+
+@pytest.mark.parametrize("ahead,reason", [
+    (dt.timedelta(minutes=4), None),
+    (dt.timedelta(minutes=5), None),
+    (dt.timedelta(minutes=6), hc.Reason.NOT_YET_VALID),
+])
+def test_clock_skew_tolerance_for_codes_from_the_future(signed, ahead, reason):
+    ring, code, _ = signed
+    text = code(T0 + H + ahead, T0 + 5 * 24 * H)
+    assert _check(ring, text, T0 + H, T0).reason is reason
+
+
+def test_set_revocation(signed):
+    ring, code, signer = signed
+    revoked = SetRevocation({("44", signer.kid): [7, 9]})
+    assert len(revoked) == 2
+    assert _check(ring, code(T0, T0 + 24 * H, serial=7), T0 + H, T0, revocation=revoked).reason is hc.Reason.REVOKED
+    assert _check(ring, code(T0, T0 + 24 * H, serial=8), T0 + H, T0, revocation=revoked).valid
+    assert not revoked.is_revoked("33", signer.kid, 7)
+
+
+# --- framing -------------------------------------------------------------------------------------
+
+FRAMING_CASES = [
+    # name, chunks fed one after another, max_line, lines out (None = overlong), still pending
+    ("LF", [b"ab\n"], 64, [b"ab"], False),
+    ("CR LF is one end", [b"ab\r\ncd\r\n"], 64, [b"ab", b"cd"], False),
+    ("CR alone ends a line", [b"ab\rcd\r"], 64, [b"ab", b"cd"], False),
+    ("CR LF split across chunks", [b"ab\r", b"\ncd\n"], 64, [b"ab", b"cd"], False),
+    ("empty lines ignored", [b"\n\n\r\n\rab\n\n"], 64, [b"ab"], False),
+    ("a line over several chunks", [b"a", b"b", b"c\n"], 64, [b"abc"], False),
+    ("held without terminator", [b"abc"], 64, [], True),
+    ("exactly the cap", [b"x" * 64 + b"\n"], 64, [b"x" * 64], False),
+    ("one over the cap, one chunk", [b"x" * 65 + b"\nok\n"], 64, [None, b"ok"], False),
+    ("over the cap across chunks, reported once", [b"x" * 40, b"x" * 40, b"x" * 1000, b"x\r\nok\n"], 64,
+     [None, b"ok"], False),
+    ("over the cap, terminator not yet seen", [b"x" * 40, b"x" * 40], 64, [], True),
+    ("two overlong lines, two reports", [b"x" * 100 + b"\n" + b"y" * 100 + b"\n"], 64, [None, None], False),
+]
+
+
+@pytest.mark.parametrize("name,chunks,cap,lines,pending", FRAMING_CASES, ids=[c[0] for c in FRAMING_CASES])
+def test_framer(name, chunks, cap, lines, pending):
+    framer = LineFramer(cap)
+    out = []
+    for chunk in chunks:
+        out += framer.feed(chunk)
+        assert len(framer._buffer) <= cap  # never accumulates past the cap
+    assert out == lines
+    assert framer.pending is pending
+
+
+def test_framer_flush():
+    framer = LineFramer(8)
+    assert framer.flush() is False
+    framer.feed(b"abc")
+    assert framer.flush() == b"abc" and not framer.pending
+    framer.feed(b"x" * 20)
+    assert framer.pending and framer.flush() is None and not framer.pending
+
+
+def test_framer_megabyte_line_in_small_chunks_stays_bounded():
+    framer = LineFramer(4096)
+    out = []
+    for _ in range(256):
+        out += framer.feed(b"A" * 4096)
+        assert len(framer._buffer) <= 4096
+    out += framer.feed(b"\nEHC1:X\n")
+    assert out == [None, b"EHC1:X"]
+
+
+SCAN_CASES = [
+    ("text", b"EHC1:ABC", "EHC1:ABC", None),
+    ("AIM identifier removed", b"]Q1EHC1:ABC", "EHC1:ABC", None),
+    ("NUL bytes", b"EHC1:\x00AB", None, "NUL"),
+    ("invalid UTF-8", b"EHC1:\xff\xfe", None, "UTF-8"),
+    ("overlong", None, None, "too long"),
+    ("UTF-8 other text", "健康码".encode(), "健康码", None),
+]
+
+
+@pytest.mark.parametrize("name,line,text,problem", SCAN_CASES, ids=[c[0] for c in SCAN_CASES])
+def test_to_scan(name, line, text, problem):
+    scan = to_scan(line, "test", "newline", 4096)
+    assert scan.text == text
+    assert (scan.problem is None) if problem is None else (problem in scan.problem)
+
+
+HINT_CASES = [
+    ("our prefix", "EHC1:6BFOXN", None),
+    ("two codes", "EHC1:6BFOXNEHC1:6BFOXN", "two codes"),
+    ("EU DCC", "HC1:NCFOXN%TS3DH", "EU Digital COVID"),
+    ("SMART Health Card", "shc:/56762909524320603460", "SMART Health Card"),
+    ("web link", "https://example.org/x", "web link"),
+    ("lower case wedge", "ehc1:6bfoxn", "lower case"),
+    ("partial", "EHC", "partial"),
+    ("other text", "hello world, not a code", None),
+]
+
+
+@pytest.mark.parametrize("name,text,expected", HINT_CASES, ids=[c[0] for c in HINT_CASES])
+def test_hint(name, text, expected):
+    got = hint(text)
+    assert (got is None) if expected is None else (expected in got)
+
+
+# --- settings --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,seconds", [("300ms", 0.3), ("30s", 30), ("5m", 300), ("5min", 300),
+                                          ("72h", 259200), ("7d", 604800), ("1.5h", 5400)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text).total_seconds() == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("factory", [
+    lambda: ScanConfig(max_line=10),
+    lambda: ScanConfig(folder_done="shred"),
+    lambda: AuditConfig(batch_rows=0),
+    lambda: AuditConfig(keep_subject_for=dt.timedelta(0)),
+])
+def test_configs_refuse_nonsense(factory):
+    with pytest.raises(ValueError):
+        factory()
+
+
+# --- the JSON line: the fast encoder equals the documented record --------------------------------------
+
+
+def _outcomes():
+    from verifier.runtime import Outcome
+
+    verified = hc.VerifiedCode("33", hc.main_index_id_from_bytes(bytes(range(16))), 2**64 - 1, 1_790_000_000,
+                               1_790_600_000, b"\x01\x02\xff", "ES256", None, 3, {})
+    fresh = assess(POLICY, system_now=T0 + H, last_verified=T0)
+    behind = assess(POLICY, system_now=T0 - 2 * H, last_verified=T0)
+    missing = assess(POLICY, system_now=T0, last_verified=None)
+    return [
+        ("valid", Outcome(1, "tty:/dev/pts/3", "newline", verified, None, "valid", fresh)),
+        ("valid, status none, clock behind, sync error, warnings",
+         Outcome(2, "stdin", "timeout", verified._replace(status=None), None, "valid", behind,
+                 "trust sync failed: \"quoted\" \\ path", None, None, ("revocation 未同步", "b"))),
+        ("revoked with unverified claims", Outcome(3, "folder:a b.png", "image", None, hc.Reason.REVOKED,
+                                                   "code has been revoked", fresh, None, "EHC1:X",
+                                                   ("44", b"\xab", 12))),
+        ("malformed, control characters in the detail", Outcome(4, "serial:/dev/ttyUSB0", "eof", None,
+                                                                hc.Reason.MALFORMED, "bad\x00\n\t\u2028 ✓", missing)),
+    ]
+
+
+@pytest.mark.parametrize("include_subject", [True, False])
+@pytest.mark.parametrize("name,outcome", _outcomes(), ids=[o[0] for o in _outcomes()])
+def test_fast_json_line_is_the_documented_record(name, outcome, include_subject):
+    import json
+
+    from verifier.output import encode, encode_result, result_record
+
+    fast = encode_result(outcome, include_subject=include_subject)
+    reference = encode(result_record(outcome, include_subject=include_subject))
+    assert fast == reference
+    assert fast.endswith(b"\n") and fast.count(b"\n") == 1
+    assert list(json.loads(fast)) == list(result_record(outcome, include_subject=include_subject))
+
+
+# --- the operator display -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ansi", [True, False])
+def test_display_shows_the_answer_in_both_languages(ansi):
+    import io
+
+    from verifier.display import REASON_TEXT, Display
+
+    outcomes = dict(_outcomes())
+    screen = io.StringIO()
+    display = Display(screen, ansi=ansi)
+    display.show(outcomes["valid"], [])
+    display.show(outcomes["revoked with unverified claims"], ["trust sync failed: mirror down"])
+    display.notice("trust data synced")
+    text = screen.getvalue()
+    assert "健康码有效" in text and "The health code is valid" in text
+    assert "健康码已被撤销" in text and "Code has been revoked" in text
+    assert "浙江 Zhejiang (33)" in text and "广东 Guangdong (44, 未验证 unverified)" in text
+    assert "trust sync failed: mirror down" in text and "trust data synced" in text
+    assert ("█" in text) is ansi
+    assert set(REASON_TEXT) == {None, *hc.Reason}  # every reason has words
+
+
+def test_display_never_raises_on_a_broken_stream():
+    import io
+
+    from verifier.display import Display
+
+    stream = io.StringIO()
+    stream.close()
+    Display(stream, ansi=False).show(dict(_outcomes())["valid"], [])

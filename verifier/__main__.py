@@ -1,0 +1,386 @@
+"""``healthcode-verifier``: the offline verifier for hospital terminals (a thin click shell).
+
+Commands: ``sync`` (refresh trust data), ``verify`` (one code or image),
+``run`` (the scanner loop), ``status`` (trust data in force). This module is
+the only one that reads argv, the environment, signals and the system clock;
+everything else gets them as parameters. See ``docs/verifier.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import os
+import pathlib
+import re
+import signal
+import sys
+from collections.abc import Callable
+
+import click
+
+import healthcode as hc
+
+from .config import AuditConfig, FreshnessPolicy, ScanConfig, SyncConfig, VerifierConfig
+from .trust import (
+    DevBundleSource,
+    NoTrustData,
+    TrustError,
+    TrustSource,
+    TufTrustSource,
+    assess,
+    format_age,
+)
+
+EXIT_VALID, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str) -> _dt.timedelta:
+    """``"72h"``, ``"7d"``, ``"5m"``, ``"300ms"``, ``"30s"`` -> timedelta."""
+    match = _DURATION.match(value)
+    if not match:
+        raise click.BadParameter(f"{value!r} is not a duration like 300ms, 30s, 5m, 72h or 7d")
+    return _dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+class Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, _dt.timedelta):
+            return value
+        try:
+            return parse_duration(value)
+        except click.BadParameter as exc:
+            self.fail(str(exc.message), param, ctx)
+
+
+DURATION = Duration()
+
+
+def _utc(value: str) -> _dt.datetime:
+    moment = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise click.BadParameter("give a zone, e.g. 2026-11-22T08:00:00Z")
+    return moment.astimezone(_dt.timezone.utc)
+
+
+class CliError(click.ClickException):
+    exit_code = EXIT_ERROR
+
+
+class Context:
+    def __init__(self, data_dir: pathlib.Path, source: str | None, root: str | None, dev_trust: bool,
+                 now: str | None) -> None:
+        self.data_dir = data_dir
+        self.source_location = source
+        self.root = root
+        self.dev_trust = dev_trust
+        fixed = _utc(now) if now else None
+        self.clock: Callable[[], _dt.datetime] = (
+            (lambda: fixed) if fixed else (lambda: _dt.datetime.now(_dt.timezone.utc)))
+
+    def trust_source(self) -> TrustSource:
+        trust_dir = self.data_dir / "trust"
+        if self.dev_trust:
+            return DevBundleSource(trust_dir, self.source_location)
+        missing = TufTrustSource.available()
+        if missing:
+            raise CliError(
+                f"the TUF trust source is not available ({missing}); "
+                "--dev-trust selects the unsigned development bundle")
+        return TufTrustSource(trust_dir, self.source_location, bootstrap_root=self.root)
+
+
+def _policy_options(f):
+    f = click.option("--warn-age", type=DURATION, default="72h", show_default=True,
+                     help="Warn when trust data is older than this.")(f)
+    f = click.option("--max-age", type=DURATION, default="7d", show_default=True,
+                     help="Refuse codes (trust_data_stale) when trust data is older than this.")(f)
+    f = click.option("--clock-skew", type=DURATION, default="5m", show_default=True,
+                     help="Accept codes issued up to this far in the future of the local clock.")(f)
+    return f
+
+
+def _policy(warn_age, max_age, clock_skew) -> FreshnessPolicy:
+    try:
+        return FreshnessPolicy(warn_age=warn_age, max_age=max_age, clock_skew=clock_skew)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=pathlib.Path),
+              default="verifier-data", show_default=True, envvar="HEALTHCODE_VERIFIER_DIR",
+              help="Where verified trust data and the audit log are kept.")
+@click.option("--source", metavar="URL|DIR", envvar="HEALTHCODE_VERIFIER_SOURCE",
+              help="Trust mirror: an https URL, or a directory (e.g. a USB stick).")
+@click.option("--root", type=click.Path(dir_okay=False), help="Bootstrap root metadata (first sync only).")
+@click.option("--dev-trust", is_flag=True,
+              help="Use the UNSIGNED development trust bundle instead of the TUF repository.")
+@click.option("--now", hidden=True, help="Pretend the clock reads this UTC time (tests, investigations).")
+@click.pass_context
+def cli(ctx, data_dir, source, root, dev_trust, now):
+    """Verify health codes offline at a hospital terminal."""
+    ctx.obj = Context(data_dir, source, root, dev_trust, now)
+
+
+# --- sync ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.pass_obj
+def sync(obj: Context, progress):
+    """Refresh keys and revocation data from the mirror; say what changed."""
+    if not obj.source_location:
+        raise click.UsageError("--source URL|DIR is required for sync")
+    source = obj.trust_source()
+    bar = None
+
+    def on_progress(done: int, total: int | None) -> None:
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc="trust data", file=sys.stderr,
+                       disable=(not sys.stderr.isatty()) if progress is None else not progress)
+        bar.update(done - bar.n)
+
+    try:
+        report = source.refresh(obj.clock(), progress=on_progress)
+        state = source.load(obj.clock())
+    except TrustError as exc:
+        click.echo(f"sync failed: {exc}; the last good trust data stays in force", err=True)
+        sys.exit(EXIT_ERROR)
+    finally:
+        if bar is not None:
+            bar.close()
+    if report.changed:
+        names = ", ".join(f"{p} {hc.PROVINCES.get(p, '?')}" for p in report.changed)
+        click.echo(f"changed: {len(report.changed)} province(s): {names}")
+    else:
+        click.echo("changed: nothing (already up to date)")
+    provinces = {key.province for key in state.keyring}
+    click.echo(f"trust data: {len(state.keyring)} key(s) of {len(provinces)} province(s); "
+               f"{report.bytes_downloaded:,} bytes fetched; verified at "
+               f"{state.last_verified_refresh:%Y-%m-%d %H:%M:%S}Z"
+               + (f"; {'; '.join(report.notes)}" if report.notes else ""))
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+@cli.command()
+@_policy_options
+@click.pass_obj
+def status(obj: Context, warn_age, max_age, clock_skew):
+    """Show the trust data in force and its age (exit 1 when codes would be refused)."""
+    policy = _policy(warn_age, max_age, clock_skew)
+    try:
+        state = obj.trust_source().load(obj.clock())
+    except TrustError as exc:
+        click.echo(f"no usable trust data: {exc}")
+        sys.exit(EXIT_INVALID)
+    assessment = assess(policy, system_now=obj.clock(), last_verified=state.last_verified_refresh)
+    by_province: dict[str, int] = {}
+    for key in state.keyring:
+        by_province[key.province] = by_province.get(key.province, 0) + 1
+    click.echo(f"trust data: {assessment.level.value}, {format_age(assessment.age)} old "
+               f"(warn after {format_age(policy.warn_age)}, refuse after {format_age(policy.max_age)})")
+    if assessment.warning:
+        click.echo(f"warning: {assessment.warning}")
+    click.echo(f"keys: {len(state.keyring)} in {len(by_province)} province(s): "
+               + ", ".join(f"{p} {hc.PROVINCES[p]} ({n})" for p, n in sorted(by_province.items())))
+    click.echo(f"revocation: {'loaded' if state.revocation is not None else 'none'}")
+    for warning in state.warnings:
+        click.echo(f"warning: {warning}")
+    sys.exit(EXIT_VALID if assessment.stale_detail(assessment.now) is None else EXIT_INVALID)
+
+
+# --- verify --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--image", type=click.Path(dir_okay=False, path_type=pathlib.Path),
+              help="Read the code(s) from a PNG or JPEG image.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON result line(s) instead.")
+@_policy_options
+@click.pass_obj
+def verify(obj: Context, text, image, as_json, warn_age, max_age, clock_skew):
+    """Verify one code (TEXT, '-' for standard input, or --image FILE).
+
+    Exit status: 0 valid, 1 invalid, 2 error (no usable trust data, unreadable file, bad usage).
+    """
+    from .display import Display
+    from .output import encode, result_record
+    from .runtime import Outcome, unverified_identity, verify_scan
+    from .scan import LineFramer, Scan, to_scan
+
+    policy = _policy(warn_age, max_age, clock_skew)
+    scan_config = ScanConfig()
+    if (text is None) == (image is None):
+        raise click.UsageError("give either TEXT (or '-') or --image FILE")
+    if image is not None:
+        from .images import ImageDecodeError, decode_image
+
+        if not image.is_file():
+            click.echo(f"error: no such file: {image}", err=True)
+            sys.exit(EXIT_ERROR)
+        source = f"image:{image.name}"
+        try:
+            texts = decode_image(image)
+            scans = [Scan(t, source, None, "image") for t in texts[: scan_config.max_codes_per_image]]
+            if not scans:
+                scans = [Scan(None, source, "no QR code found in the image", "image")]
+        except ImageDecodeError as exc:
+            scans = [Scan(None, source, f"image unreadable: {exc}", "image")]
+    elif text == "-":
+        framer = LineFramer(scan_config.max_line)
+        lines = framer.feed(sys.stdin.buffer.read(scan_config.max_line + 2))
+        held = framer.flush()
+        first = lines[0] if lines else (held if held is not False else b"")
+        scans = [to_scan(first, "stdin", "eof", scan_config.max_line)]
+    else:
+        scans = [to_scan(text.encode("utf-8", "surrogateescape"), "argument", "eof", scan_config.max_line)]
+
+    try:
+        state = obj.trust_source().load(obj.clock())
+    except NoTrustData as exc:
+        state = None
+        click.echo(f"warning: {exc}", err=True)
+    except TrustError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    display = Display(sys.stdout)
+    worst = EXIT_VALID
+    for seq, scan in enumerate(scans, 1):
+        result, assessment = verify_scan(scan, state, policy, system_now=obj.clock())
+        outcome = Outcome(seq, scan.source, scan.ended_by, result.code, result.reason, result.detail,
+                          assessment, None, scan.text, unverified_identity(scan.text, result.reason),
+                          state.warnings if state is not None else ())
+        if as_json:
+            sys.stdout.buffer.write(encode(result_record(outcome)))
+            sys.stdout.flush()
+        else:
+            warnings = [assessment.warning] if assessment.warning else []
+            display.show(outcome, warnings + list(outcome.trust_warnings))
+        if result.reason is hc.Reason.TRUST_DATA_STALE:
+            worst = EXIT_ERROR
+        elif not result.valid and worst == EXIT_VALID:
+            worst = EXIT_INVALID
+    sys.exit(worst)
+
+
+# --- run -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--stdin", "use_stdin", is_flag=True, help="Read scans from standard input (default if no input).")
+@click.option("--tty", "ttys", multiple=True, metavar="PATH", help="A keyboard-wedge scanner's tty (repeatable).")
+@click.option("--serial", "serial_port", metavar="DEVICE", help="A serial scanner, e.g. /dev/ttyUSB0.")
+@click.option("--baud", type=int, default=9600, show_default=True, help="Serial speed.")
+@click.option("--folder", type=click.Path(file_okay=False, path_type=pathlib.Path),
+              help="Watch this folder for dropped PNG/JPEG images (camera terminals).")
+@click.option("--folder-done", type=click.Choice(["move", "delete"]), default="move", show_default=True,
+              help="After an image is processed: move it into <folder>/processed, or delete it.")
+@click.option("--json", "json_to", default="stdout", show_default=True, metavar="stdout|none|unix:PATH|tcp:127.0.0.1:PORT",
+              help="Where the JSON result lines go.")
+@click.option("--omit-main-index-id", is_flag=True, help="Leave the main index ID out of the JSON lines.")
+@click.option("--display", "display_to", type=click.Choice(["auto", "stdout", "stderr", "none"]), default="auto",
+              show_default=True, help="Operator display (auto: stderr when JSON goes to stdout, else stdout).")
+@click.option("--audit/--no-audit", default=True, show_default=True, help="Keep the SQLite audit log.")
+@click.option("--audit-db", type=click.Path(dir_okay=False, path_type=pathlib.Path),
+              help="Audit database (default: <data-dir>/audit.sqlite3).")
+@click.option("--keep-subject-for", type=DURATION, default=None,
+              help="Replay window: keep main index IDs and raw codes in the audit log this long (default: never).")
+@click.option("--audit-retention", type=DURATION, default="90d", show_default=True, help="Delete audit rows older than this.")
+@click.option("--audit-max-rows", type=int, default=1_000_000, show_default=True, help="Keep at most this many audit rows.")
+@click.option("--sync/--no-sync", "background_sync", default=True, show_default=True,
+              help="Refresh trust data in the background (needs --source).")
+@click.option("--sync-interval", type=DURATION, default="1h", show_default=True, help="Time between refreshes.")
+@click.option("--sync-retry", type=DURATION, default="5m", show_default=True, help="Retry after a failed refresh.")
+@click.option("--max-line", type=int, default=4096, show_default=True, help="Longest accepted scan, in bytes.")
+@click.option("--frame-timeout", type=DURATION, default="300ms", show_default=True,
+              help="Silence that ends a scan without Enter (ttys and serial ports).")
+@_policy_options
+@click.pass_obj
+def run(obj: Context, use_stdin, ttys, serial_port, baud, folder, folder_done, json_to, omit_main_index_id,
+        display_to, audit, audit_db, keep_subject_for, audit_retention, audit_max_rows, background_sync,
+        sync_interval, sync_retry, max_line, frame_timeout, warn_age, max_age, clock_skew):
+    """The scanner loop: verify every scan, show it, write JSON lines and the audit log."""
+    from .audit import AuditLog
+    from .display import Display
+    from .output import open_sink
+    from .runtime import Runtime
+    from .scan import FdStream, FolderSource, SerialStream, make_scanner_tty
+
+    try:
+        config = VerifierConfig(
+            freshness=_policy(warn_age, max_age, clock_skew),
+            scan=ScanConfig(max_line=max_line, frame_timeout=frame_timeout, folder_done=folder_done),
+            audit=AuditConfig(path=audit_db or obj.data_dir / "audit.sqlite3", keep_subject_for=keep_subject_for,
+                              retention=audit_retention, max_rows=audit_max_rows),
+            sync=SyncConfig(interval=sync_interval, retry=sync_retry,
+                            enabled=background_sync and bool(obj.source_location)),
+            include_subject_in_output=not omit_main_index_id,
+        )
+        sink = open_sink(json_to)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if display_to == "auto":
+        display_to = "stderr" if json_to in ("stdout", "-") else "stdout"
+    display = None
+    if display_to != "none":
+        display = Display(sys.stdout if display_to == "stdout" else sys.stderr)
+    audit_log = AuditLog(config.audit, clock=obj.clock).start() if audit else None
+    runtime = Runtime(obj.trust_source(), config=config, clock=obj.clock,
+                      sinks=[] if json_to == "none" else [sink], display=display,
+                      audit=audit_log, background_sync=config.sync.enabled)
+
+    restore_stdin = None
+    if use_stdin or not (ttys or serial_port or folder):
+        if os.isatty(0):
+            restore_stdin = make_scanner_tty(0, signals=True)
+        runtime.add_stream(lambda: FdStream(0, "stdin", read_size=config.scan.read_size), name="stdin")
+    for path in ttys:
+        runtime.add_stream(lambda path=path: FdStream.open_tty(path, read_size=config.scan.read_size),
+                           name=f"tty:{path}")
+    if serial_port:
+        runtime.add_stream(lambda: SerialStream(serial_port, baud, read_size=config.scan.read_size),
+                           name=f"serial:{serial_port}", reopen=True)
+    if folder:
+        folder.mkdir(parents=True, exist_ok=True)
+        runtime.add_folder(FolderSource(folder, done=folder_done, max_codes=config.scan.max_codes_per_image))
+
+    def on_signal(signum, frame):
+        runtime.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    gc.freeze()  # what start-up built lives for the whole run: keep it out of every collection
+    try:
+        runtime.run()
+    finally:
+        if restore_stdin is not None:
+            restore_stdin()
+        sink.close()
+        if audit_log is not None:
+            audit_log.close()
+        runtime.join(timeout=2.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="healthcode-verifier", standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_ERROR)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

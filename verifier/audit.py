@@ -1,0 +1,297 @@
+"""The verifier's audit log: one SQLite row per scan, written in batches off the scan path.
+
+Guarantees
+----------
+* **What a row holds**: time (the verifier's ``now``, UTC ISO 8601), result
+  (``valid``/``invalid``), reason, province, kid (hex), serial, whether those
+  three were verified (for a refused but well-formed code, e.g. revoked or
+  expired, they are read from it unverified), input source, trust-data age
+  and the clock-behind flag. The main index ID and the raw
+  code are **not stored** unless ``AuditConfig.keep_subject_for`` is set; then
+  they are cleared (set to NULL) once older than that window, at start-up and
+  at every maintenance pass. ``secure_delete`` is on, so cleared values are
+  overwritten in the file, and the WAL is truncated after maintenance.
+* **Rotation**: rows older than ``retention`` (default 90 days) are deleted,
+  and at most ``max_rows`` (default 1,000,000) are kept, oldest deleted first.
+  No archive is written: the audit log is a bounded ring, not a record store.
+* **Batching and what a crash loses**: :meth:`AuditLog.record` only appends to
+  an in-memory queue; a writer thread commits every ``batch_rows`` rows or
+  every ``batch_interval`` (default 2048 rows / 200 ms), whichever comes first,
+  in WAL mode with ``synchronous=FULL``. A crash or power cut loses at most
+  the rows of that window.
+* **Never stops the scan loop**: any SQLite or OS error (disk full, read-only,
+  missing directory) is caught; the rows stay queued (up to ``max_pending``;
+  beyond that the oldest are dropped and counted) and writing is retried
+  with back-off. :attr:`AuditLog.problem` says what is wrong, for the display.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from itertools import chain
+from typing import NamedTuple
+
+from .config import AuditConfig
+
+__all__ = ["AuditEntry", "AuditLog", "SCHEMA"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    result TEXT NOT NULL,
+    reason TEXT,
+    province TEXT,
+    kid TEXT,
+    serial TEXT,
+    claims_verified INTEGER NOT NULL DEFAULT 0,
+    source TEXT NOT NULL,
+    trust_age_s INTEGER,
+    clock_behind INTEGER NOT NULL DEFAULT 0,
+    subject TEXT,
+    raw TEXT
+);
+"""
+# No index on time: every insert would pay for it, while the only queries by time are the
+# maintenance passes (every 10 min, in the writer thread, with the GIL released while SQLite
+# scans): a full scan of at most max_rows rows.
+
+_COLUMNS = ("INSERT INTO audit (time, result, reason, province, kid, serial, claims_verified, source, "
+            "trust_age_s, clock_behind, subject, raw) VALUES ")
+_ROW = "(?,?,?,?,?,?,?,?,?,?,?,?)"
+#: Rows per INSERT statement. One multi-row statement is one sqlite3_step: executemany would
+#: release and re-take the GIL for every row, and the scan loop would pay for each hand-over.
+_ROWS_PER_STATEMENT = 128
+_INSERT_FULL = _COLUMNS + ",".join([_ROW] * _ROWS_PER_STATEMENT)
+#: Most rows in one transaction (a burst after an outage is written in several).
+_MAX_BATCH = 16384
+
+
+class AuditEntry(NamedTuple):
+    time: str
+    result: str
+    reason: str | None
+    province: str | None
+    kid: str | None
+    serial: str | None
+    claims_verified: int  # 1: from a verified code; 0: read from a refused code, unverified
+    source: str
+    trust_age_s: int | None
+    clock_behind: int
+    subject: str | None = None
+    raw: str | None = None
+
+
+def iso_utc(moment: _dt.datetime) -> str:
+    """Fixed-width UTC ISO 8601 with milliseconds, ``2026-11-22T08:00:00.000Z`` (sorts as text)."""
+    if moment.tzinfo is not _dt.timezone.utc:
+        moment = moment.astimezone(_dt.timezone.utc)
+    return moment.isoformat(timespec="milliseconds")[:23] + "Z"
+
+
+class AuditLog:
+    """Batched, privacy-bounded SQLite audit log (see the module docstring).
+
+    ``clock`` gives the time used for purge cut-offs (inject one in tests).
+    ``pragmas`` are extra statements run on each new connection (tests use
+    ``PRAGMA max_page_count`` to simulate a full disk).
+    """
+
+    def __init__(self, config: AuditConfig, *, clock: Callable[[], _dt.datetime],
+                 pragmas: Iterable[str] = ()) -> None:
+        if config.path is None:
+            raise ValueError("AuditConfig.path is required")
+        self.config = config
+        self.keep_subject = config.keep_subject_for is not None
+        self._clock = clock
+        self._pragmas = tuple(pragmas)
+        self._pending: collections.deque[AuditEntry] = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._conn: sqlite3.Connection | None = None
+        self._thread: threading.Thread | None = None
+        self.written = 0
+        self.dropped = 0
+        self.problem: str | None = None
+        self._in_flight = 0
+
+    # -- the scan path ----------------------------------------------------------------------
+
+    def record(self, entry: AuditEntry) -> None:
+        """Queue ``entry``; never blocks on disk, never raises."""
+        if not self.keep_subject and (entry.subject is not None or entry.raw is not None):
+            entry = entry._replace(subject=None, raw=None)
+        pending = self._pending
+        pending.append(entry)
+        if len(pending) > self.config.max_pending:
+            pending.popleft()
+            self.dropped += 1
+        if len(pending) >= self.config.batch_rows:
+            with self._cond:
+                self._cond.notify()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> "AuditLog":
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued row is committed (or ``timeout``); True if all were."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify()
+        while self._pending or self._in_flight:
+            if time.monotonic() > deadline:
+                return False
+            with self._cond:
+                self._cond.notify()
+            time.sleep(0.005)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (within ``timeout``), stop the writer, close the database."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._conn is not None and (self._thread is None or not self._thread.is_alive()):
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+
+    def __enter__(self) -> "AuditLog":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        path = self.config.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA secure_delete=ON")
+            for pragma in self._pragmas:
+                conn.execute(pragma)
+            conn.executescript(SCHEMA)
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    def _run(self) -> None:
+        interval = self.config.batch_interval.total_seconds()
+        maintenance_every = self.config.maintenance_every.total_seconds()
+        next_maintenance = 0.0
+        backoff = 0.0
+        while True:
+            with self._cond:
+                if backoff:  # after a failure: wait it out (record() notifies would wake us early)
+                    deadline = time.monotonic() + backoff
+                    while not self._closing and (remaining := deadline - time.monotonic()) > 0:
+                        self._cond.wait(remaining)
+                elif not self._closing and len(self._pending) < self.config.batch_rows:
+                    self._cond.wait(interval)
+                closing = self._closing
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                if time.monotonic() >= next_maintenance:
+                    self.maintain()
+                    next_maintenance = time.monotonic() + maintenance_every
+                self._write_pending()
+                self.problem = None
+                backoff = 0.0
+            except (sqlite3.Error, OSError) as exc:
+                self.problem = f"audit log not writable: {exc}; {len(self._pending)} rows waiting"
+                backoff = min(max(backoff * 2, 0.5), 30.0)
+                if self._conn is not None and isinstance(exc, sqlite3.DatabaseError) and \
+                        "malformed" in str(exc):
+                    self._conn.close()
+                    self._conn = None
+                if closing:
+                    return  # give up on close: the rows cannot be written
+                continue
+            if closing and not self._pending:
+                return
+
+    def _write_pending(self) -> None:
+        """Commit what is queued now, in one transaction (one fsync).
+
+        Only a snapshot: rows queued meanwhile wait for the next batch. Draining
+        "until empty" while the loop keeps queueing would commit a few rows at a
+        time, an fsync each, and fight the loop for the GIL.
+        """
+        pending = self._pending
+        if not pending:
+            return
+        conn = self._conn
+        self._in_flight = 1  # before popping: flush() must not see an empty queue in between
+        batch = []
+        try:
+            for _ in range(min(len(pending), _MAX_BATCH)):
+                batch.append(pending.popleft())
+        except IndexError:
+            pass
+        try:
+            conn.execute("BEGIN")
+            for start in range(0, len(batch), _ROWS_PER_STATEMENT):
+                rows = batch[start:start + _ROWS_PER_STATEMENT]
+                sql = _INSERT_FULL if len(rows) == _ROWS_PER_STATEMENT else _COLUMNS + ",".join([_ROW] * len(rows))
+                conn.execute(sql, list(chain.from_iterable(rows)))
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            pending.extendleft(reversed(batch))  # keep them, in order, for the retry
+            while len(pending) > self.config.max_pending:
+                pending.pop()
+                self.dropped += 1
+            raise
+        finally:
+            self._in_flight = 0
+        self.written += len(batch)
+
+    def maintain(self) -> None:
+        """Clear subjects past the window, delete rows past retention or over the cap."""
+        conn = self._conn
+        if conn is None:
+            return
+        now = self._clock()
+        conn.execute("BEGIN")
+        try:
+            window = self.config.keep_subject_for
+            if window is None:
+                conn.execute("UPDATE audit SET subject = NULL, raw = NULL "
+                             "WHERE subject IS NOT NULL OR raw IS NOT NULL")
+            else:
+                conn.execute("UPDATE audit SET subject = NULL, raw = NULL "
+                             "WHERE (subject IS NOT NULL OR raw IS NOT NULL) AND time < ?",
+                             (iso_utc(now - window),))
+            conn.execute("DELETE FROM audit WHERE time < ?", (iso_utc(now - self.config.retention),))
+            conn.execute("DELETE FROM audit WHERE id <= (SELECT max(id) FROM audit) - ?",
+                         (self.config.max_rows,))
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -1,0 +1,312 @@
+"""JSON lines for the hospital information system (HIS): one object per result.
+
+The schema (``healthcode-verifier/result/1``) is documented field by field in
+``docs/verifier.md``; :func:`result_record` is its one implementation. A new
+field may be added within version 1; removing or changing one bumps it.
+
+Sinks (:func:`open_sink`):
+
+* ``stdout`` (default): lines on standard output, flushed after every batch
+  of results. A reader that stops reading eventually blocks the loop (that
+  is how pipes work); use a socket when the HIS may stall.
+* ``unix:/path/to.sock`` or ``tcp:127.0.0.1:PORT``: the verifier *connects*
+  to the HIS's listening socket and streams lines. A writer thread does the
+  I/O: the loop only queues. While the HIS is not there, up to ``backlog``
+  lines are kept and sent on reconnection (oldest dropped beyond that, and
+  counted); reconnection is retried with back-off. TCP is refused for any
+  host that is not loopback: results carry main index IDs and are not
+  encrypted.
+* ``none``: no JSON output.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import json
+import socket
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, BinaryIO
+
+from healthcode import PROVINCES
+
+from .audit import iso_utc
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runtime import Outcome
+
+__all__ = ["SCHEMA_ID", "result_record", "encode", "encode_result", "Sink", "StreamSink", "SocketSink", "NullSink", "open_sink"]
+
+SCHEMA_ID = "healthcode-verifier/result/1"
+
+
+def result_record(outcome: "Outcome", *, include_subject: bool = True) -> dict:
+    """The JSON object of one result (schema ``healthcode-verifier/result/1``)."""
+    code = outcome.code
+    trust = outcome.trust
+    record = {
+        "schema": SCHEMA_ID,
+        "seq": outcome.seq,
+        "time": iso_utc(trust.now),
+        "result": "valid" if code is not None else "invalid",
+        "reason": outcome.reason.value if outcome.reason is not None else None,
+        "detail": outcome.detail,
+        "province": code.province if code is not None else None,
+        "province_name": PROVINCES[code.province] if code is not None else None,
+        "kid": code.kid.hex() if code is not None else None,
+        "serial": str(code.serial) if code is not None else None,
+        "issued_at": iso_utc(code.issued_at) if code is not None else None,
+        "expires_at": iso_utc(code.expires_at) if code is not None else None,
+        "status": code.status if code is not None else None,
+        "unverified": (
+            {"province": outcome.claimed[0], "kid": outcome.claimed[1].hex(), "serial": str(outcome.claimed[2])}
+            if outcome.claimed is not None else None),
+        "source": outcome.source,
+        "ended_by": outcome.ended_by,
+        "trust": {
+            "freshness": trust.level.value,
+            "last_verified_refresh": iso_utc(trust.last_verified) if trust.last_verified else None,
+            "age_s": int(trust.age.total_seconds()) if trust.age is not None else None,
+            "clock_behind_s": int(trust.clock_behind.total_seconds()) if trust.clock_behind else None,
+            "sync_error": outcome.sync_error,
+            "warnings": list(outcome.trust_warnings),
+        },
+    }
+    if include_subject:
+        record["main_index_id"] = code.subject if code is not None else None
+    return record
+
+
+def encode(record: dict) -> bytes:
+    """One JSON line (UTF-8, compact) of a record."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+_q = json.encoder.encode_basestring  # the C string quoter json.dumps(ensure_ascii=False) uses
+_DAYS: dict[int, str] = {}  # "YYYY-MM-DD" per day since the epoch: codes span a few days
+
+
+def _iso_epoch(seconds: int) -> str:
+    """``iso_utc`` of whole epoch seconds (a code's iat/exp), without building a datetime."""
+    day, rest = divmod(seconds, 86400)
+    date = _DAYS.get(day)
+    if date is None:
+        if len(_DAYS) > 4096:
+            _DAYS.clear()
+        date = _DAYS[day] = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{date}T{hours:02d}:{minutes:02d}:{secs:02d}.000Z"
+
+
+_KEY_PARTS: dict[tuple[str, bytes], str] = {}  # per signing key: its province and kid, formatted once
+_TRUST_PARTS: dict[tuple, str] = {}  # the trust block changes about once a second
+
+
+def _key_part(province: str, kid: bytes) -> str:
+    part = _KEY_PARTS.get((province, kid))
+    if part is None:
+        if len(_KEY_PARTS) > 4096:
+            _KEY_PARTS.clear()
+        part = _KEY_PARTS[(province, kid)] = (
+            f'"province":"{province}","province_name":"{PROVINCES[province]}","kid":"{kid.hex()}",')
+    return part
+
+
+def _trust_part(outcome: "Outcome") -> str:
+    trust = outcome.trust
+    age = None if trust.age is None else int(trust.age.total_seconds())
+    key = (trust.level, trust.last_verified, age, trust.clock_behind, outcome.sync_error, outcome.trust_warnings)
+    part = _TRUST_PARTS.get(key)
+    if part is None:
+        if len(_TRUST_PARTS) > 64:
+            _TRUST_PARTS.clear()
+        last = f'"{iso_utc(trust.last_verified)}"' if trust.last_verified else "null"
+        behind = int(trust.clock_behind.total_seconds()) if trust.clock_behind else "null"
+        sync_error = "null" if outcome.sync_error is None else _q(outcome.sync_error)
+        warnings = ",".join(map(_q, outcome.trust_warnings))
+        part = _TRUST_PARTS[key] = (
+            f'"trust":{{"freshness":"{trust.level.value}","last_verified_refresh":{last},'
+            f'"age_s":{"null" if age is None else age},"clock_behind_s":{behind},"sync_error":{sync_error},'
+            f'"warnings":[{warnings}]}}')
+    return part
+
+
+def encode_result(outcome: "Outcome", *, include_subject: bool = True, time_text: str | None = None) -> bytes:
+    """``encode(result_record(outcome))``, formatted directly: the hot path of ``run``.
+
+    Same bytes (a test checks it on a table of outcomes), about a third of the
+    cost of building the dict and calling ``json.dumps``. ``time_text`` is
+    ``iso_utc(outcome.trust.now)`` when the caller has it already.
+    """
+    code = outcome.code
+    if code is not None:
+        body = (f'"result":"valid","reason":null,"detail":{_q(outcome.detail)},'
+                f'{_key_part(code.province, code.kid)}"serial":"{code.serial}",'
+                f'"issued_at":"{_iso_epoch(code.iat)}","expires_at":"{_iso_epoch(code.exp)}",'
+                f'"status":{"null" if code.status is None else code.status},"unverified":null,')
+    else:
+        reason = "null" if outcome.reason is None else f'"{outcome.reason.value}"'
+        claimed = outcome.claimed
+        unverified = "null" if claimed is None else (
+            f'{{"province":{_q(claimed[0])},"kid":"{claimed[1].hex()}","serial":"{claimed[2]}"}}')
+        body = (f'"result":"invalid","reason":{reason},"detail":{_q(outcome.detail)},"province":null,'
+                f'"province_name":null,"kid":null,"serial":null,"issued_at":null,"expires_at":null,'
+                f'"status":null,"unverified":{unverified},')
+    line = (f'{{"schema":"{SCHEMA_ID}","seq":{outcome.seq},"time":"{time_text or iso_utc(outcome.trust.now)}",'
+            f'{body}"source":{_q(outcome.source)},"ended_by":{_q(outcome.ended_by)},{_trust_part(outcome)}')
+    if include_subject:
+        line += f',"main_index_id":"{code.subject}"}}\n' if code is not None else ',"main_index_id":null}\n'
+    else:
+        line += "}\n"
+    return line.encode("utf-8")
+
+
+class Sink:
+    """Where JSON lines go. ``write`` never raises; ``problem`` says what is wrong, if anything."""
+
+    problem: str | None = None
+
+    def write(self, line: bytes) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class NullSink(Sink):
+    def write(self, line: bytes) -> None:
+        pass
+
+
+class StreamSink(Sink):
+    """Lines to a binary stream (standard output)."""
+
+    def __init__(self, stream: BinaryIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout.buffer
+        self._parts: list[bytes] = []
+
+    def write(self, line: bytes) -> None:
+        self._parts.append(line)
+
+    def flush(self) -> None:
+        if not self._parts:
+            return
+        data, self._parts = b"".join(self._parts), []
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+            self.problem = None
+        except (OSError, ValueError) as exc:  # closed pipe, closed file
+            self.problem = f"JSON output failed: {exc}"
+
+    def close(self) -> None:
+        self.flush()
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SocketSink(Sink):
+    """Lines to the HIS's listening unix or loopback TCP socket, through a writer thread."""
+
+    def __init__(self, address: str, *, backlog: int = 10_000, connect_timeout: float = 2.0) -> None:
+        if address.startswith("unix:"):
+            self.family, self.target = socket.AF_UNIX, address[5:]
+        elif address.startswith("tcp:"):
+            host, _, port = address[4:].rpartition(":")
+            host = host.strip("[]")
+            if not _loopback(host):
+                raise ValueError(f"JSON over TCP only to a loopback address, not {host!r}")
+            self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self.target = (host, int(port))
+        else:
+            raise ValueError(f"not a socket address: {address!r} (unix:PATH or tcp:127.0.0.1:PORT)")
+        self.address = address
+        self.backlog = backlog
+        self.connect_timeout = connect_timeout
+        self.dropped = 0
+        self._lines: collections.deque[bytes] = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._sock: socket.socket | None = None
+        self.problem = None
+        self._thread = threading.Thread(target=self._run, name="json-socket", daemon=True)
+        self._thread.start()
+
+    def write(self, line: bytes) -> None:
+        lines = self._lines
+        lines.append(line)
+        if len(lines) > self.backlog:
+            lines.popleft()
+            self.dropped += 1
+
+    def flush(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def close(self, timeout: float = 2.0) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        if self._sock is not None:
+            self._sock.close()
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while True:
+            with self._cond:
+                if not self._closing and (not self._lines or backoff):
+                    self._cond.wait(backoff or 0.2)
+                closing = self._closing
+            if self._lines:
+                try:
+                    if self._sock is None:
+                        sock = socket.socket(self.family, socket.SOCK_STREAM)
+                        sock.settimeout(self.connect_timeout)
+                        try:
+                            sock.connect(self.target)
+                        except BaseException:
+                            sock.close()
+                            raise
+                        self._sock = sock
+                    while self._lines:
+                        count = min(len(self._lines), 1024)
+                        batch = [self._lines.popleft() for _ in range(count)]
+                        data = b"".join(batch)
+                        try:
+                            self._sock.sendall(data)
+                        except BaseException:
+                            self._lines.extendleft(reversed(batch))
+                            raise
+                    self.problem = None
+                    backoff = 0.0
+                except OSError as exc:
+                    if self._sock is not None:
+                        self._sock.close()
+                        self._sock = None
+                    self.problem = f"HIS socket {self.address} unavailable: {exc}; {len(self._lines)} lines waiting"
+                    backoff = min(max(backoff * 2, 0.25), 10.0)
+            if closing and (not self._lines or backoff):
+                return
+
+
+def open_sink(spec: str) -> Sink:
+    """``stdout`` (or ``-``), ``none``, ``unix:PATH``, ``tcp:127.0.0.1:PORT``."""
+    if spec in ("stdout", "-"):
+        return StreamSink()
+    if spec == "none":
+        return NullSink()
+    return SocketSink(spec)
