@@ -137,6 +137,45 @@ def encode_claims(claims: CodeClaims) -> bytes:
     return cbor.dumps(mapping)
 
 
+def _encode_core_claims(claims: CodeClaims) -> bytes | None:
+    """:func:`encode_claims` for the plain five-claim code, assembled directly; None otherwise.
+
+    ``{1: iss, 2: sub, 4: exp, 6: iat, 7: cti}`` in core deterministic order
+    (keys 01 < 02 < 04 < 06 < 07). Only when :class:`CodeClaims` has no extra,
+    ``cnf`` or ``status`` claim and the validated province and subject have
+    their fixed lengths; anything else takes the generic encoder. A unit test
+    checks both encoders agree.
+    """
+    if claims.extra or claims.holder_key is not None or claims.status is not None:
+        return None
+    iss = claims.province.encode("ascii")
+    sub = claims.subject.encode("ascii")
+    if len(iss) != 2 or len(sub) != 26:
+        return None
+    serial = claims.serial
+    cti = serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big")
+    return b"".join((
+        b"\xa5\x01\x62", iss, b"\x02\x78\x1a", sub,
+        b"\x04", cbor._head(0, to_epoch(claims.expires_at)),
+        b"\x06", cbor._head(0, to_epoch(claims.issued_at)),
+        b"\x07", bytes((0x40 | len(cti),)), cti,
+    ))
+
+
+#: The encoded protected-header item (``bstr .cbor {1: alg, 4: kid}``) per (alg, kid).
+_PROTECTED_ITEMS: dict[tuple[int, bytes], bytes] = {}
+
+
+def _protected_item(signer: Signer) -> bytes:
+    key = (signer.algorithm.cose_id, bytes(signer.kid))
+    item = _PROTECTED_ITEMS.get(key)
+    if item is None:
+        item = cbor.dumps(cbor.dumps({1: key[0], 4: key[1]}))
+        if len(_PROTECTED_ITEMS) < 1024:  # a few keys per process; bounded regardless
+            _PROTECTED_ITEMS[key] = item
+    return item
+
+
 def encode_code(claims: CodeClaims, signer: Signer) -> str:
     """Sign ``claims`` with ``signer``; return the code's text form.
 
@@ -144,22 +183,29 @@ def encode_code(claims: CodeClaims, signer: Signer) -> str:
     malformed: claims over the CBOR caps, values CBOR cannot carry, a code
     over the size cap. So every code this signs passes the format checks.
     """
+    payload = _encode_core_claims(claims)
     try:
-        payload = encode_claims(claims)
-        protected = cbor.dumps({1: signer.algorithm.cose_id, 4: bytes(signer.kid)})
+        if payload is None:
+            payload = encode_claims(claims)
+            # Extra, cnf or status claims: check the result as a verifier would. The
+            # plain five-claim payload is valid by construction (CodeClaims checked it).
+            try:
+                parse_optional_claims(decode_claims(payload))
+            except MalformedCode as exc:
+                raise InvalidClaims(f"claims would not verify: {exc.detail}") from None
+        protected_item = _protected_item(signer)
     except cbor.CBORError as exc:
         raise InvalidClaims(f"claims cannot be encoded: {exc}") from None
-    try:
-        parse_optional_claims(decode_claims(payload))
-    except MalformedCode as exc:
-        raise InvalidClaims(f"claims would not verify: {exc.detail}") from None
-    protected_item = cbor.dumps(protected)
-    payload_item = cbor.dumps(payload)
-    signature = signer.sign(sig_structure(protected_item, payload_item))
-    cose = bytes((_TAG_COSE_SIGN1, 0x84)) + protected_item + b"\xa0" + payload_item + cbor.dumps(signature)
+    payload_item = cbor._head(2, len(payload)) + payload
+    signature = signer.sign(_SIG1_CONTEXT + protected_item + _EMPTY_AAD + payload_item)
+    signature_item = (b"\x58\x40" + signature) if len(signature) == 64 else cbor.dumps(signature)
+    cose = b"".join((_COSE_SIGN1_HEAD, protected_item, b"\xa0", payload_item, signature_item))
     if len(cose) > MAX_COSE_BYTES:
         raise InvalidClaims(f"encoded code is {len(cose)} bytes, over the {MAX_COSE_BYTES}-byte cap")
     return PREFIX + b45encode(cose)
+
+
+_COSE_SIGN1_HEAD = bytes((_TAG_COSE_SIGN1, 0x84))
 
 
 def _bstr_span(data: bytes, pos: int) -> tuple[int, int]:

@@ -49,6 +49,22 @@ def cli() -> None:
 @click.option("--signing-key-passphrase-env", metavar="VAR",
               help="Environment variable holding the signing key's passphrase.")
 @click.option("--vault-key", type=_PATH, help="File with the 32-byte identifier vault secret as 64 hex digits.")
+@click.option("--key-set", type=_PATH, help="Rotating keys: the province key set (instead of --signing-key).")
+@click.option("--key-set-check-interval", type=float,
+              help="Seconds between checks of the key-set file for changes [default: 5].")
+@click.option("--keystore", type=click.Choice(["file", "pkcs11"]), help="Where the key set's private keys live.")
+@click.option("--keystore-dir", type=click.Path(path_type=pathlib.Path, file_okay=False),
+              help="File keystore directory (--keystore file).")
+@click.option("--pkcs11-module", type=_PATH, help="PKCS#11 module path (--keystore pkcs11).")
+@click.option("--pkcs11-token", help="PKCS#11 token label (--keystore pkcs11).")
+@click.option("--trust-repo", type=click.Path(path_type=pathlib.Path, file_okay=False),
+              help="National trust repository: serves the KeyAdmin service (needs --key-set and --client-ca).")
+@click.option("--tuf-keys", type=click.Path(path_type=pathlib.Path, file_okay=False),
+              help="Directory of the province's TUF role keys (KeyAdmin PublishKeyList).")
+@click.option("--tuf-keys-passphrase-env", metavar="VAR", help="Environment variable holding their passphrase.")
+@click.option("--online-keys", type=click.Path(path_type=pathlib.Path, file_okay=False),
+              help="Directory of the snapshot and timestamp keys: PublishKeyList then publishes at once.")
+@click.option("--online-keys-passphrase-env", metavar="VAR", help="Environment variable holding their passphrase.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Prometheus HTTP port; 0 = off [default: 0].")
 @click.option("--metrics-address", help="Prometheus HTTP address [default: 127.0.0.1].")
 @click.option("--grace-period", type=float, help="Seconds in-flight RPCs get at shutdown [default: 10].")
@@ -69,11 +85,14 @@ def serve(config_file: pathlib.Path | None, code_validity_hours: float | None, *
     try:
         config = load_config(config_file, flags)
         passphrase = _passphrase(config)
+        tuf_passphrase = _secret(config.tuf_keys_passphrase_env, "TUF role keys passphrase")
+        online_passphrase = _secret(config.online_keys_passphrase_env, "online keys passphrase")
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     app.configure_logging(config.log_level)
     try:
-        asyncio.run(app.run(config, signing_key_passphrase=passphrase))
+        asyncio.run(app.run(config, signing_key_passphrase=passphrase, tuf_keys_passphrase=tuf_passphrase,
+                            online_keys_passphrase=online_passphrase))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
@@ -122,6 +141,15 @@ def batch_issue(csv_file: pathlib.Path, server: str, ca_file: pathlib.Path, api_
     click.echo(f"{len(result.issued)} codes ({result.resumed} from an earlier run), "
                f"{len({r.row for r in result.rejected})} rows rejected (see {out_dir / 'rejected.csv'}); "
                f"sheets: {', '.join(str(p) for p in sheets) or 'none'}")
+
+
+def _secret(variable: str | None, what: str) -> bytes | None:
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if value is None:
+        raise ConfigError(f"environment variable {variable} ({what}) is not set")
+    return value.encode("utf-8")
 
 
 def _passphrase(config: IssuerConfig) -> bytes | None:

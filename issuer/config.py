@@ -42,6 +42,21 @@ Rotating keys instead of one fixed ``signing_key`` (see ``keys/lifecycle.py``)::
     signing_key_passphrase_env = "HC_KEYSTORE_SECRET"   # the file keystore's passphrase, or the token's user PIN
     vault_key = "keys/vault.key"
 
+    [key_admin]                       # the KeyAdmin gRPC service (needs keys.key_set and tls.client_ca)
+    trust_repo = "/srv/trust-repo"    # the national trust repository directory
+    tuf_keys = "province-33/tuf-33"   # the province's TUF role keys (healthcode-keys province add)
+    tuf_passphrase_env = "HC_TUF_PASSPHRASE"
+    # online_keys = "national-keys/online"          # optional: snapshot + timestamp at once on publish
+    # online_passphrase_env = "HC_ONLINE_PASSPHRASE"
+
+    [revocation]                      # publish revocations (issuer/revocation_job.py)
+    directory = "revocation-33"       # snapshot and delta files, laid out as TUF targets
+    push_mode = "repository"          # or "directory-only": another tool signs the files in
+    interval_minutes = 60             # scheduled publication; also at start and after revocations
+    min_interval_seconds = 60         # on-demand publications at most this often
+    keep_deltas = 168                 # deltas kept per key (older verifiers fetch the snapshot)
+    # "repository" signs with the [key_admin] trust_repo and tuf_keys (online_keys: publish at once)
+
     [metrics]
     port = 9464                       # 0: no metrics endpoint
     address = "127.0.0.1"
@@ -97,6 +112,16 @@ class IssuerConfig:
     min_time_remaining: float = 0.010
     max_concurrent_rpcs: int | None = None
     log_level: str = "INFO"
+    trust_repo: pathlib.Path | None = None
+    tuf_keys: pathlib.Path | None = None
+    tuf_keys_passphrase_env: str | None = None
+    online_keys: pathlib.Path | None = None
+    online_keys_passphrase_env: str | None = None
+    revocation_directory: pathlib.Path | None = None
+    revocation_push_mode: str = "repository"
+    revocation_interval: float = 3600.0
+    revocation_min_interval: float = 60.0
+    revocation_keep_deltas: int = 168
 
     def __post_init__(self) -> None:
         if self.province not in PROVINCES:
@@ -128,6 +153,31 @@ class IssuerConfig:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
         self._check_key_source()
+        self._check_key_admin()
+        self._check_revocation()
+
+    def _check_revocation(self) -> None:
+        if self.revocation_directory is None:
+            return
+        if self.revocation_push_mode not in ("repository", "directory-only"):
+            raise ConfigError('revocation.push_mode must be "repository" or "directory-only"')
+        if self.revocation_push_mode == "repository" and (self.trust_repo is None or self.tuf_keys is None):
+            raise ConfigError('revocation.push_mode = "repository" needs key_admin.trust_repo and key_admin.tuf_keys '
+                              '(or push_mode = "directory-only")')
+        if not (self.revocation_interval > 0 and self.revocation_min_interval >= 0):
+            raise ConfigError("revocation.interval_minutes must be positive and min_interval_seconds at least 0")
+        if self.revocation_keep_deltas < 1:
+            raise ConfigError("revocation.keep_deltas must be at least 1")
+
+    def _check_key_admin(self) -> None:
+        if self.trust_repo is None:
+            if self.tuf_keys is not None or self.online_keys is not None:
+                raise ConfigError("key_admin.tuf_keys and key_admin.online_keys need key_admin.trust_repo")
+            return
+        if self.key_set is None:
+            raise ConfigError("key_admin needs rotating keys: set keys.key_set")
+        if self.client_ca is None:
+            raise ConfigError("key_admin is served over mTLS only: set tls.client_ca")
 
     def _check_key_source(self) -> None:
         if (self.signing_key is None) == (self.key_set is None):
@@ -174,6 +224,10 @@ def _hours(value: Any) -> dt.timedelta:
     return dt.timedelta(hours=_number(value))
 
 
+def _minutes(value: Any) -> float:
+    return _number(value) * 60.0
+
+
 def _millis(value: Any) -> float:
     return _number(value) / 1000.0
 
@@ -203,11 +257,21 @@ FILE_KEYS: Mapping[tuple[str, str], tuple[str, Callable[[Any], Any]]] = {
     ("keys", "keystore_dir"): ("keystore_dir", _path),
     ("keys", "pkcs11_module"): ("pkcs11_module", _path),
     ("keys", "pkcs11_token"): ("pkcs11_token", _str),
+    ("key_admin", "trust_repo"): ("trust_repo", _path),
+    ("key_admin", "tuf_keys"): ("tuf_keys", _path),
+    ("key_admin", "tuf_passphrase_env"): ("tuf_keys_passphrase_env", _str),
+    ("key_admin", "online_keys"): ("online_keys", _path),
+    ("key_admin", "online_passphrase_env"): ("online_keys_passphrase_env", _str),
+    ("revocation", "directory"): ("revocation_directory", _path),
+    ("revocation", "push_mode"): ("revocation_push_mode", _str),
+    ("revocation", "interval_minutes"): ("revocation_interval", _minutes),
+    ("revocation", "min_interval_seconds"): ("revocation_min_interval", _number),
+    ("revocation", "keep_deltas"): ("revocation_keep_deltas", _int),
     ("metrics", "port"): ("metrics_port", _int),
     ("metrics", "address"): ("metrics_address", _str),
 }
 _PATH_FIELDS = {"database", "tls_cert", "tls_key", "client_ca", "api_keys", "signing_key", "vault_key", "key_set",
-                "keystore_dir", "pkcs11_module"}
+                "keystore_dir", "pkcs11_module", "trust_repo", "tuf_keys", "online_keys", "revocation_directory"}
 _SECTIONS = {section for section, _ in FILE_KEYS if section}
 
 

@@ -2,8 +2,8 @@
 
 The store says which codes are revoked; this module writes the files of
 :mod:`healthcode.revocation`, one shard per (province, kid), laid out exactly
-as the TUF targets they will be published as (the TUF push is a later step
-that takes :attr:`ShardPublication.written` and ``removed``)::
+as the TUF targets they will be published as (``issuer/revocation_job.py``
+runs it and pushes the directory into the trust repository)::
 
     <directory>/provinces/<code>/revocation/<kid-hex>/snapshot.hcrs
     <directory>/provinces/<code>/revocation/<kid-hex>/delta-<from_seq:010d>.hcrd
@@ -31,8 +31,8 @@ Assumption, as for the store: one publisher process per province directory.
 
 Reading the store: :class:`SQLiteRevocationSource` opens its own read-only
 connections to the issuer's SQLite file (WAL lets it read while the writer
-commits). It needs no change to :mod:`issuer.store`; at national scale the
-query wants a partial index on revoked codes (``docs/revocation.md``).
+commits). Its query is served by the store's partial index on revoked codes
+(migration 2 of :mod:`issuer.store.sqlite`).
 """
 
 from __future__ import annotations

@@ -3,11 +3,14 @@
     python -m tools.gen_proto           # (re)write issuer/api/*_pb2.py, *_pb2.pyi, *_pb2_grpc.py
     python -m tools.gen_proto --check   # exit 1 if the committed files differ from a fresh run
 
-Runs ``grpc_tools.protoc`` (``--python_out --pyi_out --grpc_python_out``,
+Two proto packages go there: ``healthcode.issuer.v1`` (the issuer API) and
+``healthcode.admin.v1`` (``key_admin.proto``, the KeyAdmin service). Runs
+``grpc_tools.protoc`` (``--python_out --pyi_out --grpc_python_out``,
 ``-I proto`` plus grpc_tools' bundled well-known protos) into a temporary
 directory, then rewrites the generated imports
-``from healthcode.issuer.v1 import x_pb2`` to ``from issuer.api import x_pb2``:
-the proto package path would otherwise shadow our core package ``healthcode``.
+``from healthcode.issuer.v1 import x_pb2`` (and ``healthcode.admin.v1``) to
+``from issuer.api import x_pb2``: the proto package path would otherwise
+shadow our core package ``healthcode``.
 The output depends on the grpcio-tools version (its protoc and its version
 checks are written into the files), so regenerate with the pinned one.
 """
@@ -27,10 +30,17 @@ PROTO_ROOT = ROOT / "proto"
 PROTO_DIR = PROTO_ROOT / "healthcode" / "issuer" / "v1"
 OUT_DIR = ROOT / "issuer" / "api"
 PROTO_PACKAGE = "healthcode.issuer.v1"
+#: Every proto package generated into ``OUT_DIR``, with its directory under ``proto/``.
+PROTO_PACKAGES = {
+    PROTO_PACKAGE: PROTO_DIR,
+    "healthcode.admin.v1": PROTO_ROOT / "healthcode" / "admin" / "v1",
+}
 PYTHON_PACKAGE = "issuer.api"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
-_IMPORT_RE = re.compile(rf"^(\s*)from {re.escape(PROTO_PACKAGE)} import ", re.MULTILINE)
+_IMPORT_RE = re.compile(
+    rf"^(\s*)from (?:{'|'.join(re.escape(p) for p in PROTO_PACKAGES)}) import ", re.MULTILINE
+)
 
 
 def _rewrite(text: str) -> str:
@@ -38,12 +48,15 @@ def _rewrite(text: str) -> str:
 
 
 def generate() -> dict[str, str]:
-    """Run protoc on every ``proto/healthcode/issuer/v1/*.proto``; return {file name: rewritten text}."""
+    """Run protoc on every ``*.proto`` of :data:`PROTO_PACKAGES`; return {file name: rewritten text}."""
     from grpc_tools import protoc
 
-    protos = sorted(PROTO_DIR.glob("*.proto"))
-    if not protos:
-        raise SystemExit(f"no .proto files under {PROTO_DIR}")
+    protos = []
+    for directory in PROTO_PACKAGES.values():
+        found = sorted(directory.glob("*.proto"))
+        if not found:
+            raise SystemExit(f"no .proto files under {directory}")
+        protos += found
     well_known = str(importlib.resources.files("grpc_tools") / "_proto")
     with tempfile.TemporaryDirectory() as tmp:
         args = [
@@ -57,12 +70,15 @@ def generate() -> dict[str, str]:
         ]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
-        produced = pathlib.Path(tmp) / PROTO_PACKAGE.replace(".", "/")
-        return {
-            path.name: _rewrite(path.read_text(encoding="utf-8"))
-            for path in sorted(produced.iterdir())
-            if path.name.endswith(GENERATED_SUFFIXES)
-        }
+        files: dict[str, str] = {}
+        for package in PROTO_PACKAGES:
+            produced = pathlib.Path(tmp) / package.replace(".", "/")
+            for path in sorted(produced.iterdir()):
+                if path.name.endswith(GENERATED_SUFFIXES):
+                    if path.name in files:
+                        raise SystemExit(f"two proto packages generate {path.name}")
+                    files[path.name] = _rewrite(path.read_text(encoding="utf-8"))
+        return dict(sorted(files.items()))
 
 
 def committed() -> dict[str, str]:

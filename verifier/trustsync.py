@@ -13,6 +13,7 @@ What is on disk::
                                    its versions are the rollback protection
     <targets_dir>/state.json       the last good state: the commit point, replaced atomically
     <targets_dir>/objects/<SHA256> immutable verified bytes the state names (metadata, key lists)
+    <targets_dir>/revocation/      the revocation state per shard (``verifier.revocation_sync``)
 
 :meth:`TrustSync.refresh` steps, marked in the code:
 
@@ -28,7 +29,11 @@ What is on disk::
    still verifies under the new national delegation, and is reported in ``failed``;
 4. the new state passes the checks :meth:`load_cached` will make (the national part from the
    bootstrap root here; each province passed the same function in step 3), so what is
-   committed always loads; it is written as objects, then ``state.json`` is replaced.
+   committed always loads; it is written as objects, then ``state.json`` is replaced;
+5. revocation: every live shard of the new keyring is brought up to the snapshot its
+   province lists now, by deltas or the snapshot, and committed on its own
+   (``verifier.revocation_sync``); a shard that fails keeps its last good state and is
+   reported in ``SyncResult.revocation``, never failing the refresh.
 
 :meth:`TrustSync.load_cached` works offline: it re-verifies the committed bytes from the
 bootstrap root (root chain, signatures, snapshot and target hashes) and never trusts a
@@ -36,6 +41,9 @@ file for being on disk. Expiry is not judged there: the data were unexpired when
 and their age is reported as ``last_verified_refresh`` for the verifier's staleness policy.
 That time is the *oldest* verification in the keyring: a province kept on its last good
 key list holds it back, so a stuck province is noticed rather than hidden.
+
+:meth:`TrustSync.load_revocation` is the offline counterpart of step 5: the committed
+revocation state of the shards live at ``now``, re-verified the same way.
 
 After a refresh, :meth:`TrustSync.province_targets` and :meth:`TrustSync.fetch_target` give
 other province files (the revocation issue's ``provinces/<code>/revocation/...``) through
@@ -59,7 +67,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 from urllib.parse import unquote
 
 from tuf.api import exceptions as tuf_errors
@@ -70,6 +78,11 @@ from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 from healthcode.keylist import InvalidKeyList, KeyList, parse_key_list
 from healthcode.keyring import Keyring
 from healthcode.model import PROVINCES
+
+if TYPE_CHECKING:  # verifier.revocation_sync imports this module's errors
+    from healthcode.revocation import RevocationSet
+
+    from .revocation_sync import RevocationStore, RevocationSyncReport
 
 __all__ = [
     "SyncConfig",
@@ -191,6 +204,9 @@ class SyncResult:
     fresh_until: _dt.datetime
     bytes_transferred: int
     files_transferred: int
+    #: What the revocation sync that follows the key refresh did, per shard
+    #: (``verifier.revocation_sync``); its transfers are included above.
+    revocation: "RevocationSyncReport | None" = None
 
     @property
     def complete(self) -> bool:
@@ -511,6 +527,11 @@ class TrustSync:
             for code, rec in records.items()
             if rec.verified_at == now
         })
+        # (5) revocation: each live shard from the province roles just verified
+        revocation = self._revocation_store().sync(
+            keyring, now=now, fetch=self.fetch_target,
+            roles={code: (blobs[records[code].role], role) for code, role in self._session[1].items()},
+        )
         old = previous.provinces if previous is not None else {}
         changed = tuple(
             code
@@ -535,6 +556,7 @@ class TrustSync:
             fresh_until=timestamp.expires,
             bytes_transferred=counter.bytes,
             files_transferred=counter.files,
+            revocation=revocation,
         )
 
     def load_cached(self, now: _dt.datetime) -> tuple[Keyring, _dt.datetime]:
@@ -555,6 +577,31 @@ class TrustSync:
             raise NotSynced("no verified trust data cached: refresh from a mirror first")
         lists = _verify_bundle(self._bootstrap, state, self._get_object)
         return _keyring(lists), _oldest(state)
+
+    def load_revocation(self, now: _dt.datetime) -> "RevocationSet":
+        """The revocation state of every shard live at ``now``, offline: the checker
+        ``healthcode.check(..., revocation=)`` takes.
+
+        Verified like :meth:`load_cached`: the national metadata from the bootstrap
+        root and every province's key list (the keyring that says which shards
+        are live), then each shard's snapshot against the province role that
+        listed it (``verifier.revocation_sync``). A shard whose cached data does
+        not verify is left out and logged; it and shards never synced show in
+        ``RevocationSet.missing(keyring, now=...)``. Raises :class:`NotSynced`
+        before the first refresh and :class:`TrustDataError` if the cache does
+        not verify.
+        """
+        now = _aware(now)
+        state = self._read_state()
+        if state is None:
+            raise NotSynced("no verified trust data cached: refresh from a mirror first")
+        targets, snapshot = _verify_national(self._bootstrap, state, self._get_object)
+        lists = {
+            code: _verify_province(targets, code, self._get_object(rec.role), self._get_object(rec.keys),
+                                   snapshot=snapshot, exact=False)
+            for code, rec in state.provinces.items()
+        }
+        return self._revocation_store().load(_keyring(lists), now=now, national=targets, snapshot=snapshot)
 
     def province_targets(self, code: str) -> Mapping[str, int]:
         """The files province ``code`` lists (target path -> length), as of this
@@ -595,6 +642,11 @@ class TrustSync:
             raise _map_error(exc, path, None, None) from exc
 
     # ------------------------------------------------------------------ internals
+
+    def _revocation_store(self) -> "RevocationStore":
+        from .revocation_sync import REVOCATION_DIR, RevocationStore
+
+        return RevocationStore(self._targets_dir / REVOCATION_DIR)
 
     def _require_session(self) -> tuple[Updater, dict[str, Targets]]:
         if self._session is None:

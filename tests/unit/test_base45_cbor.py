@@ -136,3 +136,47 @@ def test_cbor_encoding_is_deterministic():
     # RFC 8949 4.2.1: keys sorted by their encoded bytes, whatever the insertion order.
     assert cbor.dumps({"a": 1, 10: 2, -1: 3, 1: 4}) == cbor.dumps({1: 4, -1: 3, 10: 2, "a": 1})
     assert cbor.dumps({10: 0, 1: 0, -1: 0}).hex() == "a301000a002000"
+
+
+def _b45encode_reference(data: bytes) -> str:
+    """RFC 9285 section 4, one group at a time (the vectorised encoder must agree)."""
+    from healthcode.base45 import ALPHABET
+
+    out = []
+    for i in range(0, len(data) - 1, 2):
+        n = (data[i] << 8) | data[i + 1]
+        out.append(ALPHABET[n % 45] + ALPHABET[n // 45 % 45] + ALPHABET[n // 2025])
+    if len(data) % 2:
+        out.append(ALPHABET[data[-1] % 45] + ALPHABET[data[-1] // 45])
+    return "".join(out)
+
+
+@pytest.mark.parametrize("length", [0, 1, 2, 3, 4, 5, 63, 64, 150, 599, 600, 801, 1000])
+def test_base45_encoder_matches_reference(length):
+    for data in (os.urandom(length), b"\xff" * length, b"\x00" * length, bytes(range(256)) * 4):
+        data = data[:length]
+        assert b45encode(data) == _b45encode_reference(data)
+
+
+def test_fast_claims_encoder_matches_generic():
+    import datetime as dt
+    import random
+
+    from healthcode.codec import _encode_core_claims, encode_claims
+    from healthcode.model import PROVINCES, CodeClaims
+
+    rng = random.Random(7)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    for serial in [0, 1, 23, 24, 255, 256, 2**32, 2**64 - 1] + [rng.randrange(2**64) for _ in range(50)]:
+        iat = rng.choice([0, 1, 23, 24, 255, 256, 65535, 65536, rng.randrange(2**32 - 1)])
+        exp = rng.randrange(iat + 1, 2**32)
+        claims = CodeClaims(
+            rng.choice(sorted(PROVINCES)),
+            "".join(rng.choice(alphabet) for _ in range(25)) + rng.choice("AEIMQUY4"),
+            serial,
+            dt.datetime.fromtimestamp(iat, dt.timezone.utc),
+            dt.datetime.fromtimestamp(exp, dt.timezone.utc),
+        )
+        assert _encode_core_claims(claims) == encode_claims(claims)
+    with_status = CodeClaims(claims.province, claims.subject, 1, claims.issued_at, claims.expires_at, status=1)
+    assert _encode_core_claims(with_status) is None

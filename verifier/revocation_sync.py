@@ -1,0 +1,561 @@
+"""Revocation sync: each live shard's revoked serials from the trust repository, kept verified on disk.
+
+A shard is one province signing key (``healthcode.revocation``). Its province
+publishes, as TUF targets of its own delegated role, the shard's latest
+``snapshot.hcrs`` and its recent ``delta-<from_seq>.hcrd`` files
+(``issuer/revocation_job.py``). :class:`RevocationStore` turns what one
+verified refresh of :class:`verifier.trustsync.TrustSync` lists into the
+verifier's per-shard state, and loads that state back offline.
+
+The one invariant
+-----------------
+Every committed shard state **is** a snapshot that its province listed: the
+SHA-256 of the state's canonical snapshot (the coding is canonical,
+``docs/revocation.md`` §2.4) equals the hash the province role signed for
+``snapshot.hcrs``, and that role's bytes are kept beside it. So a state is
+replaced only by one the province vouched for, however it was reached, and
+:meth:`RevocationStore.load` re-verifies it offline without trusting a file
+for being on disk.
+
+:meth:`RevocationStore.sync`, per live shard of the keyring (steps marked in
+:meth:`RevocationStore._sync_shard`):
+
+1. the shard's snapshot target in the province role of this refresh; none
+   listed means no data (a held state is kept: a live key's revocations do
+   not disappear);
+2. the listed snapshot hash equals the held one: unchanged, nothing fetched;
+3. else, when the listed deltas from the held seq on weigh less than the
+   snapshot, they are applied strictly in order
+   (:meth:`~healthcode.revocation.RevocationSet.follow_deltas`: gaps,
+   replays, wrong bases and mismatched state hashes are refused) and the
+   result must hash to the listed snapshot;
+4. otherwise, or if a delta is refused, the snapshot itself (TUF checked its
+   length and hash), which must not be older than the held state, nor
+   disagree with it at the same seq, nor lift a revoked serial;
+5. if both fail, the last good state stays and the shard is reported
+   ``kept`` with the reason.
+
+Shards whose key is past its ``verify_until`` (or gone from the keyring) are
+dropped. What is on disk, below the trust sync's ``targets_dir``::
+
+    revocation/state.json          the committed records; replaced atomically (the commit point)
+    revocation/objects/<SHA256>    immutable bytes the records name: shard snapshots and
+                                   the province role metadata that lists them
+
+The per-shard state is committed after every shard was tried, objects first,
+then ``state.json`` (temporary file, fsync, ``os.replace``), then unreferenced
+objects are deleted. Key compromise is not handled here: a compromised key's
+codes are cut off through the key list (``KeyStatus.COMPROMISED``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata, Snapshot, Targets
+
+from healthcode.keyring import Keyring
+from healthcode.model import PROVINCES, to_epoch
+from healthcode.revocation import (
+    RevocationDataError,
+    RevocationSequenceError,
+    RevocationSet,
+    RevocationState,
+    delta_target,
+    encode_delta,
+    snapshot_target,
+)
+
+from .trustsync import SyncError, TrustDataError
+
+__all__ = [
+    "RevocationStore",
+    "RevocationSyncReport",
+    "ShardSync",
+    "verify_province_role",
+    "REVOCATION_DIR",
+    "MAX_DELTA_CHAIN",
+    "UNCHANGED",
+    "DELTAS",
+    "SNAPSHOT",
+    "KEPT",
+    "MISSING",
+    "DROPPED",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Below the trust sync's ``targets_dir``.
+REVOCATION_DIR = "revocation"
+#: Deltas followed for one shard in one sync at most (a week of hourly ones is 168).
+MAX_DELTA_CHAIN = 10_000
+
+_STATE_TYPE = "healthcode-revocation-state"
+_STATE_FORMAT = 1
+_MAX_STATE_BYTES = 4 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_KID_HEX = re.compile(r"(?:[0-9a-f]{2}){1,32}")
+_UTC = _dt.timezone.utc
+
+# What happened to a shard in a sync (ShardSync.action).
+UNCHANGED = "unchanged"  # the province lists the snapshot already held: nothing fetched
+DELTAS = "deltas"  # advanced by deltas
+SNAPSHOT = "snapshot"  # replaced by the listed snapshot (first sync, far behind, or deltas refused)
+KEPT = "kept"  # new data refused or unreachable: the last good state stays (see detail)
+MISSING = "missing"  # a live shard with no data published and none held
+DROPPED = "dropped"  # the shard's key is past verify_until or gone: forgotten
+
+
+@dataclass(frozen=True)
+class ShardSync:
+    """What one sync did to one shard."""
+
+    province: str
+    kid: bytes
+    action: str
+    #: The committed seq before and after (None: no state).
+    seq_before: int | None
+    seq: int | None
+    #: Serials revoked since the state held before (all of them on a first sync).
+    added: int
+    bytes_transferred: int
+    files_transferred: int
+    #: Why new data was refused (``kept``), or why deltas were not used (``snapshot``).
+    detail: str | None = None
+
+    def __str__(self) -> str:
+        seqs = f"seq {self.seq_before} -> {self.seq}" if self.seq != self.seq_before else f"seq {self.seq}"
+        text = f"{self.province}/{self.kid.hex()}: {self.action}, {seqs}, +{self.added}, {self.bytes_transferred} bytes"
+        return f"{text} ({self.detail})" if self.detail else text
+
+
+@dataclass(frozen=True)
+class RevocationSyncReport:
+    """What one revocation sync did, per shard, and what it transferred."""
+
+    shards: tuple[ShardSync, ...]
+    #: Set when the new state could not be committed (the previous one stays in force).
+    error: str | None = None
+
+    @property
+    def bytes_transferred(self) -> int:
+        return sum(s.bytes_transferred for s in self.shards)
+
+    @property
+    def files_transferred(self) -> int:
+        return sum(s.files_transferred for s in self.shards)
+
+    @property
+    def changed(self) -> tuple[ShardSync, ...]:
+        return tuple(s for s in self.shards if s.action in (DELTAS, SNAPSHOT, DROPPED))
+
+    @property
+    def failed(self) -> tuple[ShardSync, ...]:
+        return tuple(s for s in self.shards if s.action == KEPT)
+
+    def get(self, province: str, kid: bytes) -> ShardSync | None:
+        return next((s for s in self.shards if (s.province, s.kid) == (province, kid)), None)
+
+
+@dataclass(frozen=True)
+class _Record:
+    """A committed shard: its seq, the snapshot object, the province role object that lists it."""
+
+    seq: int
+    snapshot: str  # SHA-256 hex of the canonical snapshot = the listed target hash
+    role: str  # SHA-256 hex of the province role metadata that lists it
+    verified_at: _dt.datetime
+
+
+Shard = tuple[str, bytes]
+
+
+def _shard_key(shard: Shard) -> str:
+    return f"{shard[0]}/{shard[1].hex()}"
+
+
+def _records_to_bytes(records: Mapping[Shard, _Record]) -> bytes:
+    document = {
+        "type": _STATE_TYPE,
+        "version": _STATE_FORMAT,
+        "shards": {
+            _shard_key(shard): {
+                "seq": rec.seq,
+                "snapshot": rec.snapshot,
+                "role": rec.role,
+                "verified_at": rec.verified_at.astimezone(_UTC).isoformat(),
+            }
+            for shard, rec in sorted(records.items())
+        },
+    }
+    return json.dumps(document, sort_keys=True, indent=1).encode("ascii")
+
+
+def _records_from_bytes(data: bytes) -> dict[Shard, _Record]:
+    if len(data) > _MAX_STATE_BYTES:
+        raise TrustDataError("revocation state file is too large")
+    try:
+        doc = json.loads(data)
+        if doc["type"] != _STATE_TYPE or doc["version"] != _STATE_FORMAT:
+            raise ValueError("unknown state format")
+        records = {}
+        for key, rec in doc["shards"].items():
+            province, _, kid_hex = key.partition("/")
+            if province not in PROVINCES or not _KID_HEX.fullmatch(kid_hex):
+                raise ValueError(f"bad shard {key!r}")
+            seq = rec["seq"]
+            if type(seq) is not int or seq < 0:
+                raise ValueError("bad seq")
+            if not all(isinstance(rec[f], str) and _SHA256.fullmatch(rec[f]) for f in ("snapshot", "role")):
+                raise ValueError("bad object id")
+            verified_at = _dt.datetime.fromisoformat(rec["verified_at"])
+            if verified_at.tzinfo is None:
+                raise ValueError("naive time")
+            records[(province, bytes.fromhex(kid_hex))] = _Record(seq, rec["snapshot"], rec["role"], verified_at)
+        return records
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TrustDataError(f"revocation state file is corrupt: {exc}") from None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _live(keyring: Keyring, now: _dt.datetime) -> set[Shard]:
+    """The shards whose key still verifies something at ``now`` (as ``RevocationSet.drop_expired``)."""
+    now_s = to_epoch(now)
+    return {(key.province, key.kid) for key in keyring if now_s <= to_epoch(key.verify_until)}
+
+
+def _listed_sha256(targets: Targets, path: str) -> tuple[str, int] | None:
+    info = targets.targets.get(path)
+    if info is None:
+        return None
+    digest = info.hashes.get("sha256")
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise TrustDataError(f"{path} has no SHA-256 in its metadata")
+    return digest, info.length
+
+
+def verify_province_role(national: Targets, snapshot: Snapshot, code: str, role_bytes: bytes) -> Targets:
+    """A province role's metadata, if ``province-<code>`` signed it under ``national``'s delegation.
+
+    Pure: bytes in, verified ``Targets`` out. The role must be the first one a
+    lookup of the province's revocation targets reaches, be signed by a
+    threshold of its current keys, and not be newer than ``snapshot`` says;
+    expiry is not judged (as :meth:`verifier.trustsync.TrustSync.load_cached`).
+    """
+    role = f"province-{code}"
+    probe = f"provinces/{code}/revocation/00/snapshot.hcrs"
+    try:
+        delegations = national.delegations
+        first = next(delegations.get_roles_for_target(probe), None) if delegations is not None else None
+        if first is None or first[0] != role:
+            raise TrustDataError(f"provinces/{code}/revocation/ is not delegated to {role}")
+        md = Metadata[Targets].from_bytes(role_bytes)
+        if md.signed.type != Targets.type:
+            raise TrustDataError(f"expected targets metadata for {role}")
+        national.verify_delegate(role, md.signed_bytes, md.signatures)
+        meta = snapshot.meta.get(f"{role}.json")
+        if meta is None or md.signed.version > meta.version:
+            raise TrustDataError(f"{role} v{md.signed.version} is newer than the snapshot's")
+        return md.signed
+    except SyncError:
+        raise
+    except (tuf_errors.RepositoryError, ValueError, KeyError, TypeError) as exc:
+        raise TrustDataError(f"{role}: {exc}") from None
+
+
+class RevocationStore:
+    """The verifier's revocation state in ``directory`` (``<targets_dir>/revocation``).
+
+    Single instance per directory, like the trust sync that drives it. I/O is
+    the directory only: what to fetch comes in as the verified province roles
+    of a refresh and a ``fetch`` callable (:meth:`TrustSync.fetch_target`).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._objects = self.directory / "objects"
+        self._state_path = self.directory / "state.json"
+
+    # ------------------------------------------------------------------ sync
+
+    def sync(
+        self,
+        keyring: Keyring,
+        *,
+        now: _dt.datetime,
+        roles: Mapping[str, tuple[bytes, Targets]],
+        fetch: Callable[[str], bytes],
+    ) -> RevocationSyncReport:
+        """Bring every live shard of ``keyring`` at ``now`` up to what its province lists; commit.
+
+        ``roles`` maps each province that verified in this refresh to its role
+        metadata (the exact bytes, and the verified ``Targets``); a province
+        missing from it keeps its shards as they are. ``fetch(path)`` returns a
+        target's bytes after TUF verification, raising :class:`SyncError`.
+        Per-shard failures are reported, never raised; a failed commit is
+        reported in ``error``.
+        """
+        try:
+            previous = self._read_records()
+        except SyncError as exc:  # a corrupt cache is replaced by good data, never a reason to stay stuck
+            logger.warning("revocation sync: starting afresh: %s", exc)
+            previous = {}
+        live = _live(keyring, now)
+        records: dict[Shard, _Record] = {}
+        blobs: dict[str, bytes] = {}
+        reports: list[ShardSync] = []
+        for shard in sorted(live):
+            role = roles.get(shard[0])
+            record, report, new = self._sync_shard(shard, previous.get(shard), role, fetch, now)
+            if record is not None:
+                records[shard] = record
+            blobs.update(new)
+            reports.append(report)
+        for shard, rec in sorted(previous.items()):
+            if shard not in live:
+                reports.append(ShardSync(shard[0], shard[1], DROPPED, rec.seq, None, 0, 0, 0,
+                                         "the key is past verify_until or no longer trusted"))
+        error = None
+        if records != previous or blobs:
+            try:
+                self._commit(records, blobs)
+            except OSError as exc:
+                error = f"cannot write the revocation state: {exc}"
+                logger.warning("revocation sync: %s", error)
+        report = RevocationSyncReport(tuple(reports), error)
+        logger.info("revocation sync: %d shards, %d changed, %d kept on old data, %d bytes",
+                    len(reports), len(report.changed), len(report.failed), report.bytes_transferred)
+        return report
+
+    def _sync_shard(
+        self,
+        shard: Shard,
+        held: _Record | None,
+        role: tuple[bytes, Targets] | None,
+        fetch: Callable[[str], bytes],
+        now: _dt.datetime,
+    ) -> tuple[_Record | None, ShardSync, dict[str, bytes]]:
+        province, kid = shard
+        held_seq = held.seq if held is not None else None
+        transferred = [0, 0]  # bytes, files
+
+        def result(action: str, record: _Record | None, added: int = 0, detail: str | None = None,
+                   blobs: dict[str, bytes] | None = None):
+            seq = record.seq if record is not None else None
+            report = ShardSync(province, kid, action, held_seq, seq, added, transferred[0], transferred[1], detail)
+            return record, report, blobs or {}
+
+        def keep(detail: str):
+            logger.warning("revocation shard %s/%s kept at seq %s: %s", province, kid.hex(), held_seq, detail)
+            return result(KEPT if held is not None else MISSING, held, detail=detail)
+
+        if held is not None and not self._intact(held.snapshot):  # damaged on disk: fetch afresh
+            logger.warning("revocation shard %s/%s: cached snapshot damaged, refetching", province, kid.hex())
+            if role is None:
+                return keep("cached snapshot damaged; province did not verify in this refresh")
+            held, held_seq = None, None
+        if role is None:
+            return keep(f"province {province} did not verify in this refresh")
+        role_bytes, targets = role
+        role_id = _sha256(role_bytes)
+        # (1) the snapshot the province lists now
+        snapshot_path = snapshot_target(province, kid)
+        try:
+            listed = _listed_sha256(targets, snapshot_path)
+        except TrustDataError as exc:
+            return keep(str(exc))
+        if listed is None:
+            if held is not None:
+                return keep("the province no longer lists this shard's snapshot")
+            return result(MISSING, None)
+        want, snapshot_length = listed
+        # (2) unchanged: re-vouch the held state by the newest role that lists it
+        if held is not None and held.snapshot == want:
+            record = _Record(held.seq, held.snapshot, role_id, now)
+            return result(UNCHANGED, record, blobs={role_id: role_bytes} if role_id != held.role else {})
+
+        def counted(path: str) -> bytes:
+            data = fetch(path)
+            transferred[0] += len(data)
+            transferred[1] += 1
+            return data
+
+        try:
+            base = self._held_state(shard, held)
+        except (TrustDataError, RevocationDataError) as exc:
+            logger.warning("revocation shard %s/%s: held state unreadable, refetching: %s",
+                           province, kid.hex(), exc)
+            held, held_seq, base = None, None, RevocationState(province, kid)
+        before = len(base)
+        # (3) the deltas, if they weigh less than the snapshot
+        note = None
+        chain, chain_bytes, seq = 0, 0, base.seq
+        while chain < MAX_DELTA_CHAIN and (info := targets.targets.get(delta_target(province, kid, seq))) is not None:
+            chain, chain_bytes, seq = chain + 1, chain_bytes + info.length, seq + 1
+        if chain and chain_bytes < snapshot_length:
+            work = RevocationSet([base])
+            try:
+                work.follow_deltas(province, kid,
+                                   lambda path: counted(path) if path in targets.targets else None, limit=chain)
+                state = work.get(province, kid)
+                data = state.to_snapshot()
+                if _sha256(data) == want:
+                    record = _Record(state.seq, want, role_id, now)
+                    return result(DELTAS, record, len(state) - before, blobs={want: data, role_id: role_bytes})
+                note = f"the deltas end at seq {state.seq}, which is not the listed snapshot"
+            except (RevocationDataError, SyncError) as exc:
+                note = f"delta refused: {exc}"
+        elif chain:
+            note = f"{chain} deltas weigh {chain_bytes} bytes, the snapshot {snapshot_length}"
+        elif held is not None:
+            note = f"no delta from seq {held.seq} is listed"
+        # (4) the snapshot
+        try:
+            data = counted(snapshot_path)  # length and SHA-256 checked by TUF against `want`
+            if _sha256(data) != want:
+                raise TrustDataError(f"{snapshot_path} does not match its listed hash")
+            state = RevocationState.from_snapshot(data, province=province, kid=kid)
+            if held is not None:
+                old = self._held_state(shard, held)
+                if state.seq < old.seq:
+                    raise RevocationSequenceError(
+                        f"snapshot seq {state.seq} is older than the held {old.seq} (rollback)")
+                if state.seq == old.seq:
+                    raise RevocationDataError(f"snapshot at seq {state.seq} disagrees with the held state at that seq")
+                encode_delta(old, state)  # refuses a state that lifts a revocation or shrinks the universe
+                before = len(old)
+        except (RevocationDataError, SyncError) as exc:
+            # (5) the last good state stays
+            return keep(f"{note}; snapshot refused: {exc}" if note else f"snapshot refused: {exc}")
+        record = _Record(state.seq, want, role_id, now)
+        return result(SNAPSHOT, record, len(state) - before, note, blobs={want: data, role_id: role_bytes})
+
+    def _held_state(self, shard: Shard, held: _Record | None) -> RevocationState:
+        if held is None:
+            return RevocationState(*shard)
+        state = RevocationState.from_snapshot(self._get_object(held.snapshot), province=shard[0], kid=shard[1])
+        if state.seq != held.seq:
+            raise TrustDataError("cached snapshot disagrees with its record")
+        return state
+
+    # ------------------------------------------------------------------ load
+
+    def load(self, keyring: Keyring, *, now: _dt.datetime, national: Targets, snapshot: Snapshot) -> RevocationSet:
+        """The committed state of every shard live at ``now``, re-verified offline.
+
+        ``national`` and ``snapshot`` are the verified national targets and
+        snapshot of the committed trust state. Each shard's snapshot must hash
+        to what its kept province role lists, and that role must verify under
+        ``national`` (:func:`verify_province_role`). A shard that does not is
+        left out and logged: it shows in ``RevocationSet.missing``. Raises
+        :class:`TrustDataError` if ``state.json`` itself is corrupt.
+        """
+        records = self._read_records()
+        live = _live(keyring, now)
+        roles: dict[str, Targets | TrustDataError] = {}
+        states = []
+        for shard, rec in sorted(records.items()):
+            if shard not in live:
+                continue
+            province, kid = shard
+            try:
+                role = roles.get(rec.role)
+                if role is None:
+                    try:
+                        role = verify_province_role(national, snapshot, province, self._get_object(rec.role))
+                    except TrustDataError as exc:
+                        role = exc
+                    roles[rec.role] = role
+                if isinstance(role, TrustDataError):
+                    raise role
+                listed = _listed_sha256(role, snapshot_target(province, kid))
+                if listed is None or listed[0] != rec.snapshot:
+                    raise TrustDataError("the kept province role does not list this snapshot")
+                state = RevocationState.from_snapshot(self._get_object(rec.snapshot), province=province, kid=kid)
+                if state.seq != rec.seq:
+                    raise TrustDataError("cached snapshot disagrees with its record")
+            except (TrustDataError, RevocationDataError) as exc:
+                logger.warning("revocation shard %s/%s not loaded: %s", province, kid.hex(), exc)
+                continue
+            states.append(state)
+        return RevocationSet(states)
+
+    def held(self) -> dict[Shard, int]:
+        """The seq of every committed shard (unverified; for reports and tests)."""
+        return {shard: rec.seq for shard, rec in self._read_records().items()}
+
+    # ------------------------------------------------------------------ disk
+
+    def _read_records(self) -> dict[Shard, _Record]:
+        try:
+            data = self._state_path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise SyncError(f"cannot read the revocation state: {exc}") from None
+        return _records_from_bytes(data)
+
+    def _intact(self, object_id: str) -> bool:
+        try:
+            self._get_object(object_id)
+        except TrustDataError:
+            return False
+        return True
+
+    def _get_object(self, object_id: str) -> bytes:
+        try:
+            data = (self._objects / object_id).read_bytes()
+        except OSError as exc:
+            raise TrustDataError(f"cached revocation object {object_id[:16]} is missing: {exc}") from None
+        if _sha256(data) != object_id:
+            raise TrustDataError(f"cached revocation object {object_id[:16]} is corrupt")
+        return data
+
+    def _commit(self, records: Mapping[Shard, _Record], blobs: Mapping[str, bytes]) -> None:
+        """Objects first, then ``state.json`` (the commit point), then unreferenced objects go."""
+        self._objects.mkdir(parents=True, exist_ok=True)
+        for object_id, data in blobs.items():
+            path = self._objects / object_id
+            if not path.exists() or _sha256(path.read_bytes()) != object_id:  # absent, or damaged on disk
+                _atomic_write(path, data)
+        _atomic_write(self._state_path, _records_to_bytes(records))
+        keep = _referenced(records.values())
+        for entry in os.scandir(self._objects):
+            if entry.name not in keep:
+                try:
+                    os.unlink(entry.path)
+                except OSError:  # pragma: no cover - a leftover is harmless
+                    pass
+
+
+def _referenced(records: Iterable[_Record]) -> set[str]:
+    return {object_id for rec in records for object_id in (rec.snapshot, rec.role)}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
