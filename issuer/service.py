@@ -279,17 +279,33 @@ def _code_ref_pb(ref: CodeRef) -> common_pb2.CodeRef:
     return common_pb2.CodeRef(province=ref.province, kid=ref.kid, serial=ref.serial)
 
 
-def _issued_code_pb(code: IssuedCode, now: dt.datetime) -> common_pb2.IssuedCode:
-    msg = common_pb2.IssuedCode(
-        ref=_code_ref_pb(code.ref),
-        main_index_id=code.main_index_id,
-        code_text=code.text,
-        issued_at=_dt(code.issued_at),
-        expires_at=_dt(code.expires_at),
-        state=_STATE_VALUES[code.state(now)],
-    )
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _set_timestamp(ts: timestamp_pb2.Timestamp, moment: dt.datetime) -> None:
+    """:func:`_dt` written into an existing field (no message built and copied)."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime from the domain")
+    delta = moment - _EPOCH
+    ts.seconds = delta.days * 86400 + delta.seconds
+    ts.nanos = delta.microseconds * 1000
+
+
+def _issued_code_pb(code: IssuedCode, now: dt.datetime,
+                    into: common_pb2.IssuedCode | None = None) -> common_pb2.IssuedCode:
+    """The wire form of ``code``, filled in place into ``into`` (a response's field) if given."""
+    msg = common_pb2.IssuedCode() if into is None else into
+    ref = code.ref
+    msg.ref.province = ref.province
+    msg.ref.kid = ref.kid
+    msg.ref.serial = ref.serial
+    msg.main_index_id = code.main_index_id
+    msg.code_text = code.text
+    _set_timestamp(msg.issued_at, code.issued_at)
+    _set_timestamp(msg.expires_at, code.expires_at)
+    msg.state = _STATE_VALUES[code.state(now)]
     if code.revoked_at is not None:
-        msg.revoked_at.CopyFrom(_dt(code.revoked_at))
+        _set_timestamp(msg.revoked_at, code.revoked_at)
     if code.revocation_reason is not None:
         msg.revocation_reason = _REASON_VALUES[RevocationReason(code.revocation_reason)]
     return msg
@@ -558,7 +574,9 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
                 context,
                 s._codes.issue_code(caller=caller, main_index_id=main_index_id, idempotency_key=key, now=now),
             )
-            return health_codes_pb2.IssueCodeResponse(code=_issued_code_pb(s._issued(code), now))
+            response = health_codes_pb2.IssueCodeResponse()
+            _issued_code_pb(s._issued(code), now, response.code)
+            return response
 
         return await s._serve(context, impl)
 
@@ -573,7 +591,9 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
             code = await s._domain(
                 context, s._codes.renew_code(caller=s._caller(), ref=ref, idempotency_key=key, now=now)
             )
-            return health_codes_pb2.RenewCodeResponse(code=_issued_code_pb(s._issued(code), now))
+            response = health_codes_pb2.RenewCodeResponse()
+            _issued_code_pb(s._issued(code), now, response.code)
+            return response
 
         return await s._serve(context, impl)
 

@@ -47,7 +47,6 @@ import datetime as _dt
 import hashlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -69,6 +68,7 @@ from tuf.api.metadata import (
 from healthcode.errors import InvalidClaims
 from healthcode.keylist import InvalidKeyList, KeyList, parse_key_list
 from healthcode.model import parse_province
+from keys.keystore.files import write_file_atomically
 
 __all__ = [
     "RepoConfig",
@@ -837,17 +837,4 @@ def _write(path: Path, data: bytes, *, replace: bool = False) -> None:
     if not replace and path.exists():
         raise TrustRepoError(f"{path} already exists; repository files are never rewritten")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)  # mirrors serve these files to anyone
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_file_atomically(path, data, mode=0o644)  # mirrors serve these files to anyone

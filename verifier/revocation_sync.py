@@ -56,7 +56,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -76,7 +75,7 @@ from healthcode.revocation import (
     snapshot_target,
 )
 
-from .trustsync import SyncError, TrustDataError
+from .trustsync import SyncError, TrustDataError, _atomic_write
 
 __all__ = [
     "RevocationStore",
@@ -543,19 +542,3 @@ class RevocationStore:
 
 def _referenced(records: Iterable[_Record]) -> set[str]:
     return {object_id for rec in records for object_id in (rec.snapshot, rec.role)}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise

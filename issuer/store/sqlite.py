@@ -57,6 +57,7 @@ import pathlib
 import queue
 import sqlite3
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -201,6 +202,42 @@ _INSERT_CODE = (
     "INSERT INTO codes (province, kid, serial, main_index_id, issued_at, expires_at, text, caller, "
     "idempotency_key, request_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_CODE_VALUES = _INSERT_CODE.partition(" VALUES ")[0] + " VALUES "
+_CODE_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: Rows per multi-row INSERT: powers of two, so a batch takes at most a few
+#: statements and the statement cache holds at most these few shapes.
+_INSERT_CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+_INSERT_CODES_SQL = {n: _INSERT_CODE_VALUES + ", ".join([_CODE_PLACEHOLDERS] * n) for n in _INSERT_CHUNKS}
+
+
+def _insert_codes(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    """Insert ``rows`` (code params) with a few multi-row INSERTs; raises like executemany would.
+
+    One statement step for many rows instead of one per row: ``executemany``
+    releases and retakes the GIL around every row's step, and each retake
+    waits for the event loop. (256 rows x 10 columns stays under SQLite's
+    default limit of 32766 variables; a build with the old limit of 999 gets
+    chunks of at most 64 rows.)
+    """
+    position, total = 0, len(rows)
+    while position < total:
+        left = total - position
+        n = next(c for c in _INSERT_CHUNKS if c <= left and c <= _MAX_INSERT_ROWS)
+        chunk = rows[position:position + n]
+        conn.execute(_INSERT_CODES_SQL[n], [value for row in chunk for value in row])
+        position += n
+
+
+def _max_insert_rows() -> int:
+    try:
+        with contextlib.closing(sqlite3.connect(":memory:")) as probe:
+            return max(1, probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 10)
+    except (AttributeError, sqlite3.Error):  # Python < 3.11: assume the old limit of 999
+        return 99
+
+
+_MAX_INSERT_ROWS = _max_insert_rows()
+
 _SUPERSEDE = (
     "UPDATE codes SET revoked_at = ?, revocation_reason = ? "
     "WHERE province = ? AND kid = ? AND serial = ? AND main_index_id = ? AND revoked_at IS NULL"
@@ -349,7 +386,7 @@ class SQLiteStore(Store):
 
         conn = self._connect(writer=True)
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._enter_wal(conn)
             if mode.lower() != "wal":
                 raise WriteFailed(f"cannot put the database in WAL mode (got {mode})")
             self.schema_version = _migrate(conn)
@@ -361,6 +398,19 @@ class SQLiteStore(Store):
         self._writer.start()
 
     # -- connections
+
+    def _enter_wal(self, conn: sqlite3.Connection) -> str:
+        # Switching a new file to WAL takes an exclusive lock and SQLite does not run the
+        # busy handler for it: several processes (or threads) opening a fresh database at
+        # once would see "database is locked". Retry within the busy timeout instead.
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
 
     def _connect(self, *, writer: bool) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; the code says BEGIN and COMMIT itself.
@@ -699,7 +749,7 @@ class SQLiteStore(Store):
         conn.execute("BEGIN IMMEDIATE")
         plain = [item.params for item in batch if item.supersedes is None]
         if plain:
-            conn.executemany(_INSERT_CODE, plain)
+            _insert_codes(conn, plain)
         if len(plain) == len(batch):
             return [None] * len(batch)
         return [None if item.supersedes is None else self._apply_renewal(conn, item) for item in batch]
