@@ -20,7 +20,6 @@ _DIGIT_OF = bytearray([_INVALID]) * 256
 for _i, _c in enumerate(ALPHABET):
     _DIGIT_OF[ord(_c)] = _i
 _DIGIT_OF = bytes(_DIGIT_OF)
-_PAIR_ALPHABET = [a + b for b in ALPHABET for a in ALPHABET]  # index = a + 45*b
 
 
 def _low_bytes(groups: int) -> int:

@@ -21,23 +21,7 @@ from .base import (
     StoreOverloaded,
     WriteFailed,
 )
+from . import base as _base
 from .sqlite import SQLiteStore, WriterStats
 
-__all__ = [
-    "Store",
-    "ResidentRecord",
-    "IdentifierRecord",
-    "CodeRecord",
-    "RowRejected",
-    "DuplicateIdentifier",
-    "DuplicateIdempotencyKey",
-    "DuplicateSerial",
-    "ResidentNotFound",
-    "ResidentMerged",
-    "CodeNotRenewable",
-    "StoreClosed",
-    "StoreOverloaded",
-    "WriteFailed",
-    "SQLiteStore",
-    "WriterStats",
-]
+__all__ = [*_base.__all__, "SQLiteStore", "WriterStats"]
