@@ -24,6 +24,20 @@ __all__ = ["cli", "main"]
 _PATH = click.Path(path_type=pathlib.Path, dir_okay=False)
 
 
+class _DatabaseType(click.ParamType):
+    """An SQLite file path, or a PostgreSQL URL passed through as text (a path would fold its ``//``)."""
+
+    name = "path|url"
+
+    def convert(self, value, param, ctx):
+        from issuer.store import is_postgres_url
+
+        return value if is_postgres_url(value) else _PATH.convert(value, param, ctx)
+
+
+_DATABASE = _DatabaseType()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="healthcode", prog_name="healthcode-issuer")
 def cli() -> None:
@@ -34,7 +48,8 @@ def cli() -> None:
 @click.option("--config", "config_file", type=click.Path(path_type=pathlib.Path, dir_okay=False, exists=True),
               help="TOML config file; flags override it.")
 @click.option("--province", help="GB/T 2260 province code this issuer signs for, e.g. 33.")
-@click.option("--database", type=_PATH, help="SQLite database file (created if missing).")
+@click.option("--database", type=_DATABASE,
+              help="SQLite database file (created if missing), or postgresql://user@host/db[?schema=NAME].")
 @click.option("--listen", help="gRPC address host:port [default: 127.0.0.1:50051].")
 @click.option("--tls-cert", type=_PATH, help="Server certificate chain (PEM).")
 @click.option("--tls-key", type=_PATH, help="Server private key (PEM).")

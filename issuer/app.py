@@ -4,8 +4,9 @@
 :class:`~issuer.service.IssuerService` (any domain behind its two ports, so
 tests can pass fakes) from :class:`ServerOptions` holding bytes and values, not
 paths. :func:`run` is the shell ``healthcode-issuer serve`` calls: it reads
-the files an :class:`~issuer.config.IssuerConfig` names, opens the SQLite
-store, builds the domain, serves until SIGTERM/SIGINT, then shuts down:
+the files an :class:`~issuer.config.IssuerConfig` names, opens the store
+(SQLite, or PostgreSQL for a ``postgresql://`` database URL), builds the
+domain, serves until SIGTERM/SIGINT, then shuts down:
 
 1. health turns NOT_SERVING (load balancers stop sending);
 2. ``server.stop(grace)``: new RPCs are refused, in-flight ones get ``grace``
@@ -572,7 +573,8 @@ def server_options(config: IssuerConfig) -> ServerOptions:
 def build_domain(
     config: IssuerConfig, *, signer: Any, vault_secret: bytes
 ) -> tuple[ResidentIndexPort, CodeIssuerPort, Callable[[], None]]:
-    """Open the SQLite store and build the resident index and the code issuer over it.
+    """Open the store (an SQLite file, or PostgreSQL for a ``postgresql://`` URL) and build the
+    resident index and the code issuer over it.
 
     ``signer`` is one fixed :class:`healthcode.Signer` or a
     :class:`keys.lifecycle.RotatingSigner` (its per-key code counts are then
@@ -582,10 +584,10 @@ def build_domain(
     from issuer.index import ResidentIndex
     from issuer.issuance import CodeIssuer
     from issuer.privacy import IdentifierVault
-    from issuer.store.sqlite import SQLiteStore
+    from issuer.store import open_store
     from keys.lifecycle import RotatingSigner
 
-    store = SQLiteStore(config.database)
+    store = open_store(config.database)
     try:
         vault = IdentifierVault.from_secret(vault_secret)
         index = ResidentIndex(store=store, vault=vault)

@@ -10,7 +10,7 @@ signing key's passphrase is read by the CLI from the variable
 Example file (every key optional in the file if given as a flag)::
 
     province = "33"
-    database = "issuer-33.db"
+    database = "issuer-33.db"         # an SQLite file, or postgresql://user@host/db?schema=issuer_33
     listen = "0.0.0.0:50051"
     code_validity_hours = 168
     grace_period = 10.0
@@ -87,7 +87,7 @@ class IssuerConfig:
     """Everything ``healthcode-issuer serve`` needs. Validated on construction."""
 
     province: str
-    database: pathlib.Path
+    database: pathlib.Path | str  # an SQLite file, or a postgresql:// URL (text: a Path would fold its "//")
     vault_key: pathlib.Path
     signing_key: pathlib.Path | None = None
     signing_key_passphrase_env: str | None = None
@@ -124,6 +124,7 @@ class IssuerConfig:
     revocation_keep_deltas: int = 168
 
     def __post_init__(self) -> None:
+        self._check_database()
         if self.province not in PROVINCES:
             raise ConfigError("province must be a two-digit GB/T 2260 code (for example 33)")
         host, sep, port = self.listen.rpartition(":")
@@ -155,6 +156,23 @@ class IssuerConfig:
         self._check_key_source()
         self._check_key_admin()
         self._check_revocation()
+
+    def _check_database(self) -> None:
+        if not isinstance(self.database, str):
+            return
+        from issuer.store import is_postgres_url
+
+        if not is_postgres_url(self.database):
+            object.__setattr__(self, "database", pathlib.Path(self.database))  # an SQLite file given as text
+            return
+        try:  # the postgres extra: missing, it is a configuration error, not a traceback at start
+            from issuer.store.postgres import split_postgres_url
+        except ImportError:
+            raise ConfigError("database: a postgresql:// URL needs psycopg: install healthcode[postgres]") from None
+        try:
+            split_postgres_url(self.database)
+        except ValueError as e:
+            raise ConfigError(f"database: {e}") from None
 
     def _check_revocation(self) -> None:
         if self.revocation_directory is None:
@@ -202,6 +220,12 @@ def _path(value: Any) -> pathlib.Path:
     return pathlib.Path(value)
 
 
+def _database(value: Any) -> pathlib.Path | str:
+    from issuer.store import is_postgres_url
+
+    return value if is_postgres_url(value) else _path(value)
+
+
 def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError
@@ -235,7 +259,7 @@ def _millis(value: Any) -> float:
 # (file section, file key) -> (IssuerConfig field, converter). Flags use the field names.
 FILE_KEYS: Mapping[tuple[str, str], tuple[str, Callable[[Any], Any]]] = {
     ("", "province"): ("province", _str),
-    ("", "database"): ("database", _path),
+    ("", "database"): ("database", _database),
     ("", "listen"): ("listen", _str),
     ("", "code_validity_hours"): ("code_validity", _hours),
     ("", "grace_period"): ("grace_period", _number),
@@ -301,7 +325,7 @@ def _from_file(path: pathlib.Path) -> dict[str, Any]:
                 converted = convert(value)
             except (TypeError, ValueError):
                 raise ConfigError(f"config file: {name} has the wrong type") from None
-            if field in _PATH_FIELDS and not converted.is_absolute():
+            if field in _PATH_FIELDS and isinstance(converted, pathlib.Path) and not converted.is_absolute():
                 converted = path.parent / converted
             values[field] = converted
 

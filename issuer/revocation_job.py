@@ -69,8 +69,8 @@ from .revocation_publisher import (
     RevocationPublisher,
     RevocationSource,
     ShardPublication,
-    SQLiteRevocationSource,
 )
+from .store import open_revocation_source
 
 __all__ = [
     "PUSH_MODES",
@@ -509,7 +509,7 @@ def open_revocation_job(
                 raise
             raise ConfigError(f"revocation: {exc}") from None
     return RevocationPublishJob(
-        source=SQLiteRevocationSource(config.database),
+        source=open_revocation_source(config.database),
         directory=config.revocation_directory,
         keep_deltas=config.revocation_keep_deltas,
         province=config.province,

@@ -1,6 +1,7 @@
 """The store interface: what the issuer's domain needs from a database, and no more.
 
-SQLite implements it now (:mod:`issuer.store.sqlite`); PostgreSQL will next.
+SQLite (:mod:`issuer.store.sqlite`, the default) and PostgreSQL (:mod:`issuer.store.postgres`)
+implement it.
 Records are frozen dataclasses; times are aware UTC ``datetime`` values at this
 interface (stores may keep whole seconds: every time the domain passes is
 floored to the second before it is stored).
@@ -50,10 +51,33 @@ __all__ = [
     "StoreClosed",
     "StoreOverloaded",
     "WriteFailed",
+    "SchemaTooNew",
+    "WriterStats",
+    "DEFAULT_BATCH_CAP",
+    "DEFAULT_MAX_QUEUED",
+    "DEFAULT_RESIDENT_CACHE",
 ]
+
+#: Most code insertions one group commit takes.
+DEFAULT_BATCH_CAP = 512
+#: How many resident entries known to exist unmerged a store remembers (saves a read per issuance).
+DEFAULT_RESIDENT_CACHE = 200_000
+#: How many writes may wait for the writer before new ones are refused (StoreOverloaded).
+DEFAULT_MAX_QUEUED = 50_000
 
 
 # --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """What a store's writer has done since the store opened (for tests, metrics and benchmarks)."""
+
+    transactions: int  # committed transactions, of all kinds
+    batches: int  # committed group-commit batches of code insertions
+    codes: int  # codes committed
+    largest_batch: int  # most codes committed by one transaction
+    fallbacks: int  # batches that fell back to row-by-row
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +155,10 @@ class CodeRecord:
 
 
 # --------------------------------------------------------------------------- errors
+
+
+class SchemaTooNew(IssuerError):
+    """The database was migrated by newer software than this."""
 
 
 class RowRejected(IssuerError):

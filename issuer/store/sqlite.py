@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import pathlib
 import queue
@@ -69,6 +70,9 @@ from healthcode.model import from_epoch, to_epoch
 from ..errors import Conflict, IssuerError
 from ..model import CodeRef, RevocationReason
 from .base import (
+    DEFAULT_BATCH_CAP,
+    DEFAULT_MAX_QUEUED,
+    DEFAULT_RESIDENT_CACHE,
     CodeNotRenewable,
     CodeRecord,
     DuplicateIdempotencyKey,
@@ -78,22 +82,21 @@ from .base import (
     ResidentMerged,
     ResidentNotFound,
     ResidentRecord,
+    SchemaTooNew,
     Store,
     StoreClosed,
     StoreOverloaded,
     WriteFailed,
+    WriterStats,
 )
 
 __all__ = ["SQLiteStore", "WriterStats", "MIGRATIONS", "SchemaTooNew", "DEFAULT_BATCH_CAP"]
 
-DEFAULT_BATCH_CAP = 512
+log = logging.getLogger("issuer.store")
+
 DEFAULT_BUSY_TIMEOUT_MS = 5000
-DEFAULT_RESIDENT_CACHE = 200_000
-DEFAULT_MAX_QUEUED = 50_000
-
-
-class SchemaTooNew(IssuerError):
-    """The database was migrated by newer software than this."""
+#: How long the writer lets a group commit fill up once it has seen concurrent writes (seconds).
+DEFAULT_COMMIT_LINGER = 0.002
 
 
 # --------------------------------------------------------------------------- migrations
@@ -331,17 +334,6 @@ class _Operation:
 _STOP = object()
 
 
-@dataclass(frozen=True, slots=True)
-class WriterStats:
-    """What the writer has done since the store opened (for tests, metrics and benchmarks)."""
-
-    transactions: int  # committed transactions, of all kinds
-    batches: int  # committed group-commit batches of code insertions
-    codes: int  # codes committed
-    largest_batch: int  # most codes committed by one transaction
-    fallbacks: int  # batches that fell back to row-by-row
-
-
 # --------------------------------------------------------------------------- the store
 
 
@@ -365,9 +357,13 @@ class SQLiteStore(Store):
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         resident_cache_size: int = DEFAULT_RESIDENT_CACHE,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        commit_linger: float = DEFAULT_COMMIT_LINGER,
     ) -> None:
         if batch_cap < 1 or max_queued < 1:
             raise ValueError("batch_cap and max_queued must be at least 1")
+        if not 0 <= commit_linger <= 0.1:
+            raise ValueError("commit_linger must be 0 to 0.1 seconds")
+        self._commit_linger = float(commit_linger)
         self._max_queued = max_queued
         self.path = pathlib.Path(path)
         self._batch_cap = batch_cap
@@ -650,9 +646,18 @@ class SQLiteStore(Store):
 
     def _run_writer(self) -> None:
         get, get_nowait, cap = self._queue.get, self._queue.get_nowait, self._batch_cap
+        linger, sleep = self._commit_linger, time.sleep
+        busy = False  # did the last batch hold more than one code (writes arrive concurrently)?
         while True:
-            items = [get()]
-            codes = type(items[0]) is _CodeItem
+            first = get()
+            if busy and type(first) is _CodeItem:
+                # Group commit that fills up: under concurrent load, wait ``linger``
+                # for the codes in flight behind this one and commit them together.
+                # One sleep, not a wake-up per arrival: the event loop keeps the GIL.
+                # A lone caller (last batch of one) is never delayed.
+                sleep(linger)
+            items = [first]
+            codes = type(first) is _CodeItem
             while codes < cap:
                 try:
                     item = get_nowait()
@@ -660,6 +665,7 @@ class SQLiteStore(Store):
                     break
                 items.append(item)
                 codes += type(item) is _CodeItem
+            busy = codes > 1
             batch: list[_CodeItem] = []
             for item in items:
                 if type(item) is _CodeItem:
@@ -821,6 +827,9 @@ class SQLiteStore(Store):
             self._queue.put(_STOP)
         self._writer.join()
         self._conn.close()
+        s = self.write_stats()
+        log.info("store closed: %d transactions, %d code batches, %d codes, largest batch %d, %d fallbacks",
+                 s.transactions, s.batches, s.codes, s.largest_batch, s.fallbacks, extra={"event": "store_closed"})
         with self._readers_lock:
             for conn in self._all_readers:
                 with contextlib.suppress(sqlite3.Error):

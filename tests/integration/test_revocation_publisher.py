@@ -1,4 +1,7 @@
-"""From a real issuer store to a verifier: revoke, publish snapshot and delta, refresh, verify."""
+"""From a real issuer store to a verifier: revoke, publish snapshot and delta, refresh, verify.
+
+The ``world`` runs on each store (SQLite, PostgreSQL: the ``backend`` fixture) with its revocation source.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +30,6 @@ from issuer.revocation_publisher import (
     RevocationPublisher,
     SQLiteRevocationSource,
 )
-from issuer.store import SQLiteStore
 
 NOW = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
 VAULT_KEYS = {"blind_index_key": b"I" * 32, "encryption_key": b"E" * 32}
@@ -52,10 +54,10 @@ def document(seq: int):
 
 
 class Issuer:
-    """A real SQLite store, main index and code issuer, driven synchronously."""
+    """A real store, main index and code issuer, driven synchronously."""
 
-    def __init__(self, path, signers):
-        self.store = SQLiteStore(path)
+    def __init__(self, store, signers):
+        self.store = store
         self.index = ResidentIndex(store=self.store, vault=IdentifierVault(**VAULT_KEYS))
         self.current = signers[0]
         self.issuer = CodeIssuer(store=self.store, province="33", signer_for=lambda now: self.current)
@@ -76,11 +78,11 @@ class Issuer:
 
 
 @pytest.fixture
-def world(tmp_path):
+def world(backend, tmp_path):
     signers = [es256("k1"), es256("k2")]
-    issuer = Issuer(tmp_path / "issuer-33.db", signers)
-    publisher = RevocationPublisher(source=SQLiteRevocationSource(issuer.store.path),
-                                    directory=tmp_path / "targets", fsync=False)
+    issuer = Issuer(backend.open(), signers)
+    issuer.source = backend.revocation_source()
+    publisher = RevocationPublisher(source=issuer.source, directory=tmp_path / "targets", fsync=False)
     try:
         yield issuer, publisher, signers
     finally:
@@ -190,8 +192,7 @@ def test_renewals_and_key_rotation_make_shards(world):
 
 def test_retention_and_retirement(world, tmp_path):
     issuer, _, signers = world
-    publisher = RevocationPublisher(source=SQLiteRevocationSource(issuer.store.path),
-                                    directory=tmp_path / "kept", keep_deltas=2, fsync=False)
+    publisher = RevocationPublisher(source=issuer.source, directory=tmp_path / "kept", keep_deltas=2, fsync=False)
     kid = signers[0].kid
     mid = issuer.resident(9)
     codes = [issuer.issue(mid) for _ in range(5)]

@@ -1,45 +1,17 @@
-"""The SQLite store on real files: schema and migrations, privacy at rest, group commit, durability."""
+"""What only the SQLite store has: PRAGMAs, WAL, and its sqlite-utils migrations.
+
+The store contract itself (group commit, serials, idempotency, privacy at
+rest, ...) runs on SQLite and PostgreSQL alike in ``test_store_contract.py``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import sqlite3
-import threading
-import time
-from concurrent.futures import wait
 
 import pytest
 
-import healthcode as hc
-from issuer.documents import DocumentType, canonical_form, make_resident_id, parse_document
-from issuer.errors import AlreadyExists, Conflict, Unavailable
-from issuer.index import ResidentIndex
-from issuer.issuance import CodeIssuer
-from issuer.model import CodeRef, RevocationReason
-from issuer.privacy import IdentifierVault, SealedValueError
-from issuer.store import (
-    CodeNotRenewable,
-    CodeRecord,
-    DuplicateIdempotencyKey,
-    DuplicateIdentifier,
-    DuplicateSerial,
-    IdentifierRecord,
-    ResidentMerged,
-    ResidentNotFound,
-    ResidentRecord,
-    SQLiteStore,
-    StoreClosed,
-    StoreOverloaded,
-)
-from issuer.store.sqlite import MIGRATIONS, SchemaTooNew
-
-NOW = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
-TODAY = NOW.date()
-VAULT = IdentifierVault(blind_index_key=b"i" * 32, encryption_key=b"e" * 32)
-KID = b"kid-0001"
-MID_A = hc.main_index_id_from_bytes(bytes([1]) * 16)
-MID_B = hc.main_index_id_from_bytes(bytes([2]) * 16)
+from issuer.store import SQLiteStore
+from issuer.store.sqlite import MIGRATIONS
 
 
 @pytest.fixture
@@ -54,51 +26,6 @@ def store(path):
     s.close()
 
 
-def resident(mid: str = MID_A) -> ResidentRecord:
-    return ResidentRecord(main_index_id=mid, created_at=NOW)
-
-
-def code(serial: int, mid: str = MID_A, *, key: str | None = None, caller: str = "app", kid: bytes = KID,
-         expires: dt.datetime | None = None) -> CodeRecord:
-    return CodeRecord(
-        province="33",
-        kid=kid,
-        serial=serial,
-        main_index_id=mid,
-        issued_at=NOW,
-        expires_at=expires or NOW + dt.timedelta(days=7),
-        text=f"EHC1:TEST{serial}",
-        caller=caller,
-        idempotency_key=key,
-        request_fingerprint=None if key is None else b"f" * 16,
-    )
-
-
-def identifier(number_seq: int, mid: str = MID_A, *, primary: bool = True) -> IdentifierRecord:
-    doc = parse_document("resident_id", make_resident_id("330102", dt.date(1990, 1, 1), number_seq), today=TODAY)
-    bi = VAULT.blind_index(canonical_form(doc))
-    return IdentifierRecord(bi, doc.type.value, VAULT.seal(canonical_form(doc), aad=bi), mid, primary, NOW)
-
-
-def wait_for_queue(store, size: int, timeout: float = 10.0) -> None:
-    """Wait until exactly ``size`` writes wait in the store's queue (the writer took the rest)."""
-    deadline = time.monotonic() + timeout
-    while store._queue.qsize() != size:
-        assert time.monotonic() < deadline, "the writer did not pick up its queue"
-        time.sleep(0.005)
-    time.sleep(0.05)  # and is now blocked on the lock
-
-
-def hold_write_lock(path):
-    """Another connection takes the write lock, so the store's writer queues up behind it."""
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
-    return other
-
-
-# --------------------------------------------------------------------------- schema and migrations
-
-
 def test_schema_is_created_from_empty(store, path):
     raw = sqlite3.connect(path)
     assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == store.schema_version
@@ -110,28 +37,6 @@ def test_schema_is_created_from_empty(store, path):
     assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
     raw.close()
-
-
-def test_reopen_is_idempotent_and_keeps_data(path):
-    with SQLiteStore(path) as s:
-        s.create_resident(resident(), [identifier(1)]).result()
-        s.submit_code(code(0)).result()
-        schema = sqlite3.connect(path).execute("SELECT group_concat(sql) FROM sqlite_master").fetchone()[0]
-    for _ in range(2):
-        with SQLiteStore(path) as s:
-            assert s.schema_version == len(MIGRATIONS)
-            assert s.get_code(CodeRef("33", KID, 0)).text == "EHC1:TEST0"
-            assert s.get_resident(MID_A).active
-    assert sqlite3.connect(path).execute("SELECT group_concat(sql) FROM sqlite_master").fetchone()[0] == schema
-
-
-def test_a_newer_schema_is_refused(path):
-    SQLiteStore(path).close()
-    raw = sqlite3.connect(path)
-    raw.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    raw.close()
-    with pytest.raises(SchemaTooNew):
-        SQLiteStore(path)
 
 
 def test_new_migrations_apply_in_order_once(path, monkeypatch):
@@ -176,316 +81,24 @@ def test_a_failing_migration_leaves_the_previous_version(path, monkeypatch):
     raw.close()
 
 
-def test_concurrent_opens_migrate_once(path):
-    stores, errors = [], []
+def test_the_sqlite_default_never_imports_psycopg(tmp_path):
+    """PostgreSQL support is an extra: nothing on the SQLite path may import it."""
+    import pathlib
+    import subprocess
+    import sys
 
-    def open_one():
-        try:
-            stores.append(SQLiteStore(path))
-        except Exception as exc:  # pragma: no cover - the failure being tested for
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_one) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for s in stores:
-        s.close()
-    assert errors == [] and len(stores) == 4
-
-
-# --------------------------------------------------------------------------- privacy at rest
-
-
-def _all_db_bytes(path) -> bytes:
-    blobs = b""
-    for suffix in ("", "-wal", "-shm"):
-        p = path.with_name(path.name + suffix)
-        if p.exists():
-            blobs += p.read_bytes()
-    return blobs
-
-
-def _forms(number: str) -> list[bytes]:
-    digits = "".join(ch for ch in number if ch.isdigit())
-    forms = [number, digits, number[:17], number[6:14] + number[14:17], number.lower()]
-    out = []
-    for form in forms:
-        out += [form.encode("ascii"), form.encode("utf-16-le"), form.encode("utf-16-be")]
-    return out
-
-
-def test_database_file_reveals_no_document_number(path):
-    numbers = {
-        "resident_id": make_resident_id("330102", dt.date(1987, 6, 5), 431),
-        "residence_permit_hmt": make_resident_id("810000", dt.date(1992, 3, 4), 17),
-        "passport": "E12345678",
-        "travel_permit_hk_mo": "H12345678",
-    }
-    docs = {
-        t: parse_document(t, n, country="CHN" if t == "passport" else None, today=TODAY) for t, n in numbers.items()
-    }
-
-    async def scenario(s):
-        index = ResidentIndex(store=s, vault=VAULT)
-        issuer = CodeIssuer(store=s, province="33", signer=hc.SoftwareSigner(hc.generate_signing_key()))
-        mid = await index.register_resident(docs["resident_id"], [docs["passport"]], now=NOW)
-        other = await index.register_resident(docs["residence_permit_hmt"], now=NOW)
-        await index.link_identifier(mid, docs["travel_permit_hk_mo"], now=NOW)
-        await index.merge_residents(survivor=mid, merged=other, now=NOW)
-        for _ in range(5):
-            await issuer.issue_code(caller="app", main_index_id=mid, idempotency_key=None, now=NOW)
-        assert await index.find_resident(docs["residence_permit_hmt"]) == mid
-
-    s = SQLiteStore(path)
-    asyncio.run(scenario(s))
-    while_open = _all_db_bytes(path)  # a copy taken while the server runs, WAL included
-    s.close()
-    after_close = _all_db_bytes(path)
-    for blob in (while_open, after_close):
-        assert len(blob) > 4096
-        for number in numbers.values():
-            for form in _forms(number):
-                assert form not in blob
-        for doc in docs.values():
-            assert canonical_form(doc) not in blob
-
-
-def test_identifier_rows_hold_only_blind_index_and_sealed_value(path):
-    doc = parse_document("resident_id", make_resident_id("110101", dt.date(2001, 2, 3), 9), today=TODAY)
-
-    async def register(s):
-        return await ResidentIndex(store=s, vault=VAULT).register_resident(doc, now=NOW)
-
-    with SQLiteStore(path) as s:
-        mid = asyncio.run(register(s))
-    raw = sqlite3.connect(path)
-    rows = raw.execute("SELECT blind_index, doc_type, sealed, main_index_id, is_primary FROM identifiers").fetchall()
-    assert len(rows) == 1
-    bi, doc_type, sealed, row_mid, primary = rows[0]
-    assert bi == VAULT.blind_index(canonical_form(doc)) and doc_type == "resident_id" and primary == 1
-    assert row_mid == mid and VAULT.open(sealed, aad=bi) == canonical_form(doc)
-    # tampering with the stored sealed value is detected
-    tampered = bytearray(sealed)
-    tampered[-5] ^= 0x20
-    raw.execute("UPDATE identifiers SET sealed = ?", (bytes(tampered),))
-    raw.commit()
-    stored = raw.execute("SELECT sealed FROM identifiers").fetchone()[0]
-    with pytest.raises(SealedValueError):
-        VAULT.open(stored, aad=bi)
-    raw.close()
-
-
-def test_blind_index_is_stable_across_reopen_and_useless_with_another_key(path):
-    doc = parse_document("passport", "X1234567", country="USA", today=TODAY)
-
-    async def register(s):
-        return await ResidentIndex(store=s, vault=VAULT).register_resident(doc, now=NOW)
-
-    async def find(s, vault):
-        return await ResidentIndex(store=s, vault=vault).find_resident(doc)
-
-    with SQLiteStore(path) as s:
-        mid = asyncio.run(register(s))
-    with SQLiteStore(path) as s:
-        same_keys = IdentifierVault(blind_index_key=b"i" * 32, encryption_key=b"e" * 32)
-        assert asyncio.run(find(s, same_keys)) == mid
-        other = IdentifierVault(blind_index_key=b"j" * 32, encryption_key=b"e" * 32)
-        from issuer.errors import NotFound
-
-        with pytest.raises(NotFound):
-            asyncio.run(find(s, other))
-
-
-# --------------------------------------------------------------------------- group commit
-
-
-def test_group_commit_batches_concurrent_submissions(store, path):
-    store.create_resident(resident(), []).result()
-    before = store.write_stats()
-    futures = []
-    lock = threading.Lock()
-
-    def submitter(start):
-        for serial in range(start, 1000, 8):
-            f = store.submit_code(code(serial))
-            with lock:
-                futures.append(f)
-
-    threads = [threading.Thread(target=submitter, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    done, not_done = wait(futures, timeout=60)
-    assert not not_done and all(f.exception() is None for f in done)
-    after = store.write_stats()
-    assert after.codes - before.codes == 1000
-    assert after.batches - before.batches < 1000  # fewer transactions than codes
-    store.close()
-    with SQLiteStore(path) as again:
-        assert sorted(r.serial for r in again.codes_of(MID_A)) == list(range(1000))
-        assert again.next_serial("33", KID) == 1000
-
-
-def test_queued_writes_commit_in_one_batch(store, path):
-    store.create_resident(resident(), []).result()
-    other = hold_write_lock(path)
-    first = store.submit_code(code(0))
-    wait_for_queue(store, 0)  # the writer has taken the first and waits for the lock
-    rest = [store.submit_code(code(serial)) for serial in range(1, 301)]
-    before = store.write_stats()
-    other.execute("COMMIT")
-    other.close()
-    assert all(f.result(timeout=30) is None for f in [first] + rest)
-    after = store.write_stats()
-    assert after.batches - before.batches <= 3
-    assert after.largest_batch >= 250
-
-
-def test_a_bad_row_fails_alone(store, path):
-    store.create_resident(resident(), []).result()
-    store.submit_code(code(0, key="retry-me")).result()
-    other = hold_write_lock(path)
-    blocker = store.submit_code(code(1))
-    wait_for_queue(store, 0)
-    good = [store.submit_code(code(serial)) for serial in range(2, 50)]
-    dup_key = store.submit_code(code(50, key="retry-me"))  # a racing idempotent retry
-    dup_serial = store.submit_code(code(3))
-    unknown = store.submit_code(code(51, MID_B))
-    more = [store.submit_code(code(serial)) for serial in range(52, 60)]
-    other.execute("COMMIT")
-    other.close()
-    assert blocker.result(timeout=30) is None
-    assert all(f.result(timeout=30) is None for f in good + more)
-    with pytest.raises(DuplicateIdempotencyKey):
-        dup_key.result()
-    with pytest.raises(DuplicateSerial):
-        dup_serial.result()
-    with pytest.raises(ResidentNotFound):
-        unknown.result()
-    assert store.write_stats().fallbacks >= 1
-    serials = [r.serial for r in store.codes_of(MID_A)]
-    assert serials == [0, 1] + list(range(2, 50)) + list(range(52, 60))
-
-
-def test_close_drains_the_queue_then_refuses(path):
-    s = SQLiteStore(path)
-    s.create_resident(resident(), [])
-    futures = [s.submit_code(code(serial)) for serial in range(300)]
-    s.close()
-    assert all(f.done() and f.exception() is None for f in futures)
-    with pytest.raises(StoreClosed) as info:
-        s.submit_code(code(300))
-    assert isinstance(info.value, Unavailable)
-    with SQLiteStore(path) as again:
-        assert len(again.codes_of(MID_A)) == 300
-
-
-def test_a_full_queue_pushes_back(path):
-    with SQLiteStore(path, max_queued=5) as s:
-        s.create_resident(resident(), []).result()
-        other = hold_write_lock(path)
-        first = s.submit_code(code(0))
-        wait_for_queue(s, 0)  # taken by the writer, which waits for the lock
-        queued = [s.submit_code(code(serial)) for serial in range(1, 6)]
-        with pytest.raises(StoreOverloaded) as info:
-            s.submit_code(code(6))
-        assert isinstance(info.value, Unavailable)
-        other.execute("COMMIT")
-        other.close()
-        assert all(f.result(timeout=30) is None for f in [first] + queued)
-        s.submit_code(code(6)).result(timeout=30)
-
-
-def test_submitted_futures_cannot_be_cancelled(store):
-    store.create_resident(resident(), []).result()
-    f = store.submit_code(code(0))
-    assert not f.cancel()
-    assert f.result(timeout=10) is None
-
-
-# --------------------------------------------------------------------------- serials, residents, codes
-
-
-def test_next_serial_never_goes_back(store, path):
-    assert store.next_serial("33", KID) == 0
-    store.create_resident(resident(), []).result()
-    for serial in range(5):
-        store.submit_code(code(serial)).result()
-    assert store.next_serial("33", KID) == 5
-    assert store.next_serial("33", b"other-kid") == 0
-    assert store.next_serial("44", KID) == 0
-    raw = sqlite3.connect(path)
-    raw.execute("DELETE FROM codes")  # e.g. a future purge of expired codes
-    raw.commit()
-    raw.close()
-    assert store.next_serial("33", KID) == 5
-
-
-def test_identifiers_are_unique_and_name_their_position(store):
-    store.create_resident(resident(MID_A), [identifier(1), identifier(2, primary=False)]).result()
-    with pytest.raises(DuplicateIdentifier) as info:
-        store.create_resident(resident(MID_B), [identifier(3, MID_B), identifier(2, MID_B, primary=False)]).result()
-    assert info.value.position == 1 and isinstance(info.value, AlreadyExists)
-    assert store.get_resident(MID_B) is None  # nothing of the failed registration stayed
-    assert store.find_identifier(identifier(3).blind_index) is None
-    assert store.add_identifier(identifier(2, primary=False)).result() is False  # same resident: no-op
-    with pytest.raises(ResidentNotFound):
-        store.add_identifier(identifier(4, MID_B, primary=False)).result()
-    kinds = [(r.doc_type, r.primary) for r in store.identifiers_of(MID_A)]
-    assert kinds == [("resident_id", True), ("resident_id", False)]
-    assert DocumentType(kinds[0][0]) is DocumentType.RESIDENT_ID
-
-
-def test_merge_revokes_live_codes_and_moves_identifiers(store):
-    store.create_resident(resident(MID_A), [identifier(1, MID_A)]).result()
-    store.create_resident(resident(MID_B), [identifier(2, MID_B)]).result()
-    store.submit_code(code(0, MID_B)).result()
-    store.submit_code(code(1, MID_B, expires=NOW - dt.timedelta(seconds=1))).result()  # expired: left alone
-    store.submit_code(code(2, MID_B)).result()
-    store.revoke_code(CodeRef("33", KID, 2), reason=RevocationReason.LOST_DEVICE, at=NOW).result()
-    store.submit_code(code(3, MID_A)).result()
-    assert store.merge_residents(survivor=MID_A, merged=MID_B, at=NOW).result() == 1
-    by_serial = {r.serial: r for r in store.codes_of(MID_B)}
-    assert by_serial[0].revocation_reason is RevocationReason.MERGED and by_serial[0].revoked_at == NOW
-    assert by_serial[1].revoked_at is None
-    assert by_serial[2].revocation_reason is RevocationReason.LOST_DEVICE
-    assert store.get_code(CodeRef("33", KID, 3)).revoked_at is None
-    assert {r.main_index_id for r in store.identifiers_of(MID_A)} == {MID_A}
-    assert len(store.identifiers_of(MID_A)) == 2 and store.identifiers_of(MID_B) == []
-    assert store.get_resident(MID_B).merged_into == MID_A
-    assert not store.known_active(MID_B)
-    with pytest.raises(ResidentMerged):
-        store.merge_residents(survivor=MID_A, merged=MID_B, at=NOW).result()
-    with pytest.raises(ResidentMerged):
-        store.submit_code(code(4, MID_B)).result()
-    with pytest.raises(Conflict):
-        store.merge_residents(survivor=MID_A, merged=MID_A, at=NOW).result()
-
-
-def test_renewal_supersedes_atomically(store):
-    store.create_resident(resident(MID_A), []).result()
-    store.create_resident(resident(MID_B), []).result()
-    store.submit_code(code(0)).result()
-    store.submit_code(code(1), supersedes=CodeRef("33", KID, 0)).result()
-    old = store.get_code(CodeRef("33", KID, 0))
-    assert old.revocation_reason is RevocationReason.SUPERSEDED
-    with pytest.raises(CodeNotRenewable):  # already superseded
-        store.submit_code(code(2), supersedes=CodeRef("33", KID, 0)).result()
-    with pytest.raises(CodeNotRenewable):  # someone else's code
-        store.submit_code(code(3, MID_B), supersedes=CodeRef("33", KID, 1)).result()
-    assert store.get_code(CodeRef("33", KID, 2)) is None and store.get_code(CodeRef("33", KID, 3)) is None
-    assert store.get_code(CodeRef("33", KID, 1)).revoked_at is None
-    assert store.next_serial("33", KID) == 2
-
-
-def test_revoke_keeps_the_first_reason_and_time(store):
-    store.create_resident(resident(), []).result()
-    store.submit_code(code(0)).result()
-    first = store.revoke_code(CodeRef("33", KID, 0), reason=RevocationReason.FRAUD, at=NOW).result()
-    later = NOW + dt.timedelta(hours=1)
-    second = store.revoke_code(CodeRef("33", KID, 0), reason=RevocationReason.OTHER, at=later).result()
-    assert first == second and second.revocation_reason is RevocationReason.FRAUD and second.revoked_at == NOW
-    assert store.revoke_code(CodeRef("33", KID, 9), reason=RevocationReason.FRAUD, at=NOW).result() is None
+    root = pathlib.Path(__file__).resolve().parents[2]
+    program = (
+        "import pathlib, sys\n"
+        "import issuer.__main__, issuer.app, issuer.revocation_job\n"
+        "from issuer.config import load_config\n"
+        "from issuer.store import open_revocation_source, open_store\n"
+        "config = load_config(None, {'province': '33', 'database': sys.argv[1], 'signing_key': pathlib.Path('k'),\n"
+        "                            'vault_key': pathlib.Path('v'), 'insecure_dev_plaintext': True,\n"
+        "                            'api_keys': pathlib.Path('c.toml')})\n"
+        "assert isinstance(config.database, pathlib.Path), config.database\n"
+        "open_store(config.database).close()\n"
+        "open_revocation_source(config.database).shards()\n"
+        "assert 'psycopg' not in sys.modules, 'psycopg was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", program, str(tmp_path / "issuer.db")], check=True, cwd=root, timeout=60)
