@@ -15,10 +15,10 @@ domain, serves until SIGTERM/SIGINT, then shuts down:
 4. the revocation job, if configured, is stopped (a pending publication runs first);
 5. the store is closed.
 
-Interceptors, outermost first: :class:`ObservabilityInterceptor` (one JSON log
-line and metrics per RPC) and :class:`~issuer.auth.AuthInterceptor`, run as one
-wrapper (``ObservabilityInterceptor(admission=...)``). Both leave the standard
-health service alone. Logs carry the method, caller, status code
+No interceptors: services register through :class:`ObservedHandlers`, which
+wraps each method handler once with one JSON log line and metrics per RPC and
+with :class:`~issuer.auth.Admission` (authentication, rate limits). Both leave
+the standard health service alone. Logs carry the method, caller, status code
 and latency, never request contents.
 """
 
@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 import healthcode as hc
@@ -54,7 +54,7 @@ __all__ = [
     "TlsMaterial",
     "ServerOptions",
     "Metrics",
-    "ObservabilityInterceptor",
+    "ObservedHandlers",
     "JsonFormatter",
     "BatchingStreamHandler",
     "IssuerServer",
@@ -131,6 +131,9 @@ class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, and the RPC fields if present."""
 
     def format(self, record: logging.LogRecord) -> str:
+        line = record.__dict__.get("json_line")
+        if line is not None:  # made with the record (_rpc_record): the same fields, in this order
+            return line
         entry: dict[str, Any] = {
             "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname,
@@ -246,6 +249,7 @@ class Metrics:
         )
 
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._issued_children: dict[str, Any] = {}
 
     def observe_rpc(self, method: str, code: str, latency: float) -> None:
         children = self._children.get((method, code))
@@ -256,24 +260,121 @@ class Metrics:
         children[1].observe(latency)
 
     def on_issued(self, code: IssuedCode) -> None:
-        self.codes_issued.labels(code.ref.province).inc()
+        province = code.ref.province
+        child = self._issued_children.get(province)
+        if child is None:
+            child = self._issued_children[province] = self.codes_issued.labels(province)
+        child.inc()
 
 
-class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
-    """Times every RPC outside ``exempt_services``; counts it by status code; logs one line.
+_RPC_RECORD_TEMPLATE = logging.LogRecord("issuer.rpc", logging.INFO, "(rpc)", 0, "rpc", (), None).__dict__
 
-    With ``admission`` (an :class:`~issuer.auth.AuthInterceptor`), it also
-    authenticates and rate-limits, inside the same wrapper: the same
-    behaviour as the two interceptors chained (this one outermost), with one
-    interceptor hop and one coroutine per call instead of five.
+
+class _Timestamps:
+    """ISO 8601 UTC text of ``time.time()`` values to the millisecond, as :class:`JsonFormatter` writes
+    them; the part up to the second is formatted once a second."""
+
+    __slots__ = ("_second", "_prefix")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{int((created - second) * 1000):03d}+00:00"
+
+
+def _rpc_record(method: str, caller: str | None, code: str, latency_ms: float) -> logging.LogRecord:
+    """The per-RPC log record, its JSON line made here (see :meth:`JsonFormatter.format`).
+
+    ``Logger.makeRecord`` and the generic formatter cost ~13 µs a line, a
+    measurable share of a ~300 µs RPC; this costs ~4. Every value is known to
+    need no JSON escaping: ``method`` is a registered method name, ``code`` a
+    status name, ``caller`` matched :data:`issuer.auth` 's caller-name pattern.
+    """
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    fields = record.__dict__
+    fields.update(_RPC_RECORD_TEMPLATE)
+    created = time.time()
+    fields.update(created=created, msecs=(created - int(created)) * 1000, event="rpc", method=method, caller=caller,
+                  code=code, latency_ms=latency_ms)
+    who = "null" if caller is None else f'"{caller}"'
+    fields["json_line"] = (
+        f'{{"ts":"{_timestamp(created)}","level":"INFO","logger":"issuer.rpc","msg":"rpc","event":"rpc",'
+        f'"method":"{method}","caller":{who},"code":"{code}","latency_ms":{latency_ms}}}'
+    )
+    return record
+
+
+_timestamp = _Timestamps()
+
+
+def _wrap_handler(handler: grpc.RpcMethodHandler, around: Callable[[Any, grpc.aio.ServicerContext, Callable], Any]):
+    """A copy of ``handler`` whose behaviour runs inside ``around(request, context, behaviour)``.
+
+    Works for all four RPC kinds. ``around`` returns an awaitable that awaits
+    ``behaviour(request, context)``, or, when the behaviour is an async
+    generator (streaming responses), an async iterator over it. Streaming
+    handlers that write with ``context.write`` are plain coroutines and are
+    awaited like unary ones.
+    """
+    if handler.request_streaming and handler.response_streaming:
+        behaviour, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        behaviour, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        behaviour, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    else:
+        behaviour, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+
+    if handler.response_streaming and inspect.isasyncgenfunction(behaviour):
+
+        async def streaming(request, context):
+            async for item in around(request, context, behaviour):
+                yield item
+
+        wrapped = streaming
+    else:
+
+        async def unary(request, context):
+            return await around(request, context, behaviour)
+
+        wrapped = unary
+    return factory(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class ObservedHandlers:
+    """Wraps each method handler, once, when its service registers: admission and observability.
+
+    Every RPC outside ``exempt_services`` is timed, counted by status code and
+    logged as one JSON line; with ``admission`` (an
+    :class:`~issuer.auth.Admission`) every RPC it does not exempt is
+    authenticated and rate-limited before the servicer runs. Services register
+    on :meth:`registrar` instead of the server.
+
+    Why not ``grpc.aio`` interceptors: an interceptor pipeline runs per call,
+    before the handler is found, as coroutines; wrapping at registration costs
+    nothing per call beyond the wrapper itself (measured: see
+    docs/benchmarks.md, "Issuer").
     """
 
     def __init__(self, metrics: Metrics, *, exempt_services: Iterable[str] = (auth.HEALTH_SERVICE,),
-                 admission: auth.AuthInterceptor | None = None) -> None:
+                 admission: auth.Admission | None = None) -> None:
         self._metrics = metrics
         self._exempt = frozenset(exempt_services)
         self._admission = admission
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # by method: wrapped once
+
+    def registrar(self, server: grpc.aio.Server) -> "_Registrar":
+        """A stand-in for ``server`` that generated ``add_*_to_server`` functions register on."""
+        return _Registrar(server, self.wrap)
 
     def _record(self, method: str, context: grpc.aio.ServicerContext, start: float,
                 error: BaseException | None) -> None:
@@ -288,49 +389,32 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         self._metrics.observe_rpc(method, name, latency)
         if rpc_log.isEnabledFor(logging.INFO):
-            # rpc_log.info() without its caller lookup (a stack walk per line): the
-            # JSON line has no source location.
-            rpc_log.handle(rpc_log.makeRecord(
-                rpc_log.name, logging.INFO, "(rpc)", 0, "rpc", (), None,
-                extra={"method": method, "caller": auth.peek_caller(), "code": name,
-                       "latency_ms": round(latency * 1000, 3), "event": "rpc"},
-            ))
+            rpc_log.handle(_rpc_record(method, auth.peek_caller(), name, round(latency * 1000, 3)))
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        wrapped = self._wrapped.get(handler_call_details.method)
-        if wrapped is None:
-            wrapped = self._wrapped[handler_call_details.method] = self._wrap_for(
-                handler, handler_call_details.method
-            )
-        return wrapped
-
-    def _wrap_for(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+    def wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` of ``full_method`` (``/pkg.Service/Method``) with admission and observability."""
         admission = self._admission
         if admission is not None and admission.exempt(full_method):
             admission = None
-        if auth.service_of(full_method) in self._exempt:
-            if admission is None:
-                return handler
-            return admission._wrap(handler)  # authenticated, not observed
+        observed = auth.service_of(full_method) not in self._exempt
+        if not observed and admission is None:
+            return handler
         method = full_method.lstrip("/")
-        if admission is None or handler.request_streaming or handler.response_streaming:
-            if admission is not None:
-                handler = admission._wrap(handler)
-            return self._wrap(handler, method)
+        if handler.request_streaming or handler.response_streaming or not observed:
+            return _wrap_handler(handler, self._around(method, admission, observed))
         # Unary-unary (every issuer RPC): one coroutine does timing, admission and the call.
-        record, check, behaviour = self._record, admission.check, handler.unary_unary
+        record, behaviour = self._record, handler.unary_unary
+        check = admission.check if admission is not None else None
         perf_counter, clear_caller = time.perf_counter, auth.clear_caller
 
         async def unary(request, context):
             start, error = perf_counter(), None
             clear_caller()
             try:
-                refusal = check(context)
-                if refusal is not None:
-                    await context.abort(*refusal)
+                if check is not None:
+                    refusal = check(context)
+                    if refusal is not None:
+                        await context.abort(*refusal)
                 return await behaviour(request, context)
             except BaseException as e:
                 error = e
@@ -344,23 +428,31 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def _around(self, method: str, admission: auth.Admission | None, observed: bool):
         record = self._record
 
+        async def admit(context) -> None:
+            if admission is not None:
+                refusal = admission.check(context)
+                if refusal is not None:
+                    await context.abort(*refusal)
+
         def around(request, context, behaviour):
-            if handler.response_streaming and inspect.isasyncgenfunction(behaviour):
+            if inspect.isasyncgenfunction(behaviour):
 
                 async def gen():
                     start, error = time.perf_counter(), None
                     auth.clear_caller()
                     try:
+                        await admit(context)
                         async for item in behaviour(request, context):
                             yield item
                     except BaseException as e:
                         error = e
                         raise
                     finally:
-                        record(method, context, start, error)
+                        if observed:
+                            record(method, context, start, error)
 
                 return gen()
 
@@ -368,16 +460,52 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 start, error = time.perf_counter(), None
                 auth.clear_caller()
                 try:
+                    await admit(context)
                     return await behaviour(request, context)
                 except BaseException as e:
                     error = e
                     raise
                 finally:
-                    record(method, context, start, error)
+                    if observed:
+                        record(method, context, start, error)
 
             return call()
 
-        return auth.wrap_handler(handler, around)
+        return around
+
+
+class _Registrar:
+    """Stands in for the server while services register: every method handler is wrapped once."""
+
+    def __init__(self, server: grpc.aio.Server, wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]):
+        self._server = server
+        self._wrap = wrap
+
+    def add_generic_rpc_handlers(self, generic_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_WrappedGenericHandler(h, self._wrap) for h in generic_handlers))
+
+    def add_registered_method_handlers(self, service: str, method_handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._server.add_registered_method_handlers(
+            service, {name: self._wrap(f"/{service}/{name}", h) for name, h in method_handlers.items()})
+
+
+class _WrappedGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers come wrapped (each wrapped once, on first use)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, wrap) -> None:
+        self._inner = inner
+        self._wrap = wrap
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = self._inner.service(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+        return wrapped
 
 
 # --------------------------------------------------------------------------- the server
@@ -423,33 +551,31 @@ class IssuerServer:
         authenticator = auth.Authenticator(
             options.api_keys, accept_client_certs=options.tls is not None and options.tls.client_ca_pem is not None
         )
-        # One interceptor: observability outermost, then authentication and rate limits.
-        interceptors = [
-            ObservabilityInterceptor(
-                self.metrics,
-                admission=auth.AuthInterceptor(
-                    authenticator, auth.RateLimiter(options.rate_limit, per_caller, clock=monotonic)),
-            ),
-        ]
+        # No interceptors: every servicer registers through a registrar that wraps its
+        # method handlers once with timing, logs, metrics, authentication and rate limits.
+        observed = ObservedHandlers(
+            self.metrics,
+            admission=auth.Admission(authenticator, auth.RateLimiter(options.rate_limit, per_caller, clock=monotonic)),
+        )
         self.server = grpc.aio.server(
-            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=options.max_concurrent_rpcs,
         )
-        self.service_names = self.service.add_to_server(self.server)
+        registrar = observed.registrar(self.server)
+        self.service_names = self.service.add_to_server(registrar)
         if key_admin is not None:  # issuer/key_admin.py: keys are administered over mTLS only
             if options.tls is None or options.tls.client_ca_pem is None:
                 raise ValueError("the KeyAdmin service needs mTLS (a client CA)")
-            self.service_names.append(key_admin.add_to_server(self.server))
+            self.service_names.append(key_admin.add_to_server(registrar))
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
+        # reflection.enable_server_reflection picks the asyncio servicer only for a grpc.aio.Server itself
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(
             [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self.server,
-        )
+        ), registrar)
         if options.tls is not None:
             self.port = self.server.add_secure_port(options.listen, options.tls.credentials())
         else:

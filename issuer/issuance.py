@@ -129,6 +129,10 @@ class _Completions:
                 waiter.set_exception(error)
 
 
+class _Abandoned(Exception):
+    """The first request under an idempotency key ended without a code (its waiters retry)."""
+
+
 def _fingerprint(*parts: bytes) -> bytes:
     return hashlib.sha256(b"\x00".join(parts)).digest()[:16]
 
@@ -217,27 +221,38 @@ class CodeIssuer:
     # -- idempotency
 
     async def _idempotent(self, caller: str, key: str | None, fingerprint: bytes, work: Callable) -> IssuedCode:
-        """Run ``work()`` once per (caller, key): coalesce concurrent retries onto the first."""
+        """Run ``work()`` once per (caller, key) at a time: concurrent retries wait for the first.
+
+        The first request runs ``work()`` itself (no task: it is the common
+        case). Retries arriving meanwhile wait for its outcome. If the first
+        request fails or gives up (its deadline passed), each waiting retry
+        runs ``work()`` itself: whatever the first one stored is then found by
+        the store's unique (caller, key) index (:class:`DuplicateIdempotencyKey`,
+        answered with the stored original), so a retry never gets a second code.
+        """
         if key is None:
             return await work()
         slot = (caller, key)
-        pending = self._pending.get(slot)
-        if pending is not None:
+        while (pending := self._pending.get(slot)) is not None:
             if pending[0] != fingerprint:
                 raise Conflict("idempotency key was already used with different parameters")
-            return await asyncio.shield(pending[1])
-        # The work runs as its own task: a caller that gives up (deadline) does
-        # not cancel it, so a retry still gets the first request's code.
-        task = asyncio.ensure_future(work())
-        self._pending[slot] = (fingerprint, task)
-        task.add_done_callback(lambda t: self._settle(slot, t))
-        return await asyncio.shield(task)
-
-    def _settle(self, slot: tuple[str, str], task: asyncio.Future) -> None:
-        if self._pending.get(slot, (None, None))[1] is task:
+            try:
+                return await asyncio.shield(pending[1])  # shielded: this waiter giving up cancels nothing shared
+            except _Abandoned:
+                continue  # the first request did not finish: try again (at most until one does)
+        outcome = asyncio.get_running_loop().create_future()
+        self._pending[slot] = (fingerprint, outcome)
+        try:
+            code = await work()
+        except BaseException:
+            outcome.set_exception(_Abandoned())
+            outcome.exception()  # retrieved: no "exception never retrieved" noise when nobody waited
+            raise
+        else:
+            outcome.set_result(code)
+        finally:
             del self._pending[slot]
-        if not task.cancelled():
-            task.exception()  # retrieved: no "exception never retrieved" noise when callers gave up
+        return code
 
     async def _stored_original(self, caller: str, key: str, fingerprint: bytes) -> IssuedCode | None:
         record = await asyncio.to_thread(self._store.find_code_by_idempotency_key, caller, key)

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import Future
 
 import grpc
 import pytest
@@ -688,7 +689,9 @@ def test_mtls_client_certificate_is_a_caller(harness):
 # --------------------------------------------------------------------------- deadlines
 
 
-def test_deadline_passing_while_issuing_leaves_no_half_done_issuance(harness):
+def test_deadline_passing_before_the_code_is_stored_issues_nothing(harness):
+    # The deadline passes while the issuance waits before anything is stored (here: a slow
+    # domain in front of the issuer): nothing was signed or stored, the retry issues one code.
     server, domain, slow = harness.start(codes_delay=0.6)
     client = Client(server.port, harness.pki)
     try:
@@ -697,13 +700,53 @@ def test_deadline_passing_while_issuing_leaves_no_half_done_issuance(harness):
         with pytest.raises(grpc.RpcError) as e:
             client.codes.IssueCode(request, metadata=APP, timeout=0.2)
         assert e.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-        deadline = time.monotonic() + 5
-        while slow.finished < 1 and time.monotonic() < deadline:  # the issuance itself goes on, durably
-            time.sleep(0.02)
-        assert [r.serial for r in domain.store.codes_of(mid)] != []
+        time.sleep(0.8)  # past the delay: a call that went on would have stored its code by now
+        assert domain.store.codes_of(mid) == []
         slow.delay = 0
         retried = client.codes.IssueCode(request, metadata=APP, timeout=5).code
-        assert [r.serial for r in domain.store.codes_of(mid)] == [retried.ref.serial]  # the same, single code
+        assert [r.serial for r in domain.store.codes_of(mid)] == [retried.ref.serial]
+    finally:
+        client.close()
+        harness.stop(server)
+
+
+def test_deadline_passing_while_the_commit_runs_keeps_the_code_and_the_retry_gets_it(harness):
+    # The deadline passes after the code was submitted, while its commit is slow: the
+    # write goes on (durably), the serial is not handed out again, and the retry with the
+    # same idempotency key gets that very code.
+    server, domain, _ = harness.start()
+    client = Client(server.port, harness.pki)
+    submit = domain.store.submit_code
+    slow_commits = []
+
+    def slow_submit(record, **kw):  # the outcome is known 0.6 s after the real commit
+        committed = submit(record, **kw)
+        late: Future = Future()
+        late.set_running_or_notify_cancel()
+
+        def resolve(f):
+            time.sleep(0.6)
+            late.set_exception(f.exception()) if f.exception() else late.set_result(f.result())
+
+        committed.add_done_callback(lambda f: threading.Thread(target=resolve, args=(f,), daemon=True).start())
+        slow_commits.append(late)
+        return late
+
+    try:
+        mid = client.register()
+        request = hpb.IssueCodeRequest(main_index_id=mid, idempotency_key="deadline-0002")
+        domain.store.submit_code = slow_submit
+        with pytest.raises(grpc.RpcError) as e:
+            client.codes.IssueCode(request, metadata=APP, timeout=0.2)
+        assert e.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        slow_commits[0].result(timeout=5)
+        (stored,) = domain.store.codes_of(mid)  # committed although the caller gave up
+        domain.store.submit_code = submit
+        retried = client.codes.IssueCode(request, metadata=APP, timeout=5).code
+        assert retried.ref.serial == stored.serial and retried.code_text == stored.text
+        assert [r.serial for r in domain.store.codes_of(mid)] == [stored.serial]
+        other = client.codes.IssueCode(hpb.IssueCodeRequest(main_index_id=mid), metadata=APP, timeout=5).code
+        assert other.ref.serial == stored.serial + 1  # dense: the retry's refused serial was handed out again
     finally:
         client.close()
         harness.stop(server)
@@ -752,9 +795,21 @@ def test_graceful_shutdown_drains_in_flight_calls(harness):
         client.close()
 
 
-def test_shutdown_without_grace_still_finishes_domain_calls_before_closing_the_store(harness):
-    server, domain, slow = harness.start(codes_delay=0.4)
+@pytest.mark.parametrize("where", ["before_submit", "during_commit"])
+def test_shutdown_without_grace_leaves_nothing_half_done(harness, where):
+    # grace=0 cancels the RPC. Cancelled before its code was submitted, the issuance
+    # stores nothing; cancelled while its commit runs, the code is committed before
+    # the store closes. Either way the store closes last and nothing is half-done.
+    server, domain, slow = harness.start(codes_delay=0.4 if where == "before_submit" else 0)
     client = Client(server.port, harness.pki)
+    if where == "during_commit":
+        submit = domain.store.submit_code
+
+        def slow_submit(record, **kw):
+            time.sleep(0.4)  # blocks the loop: shutdown begins while this code is being submitted
+            return submit(record, **kw)
+
+        domain.store.submit_code = slow_submit
     try:
         mid = client.register()
         in_flight = client.codes.IssueCode.future(hpb.IssueCodeRequest(main_index_id=mid, idempotency_key="nograce-1"),
@@ -762,13 +817,13 @@ def test_shutdown_without_grace_still_finishes_domain_calls_before_closing_the_s
         deadline = time.monotonic() + 5
         while slow.started < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        harness.stop(server, 0)  # cancels the RPC, but not the issuance under it
+        harness.stop(server, 0)
         with pytest.raises(grpc.RpcError):
             in_flight.result(timeout=5)
-        assert slow.finished == 1 and domain.closed
+        assert domain.closed and slow.started == 1
         reopened = SQLiteStore(domain.store.path)
         try:
-            assert len(reopened.codes_of(mid)) == 1  # committed before the store closed
+            assert len(reopened.codes_of(mid)) == (0 if where == "before_submit" else 1)
         finally:
             reopened.close()
     finally:
