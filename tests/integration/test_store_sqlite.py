@@ -102,3 +102,31 @@ def test_the_sqlite_default_never_imports_psycopg(tmp_path):
         "assert 'psycopg' not in sys.modules, 'psycopg was imported'\n"
     )
     subprocess.run([sys.executable, "-c", program, str(tmp_path / "issuer.db")], check=True, cwd=root, timeout=60)
+
+
+def test_group_commit_lingers_only_once_writes_arrive_concurrently(path):
+    # commit_linger is long here so that timing on a busy machine cannot blur the two cases.
+    import time
+
+    from .test_store_contract import code, resident
+
+    with SQLiteStore(path, commit_linger=0.08) as s:
+        s.create_resident(resident(), []).result()
+        start = time.monotonic()
+        s.submit_code(code(0)).result()
+        assert time.monotonic() - start < 0.06  # a lone write after an idle spell is not delayed
+        burst = [s.submit_code(code(serial)) for serial in range(1, 41)]  # concurrent: batches > 1
+        for f in burst:
+            f.result()
+        batches = s.write_stats().batches
+        first = s.submit_code(code(41))  # the writer now lingers: the next one joins this batch
+        time.sleep(0.01)
+        second = s.submit_code(code(42))
+        first.result(), second.result()
+        assert s.write_stats().batches == batches + 1
+        assert s.write_stats().codes == 43
+
+
+def test_commit_linger_is_bounded(path):
+    with pytest.raises(ValueError):
+        SQLiteStore(path, commit_linger=0.5)
