@@ -15,6 +15,7 @@ import pathlib
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable
 
 import click
@@ -68,6 +69,30 @@ def _utc(value: str) -> _dt.datetime:
     return moment.astimezone(_dt.timezone.utc)
 
 
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def millisecond_clock() -> Callable[[], _dt.datetime]:
+    """The system clock (UTC) to the millisecond: one ``datetime`` object per millisecond.
+
+    Every time the verifier shows or logs has millisecond precision and the
+    core counts whole seconds, so nothing is lost; and the run loop, seeing the
+    same object again, reuses what it derived from it (policy, time text).
+    """
+    last_ms = -1
+    last = _EPOCH
+
+    def clock() -> _dt.datetime:
+        nonlocal last_ms, last
+        ms = time.time_ns() // 1_000_000
+        if ms != last_ms:
+            last = _EPOCH + _dt.timedelta(milliseconds=ms)
+            last_ms = ms  # after `last`: another thread that sees this ms gets its datetime
+        return last
+
+    return clock
+
+
 class CliError(click.ClickException):
     exit_code = EXIT_ERROR
 
@@ -80,8 +105,7 @@ class Context:
         self.root = root
         self.dev_trust = dev_trust
         fixed = _utc(now) if now else None
-        self.clock: Callable[[], _dt.datetime] = (
-            (lambda: fixed) if fixed else (lambda: _dt.datetime.now(_dt.timezone.utc)))
+        self.clock: Callable[[], _dt.datetime] = (lambda: fixed) if fixed else millisecond_clock()
 
     def trust_source(self) -> TrustSource:
         trust_dir = self.data_dir / "trust"

@@ -14,7 +14,8 @@ Guarantees
 * **Rotation**: rows older than ``retention`` (default 90 days) are deleted,
   and at most ``max_rows`` (default 1,000,000) are kept, oldest deleted first.
   No archive is written: the audit log is a bounded ring, not a record store.
-* **Batching and what a crash loses**: :meth:`AuditLog.record` only appends to
+* **Batching and what a crash loses**: :meth:`AuditLog.record` and
+  :meth:`AuditLog.queue_rows` (the run loop: once per batch of scans) only append to
   an in-memory queue; a writer thread commits every ``batch_rows`` rows or
   every ``batch_interval`` (default 2048 rows / 200 ms), whichever comes first,
   in WAL mode with ``synchronous=FULL``. A crash or power cut loses at most
@@ -29,16 +30,17 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
+import operator
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
-from itertools import chain
+from collections.abc import Callable, Iterable, Sequence
+from itertools import chain, groupby
 from typing import NamedTuple
 
 from .config import AuditConfig
 
-__all__ = ["AuditEntry", "AuditLog", "SCHEMA"]
+__all__ = ["AuditEntry", "AuditLog", "SCHEMA", "VALID_ROW_FIELDS"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -63,13 +65,29 @@ CREATE TABLE IF NOT EXISTS audit (
 
 _COLUMNS = ("INSERT INTO audit (time, result, reason, province, kid, serial, claims_verified, source, "
             "trust_age_s, clock_behind, subject, raw) VALUES ")
-_ROW = "(?,?,?,?,?,?,?,?,?,?,?,?)"
+#: The placeholders of a row, by its width: a full row (an AuditEntry, 12 values), or the short
+#: form of a valid code's row outside a replay window (VALID_ROW_FIELDS, 7 values), whose constant
+#: columns are literals. A NULL given as a parameter costs the sqlite3 module a failed adapter
+#: lookup (an exception formatted and cleared) per value: more than the rest of the row.
+_ROW = {12: "(?,?,?,?,?,?,?,?,?,?,?,?)", 7: "(?,'valid',NULL,?,?,?,1,?,?,?,NULL,NULL)"}
 #: Rows per INSERT statement. One multi-row statement is one sqlite3_step: executemany would
 #: release and re-take the GIL for every row, and the scan loop would pay for each hand-over.
 _ROWS_PER_STATEMENT = 128
-_INSERT_FULL = _COLUMNS + ",".join([_ROW] * _ROWS_PER_STATEMENT)
+_INSERTS: dict[tuple[int, int], str] = {}  # (row width, rows) -> statement
 #: Most rows in one transaction (a burst after an outage is written in several).
 _MAX_BATCH = 16384
+#: The short form of a valid code's row (no subject, no raw): what the run loop queues.
+VALID_ROW_FIELDS = ("time", "province", "kid", "serial", "source", "trust_age_s", "clock_behind")
+
+
+def _insert(width: int, count: int) -> str:
+    sql = _INSERTS.get((width, count))
+    if sql is None:
+        sql = _INSERTS[(width, count)] = _COLUMNS + ",".join([_ROW[width]] * count)
+    return sql
+
+
+_SUBJECT_AND_RAW = operator.itemgetter(slice(10, 12))  # () for a short row
 
 
 class AuditEntry(NamedTuple):
@@ -124,12 +142,24 @@ class AuditLog:
 
     def record(self, entry: AuditEntry) -> None:
         """Queue ``entry``; never blocks on disk, never raises."""
-        if not self.keep_subject and (entry.subject is not None or entry.raw is not None):
-            entry = entry._replace(subject=None, raw=None)
+        self.queue_rows((entry,))
+
+    def queue_rows(self, rows: Sequence[tuple]) -> None:
+        """Queue rows, in order: full rows (:class:`AuditEntry` or a plain tuple in its field
+        order) or, for a valid code outside a replay window, the short form (:data:`VALID_ROW_FIELDS`).
+
+        The run loop calls this once per batch of scans. Never blocks on disk, never raises.
+        Outside a replay window the subject and the raw code are never queued.
+        """
         pending = self._pending
-        pending.append(entry)
-        if len(pending) > self.config.max_pending:
-            pending.popleft()
+        if not self.keep_subject and any(map(any, map(_SUBJECT_AND_RAW, rows))):
+            rows = [(*row[:10], None, None) if len(row) == 12 else row for row in rows]
+        pending.extend(rows)
+        for _ in range(len(pending) - self.config.max_pending):  # oldest dropped (the writer may pop meanwhile)
+            try:
+                pending.popleft()
+            except IndexError:
+                break
             self.dropped += 1
         if len(pending) >= self.config.batch_rows:
             with self._cond:
@@ -249,10 +279,11 @@ class AuditLog:
             pass
         try:
             conn.execute("BEGIN")
-            for start in range(0, len(batch), _ROWS_PER_STATEMENT):
-                rows = batch[start:start + _ROWS_PER_STATEMENT]
-                sql = _INSERT_FULL if len(rows) == _ROWS_PER_STATEMENT else _COLUMNS + ",".join([_ROW] * len(rows))
-                conn.execute(sql, list(chain.from_iterable(rows)))
+            for width, run in groupby(batch, len):  # consecutive rows of one form, in order
+                rows = list(run)
+                for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                    chunk = rows[start:start + _ROWS_PER_STATEMENT]
+                    conn.execute(_insert(width, len(chunk)), list(chain.from_iterable(chunk)))
             conn.execute("COMMIT")
         except BaseException:
             try:

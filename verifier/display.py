@@ -112,6 +112,11 @@ class Display:
         """One result, with the current warnings."""
         self._write(self.render(outcome, warnings))
 
+    def show_rendered(self, screens: list[str]) -> None:
+        """Results already rendered (:meth:`render`), in order, with one write (the run loop: per batch)."""
+        if screens:
+            self._write("".join(screens))
+
     def render(self, outcome: "Outcome", warnings: list[str]) -> str:
         valid = outcome.code is not None
         word = "VALID" if valid else "INVALID"

@@ -27,6 +27,26 @@ One verification (:func:`verify_scan`), in order:
    is INVALID/malformed with that reason in words;
 4. otherwise :func:`healthcode.check` with the keyring, the revocation
    checker, the assessment as the staleness hook and the clock-skew tolerance.
+
+The loop (:meth:`Runtime.process_batch`) takes the same steps for every scan,
+in full, a batch (one chunk of input) at a time; its shortcuts change where the
+work is done, not what is checked (a test compares it with :func:`verify_scan`
+scan by scan):
+
+* the trust state and the sync error are read once per batch (a sync that
+  lands mid-batch is used from the next one, milliseconds later);
+* what depends only on the instant (the assessment, the time text, the trust
+  block of the JSON line) is derived once per clock reading: the CLI's clock
+  returns one object per millisecond, so this is once per millisecond;
+* step 4 calls :func:`healthcode.verify` and catches its
+  ``VerificationError``, which is all :func:`healthcode.check` does;
+* a valid code goes straight to its JSON line (:class:`verifier.output.ValidLines`)
+  and its audit row (the short form, :data:`verifier.audit.VALID_ROW_FIELDS`);
+  an :class:`Outcome` is built only for a refused code, the display or
+  :meth:`Runtime.process`;
+* the JSON lines, the audit rows and the display's text of a batch are handed
+  over once, at its end (the loop then flushes the sinks: one scan typed at a
+  desk is a batch of one, shown and sent at once).
 """
 
 from __future__ import annotations
@@ -38,20 +58,22 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import healthcode as hc
-from healthcode import Reason, VerificationResult, VerifiedCode
-from healthcode.codec import decode_unverified, parse_core_claims
+from healthcode import Reason, VerificationError, VerificationResult, VerifiedCode
+from healthcode.codec import PREFIX, decode_unverified, parse_core_claims
 
-from .audit import AuditEntry, AuditLog, iso_utc
+from .audit import AuditLog, iso_utc
 from .config import FreshnessPolicy, VerifierConfig
 from .display import Display
-from .output import Sink, encode_result
-from .scan import ByteStream, FolderSource, Scan, hint, read_stream
+from .output import Sink, ValidLines, encode_result, source_part, trust_part
+from .scan import ByteStream, FolderSource, Scan, ScanBatch, hint, read_stream
 from .trust import Freshness, TrustAssessment, TrustError, TrustSource, TrustState, assess, format_age
 
 __all__ = ["Outcome", "verify_scan", "unverified_identity", "Runtime"]
 
 _EMPTY_KEYRING = hc.Keyring()
 _new_entry = tuple.__new__  # a named tuple from a full tuple, without its Python-level __new__ (per scan)
+_REFUSING = (Freshness.STALE, Freshness.MISSING)
+_AFTER_PREFIX = len(PREFIX)
 _QUEUE_BATCHES = 16  # batches (one per input chunk, <= 64 KiB): readers wait beyond that
 
 
@@ -128,11 +150,23 @@ def verify_scan(
     return result, assessment
 
 
+def _refused_row(outcome: Outcome, stamp: str, age_s: int | None, behind: int, keep_subject: bool) -> tuple:
+    """The audit row of a refused scan (the fields of :class:`verifier.audit.AuditEntry`, in order)."""
+    claimed = outcome.claimed
+    province, kid, serial = (None, None, None) if claimed is None else (
+        claimed[0], claimed[1].hex(), str(claimed[2]))
+    reason = outcome.reason
+    return (stamp, "invalid", reason.value if reason is not None else None, province, kid, serial, 0,
+            outcome.source, age_s, behind, None, outcome.text if keep_subject else None)
+
+
 class Runtime:
     """The verifier loop over a :class:`~verifier.trust.TrustSource` (see the module docstring).
 
     ``clock`` returns the current aware UTC time; it is the only clock used
-    for verification and for the trust data's age (inject one in tests).
+    for verification and for the trust data's age (inject one in tests). A
+    clock that returns the very same object while the time has not moved
+    (e.g. one per millisecond) lets the loop reuse the policy's answer.
     """
 
     def __init__(
@@ -166,6 +200,7 @@ class Runtime:
         self._threads: list[threading.Thread] = []
         self._inputs = 0
         self._include_subject = self.config.include_subject_in_output
+        self._valid_lines = ValidLines(include_subject=self._include_subject)
         self._policy = self.config.freshness
 
     # -- trust data -------------------------------------------------------------------------
@@ -281,7 +316,7 @@ class Runtime:
                     self._source_problem(folder.name, f"input {folder.name} failed: {exc}")
                 while folder.errors:
                     self._notice(folder.errors.pop(0))
-                if scans and not self._put(("scans", scans)):
+                if scans and not self._put(("scans", ScanBatch(folder.name, "image", scans))):
                     return
                 if self._stop.wait(poll):
                     return
@@ -310,47 +345,123 @@ class Runtime:
     # -- the loop ---------------------------------------------------------------------------
 
     def process(self, scan: Scan) -> Outcome:
-        """Verify one scan and emit it (JSON, audit, display); the loop calls this per scan."""
+        """Verify one scan and emit it (JSON, audit, display), synchronously; return its outcome."""
+        return self.process_batch(ScanBatch(scan.source, scan.ended_by, [scan]), outcomes=True)[0]
+
+    def process_batch(self, batch: ScanBatch, *, outcomes: bool = False) -> list[Outcome] | None:
+        """Verify and emit every scan of ``batch``, in order (see the module docstring).
+
+        The JSON lines go to the sinks' buffers and the rows to the audit queue at
+        the end of the batch (the loop flushes the sinks after each batch). Returns
+        the outcomes when ``outcomes`` is true, else None.
+        """
         state = self.state
-        result, assessment = verify_scan(scan, state, self._policy, system_now=self.clock())
-        self.seq += 1
-        code = result.code
-        reason = result.reason
-        text = scan.text
-        if code is not None:
-            self.valid_count += 1
-            claimed = None
+        if state is None:
+            keyring, revocation, last_verified, state_warnings = _EMPTY_KEYRING, None, None, ()
         else:
-            claimed = unverified_identity(text, reason)
-        outcome = _new_entry(Outcome, (self.seq, scan.source, scan.ended_by, code, reason, result.detail,
-                                       assessment, self.sync_error, text, claimed,
-                                       state.warnings if state is not None else ()))
-        stamp = iso_utc(assessment.now)
-        if self.sinks:
-            line = encode_result(outcome, include_subject=self._include_subject, time_text=stamp)
-            for sink in self.sinks:
-                sink.write(line)
+            keyring, revocation = state.keyring, state.revocation
+            last_verified, state_warnings = state.last_verified_refresh, state.warnings
+        sync_error = self.sync_error
+        policy = self._policy
+        skew = policy.clock_skew
+        clock = self.clock
+        display = self.display
+        sinks = self.sinks
         audit = self.audit
-        if audit is not None:
-            keep = audit.keep_subject  # outside a replay window they are never even queued
-            age = assessment.age
-            if code is not None:
-                row = (code.province, code.kid.hex(), str(code.serial), 1, scan.source,
-                       None if age is None else int(age.total_seconds()),
-                       0 if assessment.clock_behind is None else 1,
-                       code.subject if keep else None, text if keep else None)
-                audit.record(_new_entry(AuditEntry, (stamp, "valid", None, *row)))
-            else:
-                province, kid, serial = (None, None, None) if claimed is None else (
-                    claimed[0], claimed[1].hex(), str(claimed[2]))
-                audit.record(_new_entry(AuditEntry, (
-                    stamp, "invalid", reason.value if reason is not None else None,
-                    province, kid, serial, 0, scan.source,
-                    None if age is None else int(age.total_seconds()),
-                    0 if assessment.clock_behind is None else 1, None, text if keep else None)))
-        if self.display is not None:
-            self.display.show(outcome, self.warnings(assessment))
-        return outcome
+        keep_subject = audit is not None and audit.keep_subject
+        include_subject = self._include_subject
+        direct = display is None and not outcomes  # then a valid code needs no Outcome
+        valid_lines = self._valid_lines
+        verify = hc.verify
+        kept: list[Outcome] | None = [] if outcomes else None
+        lines: list[bytes] | None = [] if sinks else None
+        rows: list[tuple] | None = [] if audit is not None else None
+        batch_source, batch_ended_by = batch.source, batch.ended_by
+        batch_part = source_part(batch_source, batch_ended_by)
+        screens: list[str] = []  # the display's, written once per batch
+        warned = warnings = None
+        seq = self.seq
+        valid = 0
+        instant = None
+        try:
+            for item in batch.items:
+                if item.__class__ is str:
+                    text, source, problem, ended_by, part = item, batch_source, None, batch_ended_by, batch_part
+                else:
+                    text, source, problem, ended_by = item
+                    part = None
+                # (1) clock and freshness policy: once per instant
+                now = clock()
+                if now is not instant:
+                    instant = now
+                    assessment = assess(policy, system_now=now, last_verified=last_verified)
+                    verify_at = assessment.now
+                    stamp = iso_utc(verify_at)
+                    # The staleness hook only when the policy refuses: while the data is fresh or aging
+                    # it would answer None for this very `now`.
+                    hook = assessment if assessment.level in _REFUSING else None
+                    age_s = None if assessment.age is None else int(assessment.age.total_seconds())
+                    behind = 0 if assessment.clock_behind is None else 1
+                    if lines is not None:
+                        valid_lines.at(stamp, trust_part(assessment, sync_error, state_warnings))
+                seq += 1
+                # (2) framing problems, (3) recognisable non-codes
+                if problem is not None:
+                    why = problem
+                elif text.startswith(PREFIX) and text.find(PREFIX, _AFTER_PREFIX) < 0:
+                    why = None  # what hint() answers for one code of ours, without the call
+                else:
+                    why = hint(text)
+                if why is None:
+                    # (4) the core: signature, keyring, windows, revocation, freshness
+                    try:
+                        code = verify(text, keyring, now=verify_at, revocation=revocation, trust=hook,
+                                      clock_skew=skew)
+                    except VerificationError as exc:
+                        code, reason, detail = None, exc.reason, exc.detail
+                else:
+                    code, reason, detail = None, Reason.MALFORMED, why
+                if code is not None:
+                    # a valid code: its JSON line and audit row straight from the code
+                    valid += 1
+                    serial = str(code.serial)
+                    if lines is not None:
+                        lines.append(valid_lines.line(seq, code, serial, part or source_part(source, ended_by)))
+                    if rows is not None:
+                        if keep_subject:
+                            rows.append((stamp, "valid", None, code.province, code.kid.hex(), serial, 1,
+                                         source, age_s, behind, code.subject, text))
+                        else:  # the short form (audit.VALID_ROW_FIELDS)
+                            rows.append((stamp, code.province, code.kid.hex(), serial, source, age_s, behind))
+                    if direct:
+                        continue
+                    outcome = _new_entry(Outcome, (seq, source, ended_by, code, None, "valid", assessment,
+                                                   sync_error, text, None, state_warnings))
+                else:
+                    claimed = unverified_identity(text, reason)
+                    outcome = _new_entry(Outcome, (seq, source, ended_by, None, reason, detail, assessment,
+                                                   sync_error, text, claimed, state_warnings))
+                    if lines is not None:
+                        lines.append(encode_result(outcome, include_subject=include_subject, time_text=stamp))
+                    if rows is not None:
+                        rows.append(_refused_row(outcome, stamp, age_s, behind, keep_subject))
+                if display is not None:
+                    if warned is not instant:  # the warnings, once per instant
+                        warned, warnings = instant, self.warnings(assessment)
+                    screens.append(display.render(outcome, warnings))
+                if kept is not None:
+                    kept.append(outcome)
+        finally:
+            self.seq = seq
+            self.valid_count += valid
+            if lines:
+                for sink in sinks:
+                    sink.write_lines(lines)
+            if rows:
+                audit.queue_rows(rows)
+            if screens:
+                display.show_rendered(screens)
+        return kept
 
     def warnings(self, assessment: TrustAssessment | None = None) -> list[str]:
         """What the operator should know besides the result."""
@@ -413,10 +524,8 @@ class Runtime:
     def _handle(self, item) -> int:
         kind, payload = item
         if kind == "scans":
-            process = self.process
-            for scan in payload:
-                process(scan)
-            return len(payload)
+            self.process_batch(payload)
+            return len(payload.items)
         if kind == "notice":
             if self.display is not None:
                 self.display.notice(payload)

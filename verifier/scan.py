@@ -18,7 +18,9 @@ Framing of byte streams (:class:`LineFramer`, pure)
   input, bytes left over make a last scan.
 
 Readers (:func:`read_stream`) call ``read(timeout)`` in a loop, so they notice a
-stop request within one poll, and hand scans over in batches (one per chunk).
+stop request within one poll, and hand scans over in batches (one :class:`ScanBatch`
+per chunk read). A chunk whose lines are all plain ASCII text (what a scanner sends
+for our codes) is decoded and split in one go; any other chunk is taken line by line.
 
 :func:`hint` recognises inputs that are not one of our codes but are common at
 a hospital desk (another system's code, two codes run together, a wedge typing
@@ -41,6 +43,7 @@ from healthcode.codec import PREFIX
 
 __all__ = [
     "Scan",
+    "ScanBatch",
     "LineFramer",
     "hint",
     "ByteStream",
@@ -62,6 +65,25 @@ class Scan(NamedTuple):
     source: str
     problem: str | None = None
     ended_by: str = "newline"  # newline | timeout | eof | image
+
+
+class ScanBatch(NamedTuple):
+    """The scans of one chunk of input, in order.
+
+    Each item is a :class:`Scan`, or, in short, a ``str``: the text of a clean
+    line (decoded, AIM prefix removed, no problem), which stands for
+    ``Scan(item, source, None, ended_by)``. A batch of N lines costs one list,
+    not N named tuples.
+    """
+
+    source: str
+    ended_by: str
+    items: list  # list[str | Scan]
+
+    def scans(self) -> list[Scan]:
+        """The items as :class:`Scan` objects."""
+        return [Scan(item, self.source, None, self.ended_by) if item.__class__ is str else item
+                for item in self.items]
 
 
 class LineFramer:
@@ -110,6 +132,26 @@ class LineFramer:
                 self._buffer += rest
         return out
 
+    def feed_items(self, data: bytes, source: str, ended_by: str = "newline") -> list:
+        """``to_items(self.feed(data), ...)``: the complete lines in ``data`` as :class:`ScanBatch` items.
+
+        The common case, plain ASCII text without NUL or ``]`` whose lines are all
+        within the cap, is decoded and split as one text; anything else goes
+        through :meth:`feed` and :func:`to_items`. Same answers, same state after.
+        """
+        cap = self.max_line
+        if not self._discarding:
+            whole = self._buffer + data if self._buffer else data
+            if whole.isascii() and b"\0" not in whole and b"]" not in whole:
+                if b"\r" in whole:
+                    whole = whole.replace(b"\r", b"\n")
+                lines = whole.decode("ascii").split("\n")
+                rest = lines.pop()
+                if len(rest) <= cap and (not lines or max(map(len, lines)) <= cap):
+                    self._buffer = rest.encode("ascii")
+                    return list(filter(None, lines)) if "" in lines else lines
+        return to_items(self.feed(data), source, ended_by, cap)
+
     def flush(self) -> bytes | None | bool:
         """End the held line (timeout or end of input): its bytes, ``None`` if overlong, False if none."""
         if self._discarding:
@@ -131,7 +173,23 @@ def to_scan(line: bytes | None, source: str, ended_by: str, max_line: int) -> Sc
         return Scan(None, source, "input is not valid UTF-8 text: binary data, not a code", ended_by)
     if text.startswith(_AIM_IDS):
         text = text[3:]
-    return _new(Scan, (text, source, None, ended_by))  # the hot path: skip the named tuple's __new__
+    return _new(Scan, (text, source, None, ended_by))  # skip the named tuple's __new__
+
+
+def to_items(lines: list[bytes | None], source: str, ended_by: str, max_line: int) -> list:
+    """Framed lines as :class:`ScanBatch` items: the same answers as :func:`to_scan` on each line.
+
+    When no line is overlong and the lines together are ASCII without NUL and
+    without ``]`` (so no AIM prefix either), their texts are decoded and split
+    in one go; otherwise each line goes through :func:`to_scan`.
+    """
+    if not lines:
+        return []
+    if None not in lines:
+        blob = b"\n".join(lines)
+        if blob.isascii() and b"\0" not in blob and b"]" not in blob:
+            return blob.decode("ascii").split("\n")
+    return [to_scan(line, source, ended_by, max_line) for line in lines]
 
 
 def hint(text: str) -> str | None:
@@ -289,8 +347,8 @@ def read_stream(
     stop: threading.Event,
     poll: float = 0.1,
     monotonic: Callable[[], float] = time.monotonic,
-) -> Iterator[list[Scan]]:
-    """Batches of scans from ``stream`` until it ends or ``stop`` is set.
+) -> Iterator[ScanBatch]:
+    """Batches of scans from ``stream`` (one per chunk read) until it ends or ``stop`` is set.
 
     ``frame_timeout`` (seconds) applies only to streams with ``timed_frames``.
     Read errors end the iteration by raising ``OSError`` (the caller reports it).
@@ -307,17 +365,17 @@ def read_stream(
         if data is None:
             held = framer.flush()
             if held is not False:
-                yield [to_scan(held, name, "eof", max_line)]
+                yield ScanBatch(name, "eof", [to_scan(held, name, "eof", max_line)])
             return
         if data:
             last = monotonic()
-            lines = framer.feed(data)
-            if lines:
-                yield [to_scan(line, name, "newline", max_line) for line in lines]
+            items = framer.feed_items(data, name)
+            if items:
+                yield ScanBatch(name, "newline", items)
         elif timeout is not None and framer.pending and monotonic() - last >= timeout:
             held = framer.flush()
             if held is not False:
-                yield [to_scan(held, name, "timeout", max_line)]
+                yield ScanBatch(name, "timeout", [to_scan(held, name, "timeout", max_line)])
 
 
 # --- a folder of dropped images --------------------------------------------------------------

@@ -436,6 +436,47 @@ def test_clock_behind_the_last_refresh_is_floored_and_flagged(world, tmp_path):
     assert "clock 3 d behind" in screen.getvalue()
 
 
+def test_the_loop_answers_as_verify_scan(world, tmp_path):
+    """process_batch (the loop, with its shortcuts) gives, scan by scan, the JSON line and the audit row
+    of verify_scan's answer: valid codes, refused ones, garbage, a clock behind, a replay window or not."""
+    from verifier.output import encode, result_record
+    from verifier.runtime import Outcome, unverified_identity, verify_scan
+    from verifier.scan import Scan, ScanBatch
+
+    texts = [world.valid[0], world.revoked, world.expired, world.valid[7], world.valid[0] + world.valid[1],
+             world.valid[2].lower(), "EHC1:6BFOXN", world.valid[3][:-4] + "AAAA"]
+    items = [*texts, Scan(None, "tty:/dev/x", "input contains NUL bytes: binary data, not a code", "timeout"),
+             Scan(world.valid[4], "folder:a \"b\".png", None, "image")]
+    for now, keep in ((T0 + H, None), (T0 - 3 * 24 * H, dt.timedelta(hours=1))):
+        clock = Clock(now)
+        config = VerifierConfig(audit=AuditConfig(path=tmp_path / f"audit-{bool(keep)}.sqlite3",
+                                                  keep_subject_for=keep))
+        runtime, out, _, audit_log = runtime_for(world, clock, tmp_path, config=config)
+        runtime.display = None  # the direct path for valid codes
+        runtime.process_batch(ScanBatch("stdin", "newline", list(items)))
+        runtime.sinks[0].flush()
+        audit_log.close()
+        state = runtime.state
+        expected_lines, expected_rows = [], []
+        for seq, item in enumerate(items, 1):
+            scan = Scan(item, "stdin", None, "newline") if isinstance(item, str) else item
+            result, trust = verify_scan(scan, state, config.freshness, system_now=now)
+            outcome = Outcome(seq, scan.source, scan.ended_by, result.code, result.reason, result.detail, trust,
+                              None, scan.text, unverified_identity(scan.text, result.reason), state.warnings)
+            expected_lines.append(encode(result_record(outcome)))
+            code, claimed = result.code, outcome.claimed
+            province, kid, serial = ((code.province, code.kid.hex(), str(code.serial)) if code else
+                                     (claimed[0], claimed[1].hex(), str(claimed[2])) if claimed else (None,) * 3)
+            expected_rows.append((seq, outcome.trust.now.isoformat(timespec="milliseconds")[:23] + "Z",
+                                  "valid" if code else "invalid", result.reason.value if result.reason else None,
+                                  province, kid, serial, 1 if code else 0, scan.source,
+                                  int(trust.age.total_seconds()), 0 if trust.clock_behind is None else 1,
+                                  code.subject if code and keep else None, scan.text if keep else None))
+        assert out.getvalue() == b"".join(expected_lines)
+        assert [tuple(row) for row in audit_rows(config.audit.path)] == expected_rows
+        assert sum(r["result"] == "valid" for r in lines_of(out)) == runtime.valid_count == 3
+
+
 def _scan(text: str):
     from verifier.scan import Scan
 
@@ -528,6 +569,26 @@ def test_audit_log_survives_a_full_disk(world, tmp_path):
     assert full.problem is None
     full.close()
     assert len(audit_rows(config.path)) == 1000
+
+
+def test_audit_rows_in_both_forms_keep_their_order_and_privacy(tmp_path):
+    """Full rows and the short form of valid rows, interleaved, land in order; outside a replay
+    window a subject or a raw code handed over anyway is not stored."""
+    from verifier.audit import AuditEntry
+
+    config = AuditConfig(path=tmp_path / "audit.sqlite3", batch_interval=dt.timedelta(milliseconds=10))
+    log = AuditLog(config, clock=Clock(T0)).start()
+    short = ("2026-11-22T08:00:00.000Z", "33", "ab", "1", "stdin", 60, 0)
+    full = AuditEntry("2026-11-22T08:00:00.001Z", "invalid", "revoked", "33", "ab", "2", 0, "stdin", 60, 1,
+                      "SUBJECTSUBJECTSUBJECTSUBJE", "EHC1:RAW")
+    log.queue_rows([short, full, short, *[short] * 300, full])
+    log.record(full)
+    assert log.flush()
+    log.close()
+    rows = [tuple(r)[1:] for r in audit_rows(config.path)]
+    as_full = ("2026-11-22T08:00:00.000Z", "valid", None, "33", "ab", "1", 1, "stdin", 60, 0, None, None)
+    stored_full = (*full[:10], None, None)
+    assert rows == [as_full, stored_full, as_full, *[as_full] * 300, stored_full, stored_full]
 
 
 def test_audit_replay_window_rotation_and_cap(world, tmp_path):

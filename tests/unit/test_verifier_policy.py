@@ -10,7 +10,7 @@ import pytest
 import healthcode as hc
 from verifier.__main__ import parse_duration
 from verifier.config import AuditConfig, FreshnessPolicy, ScanConfig
-from verifier.scan import LineFramer, hint, to_scan
+from verifier.scan import LineFramer, hint, to_items, to_scan
 from verifier.trust import Freshness, SetRevocation, assess, format_age
 
 T0 = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
@@ -202,6 +202,38 @@ def test_framer_megabyte_line_in_small_chunks_stays_bounded():
     assert out == [None, b"EHC1:X"]
 
 
+def test_framer_items_equal_line_by_line_framing():
+    """feed_items (chunks decoded and split in one go) answers as feed + to_scan on every line."""
+    import random
+
+    rng = random.Random(6)
+    pieces = [b"A", b"EHC1:", b"\n", b"\r", b"\r\n", b"]Q1", b"\0", "健".encode(), b"\xff", b"x" * 30, b" "]
+    for _ in range(3000):
+        stream = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        cap = rng.choice([64, 80, 4096])
+        cuts = sorted(rng.sample(range(len(stream) + 1), min(len(stream) + 1, rng.randint(0, 6))))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+        by_line, in_bulk = LineFramer(cap), LineFramer(cap)
+        expected, got = [], []
+        for chunk in chunks:
+            expected += [to_scan(line, "s", "newline", cap) for line in by_line.feed(chunk)]
+            got += in_bulk.feed_items(chunk, "s")
+            assert (in_bulk._buffer, in_bulk._discarding) == (by_line._buffer, by_line._discarding), chunks
+        # a str item stands for a clean scan of that text
+        assert [to_scan(g.encode(), "s", "newline", cap) if isinstance(g, str) else g for g in got] == expected, chunks
+
+
+def test_to_items():
+    assert to_items([], "s", "newline", 64) == []
+    assert to_items([b"EHC1:AB", b"EHC1:CD"], "s", "newline", 64) == ["EHC1:AB", "EHC1:CD"]
+    mixed = to_items([b"EHC1:AB", None, b"]Q1EHC1:CD"], "s", "newline", 64)
+    assert [m.text for m in mixed] == ["EHC1:AB", None, "EHC1:CD"] and "too long" in mixed[1].problem
+    from verifier.scan import Scan, ScanBatch
+
+    assert ScanBatch("s", "timeout", ["EHC1:AB", mixed[1]]).scans() == [Scan("EHC1:AB", "s", None, "timeout"),
+                                                                        mixed[1]]
+
+
 SCAN_CASES = [
     ("text", b"EHC1:ABC", "EHC1:ABC", None),
     ("AIM identifier removed", b"]Q1EHC1:ABC", "EHC1:ABC", None),
@@ -295,6 +327,29 @@ def test_fast_json_line_is_the_documented_record(name, outcome, include_subject)
     assert list(json.loads(fast)) == list(result_record(outcome, include_subject=include_subject))
 
 
+@pytest.mark.parametrize("include_subject", [True, False])
+@pytest.mark.parametrize("source,sync_error,warnings", [
+    ("stdin", None, ()),
+    ("tty:/dev/扫描枪 \"1\"", "trust sync failed: mirror 不可达", ("revocation 未同步", "b")),
+])
+def test_valid_lines_are_the_documented_record(include_subject, source, sync_error, warnings):
+    """The run loop's line for a valid code (ValidLines) is byte for byte the documented record."""
+    from verifier.audit import iso_utc
+    from verifier.output import ValidLines, encode, result_record, source_part, trust_part
+    from verifier.runtime import Outcome
+
+    code = hc.VerifiedCode("44", hc.main_index_id_from_bytes(bytes(range(16))), 2**64 - 1, 86_399,
+                           4_294_967_295, b"\x01\x02\xff", "ES256", None, 7, {})
+    lines = ValidLines(include_subject=include_subject)
+    for trust in (assess(POLICY, system_now=T0 + H, last_verified=T0),
+                  assess(POLICY, system_now=T0 - 2 * H, last_verified=T0)):
+        lines.at(iso_utc(trust.now), trust_part(trust, sync_error, warnings))
+        for verified in (code, code._replace(status=None, serial=0, iat=0, exp=1)):
+            outcome = Outcome(12, source, "timeout", verified, None, "valid", trust, sync_error, None, None, warnings)
+            fast = lines.line(12, verified, str(verified.serial), source_part(source, "timeout"))
+            assert fast == encode(result_record(outcome, include_subject=include_subject))
+
+
 # --- the operator display -------------------------------------------------------------------------------
 
 
@@ -327,3 +382,20 @@ def test_display_never_raises_on_a_broken_stream():
     stream = io.StringIO()
     stream.close()
     Display(stream, ansi=False).show(dict(_outcomes())["valid"], [])
+
+
+def test_millisecond_clock():
+    """The CLI's clock: aware UTC, whole milliseconds, one object per millisecond."""
+    import time
+
+    from verifier.__main__ import millisecond_clock
+
+    clock = millisecond_clock()
+    before = dt.datetime.now(dt.timezone.utc)
+    first, second = clock(), clock()
+    after = dt.datetime.now(dt.timezone.utc)
+    assert first.tzinfo is dt.timezone.utc and first.microsecond % 1000 == 0
+    assert before - dt.timedelta(milliseconds=1) <= first <= second <= after
+    assert second is first or second > first
+    time.sleep(0.002)
+    assert clock() > first
