@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m tools.bench [core] [issuer] [crashloop] [trust] [revocation] [verifier] [--rounds N] [--seconds S] [--cycles C]``.
+"""Benchmarks: ``python -m tools.bench [core] [issuer] [issuer-layers] [crashloop] [trust] [revocation] [verifier] [--rounds N] [--seconds S] [--cycles C]``.
 
 Each prints a Markdown report; copy it into ``docs/benchmarks.md`` with the
 command that produced it.
@@ -6,6 +6,9 @@ command that produced it.
 * ``core``: verify/sign/QR of the pure core against raw primitives (default 7 rounds of 1 s);
 * ``issuer``: IssueCode throughput and latency against a bare grpc.aio echo server, both
   over TLS in their own processes (default 5 rounds of 3 s, 32 calls in flight);
+* ``issuer-layers``: the same load against servers built up layer by layer (echo, echo + a GIL
+  release, echo + signing, the issuer with a canned code, signing only, the real store): where
+  an IssueCode's server time goes (default 3 rounds of 2 s);
 * ``crashloop``: kill -9 cycles of the real issuer under concurrent issuance, counting lost
   and duplicated acknowledged issuances (default 20 cycles);
 * ``trust``: trust sync of 34 provinces from a mirror directory: refresh bytes after one
@@ -20,14 +23,15 @@ from __future__ import annotations
 
 import argparse
 
-from . import core, crashloop, issuer, revocation, trust, verifier
+from . import core, crashloop, issuer, issuer_layers, revocation, trust, verifier
 
-BENCHES = {"core": core.run, "issuer": issuer.run, "crashloop": crashloop.run, "trust": trust.run,
-           "revocation": revocation.run, "verifier": verifier.run}
+BENCHES = {"core": core.run, "issuer": issuer.run, "issuer-layers": issuer_layers.run, "crashloop": crashloop.run,
+           "trust": trust.run, "revocation": revocation.run, "verifier": verifier.run}
 #: Per-benchmark defaults for the options not given on the command line.
 DEFAULTS = {
     "core": {"rounds": 7, "seconds": 1.0},
     "issuer": {"rounds": 5, "seconds": 3.0, "concurrency": 32},
+    "issuer-layers": {"rounds": 3, "seconds": 2.0, "concurrency": 32},
     "crashloop": {"cycles": 20, "concurrency": 48},
     "trust": {"rounds": 7},
     "revocation": {"rounds": 7, "seconds": 1.0},

@@ -1,0 +1,240 @@
+"""Where an IssueCode's server time goes: the same load against servers built up layer by layer.
+
+``python -m tools.bench issuer-layers [--rounds 3] [--seconds 2] [--concurrency 32]``
+
+Every contender is a grpc.aio server over TLS in its own child process, driven
+by this process exactly like ``python -m tools.bench issuer`` drives its two
+(one channel, N calls in flight, the IssueCode request's bytes and header):
+
+* ``echo``: the bare echo of ``tools.bench.issuer`` (raw bytes, no protobuf);
+* ``echo + GIL release``: the echo calling ``time.sleep(0)`` once a call, which
+  does nothing but release and retake the interpreter lock;
+* ``echo + sign``: the echo signing one code (``healthcode.sign_code``, ES256);
+* ``issuer, canned``: the real ``IssuerServer`` (admission, logs, metrics,
+  validation, protobuf), its code issuer replaced by one that returns a fixed
+  code at once: no signature, no store;
+* ``issuer, sign only``: the same, signing each code, no store;
+* ``issuer``: the real server on its real SQLite store (as ``tools.bench issuer``).
+
+Rates drift with the machine's load: read the ratios within a round and the
+CPU per call, not absolute rates. This is a diagnostic, not a target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import json
+import os
+import pathlib
+import platform
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+
+import grpc
+
+from ._measure import percentile
+from .issuer import ECHO_SERVICE, _closed_loop
+
+__all__ = ["run", "LAYERS"]
+
+#: name -> (label, kind, mode)
+LAYERS = {
+    "echo": ("echo", "echo", "plain"),
+    "release": ("echo + GIL release (time.sleep(0))", "echo", "release"),
+    "sign": ("echo + sign (ES256 code)", "echo", "sign"),
+    "canned": ("issuer, canned code (no sign, no store)", "issuer", "canned"),
+    "signonly": ("issuer, sign only (no store)", "issuer", "sign"),
+    "real": ("issuer (SQLite store)", "issuer", "real"),
+}
+
+
+# --------------------------------------------------------------------------- the servers (child processes)
+
+
+async def _serve_echo(mode: str, cert: bytes, key: bytes) -> None:
+    import healthcode as hc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1._async import HealthServicer
+    from healthcode.model import main_index_id_from_bytes
+
+    signer = hc.SoftwareSigner(hc.generate_signing_key(hc.Algorithm.ES256))
+    mid = main_index_id_from_bytes(os.urandom(16))
+    serials = itertools.count()
+
+    async def echo(request: bytes, context) -> bytes:
+        if mode == "release":
+            time.sleep(0)
+        elif mode == "sign":
+            now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+            hc.sign_code(hc.CodeClaims("33", mid, next(serials), now, now + dt.timedelta(days=7)), signer)
+        return request
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await _announce_and_wait(server, port)
+
+
+async def _serve_issuer(mode: str, flags: list[str]) -> None:
+    import healthcode as hc
+    from issuer import app
+    from issuer.__main__ import serve
+    from issuer.config import load_config
+    from issuer.model import CodeRef, IssuedCode
+
+    params = serve.make_context("serve", flags).params  # the serve command's own flag parsing
+    params.pop("config_file"), params.pop("code_validity_hours")
+    config = load_config(None, params)
+    signer = app.load_signer_pem(pathlib.Path(config.signing_key).read_bytes(), None)
+    index, codes, close = app.build_domain(
+        config, signer=signer, vault_secret=app.parse_vault_secret(pathlib.Path(config.vault_key).read_bytes()))
+
+    class StandIn:
+        """The code issuer's ``issue_code`` without a store (``canned``: without a signature either)."""
+
+        def __init__(self) -> None:
+            self._serials = itertools.count()
+
+        async def issue_code(self, *, caller, main_index_id, idempotency_key, now):
+            iat = now.replace(microsecond=0)
+            exp = iat + dt.timedelta(days=7)
+            serial = next(self._serials)
+            text = "EHC1:" + "X" * 205 if mode == "canned" else hc.sign_code(
+                hc.CodeClaims(config.province, main_index_id, serial, iat, exp), signer)
+            return IssuedCode(CodeRef(config.province, bytes(signer.kid), serial), main_index_id, iat, exp, text)
+
+    server = await app.IssuerServer.start(app.server_options(config), index=index,
+                                          codes=codes if mode == "real" else StandIn())
+    try:
+        await _announce_and_wait(server.server, server.port, stop=server.shutdown)
+    finally:
+        close()
+
+
+async def _announce_and_wait(server, port: int, stop=None) -> None:
+    print(json.dumps({"event": "listening", "port": port}), file=sys.stderr, flush=True)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    await (stop() if stop is not None else server.stop(1))
+
+
+def _server_main(argv: list[str]) -> int:
+    kind, mode, *rest = argv
+    if kind == "echo":
+        cert, key = pathlib.Path(rest[0]).read_bytes(), pathlib.Path(rest[1]).read_bytes()
+        asyncio.run(_serve_echo(mode, cert, key))
+    else:
+        from issuer.app import configure_logging
+
+        configure_logging("INFO")
+        asyncio.run(_serve_issuer(mode, rest))
+    return 0
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def run(*, rounds: int = 3, seconds: float = 2.0, concurrency: int = 32, residents: int = 300, out=sys.stdout,
+        **_ignored) -> dict[str, list]:
+    """Start every layer's server, measure them interleaved, print the Markdown report."""
+    from issuer.api import health_codes_pb2, health_codes_pb2_grpc
+
+    from .crashloop import ServerProcess, Workspace, register_residents, resident_ids
+
+    results: dict[str, list] = {name: [] for name in LAYERS}
+    with tempfile.TemporaryDirectory(prefix="healthcode-bench-layers-") as tmp:
+        workspace = Workspace.create(pathlib.Path(tmp), now=dt.datetime.now(dt.timezone.utc))
+        servers = {}
+        try:
+            for name, (_, kind, mode) in LAYERS.items():
+                args = [str(workspace.tls_cert), str(workspace.tls_key)] if kind == "echo" else [
+                    *_with_database(workspace.serve_flags, workspace.directory / f"{name}.db"),
+                    "--listen", "127.0.0.1:0"]
+                servers[name] = ServerProcess.spawn(
+                    [sys.executable, "-m", "tools.bench.issuer_layers", "serve", kind, mode, *args],
+                    workspace.directory / f"{name}.log", ca_pem=workspace.ca_pem)
+
+            async def drive() -> None:
+                metadata = workspace.metadata
+                calls = {}
+                channels = []
+                rng = random.Random(7)
+                keys = itertools.count()
+                run_id = os.urandom(4).hex()
+                for name, (_, kind, _mode) in LAYERS.items():
+                    channel = workspace.channel(servers[name].port)
+                    channels.append(channel)
+                    if kind == "echo":
+                        payload = health_codes_pb2.IssueCodeRequest(
+                            main_index_id="A" * 26, idempotency_key=f"bench-{run_id}-000000000").SerializeToString()
+                        echo = channel.unary_unary(f"/{ECHO_SERVICE}/Echo")
+                        calls[name] = lambda echo=echo, payload=payload: echo(payload, metadata=metadata, timeout=10)
+                    else:
+                        mids = await register_residents(channel, metadata, resident_ids(residents))
+                        stub = health_codes_pb2_grpc.HealthCodesStub(channel)
+                        calls[name] = lambda stub=stub, mids=mids: stub.IssueCode(health_codes_pb2.IssueCodeRequest(
+                            main_index_id=rng.choice(mids), idempotency_key=f"bench-{run_id}-{next(keys):09d}"),
+                            metadata=metadata, timeout=10)
+                try:
+                    for name, call in calls.items():  # warm-up
+                        await _closed_loop(call, concurrency=concurrency, seconds=0.5, server_pid=servers[name].pid)
+                    for index in range(rounds):
+                        order = list(calls) if index % 2 == 0 else list(reversed(calls))
+                        for name in order:
+                            results[name].append(await _closed_loop(
+                                calls[name], concurrency=concurrency, seconds=seconds, server_pid=servers[name].pid))
+                finally:
+                    for channel in channels:
+                        await channel.close()
+
+            asyncio.run(drive())
+            for server in servers.values():
+                server.terminate()
+        finally:
+            for server in servers.values():
+                server.close()
+    _report(results, out=out, rounds=rounds, seconds=seconds, concurrency=concurrency)
+    return results
+
+
+def _with_database(flags: tuple[str, ...], database: pathlib.Path) -> list[str]:
+    flags = list(flags)
+    flags[flags.index("--database") + 1] = str(database)
+    return flags
+
+
+def _report(results: dict[str, list], *, out, rounds: int, seconds: float, concurrency: int) -> None:
+    print(f"# IssueCode's server time, layer by layer  ({platform.python_implementation()} "
+          f"{platform.python_version()}, grpcio {grpc.__version__}, {os.cpu_count()} CPUs, {rounds} interleaved "
+          f"rounds of {seconds:g} s, {concurrency} calls in flight)\n", file=out)
+    print("| layer | median calls/s | ratio to echo (median of rounds) | server µs/call (all threads) | "
+          "event-loop thread µs/call | client µs/call | p99 ms |", file=out)
+    print("|---|---:|---:|---:|---:|---:|---:|", file=out)
+    echo = results["echo"]
+    for name, rs in results.items():
+        calls = sum(r.calls for r in rs) or 1
+        ratio = statistics.median(r.rate / e.rate for r, e in zip(rs, echo))
+        p99 = percentile([x for r in rs for x in r.latencies], 0.99) * 1000
+        print(f"| {LAYERS[name][0]} | {statistics.median(r.rate for r in rs):,.0f} | {ratio:.2f} | "
+              f"{sum(r.server_cpu for r in rs) / calls * 1e6:,.0f} | {sum(r.server_loop_cpu for r in rs) / calls * 1e6:,.0f} | "
+              f"{sum(r.client_cpu for r in rs) / calls * 1e6:,.0f} | {p99:.1f} |", file=out)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        sys.exit(_server_main(sys.argv[2:]))
+    sys.exit("usage: python -m tools.bench issuer-layers")
