@@ -291,8 +291,8 @@ class AuditLog:
             except sqlite3.Error:
                 pass
             pending.extendleft(reversed(batch))  # keep them, in order, for the retry
-            while len(pending) > self.config.max_pending:
-                pending.pop()
+            while len(pending) > self.config.max_pending:  # beyond the cap the oldest go, as documented
+                pending.popleft()
                 self.dropped += 1
             raise
         finally:

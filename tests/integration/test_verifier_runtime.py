@@ -22,7 +22,7 @@ import time
 import pytest
 
 import healthcode as hc
-from verifier.audit import AuditLog
+from verifier.audit import AuditEntry, AuditLog
 from verifier.config import AuditConfig, ScanConfig, SyncConfig, VerifierConfig
 from verifier.display import Display
 from verifier.output import SocketSink, StreamSink
@@ -647,3 +647,26 @@ def test_json_lines_to_a_unix_socket_that_comes_late(world, tmp_path):
 def test_tcp_output_only_to_loopback():
     with pytest.raises(ValueError, match="loopback"):
         SocketSink("tcp:10.0.0.5:9000")
+
+
+def test_audit_rows_beyond_max_pending_drop_the_oldest_when_a_write_fails(tmp_path):
+    # A failed batch goes back to the front of the queue; rows queued meanwhile (the scan loop
+    # goes on) push it over max_pending: the oldest rows are the ones dropped, as documented.
+    def row(n: int) -> AuditEntry:
+        return AuditEntry(f"t{n}", "invalid", "bad_format", None, None, None, 0, "stdin", 0, 0)
+
+    audit = AuditLog(AuditConfig(path=tmp_path / "audit.sqlite3", batch_rows=4, max_pending=4),
+                     clock=lambda: dt.datetime.now(dt.timezone.utc))
+
+    class FailingConnection:
+        def execute(self, sql, *args):
+            if sql == "BEGIN":
+                audit.queue_rows([row(4), row(5)])  # arrive while the batch is being written
+                raise sqlite3.OperationalError("disk I/O error")
+
+    audit.queue_rows([row(n) for n in range(4)])
+    audit._conn = FailingConnection()
+    with pytest.raises(sqlite3.OperationalError):
+        audit._write_pending()
+    assert [entry.time for entry in audit._pending] == ["t2", "t3", "t4", "t5"]
+    assert audit.dropped == 2
