@@ -74,11 +74,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import queue
 import re
-import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import psycopg
@@ -106,11 +103,10 @@ from .base import (
     ResidentRecord,
     SchemaTooNew,
     Store,
-    StoreClosed,
-    StoreOverloaded,
     WriteFailed,
-    WriterStats,
 )
+from .pool import ReaderPool
+from .writer import DEFAULT_COMMIT_LINGER, CodeItem, GroupCommitWriter, Operation
 
 __all__ = [
     "PostgresStore",
@@ -378,33 +374,12 @@ def _row_error(exc: psycopg.Error) -> IssuerError:
 _ROW_ERRORS = (psycopg.IntegrityError, psycopg.DataError)
 
 
-# --------------------------------------------------------------------------- the writer's queue items
-
-
-@dataclass(slots=True)
-class _CodeItem:
-    params: tuple
-    record: CodeRecord
-    supersedes: CodeRef | None
-    future: Future
-
-
-@dataclass(slots=True)
-class _Operation:
-    """Any other write: ``run(conn)`` inside its own transaction, its result resolves ``future``."""
-
-    run: Callable[[psycopg.Connection], Any]
-    future: Future
-    after_commit: Callable[[Any], None] | None = None
-
-
-_STOP = object()
 
 
 # --------------------------------------------------------------------------- the store
 
 
-class PostgresStore(Store):
+class PostgresStore(GroupCommitWriter, Store):
     """The :class:`~issuer.store.base.Store` on a PostgreSQL database.
 
     ``conninfo`` is a libpq connection string or URL (``postgresql://user@host/db``);
@@ -427,26 +402,15 @@ class PostgresStore(Store):
         resident_cache_size: int = DEFAULT_RESIDENT_CACHE,
         max_queued: int = DEFAULT_MAX_QUEUED,
         connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
+        commit_linger: float = DEFAULT_COMMIT_LINGER,
     ) -> None:
-        if batch_cap < 1 or max_queued < 1:
-            raise ValueError("batch_cap and max_queued must be at least 1")
+        self._init_writer(batch_cap=batch_cap, max_queued=max_queued, resident_cache_size=resident_cache_size,
+                          commit_linger=commit_linger)
         self.conninfo = conninfo
         self.schema = None if schema is None else check_schema_name(schema)
-        self._batch_cap = batch_cap
-        self._max_queued = max_queued
         self._lock_timeout_ms = int(lock_timeout_ms)
         self._connect_timeout = int(connect_timeout)
-        self._cache_cap = resident_cache_size
-        self._active: dict[str, None] = {}  # FIFO-bounded set of entries known to exist unmerged
-        self._merged: set[str] = set()  # entries this process merged (guards in-flight codes)
-        self._cache_lock = threading.Lock()
-        self._readers: queue.SimpleQueue[psycopg.Connection] = queue.SimpleQueue()
-        self._all_readers: list[psycopg.Connection] = []
-        self._readers_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._submit_lock = threading.Lock()
-        self._closed = False
-        self._stats = [0, 0, 0, 0, 0]
+        self._readers: ReaderPool[psycopg.Connection] = ReaderPool(self._new_reader, _close_quietly)
 
         conn = self._connect(writer=True)
         try:
@@ -455,8 +419,7 @@ class PostgresStore(Store):
             conn.close()
             raise
         self._conn = conn
-        self._writer = threading.Thread(target=self._run_writer, name="postgres-writer", daemon=True)
-        self._writer.start()
+        self._start_writer("postgres-writer")
 
     # -- connections
 
@@ -488,31 +451,23 @@ class PostgresStore(Store):
             self._conn = conn = self._connect(writer=True)
         return conn
 
-    def _take_reader(self) -> psycopg.Connection:
-        if self._closed:
-            raise StoreClosed("store is closed")
+    def _new_reader(self) -> psycopg.Connection:
         try:
-            return self._readers.get_nowait()
-        except queue.Empty:
-            pass
-        try:
-            conn = self._connect(writer=False)
+            return self._connect(writer=False)
         except psycopg.OperationalError:
             raise Unavailable("database unavailable: cannot connect") from None
-        with self._readers_lock:
-            self._all_readers.append(conn)
-        return conn
+
+    def _take_reader(self) -> psycopg.Connection:
+        return self._readers.take()
 
     def _give_back(self, conn: psycopg.Connection) -> None:
-        if conn.broken or conn.closed:
-            conn.close()
-            with self._readers_lock:
-                with contextlib.suppress(ValueError):
-                    self._all_readers.remove(conn)
-            return
-        if conn.info.transaction_status != TransactionStatus.IDLE:
-            conn.rollback()
-        self._readers.put(conn)
+        usable = not (conn.broken or conn.closed)
+        if usable and conn.info.transaction_status != TransactionStatus.IDLE:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                usable = False
+        self._readers.give_back(conn, usable=usable)
 
     def _read(self, query: Callable[[psycopg.Connection], _T]) -> _T:
         """``query(conn)`` on a pooled connection; one the server closed (a restart) is replaced once."""
@@ -529,23 +484,6 @@ class PostgresStore(Store):
         raise AssertionError("unreachable")
 
     # -- the resident cache
-
-    def _remember_active(self, main_index_id: str) -> None:
-        with self._cache_lock:
-            if main_index_id in self._merged:
-                return
-            active = self._active
-            active[main_index_id] = None
-            while len(active) > self._cache_cap:
-                del active[next(iter(active))]
-
-    def _forget_active(self, main_index_id: str) -> None:
-        with self._cache_lock:
-            self._merged.add(main_index_id)
-            self._active.pop(main_index_id, None)
-
-    def known_active(self, main_index_id: str) -> bool:
-        return main_index_id in self._active
 
     # -- reads
 
@@ -601,33 +539,7 @@ class PostgresStore(Store):
     def next_serial(self, province: str, kid: bytes) -> int:
         return self._read(lambda conn: conn.execute(_NEXT_SERIAL, (province, kid, province, kid)).fetchone()[0])
 
-    def write_stats(self) -> WriterStats:
-        """Counters of the writer (transactions, batches, codes, largest batch, fallbacks)."""
-        return WriterStats(*self._stats)
-
-    # -- writes: submission
-
-    def _submit(self, item: Any) -> Future:
-        with self._submit_lock:
-            if self._closed:
-                raise StoreClosed("store is closed")
-            if self._queue.qsize() >= self._max_queued:
-                raise StoreOverloaded("too many writes are waiting; retry later")
-            self._queue.put(item)
-        return item.future
-
-    @staticmethod
-    def _new_future() -> Future:
-        future: Future = Future()
-        future.set_running_or_notify_cancel()  # a submitted write cannot be cancelled
-        return future
-
-    def submit_code(self, record: CodeRecord, *, supersedes: CodeRef | None = None) -> Future[None]:
-        return self._submit(_CodeItem(_code_params(record), record, supersedes, self._new_future()))
-
-    def _operation(self, run: Callable[[psycopg.Connection], Any],
-                   after_commit: Callable[[Any], None] | None = None) -> Future:
-        return self._submit(_Operation(run, self._new_future(), after_commit))
+    # -- writes (queued: see issuer/store/writer.py)
 
     def create_resident(self, resident: ResidentRecord, identifiers: Sequence[IdentifierRecord]) -> Future[None]:
         mid = resident.main_index_id
@@ -725,31 +637,25 @@ class PostgresStore(Store):
 
     # -- the writer thread
 
-    def _run_writer(self) -> None:
-        get, get_nowait, cap = self._queue.get, self._queue.get_nowait, self._batch_cap
-        while True:
-            items = [get()]
-            codes = type(items[0]) is _CodeItem
-            while codes < cap:
-                try:
-                    item = get_nowait()
-                except queue.Empty:
-                    break
-                items.append(item)
-                codes += type(item) is _CodeItem
-            batch: list[_CodeItem] = []
-            for item in items:
-                if type(item) is _CodeItem:
-                    batch.append(item)
-                    continue
-                if batch:
-                    self._commit_codes(batch)
-                    batch = []
-                if item is _STOP:
-                    return
-                self._apply_operation(item)
-            if batch:
-                self._commit_codes(batch)
+    _bump_counter_sql = _BUMP_COUNTER
+    _row_errors = _ROW_ERRORS
+
+    def _params_of(self, record: CodeRecord) -> tuple:
+        return _code_params(record)
+
+    def _begin_codes(self) -> psycopg.Connection:
+        return self._begin()
+
+    @staticmethod
+    def _restart(conn: psycopg.Connection) -> None:
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
+
+    def _commit_tx(self, conn: psycopg.Connection) -> None:
+        self._commit(conn)
+
+    def _rollback_tx(self, conn: psycopg.Connection | None) -> None:
+        self._rollback(conn)
 
     def _begin(self) -> psycopg.Connection:
         """The writer's connection, in a new transaction. One found dead at BEGIN is replaced once:
@@ -777,7 +683,7 @@ class PostgresStore(Store):
             with contextlib.suppress(psycopg.Error):
                 conn.execute("ROLLBACK")
 
-    def _apply_operation(self, op: _Operation) -> None:
+    def _apply_operation(self, op: Operation) -> None:
         conn = None
         try:
             conn = self._begin()
@@ -794,51 +700,7 @@ class PostgresStore(Store):
             op.after_commit(result)
         op.future.set_result(result)
 
-    def _commit_codes(self, batch: list[_CodeItem]) -> None:
-        """Commit a batch of code insertions in one transaction; resolve each future after."""
-        merged = self._merged
-        if merged:  # entries merged while these codes were in flight take no new code
-            kept = []
-            for item in batch:
-                if item.record.main_index_id in merged:
-                    item.future.set_exception(ResidentMerged("resident was merged into another entry"))
-                else:
-                    kept.append(item)
-            batch = kept
-            if not batch:
-                return
-        conn = None
-        try:
-            conn = self._begin()
-            try:
-                outcomes = self._apply_codes_fast(conn, batch)
-            except _ROW_ERRORS:
-                conn.execute("ROLLBACK")
-                self._stats[4] += 1
-                conn.execute("BEGIN")
-                outcomes = self._apply_codes_one_by_one(conn, batch)
-            self._bump_counters(conn, batch, outcomes)
-            self._commit(conn)
-        except BaseException as exc:
-            self._rollback(conn)
-            error = WriteFailed(f"codes could not be committed: {exc.__class__.__name__}")
-            for item in batch:
-                item.future.set_exception(error)
-            return
-        committed = sum(1 for outcome in outcomes if outcome is None)
-        stats = self._stats
-        stats[0] += 1
-        stats[1] += 1
-        stats[2] += committed
-        if committed > stats[3]:
-            stats[3] = committed
-        for item, outcome in zip(batch, outcomes):
-            if outcome is None:
-                item.future.set_result(None)
-            else:
-                item.future.set_exception(outcome)
-
-    def _apply_codes_fast(self, conn: psycopg.Connection, batch: list[_CodeItem]) -> list[IssuerError | None]:
+    def _apply_codes_fast(self, conn: psycopg.Connection, batch: list[CodeItem]) -> list[IssuerError | None]:
         """All plain insertions in one statement; renewals one by one. Raises on any row's failure."""
         plain = [item.params for item in batch if item.supersedes is None]
         if plain:
@@ -847,7 +709,7 @@ class PostgresStore(Store):
             return [None] * len(batch)
         return [None if item.supersedes is None else self._apply_renewal(conn, item) for item in batch]
 
-    def _apply_codes_one_by_one(self, conn: psycopg.Connection, batch: list[_CodeItem]) -> list[IssuerError | None]:
+    def _apply_codes_one_by_one(self, conn: psycopg.Connection, batch: list[CodeItem]) -> list[IssuerError | None]:
         """One statement per row, each under a savepoint: a failing row is undone alone."""
         outcomes: list[IssuerError | None] = []
         for item in batch:
@@ -866,7 +728,7 @@ class PostgresStore(Store):
         return outcomes
 
     @staticmethod
-    def _apply_renewal(conn: psycopg.Connection, item: _CodeItem) -> IssuerError | None:
+    def _apply_renewal(conn: psycopg.Connection, item: CodeItem) -> IssuerError | None:
         """Insert the new code and supersede the old one, both or neither (a savepoint)."""
         old = item.supersedes
         conn.execute("SAVEPOINT renewal")
@@ -890,35 +752,21 @@ class PostgresStore(Store):
         finally:
             conn.execute("RELEASE SAVEPOINT renewal")
 
-    @staticmethod
-    def _bump_counters(conn: psycopg.Connection, batch: list[_CodeItem], outcomes: list) -> None:
-        highest: dict[tuple[str, bytes], int] = {}
-        for item, outcome in zip(batch, outcomes):
-            if outcome is None:
-                key = (item.record.province, item.record.kid)
-                serial = item.record.serial
-                if serial >= highest.get(key, -1):
-                    highest[key] = serial
-        for (province, kid), serial in highest.items():
-            conn.execute(_BUMP_COUNTER, (province, kid, serial + 1))
-
     # -- lifecycle
 
     def close(self) -> None:
-        with self._submit_lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.put(_STOP)
-        self._writer.join()
+        if not self._stop_writer():
+            return
         self._conn.close()
-        with self._readers_lock:
-            for conn in self._all_readers:
-                conn.close()
-            self._all_readers.clear()
+        self._readers.close()
 
     def __repr__(self) -> str:
         return f"<PostgresStore {_describe(self.conninfo, self.schema)}>"
+
+
+def _close_quietly(conn: psycopg.Connection) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.close()
 
 
 def _require_active(conn: psycopg.Connection, main_index_id: str, what: str = "resident") -> None:

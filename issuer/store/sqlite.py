@@ -52,16 +52,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import logging
 import os
 import pathlib
-import queue
 import sqlite3
-import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import sqlite_utils
 
@@ -84,19 +80,15 @@ from .base import (
     ResidentRecord,
     SchemaTooNew,
     Store,
-    StoreClosed,
-    StoreOverloaded,
     WriteFailed,
     WriterStats,
 )
+from .pool import ReaderPool
+from .writer import DEFAULT_COMMIT_LINGER, CodeItem, GroupCommitWriter, Operation
 
 __all__ = ["SQLiteStore", "WriterStats", "MIGRATIONS", "SchemaTooNew", "DEFAULT_BATCH_CAP"]
 
-log = logging.getLogger("issuer.store")
-
 DEFAULT_BUSY_TIMEOUT_MS = 5000
-#: How long the writer lets a group commit fill up once it has seen concurrent writes (seconds).
-DEFAULT_COMMIT_LINGER = 0.002
 
 
 # --------------------------------------------------------------------------- migrations
@@ -314,30 +306,12 @@ def _integrity_error(exc: sqlite3.IntegrityError) -> IssuerError:
 # --------------------------------------------------------------------------- the writer's queue items
 
 
-@dataclass(slots=True)
-class _CodeItem:
-    params: tuple
-    record: CodeRecord
-    supersedes: CodeRef | None
-    future: Future
-
-
-@dataclass(slots=True)
-class _Operation:
-    """Any other write: ``run(conn)`` inside its own transaction, its result resolves ``future``."""
-
-    run: Callable[[sqlite3.Connection], Any]
-    future: Future
-    after_commit: Callable[[Any], None] | None = None
-
-
-_STOP = object()
 
 
 # --------------------------------------------------------------------------- the store
 
 
-class SQLiteStore(Store):
+class SQLiteStore(GroupCommitWriter, Store):
     """The :class:`~issuer.store.base.Store` on one SQLite file.
 
     ``batch_cap`` bounds the codes one transaction commits; ``busy_timeout_ms``
@@ -359,26 +333,11 @@ class SQLiteStore(Store):
         max_queued: int = DEFAULT_MAX_QUEUED,
         commit_linger: float = DEFAULT_COMMIT_LINGER,
     ) -> None:
-        if batch_cap < 1 or max_queued < 1:
-            raise ValueError("batch_cap and max_queued must be at least 1")
-        if not 0 <= commit_linger <= 0.1:
-            raise ValueError("commit_linger must be 0 to 0.1 seconds")
-        self._commit_linger = float(commit_linger)
-        self._max_queued = max_queued
+        self._init_writer(batch_cap=batch_cap, max_queued=max_queued, resident_cache_size=resident_cache_size,
+                          commit_linger=commit_linger)
         self.path = pathlib.Path(path)
-        self._batch_cap = batch_cap
         self._busy_timeout_ms = int(busy_timeout_ms)
-        self._cache_cap = resident_cache_size
-        self._active: dict[str, None] = {}  # FIFO-bounded set of entries known to exist unmerged
-        self._merged: set[str] = set()  # entries this process merged (guards in-flight codes)
-        self._cache_lock = threading.Lock()
-        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._all_readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._submit_lock = threading.Lock()
-        self._closed = False
-        self._stats = [0, 0, 0, 0, 0]
+        self._readers: ReaderPool[sqlite3.Connection] = ReaderPool(lambda: self._connect(writer=False), _close_quietly)
 
         conn = self._connect(writer=True)
         try:
@@ -390,8 +349,7 @@ class SQLiteStore(Store):
             conn.close()
             raise
         self._conn = conn
-        self._writer = threading.Thread(target=self._run_writer, name=f"sqlite-writer:{self.path.name}", daemon=True)
-        self._writer.start()
+        self._start_writer(f"sqlite-writer:{self.path.name}")
 
     # -- connections
 
@@ -422,39 +380,17 @@ class SQLiteStore(Store):
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
-        if self._closed:
-            raise StoreClosed("store is closed")
-        try:
-            conn = self._readers.get_nowait()
-        except queue.Empty:
-            conn = self._connect(writer=False)
-            with self._readers_lock:
-                self._all_readers.append(conn)
+        conn = self._readers.take()
+        usable = True
         try:
             yield conn
         finally:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._readers.put(conn)
-
-    # -- the resident cache
-
-    def _remember_active(self, main_index_id: str) -> None:
-        with self._cache_lock:
-            if main_index_id in self._merged:
-                return
-            active = self._active
-            active[main_index_id] = None
-            while len(active) > self._cache_cap:
-                del active[next(iter(active))]
-
-    def _forget_active(self, main_index_id: str) -> None:
-        with self._cache_lock:
-            self._merged.add(main_index_id)
-            self._active.pop(main_index_id, None)
-
-    def known_active(self, main_index_id: str) -> bool:
-        return main_index_id in self._active
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    usable = False
+            self._readers.give_back(conn, usable=usable)
 
     # -- reads
 
@@ -524,33 +460,7 @@ class SQLiteStore(Store):
             conn.execute("COMMIT")
         return max(counted, highest)
 
-    def write_stats(self) -> WriterStats:
-        """Counters of the writer (transactions, batches, codes, largest batch, fallbacks)."""
-        return WriterStats(*self._stats)
-
-    # -- writes: submission
-
-    def _submit(self, item: Any) -> Future:
-        with self._submit_lock:
-            if self._closed:
-                raise StoreClosed("store is closed")
-            if self._queue.qsize() >= self._max_queued:
-                raise StoreOverloaded("too many writes are waiting; retry later")
-            self._queue.put(item)
-        return item.future
-
-    @staticmethod
-    def _new_future() -> Future:
-        future: Future = Future()
-        future.set_running_or_notify_cancel()  # a submitted write cannot be cancelled
-        return future
-
-    def submit_code(self, record: CodeRecord, *, supersedes: CodeRef | None = None) -> Future[None]:
-        return self._submit(_CodeItem(_code_params(record), record, supersedes, self._new_future()))
-
-    def _operation(self, run: Callable[[sqlite3.Connection], Any],
-                   after_commit: Callable[[Any], None] | None = None) -> Future:
-        return self._submit(_Operation(run, self._new_future(), after_commit))
+    # -- writes (queued: see issuer/store/writer.py)
 
     def create_resident(self, resident: ResidentRecord, identifiers: Sequence[IdentifierRecord]) -> Future[None]:
         mid = resident.main_index_id
@@ -644,43 +554,30 @@ class SQLiteStore(Store):
 
     # -- the writer thread
 
-    def _run_writer(self) -> None:
-        get, get_nowait, cap = self._queue.get, self._queue.get_nowait, self._batch_cap
-        linger, sleep = self._commit_linger, time.sleep
-        busy = False  # did the last batch hold more than one code (writes arrive concurrently)?
-        while True:
-            first = get()
-            if busy and type(first) is _CodeItem:
-                # Group commit that fills up: under concurrent load, wait ``linger``
-                # for the codes in flight behind this one and commit them together.
-                # One sleep, not a wake-up per arrival: the event loop keeps the GIL.
-                # A lone caller (last batch of one) is never delayed.
-                sleep(linger)
-            items = [first]
-            codes = type(first) is _CodeItem
-            while codes < cap:
-                try:
-                    item = get_nowait()
-                except queue.Empty:
-                    break
-                items.append(item)
-                codes += type(item) is _CodeItem
-            busy = codes > 1
-            batch: list[_CodeItem] = []
-            for item in items:
-                if type(item) is _CodeItem:
-                    batch.append(item)
-                    continue
-                if batch:
-                    self._commit_codes(batch)
-                    batch = []
-                if item is _STOP:
-                    return
-                self._apply_operation(item)
-            if batch:
-                self._commit_codes(batch)
+    _bump_counter_sql = _BUMP_COUNTER
+    _row_errors = (sqlite3.Error,)
 
-    def _apply_operation(self, op: _Operation) -> None:
+    def _params_of(self, record: CodeRecord) -> tuple:
+        return _code_params(record)
+
+    def _begin_codes(self) -> sqlite3.Connection:
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self._conn
+
+    def _restart(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+
+    def _commit_tx(self, conn: sqlite3.Connection) -> None:
+        conn.execute("COMMIT")
+
+    def _rollback_tx(self, conn: sqlite3.Connection | None) -> None:
+        if conn is not None and conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    def _apply_operation(self, op: Operation) -> None:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -705,54 +602,8 @@ class SQLiteStore(Store):
             op.after_commit(result)
         op.future.set_result(result)
 
-    def _commit_codes(self, batch: list[_CodeItem]) -> None:
-        """Commit a batch of code insertions in one transaction; resolve each future after."""
-        merged = self._merged
-        if merged:  # entries merged while these codes were in flight take no new code
-            kept = []
-            for item in batch:
-                if item.record.main_index_id in merged:
-                    item.future.set_exception(ResidentMerged("resident was merged into another entry"))
-                else:
-                    kept.append(item)
-            batch = kept
-            if not batch:
-                return
-        conn = self._conn
-        try:
-            try:
-                outcomes = self._apply_codes_fast(conn, batch)
-            except sqlite3.Error:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._stats[4] += 1
-                outcomes = self._apply_codes_one_by_one(conn, batch)
-            self._bump_counters(conn, batch, outcomes)
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            error = WriteFailed(f"codes could not be committed: {exc.__class__.__name__}")
-            for item in batch:
-                item.future.set_exception(error)
-            return
-        committed = sum(1 for outcome in outcomes if outcome is None)
-        stats = self._stats
-        stats[0] += 1
-        stats[1] += 1
-        stats[2] += committed
-        if committed > stats[3]:
-            stats[3] = committed
-        for item, outcome in zip(batch, outcomes):
-            if outcome is None:
-                item.future.set_result(None)
-            else:
-                item.future.set_exception(outcome)
-
-    def _apply_codes_fast(self, conn: sqlite3.Connection, batch: list[_CodeItem]) -> list[IssuerError | None]:
+    def _apply_codes_fast(self, conn: sqlite3.Connection, batch: list[CodeItem]) -> list[IssuerError | None]:
         """All plain insertions in one statement; renewals one by one. Raises on any row's failure."""
-        conn.execute("BEGIN IMMEDIATE")
         plain = [item.params for item in batch if item.supersedes is None]
         if plain:
             _insert_codes(conn, plain)
@@ -760,9 +611,8 @@ class SQLiteStore(Store):
             return [None] * len(batch)
         return [None if item.supersedes is None else self._apply_renewal(conn, item) for item in batch]
 
-    def _apply_codes_one_by_one(self, conn: sqlite3.Connection, batch: list[_CodeItem]) -> list[IssuerError | None]:
+    def _apply_codes_one_by_one(self, conn: sqlite3.Connection, batch: list[CodeItem]) -> list[IssuerError | None]:
         """One statement per row in one transaction: a failing row is undone alone (statement rollback)."""
-        conn.execute("BEGIN IMMEDIATE")
         outcomes: list[IssuerError | None] = []
         for item in batch:
             if item.supersedes is not None:
@@ -782,7 +632,7 @@ class SQLiteStore(Store):
         return outcomes
 
     @staticmethod
-    def _apply_renewal(conn: sqlite3.Connection, item: _CodeItem) -> IssuerError | None:
+    def _apply_renewal(conn: sqlite3.Connection, item: CodeItem) -> IssuerError | None:
         """Insert the new code and supersede the old one, both or neither (a savepoint)."""
         old = item.supersedes
         record = item.record
@@ -805,39 +655,21 @@ class SQLiteStore(Store):
         finally:
             conn.execute("RELEASE renewal")
 
-    @staticmethod
-    def _bump_counters(conn: sqlite3.Connection, batch: list[_CodeItem], outcomes: list) -> None:
-        highest: dict[tuple[str, bytes], int] = {}
-        for item, outcome in zip(batch, outcomes):
-            if outcome is None:
-                key = (item.record.province, item.record.kid)
-                serial = item.record.serial
-                if serial >= highest.get(key, -1):
-                    highest[key] = serial
-        for (province, kid), serial in highest.items():
-            conn.execute(_BUMP_COUNTER, (province, kid, serial + 1))
-
     # -- lifecycle
 
     def close(self) -> None:
-        with self._submit_lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.put(_STOP)
-        self._writer.join()
+        if not self._stop_writer():
+            return
         self._conn.close()
-        s = self.write_stats()
-        log.info("store closed: %d transactions, %d code batches, %d codes, largest batch %d, %d fallbacks",
-                 s.transactions, s.batches, s.codes, s.largest_batch, s.fallbacks, extra={"event": "store_closed"})
-        with self._readers_lock:
-            for conn in self._all_readers:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._all_readers.clear()
+        self._readers.close()
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path.name}>"
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()
 
 
 def _require_active(conn: sqlite3.Connection, main_index_id: str, what: str = "resident") -> None:

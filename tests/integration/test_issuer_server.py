@@ -689,6 +689,27 @@ def test_mtls_client_certificate_is_a_caller(harness):
 # --------------------------------------------------------------------------- deadlines
 
 
+def late_outcomes(submit, delay: float, futures: list):
+    """A ``submit_code`` whose outcome reaches the issuer ``delay`` seconds after the real commit
+    (a slow commit, as the caller sees it); each returned future is appended to ``futures``."""
+
+    def slow_submit(record, **kw):
+        committed = submit(record, **kw)
+        late: Future = Future()
+        late.set_running_or_notify_cancel()
+
+        def resolve(f):
+            time.sleep(delay)
+            late.set_exception(f.exception()) if f.exception() else late.set_result(f.result())
+
+        committed.add_done_callback(lambda f: threading.Thread(target=resolve, args=(f,), daemon=True).start())
+        futures.append(late)
+        return late
+
+    return slow_submit
+
+
+
 def test_deadline_passing_before_the_code_is_stored_issues_nothing(harness):
     # The deadline passes while the issuance waits before anything is stored (here: a slow
     # domain in front of the issuer): nothing was signed or stored, the retry issues one code.
@@ -718,24 +739,10 @@ def test_deadline_passing_while_the_commit_runs_keeps_the_code_and_the_retry_get
     client = Client(server.port, harness.pki)
     submit = domain.store.submit_code
     slow_commits = []
-
-    def slow_submit(record, **kw):  # the outcome is known 0.6 s after the real commit
-        committed = submit(record, **kw)
-        late: Future = Future()
-        late.set_running_or_notify_cancel()
-
-        def resolve(f):
-            time.sleep(0.6)
-            late.set_exception(f.exception()) if f.exception() else late.set_result(f.result())
-
-        committed.add_done_callback(lambda f: threading.Thread(target=resolve, args=(f,), daemon=True).start())
-        slow_commits.append(late)
-        return late
-
     try:
         mid = client.register()
         request = hpb.IssueCodeRequest(main_index_id=mid, idempotency_key="deadline-0002")
-        domain.store.submit_code = slow_submit
+        domain.store.submit_code = late_outcomes(submit, 0.6, slow_commits)
         with pytest.raises(grpc.RpcError) as e:
             client.codes.IssueCode(request, metadata=APP, timeout=0.2)
         assert e.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -802,20 +809,15 @@ def test_shutdown_without_grace_leaves_nothing_half_done(harness, where):
     # the store closes. Either way the store closes last and nothing is half-done.
     server, domain, slow = harness.start(codes_delay=0.4 if where == "before_submit" else 0)
     client = Client(server.port, harness.pki)
-    if where == "during_commit":
-        submit = domain.store.submit_code
-
-        def slow_submit(record, **kw):
-            time.sleep(0.4)  # blocks the loop: shutdown begins while this code is being submitted
-            return submit(record, **kw)
-
-        domain.store.submit_code = slow_submit
+    submitted: list = []
+    if where == "during_commit":  # stored at once, but its caller hears of it only 2 s later
+        domain.store.submit_code = late_outcomes(domain.store.submit_code, 2.0, submitted)
     try:
         mid = client.register()
         in_flight = client.codes.IssueCode.future(hpb.IssueCodeRequest(main_index_id=mid, idempotency_key="nograce-1"),
                                                   metadata=APP, timeout=10)
         deadline = time.monotonic() + 5
-        while slow.started < 1 and time.monotonic() < deadline:
+        while (slow.started < 1 or (where == "during_commit" and not submitted)) and time.monotonic() < deadline:
             time.sleep(0.01)
         harness.stop(server, 0)
         with pytest.raises(grpc.RpcError):

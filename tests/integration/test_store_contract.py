@@ -484,3 +484,4 @@ def test_revoke_resident_codes_revokes_only_live_ones(store):
     assert store.revoke_resident_codes(MID_A, reason=RevocationReason.DECEASED, at=at).result() == 1
     assert store.get_code(CodeRef("33", KID, 0)).revoked_at == NOW
     assert store.revoke_resident_codes(MID_A, reason=RevocationReason.DECEASED, at=at).result() == 0
+

@@ -52,7 +52,8 @@ def code(serial: int, *, expires: dt.datetime | None = None) -> CodeRecord:
 
 def backend_pids(store) -> set[int]:
     writer = store._operation(lambda conn: conn.info.backend_pid).result(timeout=10)
-    return {writer} | {conn.info.backend_pid for conn in store._all_readers}
+    reader = store._read(lambda conn: conn.info.backend_pid)  # reads here are sequential: one pooled reader
+    return {writer, reader}
 
 
 def terminate(schema, pids) -> None:
@@ -209,8 +210,9 @@ def test_writer_and_readers_reconnect_after_the_server_dropped_them(store, schem
 
 def test_an_unreachable_database_is_unavailable_and_refuses_writes(store, schema):
     store.create_resident(ResidentRecord(MID, NOW), []).result()
+    pids = backend_pids(store)
     store.conninfo = "postgresql://postgres@127.0.0.1:1/test"  # every reconnection now fails
-    terminate(schema, backend_pids(store))
+    terminate(schema, pids)
     with pytest.raises(Unavailable):
         store.get_resident(MID)
     with pytest.raises(WriteFailed) as info:  # unknown fate: never a RowRejected, so no serial is reused

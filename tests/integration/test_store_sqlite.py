@@ -130,3 +130,20 @@ def test_group_commit_lingers_only_once_writes_arrive_concurrently(path):
 def test_commit_linger_is_bounded(path):
     with pytest.raises(ValueError):
         SQLiteStore(path, commit_linger=0.5)
+
+
+def test_closing_the_store_leaves_a_running_read_its_connection(path):
+    # A read thread can outlive the RPC that started it (the call was cancelled at shutdown):
+    # close() must not close the connection under it (the sqlite3 module would crash), and
+    # no read starts after close.
+    from issuer.store import StoreClosed
+
+    s = SQLiteStore(path)
+    conn = s._readers.take()  # checked out, as during a query in another thread
+    s.close()
+    assert conn.execute("SELECT count(*) FROM codes").fetchone() == (0,)
+    s._readers.give_back(conn)  # comes back after close: closed now
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")
+    with pytest.raises(StoreClosed):
+        s.get_resident("0" * 26)
