@@ -89,6 +89,8 @@ from .writer import DEFAULT_COMMIT_LINGER, CodeItem, GroupCommitWriter, Operatio
 __all__ = ["SQLiteStore", "WriterStats", "MIGRATIONS", "SchemaTooNew", "DEFAULT_BATCH_CAP"]
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
+#: SQLite integers are 64-bit signed; code serials may go to 2**64 - 1 (no such row is ever stored).
+_MAX_SQL_INTEGER = 2**63 - 1
 
 
 # --------------------------------------------------------------------------- migrations
@@ -424,6 +426,8 @@ class SQLiteStore(GroupCommitWriter, Store):
         return [_identifier_record(row) for row in rows]
 
     def get_code(self, ref: CodeRef) -> CodeRecord | None:
+        if not 0 <= ref.serial <= _MAX_SQL_INTEGER:  # refs may name serials up to 2**64 - 1: no such row
+            return None
         with self._reader() as conn:
             row = conn.execute(
                 f"SELECT {_CODE_COLUMNS} FROM codes WHERE province = ? AND kid = ? AND serial = ?",
@@ -527,6 +531,8 @@ class SQLiteStore(GroupCommitWriter, Store):
         key = (ref.province, ref.kid, ref.serial)
 
         def run(conn: sqlite3.Connection) -> CodeRecord | None:
+            if not 0 <= ref.serial <= _MAX_SQL_INTEGER:
+                return None
             conn.execute(
                 "UPDATE codes SET revoked_at = ?, revocation_reason = ? "
                 "WHERE province = ? AND kid = ? AND serial = ? AND revoked_at IS NULL",
@@ -555,7 +561,7 @@ class SQLiteStore(GroupCommitWriter, Store):
     # -- the writer thread
 
     _bump_counter_sql = _BUMP_COUNTER
-    _row_errors = (sqlite3.Error,)
+    _row_errors = (sqlite3.Error, OverflowError)
 
     def _params_of(self, record: CodeRecord) -> tuple:
         return _code_params(record)
@@ -623,6 +629,9 @@ class SQLiteStore(GroupCommitWriter, Store):
             except sqlite3.IntegrityError as exc:
                 outcomes.append(_integrity_error(exc))
                 continue
+            except OverflowError:  # a serial past SQLite's 64-bit signed integers: this row only
+                outcomes.append(WriteFailed("code could not be stored"))
+                continue
             except sqlite3.Error:
                 if not conn.in_transaction:  # the error took the transaction with it: fail the batch
                     raise
@@ -643,11 +652,13 @@ class SQLiteStore(GroupCommitWriter, Store):
             except sqlite3.IntegrityError as exc:
                 conn.execute("ROLLBACK TO renewal")
                 return _integrity_error(exc)
-            updated = conn.execute(
-                _SUPERSEDE,
-                (item.params[4], RevocationReason.SUPERSEDED.value, old.province, old.kid, old.serial,
-                 record.main_index_id),
-            ).rowcount
+            updated = 0
+            if 0 <= old.serial <= _MAX_SQL_INTEGER:
+                updated = conn.execute(
+                    _SUPERSEDE,
+                    (item.params[4], RevocationReason.SUPERSEDED.value, old.province, old.kid, old.serial,
+                     record.main_index_id),
+                ).rowcount
             if updated != 1:
                 conn.execute("ROLLBACK TO renewal")
                 return CodeNotRenewable("code to renew is unknown, revoked, or of another resident")

@@ -36,6 +36,7 @@ from issuer.store import (
     ResidentRecord,
     StoreClosed,
     StoreOverloaded,
+    WriteFailed,
 )
 from issuer.store.sqlite import SchemaTooNew
 
@@ -485,3 +486,16 @@ def test_revoke_resident_codes_revokes_only_live_ones(store):
     assert store.get_code(CodeRef("33", KID, 0)).revoked_at == NOW
     assert store.revoke_resident_codes(MID_A, reason=RevocationReason.DECEASED, at=at).result() == 0
 
+
+def test_serials_past_64_bit_signed_name_no_code_and_fail_only_their_own_row(store):
+    # Refs may name serials up to 2**64 - 1; both databases keep 64-bit signed integers.
+    store.create_resident(resident(), []).result()
+    store.submit_code(code(0)).result()
+    huge = CodeRef("33", KID, 2**64 - 1)
+    assert store.get_code(huge) is None
+    assert store.revoke_code(huge, reason=RevocationReason.FRAUD, at=NOW).result() is None
+    batch = [store.submit_code(code(2**63)), store.submit_code(code(1))]
+    with pytest.raises(WriteFailed):  # a value the database cannot hold fails its own row only
+        batch[0].result()
+    batch[1].result()
+    assert store.get_code(CodeRef("33", KID, 1)) is not None

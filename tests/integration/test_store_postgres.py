@@ -234,17 +234,6 @@ def test_a_lock_held_past_the_timeout_fails_the_batch_not_the_store(schema):
         assert s.next_serial("33", KID) == 1
 
 
-def test_serials_beyond_bigint_name_no_code(store):
-    store.create_resident(ResidentRecord(MID, NOW), []).result()
-    store.submit_code(code(0)).result()
-    huge = CodeRef("33", KID, 2**64 - 1)  # refs may name serials up to 2**64 - 1
-    assert store.get_code(huge) is None
-    assert store.revoke_code(huge, reason=RevocationReason.FRAUD, at=NOW).result() is None
-    with pytest.raises(WriteFailed):  # a value PostgreSQL refuses fails its own row only
-        store.submit_code(code(2**63)).result()
-    store.submit_code(code(1)).result()
-
-
 # --------------------------------------------------------------------------- revocations
 
 
