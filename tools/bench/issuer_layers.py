@@ -13,6 +13,8 @@ by this process exactly like ``python -m tools.bench issuer`` drives its two
 * ``issuer, canned``: the real ``IssuerServer`` (admission, logs, metrics,
   validation, protobuf), its code issuer replaced by one that returns a fixed
   code at once: no signature, no store;
+* ``issuer, canned code + work``: the same plus ~28 µs of pure Python arithmetic a call
+  (what a signature costs in CPU, without releasing the interpreter lock);
 * ``issuer, sign only``: the same, signing each code, no store;
 * ``issuer``: the real server on its real SQLite store (as ``tools.bench issuer``).
 
@@ -49,6 +51,7 @@ LAYERS = {
     "release": ("echo + GIL release (time.sleep(0))", "echo", "release"),
     "sign": ("echo + sign (ES256 code)", "echo", "sign"),
     "canned": ("issuer, canned code (no sign, no store)", "issuer", "canned"),
+    "burn": ("issuer, canned code + 28 µs of pure Python work", "issuer", "burn"),
     "signonly": ("issuer, sign only (no store)", "issuer", "sign"),
     "real": ("issuer (SQLite store)", "issuer", "real"),
 }
@@ -110,8 +113,12 @@ async def _serve_issuer(mode: str, flags: list[str]) -> None:
             iat = now.replace(microsecond=0)
             exp = iat + dt.timedelta(days=7)
             serial = next(self._serials)
-            text = "EHC1:" + "X" * 205 if mode == "canned" else hc.sign_code(
-                hc.CodeClaims(config.province, main_index_id, serial, iat, exp), signer)
+            if mode in ("canned", "burn"):
+                if mode == "burn":  # the CPU of a signature, holding the interpreter lock throughout
+                    _burn()
+                text = "EHC1:" + "X" * 205
+            else:
+                text = hc.sign_code(hc.CodeClaims(config.province, main_index_id, serial, iat, exp), signer)
             return IssuedCode(CodeRef(config.province, bytes(signer.kid), serial), main_index_id, iat, exp, text)
 
     server = await app.IssuerServer.start(app.server_options(config), index=index,
@@ -130,6 +137,13 @@ async def _announce_and_wait(server, port: int, stop=None) -> None:
         loop.add_signal_handler(sig, done.set)
     await done.wait()
     await (stop() if stop is not None else server.stop(1))
+
+
+def _burn() -> int:
+    total = 0
+    for i in range(900):
+        total += i
+    return total
 
 
 def _server_main(argv: list[str]) -> int:
