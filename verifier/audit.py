@@ -155,15 +155,21 @@ class AuditLog:
         if not self.keep_subject and any(map(any, map(_SUBJECT_AND_RAW, rows))):
             rows = [(*row[:10], None, None) if len(row) == 12 else row for row in rows]
         pending.extend(rows)
-        for _ in range(len(pending) - self.config.max_pending):  # oldest dropped (the writer may pop meanwhile)
+        self._drop_oldest_over_cap()
+        if len(pending) >= self.config.batch_rows:
+            with self._cond:
+                self._cond.notify()
+
+    def _drop_oldest_over_cap(self) -> None:
+        """Beyond ``max_pending`` queued rows, drop (and count) the oldest. Either thread may call it
+        while the other pops: it stops when the queue runs short."""
+        pending = self._pending
+        for _ in range(len(pending) - self.config.max_pending):
             try:
                 pending.popleft()
             except IndexError:
                 break
             self.dropped += 1
-        if len(pending) >= self.config.batch_rows:
-            with self._cond:
-                self._cond.notify()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -291,9 +297,7 @@ class AuditLog:
             except sqlite3.Error:
                 pass
             pending.extendleft(reversed(batch))  # keep them, in order, for the retry
-            while len(pending) > self.config.max_pending:  # beyond the cap the oldest go, as documented
-                pending.popleft()
-                self.dropped += 1
+            self._drop_oldest_over_cap()
             raise
         finally:
             self._in_flight = 0
