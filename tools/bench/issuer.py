@@ -65,12 +65,20 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # --------------------------------------------------------------------------- the bare echo server (child process)
 
 
-async def _serve_echo(listen: str, cert: pathlib.Path, key: pathlib.Path) -> None:
+async def _serve_echo(listen: str, cert: pathlib.Path, key: pathlib.Path, *,
+                      before_reply: Callable[[], object] | None = None) -> None:
+    """The bare echo until SIGTERM/SIGINT; ``before_reply()``, if given, runs in each call
+    (``tools.bench.issuer_layers`` adds work to the echo that way)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_health.v1._async import HealthServicer
 
-    async def echo(request: bytes, context) -> bytes:
-        return request
+    if before_reply is None:
+        async def echo(request: bytes, context) -> bytes:
+            return request
+    else:
+        async def echo(request: bytes, context) -> bytes:
+            before_reply()
+            return request
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((

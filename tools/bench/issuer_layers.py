@@ -60,33 +60,23 @@ LAYERS = {
 # --------------------------------------------------------------------------- the servers (child processes)
 
 
-async def _serve_echo(mode: str, cert: bytes, key: bytes) -> None:
+async def _serve_echo(mode: str, cert: pathlib.Path, key: pathlib.Path) -> None:
+    """``tools.bench.issuer``'s bare echo, doing ``mode``'s work in each call ("plain": none)."""
     import healthcode as hc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-    from grpc_health.v1._async import HealthServicer
     from healthcode.model import main_index_id_from_bytes
+
+    from .issuer import _serve_echo as serve_bare_echo
 
     signer = hc.SoftwareSigner(hc.generate_signing_key(hc.Algorithm.ES256))
     mid = main_index_id_from_bytes(os.urandom(16))
     serials = itertools.count()
 
-    async def echo(request: bytes, context) -> bytes:
-        if mode == "release":
-            time.sleep(0)
-        elif mode == "sign":
-            now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-            hc.sign_code(hc.CodeClaims("33", mid, next(serials), now, now + dt.timedelta(days=7)), signer)
-        return request
+    def sign() -> None:
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        hc.sign_code(hc.CodeClaims("33", mid, next(serials), now, now + dt.timedelta(days=7)), signer)
 
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
-    await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await _announce_and_wait(server, port)
+    work = {"plain": None, "release": lambda: time.sleep(0), "sign": sign}[mode]
+    await serve_bare_echo("127.0.0.1:0", cert, key, before_reply=work)
 
 
 async def _serve_issuer(mode: str, flags: list[str]) -> None:
@@ -124,19 +114,15 @@ async def _serve_issuer(mode: str, flags: list[str]) -> None:
     server = await app.IssuerServer.start(app.server_options(config), index=index,
                                           codes=codes if mode == "real" else StandIn())
     try:
-        await _announce_and_wait(server.server, server.port, stop=server.shutdown)
+        print(json.dumps({"event": "listening", "port": server.port}), file=sys.stderr, flush=True)
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        await done.wait()
+        await server.shutdown()
     finally:
         close()
-
-
-async def _announce_and_wait(server, port: int, stop=None) -> None:
-    print(json.dumps({"event": "listening", "port": port}), file=sys.stderr, flush=True)
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, done.set)
-    await done.wait()
-    await (stop() if stop is not None else server.stop(1))
 
 
 def _burn() -> int:
@@ -149,8 +135,7 @@ def _burn() -> int:
 def _server_main(argv: list[str]) -> int:
     kind, mode, *rest = argv
     if kind == "echo":
-        cert, key = pathlib.Path(rest[0]).read_bytes(), pathlib.Path(rest[1]).read_bytes()
-        asyncio.run(_serve_echo(mode, cert, key))
+        asyncio.run(_serve_echo(mode, pathlib.Path(rest[0]), pathlib.Path(rest[1])))
     else:
         from issuer.app import configure_logging
 
