@@ -38,6 +38,20 @@ class InvalidRequest(IssuerError):
         super().__init__(message or "; ".join(f"{v.field}: {v.description}" for v in self.violations))
 
 
+class Violations:
+    """Collects the field violations of one request; :meth:`raise_if_any` raises them together."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str, code: str = "invalid") -> None:
+        self.items.append(FieldViolation(field=field, description=description, code=code))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidRequest(self.items)
+
+
 class NotFound(IssuerError):
     """No such resident or code (-> NOT_FOUND)."""
 

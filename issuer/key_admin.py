@@ -49,7 +49,7 @@ from grpc_status import rpc_status
 
 from healthcode import PROVINCES, Algorithm, CompromisePolicy
 from issuer.api import key_admin_pb2, key_admin_pb2_grpc
-from issuer.errors import Conflict, FieldViolation, InvalidRequest, IssuerError, NotFound, Unavailable
+from issuer.errors import Conflict, FieldViolation, InvalidRequest, IssuerError, NotFound, Unavailable, Violations
 from issuer.service import ERROR_DOMAIN, status_code_for
 from keys.ceremony import Outcome, ProvinceKeyAdmin
 from keys.errors import KeyManagementError, KeyNotFound, KeyReason
@@ -180,19 +180,7 @@ def _status(code: grpc.StatusCode, message: str, reason: str, details: list[Any]
     return rpc_status.to_status(proto)
 
 
-class _Violations:
-    def __init__(self) -> None:
-        self.items: list[FieldViolation] = []
-
-    def add(self, field: str, description: str, code: str = "invalid") -> None:
-        self.items.append(FieldViolation(field=field, description=description, code=code))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise InvalidRequest(self.items)
-
-
-def _kid(value: bytes, out: _Violations) -> bytes:
+def _kid(value: bytes, out: Violations) -> bytes:
     if not value:
         out.add("kid", "kid is required", "required")
     elif len(value) > _MAX_KID:
@@ -327,7 +315,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
 
     async def RotateKey(self, request, context):
         async def impl(now: dt.datetime, role: CallerRole):
-            out = _Violations()
+            out = Violations()
             algorithm = Algorithm.ES256
             if request.algorithm != key_admin_pb2.KEY_ALGORITHM_UNSPECIFIED:
                 algorithm = _ALGORITHM_OF.get(request.algorithm)
@@ -350,7 +338,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
 
     async def MarkCompromised(self, request, context):
         async def impl(now: dt.datetime, role: CallerRole):
-            out = _Violations()
+            out = Violations()
             kid = _kid(request.kid, out)
             if not request.HasField("since"):
                 out.add("since", "since is required", "required")
@@ -382,7 +370,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
 
     async def RetireKey(self, request, context):
         async def impl(now: dt.datetime, role: CallerRole):
-            out = _Violations()
+            out = Violations()
             kid = _kid(request.kid, out)
             out.raise_if_any()
             outcome = await self._run(lambda: self._admin.retire(kid, now=now, force=request.force))

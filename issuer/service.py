@@ -46,12 +46,12 @@ from issuer.documents import Document, DocumentError, DocumentType, canonical_fo
 from issuer.errors import (
     AlreadyExists,
     Conflict,
-    FieldViolation,
     InvalidRequest,
     IssuerError,
     NoSigningKey,
     NotFound,
     Unavailable,
+    Violations,
 )
 from issuer.model import CodeRef, CodeState, IssuedCode, RevocationReason
 
@@ -200,20 +200,6 @@ class ServiceSettings:
 # --------------------------------------------------------------------------- request validation
 
 
-class _Violations:
-    """Collects field violations of one request; :meth:`raise_if_any` raises them together."""
-
-    def __init__(self) -> None:
-        self.items: list[FieldViolation] = []
-
-    def add(self, field: str, description: str, code: str = "invalid") -> None:
-        self.items.append(FieldViolation(field=field, description=description, code=code))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise InvalidRequest(self.items)
-
-
 _DOCUMENT_TYPES: Mapping[int, DocumentType] = {
     common_pb2.DocumentType.Value(f"DOCUMENT_TYPE_{t.name}"): t for t in DocumentType
 }
@@ -227,7 +213,7 @@ _STATE_VALUES: Mapping[CodeState, int] = {
 }
 
 
-def _document(msg: common_pb2.Document, present: bool, path: str, today: dt.date, out: _Violations) -> Document | None:
+def _document(msg: common_pb2.Document, present: bool, path: str, today: dt.date, out: Violations) -> Document | None:
     if not present:
         out.add(path, "document is required", "required")
         return None
@@ -248,7 +234,7 @@ def _document(msg: common_pb2.Document, present: bool, path: str, today: dt.date
         return None
 
 
-def _main_index_id(value: str, path: str, out: _Violations) -> str | None:
+def _main_index_id(value: str, path: str, out: Violations) -> str | None:
     if not value:
         out.add(path, "main index ID is required", "required")
         return None
@@ -259,7 +245,7 @@ def _main_index_id(value: str, path: str, out: _Violations) -> str | None:
         return None
 
 
-def _idempotency_key(value: str, out: _Violations) -> str | None:
+def _idempotency_key(value: str, out: Violations) -> str | None:
     if not value:
         return None
     if not IDEMPOTENCY_KEY.match(value):
@@ -430,7 +416,7 @@ class IssuerService:
 
     # -- shared conversions --------------------------------------------------------
 
-    def _code_ref(self, msg: common_pb2.CodeRef, path: str, out: _Violations) -> CodeRef | None:
+    def _code_ref(self, msg: common_pb2.CodeRef, path: str, out: Violations) -> CodeRef | None:
         ok = True
         if not msg.province:
             out.add(f"{path}.province", "province is required", "required")
@@ -450,7 +436,7 @@ class IssuerService:
             ok = False
         return CodeRef(province=msg.province, kid=bytes(msg.kid), serial=msg.serial) if ok else None
 
-    def _code_text(self, text: str, path: str, out: _Violations) -> CodeRef | None:
+    def _code_text(self, text: str, path: str, out: Violations) -> CodeRef | None:
         if not text:
             out.add(path, "code text is required", "required")
             return None
@@ -468,7 +454,7 @@ class IssuerService:
             return None
         return ref
 
-    def _which_code(self, request: Any, oneof: str, out: _Violations) -> CodeRef | None:
+    def _which_code(self, request: Any, oneof: str, out: Violations) -> CodeRef | None:
         which = request.WhichOneof(oneof)
         if which == "ref":
             return self._code_ref(request.ref, "ref", out)
@@ -493,7 +479,7 @@ class _ResidentIndexServicer(resident_index_pb2_grpc.ResidentIndexServicer):
         s = self._s
 
         async def impl(now: dt.datetime):
-            out = _Violations()
+            out = Violations()
             today = _china_date(now)
             primary = _document(request.primary, request.HasField("primary"), "primary", today, out)
             if len(request.supplementary) > MAX_SUPPLEMENTARY:
@@ -528,7 +514,7 @@ class _ResidentIndexServicer(resident_index_pb2_grpc.ResidentIndexServicer):
         s = self._s
 
         async def impl(now: dt.datetime):
-            out = _Violations()
+            out = Violations()
             main_index_id = _main_index_id(request.main_index_id, "main_index_id", out)
             document = _document(request.document, request.HasField("document"), "document", _china_date(now), out)
             out.raise_if_any()
@@ -541,7 +527,7 @@ class _ResidentIndexServicer(resident_index_pb2_grpc.ResidentIndexServicer):
         s = self._s
 
         async def impl(now: dt.datetime):
-            out = _Violations()
+            out = Violations()
             document = _document(request.document, request.HasField("document"), "document", _china_date(now), out)
             out.raise_if_any()
             main_index_id = await s._domain(context, s._index.find_resident(document))
@@ -553,7 +539,7 @@ class _ResidentIndexServicer(resident_index_pb2_grpc.ResidentIndexServicer):
         s = self._s
 
         async def impl(now: dt.datetime):
-            out = _Violations()
+            out = Violations()
             survivor = _main_index_id(request.survivor_main_index_id, "survivor_main_index_id", out)
             merged = _main_index_id(request.merged_main_index_id, "merged_main_index_id", out)
             if survivor is not None and survivor == merged:
@@ -573,7 +559,7 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
         s = self._s
 
         async def impl(now: dt.datetime):
-            out = _Violations()
+            out = Violations()
             which = request.WhichOneof("resident")
             main_index_id = document = None
             if which == "main_index_id":
@@ -602,7 +588,7 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
         s = self._s
 
         async def impl(now: dt.datetime):
-            out = _Violations()
+            out = Violations()
             ref = s._which_code(request, "code", out)
             key = _idempotency_key(request.idempotency_key, out)
             out.raise_if_any()
@@ -620,7 +606,7 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
         s = self._s
 
         async def impl(now: dt.datetime):
-            out = _Violations()
+            out = Violations()
             which = request.WhichOneof("target")
             ref = main_index_id = None
             if which == "ref":
@@ -660,7 +646,7 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
         s = self._s
 
         async def impl(now: dt.datetime):
-            out = _Violations()
+            out = Violations()
             ref = s._which_code(request, "code", out)
             out.raise_if_any()
             code = await s._domain(context, s._codes.get_code(ref))
@@ -674,7 +660,7 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
         async def impl(now: dt.datetime):
             from issuer import render  # qrcode is only needed here
 
-            out = _Violations()
+            out = Violations()
             ref = s._which_code(request, "code", out)
             if request.format == health_codes_pb2.IMAGE_FORMAT_PNG:
                 fn, content_type = render.render_png, "image/png"
