@@ -18,6 +18,7 @@ import sys
 import click
 
 from issuer.config import ConfigError, IssuerConfig, load_config
+from issuer.errors import IssuerError
 
 __all__ = ["cli", "main"]
 
@@ -110,6 +111,8 @@ def serve(config_file: pathlib.Path | None, code_validity_hours: float | None, *
                             online_keys_passphrase=online_passphrase))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
+    except IssuerError as e:  # e.g. StoreInUse: another issuer runs on this database (messages hold no identifiers)
+        raise click.ClickException(f"cannot serve: {e.message}") from None
 
 
 @cli.command("batch-issue")

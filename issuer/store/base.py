@@ -52,6 +52,7 @@ __all__ = [
     "StoreOverloaded",
     "WriteFailed",
     "SchemaTooNew",
+    "StoreInUse",
     "WriterStats",
     "DEFAULT_BATCH_CAP",
     "DEFAULT_MAX_QUEUED",
@@ -161,6 +162,18 @@ class SchemaTooNew(IssuerError):
     """The database was migrated by newer software than this."""
 
 
+class StoreInUse(Unavailable):
+    """Another process holds this database's writer lease (another issuer is running on it).
+
+    A store takes the lease when it opens and holds it until it closes (or its
+    process dies): serials are allocated in the issuer's memory, so two
+    issuers on one database would hand out the same serials, and each would
+    see the other's refused.
+    """
+
+    reason = "store_in_use"
+
+
 class RowRejected(IssuerError):
     """Mixin: the store refused the write before storing anything of it."""
 
@@ -220,7 +233,9 @@ class Store(abc.ABC):
     """Residents, their identifiers, issued codes and serial counters.
 
     One writer process per province database: serial allocation relies on it
-    (see :mod:`issuer.issuance`).
+    (see :mod:`issuer.issuance`). Implementations enforce it with a writer
+    lease taken when the store opens (:class:`StoreInUse` when another process
+    holds it) and released by :meth:`close` or the process's death.
     """
 
     # -- residents and identifiers: reads

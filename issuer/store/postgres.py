@@ -40,11 +40,18 @@ Durability
     ``lock_timeout`` bounds how long the writer waits for a lock another
     session holds (an operator's ``LOCK TABLE``, a migration).
 
-Assumption, as for SQLite: one writer *process* per province schema. Serials
+One writer *process* per province schema, enforced as for SQLite. Serials
 are allocated in the issuing process's memory from :meth:`PostgresStore.next_serial`
 (see :mod:`issuer.issuance`) and the resident cache trusts that merges go
-through this process. A second issuer on the same schema would see the UNIQUE
-index on (province, kid, serial) refuse its codes rather than duplicate a serial.
+through this process. So the writer's session holds the schema's writer
+lease, a session-level advisory lock on (``_WRITER_LEASE_CLASS``,
+``hashtext(schema)``): a second store on the same schema fails to open with
+:class:`~issuer.store.base.StoreInUse`. The lease ends with the session (the
+store closed, the process killed, the connection lost). After a lost
+connection the writer takes it again on its new session; if another issuer
+took it meanwhile, writes fail (:class:`~issuer.store.base.WriteFailed`)
+rather than race it. (Two schemas whose names share a ``hashtext`` would
+exclude each other: a refusal, never a race.)
 
 Where: the tables live in ``schema`` (created if missing; every connection
 gets ``search_path`` set to it), or in the server's ``current_schema()`` when
@@ -102,6 +109,7 @@ from .base import (
     ResidentNotFound,
     ResidentRecord,
     SchemaTooNew,
+    StoreInUse,
     Store,
     WriteFailed,
 )
@@ -126,6 +134,8 @@ _MAX_BIGINT = 2**63 - 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 #: pg_advisory_xact_lock(class, hashtext(schema)): serialises migrations of one schema.
 _MIGRATION_LOCK_CLASS = 0x4843  # "HC"
+#: The writer lease: a session-level advisory lock (this class, hashtext(schema)) held by the writer's connection.
+_WRITER_LEASE_CLASS = 0x484C  # "HL"
 
 _T = TypeVar("_T")
 
@@ -414,6 +424,7 @@ class PostgresStore(GroupCommitWriter, Store):
 
         conn = self._connect(writer=True)
         try:
+            self._take_lease(conn)
             self.schema_version = _migrate(conn, self.schema)
         except BaseException:
             conn.close()
@@ -443,12 +454,36 @@ class PostgresStore(GroupCommitWriter, Store):
         if conn.execute("SHOW fsync").fetchone()[0] == "off":
             log.warning("the PostgreSQL server runs with fsync = off: committed codes may be lost in a crash")
 
+    def _take_lease(self, conn: psycopg.Connection) -> None:
+        """Hold the writer lease on ``conn``'s session, or raise :class:`StoreInUse`.
+
+        A session-level advisory lock on (``_WRITER_LEASE_CLASS``, the schema's
+        name): it ends with the session, so a killed issuer's lease is gone as
+        soon as the server notices the closed connection.
+        """
+        schema = self.schema if self.schema is not None else conn.execute("SELECT current_schema()").fetchone()[0]
+        held = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                            (_WRITER_LEASE_CLASS, schema or "")).fetchone()[0]
+        if not held:
+            raise StoreInUse(f"another issuer holds the database {_describe(self.conninfo, schema)}")
+
     def _writer_conn(self) -> psycopg.Connection:
-        """The writer's connection, reconnected if the last one broke (a server restart)."""
+        """The writer's connection, reconnected if the last one broke (a server restart).
+
+        The lease went with the broken session: it is taken again on the new
+        one, and while another issuer holds it every write fails with
+        :class:`StoreInUse` (as a :class:`WriteFailed`: nothing is reused).
+        """
         conn = self._conn
         if conn.broken or conn.closed:
             conn.close()
-            self._conn = conn = self._connect(writer=True)
+            conn = self._connect(writer=True)
+            try:
+                self._take_lease(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
         return conn
 
     def _new_reader(self) -> psycopg.Connection:

@@ -24,11 +24,15 @@ Durability
     power cut. ``busy_timeout`` covers a second connection (an operator's
     ``sqlite3`` shell, a backup) holding a lock briefly.
 
-Assumption: one writer *process* per province database. Serial numbers are
+One writer *process* per province database, enforced. Serial numbers are
 allocated in the issuing process's memory from :meth:`SQLiteStore.next_serial`
 (see :mod:`issuer.issuance`), and the resident cache trusts that merges go
-through this process. A second writer process would make the UNIQUE index on
-(province, kid, serial) refuse its codes rather than duplicate a serial.
+through this process. So an open store holds the database's writer lease, an
+exclusive ``flock`` on ``<database>-issuer.lock`` (:func:`lease_path`): a
+second store on the same file, in any process, fails to open with
+:class:`~issuer.store.base.StoreInUse`; the kernel releases the lease when
+the holder closes the store or dies (kill -9 included). Readers that are not
+stores (the revocation source, an operator's ``sqlite3`` shell) need no lease.
 
 Privacy: the file holds main index IDs, blind indexes and sealed values, never
 a document number (see :mod:`issuer.privacy`); the WAL holds the same.
@@ -52,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import os
 import pathlib
 import sqlite3
@@ -79,6 +84,7 @@ from .base import (
     ResidentNotFound,
     ResidentRecord,
     SchemaTooNew,
+    StoreInUse,
     Store,
     WriteFailed,
     WriterStats,
@@ -341,14 +347,19 @@ class SQLiteStore(GroupCommitWriter, Store):
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._readers: ReaderPool[sqlite3.Connection] = ReaderPool(lambda: self._connect(writer=False), _close_quietly)
 
-        conn = self._connect(writer=True)
+        self._lease = _take_lease(self.path)
         try:
-            mode = self._enter_wal(conn)
-            if mode.lower() != "wal":
-                raise WriteFailed(f"cannot put the database in WAL mode (got {mode})")
-            self.schema_version = _migrate(conn)
+            conn = self._connect(writer=True)
+            try:
+                mode = self._enter_wal(conn)
+                if mode.lower() != "wal":
+                    raise WriteFailed(f"cannot put the database in WAL mode (got {mode})")
+                self.schema_version = _migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
         except BaseException:
-            conn.close()
+            os.close(self._lease)
             raise
         self._conn = conn
         self._start_writer(f"sqlite-writer:{self.path.name}")
@@ -673,9 +684,38 @@ class SQLiteStore(GroupCommitWriter, Store):
             return
         self._conn.close()
         self._readers.close()
+        os.close(self._lease)
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path.name}>"
+
+
+def lease_path(database: pathlib.Path) -> pathlib.Path:
+    """The file whose exclusive ``flock`` is an SQLite database's writer lease: ``<database>-issuer.lock``."""
+    return database.with_name(database.name + "-issuer.lock")
+
+
+def _take_lease(database: pathlib.Path) -> int:
+    """Hold the writer lease of ``database`` (an exclusive ``flock``); return its descriptor.
+
+    Raises :class:`StoreInUse` when another open store holds it, in this
+    process or another. The kernel drops the lock with the last descriptor,
+    so a killed issuer leaves no stale lease (``O_CLOEXEC``: no child process
+    inherits it). A lock file, not the database: ``flock`` on the database
+    itself could meet SQLite's own locks where a filesystem emulates one with
+    the other.
+    """
+    path = lease_path(database)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreInUse(f"another issuer holds the database {database.name} (lock file {path.name})") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _close_quietly(conn: sqlite3.Connection) -> None:

@@ -24,6 +24,8 @@ import asyncio
 import datetime as dt
 import random
 import signal
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -132,3 +134,21 @@ def test_spawned_server_requires_an_api_key_and_close_kills_it(tmp_path):
     finally:
         server.close()
     assert server.process.poll() == -signal.SIGKILL
+
+
+def test_a_second_server_on_the_same_database_refuses_to_start(tmp_path):
+    """Serials are allocated in the issuer's memory: a second issuer on the same file is refused
+    at start (the store's writer lease), and the first serves on; the lease dies with a kill -9
+    (the crash test above restarts on the same file)."""
+    workspace = Workspace.create(tmp_path, now=dt.datetime.now(dt.timezone.utc))
+    server = ServerProcess.issuer(workspace)
+    try:
+        second = subprocess.run([sys.executable, "-m", "issuer", "serve", *workspace.serve_flags,
+                                 "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1, second.stderr
+        assert "cannot serve: another issuer holds the database issuer.db" in second.stderr
+        assert "Traceback" not in second.stderr
+        mids = asyncio.run(_register(workspace, server.port))  # the first one writes on
+        assert len(mids) == RESIDENTS
+    finally:
+        server.close()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import wait
@@ -35,6 +37,7 @@ from issuer.store import (
     ResidentNotFound,
     ResidentRecord,
     StoreClosed,
+    StoreInUse,
     StoreOverloaded,
     WriteFailed,
 )
@@ -113,13 +116,13 @@ def test_a_newer_schema_is_refused(backend):
         backend.open()
 
 
-def test_concurrent_opens_migrate_once(backend):
+def test_concurrent_opens_migrate_once_and_one_holds_the_lease(backend):
     stores, errors = [], []
 
     def open_one():
         try:
             stores.append(backend.open())
-        except Exception as exc:  # pragma: no cover - the failure being tested for
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=open_one) for _ in range(4)]
@@ -129,8 +132,58 @@ def test_concurrent_opens_migrate_once(backend):
         t.join()
     for s in stores:
         s.close()
-    assert errors == [] and len(stores) == 4
+    assert len(stores) >= 1 and len(stores) + len(errors) == 4
+    assert all(isinstance(e, StoreInUse) for e in errors), errors
     assert backend.schema_version() == backend.migrations
+
+
+# --------------------------------------------------------------------------- the writer lease
+
+
+def test_a_second_store_on_one_database_is_refused_until_the_first_closes(backend):
+    first = backend.open()
+    try:
+        with pytest.raises(StoreInUse) as info:
+            backend.open()
+        assert info.value.reason == "store_in_use" and isinstance(info.value, Unavailable)
+        first.create_resident(resident(), [identifier(1)]).result(timeout=10)
+        first.submit_code(code(0)).result(timeout=10)  # the holder writes on, untouched by the refusal
+    finally:
+        first.close()
+    with backend.open() as second:  # released by close
+        assert second.next_serial("33", KID) == 1
+
+
+_HOLD_STORE = """
+import sys, time
+from issuer.store import open_store
+store = open_store(sys.argv[1])
+print("open", flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_lease_is_cross_process_and_dies_with_its_holder(backend):
+    target = str(backend.path) if backend.name == "sqlite" else backend.schema.url
+    child = subprocess.Popen([sys.executable, "-c", _HOLD_STORE, target], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "open"
+        with pytest.raises(StoreInUse):
+            backend.open()
+    finally:
+        child.kill()  # SIGKILL: no close, no cleanup
+        child.wait(timeout=10)
+        child.stdout.close()
+    deadline = time.monotonic() + 10  # PostgreSQL ends the session once it sees the socket closed
+    while True:
+        try:
+            store = backend.open()
+            break
+        except StoreInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    store.close()
 
 
 # --------------------------------------------------------------------------- privacy at rest

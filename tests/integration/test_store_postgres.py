@@ -8,6 +8,7 @@ These tests need the server (skipped when unreachable, failing under CI=true).
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 
@@ -19,6 +20,7 @@ from issuer.store import (
     ResidentRecord,
     RowRejected,
     SQLiteStore,
+    StoreInUse,
     WriteFailed,
     is_postgres_url,
     open_revocation_source,
@@ -328,3 +330,33 @@ def test_cli_takes_a_postgres_url_for_database():
     converted = _DATABASE.convert("data/issuer.db", None, None)
     assert str(converted) == "data/issuer.db" and not isinstance(converted, str)
     assert isinstance(_DATABASE, click.ParamType)
+
+
+def test_the_lease_is_taken_again_after_a_reconnect_and_never_shared(store, schema):
+    store.create_resident(ResidentRecord(MID, NOW), []).result()
+    store.submit_code(code(0)).result()
+    terminate(schema, backend_pids(store))  # the writer's session, and the lease with it, are gone
+    other = _open_when_free(schema.url)  # so another issuer may take the schema meanwhile
+    try:
+        with pytest.raises(WriteFailed) as info:  # the first must not write beside it
+            store.submit_code(code(1)).result(timeout=10)
+        assert not isinstance(info.value, RowRejected)  # unknown to the allocator: serial 1 is not reused
+        assert other.next_serial("33", KID) == 1
+    finally:
+        other.close()
+    store.submit_code(code(2)).result(timeout=10)  # lease free again: reconnected, taken, written
+    assert store.get_code(CodeRef("33", KID, 2)).text == "EHC1:TEST2"
+    with pytest.raises(StoreInUse):
+        open_store(schema.url)
+
+
+def _open_when_free(url: str, timeout: float = 10.0):
+    """Open a store once a terminated session's lease is gone (the backend exits just after the signal)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return open_store(url)
+        except StoreInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
