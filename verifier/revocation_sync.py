@@ -60,8 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata, Snapshot, Targets
+from tuf.api.metadata import Snapshot, Targets
 
 from healthcode.keyring import Keyring
 from healthcode.model import PROVINCES, to_epoch
@@ -76,6 +75,7 @@ from healthcode.revocation import (
 )
 
 from .trustsync import SyncError, TrustDataError, _atomic_write
+from .trustsync import verify_province_role as _verify_role
 
 __all__ = [
     "RevocationStore",
@@ -247,32 +247,13 @@ def _listed_sha256(targets: Targets, path: str) -> tuple[str, int] | None:
 
 
 def verify_province_role(national: Targets, snapshot: Snapshot, code: str, role_bytes: bytes) -> Targets:
-    """A province role's metadata, if ``province-<code>`` signed it under ``national``'s delegation.
+    """A province role's metadata, verified for its revocation files.
 
-    Pure: bytes in, verified ``Targets`` out. The role must be the first one a
-    lookup of the province's revocation targets reaches, be signed by a
-    threshold of its current keys, and not be newer than ``snapshot`` says;
-    expiry is not judged (as :meth:`verifier.trustsync.TrustSync.load_cached`).
+    :func:`verifier.trustsync.verify_province_role` (the one check the key
+    lists use too), probed with the province's revocation targets; the kept
+    role may be older than ``snapshot`` (a province kept at its last good state).
     """
-    role = f"province-{code}"
-    probe = f"provinces/{code}/revocation/00/snapshot.hcrs"
-    try:
-        delegations = national.delegations
-        first = next(delegations.get_roles_for_target(probe), None) if delegations is not None else None
-        if first is None or first[0] != role:
-            raise TrustDataError(f"provinces/{code}/revocation/ is not delegated to {role}")
-        md = Metadata[Targets].from_bytes(role_bytes)
-        if md.signed.type != Targets.type:
-            raise TrustDataError(f"expected targets metadata for {role}")
-        national.verify_delegate(role, md.signed_bytes, md.signatures)
-        meta = snapshot.meta.get(f"{role}.json")
-        if meta is None or md.signed.version > meta.version:
-            raise TrustDataError(f"{role} v{md.signed.version} is newer than the snapshot's")
-        return md.signed
-    except SyncError:
-        raise
-    except (tuf_errors.RepositoryError, ValueError, KeyError, TypeError) as exc:
-        raise TrustDataError(f"{role}: {exc}") from None
+    return _verify_role(national, snapshot, code, role_bytes, probe=f"provinces/{code}/revocation/00/snapshot.hcrs")
 
 
 class RevocationStore:

@@ -95,6 +95,7 @@ __all__ = [
     "RollbackError",
     "TrustDataFrozen",
     "NotSynced",
+    "verify_province_role",
 ]
 
 logger = logging.getLogger(__name__)
@@ -806,6 +807,51 @@ def _verify_national(
     return targets.signed, snapshot.signed
 
 
+def verify_province_role(
+    national: Targets,
+    snapshot: Snapshot,
+    code: str,
+    role_bytes: bytes,
+    *,
+    probe: str,
+    exact: bool = False,
+) -> Targets:
+    """A province role's metadata, if ``province-<code>`` signed it under ``national``'s delegation.
+
+    Pure: bytes in, verified ``Targets`` out; the one check behind both the key
+    lists (:func:`_verify_province`) and the revocation files
+    (:mod:`verifier.revocation_sync`). The role must be the first one a lookup
+    of ``probe`` (a target path of the province) reaches in the national
+    targets, be signed by a threshold of its current keys, and list nothing
+    outside its delegation (TUF would only ignore such files; a province key
+    signing them is misbehaving, so the role is refused as a whole). ``exact``
+    requires the role's version to be the snapshot's (a fresh fetch);
+    otherwise it may be older (a province kept at its last good state).
+    Expiry is not judged here (as :meth:`TrustSync.load_cached`).
+    """
+    role = f"province-{code}"
+    try:
+        delegations = national.delegations
+        first = next(delegations.get_roles_for_target(probe), None) if delegations is not None else None
+        if first is None or first[0] != role:
+            raise TrustDataError(f"{probe} is not delegated to {role}")
+        md = Metadata[Targets].from_bytes(role_bytes)
+        _expect_type(md, Targets)
+        national.verify_delegate(role, md.signed_bytes, md.signatures)
+        delegation = national.get_delegated_role(role)
+        outside = sorted(p for p in md.signed.targets if not delegation.is_delegated_path(p))
+        if outside:
+            raise TrustDataError(f"{role} signs {', '.join(outside[:3])}, outside its delegation")
+        meta = snapshot.meta.get(f"{role}.json")
+        if meta is None or md.signed.version > meta.version or (exact and md.signed.version != meta.version):
+            raise TrustDataError(f"{role} v{md.signed.version} is not the snapshot's version")
+        return md.signed
+    except SyncError:
+        raise
+    except (tuf_errors.RepositoryError, ValueError, KeyError, TypeError) as exc:
+        raise TrustDataError(f"{role}: {exc}") from None
+
+
 def _verify_province(
     national: Targets,
     code: str,
@@ -815,34 +861,13 @@ def _verify_province(
     snapshot: Snapshot,
     exact: bool,
 ) -> KeyList:
-    """A province's key list, if ``province-<code>`` signed it under ``national``'s delegation.
-
-    The key list must be listed by the province's own role: the role a lookup
-    of ``provinces/<code>/keys.json`` reaches first in the national targets.
-    A role that lists any file outside its delegation is refused as a whole.
-    ``exact`` requires the role's version to be the snapshot's (a fresh fetch);
-    otherwise it may be older (a province kept at its last good list).
-    """
-    role = f"province-{code}"
+    """A province's key list, if its role verifies (:func:`verify_province_role`) and lists it."""
     path = f"provinces/{code}/keys.json"
+    role = verify_province_role(national, snapshot, code, role_bytes, probe=path, exact=exact)
     try:
-        delegations = national.delegations
-        first = next(delegations.get_roles_for_target(path), None) if delegations is not None else None
-        if first is None or first[0] != role:
-            raise TrustDataError(f"{path} is not delegated to {role}")
-        md = Metadata[Targets].from_bytes(role_bytes)
-        _expect_type(md, Targets)
-        national.verify_delegate(role, md.signed_bytes, md.signatures)
-        delegation = national.get_delegated_role(role)
-        outside = sorted(p for p in md.signed.targets if not delegation.is_delegated_path(p))
-        if outside:  # TUF would just ignore these; a province key doing this is misbehaving
-            raise TrustDataError(f"{role} signs {', '.join(outside[:3])}, outside its delegation")
-        meta = snapshot.meta.get(f"{role}.json")
-        if meta is None or md.signed.version > meta.version or (exact and md.signed.version != meta.version):
-            raise TrustDataError(f"{role} v{md.signed.version} is not the snapshot's version")
-        info = md.signed.targets.get(path)
+        info = role.targets.get(path)
         if info is None:
-            raise TrustDataError(f"{role} does not list {path}")
+            raise TrustDataError(f"province-{code} does not list {path}")
         info.verify_length_and_hashes(keys_bytes)
         return parse_key_list(keys_bytes, province=code)
     except SyncError:
@@ -850,7 +875,7 @@ def _verify_province(
     except InvalidKeyList as exc:
         raise TrustDataError(f"{path}: {exc}") from None
     except (tuf_errors.RepositoryError, ValueError, KeyError, TypeError) as exc:
-        raise TrustDataError(f"{role}: {exc}") from None
+        raise TrustDataError(f"province-{code}: {exc}") from None
 
 
 def _keyring(lists: Mapping[str, KeyList]) -> Keyring:

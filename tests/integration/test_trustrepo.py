@@ -392,6 +392,39 @@ def test_a_province_cannot_sign_outside_its_delegation(synced):
     assert reason(code_for("33", p33.keys[0], now), result.keyring, now) == "valid"
 
 
+
+def _latest(nation, role: str) -> bytes:
+    """The newest version of ``role`` the national repository wrote (``<version>.<role>.json``)."""
+    files = (nation.directory / "metadata").glob(f"*.{role}.json")
+    return max(files, key=lambda p: int(p.name.split(".", 1)[0])).read_bytes()
+
+
+def test_the_revocation_files_role_check_is_the_key_lists_one(synced):
+    """Both uses of a province role go through one check (``verify_province_role``): a role that
+    signs a file outside its delegation is refused for its revocation files too, not only for
+    its key list."""
+    from verifier import revocation_sync
+
+    nation, client = synced
+    p33 = nation.provinces["33"]
+    current = nation.repo.province_targets("33")
+    national = Metadata[Targets].from_bytes(_latest(nation, "targets")).signed
+    _, data = _rogue_key_list("44")
+    rogue_version = current.version + 1
+    _sign_role(nation, "province-33", rogue_version,
+               {**current.targets, "provinces/44/keys.json": TargetFile.from_data("provinces/44/keys.json", data)},
+               p33.tuf[:2])
+    snapshot = Snapshot(version=1, expires=T0 + 30 * DAY,
+                        meta={"targets.json": MetaFile(1), "province-33.json": MetaFile(rogue_version)})
+    crafted = (nation.directory / "metadata" / f"{rogue_version}.province-33.json").read_bytes()
+    with pytest.raises(TrustDataError, match="province-33 signs provinces/44/keys.json, outside its delegation"):
+        revocation_sync.verify_province_role(national, snapshot, "33", crafted)
+    honest = (nation.directory / "metadata" / f"{current.version}.province-33.json").read_bytes()
+    assert revocation_sync.verify_province_role(national, snapshot, "33", honest).version == current.version
+    with pytest.raises(TrustDataError, match="province-44 was signed by 0/2 keys"):  # 33's role is not 44's
+        revocation_sync.verify_province_role(national, snapshot, "44", honest)
+
+
 PROVINCE_REFUSALS = [
     ("name-escapes", {"../44/keys.json": b"x"}, 2, "bad target name"),
     ("name-hidden", {".keys.json": b"x"}, 2, "bad target name"),
