@@ -18,6 +18,10 @@ by this process exactly like ``python -m tools.bench issuer`` drives its two
 * ``issuer, sign only``: the same, signing each code, no store;
 * ``issuer``: the real server on its real SQLite store (as ``tools.bench issuer``).
 
+The report ends with what one signature costs the ``echo + sign`` server in
+thread CPU time: in a tight loop in the same process before it serves, and per
+call while serving (the same work, run between gRPC's).
+
 Rates drift with the machine's load: read the ratios within a round and the
 CPU per call, not absolute rates. This is a diagnostic, not a target.
 """
@@ -44,6 +48,8 @@ from ._measure import percentile
 from .issuer import ECHO_SERVICE, _closed_loop
 
 __all__ = ["run", "LAYERS"]
+
+_SIGN_COST = "sign_cost"  # the echo + sign server's last log line: what one signature cost it
 
 #: name -> (label, kind, mode)
 LAYERS = {
@@ -75,8 +81,27 @@ async def _serve_echo(mode: str, cert: pathlib.Path, key: pathlib.Path) -> None:
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         hc.sign_code(hc.CodeClaims("33", mid, next(serials), now, now + dt.timedelta(days=7)), signer)
 
-    work = {"plain": None, "release": lambda: time.sleep(0), "sign": sign}[mode]
+    spent = [0, 0]  # thread CPU ns in sign() while serving, calls
+
+    def timed_sign() -> None:
+        start = time.thread_time_ns()
+        sign()
+        spent[0] += time.thread_time_ns() - start
+        spent[1] += 1
+
+    isolated = None
+    if mode == "sign":  # the same signature in a tight loop, in this process, before serving
+        for _ in range(500):
+            sign()
+        start, rounds = time.thread_time_ns(), 2000
+        for _ in range(rounds):
+            sign()
+        isolated = (time.thread_time_ns() - start) / rounds / 1000
+    work = {"plain": None, "release": lambda: time.sleep(0), "sign": timed_sign}[mode]
     await serve_bare_echo("127.0.0.1:0", cert, key, before_reply=work)
+    if isolated is not None and spent[1]:
+        print(json.dumps({"event": _SIGN_COST, "isolated_us": isolated, "served_us": spent[0] / spent[1] / 1000,
+                          "calls": spent[1]}), file=sys.stderr, flush=True)
 
 
 async def _serve_issuer(mode: str, flags: list[str]) -> None:
@@ -203,11 +228,23 @@ def run(*, rounds: int = 3, seconds: float = 2.0, concurrency: int = 32, residen
             asyncio.run(drive())
             for server in servers.values():
                 server.terminate()
+            sign_cost = _read_sign_cost(workspace.directory / "sign.log") if "sign" in servers else None
         finally:
             for server in servers.values():
                 server.close()
-    _report(results, out=out, rounds=rounds, seconds=seconds, concurrency=concurrency)
+    _report(results, out=out, rounds=rounds, seconds=seconds, concurrency=concurrency, sign_cost=sign_cost)
     return results
+
+
+def _read_sign_cost(log: pathlib.Path) -> dict | None:
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == _SIGN_COST:
+            return event
+    return None
 
 
 def _with_database(flags: tuple[str, ...], database: pathlib.Path) -> list[str]:
@@ -216,7 +253,8 @@ def _with_database(flags: tuple[str, ...], database: pathlib.Path) -> list[str]:
     return flags
 
 
-def _report(results: dict[str, list], *, out, rounds: int, seconds: float, concurrency: int) -> None:
+def _report(results: dict[str, list], *, out, rounds: int, seconds: float, concurrency: int,
+            sign_cost: dict | None = None) -> None:
     print(f"# IssueCode's server time, layer by layer  ({platform.python_implementation()} "
           f"{platform.python_version()}, grpcio {grpc.__version__}, {os.cpu_count()} CPUs, {rounds} interleaved "
           f"rounds of {seconds:g} s, {concurrency} calls in flight)\n", file=out)
@@ -231,6 +269,10 @@ def _report(results: dict[str, list], *, out, rounds: int, seconds: float, concu
         print(f"| {LAYERS[name][0]} | {statistics.median(r.rate for r in rs):,.0f} | {ratio:.2f} | "
               f"{sum(r.server_cpu for r in rs) / calls * 1e6:,.0f} | {sum(r.server_loop_cpu for r in rs) / calls * 1e6:,.0f} | "
               f"{sum(r.client_cpu for r in rs) / calls * 1e6:,.0f} | {p99:.1f} |", file=out)
+    if sign_cost is not None:
+        print(f"\nOne ES256 `sign_code` in the echo + sign server, thread CPU: {sign_cost['isolated_us']:.1f} µs "
+              f"in a tight loop before serving, {sign_cost['served_us']:.1f} µs per call while serving "
+              f"({sign_cost['calls']:,} calls): {sign_cost['served_us'] / sign_cost['isolated_us']:.2f}x.", file=out)
 
 
 if __name__ == "__main__":
