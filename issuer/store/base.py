@@ -9,7 +9,11 @@ floored to the second before it is stored).
 Two kinds of method, deliberately different:
 
 * **reads** block and return records (``None`` when absent). The async domain
-  runs them with :func:`asyncio.to_thread`.
+  runs them with :func:`asyncio.to_thread`. A read that cannot reach the
+  database raises :class:`~issuer.errors.Unavailable` (the PostgreSQL store,
+  its server down or unreachable); any other failure (an SQLite I/O error, a
+  lock held past ``busy_timeout``) propagates as the driver's error, which the
+  service answers as INTERNAL.
 * **writes** return a :class:`concurrent.futures.Future` at once; the store
   applies them in submission order and resolves each future only after its
   transaction committed durably (or with the error that refused it). The async
