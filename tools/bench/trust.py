@@ -12,7 +12,13 @@ directory, and prints from one run:
   (target: < 2 s) against a baseline measured in the same rounds: reading
   and JSON-parsing the very same files without any verification;
 * the time of an offline start-up (``load_cached``: re-verifying the cache);
-* the size of every metadata file, next to the research prototype's.
+* the size of every metadata file, next to the research prototype's;
+* revocation at steady state: province 33 publishes one large shard every
+  hour, pushed exactly as the issuer's revocation job pushes it
+  (``issuer.revocation_job.push_directory``), until it keeps its full window
+  of deltas; a verifier refreshing after each of the last 24 publications
+  records what it downloads, file by file: TUF metadata against the
+  revocation data itself.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import sys
@@ -32,11 +39,13 @@ from securesystemslib.signer import CryptoSigner
 
 import healthcode as hc
 from healthcode.keylist import KeyList
+from healthcode.revocation import RevocationState, delta_target, encode_delta, shard_directory, snapshot_target
 from keys.trustrepo import TrustRepository
 from verifier.trustsync import DirectoryFetcher, TrustSync
 
 DAY = dt.timedelta(days=1)
 HOUR = dt.timedelta(hours=1)
+_MINUTE = dt.timedelta(minutes=1)
 KEYS_PER_PROVINCE = 6
 # research/revocation-and-trust.md section 4.3, python-tuf 7.0.1 prototype
 PROTOTYPE = {"root": "3.6 KB", "targets": "30 KB", "snapshot": "1.2 KB", "timestamp": "369 B", "province": "~1 KB"}
@@ -111,6 +120,82 @@ def _client(base: Path, name: str, repo: TrustRepository, fetcher=None) -> Trust
                      repo.root_bytes(1), fetcher=fetcher)
 
 
+#: The steady-state shard: the largest of the national scenario (``tools.bench.revocation``) and its
+#: share of the day's revocations (14,000 a day over ~100 shards: ~6 an hour).
+SHARD_UNIVERSE = 30_600_000
+SHARD_REVOKED = 218_850
+REVOKED_PER_HOUR = 6
+ISSUED_PER_HOUR = 5_000
+
+
+def _revocation_steady_state(repo: TrustRepository, provinces, base: Path, now: dt.datetime) -> dict:
+    """Hourly publications of one shard of province 33 until its delta window is full, then 24 more,
+    each followed by a verifier's refresh; returns what the last 24 refreshes downloaded."""
+    from issuer.revocation_job import push_directory
+    from issuer.revocation_publisher import DEFAULT_KEEP_DELTAS
+
+    tuf_keys, keys = provinces["33"]
+    kid = keys[4].public_key().key_id()  # the active key: a live shard for the verifier
+    rng = random.Random(20201101)
+    serials = set(rng.sample(range(SHARD_UNIVERSE), SHARD_REVOKED))
+    state = RevocationState("33", kid, seq=1, universe=SHARD_UNIVERSE, serials=sorted(serials))
+    out = base / "revocation-out"
+    shard = out / shard_directory("33", kid)
+    shard.mkdir(parents=True)
+    (shard / "snapshot.hcrs").write_bytes(state.to_snapshot())
+    t = now + 5 * HOUR
+    push_directory(repo, "33", out, tuf_keys[:2], now=t, publish=True)
+    watcher = _LoggingFetcher(repo.directory)
+    verifier = _client(base, "revocation-verifier", repo, watcher)
+    assert verifier.refresh(t + 60 * _MINUTE).revocation.get("33", kid).seq == 1
+    hours = DEFAULT_KEEP_DELTAS + 24
+    refreshes, delta_bytes = [], []
+    for hour in range(1, hours + 1):
+        t = now + (5 + hour) * HOUR
+        universe = state.universe + ISSUED_PER_HOUR
+        while True:
+            fresh = {rng.randrange(universe) for _ in range(REVOKED_PER_HOUR)} - serials
+            if len(fresh) == REVOKED_PER_HOUR:
+                break
+        serials |= fresh
+        new = RevocationState("33", kid, seq=state.seq + 1, universe=universe, serials=sorted(serials))
+        delta = encode_delta(state, new)
+        (shard / Path(delta_target("33", kid, state.seq)).name).write_bytes(delta)
+        (shard / "snapshot.hcrs").write_bytes(new.to_snapshot())
+        old = shard / Path(delta_target("33", kid, new.seq - 1 - DEFAULT_KEEP_DELTAS)).name
+        old.unlink(missing_ok=True)  # the publisher keeps keep_deltas deltas
+        state = new
+        push_directory(repo, "33", out, tuf_keys[:2], now=t, publish=True)
+        watcher.log.clear()
+        synced = verifier.refresh(t + _MINUTE).revocation.get("33", kid)
+        assert synced.seq == state.seq and synced.action == "deltas", synced
+        if hour > hours - 24:
+            refreshes.append(list(watcher.log))
+            delta_bytes.append(len(delta))
+    role = repo.province_targets("33")
+    listed = sum(1 for path in role.targets if path.startswith(shard_directory("33", kid) + "/delta-"))
+    return {"refreshes": refreshes, "delta_bytes": delta_bytes, "listed_deltas": listed,
+            "snapshot_bytes": len(state.to_snapshot()), "keep_deltas": DEFAULT_KEEP_DELTAS,
+            "snapshot_path": snapshot_target("33", kid)}
+
+
+def _kind_of(url: str) -> str:
+    name = url.rsplit("/", 1)[-1]
+    if name == "timestamp.json":
+        return "timestamp.json"
+    if name.endswith(".snapshot.json"):
+        return "snapshot.json"
+    if name.endswith(".root.json"):
+        return "root.json probe (404)"
+    if name.endswith(".json") and "province-" in name:
+        return "province role (province-33.json)"
+    if name.endswith(".hcrd"):
+        return "revocation delta (.hcrd)"
+    if name.endswith(".hcrs"):
+        return "revocation snapshot (.hcrs)"
+    return name
+
+
 def _baseline(files: list[Path]) -> None:
     """Read and parse the same files, trusting them blindly."""
     for path in files:
@@ -177,6 +262,10 @@ def run(*, rounds: int = 7, out=sys.stdout) -> None:
         assert result.changed == ("33",)
         scenarios.append(("province 33 marked a key compromised", result, list(watcher.log)))
 
+        start = time.perf_counter()
+        steady = _revocation_steady_state(repo, provinces, base, now)
+        steady_seconds = time.perf_counter() - start
+
         meta = repo.directory / "metadata"
         versions = {}
         for name in os.listdir(meta):
@@ -239,3 +328,36 @@ def run(*, rounds: int = 7, out=sys.stdout) -> None:
     print(f"| `<SHA256>.keys.json` ({KEYS_PER_PROVINCE} keys; min / median / max) | {key_lists[0]:,} / "
           f"{statistics.median(key_lists):,.0f} / {key_lists[-1]:,} | - |", file=out)
     print(file=out)
+
+    _report_steady_state(steady, steady_seconds, out)
+
+
+def _report_steady_state(steady: dict, seconds: float, out) -> None:
+    refreshes = steady["refreshes"]
+    per_kind: dict[str, list[int]] = {}
+    for log in refreshes:
+        sizes: dict[str, int] = {}
+        for url, size in log:
+            kind = _kind_of(url)
+            sizes[kind] = sizes.get(kind, 0) + size
+        for kind, size in sizes.items():
+            per_kind.setdefault(kind, []).append(size)
+    totals = [sum(size for _, size in log) for log in refreshes]
+    day = sum(totals)
+    payload = sum(steady["delta_bytes"])
+    print("## Revocation at steady state: what an hourly-refreshing verifier downloads\n", file=out)
+    print(f"Province 33 publishes one large shard ({SHARD_REVOKED:,} revoked of {SHARD_UNIVERSE:,}, "
+          f"+{REVOKED_PER_HOUR} revoked and +{ISSUED_PER_HOUR:,} issued an hour; snapshot "
+          f"{steady['snapshot_bytes']:,} B) every hour through `push_directory` (publish at once), "
+          f"{steady['keep_deltas'] + 24} publications ({seconds:.0f} s); the publisher keeps "
+          f"{steady['keep_deltas']} deltas. The province role then lists the snapshot and "
+          f"**{steady['listed_deltas']} deltas**. A verifier refreshed after each of the last 24:\n", file=out)
+    print("| file | bytes per refresh (median) | a day (24 refreshes) |", file=out)
+    print("|---|---:|---:|", file=out)
+    for kind in sorted(per_kind, key=lambda k: -sum(per_kind[k])):
+        sizes = per_kind[kind]
+        print(f"| {kind} | {statistics.median(sizes):,.0f} | {sum(sizes):,} |", file=out)
+    print(f"| **total** | **{statistics.median(totals):,.0f}** | **{day:,}** |", file=out)
+    print(f"\nThe revocation data itself (the 24 deltas) is {payload:,} B of that day's {day:,} B "
+          f"({payload / day:.1%}); the rest is TUF metadata, mostly the province role re-downloaded at "
+          f"every publication because it lists every kept delta.\n", file=out)
