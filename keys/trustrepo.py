@@ -83,6 +83,8 @@ __all__ = [
 
 _UTC = _dt.timezone.utc
 _DAY = _dt.timedelta(days=1)
+#: How a listed target is stored (consistent snapshots): ``<SHA256>.<name>``.
+_HASHED_NAME = re.compile(r"[0-9a-f]{64}\.")
 
 #: The name of a province's key list below ``provinces/<code>/``.
 KEY_LIST_NAME = "keys.json"
@@ -406,12 +408,15 @@ class TrustRepository:
         *,
         now: _dt.datetime,
         remove: Iterable[str] = (),
+        custom: Mapping[str, Mapping[str, object]] | None = None,
     ) -> Change:
         """Sign a new version of ``province-<code>`` that adds or replaces ``files``.
 
         ``files`` maps names below ``provinces/<code>/`` (``"keys.json"``,
         ``"revocation/full-000012.bin"``...) to their bytes; ``remove`` names
-        files to drop (e.g. superseded revocation deltas). Other files stay.
+        files to drop (e.g. superseded revocation snapshots). Other files stay.
+        ``custom`` gives some of ``files`` a TUF ``custom`` object, signed with
+        the role (a revocation snapshot's ``seq``).
         With no files at all this just re-signs the role with a fresh expiry,
         which a province must do within ``province_expiry``.
 
@@ -440,8 +445,14 @@ class TrustRepository:
             else:
                 notes.append(f"{path} ({len(data)} bytes)")
             new_files[path] = bytes(data)
+        extra = {}
+        for name, fields in (custom or {}).items():
+            path = province_target_path(code, name)
+            if path not in new_files:
+                raise TrustRepoError(f"custom fields for {path}, which is not among the files")
+            extra[path] = dict(fields)
         removed = [province_target_path(code, name) for name in remove]
-        md = self._province_version(code, national, new_files, now, remove=removed)
+        md = self._province_version(code, national, new_files, now, remove=removed, custom=extra)
         _sign(md, signers, national, role)
         written = []
         for path, data in new_files.items():
@@ -461,6 +472,54 @@ class TrustRepository:
         return self.publish_province_targets(
             key_list.province, {KEY_LIST_NAME: key_list.to_bytes()}, signers, now=now
         )
+
+    # ------------------------------------------------------------------ unlisted files
+
+    def put_unlisted(self, code: str, files: Mapping[str, bytes], *, remove: Iterable[str] = ()) -> tuple[str, ...]:
+        """Write (or replace) ``files`` and delete ``remove`` where the mirror serves them by name.
+
+        Names are below ``provinces/<code>/``, inside the province's delegation,
+        stored as ``targets/provinces/<code>/<name>``: **outside the signed
+        metadata**, so nothing vouches for them and a client must verify them by
+        other means (revocation deltas: the state they lead to must hash to a
+        snapshot the province role lists, ``verifier/revocation_sync.py``). A
+        name may not look like a listed target's stored name (``<SHA256>.<name>``).
+        Returns the paths written, relative to the repository.
+        """
+        code = _province(code)
+        role = province_role(code)
+        delegation = _delegation(self.targets(), role)
+
+        def checked(name: str) -> Path:
+            path = province_target_path(code, name)
+            if not delegation.is_delegated_path(path):
+                raise TrustRepoError(f"{path} is outside the delegation of {role}")
+            if _HASHED_NAME.match(path.rpartition("/")[2]):
+                raise TrustRepoError(f"{path}: an unlisted file may not be named like a listed target")
+            return self._targets / path
+
+        written = []
+        for name, data in files.items():
+            if not isinstance(data, (bytes, bytearray)):
+                raise TrustRepoError(f"{name}: content must be bytes")
+            target = checked(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write(target, bytes(data), replace=True)
+            written.append(f"targets/{province_target_path(code, name)}")
+        for name in remove:
+            checked(name).unlink(missing_ok=True)
+        return tuple(written)
+
+    def unlisted(self, code: str, folder: str) -> dict[str, bytes]:
+        """The unlisted files (:meth:`put_unlisted`) below ``provinces/<code>/<folder>/``, by name below
+        ``provinces/<code>/``."""
+        code = _province(code)
+        root = self._targets / "provinces" / code
+        directory = self._targets / province_target_path(code, folder)
+        if not directory.is_dir():
+            return {}
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*"))
+                if p.is_file() and not _HASHED_NAME.match(p.name) and not p.name.startswith(".")}
 
     # ------------------------------------------------------------------ online roles
 
@@ -684,6 +743,7 @@ class TrustRepository:
         *,
         remove: Sequence[str] = (),
         keep_targets: bool = True,
+        custom: Mapping[str, dict] | None = None,
     ) -> Metadata[Targets]:
         """The next version of ``province-<code>`` with ``files`` added and ``remove`` dropped."""
         role = province_role(code)
@@ -699,7 +759,10 @@ class TrustRepository:
             if md.signed.targets.pop(path, None) is None:
                 raise TrustRepoError(f"cannot remove {path}: {role} does not list it")
         for path, data in files.items():
-            md.signed.targets[path] = TargetFile.from_data(path, data, ["sha256"])
+            info = TargetFile.from_data(path, data, ["sha256"])
+            if custom and path in custom:
+                info.unrecognized_fields["custom"] = custom[path]
+            md.signed.targets[path] = info
         return md
 
     def _check_key_list(self, code: str, data: bytes) -> KeyList:

@@ -364,6 +364,25 @@ def _rogue_key_list(code):
     return rogue, KeyList(province=code, serial=9, keys=(entry(code, rogue),)).to_bytes()
 
 
+def test_unlisted_files_are_served_by_name_inside_the_delegation_only(synced):
+    """Revocation deltas are served unlisted (nothing signs them; the verifier checks where they lead)."""
+    nation, _client = synced
+    repo = nation.repo
+    name = "revocation/0011223344556677/delta-0000000001.hcrd"
+    assert repo.put_unlisted("33", {name: b"delta"}) == (f"targets/provinces/33/{name}",)
+    assert (nation.directory / "targets" / "provinces" / "33" / name).read_bytes() == b"delta"
+    assert repo.unlisted("33", "revocation") == {name: b"delta"}
+    assert "provinces/33/" + name not in repo.province_targets("33").targets  # not listed
+    before = repo.province_targets("33").version
+    repo.put_unlisted("33", {name: b"again"})  # replaced in place, no new role version
+    assert repo.unlisted("33", "revocation") == {name: b"again"} and repo.province_targets("33").version == before
+    for bad in ("../44/keys.json", "revocation/a/b/c", f"revocation/k/{'0' * 64}.delta.hcrd"):
+        with pytest.raises(TrustRepoError):
+            repo.put_unlisted("33", {bad: b"x"})
+    repo.put_unlisted("33", {}, remove=[name])
+    assert repo.unlisted("33", "revocation") == {}
+
+
 def test_a_province_cannot_sign_outside_its_delegation(synced):
     nation, client = synced
     p33 = nation.provinces["33"]
