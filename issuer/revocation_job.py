@@ -25,12 +25,13 @@ One run (:meth:`RevocationPublishJob.run_once`), steps marked in the code:
    ``directory`` (laid out as TUF target names) when serials were added;
 3. ``push_mode = "repository"``: the province's revocation files in
    ``directory`` are reconciled into the national trust repository
-   (:func:`push_directory`): each shard's snapshot and the newest deltas a
-   verifier would use (their chain, with their metadata entries, weighs less
-   than the snapshot); whatever the province role lists under
-   ``provinces/<code>/revocation/`` that differs is re-signed with the
-   province's TUF role keys in one new role version, so a push that failed
-   is completed by the next run; with the online keys
+   (:func:`push_directory`): each shard's snapshot is listed in the province
+   role with its seq, and the newest deltas a verifier would use (their
+   chain weighs less than the snapshot) are served unlisted beside it; the
+   role is re-signed with the province's TUF role keys when what it lists
+   under ``provinces/<code>/revocation/`` differs, and the unlisted deltas
+   are made equal to the directory's, so a push that failed is completed by
+   the next run; with the online keys
    configured (development, or a single-operator deployment) ``publish()``
    then writes the snapshot and timestamp at once, else the national online
    service does at its next run. ``push_mode = "directory-only"``: nothing is
@@ -87,9 +88,6 @@ log = logging.getLogger("issuer.revocation")
 #: ``repository``: sign into the trust repository; ``directory-only``: write files only.
 PUSH_MODES = ("repository", "directory-only")
 
-#: What listing one more target adds to the province role's metadata, which every verifier
-#: downloads whenever the role changes (path, length and SHA-256 in JSON; measured 162 bytes).
-TARGET_ENTRY_BYTES = 160
 
 
 def _utc_now() -> dt.datetime:
@@ -101,12 +99,14 @@ def _utc_now() -> dt.datetime:
 
 @dataclass(frozen=True)
 class PushResult:
-    """What one push did to the repository: the province role version and the snapshot/timestamp."""
+    """What one push did to the repository: the province role version, the unlisted deltas, the snapshot/timestamp."""
 
-    added: tuple[str, ...]  # target names below provinces/<code>/
+    added: tuple[str, ...]  # listed target names below provinces/<code>/ (snapshots)
     removed: tuple[str, ...]
     summary: str
     published: str | None  # the snapshot/timestamp summary, when this push published
+    unlisted: tuple[str, ...] = ()  # deltas written where the mirror serves them by name
+    unlisted_removed: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -120,44 +120,49 @@ def _repo_lock(directory: pathlib.Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _local_files(directory: pathlib.Path, province: str, entry_bytes: int) -> dict[str, bytes]:
-    """The province's revocation files to list, by target path: each shard's snapshot and
-    the newest deltas worth listing.
+def _local_files(directory: pathlib.Path, province: str) -> tuple[dict[str, bytes], dict[str, int], dict[str, bytes]]:
+    """The province's revocation files, by target path: what to list, and what to serve unlisted.
 
-    A verifier follows the listed deltas from its seq when they weigh less
-    than the snapshot, else it fetches the snapshot
-    (``verifier/revocation_sync.py``). So a delta is listed only while the
-    chain from it to the snapshot, each delta counted with its metadata entry
-    (``entry_bytes``), weighs less than the snapshot: an older one would never
-    be used, yet every verifier would download its entry with the role. The
-    listed deltas are a contiguous chain ending at the snapshot's seq; a delta
-    at or after that seq (the remnant of a run that crashed before its commit
-    point, which the next run rewrites) is never listed.
+    Listed (signed in the province role): each shard's snapshot, with its
+    ``seq`` (returned apart, for the target's ``custom`` object). Unlisted
+    (served by name, outside the metadata): the newest deltas, a contiguous
+    chain ending at the snapshot's seq, while the chain weighs less than the
+    snapshot (a verifier further behind fetches the snapshot). Deltas need no
+    signature of their own: a verifier accepts the state they lead to only if
+    it hashes to the listed snapshot (``verifier/revocation_sync.py``), so
+    listing them would only make every verifier download one metadata entry
+    per delta at every publication (``docs/benchmarks.md``: with 168 listed,
+    the province role was 92 % of an hourly-refreshing verifier's transfer). A delta at or after the
+    snapshot's seq (the remnant of a run that crashed before its commit point,
+    which the next run rewrites) is never served.
     """
-    files: dict[str, bytes] = {}
+    listed: dict[str, bytes] = {}
+    seqs: dict[str, int] = {}
+    unlisted: dict[str, bytes] = {}
     base = directory / "provinces" / province / "revocation"
     if not base.is_dir():
-        return files
+        return listed, seqs, unlisted
     for shard in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
             snapshot = (shard / "snapshot.hcrs").read_bytes()
         except FileNotFoundError:
             continue  # no committed publication yet
         prefix = f"provinces/{province}/revocation/{shard.name}/"
-        files[prefix + "snapshot.hcrs"] = snapshot
-        seq, chain = read_header(snapshot).to_seq, 0
-        while seq > 0:  # from the newest delta back, while the chain stays cheaper than the snapshot
+        listed[prefix + "snapshot.hcrs"] = snapshot
+        seq = seqs[prefix + "snapshot.hcrs"] = read_header(snapshot).to_seq
+        chain = 0
+        while seq > 0:  # from the newest delta back, while the chain stays lighter than the snapshot
             seq -= 1
             try:
                 data = (shard / f"delta-{seq:010d}.hcrd").read_bytes()
             except FileNotFoundError:
                 break
-            chain += len(data) + entry_bytes
+            chain += len(data)
             header = read_header(data)
             if chain >= len(snapshot) or (header.from_seq, header.to_seq) != (seq, seq + 1):
                 break
-            files[prefix + f"delta-{seq:010d}.hcrd"] = data
-    return files
+            unlisted[prefix + f"delta-{seq:010d}.hcrd"] = data
+    return listed, seqs, unlisted
 
 
 def push_directory(
@@ -168,39 +173,58 @@ def push_directory(
     *,
     now: dt.datetime,
     publish: bool = False,
-    entry_bytes: int = TARGET_ENTRY_BYTES,
 ) -> PushResult | None:
-    """Make ``province``'s revocation targets in ``repository`` equal to the files in ``directory``.
+    """Make ``province``'s revocation files in ``repository`` equal to the files in ``directory``.
 
     ``repository`` is a :class:`keys.trustrepo.TrustRepository`; ``signers``
-    a threshold of the province role's keys. What is listed is each shard's
-    snapshot and the newest deltas that are cheaper for a verifier than the
-    snapshot (:func:`_local_files`). Files new or changed are added, targets
-    under ``provinces/<code>/revocation/`` not to be listed are removed, all
-    in one new version of ``province-<code>``; nothing is signed when both
-    agree (returns None). With ``publish``, the snapshot and timestamp follow
-    (the repository needs its online signers).
+    a threshold of the province role's keys. Each shard's snapshot is listed
+    in the province role with its ``seq`` in the target's ``custom`` object;
+    the deltas worth following are served unlisted (:func:`_local_files`).
+    Order: new deltas are written first, then the role is signed (so a
+    verifier that sees a snapshot finds the deltas that lead to it), then
+    deltas no longer served are deleted. Targets under
+    ``provinces/<code>/revocation/`` not to be listed (a snapshot of a retired
+    shard, deltas listed by an older version) are removed in the same role
+    version. Nothing is signed when the role already agrees; returns None
+    when nothing changed at all. With ``publish``, the snapshot and timestamp
+    follow (the repository needs its online signers).
     """
     directory = pathlib.Path(directory)
     prefix = f"provinces/{province}/"
-    local = _local_files(directory, province, entry_bytes)
+    local, seqs, serve = _local_files(directory, province)
     with _repo_lock(repository.directory):
         role = repository.province_targets(province)
         listed = {} if role is None else {
             path: info for path, info in role.targets.items() if path.startswith(prefix + "revocation/")
         }
-        files = {}
+        files, custom = {}, {}
         for path, data in local.items():
             info = listed.get(path)
             digest = hashlib.sha256(data).hexdigest()
-            if info is None or info.length != len(data) or info.hashes.get("sha256") != digest:
+            want = {"seq": seqs[path]}
+            if (info is None or info.length != len(data) or info.hashes.get("sha256") != digest
+                    or info.unrecognized_fields.get("custom") != want):
                 files[path.removeprefix(prefix)] = data
+                custom[path.removeprefix(prefix)] = want
         remove = sorted(path.removeprefix(prefix) for path in listed if path not in local)
-        if not files and not remove:
+        served = repository.unlisted(province, "revocation")  # what the mirror serves unlisted now
+        write = {path.removeprefix(prefix): data for path, data in serve.items()
+                 if served.get(path.removeprefix(prefix)) != data}
+        drop = sorted(name for name in served if prefix + name not in serve)
+        if not files and not remove and not write and not drop:
             return None
-        change = repository.publish_province_targets(province, files, list(signers), now=now, remove=remove)
-        published = repository.publish(now=now).summary if publish else None
-    return PushResult(tuple(sorted(files)), tuple(remove), change.summary, published)
+        if write:
+            repository.put_unlisted(province, write)
+        summary, published = "province role unchanged", None
+        if files or remove:
+            change = repository.publish_province_targets(province, files, list(signers), now=now, remove=remove,
+                                                         custom=custom)
+            summary = change.summary
+            published = repository.publish(now=now).summary if publish else None
+        if drop:
+            repository.put_unlisted(province, {}, remove=drop)
+    return PushResult(tuple(sorted(files)), tuple(remove), summary, published,
+                      tuple(sorted(write)), tuple(drop))
 
 
 # --------------------------------------------------------------------------- the job

@@ -284,22 +284,6 @@ class RevocationPublisher:
         return ShardPublication(province, kid, nxt.seq, nxt.universe, len(nxt), len(nxt) - len(last),
                                 (delta_name, snapshot_name), tuple(removed))
 
-    def province_files(self, publications: Iterable[ShardPublication]
-                       ) -> dict[str, tuple[dict[str, bytes], list[str]]]:
-        """What to hand the trust repository, per province: ``{code: (files, remove)}``.
-
-        Names are relative to ``provinces/<code>/`` (``revocation/<kid-hex>/snapshot.hcrs``...),
-        as :meth:`keys.trustrepo.TrustRepository.publish_province_targets` takes them.
-        """
-        changes: dict[str, tuple[dict[str, bytes], list[str]]] = {}
-        for publication in publications:
-            prefix = f"provinces/{publication.province}/"
-            files, remove = changes.setdefault(publication.province, ({}, []))
-            for target in publication.written:
-                files[target.removeprefix(prefix)] = self._path(target).read_bytes()
-            remove.extend(target.removeprefix(prefix) for target in publication.removed)
-        return changes
-
     def retire(self, province: str, kid: bytes) -> list[str]:
         """Delete a shard whose key's last code has expired; return the removed target names.
 

@@ -1,8 +1,9 @@
 """Revocation sync: each live shard's revoked serials from the trust repository, kept verified on disk.
 
 A shard is one province signing key (``healthcode.revocation``). Its province
-publishes, as TUF targets of its own delegated role, the shard's latest
-``snapshot.hcrs`` and its recent ``delta-<from_seq>.hcrd`` files
+publishes, as a TUF target of its own delegated role, the shard's latest
+``snapshot.hcrs`` (with its seq in the target's ``custom`` object), and serves
+its recent ``delta-<from_seq>.hcrd`` files unlisted beside it
 (``issuer/revocation_job.py``). :class:`RevocationStore` turns what one
 verified refresh of :class:`verifier.trustsync.TrustSync` lists into the
 verifier's per-shard state, and loads that state back offline.
@@ -24,11 +25,16 @@ for being on disk.
    listed means no data (a held state is kept: a live key's revocations do
    not disappear);
 2. the listed snapshot hash equals the held one: unchanged, nothing fetched;
-3. else, when the listed deltas from the held seq on weigh less than the
-   snapshot, they are applied strictly in order
+3. else, the deltas from the held seq to the seq the province signed for
+   the snapshot (its target's ``custom`` ``seq``). They are not listed in
+   the metadata: the mirror serves them by name, **unverified**, and they
+   are fetched only while the chain weighs less than the snapshot. They are
+   applied strictly in order
    (:meth:`~healthcode.revocation.RevocationSet.follow_deltas`: gaps,
-   replays, wrong bases and mismatched state hashes are refused) and the
-   result must hash to the listed snapshot;
+   replays, wrong bases and mismatched state hashes are refused), and the
+   result must hash to the listed snapshot, which is what makes them
+   trustworthy (the invariant above). A bad or missing delta costs only
+   the bytes fetched, then step 4;
 4. otherwise, or if a delta is refused, the snapshot itself (TUF checked its
    length and hash), which must not be older than the held state, nor
    disagree with it at the same seq, nor lift a revoked serial;
@@ -65,11 +71,11 @@ from tuf.api.metadata import Snapshot, Targets
 from healthcode.keyring import Keyring
 from healthcode.model import PROVINCES, to_epoch
 from healthcode.revocation import (
+    MAX_SEQ,
     RevocationDataError,
     RevocationSequenceError,
     RevocationSet,
     RevocationState,
-    delta_target,
     encode_delta,
     snapshot_target,
 )
@@ -246,6 +252,18 @@ def _listed_sha256(targets: Targets, path: str) -> tuple[str, int] | None:
     return digest, info.length
 
 
+def _listed_seq(targets: Targets, path: str) -> int | None:
+    """The ``seq`` the province signed in the snapshot target's ``custom`` object (None: not given)."""
+    info = targets.targets.get(path)
+    custom = info.unrecognized_fields.get("custom") if info is not None else None
+    if custom is None:
+        return None
+    seq = custom.get("seq") if isinstance(custom, dict) else None
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+        raise TrustDataError(f"{path} has a malformed seq in its metadata")
+    return seq
+
+
 def verify_province_role(national: Targets, snapshot: Snapshot, code: str, role_bytes: bytes) -> Targets:
     """A province role's metadata, verified for its revocation files.
 
@@ -278,13 +296,17 @@ class RevocationStore:
         now: _dt.datetime,
         roles: Mapping[str, tuple[bytes, Targets]],
         fetch: Callable[[str], bytes],
+        fetch_unlisted: Callable[[str, int], bytes | None] | None = None,
     ) -> RevocationSyncReport:
         """Bring every live shard of ``keyring`` at ``now`` up to what its province lists; commit.
 
         ``roles`` maps each province that verified in this refresh to its role
         metadata (the exact bytes, and the verified ``Targets``); a province
         missing from it keeps its shards as they are. ``fetch(path)`` returns a
-        target's bytes after TUF verification, raising :class:`SyncError`.
+        target's bytes after TUF verification, raising :class:`SyncError`;
+        ``fetch_unlisted(path, max_length)`` the unverified bytes the mirror
+        serves for an unlisted delta, or None (missing, or longer than
+        ``max_length``); without it, shards move by snapshots only.
         Per-shard failures are reported, never raised; a failed commit is
         reported in ``error``.
         """
@@ -299,7 +321,7 @@ class RevocationStore:
         reports: list[ShardSync] = []
         for shard in sorted(live):
             role = roles.get(shard[0])
-            record, report, new = self._sync_shard(shard, previous.get(shard), role, fetch, now)
+            record, report, new = self._sync_shard(shard, previous.get(shard), role, fetch, fetch_unlisted, now)
             if record is not None:
                 records[shard] = record
             blobs.update(new)
@@ -326,6 +348,7 @@ class RevocationStore:
         held: _Record | None,
         role: tuple[bytes, Targets] | None,
         fetch: Callable[[str], bytes],
+        fetch_unlisted: Callable[[str, int], bytes | None] | None,
         now: _dt.datetime,
     ) -> tuple[_Record | None, ShardSync, dict[str, bytes]]:
         province, kid = shard
@@ -355,6 +378,7 @@ class RevocationStore:
         snapshot_path = snapshot_target(province, kid)
         try:
             listed = _listed_sha256(targets, snapshot_path)
+            listed_seq = _listed_seq(targets, snapshot_path)
         except TrustDataError as exc:
             return keep(str(exc))
         if listed is None:
@@ -380,28 +404,40 @@ class RevocationStore:
                            province, kid.hex(), exc)
             held, held_seq, base = None, None, RevocationState(province, kid)
         before = len(base)
-        # (3) the deltas, if they weigh less than the snapshot
+        # (3) the deltas, unlisted, up to the listed seq, while they weigh less than the snapshot
         note = None
-        chain, chain_bytes, seq = 0, 0, base.seq
-        while chain < MAX_DELTA_CHAIN and (info := targets.targets.get(delta_target(province, kid, seq))) is not None:
-            chain, chain_bytes, seq = chain + 1, chain_bytes + info.length, seq + 1
-        if chain and chain_bytes < snapshot_length:
-            work = RevocationSet([base])
-            try:
-                work.follow_deltas(province, kid,
-                                   lambda path: counted(path) if path in targets.targets else None, limit=chain)
-                state = work.get(province, kid)
-                data = state.to_snapshot()
-                if _sha256(data) == want:
-                    record = _Record(state.seq, want, role_id, now)
-                    return result(DELTAS, record, len(state) - before, blobs={want: data, role_id: role_bytes})
-                note = f"the deltas end at seq {state.seq}, which is not the listed snapshot"
-            except (RevocationDataError, SyncError) as exc:
-                note = f"delta refused: {exc}"
-        elif chain:
-            note = f"{chain} deltas weigh {chain_bytes} bytes, the snapshot {snapshot_length}"
-        elif held is not None:
-            note = f"no delta from seq {held.seq} is listed"
+        if listed_seq is not None and fetch_unlisted is not None and base.seq < listed_seq:
+            chain = listed_seq - base.seq
+            budget = [snapshot_length - 1]  # the chain must stay lighter than the snapshot
+
+            def unlisted(path: str) -> bytes | None:
+                data = fetch_unlisted(path, budget[0])
+                if data is not None:
+                    budget[0] -= len(data)
+                    transferred[0] += len(data)
+                    transferred[1] += 1
+                return data
+
+            if chain > MAX_DELTA_CHAIN:
+                note = f"{chain} deltas behind"
+            else:
+                work = RevocationSet([base])
+                try:
+                    work.follow_deltas(province, kid, unlisted, limit=chain)
+                    state = work.get(province, kid)
+                    if state.seq == listed_seq:
+                        data = state.to_snapshot()
+                        if _sha256(data) == want:  # the one invariant: the province vouched for this state
+                            record = _Record(state.seq, want, role_id, now)
+                            return result(DELTAS, record, len(state) - before, blobs={want: data, role_id: role_bytes})
+                        note = f"delta refused: the deltas to seq {state.seq} do not hash to the listed snapshot"
+                    else:
+                        note = (f"the deltas from seq {base.seq} end at seq {state.seq}, before the listed "
+                                f"{listed_seq} (missing, or heavier than the snapshot)")
+                except (RevocationDataError, SyncError) as exc:
+                    note = f"delta refused: {exc}"
+        elif held is not None and listed_seq is None:
+            note = "the listed snapshot carries no seq: deltas are not followed"
         # (4) the snapshot
         try:
             data = counted(snapshot_path)  # length and SHA-256 checked by TUF against `want`

@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
@@ -429,6 +429,7 @@ class TrustSync:
             directory.mkdir(parents=True, exist_ok=True)
         # python-tuf's updater and the province roles of this process's last good refresh
         self._session: tuple[Updater, dict[str, Targets]] | None = None
+        self._unlisted_fetcher: FetcherInterface | None = None  # the session's (counting) fetcher
 
     # ------------------------------------------------------------------ public
 
@@ -523,6 +524,7 @@ class TrustSync:
         _verify_national(self._bootstrap, state, blobs.__getitem__)
         keyring = _keyring(lists)
         self._commit(state, blobs)
+        self._unlisted_fetcher = counter
         self._session = (updater, {
             code: Metadata[Targets].from_bytes(blobs[rec.role]).signed
             for code, rec in records.items()
@@ -530,7 +532,7 @@ class TrustSync:
         })
         # (5) revocation: each live shard from the province roles just verified
         revocation = self._revocation_store().sync(
-            keyring, now=now, fetch=self.fetch_target,
+            keyring, now=now, fetch=self.fetch_target, fetch_unlisted=self.fetch_unlisted,
             roles={code: (blobs[records[code].role], role) for code, role in self._session[1].items()},
         )
         old = previous.provinces if previous is not None else {}
@@ -639,6 +641,30 @@ class TrustSync:
                 return Path(temp).read_bytes()
             finally:
                 os.unlink(temp)
+        except Exception as exc:  # noqa: BLE001 - mapped to our error tree
+            raise _map_error(exc, path, None, None) from exc
+
+    def fetch_unlisted(self, path: str, max_length: int) -> bytes | None:
+        """The bytes the mirror serves for ``path`` outside the signed metadata, **unverified**.
+
+        For files whose integrity the caller checks itself (revocation deltas:
+        the state they lead to must hash to a listed snapshot). At most
+        ``max_length`` bytes: None when the file is missing (404) or longer.
+        Raises :class:`NotSynced` without a refresh in this process,
+        :class:`MirrorUnavailable` for other transport failures.
+        """
+        self._require_session()
+        if max_length < 1:
+            return None
+        url = self._targets_url + quote(path, safe="/")
+        try:
+            return self._unlisted_fetcher.download_bytes(url, max_length)
+        except tuf_errors.DownloadHTTPError as exc:
+            if exc.status_code == 404:
+                return None
+            raise _map_error(exc, path, None, None) from exc
+        except tuf_errors.DownloadLengthMismatchError:
+            return None
         except Exception as exc:  # noqa: BLE001 - mapped to our error tree
             raise _map_error(exc, path, None, None) from exc
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import hashlib
 import logging
 import shutil
@@ -206,8 +207,11 @@ class World:
         shutil.copytree(self.repo.directory, self.mirror, dirs_exist_ok=True)
 
     def mirror_file(self, target: str) -> Path:
-        """Where the mirror holds the province's current version of ``target``."""
-        info = self.repo.province_targets("33").targets[target]
+        """Where the mirror holds the province's current version of ``target`` (listed: under its
+        SHA-256; unlisted, as deltas are: under its name)."""
+        info = self.repo.province_targets("33").targets.get(target)
+        if info is None:
+            return self.mirror / "targets" / target
         parent, _, name = target.rpartition("/")
         return self.mirror / "targets" / parent / f"{info.hashes['sha256']}.{name}"
 
@@ -302,6 +306,8 @@ def test_a_revoked_code_answers_revoked_after_one_publish_and_one_refresh(world)
     assert shard.action == SNAPSHOT and shard.seq == 1 and shard.added == len(revoked)
     assert result.revocation.get("33", world.old.kid).action == MISSING  # a key that signed nothing yet
     assert answers(everyone, client, NOW + 2 * MIN) == expected(everyone, revoked)
+    late = world.verifier("late")
+    assert late.refresh(NOW + 2 * MIN).revocation.get("33", world.k1.kid).seq == 1
 
     # the second round: two more revocations travel as one small delta
     snapshot_bytes = len(world.published(snapshot_target("33", world.k1.kid)))
@@ -309,7 +315,11 @@ def test_a_revoked_code_answers_revoked_after_one_publish_and_one_refresh(world)
     revoked += [codes[carol][1], codes[alice][1]]
     run = world.publish(NOW + HOUR)
     assert [p.added for p in run.publications] == [2]
-    assert run.push.added == (f"{kid_dir}/delta-0000000001.hcrd", f"{kid_dir}/snapshot.hcrs")
+    assert run.push.added == (f"{kid_dir}/snapshot.hcrs",)  # listed, with its seq
+    assert run.push.unlisted == (f"{kid_dir}/delta-0000000001.hcrd",)  # served by name, not listed
+    role = world.repo.province_targets("33")
+    assert [p for p in role.targets if "/revocation/" in p] == [snapshot_target("33", world.k1.kid)]
+    assert role.targets[snapshot_target("33", world.k1.kid)].custom == {"seq": 2}
     result = client.refresh(NOW + HOUR + MIN)
     shard = result.revocation.get("33", world.k1.kid)
     delta = world.published(delta_target("33", world.k1.kid, 1))
@@ -318,14 +328,16 @@ def test_a_revoked_code_answers_revoked_after_one_publish_and_one_refresh(world)
     assert shard.bytes_transferred < 80 and snapshot_bytes > 300  # 70-byte header + 2 Rice-coded serials
     assert answers(everyone, client, NOW + HOUR + MIN) == expected(everyone, revoked)
 
-    # a third round: the older delta is no longer worth listing once the chain outweighs the snapshot
+    # a third round: the new delta is served beside the first; a verifier at seq 2 fetches only it
     world.revoke(codes[carol][2])
     revoked.append(codes[carol][2])
     run = world.publish(NOW + 2 * HOUR)
-    assert run.push.added == (f"{kid_dir}/delta-0000000002.hcrd", f"{kid_dir}/snapshot.hcrs")
-    assert run.push.removed == (f"{kid_dir}/delta-0000000001.hcrd",)
+    assert run.push.added == (f"{kid_dir}/snapshot.hcrs",) and run.push.removed == ()
+    assert run.push.unlisted == (f"{kid_dir}/delta-0000000002.hcrd",) and run.push.unlisted_removed == ()
     shard = client.refresh(NOW + 2 * HOUR + MIN).revocation.get("33", world.k1.kid)
     assert (shard.action, shard.seq, shard.files_transferred) == (DELTAS, 3, 1)
+    shard = late.refresh(NOW + 2 * HOUR + MIN).revocation.get("33", world.k1.kid)  # last synced at seq 1
+    assert (shard.action, shard.seq_before, shard.seq, shard.files_transferred) == (DELTAS, 1, 3, 2)
 
     # nothing new: nothing fetched for revocation
     world.publish(NOW + 3 * HOUR)
@@ -364,14 +376,15 @@ def test_tampered_files_on_the_mirror_are_refused_and_the_last_good_state_kept(w
     client = world.verifier("hospital")
     client.refresh(NOW + 2 * MIN)
 
-    # a changed delta on the mirror: TUF refuses it (hash); the sync falls back to the snapshot
+    # a changed delta on the mirror (deltas are unlisted: nothing but the result vouches for them):
+    # refused, and the sync falls back to the snapshot
     first = codes[world.mids[0]][0]
     world.revoke(first)
     world.publish(NOW + HOUR)
+    assert world.mirror_file(delta_target("33", kid, 1)).exists()
     corrupt(world.mirror_file(delta_target("33", kid, 1)))
     shard = client.refresh(NOW + HOUR + MIN).revocation.get("33", kid)
     assert shard.action == SNAPSHOT and shard.seq == 2 and "delta refused" in shard.detail
-    assert "hash" in shard.detail.lower()
     assert answers(everyone, client, NOW + HOUR + MIN) == expected(everyone, revoked + [first])
 
     # delta and snapshot both changed: nothing new is accepted, the last good state stays
@@ -393,34 +406,42 @@ def test_tampered_files_on_the_mirror_are_refused_and_the_last_good_state_kept(w
     assert answers(everyone, client, NOW + 2 * HOUR + 2 * MIN) == expected(everyone, revoked + [first, second])
 
 
-def _craft(world: World, case: str, kid: bytes, saved: dict[str, bytes]) -> tuple[dict[str, bytes], list[str]]:
-    """Properly signed but wrong revocation files for ``case`` (the verifier holds seq 2, seq 3 is out)."""
+def _craft(world: World, case: str, kid: bytes, saved: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """Wrong revocation files for ``case`` (the verifier holds seq 2, seq 3 is out): deltas as a
+    mirror could serve them (unlisted: no key needed), snapshots properly signed with the province's
+    keys (a publisher misusing them). Returns (signed, served by the mirror)."""
     d1, d2 = delta_target("33", kid, 1), delta_target("33", kid, 2)
     snap = snapshot_target("33", kid)
     state3 = RevocationState.from_snapshot(saved["snapshot-3"])
     unrevoked = next(s for s in range(state3.universe) if not state3.is_revoked(s))
     if case == "replayed-delta":  # delta 1->2 again, under the name of delta 2->3
-        return {d2: saved[d1]}, []
+        return {}, {d2: saved[d1]}
     if case == "gap":  # delta 3->4 under the name of delta 2->3
         state4 = RevocationState("33", kid, seq=4, universe=state3.universe,
                                  serials=sorted({*state3.serials(), unrevoked}))
-        return {d2: encode_delta(state3, state4)}, []
-    if case == "rolled-back-snapshot":  # the seq 1 snapshot again, no delta
-        return {snap: saved["snapshot-1"]}, [d2]
+        return {}, {d2: encode_delta(state3, state4)}
+    if case == "forged-delta":  # a well-formed delta 2->3 to another state than the listed snapshot
+        state2 = RevocationState.from_snapshot(saved["snapshot-2"])
+        other = RevocationState("33", kid, seq=3, universe=state3.universe,
+                                serials=sorted({*state2.serials(), unrevoked}))
+        return {}, {d2: encode_delta(state2, other)}
+    if case == "rolled-back-snapshot":  # the seq 1 snapshot again
+        return {snap: saved["snapshot-1"]}, {}
     if case == "forked-snapshot":  # another state at the held seq 2
         state2 = RevocationState.from_snapshot(saved["snapshot-2"])
         fork = RevocationState("33", kid, seq=2, universe=state2.universe,
                                serials=sorted({*state2.serials(), unrevoked}))
-        return {snap: fork.to_snapshot()}, [d2]
+        return {snap: fork.to_snapshot()}, {}
     if case == "lifted-revocation":  # seq 3 without a serial revoked before
         lifted = RevocationState("33", kid, seq=3, universe=state3.universe, serials=state3.serials()[1:])
-        return {snap: lifted.to_snapshot()}, [d2]
+        return {snap: lifted.to_snapshot()}, {}
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case, action, reason", [
     ("replayed-delta", SNAPSHOT, "replay"),
     ("gap", SNAPSHOT, "gap"),
+    ("forged-delta", SNAPSHOT, "do not hash to the listed snapshot"),
     ("rolled-back-snapshot", KEPT, "rollback"),
     ("forked-snapshot", KEPT, "disagrees"),
     ("lifted-revocation", KEPT, "lifts a revocation"),
@@ -441,8 +462,11 @@ def test_replayed_gapped_and_rolled_back_files_are_refused(world, case, action, 
             saved[delta_target("33", kid, seq - 1)] = world.published(delta_target("33", kid, seq - 1))
         if seq < 3:
             assert client.refresh(NOW + seq * HOUR + MIN).revocation.get("33", kid).seq == seq
-    files, remove = _craft(world, case, kid, saved)
-    world.sign_as_province(files, NOW + 3 * HOUR + MIN, remove=remove)
+    signed, served = _craft(world, case, kid, saved)
+    if signed:
+        world.sign_as_province(signed, NOW + 3 * HOUR + MIN)
+    for target, data in served.items():
+        world.mirror_file(target).write_bytes(data)
     shard = client.refresh(NOW + 3 * HOUR + 2 * MIN).revocation.get("33", kid)
     assert shard.action == action and reason in shard.detail
     if action == SNAPSHOT:  # the bad delta was refused; the signed snapshot was the way forward
@@ -451,12 +475,66 @@ def test_replayed_gapped_and_rolled_back_files_are_refused(world, case, action, 
     else:  # nothing acceptable: the held seq 2 stays
         assert shard.seq == 2
         assert answers(checked, client, NOW + 3 * HOUR + 2 * MIN) == expected(checked, revoked[:-1])
-    # the job's next push puts the published files back (it reconciles what the role lists)
+    # the job's next push puts the published files back (it reconciles what the role lists and
+    # what the repository serves); the mirror copies the repository again
     run = world.publish(NOW + 4 * HOUR)
-    assert run.publications == () and run.push is not None
+    assert run.publications == () and (run.push is not None) == bool(signed)
     shard = client.refresh(NOW + 4 * HOUR + MIN).revocation.get("33", kid)
     assert shard.seq == 3 and shard.action in (UNCHANGED, DELTAS)
     assert answers(checked, client, NOW + 4 * HOUR + MIN) == expected(checked, revoked)
+
+
+@pytest.mark.parametrize("case", ["missing", "oversized"])
+def test_a_missing_or_oversized_unlisted_delta_costs_at_most_the_snapshot(world, case):
+    """Deltas are fetched unverified, so what a mirror can make a verifier download is capped: the
+    chain may weigh less than the snapshot it replaces, then the (listed, verified) snapshot."""
+    kid = world.k1.kid
+    revoked = bulk(world)
+    world.revoke(*revoked)
+    world.publish(NOW + MIN)
+    client = world.verifier("hospital")
+    client.refresh(NOW + 2 * MIN)
+    first = world.codes[world.mids[0]][0]
+    world.revoke(first)
+    world.publish(NOW + HOUR)
+    delta = world.mirror_file(delta_target("33", kid, 1))
+    snapshot_bytes = len(world.published(snapshot_target("33", kid)))
+    if case == "missing":
+        delta.unlink()
+    else:
+        delta.write_bytes(b"\0" * (50 * snapshot_bytes))
+    shard = client.refresh(NOW + HOUR + MIN).revocation.get("33", kid)
+    assert shard.action == SNAPSHOT and shard.seq == 2
+    assert "before the listed 2" in shard.detail
+    assert shard.bytes_transferred <= 2 * snapshot_bytes  # the capped attempt, then the snapshot
+    assert answers(world.everyone[:1000], client, NOW + HOUR + MIN) == expected(world.everyone[:1000],
+                                                                                revoked + [first])
+
+
+def test_the_province_role_lists_one_target_per_shard_however_many_deltas(world):
+    kid = world.k1.kid
+    world.revoke(*bulk(world))
+    world.publish(NOW + MIN)
+    client = world.verifier("hospital")
+    client.refresh(NOW + 2 * MIN)
+    role_sizes = set()
+    for hour in range(1, 6):
+        world.revoke(world.codes[world.mids[hour]][0])
+        run = world.publish(NOW + hour * HOUR)
+        assert run.push.unlisted == (f"revocation/{kid.hex()}/delta-{hour:010d}.hcrd",)
+        role = world.repo.province_targets("33")
+        assert [p for p in role.targets if "/revocation/" in p] == [snapshot_target("33", kid)]
+        assert role.targets[snapshot_target("33", kid)].custom == {"seq": hour + 1}
+        role_sizes.add(len(json.dumps(role.to_dict()["targets"])))
+        shard = client.refresh(NOW + hour * HOUR + MIN).revocation.get("33", kid)
+        assert (shard.action, shard.seq, shard.files_transferred) == (DELTAS, hour + 1, 1)
+    assert max(role_sizes) - min(role_sizes) <= 2  # the role does not grow with the deltas kept
+    # served: the newest contiguous chain ending at the snapshot, lighter than the snapshot
+    served = world.repo.unlisted("33", "revocation")
+    first = 6 - len(served)
+    assert sorted(served) == [f"revocation/{kid.hex()}/delta-{s:010d}.hcrd" for s in range(first, 6)]
+    assert len(served) >= 2 and sum(map(len, served.values())) < len(world.published(snapshot_target("33", kid)))
+    assert run.push.unlisted_removed == (() if first == 1 else (f"revocation/{kid.hex()}/delta-{first - 1:010d}.hcrd",))
 
 
 # ------------------------------------------------------------------ offline, expiry

@@ -144,13 +144,12 @@ def test_revoke_publish_refresh_verify(world):
         follower.apply_delta(read(publisher, delta_target("33", kid, seq)))
     assert follower.get("33", kid).state_hash == fresh.get("33", kid).state_hash == verifier.get("33", kid).state_hash
 
-    # what goes to the trust repository: names below provinces/33/
-    files, remove = publisher.province_files([third])["33"]
-    assert sorted(files) == [f"revocation/{kid.hex()}/delta-0000000002.hcrd", f"revocation/{kid.hex()}/snapshot.hcrs"]
-    assert files[f"revocation/{kid.hex()}/snapshot.hcrs"] == read(publisher, snapshot_target("33", kid))
-    assert remove == []
+    # what the run wrote, as target names (issuer.revocation_job.push_directory lists the snapshot
+    # and serves the delta unlisted)
+    assert sorted(third.written) == [delta_target("33", kid, 2), snapshot_target("33", kid)]
+    assert third.removed == ()
 
-    # a verifier that follows the chain through a fetch callable (the sync's TUF client in production)
+    # a verifier that follows the chain through a fetch callable (the sync's unlisted fetch in production)
     chained = RevocationSet()
     assert chained.follow_deltas("33", kid, lambda name: (publisher.directory / name).read_bytes()
                                  if (publisher.directory / name).exists() else None) == 3

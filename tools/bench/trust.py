@@ -174,7 +174,8 @@ def _revocation_steady_state(repo: TrustRepository, provinces, base: Path, now: 
             delta_bytes.append(len(delta))
     role = repo.province_targets("33")
     listed = sum(1 for path in role.targets if path.startswith(shard_directory("33", kid) + "/delta-"))
-    return {"refreshes": refreshes, "delta_bytes": delta_bytes, "listed_deltas": listed,
+    served = len(repo.unlisted("33", "revocation"))
+    return {"refreshes": refreshes, "delta_bytes": delta_bytes, "listed_deltas": listed, "served_deltas": served,
             "snapshot_bytes": len(state.to_snapshot()), "keep_deltas": DEFAULT_KEEP_DELTAS,
             "snapshot_path": snapshot_target("33", kid)}
 
@@ -351,13 +352,14 @@ def _report_steady_state(steady: dict, seconds: float, out) -> None:
           f"{steady['snapshot_bytes']:,} B) every hour through `push_directory` (publish at once), "
           f"{steady['keep_deltas'] + 24} publications ({seconds:.0f} s); the publisher keeps "
           f"{steady['keep_deltas']} deltas. The province role then lists the snapshot and "
-          f"**{steady['listed_deltas']} deltas**. A verifier refreshed after each of the last 24:\n", file=out)
+          f"**{steady['listed_deltas']} deltas**; the mirror serves {steady['served_deltas']} deltas unlisted. "
+          f"A verifier refreshed after each of the last 24:\n", file=out)
     print("| file | bytes per refresh (median) | a day (24 refreshes) |", file=out)
     print("|---|---:|---:|", file=out)
     for kind in sorted(per_kind, key=lambda k: -sum(per_kind[k])):
         sizes = per_kind[kind]
         print(f"| {kind} | {statistics.median(sizes):,.0f} | {sum(sizes):,} |", file=out)
     print(f"| **total** | **{statistics.median(totals):,.0f}** | **{day:,}** |", file=out)
+    heaviest = max((k for k in per_kind if not k.startswith("revocation")), key=lambda k: sum(per_kind[k]))
     print(f"\nThe revocation data itself (the 24 deltas) is {payload:,} B of that day's {day:,} B "
-          f"({payload / day:.1%}); the rest is TUF metadata, mostly the province role re-downloaded at "
-          f"every publication because it lists every kept delta.\n", file=out)
+          f"({payload / day:.1%}); the rest is TUF metadata, the heaviest part {heaviest}.\n", file=out)
