@@ -851,13 +851,14 @@ class RevocationSet:
                       limit: int = 10_000) -> int:
         """Apply the shard's published deltas from its current seq on; return how many were applied.
 
-        ``fetch(target_name)`` returns a target's (already TUF-verified) bytes,
-        or None when the repository lists no such target; it is the caller's
-        I/O. The chain stops at the first missing delta: either the shard is at
-        the latest seq, or it is further behind than the publisher keeps deltas
-        for, and the caller loads the snapshot (it knows which from the
-        snapshot target's hash: unchanged since its last sync means at the
-        latest). A :class:`RevocationSequenceError` also means: load the snapshot.
+        ``fetch(target_name)`` returns a delta's bytes, or None when there is
+        none; it is the caller's I/O, and the caller decides what vouches for
+        the result (the verifier's sync serves deltas unverified and commits
+        the resulting state only if its snapshot hashes to the one the province
+        signed). The chain stops at the first missing delta: either the shard
+        is at the latest seq, or it is further behind than the publisher keeps
+        deltas for, and the caller loads the snapshot. A
+        :class:`RevocationSequenceError` also means: load the snapshot.
         """
         applied = 0
         while applied < limit:
