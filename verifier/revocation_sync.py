@@ -264,6 +264,32 @@ def _listed_seq(targets: Targets, path: str) -> int | None:
     return seq
 
 
+def _follow_unlisted(base: RevocationState, seq: int, want: str, fetch: Callable[[str], bytes | None]
+                     ) -> tuple[RevocationState | None, bytes, str | None]:
+    """Apply the deltas from ``base.seq`` to ``seq`` (``fetch``: unverified bytes, or None).
+
+    Returns the state and its canonical snapshot when that hashes to ``want``
+    (the one invariant: the province vouched for this state), else
+    ``(None, b"", why)``.
+    """
+    chain = seq - base.seq
+    if chain > MAX_DELTA_CHAIN:
+        return None, b"", f"{chain} deltas behind"
+    work = RevocationSet([base])
+    try:
+        work.follow_deltas(base.province, base.kid, fetch, limit=chain)
+    except (RevocationDataError, SyncError) as exc:
+        return None, b"", f"delta refused: {exc}"
+    state = work.get(base.province, base.kid)
+    if state.seq != seq:
+        return None, b"", (f"the deltas from seq {base.seq} end at seq {state.seq}, before the listed {seq} "
+                           "(missing, or heavier than the snapshot)")
+    data = state.to_snapshot()
+    if _sha256(data) != want:
+        return None, b"", f"delta refused: the deltas to seq {state.seq} do not hash to the listed snapshot"
+    return state, data, None
+
+
 def verify_province_role(national: Targets, snapshot: Snapshot, code: str, role_bytes: bytes) -> Targets:
     """A province role's metadata, verified for its revocation files.
 
@@ -391,10 +417,10 @@ class RevocationStore:
             record = _Record(held.seq, held.snapshot, role_id, now)
             return result(UNCHANGED, record, blobs={role_id: role_bytes} if role_id != held.role else {})
 
-        def counted(path: str) -> bytes:
-            data = fetch(path)
-            transferred[0] += len(data)
-            transferred[1] += 1
+        def tally(data: bytes | None) -> bytes | None:
+            if data is not None:
+                transferred[0] += len(data)
+                transferred[1] += 1
             return data
 
         try:
@@ -406,41 +432,19 @@ class RevocationStore:
         before = len(base)
         # (3) the deltas, unlisted, up to the listed seq, while they weigh less than the snapshot
         note = None
-        if listed_seq is not None and fetch_unlisted is not None and base.seq < listed_seq:
-            chain = listed_seq - base.seq
-            budget = [snapshot_length - 1]  # the chain must stay lighter than the snapshot
-
-            def unlisted(path: str) -> bytes | None:
-                data = fetch_unlisted(path, budget[0])
-                if data is not None:
-                    budget[0] -= len(data)
-                    transferred[0] += len(data)
-                    transferred[1] += 1
-                return data
-
-            if chain > MAX_DELTA_CHAIN:
-                note = f"{chain} deltas behind"
-            else:
-                work = RevocationSet([base])
-                try:
-                    work.follow_deltas(province, kid, unlisted, limit=chain)
-                    state = work.get(province, kid)
-                    if state.seq == listed_seq:
-                        data = state.to_snapshot()
-                        if _sha256(data) == want:  # the one invariant: the province vouched for this state
-                            record = _Record(state.seq, want, role_id, now)
-                            return result(DELTAS, record, len(state) - before, blobs={want: data, role_id: role_bytes})
-                        note = f"delta refused: the deltas to seq {state.seq} do not hash to the listed snapshot"
-                    else:
-                        note = (f"the deltas from seq {base.seq} end at seq {state.seq}, before the listed "
-                                f"{listed_seq} (missing, or heavier than the snapshot)")
-                except (RevocationDataError, SyncError) as exc:
-                    note = f"delta refused: {exc}"
-        elif held is not None and listed_seq is None:
-            note = "the listed snapshot carries no seq: deltas are not followed"
+        if listed_seq is None:
+            if held is not None:
+                note = "the listed snapshot carries no seq: deltas are not followed"
+        elif fetch_unlisted is not None and base.seq < listed_seq:
+            # every fetch is capped at what is left of one snapshot's size (nothing was fetched before)
+            state, data, note = _follow_unlisted(
+                base, listed_seq, want, lambda path: tally(fetch_unlisted(path, snapshot_length - 1 - transferred[0])))
+            if state is not None:
+                record = _Record(state.seq, want, role_id, now)
+                return result(DELTAS, record, len(state) - before, blobs={want: data, role_id: role_bytes})
         # (4) the snapshot
         try:
-            data = counted(snapshot_path)  # length and SHA-256 checked by TUF against `want`
+            data = tally(fetch(snapshot_path))  # length and SHA-256 checked by TUF against `want`
             if _sha256(data) != want:
                 raise TrustDataError(f"{snapshot_path} does not match its listed hash")
             state = RevocationState.from_snapshot(data, province=province, kid=kid)
