@@ -381,6 +381,9 @@ def test_unlisted_files_are_served_by_name_inside_the_delegation_only(synced):
             repo.put_unlisted("33", {bad: b"x"})
     repo.put_unlisted("33", {}, remove=[name])
     assert repo.unlisted("33", "revocation") == {}
+    with pytest.raises(TrustRepoError, match="not among the files"):  # custom fields name a file being signed
+        repo.publish_province_targets("33", {}, nation.provinces["33"].tuf[:2], now=T0 + HOUR,
+                                      custom={"revocation/k/snapshot.hcrs": {"seq": 1}})
 
 
 def test_a_province_cannot_sign_outside_its_delegation(synced):
