@@ -125,6 +125,21 @@ def _from_ts(ts: timestamp_pb2.Timestamp) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts.seconds, dt.timezone.utc)
 
 
+#: The timestamps a request may carry: from the Unix epoch to the start of year 9000, so that a
+#: key's window (use_from + usage + lead time + code validity) still fits in a datetime.
+_EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _time_field(ts: timestamp_pb2.Timestamp, field: str, out: Violations) -> dt.datetime | None:
+    """The moment ``ts`` names, or None with a ``range`` violation on ``field`` when it is outside
+    1970-01-01 .. 9000-01-01 UTC (a datetime cannot hold +-2^62 s; no key lives outside that)."""
+    if _EARLIEST.timestamp() <= ts.seconds < _LATEST.timestamp():
+        return _from_ts(ts)
+    out.add(field, f"{field} must be between {_EARLIEST:%Y-%m-%d} and {_LATEST:%Y-%m-%d} UTC", "range")
+    return None
+
+
 def _key_pb(key: ManagedKey, now: dt.datetime) -> key_admin_pb2.ManagedKey:
     msg = key_admin_pb2.ManagedKey(
         kid=key.kid, algorithm=_ALGORITHMS[key.algorithm], state=_STATES[key.state_at(now)],
@@ -321,7 +336,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
                 algorithm = _ALGORITHM_OF.get(request.algorithm)
                 if algorithm is None:
                     out.add("algorithm", "unknown algorithm", "enum")
-            use_from = _from_ts(request.use_from) if request.HasField("use_from") else None
+            use_from = _time_field(request.use_from, "use_from", out) if request.HasField("use_from") else None
             if use_from is not None and use_from < now:
                 out.add("use_from", "use_from must not be in the past", "range")
             label = request.label or None
@@ -340,17 +355,19 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         async def impl(now: dt.datetime, role: CallerRole):
             out = Violations()
             kid = _kid(request.kid, out)
+            since = None
             if not request.HasField("since"):
                 out.add("since", "since is required", "required")
-            elif _from_ts(request.since) > now:
-                out.add("since", "a compromise cannot start in the future", "range")
+            else:
+                since = _time_field(request.since, "since", out)
+                if since is not None and since > now:
+                    out.add("since", "a compromise cannot start in the future", "range")
             if request.policy not in (key_admin_pb2.COMPROMISE_POLICY_UNSPECIFIED,
                                       key_admin_pb2.COMPROMISE_POLICY_REJECT_FROM_COMPROMISE,
                                       key_admin_pb2.COMPROMISE_POLICY_REJECT_ALL):
                 out.add("policy", "unknown compromise policy", "enum")
             out.raise_if_any()
             reject_all = request.policy == key_admin_pb2.COMPROMISE_POLICY_REJECT_ALL
-            since = _from_ts(request.since)
 
             def call() -> tuple[Outcome, Outcome | None]:
                 marked = self._admin.mark_compromised(kid, since=since, now=now, reject_all=reject_all)

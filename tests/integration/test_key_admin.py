@@ -355,6 +355,37 @@ def test_bad_input_and_refusals_map_to_status_codes(served):
     assert forced.key.state == kpb.KEY_STATE_RETIRED
 
 
+OUT_OF_RANGE = [
+    ("RotateKey-use_from-plus-2^62", "RotateKey", "use_from", 2**62),
+    ("RotateKey-use_from-minus-2^62", "RotateKey", "use_from", -(2**62)),
+    ("RotateKey-use_from-year-9000", "RotateKey", "use_from", 221845392000),  # 9000-01-01: beyond the key window
+    ("MarkCompromised-since-plus-2^62", "MarkCompromised", "since", 2**62),
+    ("MarkCompromised-since-minus-2^62", "MarkCompromised", "since", -(2**62)),
+    ("MarkCompromised-since-before-1970", "MarkCompromised", "since", -1),
+]
+
+
+@pytest.mark.parametrize("method, field, seconds", [c[1:] for c in OUT_OF_RANGE], ids=[c[0] for c in OUT_OF_RANGE])
+def test_out_of_range_timestamps_are_invalid_argument_with_a_field_violation(served, method, field, seconds):
+    stub = served.stub("admin:33")
+    moment = timestamp_pb2.Timestamp(seconds=seconds)
+    request = (kpb.RotateKeyRequest(province="33", use_from=moment) if method == "RotateKey" else
+               kpb.MarkCompromisedRequest(province="33", kid=served.nation.first.kid, since=moment))
+    with pytest.raises(grpc.RpcError) as err:
+        call(stub, method, request)
+    assert (err.value.code(), error_info(err.value)) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"), (
+        err.value.details())
+    violations = []
+    for detail in rpc_status.from_call(err.value).details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            br = error_details_pb2.BadRequest()
+            detail.Unpack(br)
+            violations += [(v.field, v.reason) for v in br.field_violations]
+    assert violations == [(field, "RANGE")]
+    assert f"{field} must be between 1970-01-01 and 9000-01-01 UTC" in err.value.details()
+    assert served.nation.key_set().revision == 1  # nothing changed
+
+
 def test_the_server_lists_the_service(served):
     assert "healthcode.admin.v1.KeyAdmin" in served.server.service_names
 
