@@ -17,7 +17,7 @@ CORE = pathlib.Path(__file__).resolve().parents[2] / "healthcode"
 FORBIDDEN_MODULES = {
     "grpc", "sqlite3", "sqlite_utils", "PIL", "pyzbar", "qrcode", "socket", "ssl", "http", "urllib",
     "requests", "subprocess", "asyncio", "psycopg", "pkcs11", "tuf", "serial",
-    "issuer", "verifier", "keys", "tools",
+    "issuer", "verifier", "keys", "tools", "shellkit",
 }
 FORBIDDEN_CALLS = {"open", "print", "input", "exec", "eval", "__import__"}
 FORBIDDEN_ATTRIBUTES = {"now", "utcnow", "today", "time", "monotonic", "perf_counter", "open", "read_text",
