@@ -25,10 +25,12 @@ the store's UNIQUE (province, kid, serial) index refuses, rather than
 duplicates, a serial from a second allocator.
 
 Idempotency: a request with an idempotency key is answered, on every retry by
-the same caller with the same key, with the code the first request produced:
-coalesced in memory while the first is still in flight, read back from the
-store once it has committed (also after a restart). The same key with
-different parameters is a :class:`~issuer.errors.Conflict`.
+the same caller with the same key and the same parameters, with the code the
+first request produced: coalesced in memory while the first is still in
+flight, read back from the store once it has committed (also after a restart).
+The first request for a key wins; the same key with different parameters is a
+:class:`~issuer.errors.Conflict`, and it never stands in the way of the
+original's retries (see :meth:`CodeIssuer._idempotent`).
 """
 
 from __future__ import annotations
@@ -221,25 +223,44 @@ class CodeIssuer:
     # -- idempotency
 
     async def _idempotent(self, caller: str, key: str | None, fingerprint: bytes, work: Callable) -> IssuedCode:
-        """Run ``work()`` once per (caller, key) at a time: concurrent retries wait for the first.
+        """Run ``work()`` once per (caller, key) at a time: concurrent requests wait for the one running.
 
-        The first request runs ``work()`` itself (no task: it is the common
-        case). Retries arriving meanwhile wait for its outcome. If the first
-        request fails or gives up (its deadline passed), each waiting retry
-        runs ``work()`` itself: whatever the first one stored is then found by
-        the store's unique (caller, key) index (:class:`DuplicateIdempotencyKey`,
-        answered with the stored original), so a retry never gets a second code.
+        The first request for a key wins: any request with the same key and
+        the same parameters (``fingerprint``) gets its code, and one with other
+        parameters is a :class:`~issuer.errors.Conflict`.
+
+        The request that finds the slot free runs ``work()`` itself (no task:
+        it is the common case). Requests arriving meanwhile wait for its
+        outcome, *whatever its parameters*: the running request is not
+        necessarily the first for its key (the first may have committed
+        already, and the running one be a conflicting latecomer on its way to
+        being refused). So a waiter decides only from the outcome:
+
+        * the running request got a code: with the same parameters, that code
+          is the waiter's too; with other parameters, the running request
+          owns the key (it issued the first code or was given it) and the
+          waiter is a :class:`~issuer.errors.Conflict`;
+        * it failed or gave up (its deadline passed): the waiter runs
+          ``work()`` itself, one at a time. Whatever was stored under the key
+          is then found by the store's unique (caller, key) index
+          (:class:`DuplicateIdempotencyKey`, answered with the stored original
+          or a Conflict), so a retry never gets a second code.
+
+        Before issue 11 a waiter with other parameters was refused at once,
+        which also refused the original's retries queued behind a refused
+        latecomer (FAILED_PRECONDITION for a request that had won).
         """
         if key is None:
             return await work()
         slot = (caller, key)
         while (pending := self._pending.get(slot)) is not None:
+            try:
+                code = await asyncio.shield(pending[1])  # shielded: this waiter giving up cancels nothing shared
+            except _Abandoned:
+                continue  # the running request did not finish: try again (at most until one does)
             if pending[0] != fingerprint:
                 raise Conflict("idempotency key was already used with different parameters")
-            try:
-                return await asyncio.shield(pending[1])  # shielded: this waiter giving up cancels nothing shared
-            except _Abandoned:
-                continue  # the first request did not finish: try again (at most until one does)
+            return code
         outcome = asyncio.get_running_loop().create_future()
         self._pending[slot] = (fingerprint, outcome)
         try:
