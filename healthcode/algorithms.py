@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import enum
 import hashlib
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -160,9 +160,9 @@ class _Ed25519PublicKey(VerificationKey):
         )
 
 
-def _gmalglib():
+def _gmalglib() -> Any:
     try:
-        import gmalglib.core as core  # the `sm2` extra
+        import gmalglib.core as core  # the `sm2` extra (untyped: used through Any)
     except ImportError:  # pragma: no cover - depends on the installed extras
         raise UnsupportedAlgorithm(
             "SM2 needs the 'sm2' extra: pip install 'healthcode[sm2]'"
@@ -317,10 +317,10 @@ class _SM2SigningKey:
 
     def sign(self, data: bytes) -> bytes:
         if self._nonces is None:
-            return self._sm2.sign(data)
+            return bytes(self._sm2.sign(data))
         self._nonces.calls = 0
         try:
-            return self._sm2.sign(data)
+            return bytes(self._sm2.sign(data))
         except RuntimeError:  # gmalglib's wrapper of the source's exception
             raise InvalidKey("SM2 nonce source keeps returning out-of-range values") from None
 

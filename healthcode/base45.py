@@ -16,10 +16,11 @@ __all__ = ["ALPHABET", "b45encode", "b45decode", "Base45Error"]
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
 
 _INVALID = 0xFF
-_DIGIT_OF = bytearray([_INVALID]) * 256
+_digits = bytearray([_INVALID]) * 256
 for _i, _c in enumerate(ALPHABET):
-    _DIGIT_OF[ord(_c)] = _i
-_DIGIT_OF = bytes(_DIGIT_OF)
+    _digits[ord(_c)] = _i
+_DIGIT_OF = bytes(_digits)
+del _digits
 
 
 def _low_bytes(groups: int) -> int:

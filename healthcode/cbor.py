@@ -82,6 +82,7 @@ def _loads_small_map(data: bytes, max_depth: int, max_items: int) -> dict[Any, A
             if key in result:
                 raise CBORError(f"duplicate map key {key!r}")
             b = data[pos]
+            value: Any
             if b < 0x18:
                 value = b
                 pos += 1
@@ -203,7 +204,7 @@ def decode_item(data: bytes, pos: int, depth: int, max_items: int = DEFAULT_MAX_
 
 
 def _decode_float(data: bytes, start: int, end: int, ai: int) -> float:
-    value = struct.unpack(_FLOAT_FORMAT[ai], data[start:end])[0]
+    value: float = struct.unpack(_FLOAT_FORMAT[ai], data[start:end])[0]
     if (ai != 25 or value != value) and _encode_float(value) != data[start - 1 : end]:
         raise CBORError("float not in shortest form")
     return value
@@ -237,8 +238,8 @@ def dumps(value: Any) -> bytes:
     if isinstance(value, int):
         return _head(0, value) if value >= 0 else _head(1, -1 - value)
     if isinstance(value, (bytes, bytearray, memoryview)):
-        value = bytes(value)
-        return _head(2, len(value)) + value
+        raw = bytes(value)
+        return _head(2, len(raw)) + raw
     if isinstance(value, str):
         encoded = value.encode("utf-8")
         return _head(3, len(encoded)) + encoded

@@ -256,7 +256,8 @@ def _parse_time(value: Any, where: str, name: str) -> _dt.datetime:
     if match is None:
         raise InvalidKeyList(f"{where}: {name} must be YYYY-MM-DDTHH:MM:SSZ")
     try:
-        return _dt.datetime(*map(int, match.groups()), tzinfo=_UTC)
+        year, month, day, hour, minute, second = map(int, match.groups())
+        return _dt.datetime(year, month, day, hour, minute, second, tzinfo=_UTC)
     except ValueError:
         raise InvalidKeyList(f"{where}: {name} is not a valid time") from None
 

@@ -240,7 +240,7 @@ def _unpack_fields(data: bytes, count: int, width: int, *, plus_one: bool = Fals
             plus_one = False
         raw = x.to_bytes(groups * slot, "little")
     if slot == 8:
-        values: bytes | array = raw[:count]
+        values: bytes | array[int] = raw[:count]
     else:
         values = array(code)
         values.frombytes(raw)
@@ -293,7 +293,7 @@ def rice_encode(serials: Iterable[int], count: int, k: int) -> bytes:
     return _encode_unary(quotients) + _pack_fields(remainders, count, k)
 
 
-def rice_decode(body: bytes, count: int, universe: int, k: int) -> array:
+def rice_decode(body: bytes, count: int, universe: int, k: int) -> array[int]:
     """The sorted serials coded by :func:`rice_encode`; strict and bounded.
 
     Raises :class:`RevocationDataError` unless ``body`` is exactly the
@@ -323,7 +323,7 @@ def rice_decode(body: bytes, count: int, universe: int, k: int) -> array:
     return serials
 
 
-def _to_array(values: Iterable[int], universe: int) -> array:
+def _to_array(values: Iterable[int], universe: int) -> array[int]:
     try:
         return array(_typecode(universe), values)
     except OverflowError:  # over 2**32 (or 2**64): out of any universe of that array
@@ -354,7 +354,7 @@ def elias_fano_encode(serials: Iterable[int], count: int, universe: int) -> byte
     return upper + _pack_fields(map(and_, values, repeat((1 << low) - 1)), count, low)
 
 
-def elias_fano_decode(body: bytes, count: int, universe: int) -> array:
+def elias_fano_decode(body: bytes, count: int, universe: int) -> array[int]:
     """The serials coded by :func:`elias_fano_encode`; strict and bounded."""
     if count > universe:
         raise RevocationDataError("more serials than the universe holds")
@@ -454,7 +454,7 @@ def _shard_prefix(kind: int, province: str, kid: bytes) -> bytes:
     return MAGIC + bytes((FORMAT_VERSION, kind)) + province.encode("ascii") + bytes((len(kid),)) + kid
 
 
-def _state_hash(province: str, kid: bytes, seq: int, universe: int, serials: array) -> bytes:
+def _state_hash(province: str, kid: bytes, seq: int, universe: int, serials: array[int]) -> bytes:
     """SHA-256 of the canonical state: domain, shard, seq, universe, count, serials.
 
     Serials are 4-byte little-endian when the universe is at most 2**32, else
@@ -482,7 +482,7 @@ def _check_shard(province: object, kid: object) -> None:
         raise RevocationDataError(f"kid must be 1 to {_MAX_KID} bytes")
 
 
-def _sorted_serials(serials: Iterable[int], universe: int) -> array:
+def _sorted_serials(serials: Iterable[int], universe: int) -> array[int]:
     code = _typecode(universe)
     try:
         values = serials if isinstance(serials, array) and serials.typecode == code else array(code, serials)
@@ -499,7 +499,7 @@ def _sorted_serials(serials: Iterable[int], universe: int) -> array:
 _BUCKET_TARGET = 32
 
 
-def _directory(serials: array, universe: int) -> tuple[array, array, int]:
+def _directory(serials: array[int], universe: int) -> tuple[array[int], array[int], int]:
     """(serials, directory, shift): serials below ``b << shift`` are ``serials[:directory[b]]``.
 
     A lookup reads two directory entries and bisects one bucket of ~32
@@ -541,7 +541,7 @@ class RevocationState:
         self._kid = kid
         self._commit(seq, universe, values, _state_hash(province, kid, seq, universe, values))
 
-    def _commit(self, seq: int, universe: int, serials: array, state_hash: bytes) -> None:
+    def _commit(self, seq: int, universe: int, serials: array[int], state_hash: bytes) -> None:
         # Everything is computed before the first assignment; readers (is_revoked) load
         # _index once, so the serials and their directory change together.
         index = _directory(serials, universe)
@@ -656,11 +656,14 @@ class RevocationState:
         if (info.province, info.kid) != (self._province, self._kid):
             raise RevocationDataError("delta is for another shard")
         # (2)
-        if info.from_seq != self._seq:
+        from_seq = info.from_seq
+        if from_seq is None:  # pragma: no cover - a delta header always carries one
+            raise RevocationDataError("delta without a starting seq")
+        if from_seq != self._seq:
             if info.to_seq <= self._seq:
                 raise RevocationSequenceError(
-                    f"delta {info.from_seq}->{info.to_seq} is older than the state's seq {self._seq} (replay)")
-            if info.from_seq > self._seq:
+                    f"delta {from_seq}->{info.to_seq} is older than the state's seq {self._seq} (replay)")
+            if from_seq > self._seq:
                 raise RevocationSequenceError(
                     f"gap: delta starts at seq {info.from_seq}, the state is at {self._seq}")
             raise RevocationSequenceError(
@@ -678,7 +681,7 @@ class RevocationState:
         self._commit(info.to_seq, info.universe, merged, state_hash)
 
 
-def _decode_snapshot(data: bytes, province: str | None, kid: bytes | None) -> tuple[FileInfo, array]:
+def _decode_snapshot(data: bytes, province: str | None, kid: bytes | None) -> tuple[FileInfo, array[int]]:
     info = _parse_header(data, _KIND_SNAPSHOT)
     if (province is not None and info.province != province) or (kid is not None and info.kid != kid):
         raise RevocationDataError("snapshot is for another shard")
@@ -688,7 +691,7 @@ def _decode_snapshot(data: bytes, province: str | None, kid: bytes | None) -> tu
     return info, serials
 
 
-def _merge(old: array, added: array, universe: int) -> array:
+def _merge(old: array[int], added: array[int], universe: int) -> array[int]:
     """A new sorted array holding both; :class:`RevocationDataError` if ``added`` repeats one of ``old``.
 
     Up to one addition per 16 serials: slices of ``old`` copied around each
@@ -715,7 +718,7 @@ def _merge(old: array, added: array, universe: int) -> array:
     return merged
 
 
-def _added(old: array, new: array) -> list[int] | None:
+def _added(old: array[int], new: array[int]) -> list[int] | None:
     """The serials of sorted ``new`` missing from sorted ``old``; None unless ``old`` is a subset.
 
     A few additions to a large shard (the hourly case) cost O(m log n) bisects
@@ -805,7 +808,10 @@ class RevocationSet:
             self._shards[state.shard] = state
 
     def is_revoked(self, province: str, kid: bytes, serial: int) -> bool:
-        """Whether ``serial`` of shard (``province``, ``kid``) is revoked: a dict get, a directory read, a short bisect."""
+        """Whether ``serial`` of shard (``province``, ``kid``) is revoked.
+
+        A dict get, a directory read, a short bisect.
+        """
         state = self._shards.get((province, kid))
         if state is None:
             return False
@@ -885,7 +891,8 @@ class RevocationSet:
             if now is None:
                 raise TypeError("drop_expired with a keyring needs now")
             now_s = to_epoch(now)
-            keep = {(key.province, key.kid) for key in live if now_s <= to_epoch(key.verify_until)}
+            keep: set[tuple[str, bytes]] = {
+                (key.province, key.kid) for key in live if now_s <= to_epoch(key.verify_until)}
         else:
             keep = set(live)
         dropped = [shard for shard in list(self._shards) if shard not in keep]

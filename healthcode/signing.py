@@ -8,7 +8,7 @@ signers for key files and PKCS#11 HSMs behind the same interface.
 
 from __future__ import annotations
 
-from .algorithms import Algorithm, SigningKey
+from .algorithms import Algorithm, SigningKey, VerificationKey
 from .codec import Signer, encode_code
 from .errors import InvalidKey
 from .model import CodeClaims
@@ -29,7 +29,7 @@ class SoftwareSigner(Signer):
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data)
 
-    def public_key(self):
+    def public_key(self) -> VerificationKey:
         return self._key.public_key()
 
     def __repr__(self) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Mapping, Protocol
 
 from .codec import (
     RESERVED_CLAIM_KEYS,
@@ -55,7 +55,7 @@ from .model import VerifiedCode, to_epoch
 __all__ = ["RevocationChecker", "TrustFreshness", "VerificationResult", "verify", "check"]
 
 _NO_SKEW = _dt.timedelta(0)
-_EMPTY = MappingProxyType({})
+_EMPTY: Mapping[int | str, Any] = MappingProxyType({})
 
 
 class RevocationChecker(Protocol):
@@ -112,12 +112,13 @@ def verify(
         raise BadSignature("signature does not verify")
     # (6) compromise
     if key.status is KeyStatus.COMPROMISED and (
-        key.compromise_policy is CompromisePolicy.REJECT_ALL or iat >= key._compromised_s
+        key.compromise_policy is CompromisePolicy.REJECT_ALL
+        or (key._compromised_s is not None and iat >= key._compromised_s)
     ):
         raise KeyCompromised(f"signing key {key.kid.hex()} of province {province} is compromised")
     # (7) the key's use window
     if not key._use_from_s <= iat <= key._use_until_s:
-        raise KeyNotValidAtIssuance(f"code issued outside its key's use window")
+        raise KeyNotValidAtIssuance("code issued outside its key's use window")
     # (8) time
     if iat > now_s and iat > now_s + int(clock_skew.total_seconds()):
         raise NotYetValid("code issued in the future")
