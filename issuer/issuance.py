@@ -39,6 +39,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import heapq
+import hmac
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable
@@ -418,12 +419,16 @@ class CodeIssuer:
         ref: CodeRef,
         idempotency_key: str | None,
         now: dt.datetime,
+        text: str | None = None,
     ) -> IssuedCode:
         """Issue a new code to the same resident; the old one is revoked as ``superseded``, atomically.
 
         The old code may have expired but must not be revoked
         (:class:`~issuer.errors.Conflict`) and must exist
-        (:class:`~issuer.errors.NotFound`).
+        (:class:`~issuer.errors.NotFound`). Named by its ``text`` (``ref``
+        then being :meth:`ref_from_text` of it), it must be exactly the text
+        issued, else :class:`~issuer.errors.NotFound` (see :meth:`_named`),
+        checked before anything else, idempotent replays included.
         """
         caller = _check_caller(caller)
         ref = _check_ref(ref)
@@ -433,13 +438,15 @@ class CodeIssuer:
         )
 
         async def work() -> IssuedCode:
+            old = None
+            if text is not None:
+                old = self._named(await asyncio.to_thread(self._store.get_code, ref), text)
             if key is not None:
                 original = await self._stored_original(caller, key, fingerprint)
                 if original is not None:
                     return original
-            old = await asyncio.to_thread(self._store.get_code, ref)
             if old is None:
-                raise NotFound("code not found")
+                old = self._named(await asyncio.to_thread(self._store.get_code, ref), None)
             if old.revoked_at is not None:
                 raise Conflict("code is revoked; issue a new one instead")
             await self._require_active(old.main_index_id)
@@ -463,10 +470,20 @@ class CodeIssuer:
 
     # -- revoking and reading
 
-    async def revoke_code(self, *, ref: CodeRef, reason: RevocationReason, now: dt.datetime) -> IssuedCode:
-        """Revoke a code; return it as stored. A revoked code keeps its first reason and time."""
+    async def revoke_code(
+        self, *, ref: CodeRef, reason: RevocationReason, now: dt.datetime, text: str | None = None
+    ) -> IssuedCode:
+        """Revoke a code; return it as stored. A revoked code keeps its first reason and time.
+
+        Named by its ``text``, the code is revoked only if that is exactly the
+        text issued (else :class:`~issuer.errors.NotFound`, nothing revoked;
+        see :meth:`_named`). A code's text never changes, so checking it
+        before the revocation leaves no gap.
+        """
         ref = _check_ref(ref)
         reason = self._check_reason(reason)
+        if text is not None:
+            self._named(await asyncio.to_thread(self._store.get_code, ref), text)
         record = await asyncio.wrap_future(self._store.revoke_code(ref, reason=reason, at=now))
         if record is None:
             raise NotFound("code not found")
@@ -480,20 +497,48 @@ class CodeIssuer:
             raise NotFound("resident not found")
         return await asyncio.wrap_future(self._store.revoke_resident_codes(mid, reason=reason, at=now))
 
-    async def get_code(self, ref: CodeRef) -> IssuedCode:
-        """The code as stored now, with its revocation if any (:class:`~issuer.errors.NotFound`)."""
+    async def get_code(self, ref: CodeRef, *, text: str | None = None) -> IssuedCode:
+        """The code as stored now, with its revocation if any (:class:`~issuer.errors.NotFound`).
+
+        Named by its ``text``, only the exact text issued finds it (:meth:`_named`).
+        """
         record = await asyncio.to_thread(self._store.get_code, _check_ref(ref))
-        if record is None:
+        return self._named(record, text).to_issued_code()
+
+    @staticmethod
+    def _named(record: CodeRecord | None, text: str | None) -> CodeRecord:
+        """``record`` if it exists and, when the request named it by ``text``, that text is the one issued.
+
+        A text names a code by its *unverified* (province, kid, serial)
+        (:meth:`ref_from_text`): anyone can write a text naming another
+        resident's code, with any ``sub`` and a zeroed signature. So the text
+        must equal the stored one, which the store keeps exactly as issued.
+        Chosen over verifying the signature because it is exact and cheap: a
+        string comparison on the row the request reads anyway, with no public
+        keys to keep (retired ones included) and no signature check; and it is
+        stricter (a re-encoded text, or one signed by another key under the
+        same kid, is not the code issued). Compared in constant time, so the
+        timing does not leak the stored text.
+
+        Any other text is :class:`~issuer.errors.NotFound` with the message of
+        a missing code: the answer does not even tell that a code exists
+        under the (province, kid, serial) the text claims.
+        """
+        if record is None or (
+            text is not None and not hmac.compare_digest(record.text.encode(), text.encode("utf-8", "replace"))
+        ):
             raise NotFound("code not found")
-        return record.to_issued_code()
+        return record
 
     @staticmethod
     def ref_from_text(text: str) -> CodeRef:
         """Name the code in ``text`` by its *unverified* (province, kid, serial).
 
         Only the form is checked: the result is a lookup key, not proof of
-        anything. A malformed code raises :class:`~issuer.errors.InvalidRequest`
-        on field ``code``.
+        anything, so pass the text along (``text=`` of :meth:`get_code`,
+        :meth:`revoke_code`, :meth:`renew_code`), which finds the code only
+        if the text is the one issued. A malformed code raises
+        :class:`~issuer.errors.InvalidRequest` on field ``code``.
         """
         try:
             unverified = decode_unverified(text)

@@ -106,15 +106,20 @@ class CodeIssuerPort(Protocol):
         self, *, caller: str, main_index_id: str, idempotency_key: str | None, now: dt.datetime
     ) -> IssuedCode: ...
 
+    # ``text``: the request named the code by its text, whose fields are unverified; the
+    # domain finds the code only if ``text`` is exactly the one issued (else NotFound).
+
     async def renew_code(
-        self, *, caller: str, ref: CodeRef, idempotency_key: str | None, now: dt.datetime
+        self, *, caller: str, ref: CodeRef, idempotency_key: str | None, now: dt.datetime, text: str | None = None
     ) -> IssuedCode: ...
 
-    async def revoke_code(self, *, ref: CodeRef, reason: RevocationReason, now: dt.datetime) -> IssuedCode: ...
+    async def revoke_code(
+        self, *, ref: CodeRef, reason: RevocationReason, now: dt.datetime, text: str | None = None
+    ) -> IssuedCode: ...
 
     async def revoke_resident_codes(self, *, main_index_id: str, reason: RevocationReason, now: dt.datetime) -> int: ...
 
-    async def get_code(self, ref: CodeRef) -> IssuedCode: ...
+    async def get_code(self, ref: CodeRef, *, text: str | None = None) -> IssuedCode: ...
 
     def ref_from_text(self, text: str) -> CodeRef: ...
 
@@ -198,6 +203,18 @@ class ServiceSettings:
 
 
 # --------------------------------------------------------------------------- request validation
+
+
+@dataclass(frozen=True, slots=True)
+class _NamedCode:
+    """The code a request names: its ``ref``, and its ``text`` when named by text.
+
+    A text's ref is read from its *unverified* fields, so the text goes to the
+    domain with it, which finds the code only if the text is the one issued.
+    """
+
+    ref: CodeRef
+    text: str | None = None
 
 
 _DOCUMENT_TYPES: Mapping[int, DocumentType] = {
@@ -436,7 +453,7 @@ class IssuerService:
             ok = False
         return CodeRef(province=msg.province, kid=bytes(msg.kid), serial=msg.serial) if ok else None
 
-    def _code_text(self, text: str, path: str, out: Violations) -> CodeRef | None:
+    def _code_text(self, text: str, path: str, out: Violations) -> _NamedCode | None:
         if not text:
             out.add(path, "code text is required", "required")
             return None
@@ -452,16 +469,23 @@ class IssuerService:
         if ref.province != self._settings.province:
             out.add(path, f"this issuer issues codes of province {self._settings.province} only", "province")
             return None
-        return ref
+        return _NamedCode(ref, text)
 
-    def _which_code(self, request: Any, oneof: str, out: Violations) -> CodeRef | None:
+    def _which_code(self, request: Any, oneof: str, out: Violations) -> _NamedCode | None:
         which = request.WhichOneof(oneof)
         if which == "ref":
-            return self._code_ref(request.ref, "ref", out)
+            ref = self._code_ref(request.ref, "ref", out)
+            return None if ref is None else _NamedCode(ref)
         if which == "code_text":
             return self._code_text(request.code_text, "code_text", out)
         out.add(oneof, "one of ref or code_text is required", "required")
         return None
+
+    def _get_code(self, code: _NamedCode) -> Awaitable[IssuedCode]:
+        """The domain's read of the named code (by text: only if it is the text issued)."""
+        if code.text is None:
+            return self._codes.get_code(code.ref)
+        return self._codes.get_code(code.ref, text=code.text)
 
     def _issued(self, code: IssuedCode) -> IssuedCode:
         try:
@@ -589,11 +613,12 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
 
         async def impl(now: dt.datetime):
             out = Violations()
-            ref = s._which_code(request, "code", out)
+            named = s._which_code(request, "code", out)
             key = _idempotency_key(request.idempotency_key, out)
             out.raise_if_any()
             code = await s._domain(
-                context, s._codes.renew_code(caller=s._caller(), ref=ref, idempotency_key=key, now=now),
+                context, s._codes.renew_code(caller=s._caller(), ref=named.ref, idempotency_key=key, now=now,
+                                             text=named.text),
                 cancel_safe=True,
             )
             response = health_codes_pb2.RenewCodeResponse()
@@ -608,11 +633,9 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
         async def impl(now: dt.datetime):
             out = Violations()
             which = request.WhichOneof("target")
-            ref = main_index_id = None
-            if which == "ref":
-                ref = s._code_ref(request.ref, "ref", out)
-            elif which == "code_text":
-                ref = s._code_text(request.code_text, "code_text", out)
+            named = main_index_id = None
+            if which in ("ref", "code_text"):
+                named = s._which_code(request, "target", out)
             elif which == "main_index_id":
                 main_index_id = _main_index_id(request.main_index_id, "main_index_id", out)
             else:
@@ -633,8 +656,10 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
             # The domain returns the code as stored, and a revoked code keeps its first
             # revocation: read it first to tell "revoked now" from "was revoked already".
             # (Two concurrent revocations of one code may both count 1.)
-            before = await s._domain(context, s._codes.get_code(ref))
-            code = await s._domain(context, s._codes.revoke_code(ref=ref, reason=reason, now=now))
+            # Named by text, both calls check it is the text issued: nothing is revoked otherwise.
+            before = await s._domain(context, s._get_code(named))
+            code = await s._domain(context, s._codes.revoke_code(ref=named.ref, reason=reason, now=now,
+                                                                 text=named.text))
             fresh = before.revoked_at is None and code.revoked_at is not None
             return health_codes_pb2.RevokeCodeResponse(
                 revoked_count=1 if fresh else 0, code=_issued_code_pb(code, now)
@@ -647,9 +672,9 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
 
         async def impl(now: dt.datetime):
             out = Violations()
-            ref = s._which_code(request, "code", out)
+            named = s._which_code(request, "code", out)
             out.raise_if_any()
-            code = await s._domain(context, s._codes.get_code(ref))
+            code = await s._domain(context, s._get_code(named))
             return health_codes_pb2.GetCodeStatusResponse(code=_issued_code_pb(code, now))
 
         return await s._serve(context, impl)
@@ -661,7 +686,7 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
             from issuer import render  # qrcode is only needed here
 
             out = Violations()
-            ref = s._which_code(request, "code", out)
+            named = s._which_code(request, "code", out)
             if request.format == health_codes_pb2.IMAGE_FORMAT_PNG:
                 fn, content_type = render.render_png, "image/png"
             elif request.format == health_codes_pb2.IMAGE_FORMAT_SVG:
@@ -680,7 +705,7 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
             if not 0 <= border <= MAX_BORDER:
                 out.add("border", f"border must be 0 to {MAX_BORDER} modules", "range")
             out.raise_if_any()
-            code = await s._domain(context, s._codes.get_code(ref))
+            code = await s._domain(context, s._get_code(named))
             image = await asyncio.to_thread(fn, code.text, scale=scale, border=border)
             if isinstance(image, str):
                 image = image.encode("utf-8")

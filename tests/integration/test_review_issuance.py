@@ -14,15 +14,20 @@ import asyncio
 import datetime as dt
 import random
 
+import grpc
 import pytest
 
 import healthcode as hc
+from healthcode.codec import Signer, decode_unverified, parse_core_claims
+from issuer.api import common_pb2, health_codes_pb2
 from issuer.documents import make_resident_id, parse_document
-from issuer.errors import Conflict
+from issuer.errors import Conflict, InvalidRequest, NotFound
 from issuer.index import ResidentIndex
 from issuer.issuance import CodeIssuer
-from issuer.model import IssuedCode
+from issuer.model import CodeRef, CodeState, IssuedCode, RevocationReason
 from issuer.privacy import IdentifierVault
+
+from .test_issuer_server import APP, Client, bad_request, harness, loop, pki  # noqa: F401 - fixtures
 
 NOW = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
 TODAY = NOW.date()
@@ -124,3 +129,155 @@ def test_the_first_request_for_a_key_wins_even_with_the_other_parameters(world):
         assert await _outcome(request(a)) is Conflict and await request(b) == winner
 
     asyncio.run(body())
+
+
+# --------------------------------------------------------------------------- item 5: codes named by text
+
+
+class ZeroSigner(Signer):
+    """Signs nothing: a zeroed signature under a chosen kid (a forger without the key)."""
+
+    def __init__(self, kid: bytes, algorithm) -> None:
+        self.kid, self.algorithm = kid, algorithm
+
+    def sign(self, data: bytes) -> bytes:
+        return bytes(64)
+
+
+def _claims(text: str, **change) -> hc.CodeClaims:
+    unverified = decode_unverified(text)
+    province, sub, iat, exp, serial = parse_core_claims(unverified.claims)
+    fields = {"province": province, "subject": sub, "serial": serial, "issued_at": hc.model.from_epoch(iat),
+              "expires_at": hc.model.from_epoch(exp), **change}
+    return hc.CodeClaims(fields["province"], fields["subject"], fields["serial"], fields["issued_at"],
+                         fields["expires_at"])
+
+
+def forged_texts(genuine: IssuedCode, other: IssuedCode, algorithm) -> dict[str, str]:
+    """Texts naming ``genuine``'s code (or ``other``'s) that the issuer never issued."""
+    kid = genuine.ref.kid
+    zero = ZeroSigner(kid, algorithm)
+    impostor = hc.SoftwareSigner(hc.generate_signing_key(algorithm), kid=kid)  # a real signature, not ours
+    return {
+        "zeroed-signature": hc.sign_code(_claims(genuine.text), zero),
+        "other-residents-sub": hc.sign_code(_claims(genuine.text, subject=other.main_index_id), zero),
+        "other-serial": hc.sign_code(_claims(genuine.text, serial=other.ref.serial), zero),
+        "signed-by-another-key-under-our-kid": hc.sign_code(_claims(genuine.text), impostor),
+    }
+
+
+FORGERIES = ["zeroed-signature", "other-residents-sub", "other-serial", "signed-by-another-key-under-our-kid"]
+
+
+def test_domain_finds_a_code_by_text_only_when_it_is_the_text_issued(world):
+    """get_code, revoke_code and renew_code by text: forged texts are NotFound and change nothing."""
+
+    async def body():
+        a = await world.index.register_resident(document(1), now=NOW)
+        b = await world.index.register_resident(document(2), now=NOW)
+        issuer = world.issuer
+        genuine = await issuer.issue_code(caller="app", main_index_id=a, idempotency_key=None, now=NOW)
+        other = await issuer.issue_code(caller="app", main_index_id=b, idempotency_key=None, now=NOW)
+        # a renewal by the genuine text under a key, so a forged replay of that key is tried too
+        for name, text in forged_texts(genuine, other, SIGNER.algorithm).items():
+            ref = issuer.ref_from_text(text)
+            with pytest.raises(NotFound, match="^code not found$"):
+                await issuer.get_code(ref, text=text)
+            with pytest.raises(NotFound, match="^code not found$"):
+                await issuer.revoke_code(ref=ref, reason=RevocationReason.FRAUD, now=NOW, text=text)
+            with pytest.raises(NotFound, match="^code not found$"):
+                await issuer.renew_code(caller="app", ref=ref, idempotency_key="renew-1", now=NOW, text=text)
+            with pytest.raises(NotFound, match="^code not found$"):
+                await issuer.renew_code(caller="app", ref=ref, idempotency_key=None, now=NOW, text=text)
+        with pytest.raises(InvalidRequest):  # truncated: not even well-formed
+            issuer.ref_from_text(genuine.text[:-7])
+        # nothing was revoked or renewed
+        assert [c.to_issued_code() for c in world.store.codes_of(a)] == [genuine]
+        assert [c.to_issued_code() for c in world.store.codes_of(b)] == [other]
+        # the genuine text works for all three
+        ref = issuer.ref_from_text(genuine.text)
+        assert await issuer.get_code(ref, text=genuine.text) == genuine
+        renewed = await issuer.renew_code(caller="app", ref=ref, idempotency_key="renew-1", now=NOW,
+                                          text=genuine.text)
+        assert renewed.main_index_id == a and renewed.ref != genuine.ref
+        assert await issuer.renew_code(caller="app", ref=ref, idempotency_key="renew-1", now=NOW,
+                                       text=genuine.text) == renewed  # the idempotent replay
+        with pytest.raises(NotFound):  # a forged replay of the same key gets nothing, not the renewal
+            forged = forged_texts(genuine, other, SIGNER.algorithm)["zeroed-signature"]
+            await issuer.renew_code(caller="app", ref=ref, idempotency_key="renew-1", now=NOW, text=forged)
+        revoked = await issuer.revoke_code(ref=renewed.ref, reason=RevocationReason.LOST_DEVICE, now=NOW,
+                                           text=renewed.text)
+        assert revoked.state(NOW) is CodeState.REVOKED
+
+    asyncio.run(body())
+
+
+@pytest.fixture(scope="module")
+def served_codes(harness):  # noqa: F811 - the imported fixture
+    """A server with the real domain (SQLite), two residents' codes, and the domain's signer."""
+    server, domain, _ = harness.start()
+    client = Client(server.port, harness.pki)
+    genuine = client.issue(client.register())
+    other = client.issue(client.register())
+    yield client, domain, genuine, other
+    client.close()
+
+
+def _issued(msg) -> IssuedCode:
+    return IssuedCode(CodeRef(msg.ref.province, bytes(msg.ref.kid), msg.ref.serial), msg.main_index_id,
+                      msg.issued_at.ToDatetime(dt.timezone.utc), msg.expires_at.ToDatetime(dt.timezone.utc),
+                      msg.code_text)
+
+
+def _rpcs(client):
+    codes = client.codes
+    return {
+        "GetCodeStatus": lambda text: codes.GetCodeStatus(
+            health_codes_pb2.GetCodeStatusRequest(code_text=text), metadata=APP, timeout=5),
+        "RenderCode": lambda text: codes.RenderCode(
+            health_codes_pb2.RenderCodeRequest(code_text=text, format=health_codes_pb2.IMAGE_FORMAT_SVG),
+            metadata=APP, timeout=5),
+        "RevokeCode": lambda text: codes.RevokeCode(
+            health_codes_pb2.RevokeCodeRequest(code_text=text, reason=common_pb2.REVOCATION_REASON_FRAUD),
+            metadata=APP, timeout=5),
+        "RenewCode": lambda text: codes.RenewCode(
+            health_codes_pb2.RenewCodeRequest(code_text=text, idempotency_key="renew-forged-1"),
+            metadata=APP, timeout=5),
+    }
+
+
+@pytest.mark.parametrize("rpc", ["GetCodeStatus", "RenderCode", "RevokeCode", "RenewCode"])
+@pytest.mark.parametrize("forgery", FORGERIES + ["truncated"])
+def test_rpcs_by_code_text_neither_reveal_nor_change_the_genuine_code(served_codes, forgery, rpc):
+    """Before the fix, GetCodeStatus with another resident's sub and a zeroed signature said VALID."""
+    client, domain, genuine_pb, other_pb = served_codes
+    genuine, other = _issued(genuine_pb), _issued(other_pb)
+    if forgery == "truncated":
+        text = genuine.text[:-7]
+    else:
+        text = forged_texts(genuine, other, domain.signer.algorithm)[forgery]
+    with pytest.raises(grpc.RpcError) as info:
+        _rpcs(client)[rpc](text)
+    if forgery == "truncated":
+        assert bad_request(info.value) == [("code_text", "MALFORMED")]
+    else:
+        assert info.value.code() is grpc.StatusCode.NOT_FOUND and info.value.details() == "code not found"
+    for code in (genuine_pb, other_pb):  # both untouched: not revoked, not renewed
+        status = client.codes.GetCodeStatus(health_codes_pb2.GetCodeStatusRequest(ref=code.ref),
+                                            metadata=APP, timeout=5).code
+        assert status.state == common_pb2.CODE_STATE_VALID and status.code_text == code.code_text
+        assert len(domain.store.codes_of(code.main_index_id)) == 1
+
+
+def test_rpcs_by_the_genuine_code_text_work(served_codes):
+    client = served_codes[0]
+    genuine_pb = client.issue(client.register())  # its own code: the forgery cases expect theirs untouched
+    rpcs = _rpcs(client)
+    text = genuine_pb.code_text
+    status = rpcs["GetCodeStatus"](text).code
+    assert status.state == common_pb2.CODE_STATE_VALID and status.code_text == text
+    assert rpcs["RenderCode"](text).content_type == "image/svg+xml"
+    renewed = rpcs["RenewCode"](text).code
+    assert renewed.main_index_id == genuine_pb.main_index_id and renewed.ref.serial != genuine_pb.ref.serial
+    revoked = rpcs["RevokeCode"](renewed.code_text)
+    assert revoked.revoked_count == 1 and revoked.code.state == common_pb2.CODE_STATE_REVOKED
