@@ -120,3 +120,11 @@ ERROR_FOR_REASON: dict[Reason, type[VerificationError]] = {
         TrustDataStale,
     )
 }
+
+
+class RevocationDataError(HealthCodeError):
+    """Revocation data is malformed, inconsistent, or does not fit the state it is applied to."""
+
+
+class RevocationSequenceError(RevocationDataError):
+    """A delta or snapshot is out of order: a gap (fetch a snapshot), a replay or a rollback."""

@@ -32,11 +32,10 @@ is canonical (one valid byte string per state), and every problem raises
 Bytes in, objects out: no I/O here; the publisher (``issuer``) and the sync
 (``verifier``) do the files and the network.
 
-Low level (shared by both sides and the benchmark): the split-stream
-Golomb–Rice coding (:func:`rice_encode`/:func:`rice_decode`) and the measured
-alternative, Elias–Fano (:func:`elias_fano_encode`/:func:`elias_fano_decode`),
-which the file format does not use. Both decode in bulk with int and bytes
-operations (no per-bit Python loop): see ``_decode_unary`` and ``_unpack_fields``.
+Low level, in :mod:`healthcode.golomb_rice`: the split-stream Golomb–Rice
+coding of the serial sets (:func:`rice_encode`/:func:`rice_decode`), decoded
+in bulk with int and bytes operations. The measured alternative, Elias–Fano,
+lives with the benchmark that measures it (``tools/bench/elias_fano.py``).
 """
 
 from __future__ import annotations
@@ -48,11 +47,13 @@ import sys
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
-from itertools import accumulate, chain, islice, repeat
-from operator import add, and_, lshift, lt, or_, rshift, sub
+from itertools import chain, islice, repeat
+from operator import lshift, lt
 from typing import Callable, Iterable, Iterator
 
-from .errors import HealthCodeError
+from .errors import RevocationDataError, RevocationSequenceError
+from .golomb_rice import U32 as _U32
+from .golomb_rice import rice_decode, rice_encode, rice_parameter, typecode as _typecode
 from .keyring import Keyring
 from .model import PROVINCES, to_epoch
 
@@ -75,20 +76,10 @@ __all__ = [
     "MAX_SEQ",
     "MAX_UNIVERSE",
     "MAX_COUNT",
-    # low level
+    # low level (healthcode.golomb_rice)
     "rice_encode",
     "rice_decode",
-    "elias_fano_encode",
-    "elias_fano_decode",
 ]
-
-
-class RevocationDataError(HealthCodeError):
-    """Revocation data is malformed, inconsistent, or does not fit the state it is applied to."""
-
-
-class RevocationSequenceError(RevocationDataError):
-    """A delta or snapshot is out of order: a gap (fetch a snapshot), a replay or a rollback."""
 
 
 MAGIC = b"HCRV"
@@ -106,13 +97,7 @@ _MAX_KID = 32
 _SNAPSHOT_TAIL = struct.Struct(">IQIB32s")  # seq, universe, count, k, state hash
 _DELTA_TAIL = struct.Struct(">IIQIB32s")  # from_seq, to_seq, universe, count, k, state hash
 _STATE_DOMAIN = b"healthcode revocation state v1\x00"
-
-# 4- and 8-byte unsigned array typecodes of this platform ('I' and 'Q' nearly everywhere).
-_U32 = next(code for code in "IL" if array(code).itemsize == 4)
-_U64 = "Q"
-_SLOTS = tuple((8 * array(code).itemsize, code) for code in ("B", "H", _U32, _U64))
 _LITTLE = sys.byteorder == "little"
-_UNARY_CHUNK = 1 << 16  # bytes of unary stream turned into a bit string at a time
 
 
 # --------------------------------------------------------------------------- target names
@@ -131,250 +116,6 @@ def snapshot_target(province: str, kid: bytes) -> str:
 def delta_target(province: str, kid: bytes, from_seq: int) -> str:
     """The target name of the delta that starts at ``from_seq`` (it ends at ``from_seq + 1``)."""
     return f"{shard_directory(province, kid)}/delta-{from_seq:010d}.hcrd"
-
-
-# --------------------------------------------------------------------------- bit streams
-#
-# Both streams are little-endian integers: bit j of a stream is bit (j % 8) of
-# byte j // 8. The unary stream codes q as q zero bits then a one bit; the
-# fixed-width stream puts value i in bits [i*w, (i+1)*w). Unused high bits of
-# the last byte are zero, and a unary stream ends in the byte of its last one.
-
-
-def _encode_unary(values: list[int]) -> bytes:
-    if not values:
-        return b""
-    bits = "1".join(map("0".__mul__, values)) + "1"
-    return int(bits[::-1], 2).to_bytes((len(bits) + 7) // 8, "little")
-
-
-def _decode_unary(data: bytes, count: int) -> Iterator[int]:
-    """The ``count`` values of a unary stream, lazily; the count and the padding are checked first."""
-    if int.from_bytes(data, "little").bit_count() != count:
-        raise RevocationDataError("unary stream does not hold the header's count of values")
-    if data and not data[-1]:
-        raise RevocationDataError("unary stream has trailing bytes")
-    return chain.from_iterable(_unary_runs(data))
-
-
-def _unary_runs(data: bytes) -> Iterator[Iterable[int]]:
-    # One Python step per chunk, never per value: the values come out of str.split and len.
-    carry = 0  # zeros seen since the last one
-    for start in range(0, len(data), _UNARY_CHUNK):
-        # The sentinel byte keeps leading zeros; [:2:-1] drops "0b1" and puts bit 0 first.
-        bits = bin(int.from_bytes(data[start : start + _UNARY_CHUNK] + b"\x01", "little"))[:2:-1]
-        runs = bits.split("1")
-        if len(runs) == 1:
-            carry += len(bits)
-            continue
-        yield (carry + len(runs[0]),)
-        yield map(len, islice(runs, 1, len(runs) - 1))
-        carry = len(runs[-1])
-
-
-def _slot(width: int) -> tuple[int, str]:
-    for bits, code in _SLOTS:
-        if width <= bits:
-            return bits, code
-    raise RevocationDataError("field width over 64 bits")
-
-
-def _mask(block_bits: int, low_bits: int, blocks: int) -> int:
-    """``blocks`` repetitions of a ``block_bits``-wide block whose low ``low_bits`` bits are set."""
-    return int.from_bytes(((1 << low_bits) - 1).to_bytes(block_bits // 8, "little") * blocks, "little")
-
-
-def _pack_fields(values: Iterable[int], count: int, width: int) -> bytes:
-    """``count`` values below ``2**width`` as a fixed-width stream of ``ceil(count*width/8)`` bytes.
-
-    Values go into 8/16/32/64-bit array slots; then, eight values at a time,
-    three mask-and-shift steps over one big integer squeeze each slot to
-    ``width`` bits, and strided byte slices gather the groups.
-    """
-    if count == 0 or width == 0:
-        return b""
-    slot, code = _slot(width)
-    groups = (count + 7) // 8
-    slots = array(code, values)
-    if not _LITTLE:
-        slots.byteswap()
-    raw = slots.tobytes() + bytes((groups * 8 - count) * (slot // 8))
-    size = (count * width + 7) // 8
-    if width == slot:
-        return raw[:size]
-    x = int.from_bytes(raw, "little")
-    for j in (1, 2, 4):  # pairs of j-slot units become 2j-slot units holding 2j packed fields
-        mask = _mask(2 * j * slot, j * width, groups * 8 // (2 * j))
-        x = (x & mask) | (((x >> (j * slot)) & mask) << (j * width))
-    spread = x.to_bytes(groups * slot, "little")  # each group: `slot` bytes, low `width` bytes used
-    packed = bytearray(groups * width)
-    for b in range(width):
-        packed[b::width] = spread[b::slot]
-    return bytes(packed[:size])
-
-
-def _unpack_fields(data: bytes, count: int, width: int, *, plus_one: bool = False) -> Iterable[int]:
-    """The inverse of :func:`_pack_fields` (``data`` has exactly the right length).
-
-    With ``plus_one`` every value comes out one larger: one big-integer
-    addition when the slot has a spare bit, which saves the Rice decoder a
-    pass over the gaps.
-    """
-    if width == 0:
-        return (b"\x01" if plus_one else b"\x00") * count
-    slot, code = _slot(width)
-    groups = (count + 7) // 8
-    padded = data + bytes(groups * width - len(data))
-    if width == slot:
-        raw = padded
-    else:
-        spread = bytearray(groups * slot)
-        for b in range(width):
-            spread[b::slot] = padded[b::width]
-        x = int.from_bytes(spread, "little")
-        for j in (4, 2, 1):
-            mask = _mask(2 * j * slot, j * width, groups * 8 // (2 * j))
-            x = (x & mask) | (((x >> (j * width)) & mask) << (j * slot))
-        if plus_one:
-            x += int.from_bytes(b"\x01".ljust(slot // 8, b"\x00") * (groups * 8), "little")
-            plus_one = False
-        raw = x.to_bytes(groups * slot, "little")
-    if slot == 8:
-        values: bytes | array[int] = raw[:count]
-    else:
-        values = array(code)
-        values.frombytes(raw)
-        if not _LITTLE:
-            values.byteswap()
-        del values[count:]
-    return map(add, values, repeat(1)) if plus_one else values
-
-
-def _check_padding(data: bytes, bits: int) -> None:
-    if bits % 8 and data[-1] >> (bits % 8):
-        raise RevocationDataError("non-zero padding bits")
-
-
-def _typecode(universe: int) -> str:
-    return _U32 if universe <= 1 << 32 else _U64
-
-
-# --------------------------------------------------------------------------- Golomb-Rice
-
-
-def rice_parameter(universe: int, count: int) -> int:
-    """The canonical Rice parameter k for ``count`` serials among ``universe``.
-
-    Kiely's rule for geometric gaps with p = count/universe,
-    k = max(0, 1 + floor(log2(ln(phi) / p))), in integers so every platform
-    picks the same k (the decoder requires it: one encoding per state).
-    """
-    if count == 0:
-        return 0
-    return (universe * 4812118 // (count * 10_000_000)).bit_length()  # ln(phi) = 0.4812118...
-
-
-def rice_encode(serials: Iterable[int], count: int, k: int) -> bytes:
-    """Golomb–Rice code of sorted distinct serials, split-stream.
-
-    Gap g_i = x_i - x_(i-1) - 1 (with x_(-1) = -1) is coded as its quotient
-    ``g >> k`` in a unary stream followed, after all quotients, by the ``k``
-    low bits of every gap in a fixed-width stream. The bits are those of
-    interleaved Rice codes, regrouped so both streams decode in bulk.
-    """
-    values = serials if isinstance(serials, (list, array)) else list(serials)
-    gaps = list(map(sub, map(sub, values, chain((-1,), values)), repeat(1)))
-    if len(gaps) != count:
-        raise RevocationDataError("serial count does not match")
-    if gaps and min(gaps) < 0:
-        raise RevocationDataError("serials must be strictly increasing (sorted, no duplicates)")
-    quotients = list(map(rshift, gaps, repeat(k))) if k else gaps
-    remainders = map(and_, gaps, repeat((1 << k) - 1))
-    return _encode_unary(quotients) + _pack_fields(remainders, count, k)
-
-
-def rice_decode(body: bytes, count: int, universe: int, k: int) -> array[int]:
-    """The sorted serials coded by :func:`rice_encode`; strict and bounded.
-
-    Raises :class:`RevocationDataError` unless ``body`` is exactly the
-    canonical coding of ``count`` distinct serials below ``universe``.
-    """
-    if count > universe:
-        raise RevocationDataError("more serials than the universe holds")
-    if count == 0:
-        if body:
-            raise RevocationDataError("trailing bytes after an empty set")
-        return array(_typecode(universe))
-    remainder_bits = count * k
-    split = len(body) - (remainder_bits + 7) // 8
-    # every gap sums to at most universe - count, so the quotients sum to at most that >> k
-    if split < 1 or split > (count + ((universe - count) >> k) + 7) // 8:
-        raise RevocationDataError("coded body has the wrong length for its count and universe")
-    unary, fixed = body[:split], body[split:]
-    if fixed:
-        _check_padding(fixed, remainder_bits)
-    quotients = _decode_unary(unary, count)
-    # x_i = sum over j <= i of (g_j + 1), minus 1: accumulate from -1 over (q << k) + r + 1
-    gaps_plus_one = _unpack_fields(fixed, count, k, plus_one=True)
-    steps = map(add, map(lshift, quotients, repeat(k)) if k else quotients, gaps_plus_one)
-    serials = _to_array(islice(accumulate(steps, initial=-1), 1, None), universe)
-    if serials[-1] >= universe:
-        raise RevocationDataError("serial out of range of the universe")
-    return serials
-
-
-def _to_array(values: Iterable[int], universe: int) -> array[int]:
-    try:
-        return array(_typecode(universe), values)
-    except OverflowError:  # over 2**32 (or 2**64): out of any universe of that array
-        raise RevocationDataError("serial out of range of the universe") from None
-
-
-# --------------------------------------------------------------------------- Elias-Fano (measured, not used)
-
-
-def _elias_fano_low_bits(universe: int, count: int) -> int:
-    return max(0, (universe // count).bit_length() - 1) if count else 0
-
-
-def elias_fano_encode(serials: Iterable[int], count: int, universe: int) -> bytes:
-    """Elias–Fano code of sorted distinct serials: unary high-part increments, then the low bits.
-
-    The measured alternative to :func:`rice_encode` (``docs/revocation.md``);
-    the file format does not use it.
-    """
-    values = serials if isinstance(serials, (list, array)) else list(serials)
-    if len(values) != count:
-        raise RevocationDataError("serial count does not match")
-    if not all(map(lt, values, islice(values, 1, None))):
-        raise RevocationDataError("serials must be strictly increasing (sorted, no duplicates)")
-    low = _elias_fano_low_bits(universe, count)
-    highs = list(map(rshift, values, repeat(low)))
-    upper = _encode_unary(list(map(sub, highs, chain((0,), highs))))
-    return upper + _pack_fields(map(and_, values, repeat((1 << low) - 1)), count, low)
-
-
-def elias_fano_decode(body: bytes, count: int, universe: int) -> array[int]:
-    """The serials coded by :func:`elias_fano_encode`; strict and bounded."""
-    if count > universe:
-        raise RevocationDataError("more serials than the universe holds")
-    if count == 0:
-        if body:
-            raise RevocationDataError("trailing bytes after an empty set")
-        return array(_typecode(universe))
-    low = _elias_fano_low_bits(universe, count)
-    split = len(body) - (count * low + 7) // 8
-    if split < 1 or split > (count + ((universe - 1) >> low) + 7) // 8:
-        raise RevocationDataError("coded body has the wrong length for its count and universe")
-    upper, lower = body[:split], body[split:]
-    if lower:
-        _check_padding(lower, count * low)
-    highs = accumulate(_decode_unary(upper, count))
-    lows = _unpack_fields(lower, count, low)
-    serials = _to_array(map(or_, map(lshift, highs, repeat(low)), lows) if low else highs, universe)
-    if serials[-1] >= universe:
-        raise RevocationDataError("serial out of range of the universe")
-    return serials
 
 
 # --------------------------------------------------------------------------- headers

@@ -21,11 +21,7 @@ from healthcode.revocation import (
     RevocationSequenceError,
     RevocationSet,
     RevocationState,
-    _pack_fields,
-    _unpack_fields,
     delta_target,
-    elias_fano_decode,
-    elias_fano_encode,
     encode_delta,
     read_header,
     rice_decode,
@@ -33,6 +29,8 @@ from healthcode.revocation import (
     rice_parameter,
     snapshot_target,
 )
+from healthcode.golomb_rice import pack_fields, unpack_fields
+from tools.bench.elias_fano import elias_fano_decode, elias_fano_encode
 
 KID = bytes.fromhex("0123456789abcdef")
 OTHER_KID = bytes.fromhex("fedcba9876543210")
@@ -84,9 +82,9 @@ def test_fixed_width_fields_match_a_naive_packer(width):
         values = [rng.getrandbits(width) for _ in range(count)]
         if width and count:
             values[0], values[-1] = (1 << width) - 1, 0  # extremes
-        packed = _pack_fields(values, count, width)
+        packed = pack_fields(values, count, width)
         assert packed == naive_pack(values, width)
-        assert list(_unpack_fields(packed, count, width)) == values
+        assert list(unpack_fields(packed, count, width)) == values
 
 
 @pytest.mark.parametrize(

@@ -45,14 +45,14 @@ from operator import mul, rshift
 from healthcode.revocation import (
     RevocationSet,
     RevocationState,
-    elias_fano_decode,
-    elias_fano_encode,
     encode_delta,
     read_header,
     rice_decode,
     rice_encode,
     rice_parameter,
 )
+
+from .elias_fano import elias_fano_decode, elias_fano_encode
 
 SEED = 20201101  # census day
 ISSUED = 1_400_000_000
