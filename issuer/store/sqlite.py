@@ -35,7 +35,9 @@ the holder closes the store or dies (kill -9 included). Readers that are not
 stores (the revocation source, an operator's ``sqlite3`` shell) need no lease.
 
 Privacy: the file holds main index IDs, blind indexes and sealed values, never
-a document number (see :mod:`issuer.privacy`); the WAL holds the same.
+a document number (see :mod:`issuer.privacy`); the WAL holds the same. The
+database, its ``-wal`` and ``-shm`` are owner-only (``0600``) whatever the
+umask (:func:`_make_private`); so is the lease file.
 
 Schema (``PRAGMA user_version`` counts the migrations applied)::
 
@@ -67,6 +69,7 @@ from typing import Callable, Iterator, Sequence
 import sqlite_utils
 
 from healthcode.model import from_epoch, to_epoch
+from shellkit.files import create_private_file, ensure_private_file
 
 from ..errors import Conflict, IssuerError
 from ..model import CodeRef, RevocationReason
@@ -349,6 +352,7 @@ class SQLiteStore(GroupCommitWriter, Store):
 
         self._lease = _take_lease(self.path)
         try:
+            _make_private(self.path)
             conn = self._connect(writer=True)
             try:
                 mode = self._enter_wal(conn)
@@ -716,6 +720,28 @@ def _take_lease(database: pathlib.Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+#: The files SQLite keeps next to a database (``-journal`` only while switching a new file to WAL).
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _make_private(database: pathlib.Path) -> None:
+    """Make the database and the files SQLite keeps beside it owner-only (0600), before SQLite opens it.
+
+    SQLite creates a database with mode ``0644 & ~umask`` (0644 under the usual
+    umask 022: any local user could read every main index ID and sealed value)
+    and gives ``-wal``, ``-shm`` and ``-journal`` the database file's own mode
+    (its unix VFS copies it, umask notwithstanding; checked in
+    ``tests/integration/test_review_issuance.py``). So the database file is
+    created 0600 here before SQLite sees it (an empty file is an empty
+    database), and an existing one, or side files left wider by an older
+    version or another program, are tightened. Runs under the writer lease,
+    so no other store is creating them meanwhile.
+    """
+    create_private_file(database)
+    for suffix in _SIDE_FILES:
+        ensure_private_file(database.with_name(database.name + suffix))
 
 
 def _close_quietly(conn: sqlite3.Connection) -> None:

@@ -11,8 +11,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import os
 import random
+import sqlite3
+import stat
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -26,6 +32,7 @@ from issuer.index import ResidentIndex
 from issuer.issuance import CodeIssuer
 from issuer.model import CodeRef, CodeState, IssuedCode, RevocationReason
 from issuer.privacy import IdentifierVault
+from issuer.store import SQLiteStore
 
 from .test_issuer_server import APP, Client, bad_request, harness, loop, pki  # noqa: F401 - fixtures
 
@@ -281,3 +288,68 @@ def test_rpcs_by_the_genuine_code_text_work(served_codes):
     assert renewed.main_index_id == genuine_pb.main_index_id and renewed.ref.serial != genuine_pb.ref.serial
     revoked = rpcs["RevokeCode"](renewed.code_text)
     assert revoked.revoked_count == 1 and revoked.code.state == common_pb2.CODE_STATE_REVOKED
+
+
+# --------------------------------------------------------------------------- item 1: owner-only database files
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _modes(database) -> dict[str, str]:
+    """The permission bits (octal) of the database, its WAL and its shared memory (all three must exist)."""
+    return {suffix: f"{stat.S_IMODE(os.stat(f'{database}{suffix}').st_mode):04o}" for suffix in ("", "-wal", "-shm")}
+
+
+def _write_through(store: SQLiteStore) -> None:
+    """Register a resident and issue a code: the WAL and the shared memory now hold data."""
+
+    async def body():
+        mid = await ResidentIndex(store=store, vault=VAULT).register_resident(document(1), now=NOW)
+        await CodeIssuer(store=store, province="33", signer=SIGNER).issue_code(
+            caller="app", main_index_id=mid, idempotency_key=None, now=NOW)
+
+    asyncio.run(body())
+
+
+def _widen(path, mode: int = 0o644) -> None:
+    os.chmod(path, mode)
+
+
+# (name, what exists before the store opens)
+PERMISSION_CASES = [
+    ("new-database", lambda db: None),
+    ("existing-database-0644", lambda db: (sqlite3.connect(db).close(), _widen(db))),
+    ("existing-database-wal-and-shm-0644", lambda db: _leave_wal_behind(db)),
+]
+
+
+def _leave_wal_behind(db) -> None:
+    """A database whose last writer died (kill -9) under umask 022: it, its -wal and -shm all 0644."""
+    script = ("import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+              "c.execute('PRAGMA journal_mode = WAL'); c.execute('CREATE TABLE leftover (x)'); "
+              "c.execute('INSERT INTO leftover VALUES (1)'); os._exit(0)")
+    with umask(0o022):
+        subprocess.run([sys.executable, "-c", script, str(db)], check=True, timeout=30)
+    assert _modes(db) == {"": "0644", "-wal": "0644", "-shm": "0644"}
+
+
+@pytest.mark.parametrize("name, before", PERMISSION_CASES, ids=[c[0] for c in PERMISSION_CASES])
+def test_sqlite_database_wal_and_shm_are_owner_only(tmp_path, name, before):
+    """Under umask 022 SQLite would create all three 0644: readable by every local user."""
+    db = tmp_path / "issuer.db"
+    before(db)
+    with umask(0o022):
+        store = SQLiteStore(db)
+        try:
+            _write_through(store)
+            assert _modes(db) == {"": "0600", "-wal": "0600", "-shm": "0600"}
+        finally:
+            store.close()
+    assert f"{stat.S_IMODE(os.stat(db).st_mode):04o}" == "0600"
