@@ -22,6 +22,9 @@ import click
 
 import healthcode as hc
 
+from shellkit.cli import run_click
+from shellkit.times import beijing
+
 from .config import AuditConfig, FreshnessPolicy, ScanConfig, SyncConfig, VerifierConfig
 from .trust import (
     DevBundleSource,
@@ -31,9 +34,16 @@ from .trust import (
     TufTrustSource,
     assess,
     format_age,
+    sync_failure,
 )
 
 EXIT_VALID, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
+
+
+def beijing_times(text: str) -> str:
+    from .display import beijing_times as convert
+
+    return convert(text)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -177,22 +187,24 @@ def sync(obj: Context, progress):
     try:
         report = source.refresh(obj.clock(), progress=on_progress)
         state = source.load(obj.clock())
-    except TrustError as exc:
-        click.echo(f"sync failed: {exc}; the last good trust data stays in force", err=True)
-        sys.exit(EXIT_ERROR)
+    except (TrustError, OSError) as exc:
+        raise CliError(f"{beijing_times(sync_failure(exc))}; "
+                       "上次有效的信任数据继续使用 / the last good trust data stays in force") from None
     finally:
         if bar is not None:
             bar.close()
     if report.changed:
         names = ", ".join(f"{p} {hc.PROVINCES.get(p, '?')}" for p in report.changed)
-        click.echo(f"changed: {len(report.changed)} province(s): {names}")
+        click.echo(f"已更新 / changed: {len(report.changed)} province(s): {names}")
     else:
-        click.echo("changed: nothing (already up to date)")
+        click.echo("无更新 / changed: nothing (already up to date)")
     provinces = {key.province for key in state.keyring}
-    click.echo(f"trust data: {len(state.keyring)} key(s) of {len(provinces)} province(s); "
-               f"{report.bytes_downloaded:,} bytes fetched; verified at "
-               f"{state.last_verified_refresh:%Y-%m-%d %H:%M:%S}Z"
-               + (f"; {'; '.join(report.notes)}" if report.notes else ""))
+    click.echo(f"信任数据 / trust data: {len(state.keyring)} key(s) of {len(provinces)} province(s); "
+               f"{report.bytes_downloaded:,} bytes fetched; 验证于 / verified at "
+               f"{beijing(state.last_verified_refresh, seconds=True)}"
+               + (f"; {beijing_times('; '.join(report.notes))}" if report.notes else ""))
+    for warning in state.warnings:
+        click.echo(f"警告 / warning: {warning}")
 
 
 # --- status --------------------------------------------------------------------------------
@@ -207,21 +219,22 @@ def status(obj: Context, warn_age, max_age, clock_skew):
     try:
         state = obj.trust_source().load(obj.clock())
     except TrustError as exc:
-        click.echo(f"no usable trust data: {exc}")
+        click.echo(f"无可用的信任数据 / no usable trust data: {beijing_times(str(exc))}")
         sys.exit(EXIT_INVALID)
     assessment = assess(policy, system_now=obj.clock(), last_verified=state.last_verified_refresh)
     by_province: dict[str, int] = {}
     for key in state.keyring:
         by_province[key.province] = by_province.get(key.province, 0) + 1
-    click.echo(f"trust data: {assessment.level.value}, {format_age(assessment.age)} old "
+    click.echo(f"信任数据 / trust data: {assessment.level.value}, {format_age(assessment.age)} old, "
+               f"验证于 / verified at {beijing(state.last_verified_refresh)} "
                f"(warn after {format_age(policy.warn_age)}, refuse after {format_age(policy.max_age)})")
     if assessment.warning:
-        click.echo(f"warning: {assessment.warning}")
-    click.echo(f"keys: {len(state.keyring)} in {len(by_province)} province(s): "
+        click.echo(f"警告 / warning: {assessment.warning}")
+    click.echo(f"密钥 / keys: {len(state.keyring)} in {len(by_province)} province(s): "
                + ", ".join(f"{p} {hc.PROVINCES[p]} ({n})" for p, n in sorted(by_province.items())))
-    click.echo(f"revocation: {'loaded' if state.revocation is not None else 'none'}")
+    click.echo(f"撤销数据 / revocation: {'已载入 / loaded' if state.revocation is not None else '无 / none'}")
     for warning in state.warnings:
-        click.echo(f"warning: {warning}")
+        click.echo(f"警告 / warning: {warning}")
     sys.exit(EXIT_VALID if assessment.stale_detail(assessment.now) is None else EXIT_INVALID)
 
 
@@ -253,8 +266,7 @@ def verify(obj: Context, text, image, as_json, warn_age, max_age, clock_skew):
         from .images import ImageDecodeError, decode_image
 
         if not image.is_file():
-            click.echo(f"error: no such file: {image}", err=True)
-            sys.exit(EXIT_ERROR)
+            raise CliError(f"文件不存在 / no such file: {image}")
         source = f"image:{image.name}"
         try:
             texts = decode_image(image)
@@ -276,10 +288,7 @@ def verify(obj: Context, text, image, as_json, warn_age, max_age, clock_skew):
         state = obj.trust_source().load(obj.clock())
     except NoTrustData as exc:
         state = None
-        click.echo(f"warning: {exc}", err=True)
-    except TrustError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        click.echo(f"警告 / warning: 无信任数据 / no trust data: {exc}", err=True)
     display = Display(sys.stdout)
     worst = EXIT_VALID
     for seq, scan in enumerate(scans, 1):
@@ -312,8 +321,10 @@ def verify(obj: Context, text, image, as_json, warn_age, max_age, clock_skew):
               help="Watch this folder for dropped PNG/JPEG images (camera terminals).")
 @click.option("--folder-done", type=click.Choice(["move", "delete"]), default="move", show_default=True,
               help="After an image is processed: move it into <folder>/processed, or delete it.")
-@click.option("--json", "json_to", default="stdout", show_default=True, metavar="stdout|none|unix:PATH|tcp:127.0.0.1:PORT",
-              help="Where the JSON result lines go.")
+@click.option("--json", "json_to", default="auto", show_default=True,
+              metavar="auto|stdout|none|file:PATH|unix:PATH|tcp:127.0.0.1:PORT",
+              help="Where the JSON result lines go (auto: standard output when it is a pipe or a file, "
+                   "nowhere when it is the operator's terminal).")
 @click.option("--omit-main-index-id", is_flag=True, help="Leave the main index ID out of the JSON lines.")
 @click.option("--display", "display_to", type=click.Choice(["auto", "stdout", "stderr", "none"]), default="auto",
               show_default=True, help="Operator display (auto: stderr when JSON goes to stdout, else stdout).")
@@ -343,6 +354,8 @@ def run(obj: Context, use_stdin, ttys, serial_port, baud, folder, folder_done, j
     from .runtime import Runtime
     from .scan import FdStream, FolderSource, SerialStream, make_scanner_tty
 
+    if json_to == "auto":  # the operator's screen shows verdicts, never the HIS's lines (main index IDs)
+        json_to = "none" if os.isatty(1) else "stdout"
     try:
         config = VerifierConfig(
             freshness=_policy(warn_age, max_age, clock_skew),
@@ -365,6 +378,7 @@ def run(obj: Context, use_stdin, ttys, serial_port, baud, folder, folder_done, j
     runtime = Runtime(obj.trust_source(), config=config, clock=obj.clock,
                       sinks=[] if json_to == "none" else [sink], display=display,
                       audit=audit_log, background_sync=config.sync.enabled)
+    runtime.output_name = "无（未配置 --json）/ none (no --json)" if json_to == "none" else json_to
 
     restore_stdin = None
     if use_stdin or not (ttys or serial_port or folder):
@@ -399,11 +413,12 @@ def run(obj: Context, use_stdin, ttys, serial_port, baud, folder, folder_done, j
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cli.main(args=argv, prog_name="healthcode-verifier", standalone_mode=True)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_ERROR)
-    return 0
+    """The console script: every failure is one ``Error:`` line and exit 2 (the EXIT_* codes kept)."""
+    import sqlite3
+
+    return run_click(cli, argv, prog_name="healthcode-verifier",
+                     expected=(TrustError, OSError, sqlite3.Error),
+                     on_error=lambda exc: EXIT_ERROR)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import chain, groupby
 from typing import NamedTuple
 
+from shellkit.files import create_private_file, ensure_private_file
+
 from .config import AuditConfig
 
 __all__ = ["AuditEntry", "AuditLog", "SCHEMA", "VALID_ROW_FIELDS"]
@@ -216,9 +218,14 @@ class AuditLog:
     def _connect(self) -> sqlite3.Connection:
         path = self.config.path
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only before SQLite opens it: SQLite gives the -wal and -shm files the database's
+        # mode, and the rows say who came to this hospital when. An existing wider file is tightened.
+        create_private_file(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
+            for suffix in ("-wal", "-shm", "-journal"):  # left wider by an older version, or copied in
+                ensure_private_file(f"{path}{suffix}")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA secure_delete=ON")
             for pragma in self._pragmas:
@@ -253,7 +260,8 @@ class AuditLog:
                 self.problem = None
                 backoff = 0.0
             except (sqlite3.Error, OSError) as exc:
-                self.problem = f"audit log not writable: {exc}; {len(self._pending)} rows waiting"
+                self.problem = (f"审计日志无法写入，{len(self._pending)} 条记录等待中 / "
+                                f"audit log not writable: {exc}; {len(self._pending)} rows waiting")
                 backoff = min(max(backoff * 2, 0.5), 30.0)
                 if self._conn is not None and isinstance(exc, sqlite3.DatabaseError) and \
                         "malformed" in str(exc):

@@ -5,22 +5,33 @@ block-letter VALID (green) or INVALID (red), the reason in plain words in both
 languages, the province, and the trust-data age; warnings (aging or stale
 trust data, clock behind, a failed sync, an audit log that cannot be
 written, a scanner that went away) follow in yellow. On anything else (a
-log file, a pipe) each result is one plain line.
+log file, a pipe) each result is one plain line. Before the first scan,
+:meth:`Display.ready` shows which inputs are read and how old the trust data is.
+
+Everything here is read by a person: in Chinese and English (a refusal's
+English ``detail`` with its Chinese from :func:`detail_zh`), and every time in
+Beijing time (:func:`shellkit.times.beijing`; a UTC time inside a message, e.g.
+from a failed sync, is rewritten by :func:`beijing_times`). The JSON lines and
+the audit log keep UTC and the English detail.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import re
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from healthcode import PROVINCES, Reason
+from shellkit.times import beijing
 
-from .trust import Freshness, format_age
+from .trust import Freshness, TrustAssessment, format_age, format_age_zh
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runtime import Outcome
 
-__all__ = ["REASON_TEXT", "PROVINCE_EN", "Display", "banner", "describe"]
+__all__ = ["REASON_TEXT", "PROVINCE_EN", "Display", "banner", "describe", "detail_zh", "beijing_times"]
 
 #: The reason in plain words: (Chinese, English).
 REASON_TEXT: dict[Reason | None, tuple[str, str]] = {
@@ -55,7 +66,64 @@ _FONT = {
     "I": ["█████", "  █  ", "  █  ", "  █  ", "█████"],
     "D": ["████ ", "█   █", "█   █", "█   █", "████ "],
     "N": ["█   █", "██  █", "█ █ █", "█  ██", "█   █"],
+    "R": ["████ ", "█   █", "████ ", "█  █ ", "█   █"],
+    "E": ["█████", "█    ", "████ ", "█    ", "█████"],
+    "Y": ["█   █", " █ █ ", "  █  ", "  █  ", "  █  "],
 }
+
+#: A refusal's English detail (the core's, the framing's, the image decoder's) -> its Chinese.
+#: First match wins; ``{0}``... are the pattern's groups. Unknown details get their reason's Chinese.
+_DETAIL_ZH: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), zh) for p, zh in (
+    (r"^input line too long \(over (\d+) bytes\)", "输入过长（超过 {0} 字节），已丢弃"),
+    (r"^input contains NUL bytes", "输入含空字节：二进制数据，不是健康码"),
+    (r"^input is not valid UTF-8", "输入不是有效文本：二进制数据，不是健康码"),
+    (r"^two codes run together", "两个码连在一起：请一次只扫一个码"),
+    (r"^code typed in lower case", "码被输入成小写：请检查扫码枪的键盘布局或大写锁定"),
+    (r"^an EU Digital COVID Certificate", "欧盟数字新冠证书（HC1:），不是中国健康码"),
+    (r"^a SMART Health Card", "SMART Health Card（shc:/），不是中国健康码"),
+    (r"^a web link", "网址链接，不是健康码"),
+    (r"^partial scan", "扫描不完整：内容太短，不是完整的健康码"),
+    (r"^image unreadable", "图像无法读取"),
+    (r"^no QR code found", "图像中未找到二维码"),
+    (r"^more than (\d+) QR codes", "一张图像中超过 {0} 个二维码"),
+    (r"^not a health code \(prefix", "不是健康码（缺少 EHC1: 前缀）"),
+    (r"^code format version", "健康码格式版本不受支持"),
+    (r"^no trusted key of province (\d\d) with kid ([0-9a-f]+)", "省份 {0} 没有编号为 {1} 的受信任密钥"),
+    (r"^header alg", "签名算法与密钥不符"),
+    (r"^signature does not verify", "签名验证失败"),
+    (r"^signing key ([0-9a-f]+) of province (\d\d) is compromised", "省份 {1} 的签发密钥 {0} 已泄露"),
+    (r"^code issued outside its key's use window", "签发时间不在密钥的使用期内"),
+    (r"^code issued in the future", "签发时间晚于本机时间"),
+    (r"^code has expired", "健康码已过期"),
+    (r"^signing key's verification window has ended", "签发密钥的核验期已结束"),
+    (r"^code has been revoked", "健康码已被撤销"),
+    (r"^no verified trust data", "无已验证的信任数据：请同步"),
+    (r"^trust data is .* old; the limit is", "信任数据过旧，超过使用期限"),
+))
+_MALFORMED_ZH = "内容无法解析（码已损坏或扫描不完整）"
+
+#: An ISO 8601 UTC time inside a message (``2026-11-22T08:00:00Z``, with optional fraction).
+_UTC_TIME = re.compile(r"\b(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(?:Z|\+00:00)")
+
+
+def detail_zh(reason: Reason | None, detail: str) -> str:
+    """The Chinese of a refusal's English ``detail`` (the reason's own words when unknown)."""
+    for pattern, zh in _DETAIL_ZH:
+        match = pattern.match(detail)
+        if match:
+            return zh.format(*match.groups())
+    if reason is None or reason is Reason.MALFORMED:
+        return _MALFORMED_ZH
+    return REASON_TEXT.get(reason, REASON_TEXT[Reason.MALFORMED])[0]
+
+
+def beijing_times(text: str) -> str:
+    """``text`` with every ISO 8601 UTC time in it shown in Beijing time (for people)."""
+    if "T" not in text:
+        return text
+    return _UTC_TIME.sub(
+        lambda m: beijing(_dt.datetime.fromisoformat(m.group(1)).replace(tzinfo=_dt.timezone.utc), seconds=True),
+        text)
 
 _GREEN, _RED, _YELLOW, _BOLD, _RESET = "\x1b[1;32m", "\x1b[1;31m", "\x1b[1;33m", "\x1b[1m", "\x1b[0m"
 _CLEAR = "\x1b[2J\x1b[H"
@@ -86,7 +154,7 @@ def _trust_line(outcome: "Outcome") -> str:
     trust = outcome.trust
     if trust.age is None:
         return "信任数据: 无 / trust data: none"
-    return f"信任数据 {format_age(trust.age)} 前更新 / trust data {format_age(trust.age)} old"
+    return f"信任数据 {format_age_zh(trust.age)} 前更新 / trust data {format_age(trust.age)} old"
 
 
 class Display:
@@ -126,11 +194,11 @@ class Display:
         if not self.ansi:
             parts = [f"#{outcome.seq} {word}", f"{zh} / {en}"]
             if not valid and outcome.detail:
-                parts.append(outcome.detail)
+                parts.append(f"{detail_zh(outcome.reason, outcome.detail)} / {outcome.detail}")
             if province:
                 parts.append(province)
             parts.append(_trust_line(outcome))
-            parts += [f"WARNING: {w}" for w in warnings]
+            parts += [f"WARNING 警告: {beijing_times(w)}" for w in warnings]
             return " | ".join(parts) + "\n"
         colour = _GREEN if valid else _RED
         lines = [_CLEAR]
@@ -139,21 +207,59 @@ class Display:
         lines.append(f"{_BOLD}  {'有效' if valid else '无效'}：{zh}{_RESET}")
         lines.append(f"{_BOLD}  {word}: {en}{_RESET}")
         if not valid and outcome.detail:
-            lines.append(f"  ({outcome.detail})")
+            lines.append(f"  （{detail_zh(outcome.reason, outcome.detail)} / {outcome.detail}）")
         if province:
             lines.append(f"  省份 / province: {province}")
         if outcome.code is not None:
-            lines.append(f"  有效期至 / valid until: {outcome.code.expires_at:%Y-%m-%d %H:%M} UTC")
+            lines.append(f"  有效期至 / valid until: {beijing(outcome.code.expires_at)}")
         age_colour = _YELLOW if trust.level is not Freshness.FRESH else ""
         lines.append(f"  {age_colour}{_trust_line(outcome)}{_RESET if age_colour else ''}")
         for warning in warnings:
-            lines.append(f"  {_YELLOW}! {warning}{_RESET}")
+            lines.append(f"  {_YELLOW}! {beijing_times(warning)}{_RESET}")
         lines.append(f"  #{outcome.seq} {outcome.source}")
+        return "\n".join(lines) + "\n"
+
+    def ready(self, inputs: Sequence[str], trust: TrustAssessment, warnings: Sequence[str], *,
+              output: str | None = None) -> None:
+        """The screen before the first scan: the inputs read, the trust data's age, "ready / 就绪"."""
+        self._write(self.render_ready(inputs, trust, warnings, output=output))
+
+    def render_ready(self, inputs: Sequence[str], trust: TrustAssessment, warnings: Sequence[str], *,
+                     output: str | None = None) -> str:
+        if trust.last_verified is None:
+            data = "信任数据: 无，需要同步 / trust data: none, sync needed"
+        else:
+            data = (f"信任数据 {format_age_zh(trust.age)} 前更新（{beijing(trust.last_verified)} 验证）/ "
+                    f"trust data {format_age(trust.age)} old (verified {beijing(trust.last_verified)})")
+        refusing = trust.level in (Freshness.STALE, Freshness.MISSING)
+        state = ("未就绪：拒绝核验直至同步 / not ready: codes refused until a sync" if refusing
+                 else "就绪，请扫码 / ready: scan a code")
+        where = ", ".join(inputs) or "无 / none"
+        shown = [beijing_times(w) for w in warnings]
+        if not self.ansi:
+            parts = ["READY 就绪 / ready" if not refusing else "NOT READY 未就绪 / not ready",
+                     f"扫描输入 / scanner input: {where}", data]
+            if output is not None:
+                parts.append(f"结果输出 / results to: {output}")
+            parts += [f"WARNING 警告: {w}" for w in shown]
+            return " | ".join(parts) + "\n"
+        colour = _YELLOW if refusing else _GREEN
+        lines = [_CLEAR]
+        lines += [f"{colour}  {row}{_RESET}" for row in banner("READY")]
+        lines.append("")
+        lines.append(f"{_BOLD}  {state}{_RESET}")
+        lines.append(f"  扫描输入 / scanner input: {where}")
+        age_colour = _YELLOW if trust.level is not Freshness.FRESH else ""
+        lines.append(f"  {age_colour}{data}{_RESET if age_colour else ''}")
+        if output is not None:
+            lines.append(f"  结果输出 / results to: {output}")
+        lines += [f"  {_YELLOW}! {w}{_RESET}" for w in shown]
         return "\n".join(lines) + "\n"
 
     def notice(self, text: str) -> None:
         """A status line (sync done or failed, a source error), below the current result."""
+        text = beijing_times(text)
         if self.ansi:
             self._write(f"  {_YELLOW}* {text}{_RESET}\n")
         else:
-            self._write(f"NOTICE: {text}\n")
+            self._write(f"NOTICE 提示: {text}\n")

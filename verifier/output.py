@@ -6,9 +6,15 @@ field may be added within version 1; removing or changing one bumps it.
 
 Sinks (:func:`open_sink`):
 
-* ``stdout`` (default): lines on standard output, flushed after every batch
+* ``stdout``: lines on standard output, flushed after every batch
   of results. A reader that stops reading eventually blocks the loop (that
-  is how pipes work); use a socket when the HIS may stall.
+  is how pipes work); use a socket when the HIS may stall. (The CLI's default,
+  ``auto``, is ``stdout`` when standard output is a pipe or a file and ``none``
+  when it is the operator's terminal: the screen shows verdicts, not main
+  index IDs.)
+* ``file:/path``: appended to a file created owner-only (0600; an existing
+  wider file is tightened: the lines carry main index IDs), or written to an
+  existing FIFO (opened when the HIS opens its end: the verifier waits for it).
 * ``unix:/path/to.sock`` or ``tcp:127.0.0.1:PORT``: the verifier *connects*
   to the HIS's listening socket and streams lines. A writer thread does the
   I/O: the loop only queues. While the HIS is not there, up to ``backlog``
@@ -24,6 +30,8 @@ from __future__ import annotations
 import collections
 import ipaddress
 import json
+import os
+import pathlib
 import socket
 import sys
 import threading
@@ -32,6 +40,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from healthcode import PROVINCES
 
+from shellkit.files import open_private
+
 from .audit import iso_utc
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .trust import TrustAssessment
 
 __all__ = ["SCHEMA_ID", "result_record", "encode", "encode_result", "ValidLines", "source_part", "trust_part",
-           "Sink", "StreamSink", "SocketSink", "NullSink", "open_sink"]
+           "Sink", "StreamSink", "FileSink", "SocketSink", "NullSink", "open_sink"]
 
 SCHEMA_ID = "healthcode-verifier/result/1"
 
@@ -291,10 +301,29 @@ class StreamSink(Sink):
             self.stream.flush()
             self.problem = None
         except (OSError, ValueError) as exc:  # closed pipe, closed file
-            self.problem = f"JSON output failed: {exc}"
+            self.problem = f"JSON 输出失败 / JSON output failed: {exc}"
 
     def close(self) -> None:
         self.flush()
+
+
+class FileSink(StreamSink):
+    """Lines appended to a file created owner-only, or written to an existing FIFO."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = pathlib.Path(path)
+        if self.path.is_fifo():  # the HIS's pipe: its mode is the HIS's; open waits for its reader
+            stream = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
+        else:
+            stream = open_private(self.path, "ab", buffering=0)
+        super().__init__(stream)
+
+    def close(self) -> None:
+        super().close()
+        try:
+            self.stream.close()
+        except OSError:
+            pass
 
 
 def _loopback(host: str) -> bool:
@@ -391,16 +420,21 @@ class SocketSink(Sink):
                     if self._sock is not None:
                         self._sock.close()
                         self._sock = None
-                    self.problem = f"HIS socket {self.address} unavailable: {exc}; {len(self._lines)} lines waiting"
+                    self.problem = (f"HIS 接口 {self.address} 不可用，{len(self._lines)} 条结果等待发送 / "
+                                    f"HIS socket {self.address} unavailable: {exc}; {len(self._lines)} lines waiting")
                     backoff = min(max(backoff * 2, 0.25), 10.0)
             if closing and (not self._lines or backoff):
                 return
 
 
 def open_sink(spec: str) -> Sink:
-    """``stdout`` (or ``-``), ``none``, ``unix:PATH``, ``tcp:127.0.0.1:PORT``."""
+    """``stdout`` (or ``-``), ``none``, ``file:PATH``, ``unix:PATH``, ``tcp:127.0.0.1:PORT``."""
     if spec in ("stdout", "-"):
         return StreamSink()
     if spec == "none":
         return NullSink()
+    if spec.startswith("file:"):
+        if not spec[5:]:
+            raise ValueError("file: needs a path, e.g. file:/var/lib/hcv/results.jsonl")
+        return FileSink(spec[5:])
     return SocketSink(spec)

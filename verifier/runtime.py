@@ -66,7 +66,17 @@ from .config import FreshnessPolicy, VerifierConfig
 from .display import Display
 from .output import Sink, ValidLines, encode_result, source_part, trust_part
 from .scan import ByteStream, FolderSource, Scan, ScanBatch, hint, read_stream
-from .trust import Freshness, TrustAssessment, TrustError, TrustSource, TrustState, assess, format_age
+from .trust import (
+    Freshness,
+    TrustAssessment,
+    TrustError,
+    TrustSource,
+    TrustState,
+    assess,
+    format_age,
+    format_age_zh,
+    sync_failure,
+)
 
 __all__ = ["Outcome", "verify_scan", "unverified_identity", "Runtime"]
 
@@ -199,18 +209,26 @@ class Runtime:
         self._sync_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._inputs = 0
+        #: the inputs added (``tty:/dev/...``, ``folder:...``), for the ready screen
+        self.input_names: list[str] = []
+        #: where the JSON lines go, in words, for the ready screen (the CLI sets it)
+        self.output_name: str | None = None
         self._include_subject = self.config.include_subject_in_output
         self._valid_lines = ValidLines(include_subject=self._include_subject)
         self._policy = self.config.freshness
+        self._state_lock = threading.Lock()  # the sync's swap vs. the loop's recheck (rare)
 
     # -- trust data -------------------------------------------------------------------------
 
     def load(self) -> TrustState | None:
         """Load the cached trust data (no network); keep what is in force if that fails."""
         try:
-            self.state = self.source.load(self.clock())
+            state = self.source.load(self.clock())
         except (TrustError, OSError, ValueError) as exc:
-            self._notice(f"cannot load trust data: {exc}")
+            self._notice(f"无法载入信任数据 / cannot load trust data: {exc}")
+        else:
+            with self._state_lock:
+                self.state = state
         return self.state
 
     def sync_once(self) -> bool:
@@ -220,15 +238,18 @@ class Runtime:
             report = self.source.refresh(self.clock())
             state = self.source.load(self.clock())
         except Exception as exc:  # noqa: BLE001 - whatever a source does, the loop goes on
-            self.sync_error = f"trust sync failed: {exc}"
-            kept = "last good trust data stays in force" if self.state else "no trust data yet"
+            self.sync_error = sync_failure(exc)
+            kept = ("上次有效的信任数据继续使用 / last good trust data stays in force" if self.state
+                    else "尚无信任数据 / no trust data yet")
             self._notice(f"{self.sync_error}; {kept}")
             return False
-        self.state = state
+        with self._state_lock:
+            self.state = state
         self.sync_error = None
         self.last_sync = report
-        changed = ", ".join(report.changed) if report.changed else "nothing"
-        self._notice(f"trust data synced ({report.bytes_downloaded} bytes); changed: {changed}")
+        changed = ", ".join(report.changed) if report.changed else "无 / nothing"
+        self._notice(f"信任数据已同步 / trust data synced ({report.bytes_downloaded:,} bytes); "
+                     f"更新的省份 / changed: {changed}")
         return True
 
     def request_sync(self) -> None:
@@ -250,10 +271,12 @@ class Runtime:
     def add_stream(self, open_stream: Callable[[], ByteStream], *, name: str, reopen: bool = False) -> None:
         """Read scans from the stream ``open_stream()`` returns; reopen it after errors if ``reopen``."""
         self._inputs += 1
+        self.input_names.append(name)
         self._spawn(self._stream_worker, open_stream, name, reopen, name=f"input {name}")
 
     def add_folder(self, folder: FolderSource) -> None:
         self._inputs += 1
+        self.input_names.append(folder.name)
         self._spawn(self._folder_worker, folder, name=f"input {folder.name}")
 
     def _spawn(self, target, *args, name: str) -> None:
@@ -280,7 +303,7 @@ class Runtime:
                 try:
                     stream = open_stream()
                 except (OSError, ValueError) as exc:
-                    self._source_problem(name, f"cannot open {name}: {exc}")
+                    self._source_problem(name, f"无法打开扫描输入 {name} / cannot open {name}: {exc}")
                     if not reopen or self._stop.wait(2.0):
                         return
                     continue
@@ -294,7 +317,7 @@ class Runtime:
                     if not reopen:
                         return  # end of input
                 except Exception as exc:  # noqa: BLE001 - report, never crash the loop
-                    self._source_problem(name, f"input {name} failed: {exc}")
+                    self._source_problem(name, f"扫描输入 {name} 出错 / input {name} failed: {exc}")
                     if not reopen:
                         return
                 finally:
@@ -313,7 +336,8 @@ class Runtime:
                     self._source_problem(folder.name, None)
                 except Exception as exc:  # noqa: BLE001
                     scans = []
-                    self._source_problem(folder.name, f"input {folder.name} failed: {exc}")
+                    self._source_problem(folder.name,
+                                         f"扫描输入 {folder.name} 出错 / input {folder.name} failed: {exc}")
                 while folder.errors:
                     self._notice(folder.errors.pop(0))
                 if scans and not self._put(("scans", ScanBatch(folder.name, "image", scans))):
@@ -358,9 +382,11 @@ class Runtime:
         state = self.state
         if state is None:
             keyring, revocation, last_verified, state_warnings = _EMPTY_KEYRING, None, None, ()
+            recheck_at = None
         else:
             keyring, revocation = state.keyring, state.revocation
             last_verified, state_warnings = state.last_verified_refresh, state.warnings
+            recheck_at = state.recheck_at
         sync_error = self.sync_error
         policy = self._policy
         skew = policy.clock_skew
@@ -396,6 +422,10 @@ class Runtime:
                     instant = now
                     assessment = assess(policy, system_now=now, last_verified=last_verified)
                     verify_at = assessment.now
+                    if recheck_at is not None and verify_at >= recheck_at:
+                        # a key came into use or left it: the state's warnings change (rare)
+                        state = self._recheck(state, verify_at)
+                        state_warnings, recheck_at = state.warnings, state.recheck_at
                     stamp = iso_utc(verify_at)
                     # The staleness hook only when the policy refuses: while the data is fresh or aging
                     # it would answer None for this very `now`.
@@ -463,6 +493,14 @@ class Runtime:
                 display.show_rendered(screens)
         return kept
 
+    def _recheck(self, state: TrustState, now: _dt.datetime) -> TrustState:
+        """``state`` with the warnings of ``now``, put in force unless a sync swapped in another."""
+        fresh = state.at(now)
+        with self._state_lock:
+            if self.state is state:
+                self.state = fresh
+        return fresh
+
     def warnings(self, assessment: TrustAssessment | None = None) -> list[str]:
         """What the operator should know besides the result."""
         out = []
@@ -472,8 +510,9 @@ class Runtime:
         if state is not None and state.warnings:
             out.extend(state.warnings)
         if self.sync_error:
-            age = f" (trust data {format_age(assessment.age)} old)" if assessment and assessment.age else ""
-            out.append(f"{self.sync_error}; last good data in force{age}")
+            age = (f"（信任数据 {format_age_zh(assessment.age)} 前更新 / trust data {format_age(assessment.age)} old）"
+                   if assessment and assessment.age else "")
+            out.append(f"{self.sync_error}; 上次有效的数据继续使用 / last good data in force{age}")
         if self.audit is not None and self.audit.problem:
             out.append(self.audit.problem)
         for sink in self.sinks:
@@ -488,6 +527,8 @@ class Runtime:
         self._running = True
         if self.state is None:
             self.load()
+        if self.display is not None:
+            self.show_ready()
         if self.background_sync:
             self._spawn(self._sync_loop, name="trust sync")
         for thread in self._threads:
@@ -520,6 +561,13 @@ class Runtime:
                 if kind == "notice" and self.display is not None:
                     self.display.notice(payload)
         return done
+
+    def show_ready(self) -> None:
+        """The ready screen: the inputs, the trust data's age and freshness, the warnings."""
+        state = self.state
+        assessment = assess(self._policy, system_now=self.clock(),
+                            last_verified=state.last_verified_refresh if state is not None else None)
+        self.display.ready(self.input_names, assessment, self.warnings(assessment), output=self.output_name)
 
     def _handle(self, item) -> int:
         kind, payload = item

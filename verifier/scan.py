@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from healthcode.codec import PREFIX
+from shellkit.files import ensure_private_file
 
 __all__ = [
     "Scan",
@@ -459,13 +460,16 @@ class FolderSource:
             if self.done == "delete":
                 path.unlink()
                 return
-            self.processed_dir.mkdir(parents=True, exist_ok=True)
+            self.processed_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             target = self.processed_dir / path.name
             counter = 1
             while target.exists():
                 target = self.processed_dir / f"{path.stem}.{counter}{path.suffix}"
                 counter += 1
             os.replace(path, target)
+            ensure_private_file(target)  # a resident's code, kept: owner-only like the audit log
         except OSError as exc:
             self._finished.add((path.name, *signature))
-            self.errors.append(f"cannot {self.done} {path.name}: {exc.strerror or exc}")
+            verb = "删除" if self.done == "delete" else "移动"
+            self.errors.append(f"无法{verb}已处理的图像 {path.name} / cannot {self.done} {path.name}: "
+                               f"{exc.strerror or exc}")

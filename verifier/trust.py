@@ -48,6 +48,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import tempfile
 import urllib.parse
 import urllib.request
@@ -64,6 +65,10 @@ __all__ = [
     "TrustAssessment",
     "assess",
     "format_age",
+    "format_age_zh",
+    "key_can_have_codes",
+    "revocation_warnings",
+    "sync_failure",
     "TrustState",
     "SyncReport",
     "Progress",
@@ -110,6 +115,14 @@ def format_age(age: _dt.timedelta) -> str:
     return f"{days} d {hours} h" if hours else f"{days} d"
 
 
+_ZH_UNITS = {"d": "天", "h": "小时", "min": "分钟", "s": "秒"}
+
+
+def format_age_zh(age: _dt.timedelta) -> str:
+    """:func:`format_age` in Chinese units: ``"3 天 4 小时"``, ``"45 分钟"``."""
+    return " ".join(_ZH_UNITS.get(word, word) for word in format_age(age).split())
+
+
 class TrustAssessment(NamedTuple):
     """The verifier's time and trust-data freshness for one operation.
 
@@ -137,16 +150,19 @@ class TrustAssessment(NamedTuple):
 
     @property
     def warning(self) -> str | None:
-        """The operator's warning in English, or None when all is well."""
+        """The operator's warning, ``中文 / English``, or None when all is well."""
         parts = []
         if self.level is Freshness.MISSING:
-            parts.append("no trust data: sync needed")
+            parts.append("无信任数据，需要同步 / no trust data: sync needed")
         elif self.level is Freshness.STALE:
-            parts.append(f"trust data {format_age(self.age)} old: codes refused until a sync")
+            parts.append(f"信任数据已 {format_age_zh(self.age)} 未更新，同步前拒绝核验 / "
+                         f"trust data {format_age(self.age)} old: codes refused until a sync")
         elif self.level is Freshness.AGING:
-            parts.append(f"trust data {format_age(self.age)} old: sync soon")
+            parts.append(f"信任数据已 {format_age_zh(self.age)} 未更新，请尽快同步 / "
+                         f"trust data {format_age(self.age)} old: sync soon")
         if self.clock_behind is not None:
-            parts.append(f"system clock {format_age(self.clock_behind)} behind the last verified time")
+            parts.append(f"本机时钟比上次验证时间慢 {format_age_zh(self.clock_behind)}，请校准 / "
+                         f"system clock {format_age(self.clock_behind)} behind the last verified time")
         return "; ".join(parts) or None
 
 
@@ -200,13 +216,84 @@ class NoTrustData(TrustError):
 
 @dataclass(frozen=True, slots=True)
 class TrustState:
-    """Verified trust data, as loaded from the cache."""
+    """Verified trust data, as loaded from the cache.
+
+    ``warnings`` hold at one moment: a pre-published key without revocation data is
+    no warning until its ``use_from``, a key is none once its ``verify_until`` has
+    passed. ``recheck_at`` is the next such moment (None: never); past it the loop
+    takes :meth:`at` (one comparison per clock reading, nothing per scan).
+    """
 
     keyring: hc.Keyring
     revocation: hc.RevocationChecker | None
     last_verified_refresh: _dt.datetime | None
-    #: what the operator should know about this data (e.g. revocation not available)
+    #: what the operator should know about this data (e.g. keys without revocation data)
     warnings: tuple[str, ...] = ()
+    #: the keys this data holds no revocation data for (whether or not they can have codes yet)
+    uncovered: tuple[hc.TrustedKey, ...] = ()
+    #: when ``warnings`` change next (see :meth:`at`)
+    recheck_at: _dt.datetime | None = None
+
+    def at(self, now: _dt.datetime) -> "TrustState":
+        """This state with the revocation warnings of ``now`` (:func:`revocation_warnings`)."""
+        warnings, recheck_at = revocation_warnings(self.uncovered, now)
+        return TrustState(self.keyring, self.revocation, self.last_verified_refresh, warnings,
+                          self.uncovered, recheck_at)
+
+
+def key_can_have_codes(key: hc.TrustedKey, now: _dt.datetime) -> bool:
+    """Whether a code signed by ``key`` can verify at ``now`` (so its revocations matter).
+
+    Not when the key is not in use yet (``use_from`` after ``now``: it has signed
+    nothing a terminal accepts, since a code issued before ``use_from`` is refused),
+    not once its ``verify_until`` has passed (every code is expired), and not when it
+    is compromised for all its codes (``reject_all``, or compromised since before
+    its ``use_from``): every code is refused as ``key_compromised``.
+    """
+    if now < key.use_from or now > key.verify_until:
+        return False
+    if key.status is hc.KeyStatus.COMPROMISED and (
+            key.compromise_policy is hc.CompromisePolicy.REJECT_ALL
+            or (key.compromised_since is not None and key.compromised_since <= key.use_from)):
+        return False
+    return True
+
+
+#: Keys named in one warning; more are counted.
+_KEYS_NAMED = 4
+
+
+def _key_name(key: hc.TrustedKey) -> str:
+    """``33 浙江 kid edf0803d``: province and the kid's first 4 bytes (what the operator reports)."""
+    return f"{key.province} {hc.PROVINCES.get(key.province, '?')} kid {key.kid.hex()[:8]}"
+
+
+def revocation_warnings(
+    uncovered: Iterable[hc.TrustedKey], now: _dt.datetime
+) -> tuple[tuple[str, ...], _dt.datetime | None]:
+    """(warnings, next moment they change) for the keys without revocation data, at ``now``.
+
+    One warning naming the keys that can have codes at ``now`` (:func:`key_can_have_codes`),
+    in Chinese and English; none when there are none. The next moment is the earliest
+    ``use_from`` still ahead or ``verify_until`` not yet passed among ``uncovered``.
+    """
+    uncovered = tuple(uncovered)
+    live = [key for key in uncovered if key_can_have_codes(key, now)]
+    moments = [key.use_from for key in uncovered if key.use_from > now]
+    moments += [key.verify_until + _ONE_SECOND for key in uncovered if key.verify_until >= now]
+    recheck_at = min(moments) if moments else None
+    if not live:
+        return (), recheck_at
+    names = ", ".join(_key_name(key) for key in live[:_KEYS_NAMED])
+    if len(live) > _KEYS_NAMED:
+        names += f" (+{len(live) - _KEYS_NAMED})"
+    warning = (f"{len(live)} 个签名密钥无撤销数据，其已撤销的健康码无法识别 / "
+               f"no revocation data for {len(live)} signing key(s): their revoked codes are not detected: "
+               f"{names}")
+    return (warning,), recheck_at
+
+
+_ONE_SECOND = _dt.timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +332,48 @@ class SetRevocation:
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._shards.values())
+
+
+# --- a failed sync, in words -----------------------------------------------------------------
+
+#: Transport failures by what their text says (urllib3, python-tuf, the OS): (pattern, 中文, English).
+_TRANSPORT_CAUSES = (
+    (re.compile(r"HTTP (\d{3})"), "镜像返回 HTTP {0}", "mirror answered HTTP {0}"),
+    (re.compile(r"connection refused", re.I), "镜像拒绝连接", "mirror refused the connection"),
+    (re.compile(r"name or service not known|nodename nor servname|getaddrinfo|name resolution|"
+                r"temporary failure in name", re.I), "镜像主机名无法解析", "mirror host name not found"),
+    (re.compile(r"timed? ?out", re.I), "连接镜像超时", "mirror timed out"),
+    (re.compile(r"network is unreachable|no route to host", re.I), "网络不可达", "network unreachable"),
+    (re.compile(r"certificate|ssl|tls", re.I), "镜像证书验证失败", "mirror certificate not trusted"),
+    (re.compile(r"no such file or directory|not found", re.I), "找不到信任数据源", "trust source not found"),
+    (re.compile(r"permission denied", re.I), "无权读取信任数据源", "permission denied reading the trust source"),
+    (re.compile(r"no trust (?:mirror|source) configured", re.I), "未配置信任数据源 (--source)",
+     "no trust source configured (--source)"),
+)
+_URLLIB3_NOISE = re.compile(r"\s*\((?:Caused by|Failed to establish).*$|\s*HTTP(?:S)?ConnectionPool\(.*$", re.S)
+_MAX_CAUSE = 160
+
+
+def sync_failure(exc: BaseException) -> str:
+    """``trust sync failed / 信任数据同步失败: <short cause>``: one line for the operator and the HIS.
+
+    A transport failure (:class:`SyncFailed`, or anything else a source raises)
+    is named by its cause (connection refused, host not found, timed out,
+    HTTP status...) in both languages, never by the raw urllib3 exception text;
+    rejected data (:class:`TrustDataRejected`) says so, with the first clause of
+    why (in English: it names TUF roles and files). Times stay UTC here (the JSON
+    line carries this text); the display shows them in Beijing time.
+    """
+    text = " ".join(str(exc).split())
+    if isinstance(exc, TrustDataRejected):
+        short = _URLLIB3_NOISE.sub("", text)[:_MAX_CAUSE]
+        return f"trust sync failed / 信任数据同步失败: 镜像数据未通过验证 / mirror data rejected: {short}"
+    for pattern, zh, en in _TRANSPORT_CAUSES:
+        match = pattern.search(text)
+        if match:
+            return f"trust sync failed / 信任数据同步失败: {zh.format(*match.groups())} / {en.format(*match.groups())}"
+    short = _URLLIB3_NOISE.sub("", text).rsplit(": ", 1)[-1][:_MAX_CAUSE] or type(exc).__name__
+    return f"trust sync failed / 信任数据同步失败: 无法读取信任数据 / cannot fetch trust data: {short}"
 
 
 # --- the development bundle ------------------------------------------------------------------
@@ -553,9 +682,8 @@ class TufTrustSource:
         except ts.SyncError as exc:
             raise TrustDataRejected(str(exc)) from None
         if revocation is None:
-            warnings: tuple[str, ...] = ("revocation data not available: revoked codes are not detected",)
+            uncovered = tuple(keyring)
         else:
-            missing = revocation.missing(keyring, now=now)
-            warnings = (f"no revocation data for {len(missing)} signing key(s): their revoked codes are "
-                        "not detected",) if missing else ()
-        return TrustState(keyring, revocation, last, warnings)
+            missing = set(revocation.missing(keyring, now=now))
+            uncovered = tuple(key for key in keyring if (key.province, key.kid) in missing)
+        return TrustState(keyring, revocation, last, uncovered=uncovered).at(now)

@@ -419,7 +419,7 @@ def test_trust_data_ages_honestly(world, tmp_path, name, age, result, reason, fr
     if freshness == "fresh":
         assert "WARNING" not in screen.getvalue()
     else:
-        assert "WARNING: trust data" in screen.getvalue()
+        assert "WARNING 警告: 信任数据已" in screen.getvalue() and "/ trust data" in screen.getvalue()
     assert outcome.trust.level.value == freshness
 
 
@@ -539,10 +539,11 @@ def test_sync_that_fails_mid_run_keeps_the_last_good_data(world, tmp_path):
     assert results[0]["reason"] == "revoked"
     after = results[1:]
     assert [r["result"] for r in after] == ["invalid" if i == 2 else "valid" for i in range(len(local.valid))]
-    assert all(r["trust"]["sync_error"] == "trust sync failed: mirror unreachable (test)" for r in after)
+    failed = "trust sync failed / 信任数据同步失败: 无法读取信任数据 / cannot fetch trust data: mirror unreachable (test)"
+    assert all(r["trust"]["sync_error"] == failed for r in after)
     assert all(r["trust"]["age_s"] <= 3600 for r in after)  # the last good refresh is still in force
-    assert "trust sync failed: mirror unreachable (test)" in screen.getvalue()
-    assert "last good" in screen.getvalue()
+    assert failed in screen.getvalue()
+    assert "上次有效的数据继续使用 / last good data in force" in screen.getvalue()
 
 
 # --- audit log ---------------------------------------------------------------------------------------
