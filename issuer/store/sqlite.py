@@ -732,12 +732,12 @@ def _make_private(database: pathlib.Path) -> None:
     SQLite creates a database with mode ``0644 & ~umask`` (0644 under the usual
     umask 022: any local user could read every main index ID and sealed value)
     and gives ``-wal``, ``-shm`` and ``-journal`` the database file's own mode
-    (its unix VFS copies it, umask notwithstanding; checked in
-    ``tests/integration/test_review_issuance.py``). So the database file is
-    created 0600 here before SQLite sees it (an empty file is an empty
-    database), and an existing one, or side files left wider by an older
-    version or another program, are tightened. Runs under the writer lease,
-    so no other store is creating them meanwhile.
+    (its unix VFS copies it, umask notwithstanding; for ``-wal`` and ``-shm``
+    checked under umask 022 in ``tests/integration/test_review_issuance.py``).
+    So the database file is created 0600 here before SQLite sees it (an empty
+    file is an empty database), and an existing one, or side files left wider
+    by an older version or another program, are tightened. Runs under the
+    writer lease, so no other store is creating them meanwhile.
     """
     create_private_file(database)
     for suffix in _SIDE_FILES:
