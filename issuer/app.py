@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import atexit
 import inspect
 import json
 import logging
+import os
+import re
 import signal
 import sys
 import threading
@@ -41,7 +44,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 import healthcode as hc
@@ -49,6 +53,7 @@ from issuer import auth
 from issuer.config import ConfigError, IssuerConfig
 from issuer.model import IssuedCode
 from issuer.service import CodeIssuerPort, IssuerService, ResidentIndexPort, ServiceSettings
+from shellkit.files import InsecureFileMode, read_secret
 
 __all__ = [
     "TlsMaterial",
@@ -112,6 +117,7 @@ class ServerOptions:
     tls: TlsMaterial | None = None
     insecure_dev_plaintext: bool = False
     api_keys: tuple[auth.ApiKey, ...] = ()
+    issuance_clients: frozenset[str] = frozenset()  # client-certificate CNs with the issuance role
     rate_limit: auth.RateLimit | None = auth.RateLimit(100.0, 200.0)
     metrics_listen: tuple[str, int] | None = None  # (address, port); port 0 picks a free one
     grace: float = 10.0
@@ -124,7 +130,7 @@ class ServerOptions:
 
 # --------------------------------------------------------------------------- logs and metrics
 
-_RECORD_FIELDS = ("event", "method", "caller", "code", "latency_ms", "port", "metrics_port")
+_RECORD_FIELDS = ("event", "method", "caller", "code", "latency_ms", "port", "metrics_port", "source")
 
 
 class JsonFormatter(logging.Formatter):
@@ -212,15 +218,88 @@ class BatchingStreamHandler(logging.StreamHandler):
 
 
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:
-    """Send every log record to ``stream`` (stderr) as JSON lines (per-RPC lines in batches)."""
+    """Send every log record to ``stream`` (stderr) as JSON lines (per-RPC lines in batches).
+
+    With the default stream, what native code writes to file descriptor 2 (gRPC's C core
+    through absl: ``I1207 04:22:23.065807 14440 ssl_transport_security.cc:2563] Handshake
+    failed ...``) becomes JSON lines too (:class:`NativeStderr`), so every line of the
+    server's log is JSON.
+    """
     for old in logging.getLogger().handlers:
         if isinstance(old, BatchingStreamHandler):
             old.close()
-    handler = BatchingStreamHandler(stream or sys.stderr)
+    if stream is None:
+        stream = NativeStderr.install().stderr
+    handler = BatchingStreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+#: absl's log prefix: severity, MMDD, time, thread id, file:line, "] ".
+_ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ ([^\]\s]+)\] ?(.*)$")
+_ABSL_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+native_log = logging.getLogger("grpc.core")
+
+
+class NativeStderr:
+    """File descriptor 2 routed into :mod:`logging`: native lines become records of logger ``grpc.core``.
+
+    ``install`` keeps the real stderr on a new descriptor (:attr:`stderr`, also
+    ``sys.stderr`` from then on, so Python's own messages and a CLI's ``Error:``
+    line go straight out), points descriptor 2 at a pipe, and a daemon thread
+    turns each line read from it into a record: absl's severity letter as the
+    level, ``file.cc:line`` as ``source``, the rest as the message (an
+    unrecognised line is a WARNING as written). At exit, descriptor 2 is put
+    back and the lines still in the pipe are logged before logging shuts down.
+    What a native crash writes just before the process dies may be lost.
+    Installed once per process.
+    """
+
+    _installed: "NativeStderr | None" = None
+
+    def __init__(self) -> None:
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        self.stderr = open(self._saved, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)  # noqa: SIM115
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        sys.stderr = self.stderr
+        self._reader = threading.Thread(target=self._pump, args=(read_end,), name="native-stderr", daemon=True)
+        self._reader.start()
+        atexit.register(self.restore)
+
+    @classmethod
+    def install(cls) -> "NativeStderr":
+        if cls._installed is None:
+            cls._installed = cls()
+        return cls._installed
+
+    @staticmethod
+    def record(line: str) -> None:
+        """Log one native line (see the class docstring)."""
+        match = _ABSL_LINE.match(line)
+        if match is None:
+            native_log.warning("%s", line, extra={"event": "native"})
+        else:
+            native_log.log(_ABSL_LEVELS[match[1]], "%s", match[3], extra={"event": "native", "source": match[2]})
+
+    def _pump(self, fd: int) -> None:
+        with open(fd, "rb") as pipe:
+            for raw in pipe:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.strip():
+                    try:
+                        self.record(line)
+                    except Exception:  # pragma: no cover - logging must not kill the pump
+                        pass
+
+    def restore(self) -> None:
+        """Put the real stderr back on descriptor 2 (ending the pipe) and log what was left in it."""
+        os.dup2(self._saved, 2)
+        self._reader.join(2.0)
 
 
 class Metrics:
@@ -400,11 +479,11 @@ class ObservedHandlers:
         if not observed and admission is None:
             return handler
         method = full_method.lstrip("/")
+        check = admission.checker(full_method) if admission is not None else None  # roles of this service
         if handler.request_streaming or handler.response_streaming or not observed:
-            return _wrap_handler(handler, self._around(method, admission, observed))
+            return _wrap_handler(handler, self._around(method, check, observed))
         # Unary-unary (every issuer RPC): one coroutine does timing, admission and the call.
         record, behaviour = self._record, handler.unary_unary
-        check = admission.check if admission is not None else None
         perf_counter, clear_caller = time.perf_counter, auth.clear_caller
 
         async def unary(request, context):
@@ -428,12 +507,12 @@ class ObservedHandlers:
             response_serializer=handler.response_serializer,
         )
 
-    def _around(self, method: str, admission: auth.Admission | None, observed: bool):
+    def _around(self, method: str, check: Callable[[grpc.aio.ServicerContext], Any] | None, observed: bool):
         record = self._record
 
         async def admit(context) -> None:
-            if admission is not None:
-                refusal = admission.check(context)
+            if check is not None:
+                refusal = check(context)
                 if refusal is not None:
                     await context.abort(*refusal)
 
@@ -508,6 +587,55 @@ class _WrappedGenericHandler(grpc.GenericRpcHandler):
         return wrapped
 
 
+# --------------------------------------------------------------------------- reflection v1
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _v1_reflection_descriptor() -> None:
+    """Put ``grpc/reflection/v1/reflection.proto`` in the default descriptor pool (idempotent).
+
+    grpcio-reflection (1.85) ships v1alpha only. v1 has the same messages with the
+    same field numbers in package ``grpc.reflection.v1``, so its descriptor is
+    v1alpha's renamed, and the v1alpha servicer and message classes serve it.
+    """
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName("grpc/reflection/v1/reflection.proto")
+        return
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    old, new = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    proto.name, proto.package = "grpc/reflection/v1/reflection.proto", "grpc.reflection.v1"
+    proto.ClearField("options")  # v1alpha's is marked deprecated; v1 is not
+    messages = list(proto.message_type)
+    while messages:
+        message = messages.pop()
+        messages.extend(message.nested_type)
+        for f in message.field:
+            if f.type_name.startswith(old):
+                f.type_name = new + f.type_name[len(old):]
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = new + method.input_type[len(old):]
+            method.output_type = new + method.output_type[len(old):]
+    pool.AddSerializedFile(proto.SerializeToString())
+
+
+def add_reflection_v1(servicer: Any, server: Any) -> None:
+    """Serve ``servicer`` (a v1alpha reflection servicer) as ``grpc.reflection.v1.ServerReflection`` too:
+    grpcurl and IDE clients ask for v1 first."""
+    _v1_reflection_descriptor()
+    handlers = {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, handlers),))
+    server.add_registered_method_handlers(REFLECTION_V1, handlers)
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -549,7 +677,8 @@ class IssuerServer:
         )
         per_caller = {k.caller: k.rate_limit for k in options.api_keys if k.rate_limit is not None}
         authenticator = auth.Authenticator(
-            options.api_keys, accept_client_certs=options.tls is not None and options.tls.client_ca_pem is not None
+            options.api_keys, accept_client_certs=options.tls is not None and options.tls.client_ca_pem is not None,
+            issuance_clients=options.issuance_clients,
         )
         # No interceptors: every servicer registers through a registrar that wraps its
         # method handlers once with timing, logs, metrics, authentication and rate limits.
@@ -573,9 +702,11 @@ class IssuerServer:
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         # reflection.enable_server_reflection picks the asyncio servicer only for a grpc.aio.Server itself
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(
-            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-        ), registrar)
+        reflector = reflection.aio.ReflectionServicer(
+            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME,
+             REFLECTION_V1])
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, registrar)
+        add_reflection_v1(reflector, registrar)
         if options.tls is not None:
             self.port = self.server.add_secure_port(options.listen, options.tls.credentials())
         else:
@@ -666,19 +797,33 @@ def _read(path, what: str) -> bytes:
         raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
 
 
+def _read_secret(path, what: str) -> bytes:
+    """A secret file's bytes; a :class:`ConfigError` saying ``chmod 600 <path>`` when group or others
+    have any permission on it (another local user could read or replace the secret)."""
+    try:
+        return read_secret(path, what=what)
+    except InsecureFileMode as e:
+        raise ConfigError(str(e)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
 def server_options(config: IssuerConfig) -> ServerOptions:
-    """The :class:`ServerOptions` an :class:`IssuerConfig` describes (reads the TLS and key files)."""
+    """The :class:`ServerOptions` an :class:`IssuerConfig` describes (reads the TLS and key files;
+    the TLS private key and the API keys file must be owner-only)."""
     tls = None
     if not config.insecure_dev_plaintext:
         tls = TlsMaterial(
             cert_chain_pem=_read(config.tls_cert, "TLS certificate"),
-            key_pem=_read(config.tls_key, "TLS key"),
+            key_pem=_read_secret(config.tls_key, "TLS key"),
             client_ca_pem=_read(config.client_ca, "client CA") if config.client_ca else None,
         )
     api_keys: tuple[auth.ApiKey, ...] = ()
     if config.api_keys is not None:
         try:
             api_keys = tuple(auth.load_api_keys(config.api_keys))
+        except InsecureFileMode as e:
+            raise ConfigError(str(e)) from None
         except OSError as e:
             raise ConfigError(f"cannot read API keys file {config.api_keys}: {e.strerror}") from None
         except ValueError as e:
@@ -689,6 +834,7 @@ def server_options(config: IssuerConfig) -> ServerOptions:
         tls=tls,
         insecure_dev_plaintext=config.insecure_dev_plaintext,
         api_keys=api_keys,
+        issuance_clients=frozenset(config.issuance_clients),
         rate_limit=auth.RateLimit(config.rate, config.burst),
         metrics_listen=(config.metrics_address, config.metrics_port) if config.metrics_port else None,
         grace=config.grace_period,
@@ -786,8 +932,8 @@ async def run(
     if config.key_set is not None:
         signer, close_keystore = open_rotating_signer(config, signing_key_passphrase)
     else:
-        signer = load_signer_pem(_read(config.signing_key, "signing key"), signing_key_passphrase)
-    vault_secret = parse_vault_secret(_read(config.vault_key, "vault key"))
+        signer = load_signer_pem(_read_secret(config.signing_key, "signing key"), signing_key_passphrase)
+    vault_secret = parse_vault_secret(_read_secret(config.vault_key, "vault key"))
     try:
         index, codes, close_store = build_domain(config, signer=signer, vault_secret=vault_secret)
     except BaseException:
@@ -803,7 +949,8 @@ async def run(
             key_admin = open_key_admin(
                 config, keystore_secret=signing_key_passphrase, tuf_passphrase=tuf_keys_passphrase,
                 online_passphrase=online_keys_passphrase, clock=utc_now,
-                on_change=lambda _key_set: signer.refresh(force=True))  # sign with a new key set at once
+                on_change=lambda _key_set: signer.refresh(force=True),  # sign with a new key set at once
+                live_codes_signed=signer.codes_signed)  # ListKeys shows the counts not yet written back
         except BaseException:
             close_store()
             if close_keystore is not None:
@@ -850,9 +997,10 @@ async def run(
         reload_now = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, reload_now.set)
         watcher = asyncio.ensure_future(signer.watch(every=config.key_set_check_interval, wake=reload_now))
+    metrics = "metrics off" if server.metrics_port is None else f"metrics port {server.metrics_port}"
     log.info(
-        "listening on port %d (metrics port %s, province %s, %s)",
-        server.port, server.metrics_port, config.province, "TLS" if options.tls else "PLAINTEXT",
+        "listening on port %d (%s, province %s, %s)",
+        server.port, metrics, config.province, "TLS" if options.tls else "PLAINTEXT",
         extra={"event": "listening", "port": server.port, "metrics_port": server.metrics_port},
     )
     if ready is not None:
@@ -866,3 +1014,5 @@ async def run(
             loop.remove_signal_handler(signal.SIGHUP)
             watcher.cancel()
         await server.shutdown()
+        if watcher is not None:  # after the last RPC: the key-set file gets the final codes-signed counts
+            await signer.write_back()

@@ -1,38 +1,54 @@
-"""Who is calling, and may they call now: API keys, mTLS client certificates, rate limits.
+"""Who is calling, what may they call, and may they call now: API keys, mTLS client
+certificates, roles, rate limits.
 
 * :class:`Authenticator` turns a call's metadata and TLS auth context into a
-  caller name, or ``None``:
+  :class:`Caller` (a name and a :class:`Role`, or no role), or ``None``:
 
   - ``authorization: Bearer <key>``: the key's SHA-256 is compared in constant
     time with *every* configured hash (no early exit), and the caller is the
-    name configured with the matching hash. A call that presents a key is
-    judged by the key alone: a wrong key is refused even on an mTLS
-    connection.
+    name configured with the matching hash, with that entry's role (always
+    :attr:`Role.ISSUANCE`). A call that presents a key is judged by the key
+    alone: a wrong key is refused even on an mTLS connection.
   - otherwise, when client certificates are accepted (the server has a client
     CA, so gRPC already verified the chain in the handshake), the caller is the
-    certificate's subject CN.
+    certificate's subject CN, and its role is named explicitly
+    (:func:`certificate_role`): ``admin:<province>`` a province key admin,
+    ``national:<name>`` the national operations centre, a CN listed in
+    ``issuance_clients`` (the config's ``auth.issuance_clients``) an issuance
+    client; any other CN has no role and may call nothing.
 
+* **Roles** (default deny, :data:`SERVICE_ROLES`): ``ResidentIndex`` and
+  ``HealthCodes`` take the issuance role only; ``KeyAdmin`` takes the admin
+  and national roles only (it then checks the province itself); server
+  reflection takes any role; a service missing from the table takes nobody.
+  The standard health service is exempt from all of it.
 * :class:`RateLimiter` keeps one token bucket per caller (``rate`` tokens a
   second, ``burst`` at most), with per-caller overrides.
-* :class:`Admission` applies both to every RPC of every service except
-  the exempt ones (the standard health service): UNAUTHENTICATED or
-  RESOURCE_EXHAUSTED before the servicer runs, and the caller's name in
-  :func:`current_caller` while it runs.
+* :class:`Admission` applies all three to every RPC of every service except
+  the exempt ones: UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED
+  before the servicer runs (a refused call spends no token), and the caller's
+  name in :func:`current_caller` while it runs.
 
 The API keys file is TOML, hashes only (``hash_api_key`` makes one)::
 
     [[callers]]
     name = "mobile-app"
     key_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    role = "issuance"   # optional, the default and the only role an API key can have
     rate = 200.0   # optional: tokens per second for this caller
     burst = 400    # optional
+
+It is a secret (anyone who can change it can add a caller): :func:`load_api_keys`
+refuses a file group or others can read or write (``chmod 600``).
 """
 
 from __future__ import annotations
 
 import contextvars
+import enum
 import hashlib
 import hmac
+import logging
 import pathlib
 import re
 import secrets
@@ -43,7 +59,15 @@ from typing import Any, Callable, Iterable, Mapping
 
 import grpc
 
+from healthcode import PROVINCES
+from shellkit.files import read_secret
+
 __all__ = [
+    "Role",
+    "Caller",
+    "SERVICE_ROLES",
+    "certificate_role",
+    "check_issuance_client_name",
     "ApiKey",
     "RateLimit",
     "Authenticator",
@@ -65,6 +89,12 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 _MAX_KEY_LENGTH = 256
 _CALLER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+#: Certificate CNs that name a key-administration role (``issuer/key_admin.py`` checks the province).
+PROVINCE_ADMIN_CN = re.compile(r"admin:([0-9]{2})")
+NATIONAL_CN = re.compile(r"national:[A-Za-z0-9][A-Za-z0-9._@-]{0,54}")
+_ROLE_PREFIXES = ("admin:", "national:")
+
+log = logging.getLogger("issuer.auth")
 
 _CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("issuer_caller", default=None)
 
@@ -85,6 +115,62 @@ def clear_caller() -> None:
 def peek_caller() -> str | None:
     """The caller if one was authenticated in this context, else ``None`` (for logs)."""
     return _CALLER.get()
+
+
+class Role(enum.Enum):
+    """What a caller is for. Every caller has at most one; no role means no service."""
+
+    ISSUANCE = "issuance"  # ResidentIndex, HealthCodes: API keys, and certificates in auth.issuance_clients
+    PROVINCE_ADMIN = "admin"  # KeyAdmin on its own province: certificate CN admin:<province>
+    NATIONAL = "national"  # KeyAdmin reads and compromise cut-off: certificate CN national:<name>
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller: its name, its role (None: may call nothing), and whether an API key named it."""
+
+    name: str
+    role: Role | None
+    by_api_key: bool = False
+
+
+_ANY_ROLE = frozenset(Role)
+#: Which roles may call each service; a service not listed takes nobody (default deny).
+SERVICE_ROLES: Mapping[str, frozenset[Role]] = {
+    "healthcode.issuer.v1.ResidentIndex": frozenset({Role.ISSUANCE}),
+    "healthcode.issuer.v1.HealthCodes": frozenset({Role.ISSUANCE}),
+    "healthcode.admin.v1.KeyAdmin": frozenset({Role.PROVINCE_ADMIN, Role.NATIONAL}),
+    "grpc.reflection.v1alpha.ServerReflection": _ANY_ROLE,
+    "grpc.reflection.v1.ServerReflection": _ANY_ROLE,
+}
+
+_WHO_HAS = {
+    Role.ISSUANCE: "issuance clients",
+    Role.PROVINCE_ADMIN: "admin:<province> certificates",
+    Role.NATIONAL: "national:<name> certificates",
+}
+
+
+def certificate_role(common_name: str, issuance_clients: frozenset[str] | set[str] = frozenset()) -> Role | None:
+    """The role a client certificate's CN names: ``admin:<province>``, ``national:<name>``, or a CN
+    listed in ``issuance_clients``; None for anything else (``admin:99``, an unlisted CN)."""
+    match = PROVINCE_ADMIN_CN.fullmatch(common_name)
+    if match:
+        return Role.PROVINCE_ADMIN if match[1] in PROVINCES else None
+    if NATIONAL_CN.fullmatch(common_name):
+        return Role.NATIONAL
+    if common_name in issuance_clients and not common_name.startswith(_ROLE_PREFIXES):
+        return Role.ISSUANCE
+    return None
+
+
+def check_issuance_client_name(name: Any) -> str:
+    """``name`` if it can be an issuance client's certificate CN; raises ``ValueError`` saying why not."""
+    if not isinstance(name, str) or not _CALLER_NAME.match(name):
+        raise ValueError("an issuance client's name is 1-64 characters of A-Z a-z 0-9 . _ @ : -")
+    if name.startswith(_ROLE_PREFIXES):
+        raise ValueError(f"{name!r} is a key-administration name (admin:/national:): a certificate has one role")
+    return name
 
 
 def hash_api_key(key: str) -> str:
@@ -111,15 +197,24 @@ class RateLimit:
 
 @dataclass(frozen=True)
 class ApiKey:
-    """One configured caller: its name, its key's SHA-256, an optional own rate limit."""
+    """One configured caller: its name, its key's SHA-256, an optional own rate limit, its role.
+
+    An API key is always an issuance client: key administration takes a client
+    certificate, so the names ``admin:...`` and ``national:...`` are refused here.
+    """
 
     caller: str
     sha256: bytes
     rate_limit: RateLimit | None = None
+    role: Role = Role.ISSUANCE
 
     def __post_init__(self) -> None:
         if not _CALLER_NAME.match(self.caller):
             raise ValueError("caller name must be 1-64 characters of A-Z a-z 0-9 . _ @ : -")
+        if self.caller.startswith(_ROLE_PREFIXES):
+            raise ValueError("caller names admin:... and national:... belong to key administrators' certificates")
+        if self.role is not Role.ISSUANCE:
+            raise ValueError("an API key can only have the issuance role")
         if len(self.sha256) != 32:
             raise ValueError("key hash must be 32 bytes (SHA-256)")
 
@@ -136,7 +231,7 @@ def parse_api_keys(data: Mapping[str, Any]) -> list[ApiKey]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ValueError(f"keys file: callers[{i}] must be a table")
-        unknown = set(entry) - {"name", "key_sha256", "rate", "burst"}
+        unknown = set(entry) - {"name", "key_sha256", "role", "rate", "burst"}
         if unknown:
             raise ValueError(f"keys file: callers[{i}] has unknown fields {sorted(unknown)}")
         name, digest = entry.get("name"), entry.get("key_sha256")
@@ -149,7 +244,14 @@ def parse_api_keys(data: Mapping[str, Any]) -> list[ApiKey]:
                 limit = RateLimit(rate, float(entry.get("burst", max(1.0, rate))))
             except (KeyError, TypeError, ValueError):
                 raise ValueError(f"keys file: callers[{i}] needs rate > 0 (and burst >= 1)") from None
-        keys.append(ApiKey(name, bytes.fromhex(digest), limit))
+        role = entry.get("role", Role.ISSUANCE.value)
+        if role != Role.ISSUANCE.value:
+            raise ValueError(f'keys file: callers[{i}] role must be "issuance" (the default): key administrators '
+                             "use admin:<province> or national:<name> client certificates, never API keys")
+        try:
+            keys.append(ApiKey(name, bytes.fromhex(digest), limit))
+        except ValueError as e:
+            raise ValueError(f"keys file: callers[{i}]: {e}") from None
     names = [k.caller for k in keys]
     if len(set(names)) != len(names):
         raise ValueError("keys file: caller names must be unique")
@@ -160,24 +262,35 @@ def parse_api_keys(data: Mapping[str, Any]) -> list[ApiKey]:
 
 
 def load_api_keys(path: pathlib.Path) -> list[ApiKey]:
-    """Read and parse an API keys file."""
-    with open(path, "rb") as f:
-        return parse_api_keys(tomllib.load(f))
+    """Read and parse an API keys file.
+
+    Raises :class:`shellkit.files.InsecureFileMode` (a ``PermissionError``, message
+    ending ``chmod 600 <path>``) when group or others have any permission on it,
+    ``OSError`` when it cannot be read, ``ValueError`` when it is not a valid keys file.
+    """
+    data = read_secret(path, what="API keys file")
+    try:
+        return parse_api_keys(tomllib.loads(data.decode("utf-8")))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"API keys file {path} is not valid TOML: {e}") from None
 
 
 class Authenticator:
-    """Maps a call's credentials to a caller name (see the module docstring)."""
+    """Maps a call's credentials to a :class:`Caller` (see the module docstring)."""
 
-    def __init__(self, api_keys: Iterable[ApiKey], *, accept_client_certs: bool) -> None:
+    def __init__(self, api_keys: Iterable[ApiKey], *, accept_client_certs: bool,
+                 issuance_clients: Iterable[str] = ()) -> None:
         self._keys = tuple(api_keys)
         self._accept_client_certs = accept_client_certs
+        self._issuance_clients = frozenset(issuance_clients)
+        self._roles: dict[str, Role | None] = {}  # certificate CN -> role, decided once per CN
 
     def authenticate(
         self,
         metadata: Iterable[tuple[str, Any]] | None,
         auth_context: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
-    ) -> str | None:
-        """The caller's name, or ``None``. ``auth_context`` may be a callable, called only when needed."""
+    ) -> Caller | None:
+        """The caller, or ``None``. ``auth_context`` may be a callable, called only when needed."""
         authorization = None
         for key, value in metadata or ():
             if key == "authorization":
@@ -193,10 +306,19 @@ class Authenticator:
             for name in names:
                 cn = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
                 if _CALLER_NAME.match(cn):
-                    return cn
+                    return self._certificate_caller(cn)
         return None
 
-    def _by_key(self, authorization: Any) -> str | None:
+    def _certificate_caller(self, cn: str) -> Caller:
+        try:
+            role = self._roles[cn]
+        except KeyError:
+            role = certificate_role(cn, self._issuance_clients)
+            if len(self._roles) < 10_000:  # CNs come from the client CA: a bounded set in practice
+                self._roles[cn] = role
+        return Caller(cn, role)
+
+    def _by_key(self, authorization: Any) -> Caller | None:
         if isinstance(authorization, bytes):
             authorization = authorization.decode("latin-1")
         scheme, _, token = str(authorization).partition(" ")
@@ -207,8 +329,8 @@ class Authenticator:
         found = None
         for key in self._keys:  # every comparison runs: time does not depend on which matched
             if hmac.compare_digest(digest, key.sha256):
-                found = key.caller
-        return found
+                found = key
+        return None if found is None else Caller(found.caller, found.role, by_api_key=True)
 
 
 class RateLimiter:
@@ -252,14 +374,18 @@ def service_of(method: str) -> str:
     return method.lstrip("/").partition("/")[0]
 
 
+Refusal = tuple[grpc.StatusCode, str]
+
+
 class Admission:
-    """Authenticates and rate-limits every RPC outside ``exempt_services``.
+    """Authenticates, authorizes (by role) and rate-limits every RPC outside ``exempt_services``.
 
     Not a gRPC interceptor: the server wraps each method handler once, when
-    services register (``issuer.app``), and the wrapper calls :meth:`check`
-    before the servicer runs. A ``grpc.aio`` interceptor runs a coroutine
-    pipeline on every call before the handler is even found; measured in the
-    issuer, that alone cost more CPU per call than authenticating.
+    services register (``issuer.app``), takes the method's :meth:`checker`
+    then, and the wrapper calls it before the servicer runs. A ``grpc.aio``
+    interceptor runs a coroutine pipeline on every call before the handler is
+    even found; measured in the issuer, that alone cost more CPU per call than
+    authenticating.
     """
 
     def __init__(
@@ -268,25 +394,60 @@ class Admission:
         limiter: RateLimiter,
         *,
         exempt_services: Iterable[str] = (HEALTH_SERVICE,),
+        service_roles: Mapping[str, frozenset[Role]] = SERVICE_ROLES,
     ) -> None:
         self._authenticator = authenticator
         self._limiter = limiter
         self._exempt = frozenset(exempt_services)
+        self._service_roles = dict(service_roles)
 
-    def check(self, context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
-        """Authenticate and rate-limit the call; ``None`` when admitted, else the status to abort with.
+    def checker(self, method: str) -> Callable[[grpc.aio.ServicerContext], Refusal | None]:
+        """The admission check of ``method`` (``/pkg.Service/Method``): call it with the RPC's context;
+        ``None`` when admitted, else the status to abort with.
 
-        Sets the caller (:func:`current_caller`) when it is known, also for a
-        rate-limit refusal (which is logged against the caller).
+        It sets the caller (:func:`current_caller`) when it is known, also for a
+        permission or rate-limit refusal (which is logged against the caller).
         """
-        caller = self._authenticator.authenticate(context.invocation_metadata(), context.auth_context)
-        if caller is None:
-            return grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials"
-        _CALLER.set(caller)
-        if not self._limiter.try_acquire(caller):
-            return grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded; retry later"
-        return None
+        service = service_of(method)
+        allowed = self._service_roles.get(service, frozenset())
+        authenticate, try_acquire = self._authenticator.authenticate, self._limiter.try_acquire
+
+        def check(context: grpc.aio.ServicerContext) -> Refusal | None:
+            caller = authenticate(context.invocation_metadata(), context.auth_context)
+            if caller is None:
+                return grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials"
+            _CALLER.set(caller.name)
+            if caller.role not in allowed:
+                return grpc.StatusCode.PERMISSION_DENIED, _denial(caller, service, allowed)
+            if not try_acquire(caller.name):
+                return grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded; retry later"
+            return None
+
+        return check
 
     def exempt(self, method: str) -> bool:
         """Whether ``method`` (``/pkg.Service/Method``) is outside authentication."""
         return service_of(method) in self._exempt
+
+
+
+def _denial(caller: Caller, service: str, allowed: frozenset[Role]) -> str:
+    """The PERMISSION_DENIED message: who the caller is, and who the service is open to.
+
+    Logged once as a WARNING (caller, role, service; never request contents).
+    """
+    how = "API key" if caller.by_api_key else "certificate"
+    if caller.role is None:
+        who = (f"{how} {caller.name!r} has no role (a CN must be admin:<province>, national:<name>, "
+               "or listed in auth.issuance_clients)")
+    else:
+        who = f"{how} {caller.name!r} has the {caller.role.value} role"
+    if not allowed:
+        open_to = f"{service} is open to no caller"
+    else:
+        open_to = f"{service} is open to " + " and ".join(_WHO_HAS[r] for r in Role if r in allowed) + " only"
+    log.warning("access denied: caller %s, role %s, service %s", caller.name,
+                caller.role.value if caller.role else "none", service,
+                extra={"event": "access_denied", "caller": caller.name})
+    return f"{who}; {open_to}"
+

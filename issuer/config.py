@@ -21,14 +21,16 @@ Example file (every key optional in the file if given as a flag)::
     client_ca = "pki/ca.pem"          # optional: turns on mTLS (every client then needs a certificate)
 
     [auth]
-    api_keys = "callers.toml"         # see issuer/auth.py for its format
+    api_keys = "callers.toml"         # see issuer/auth.py for its format; owner-only (chmod 600)
+    issuance_clients = ["registration-desk"]   # client-certificate CNs that may issue (needs tls.client_ca);
+                                      # admin:<province> and national:<name> certificates reach KeyAdmin only
     rate = 100.0                      # default per-caller token bucket: tokens a second ...
     burst = 200                       # ... and bucket size
 
     [keys]
     signing_key = "keys/signing-33.pem"          # PKCS#8 PEM, P-256 (ES256) or Ed25519 (EdDSA)
     signing_key_passphrase_env = "HC_SIGNING_KEY_PASSPHRASE"   # if the PEM is encrypted
-    vault_key = "keys/vault.key"                 # 32 bytes as 64 hex digits
+    vault_key = "keys/vault.key"                 # 32 bytes as 64 hex digits; owner-only (chmod 600)
 
 Rotating keys instead of one fixed ``signing_key`` (see ``keys/lifecycle.py``)::
 
@@ -63,6 +65,10 @@ Rotating keys instead of one fixed ``signing_key`` (see ``keys/lifecycle.py``)::
 
 Plaintext gRPC is never configured in the file: only the
 ``--insecure-dev-plaintext`` flag turns TLS off, for one development run.
+
+Secret files (``keys.vault_key``, ``auth.api_keys``, ``keys.signing_key``,
+``tls.key``) must be owner-only: ``healthcode-issuer serve`` refuses to start
+when group or others have any permission on one, and says ``chmod 600 <path>``.
 """
 
 from __future__ import annotations
@@ -103,6 +109,7 @@ class IssuerConfig:
     client_ca: pathlib.Path | None = None
     insecure_dev_plaintext: bool = False
     api_keys: pathlib.Path | None = None
+    issuance_clients: tuple[str, ...] = ()
     rate: float = 100.0
     burst: float = 200.0
     code_validity: dt.timedelta = dt.timedelta(days=7)
@@ -141,6 +148,7 @@ class IssuerConfig:
             raise ConfigError("tls.cert and tls.key go together")
         if self.api_keys is None and self.client_ca is None:
             raise ConfigError("no way to authenticate callers: set auth.api_keys and/or tls.client_ca")
+        self._check_issuance_clients()
         if not (self.rate > 0 and self.burst >= 1):
             raise ConfigError("auth.rate must be > 0 and auth.burst >= 1")
         if self.code_validity <= dt.timedelta(0):
@@ -173,6 +181,18 @@ class IssuerConfig:
             split_postgres_url(self.database)
         except ValueError as e:
             raise ConfigError(f"database: {e}") from None
+
+    def _check_issuance_clients(self) -> None:
+        from issuer.auth import check_issuance_client_name
+
+        if self.issuance_clients and self.client_ca is None:
+            raise ConfigError("auth.issuance_clients names client certificates: set tls.client_ca")
+        for name in self.issuance_clients:
+            try:
+                check_issuance_client_name(name)
+            except ValueError as e:
+                raise ConfigError(f"auth.issuance_clients: {e}") from None
+        object.__setattr__(self, "issuance_clients", tuple(self.issuance_clients))
 
     def _check_revocation(self) -> None:
         if self.revocation_directory is None:
@@ -244,6 +264,12 @@ def _int(value: Any) -> int:
     return value
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError
+    return tuple(value)
+
+
 def _hours(value: Any) -> dt.timedelta:
     return dt.timedelta(hours=_number(value))
 
@@ -270,6 +296,7 @@ FILE_KEYS: Mapping[tuple[str, str], tuple[str, Callable[[Any], Any]]] = {
     ("tls", "key"): ("tls_key", _path),
     ("tls", "client_ca"): ("client_ca", _path),
     ("auth", "api_keys"): ("api_keys", _path),
+    ("auth", "issuance_clients"): ("issuance_clients", _names),
     ("auth", "rate"): ("rate", _number),
     ("auth", "burst"): ("burst", _number),
     ("keys", "signing_key"): ("signing_key", _path),

@@ -2,7 +2,11 @@
 
 For the demo, tests and benchmarks only. It writes into one directory: a dev
 PKI (``issuer/tls.py``), a province signing key, a vault secret, an API key
-and its hash, and ``issuer.toml``; :class:`ServerProcess` runs
+and its hash, and ``issuer.toml``; every secret (keys, vault secret, API key,
+``callers.toml``) is created owner-only (0600), as ``serve`` requires. With
+``mtls=True`` the server also requires client certificates, and the caller
+gets one (``pki/<caller>.pem``/``.key``), listed in ``auth.issuance_clients``
+so it has the issuance role. :class:`ServerProcess` runs
 ``python -m issuer serve`` on it as a real subprocess and waits for the
 standard health service to say SERVING.
 """
@@ -48,32 +52,47 @@ class DevEnvironment:
     ca_pem: bytes
     public_key: hc.VerificationKey
     created_at: dt.datetime
+    client_cert: pathlib.Path | None = None  # with mtls: the caller's certificate (issuance role) ...
+    client_key: pathlib.Path | None = None  # ... and its private key (0600)
 
     @classmethod
     def create(cls, directory: pathlib.Path, *, province: str = "33", now: dt.datetime,
-               caller: str = "app", rate: float = 100_000, burst: float = 100_000) -> "DevEnvironment":
+               caller: str = "app", rate: float = 100_000, burst: float = 100_000,
+               mtls: bool = False) -> "DevEnvironment":
         directory = pathlib.Path(directory)
         (directory / "pki").mkdir(parents=True, exist_ok=True)
-        DevPki.create(now=now).write(directory / "pki")
+        DevPki.create(now=now).write(directory / "pki", clients=[caller] if mtls else [])
         signing = ec.generate_private_key(ec.SECP256R1())
         _write_secret(directory / "signing.pem", signing.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         _write_secret(directory / "vault.key", os.urandom(32).hex().encode() + b"\n")
         api_key = generate_api_key()
         _write_secret(directory / "app.apikey", api_key.encode() + b"\n")
-        (directory / "callers.toml").write_text(
-            f'[[callers]]\nname = "{caller}"\nkey_sha256 = "{hash_api_key(api_key)}"\n')
+        _write_secret(directory / "callers.toml",
+                      f'[[callers]]\nname = "{caller}"\nkey_sha256 = "{hash_api_key(api_key)}"\n'.encode())
         config = directory / "issuer.toml"
+        client_ca = 'client_ca = "pki/ca.pem"\n' if mtls else ""
+        issuance_clients = f'issuance_clients = ["{caller}"]\n' if mtls else ""
         config.write_text(
             f'province = "{province}"\ndatabase = "issuer.db"\nlisten = "127.0.0.1:0"\n\n'
-            '[tls]\ncert = "pki/server.pem"\nkey = "pki/server.key"\n\n'
-            f'[auth]\napi_keys = "callers.toml"\nrate = {rate}\nburst = {burst}\n\n'
+            f'[tls]\ncert = "pki/server.pem"\nkey = "pki/server.key"\n{client_ca}\n'
+            f'[auth]\napi_keys = "callers.toml"\n{issuance_clients}rate = {rate}\nburst = {burst}\n\n'
             '[keys]\nsigning_key = "signing.pem"\nvault_key = "vault.key"\n'
         )
         public = hc.load_public_key_der(signing.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
         return cls(directory, province, config, directory / "issuer.db", api_key,
-                   (directory / "pki" / "ca.pem").read_bytes(), public, now)
+                   (directory / "pki" / "ca.pem").read_bytes(), public, now,
+                   directory / "pki" / f"{caller}.pem" if mtls else None,
+                   directory / "pki" / f"{caller}.key" if mtls else None)
+
+    def channel_credentials(self) -> "grpc.ChannelCredentials":
+        """TLS credentials for a client of this issuer (with the caller's certificate under mtls)."""
+        import grpc
+
+        if self.client_cert is None or self.client_key is None:
+            return grpc.ssl_channel_credentials(root_certificates=self.ca_pem)
+        return grpc.ssl_channel_credentials(self.ca_pem, self.client_key.read_bytes(), self.client_cert.read_bytes())
 
     def keyring(self, *, use_days: int = 90, code_validity_days: int = 7) -> hc.Keyring:
         """A verifier's keyring holding this issuer's key (what trust sync will deliver)."""
@@ -118,7 +137,7 @@ class ServerProcess:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout
-        credentials = grpc.ssl_channel_credentials(root_certificates=self.env.ca_pem)
+        credentials = self.env.channel_credentials()
         while True:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"issuer exited with {self.process.returncode}; see {self.log_path}")

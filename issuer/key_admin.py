@@ -4,8 +4,11 @@ Wire types (``issuer.api.key_admin_pb2``) stay in this module; the work is
 done by :class:`keys.ceremony.ProvinceKeyAdmin` over the issuer's key-set
 file, its keystore (files or HSM) and the national trust repository.
 
-**Who may call** (:func:`authorize`). The caller is the subject CN of its
-client certificate, taken from the TLS auth context; a call that carries an
+**Who may call** (:func:`authorize`). The issuer's admission layer
+(:mod:`issuer.auth`) lets only the admin and national roles reach this
+service; each call is checked again here, per method and province. The
+caller is the subject CN of its client certificate, taken from the TLS auth
+context; a call that carries an
 API key (``authorization`` metadata) is refused, even on an mTLS connection,
 so a leaked API key never administers keys. Roles:
 
@@ -38,7 +41,6 @@ import asyncio
 import datetime as dt
 import logging
 import pathlib
-import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -49,6 +51,7 @@ from grpc_status import rpc_status
 
 from healthcode import PROVINCES, Algorithm, CompromisePolicy
 from issuer.api import key_admin_pb2, key_admin_pb2_grpc
+from issuer.auth import NATIONAL_CN, PROVINCE_ADMIN_CN
 from issuer.errors import Conflict, FieldViolation, InvalidRequest, IssuerError, NotFound, Unavailable, Violations
 from issuer.service import ERROR_DOMAIN, status_code_for
 from keys.ceremony import Outcome, ProvinceKeyAdmin
@@ -66,8 +69,8 @@ SERVICE = key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"].full_name
 READ_METHODS = frozenset({"ListKeys", "PlanRotation"})
 #: What a national role may do on any province: read, and cut off a compromised key.
 NATIONAL_METHODS = READ_METHODS | {"MarkCompromised", "PublishKeyList"}
-_PROVINCE_ADMIN = re.compile(r"admin:([0-9]{2})")
-_NATIONAL = re.compile(r"national:[A-Za-z0-9][A-Za-z0-9._@-]{0,54}")
+_PROVINCE_ADMIN = PROVINCE_ADMIN_CN  # the CN scheme issuer.auth assigns roles by
+_NATIONAL = NATIONAL_CN
 _MAX_KID = 32
 _MAX_LABEL = 64
 
@@ -420,6 +423,7 @@ def open_key_admin(
     online_passphrase: bytes | None,
     clock: Callable[[], dt.datetime],
     on_change: Callable[[Any], None] | None = None,
+    live_codes_signed: Callable[[], Any] | None = None,
 ) -> KeyAdminService:
     """The KeyAdmin service an :class:`issuer.config.IssuerConfig` describes (``trust_repo`` set).
 
@@ -461,5 +465,6 @@ def open_key_admin(
         keystore.close()
         raise ConfigError(f"key admin: {exc}") from None
     admin = ProvinceKeyAdmin(province=config.province, key_set_path=config.key_set, keystore=keystore, repo=repo,
-                             tuf_signers=tuf_signers, publish_snapshot=online is not None, on_change=on_change)
+                             tuf_signers=tuf_signers, publish_snapshot=online is not None, on_change=on_change,
+                             live_codes_signed=live_codes_signed)  # ListKeys/PlanRotation: the signer's live counts
     return KeyAdminService(admin, clock=clock, on_close=keystore.close)

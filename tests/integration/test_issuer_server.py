@@ -45,6 +45,7 @@ from issuer.service import ServiceSettings
 from issuer.store.base import DuplicateIdentifier, StoreClosed
 from issuer.store.sqlite import SQLiteStore
 from issuer.tls import DevPki
+from shellkit.files import write_file_atomically
 
 PROVINCE = "33"
 APP_KEY = "app-key-" + "a" * 40
@@ -655,7 +656,7 @@ def test_rate_limiter_refills():
 
 
 def test_mtls_client_certificate_is_a_caller(harness):
-    server, domain, _ = harness.start(client_ca=True)
+    server, domain, _ = harness.start(client_ca=True, issuance_clients=frozenset({"ops"}))  # an issuance client
     try:
         ops = Client(server.port, harness.pki, cert=harness.pki.client("ops"))
         anon = Client(server.port, harness.pki)
@@ -893,13 +894,13 @@ def test_cli_serve_from_config_file_and_sigterm(tmp_path, pki):
 
     paths = pki.write(tmp_path / "pki")
     key = ec.generate_private_key(ec.SECP256R1())
-    (tmp_path / "signing.pem").write_bytes(key.private_bytes(
+    write_file_atomically(tmp_path / "signing.pem", key.private_bytes(  # secrets are owner-only (0600)
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"correct horse"),
     ))
-    (tmp_path / "vault.key").write_text(os.urandom(32).hex() + "\n")
-    (tmp_path / "callers.toml").write_text(
-        f'[[callers]]\nname = "app"\nkey_sha256 = "{auth.hash_api_key(APP_KEY)}"\n'
+    write_file_atomically(tmp_path / "vault.key", os.urandom(32).hex().encode() + b"\n")
+    write_file_atomically(
+        tmp_path / "callers.toml", f'[[callers]]\nname = "app"\nkey_sha256 = "{auth.hash_api_key(APP_KEY)}"\n'.encode()
     )
     (tmp_path / "issuer.toml").write_text(
         'province = "33"\ndatabase = "issuer.db"\nlisten = "127.0.0.1:1"\n'

@@ -37,6 +37,7 @@ from issuer.tls import DevPki
 from keys import ceremony
 from keys.keystore import FileKeystore
 from keys.lifecycle import load_key_set
+from shellkit.files import write_file_atomically
 from verifier.trustsync import TrustSync
 
 UTC = dt.timezone.utc
@@ -293,17 +294,23 @@ def test_national_role_reads_and_cuts_off_a_compromised_key_but_does_not_rotate(
 
 
 @pytest.mark.parametrize("cn, metadata, why", [
-    ("admin:33", (("authorization", f"Bearer {API_KEY}"),), "never API keys"),  # even on a province admin's TLS
-    ("ops", (), "'ops' is not a key administrator"),
-    ("admin:99", (), "'admin:99' is not a key administrator"),
-    ("national:", (), "'national:' is not a key administrator"),
+    # even on a province admin's TLS connection, an API key is judged alone: an issuance client
+    ("admin:33", (("authorization", f"Bearer {API_KEY}"),), "API key 'app' has the issuance role"),
+    ("ops", (), "certificate 'ops' has no role"),
+    ("admin:99", (), "certificate 'admin:99' has no role"),
+    ("national:", (), "certificate 'national:' has no role"),
 ])
 def test_api_key_and_unknown_callers_are_refused(served, caplog, cn, metadata, why):
-    caplog.set_level(logging.WARNING, logger="issuer.key_admin")
+    """The issuer's admission layer refuses them before KeyAdmin runs (tests/integration/test_roles.py
+    has the whole matrix); KeyAdmin's own checks stay behind it (test_permission_table)."""
+    caplog.set_level(logging.WARNING, logger="issuer.auth")
     with pytest.raises(grpc.RpcError) as err:
         call(served.stub(cn), "ListKeys", kpb.ListKeysRequest(province="33"), metadata=metadata)
     assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED and why in err.value.details()
-    assert "key admin denied" in caplog.text and API_KEY not in caplog.text
+    assert ("healthcode.admin.v1.KeyAdmin is open to admin:<province> certificates and national:<name> "
+            "certificates only") in err.value.details()
+    assert "access denied" in caplog.text and API_KEY not in caplog.text
+    assert served.nation.key_set().revision == 1
 
 
 def test_permission_table():
@@ -434,9 +441,9 @@ def test_serve_from_config_offers_key_admin_and_reloads_the_signer_at_once(tmp_p
     nation.keystore.close()  # the issuer opens its own
     server_cert = pki.server()
     (tmp_path / "server.pem").write_bytes(server_cert.cert_pem)
-    (tmp_path / "server.key").write_bytes(server_cert.key_pem)
+    write_file_atomically(tmp_path / "server.key", server_cert.key_pem)  # secrets: owner-only (0600)
     (tmp_path / "ca.pem").write_bytes(pki.ca_cert_pem)
-    (tmp_path / "vault.key").write_text(os.urandom(32).hex() + "\n")
+    write_file_atomically(tmp_path / "vault.key", os.urandom(32).hex().encode() + b"\n")
     config = _config(tmp_path, nation)
     outcome: dict = {}
 
