@@ -57,6 +57,7 @@ from issuer.api import common_pb2, health_codes_pb2, health_codes_pb2_grpc, resi
 from issuer.auth import generate_api_key, hash_api_key
 from issuer.documents import make_resident_id
 from issuer.tls import DevPki
+from shellkit.files import write_file_atomically
 
 __all__ = [
     "PROVINCE",
@@ -108,13 +109,14 @@ class Workspace:
         paths = DevPki.create(now=now).write(directory / "pki")
         private = ec.generate_private_key(ec.SECP256R1())
         signing_key = directory / "signing.pem"
-        signing_key.write_bytes(private.private_bytes(
+        # secrets owner-only: the issuer refuses to start on a secret others can read
+        write_file_atomically(signing_key, private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         vault_key = directory / "vault.key"
-        vault_key.write_text(os.urandom(32).hex() + "\n")
+        write_file_atomically(vault_key, (os.urandom(32).hex() + "\n").encode())
         api_key = generate_api_key()
         callers = directory / "callers.toml"
-        callers.write_text(f'[[callers]]\nname = "{CALLER}"\nkey_sha256 = "{hash_api_key(api_key)}"\n')
+        write_file_atomically(callers, f'[[callers]]\nname = "{CALLER}"\nkey_sha256 = "{hash_api_key(api_key)}"\n'.encode())
         public_key = hc.load_public_key_pem(private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         database = directory / "issuer.db"
