@@ -3,9 +3,13 @@
 This is the only place that reads argv and the environment. Commands:
 
 * ``serve``: run the gRPC issuer (see ``healthcode-issuer serve --help``);
-* ``batch-issue``: codes and printable QR sheets for a CSV of residents.
+* ``batch-issue``: codes and printable QR sheets for a CSV of residents;
+* ``reprint``: a new printed code for one resident at the front desk (the old
+  ones revoked, so there is never a second valid code).
 
-Further commands attach to :data:`cli` with ``@cli.command()``.
+Further commands attach to :data:`cli` with ``@cli.command()``. Every expected
+failure (the issuer's errors, files, RPC errors) ends in one ``Error:`` line on
+stderr and exit 1 (:func:`shellkit.cli.run_click`), never a traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from issuer.errors import IssuerError
 __all__ = ["cli", "main"]
 
 _PATH = click.Path(path_type=pathlib.Path, dir_okay=False)
+_EXISTING = click.Path(path_type=pathlib.Path, dir_okay=False, exists=True)
 
 
 class _DatabaseType(click.ParamType):
@@ -115,38 +120,82 @@ def serve(config_file: pathlib.Path | None, code_validity_hours: float | None, *
         raise click.ClickException(f"cannot serve: {e.message}") from None
 
 
+def _client_options(command):
+    """The connection options every client command shares: server, CA, API key and/or client certificate."""
+    for option in reversed((
+        click.option("--server", required=True, help="Issuer address host:port."),
+        click.option("--ca", "ca_file", required=True, type=_EXISTING,
+                     help="CA certificate (PEM) the issuer's TLS certificate chains to."),
+        click.option("--api-key-file", type=_EXISTING,
+                     help="File holding the API key (owner-only: chmod 600). Needs an issuance-client caller."),
+        click.option("--cert", "cert_file", type=_EXISTING,
+                     help="Client certificate (PEM) for an issuer with a client CA (mTLS); with --key."),
+        click.option("--key", "key_file", type=_EXISTING,
+                     help="Private key (PEM) of --cert (owner-only: chmod 600)."),
+        click.option("--retry-seconds", type=click.FloatRange(0, 3600), default=60.0, show_default=True,
+                     help="Longest a call is retried (exponential backoff with jitter) after RESOURCE_EXHAUSTED, "
+                          "UNAVAILABLE or DEADLINE_EXCEEDED."),
+    )):
+        command = option(command)
+    return command
+
+
+def _connect(server: str, ca_file: pathlib.Path, api_key_file: pathlib.Path | None, cert_file: pathlib.Path | None,
+             key_file: pathlib.Path | None, retry_seconds: float):
+    """An :class:`issuer.client.IssuerClient` from the shared options; secrets must be owner-only files."""
+    from shellkit.files import read_secret
+
+    from issuer.client import Backoff, IssuerClient
+
+    if (cert_file is None) != (key_file is None):
+        raise click.UsageError("--cert and --key go together (the client certificate and its private key)")
+    if api_key_file is None and cert_file is None:
+        raise click.UsageError("give --api-key-file, or --cert and --key, or both")
+    api_key = read_secret(api_key_file, what="API key file").decode("utf-8").strip() if api_key_file else None
+    key_pem = read_secret(key_file, what="client private key") if key_file else None
+    return IssuerClient(server, ca_pem=ca_file.read_bytes(), api_key=api_key,
+                        cert_pem=cert_file.read_bytes() if cert_file else None, key_pem=key_pem,
+                        backoff=Backoff(budget=retry_seconds))
+
+
+def _retried(client) -> str:
+    by_code = client.retries_by_code
+    if not by_code:
+        return ""
+    return "; retried " + ", ".join(f"{n} after {code}" for code, n in sorted(by_code.items()))
+
+
 @cli.command("batch-issue")
 @click.argument("csv_file", type=click.Path(path_type=pathlib.Path, dir_okay=False, exists=True))
-@click.option("--server", required=True, help="Issuer address host:port.")
-@click.option("--ca", "ca_file", required=True, type=click.Path(path_type=pathlib.Path, dir_okay=False, exists=True),
-              help="CA certificate (PEM) the issuer's TLS certificate chains to.")
-@click.option("--api-key-file", required=True,
-              type=click.Path(path_type=pathlib.Path, dir_okay=False, exists=True), help="File holding the API key.")
+@_client_options
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=pathlib.Path, file_okay=False),
-              help="Output directory: journal, rejected rows, sheets. Rerun with the same one to resume.")
+              help="Output directory (created 0700): journal, rejected rows, sheets. Rerun with the same one to resume.")
 @click.option("--format", "fmt", type=click.Choice(["pdf", "png"]), default="pdf", show_default=True,
-              help="Printable sheets as one PDF or PNG pages.")
-@click.option("--per-page", type=click.IntRange(2, 12), default=6, show_default=True, help="Codes per A4 page.")
-def batch_issue(csv_file: pathlib.Path, server: str, ca_file: pathlib.Path, api_key_file: pathlib.Path,
+              help="Printable sheets as one PDF (with a text layer) or PNG pages.")
+@click.option("--per-page", type=click.IntRange(1, 6), default=6, show_default=True,
+              help="Slips an A4 page (1-3 in one column, 4-6 in two).")
+def batch_issue(csv_file: pathlib.Path, server: str, ca_file: pathlib.Path, api_key_file: pathlib.Path | None,
+                cert_file: pathlib.Path | None, key_file: pathlib.Path | None, retry_seconds: float,
                 out_dir: pathlib.Path, fmt: str, per_page: int) -> None:
     """Issue codes for a CSV of residents and print QR sheets for those without smartphones.
 
     CSV header: document_type,document_number[,country]. Resumable: after an
-    interruption, run the same command again; no resident gets a second code.
+    interruption, run the same command again; no resident gets a second code
+    (every row's IssueCode carries an idempotency key, so retries are safe too).
     """
     import datetime as dt
 
     from tqdm import tqdm
 
-    from issuer.batch import render_sheets, run_batch
-    from issuer.client import IssuerClient
+    from issuer.batch import Issued, render_sheets, run_batch
+    from issuer.render import SheetError
 
     today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()  # dates of birth are China Standard Time
-    with IssuerClient(server, ca_pem=ca_file.read_bytes(), api_key=api_key_file.read_text().strip()) as client:
+    with _connect(server, ca_file, api_key_file, cert_file, key_file, retry_seconds) as client:
         def issue_row(row, idempotency_key):
             code = client.issue(client.find_or_register(row.document), idempotency_key=idempotency_key)
-            return (code.ref.serial, code.ref.kid.hex(), code.code_text,
-                    code.expires_at.ToDatetime(tzinfo=dt.timezone.utc).isoformat())
+            return Issued(code.ref.serial, code.ref.kid.hex(), code.code_text,
+                          code.expires_at.ToDatetime(tzinfo=dt.timezone.utc).isoformat(), code.ref.province)
 
         def progress(rows, total):
             return tqdm(rows, total=total, unit="code", desc="issuing", file=sys.stderr, mininterval=0.5)
@@ -155,10 +204,78 @@ def batch_issue(csv_file: pathlib.Path, server: str, ca_file: pathlib.Path, api_
             result = run_batch(csv_file.read_bytes(), out_dir, issue_row=issue_row, today=today, progress=progress)
         except ValueError as e:
             raise click.ClickException(str(e)) from None
-    sheets = render_sheets(result.issued, out_dir, fmt=fmt, per_page=per_page)
+        retried = _retried(client)
+    try:
+        sheets = render_sheets(result.issued, out_dir, fmt=fmt, per_page=per_page)
+    except SheetError as e:
+        raise click.ClickException(f"{e} (the codes are issued and in {out_dir}; rerun to print)") from None
     click.echo(f"{len(result.issued)} codes ({result.resumed} from an earlier run), "
                f"{len({r.row for r in result.rejected})} rows rejected (see {out_dir / 'rejected.csv'}); "
-               f"sheets: {', '.join(str(p) for p in sheets) or 'none'}")
+               f"sheets: {', '.join(str(p) for p in sheets) or 'none'}{retried}")
+
+
+_REPRINT_REASONS = {"lost": "REVOCATION_REASON_LOST_DEVICE", "other": "REVOCATION_REASON_OTHER"}
+
+
+@cli.command("reprint")
+@_client_options
+@click.option("--document-type", required=True, help="Document type, e.g. resident_id, passport.")
+@click.option("--document-number-file", required=True, type=click.Path(path_type=pathlib.Path, dir_okay=False,
+              allow_dash=True), help="File holding the document number ('-': standard input), kept out of argv.")
+@click.option("--country", help="ISO 3166-1 alpha-3 country (passports only).")
+@click.option("--reason", type=click.Choice(sorted(_REPRINT_REASONS)), default="lost", show_default=True,
+              help="Why the earlier codes are revoked: lost (LOST_DEVICE) or other (OTHER, e.g. damaged).")
+@click.option("--out", "out_file", required=True, type=click.Path(path_type=pathlib.Path, dir_okay=False),
+              help="The slip to print: a .pdf (with a text layer) or a .png file (written owner-only).")
+def reprint(server: str, ca_file: pathlib.Path, api_key_file: pathlib.Path | None, cert_file: pathlib.Path | None,
+            key_file: pathlib.Path | None, retry_seconds: float, document_type: str,
+            document_number_file: pathlib.Path, country: str | None, reason: str, out_file: pathlib.Path) -> None:
+    """Print a new code for one resident (lost or damaged sheet), revoking every earlier one.
+
+    The resident is found by their document. All their live codes are revoked
+    first (so the lost sheet stops working), then one new code is issued with a
+    fresh idempotency key (retries of this call reuse it, so a retry cannot
+    give a second code) and written as one slip. If the command fails after
+    the revocation, run it again: the resident then gets their new code.
+    """
+    import datetime as dt
+    import uuid
+
+    from shellkit.files import write_file_atomically
+    from shellkit.times import beijing
+
+    from issuer.api import common_pb2
+    from issuer.batch import masked
+    from issuer.documents import DocumentError, parse_document
+    from issuer.render import SheetCode, SheetError, render_sheet_pdf, render_sheet_png
+
+    suffix = out_file.suffix.lower()
+    if suffix not in (".pdf", ".png"):
+        raise click.UsageError("--out must end in .pdf or .png")
+    raw = sys.stdin.read() if str(document_number_file) == "-" else document_number_file.read_text(encoding="utf-8")
+    today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
+    try:
+        document = parse_document(document_type.strip(), raw.strip(), country=country, today=today)
+    except DocumentError as e:
+        raise click.UsageError("bad document: " + "; ".join(f"{v.field}: {v.description}" for v in e.violations))
+    except (TypeError, ValueError) as e:
+        raise click.UsageError(f"bad document: {e}") from None
+    with _connect(server, ca_file, api_key_file, cert_file, key_file, retry_seconds) as client:
+        main_index_id = client.find(document)
+        revoked = client.revoke_resident(
+            main_index_id, reason=common_pb2.RevocationReason.Value(_REPRINT_REASONS[reason]))
+        code = client.issue(main_index_id, idempotency_key=f"reprint-{uuid.uuid4()}")
+        retried = _retried(client)
+    expires = code.expires_at.ToDatetime(tzinfo=dt.timezone.utc)
+    slip = SheetCode(code.code_text, code.ref.province, masked(document.number), expires, label="补打 Reprint")
+    try:
+        data = (render_sheet_pdf([slip], per_page=4) if suffix == ".pdf" else render_sheet_png([slip], per_page=4)[0])
+    except SheetError as e:
+        raise click.ClickException(f"{e}; the new code is issued (serial {code.ref.serial}): "
+                                   "rerun to print (that revokes it and issues another)") from None
+    write_file_atomically(out_file, data)
+    click.echo(f"revoked {revoked} earlier code(s); new code serial {code.ref.serial}, valid until "
+               f"{beijing(expires)}; wrote {out_file}{retried}")
 
 
 def _secret(variable: str | None, what: str) -> bytes | None:
@@ -180,18 +297,12 @@ def _passphrase(config: IssuerConfig) -> bytes | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``healthcode-issuer`` script."""
-    try:
-        cli.main(args=argv, prog_name="healthcode-issuer", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted!", err=True)
-        return 1
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except SystemExit as e:  # --help, --version
-        return int(e.code or 0)
-    return 0
+    """Entry point of the ``healthcode-issuer`` script: one ``Error:`` line, never a traceback, for expected failures."""
+    import grpc
+
+    from shellkit.cli import run_click
+
+    return run_click(cli, argv, prog_name="healthcode-issuer", expected=(IssuerError, OSError, grpc.RpcError))
 
 
 if __name__ == "__main__":

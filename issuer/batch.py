@@ -14,9 +14,16 @@ Input CSV, with a header: ``document_type,document_number[,country]`` where
 ``resident_id``). Bad rows are reported in ``rejected.csv`` (row number, field
 and reason, never the number) and do not stop the batch.
 
-Sheets show each QR with the row number, the masked document number (first 3
-and last 4 characters, GB/T 35273 display de-identification) and the expiry
-date, six to an A4 page, as PNG pages or one PDF.
+Everything the batch writes is owner-only: the output directory is created
+0700, and the journal (every code's text), ``rejected.csv`` and the sheets are
+created 0600 (an existing wider file is tightened), since they are personal data.
+
+Sheets (:mod:`issuer.render`, "printed sheets") show each code as a slip a
+resident keeps: heading, province, the QR with its quiet zone, the row number,
+the masked document number (first 3 and last 4 characters, GB/T 35273 display
+de-identification; never a name or the full number), the expiry in Beijing
+time, and instructions in Chinese and English, six to an A4 page with dashed
+cut lines, as one PDF with a text layer or as PNG pages.
 """
 
 from __future__ import annotations
@@ -31,9 +38,12 @@ import pathlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+from healthcode.codec import ClaimKey, decode_unverified
 from issuer.documents import Document, DocumentError, parse_document
+from shellkit.files import open_private, write_file_atomically
 
-__all__ = ["BatchRow", "BatchResult", "read_rows", "run_batch", "render_sheets"]
+__all__ = ["BatchRow", "BatchResult", "Issued", "IssuedRow", "read_rows", "run_batch", "render_sheets",
+           "masked", "make_private_dir"]
 
 JOURNAL = "journal.jsonl"
 REJECTED = "rejected.csv"
@@ -56,13 +66,32 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class Issued:
+    """What the issuer answered for one row (``expires_at`` is ISO 8601 UTC)."""
+
+    serial: int
+    kid_hex: str
+    code_text: str
+    expires_at: str
+    province: str
+
+
+@dataclass(frozen=True)
 class IssuedRow:
     row: int
     masked_number: str
     serial: int
     kid_hex: str
     code_text: str
-    expires_at: str
+    expires_at: str  # ISO 8601, UTC
+    province: str
+
+    def sheet_code(self):
+        """This row as a printed slip (:class:`issuer.render.SheetCode`)."""
+        from issuer.render import SheetCode
+
+        return SheetCode(self.code_text, self.province, self.masked_number,
+                         dt.datetime.fromisoformat(self.expires_at), label=f"No. {self.row}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +108,25 @@ def batch_id(csv_bytes: bytes) -> str:
 
 
 def masked(number: str) -> str:
+    """The number as printed: first 3 and last 4 characters, the rest ``*`` (GB/T 35273)."""
     return number[:3] + "*" * max(0, len(number) - 7) + number[-4:]
+
+
+def make_private_dir(path: pathlib.Path) -> None:
+    """Create ``path`` (and missing parents) with the leaf owner-only (0700); an existing one is left as it is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def _province_of(code_text: str) -> str:
+    """The province a code names (journals written before the province was recorded)."""
+    return str(decode_unverified(code_text).claims[ClaimKey.ISS])
 
 
 def read_rows(csv_bytes: bytes, *, today: dt.date) -> tuple[list[BatchRow], list[Rejection]]:
@@ -119,7 +166,8 @@ def _read_journal(path: pathlib.Path, batch: str) -> dict[int, IssuedRow]:
         if entry.get("batch") != batch:
             raise ValueError(f"{path} belongs to another batch; use a fresh output directory")
         done[entry["row"]] = IssuedRow(entry["row"], entry["masked_number"], entry["serial"], entry["kid"],
-                                       entry["code_text"], entry["expires_at"])
+                                       entry["code_text"], entry["expires_at"],
+                                       entry.get("province") or _province_of(entry["code_text"]))
     return done
 
 
@@ -127,97 +175,67 @@ def run_batch(
     csv_bytes: bytes,
     out_dir: pathlib.Path,
     *,
-    issue_row: Callable[[BatchRow, str], tuple[int, str, str, str]],
+    issue_row: Callable[[BatchRow, str], Issued],
     today: dt.date,
     progress: Callable[[Iterable[BatchRow], int], Iterator[BatchRow]] = lambda rows, total: iter(rows),
 ) -> BatchResult:
     """Issue a code for every valid row not yet in the journal.
 
-    ``issue_row(row, idempotency_key)`` returns ``(serial, kid_hex, code_text,
-    expires_at_iso)``; it is the API call (find or register, then IssueCode).
+    ``issue_row(row, idempotency_key)`` returns the :class:`Issued` code; it is
+    the API call (find or register, then IssueCode, each retried as the client
+    does). The output directory is created 0700 if missing; the journal and
+    ``rejected.csv`` are owner-only files.
     """
     if len(csv_bytes) > MAX_CSV_BYTES:
         raise ValueError(f"CSV larger than {MAX_CSV_BYTES} bytes")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(out_dir)
     batch = batch_id(csv_bytes)
     rows, rejected = read_rows(csv_bytes, today=today)
     journal_path = out_dir / JOURNAL
     done = _read_journal(journal_path, batch)
     resumed = sum(1 for row in rows if row.row in done)
     pending = [row for row in rows if row.row not in done]
-    with open(journal_path, "a", encoding="utf-8") as journal:
+    with open_private(journal_path, "a", encoding="utf-8") as journal:
         for row in progress(pending, len(pending)):
-            serial, kid_hex, code_text, expires_at = issue_row(row, f"batch-{batch}-{row.row:07d}")
-            entry = IssuedRow(row.row, masked(row.document.number), serial, kid_hex, code_text, expires_at)
+            got = issue_row(row, f"batch-{batch}-{row.row:07d}")
+            entry = IssuedRow(row.row, masked(row.document.number), got.serial, got.kid_hex, got.code_text,
+                              got.expires_at, got.province)
             journal.write(json.dumps({"batch": batch, "row": entry.row, "masked_number": entry.masked_number,
-                                      "serial": serial, "kid": kid_hex, "code_text": code_text,
-                                      "expires_at": expires_at}) + "\n")
+                                      "serial": got.serial, "kid": got.kid_hex, "code_text": got.code_text,
+                                      "expires_at": got.expires_at, "province": got.province}) + "\n")
             journal.flush()
             os.fsync(journal.fileno())
             done[row.row] = entry
-    with open(out_dir / REJECTED, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["row", "field", "reason"])
-        writer.writerows((r.row, r.field, r.reason) for r in rejected)
+    report = io.StringIO(newline="")
+    writer = csv.writer(report)
+    writer.writerow(["row", "field", "reason"])
+    writer.writerows((r.row, r.field, r.reason) for r in rejected)
+    write_file_atomically(out_dir / REJECTED, report.getvalue().encode("utf-8"))
     issued = tuple(done[row.row] for row in rows if row.row in done)
     return BatchResult(issued, tuple(rejected), resumed, ())
 
 
-# Fonts with Chinese glyphs, where the system has one (Debian: fonts-droid-fallback, fonts-wqy-microhei).
-_CJK_FONTS = (
-    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-)
-
-
-def _cjk_font(size: int):
-    """A font with Chinese glyphs, or None (the label is then English only)."""
-    from PIL import ImageFont
-
-    for path in _CJK_FONTS:
-        if os.path.exists(path):
-            return ImageFont.truetype(path, size)
-    return None
-
-
 def render_sheets(issued: Iterable[IssuedRow], out_dir: pathlib.Path, *, fmt: str = "pdf",
                   per_page: int = 6) -> tuple[pathlib.Path, ...]:
-    """Lay the codes out on A4 pages (150 dpi): QR, row, masked number, expiry."""
-    from PIL import Image, ImageDraw, ImageFont
+    """Write the slips of ``issued`` as ``sheets.pdf`` or ``sheet-NNN.png`` pages (owner-only files).
 
-    from issuer.render import render_png
+    Raises :class:`issuer.render.SheetError` when no font with Chinese glyphs is installed.
+    """
+    from issuer.render import render_sheet_pdf, render_sheet_png
 
-    width, height, columns = 1240, 1754, 2
-    rows_per_page = max(1, per_page // columns)
-    cell_w, cell_h = width // columns, height // rows_per_page
-    font = ImageFont.load_default(size=26)
-    cjk = _cjk_font(26)
-    pages = []
-    entries = list(issued)
-    for start in range(0, len(entries), columns * rows_per_page):
-        page = Image.new("L", (width, height), 255)
-        draw = ImageDraw.Draw(page)
-        for slot, entry in enumerate(entries[start:start + columns * rows_per_page]):
-            x0, y0 = (slot % columns) * cell_w, (slot // columns) * cell_h
-            qr = Image.open(io.BytesIO(render_png(entry.code_text, scale=8, border=4))).convert("L")
-            page.paste(qr, (x0 + (cell_w - qr.width) // 2, y0 + 30))
-            label_y = y0 + 40 + qr.height
-            draw.text((x0 + 60, label_y), f"No. {entry.row}   {entry.masked_number}", fill=0, font=font)
-            x = x0 + 60
-            if cjk is not None:
-                draw.text((x, label_y + 36), "有效期至", fill=0, font=cjk)
-                x += int(draw.textlength("有效期至", font=cjk)) + 10
-            draw.text((x, label_y + 36), f"valid until {entry.expires_at[:10]}", fill=0, font=font)
-        pages.append(page)
+    codes = [entry.sheet_code() for entry in issued]
+    if not codes:
+        return ()
     written = []
-    if fmt == "pdf" and pages:
+    if fmt == "pdf":
         path = out_dir / "sheets.pdf"
-        pages[0].save(path, "PDF", resolution=150, save_all=True, append_images=pages[1:])
+        write_file_atomically(path, render_sheet_pdf(codes, per_page=per_page))
         written.append(path)
     elif fmt == "png":
-        for number, page in enumerate(pages, start=1):
+        for number, page in enumerate(render_sheet_png(codes, per_page=per_page), start=1):
             path = out_dir / f"sheet-{number:03d}.png"
-            page.save(path, "PNG", optimize=False)
+            write_file_atomically(path, page)
             written.append(path)
+    else:
+        raise ValueError(f"unknown sheet format {fmt!r}: pdf or png")
     return tuple(written)

@@ -1,10 +1,27 @@
-"""A small synchronous client of the issuer API, for tools (demo, batch-issue).
+"""A small synchronous client of the issuer API, for tools (demo, batch-issue, reprint).
 
 Apps use the generated stubs in :mod:`issuer.api` directly (``docs/api.md``);
-this wraps the few calls the tools need, with TLS and an API key.
+this wraps the few calls the tools need, with TLS, an API key and/or an mTLS
+client certificate, and the retry policy ``docs/api.md`` recommends:
+
+* ``RESOURCE_EXHAUSTED`` (rate limit, concurrency cap), ``UNAVAILABLE`` and
+  ``DEADLINE_EXCEEDED`` are retried with exponential backoff and full jitter
+  (:class:`Backoff`), at least as long as a ``google.rpc.RetryInfo`` hint in the
+  error's details asks, bounded by a number of attempts and a time budget; the
+  last error is raised when either runs out.
+* Only calls that are safe to repeat go through it: reads, ``RegisterResident``
+  (a repeat is ALREADY_EXISTS, which :meth:`IssuerClient.find_or_register`
+  resolves), and ``IssueCode`` / ``RevokeCode`` with the same idempotency key or
+  target, so a retry never gives a resident a second code.
 """
 
 from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -12,7 +29,7 @@ from issuer.api import common_pb2, health_codes_pb2, health_codes_pb2_grpc
 from issuer.api import resident_index_pb2, resident_index_pb2_grpc
 from issuer.documents import Document, DocumentType
 
-__all__ = ["IssuerClient", "document_message"]
+__all__ = ["IssuerClient", "Backoff", "RETRYABLE", "document_message", "retry_hint"]
 
 _DOCUMENT_TYPES = {
     DocumentType.RESIDENT_ID: common_pb2.DOCUMENT_TYPE_RESIDENT_ID,
@@ -23,6 +40,10 @@ _DOCUMENT_TYPES = {
     DocumentType.PASSPORT: common_pb2.DOCUMENT_TYPE_PASSPORT,
 }
 
+#: Status codes that say "try again later", never "this request is wrong".
+RETRYABLE = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
+                       grpc.StatusCode.DEADLINE_EXCEEDED})
+
 
 def document_message(document: Document) -> common_pb2.Document:
     return common_pb2.Document(
@@ -30,40 +51,141 @@ def document_message(document: Document) -> common_pb2.Document:
     )
 
 
-class IssuerClient:
-    """TLS channel + API key + stubs. Use as a context manager."""
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter: attempt *n* (0-based) waits ``U(0, min(cap, base * 2**n))``.
 
-    def __init__(self, address: str, *, ca_pem: bytes, api_key: str, timeout: float = 10.0) -> None:
-        self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca_pem))
-        self._metadata = (("authorization", f"Bearer {api_key}"),)
+    ``attempts`` bounds the tries of one call (the first included) and
+    ``budget`` the seconds spent waiting for it; a server hint (RetryInfo) is a
+    floor for the wait, never a reason to exceed the budget.
+    """
+
+    attempts: int = 10
+    base: float = 0.05
+    cap: float = 5.0
+    budget: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base <= 0 or self.cap < self.base or self.budget < 0:
+            raise ValueError("backoff needs attempts >= 1, 0 < base <= cap and budget >= 0")
+
+    def delay(self, attempt: int, rng: random.Random, *, hint: float | None = None) -> float:
+        """The wait before retry number ``attempt + 1``."""
+        wait = rng.uniform(0.0, min(self.cap, self.base * 2 ** min(attempt, 30)))
+        return max(wait, hint) if hint is not None else wait
+
+
+def retry_hint(error: grpc.RpcError) -> float | None:
+    """Seconds a ``google.rpc.RetryInfo`` in the error's rich details asks to wait, if any."""
+    try:
+        from google.rpc import error_details_pb2
+        from grpc_status import rpc_status
+
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except Exception:  # no details, not a call, or a mismatching trailer
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return max(0.0, info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+    return None
+
+
+@dataclass
+class _RetryState:
+    retries: int = 0
+    by_code: dict[str, int] = field(default_factory=dict)
+
+
+class IssuerClient:
+    """TLS channel + credentials + stubs + bounded retries. Use as a context manager.
+
+    Credentials: an API key (``authorization: Bearer``), an mTLS client
+    certificate (``cert_pem``/``key_pem``; required by an issuer with a client
+    CA), or both (the server then judges the call by the key).
+    """
+
+    def __init__(self, address: str, *, ca_pem: bytes, api_key: str | None = None,
+                 cert_pem: bytes | None = None, key_pem: bytes | None = None, timeout: float = 10.0,
+                 backoff: Backoff = Backoff(), sleep: Callable[[float], None] = time.sleep,
+                 rng: random.Random | None = None) -> None:
+        if (cert_pem is None) != (key_pem is None):
+            raise ValueError("a client certificate needs both its certificate and its private key")
+        if api_key is None and cert_pem is None:
+            raise ValueError("the issuer needs credentials: an API key, a client certificate, or both")
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem,
+                                                   certificate_chain=cert_pem)
+        self._channel = grpc.secure_channel(address, credentials)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._timeout = timeout
+        self._backoff = backoff
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._state = _RetryState()
         self.index = resident_index_pb2_grpc.ResidentIndexStub(self._channel)
         self.codes = health_codes_pb2_grpc.HealthCodesStub(self._channel)
 
-    def _call(self, method, request):
-        return method(request, metadata=self._metadata, timeout=self._timeout)
+    @property
+    def retries(self) -> int:
+        """Calls retried so far (after RESOURCE_EXHAUSTED, UNAVAILABLE or DEADLINE_EXCEEDED)."""
+        return self._state.retries
+
+    @property
+    def retries_by_code(self) -> dict[str, int]:
+        """Retries so far by the status code that caused them."""
+        return dict(self._state.by_code)
+
+    def _call(self, method: Callable[..., Any], request: Any) -> Any:
+        """One RPC, retried as the module docstring says; the caller vouches that repeating it is safe."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                return method(request, metadata=self._metadata, timeout=self._timeout)
+            except grpc.RpcError as error:
+                code = error.code() if callable(getattr(error, "code", None)) else None
+                if code not in RETRYABLE or attempt + 1 >= self._backoff.attempts:
+                    raise
+                wait = self._backoff.delay(attempt, self._rng, hint=retry_hint(error))
+                if time.monotonic() - started + wait > self._backoff.budget:
+                    raise
+                self._state.retries += 1
+                self._state.by_code[code.name] = self._state.by_code.get(code.name, 0) + 1
+                self._sleep(wait)
+                attempt += 1
+
+    def find(self, document: Document) -> str:
+        """The main index ID of the resident holding ``document`` (NOT_FOUND raises)."""
+        return self._call(self.index.FindResident,
+                          resident_index_pb2.FindResidentRequest(document=document_message(document))).main_index_id
 
     def find_or_register(self, document: Document) -> str:
         """The main index ID of the resident holding ``document``, registering them if new."""
         message = document_message(document)
         try:
-            return self._call(self.index.FindResident,
-                              resident_index_pb2.FindResidentRequest(document=message)).main_index_id
+            return self.find(document)
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 raise
         try:
             return self._call(self.index.RegisterResident,
                               resident_index_pb2.RegisterResidentRequest(primary=message)).main_index_id
-        except grpc.RpcError as error:  # registered by a concurrent run in between
+        except grpc.RpcError as error:  # registered by a concurrent run (or our own retried attempt) in between
             if error.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-            return self._call(self.index.FindResident,
-                              resident_index_pb2.FindResidentRequest(document=message)).main_index_id
+            return self.find(document)
 
     def issue(self, main_index_id: str, *, idempotency_key: str) -> common_pb2.IssuedCode:
         request = health_codes_pb2.IssueCodeRequest(main_index_id=main_index_id, idempotency_key=idempotency_key)
         return self._call(self.codes.IssueCode, request).code
+
+    def revoke_resident(self, main_index_id: str, *, reason: int) -> int:
+        """Revoke every live code of a resident; returns how many were revoked (a repeat revokes 0)."""
+        request = health_codes_pb2.RevokeCodeRequest(main_index_id=main_index_id, reason=reason)
+        return self._call(self.codes.RevokeCode, request).revoked_count
 
     def render_png(self, ref: common_pb2.CodeRef, *, scale: int = 6) -> bytes:
         request = health_codes_pb2.RenderCodeRequest(ref=ref, format=health_codes_pb2.IMAGE_FORMAT_PNG, scale=scale)
