@@ -25,10 +25,11 @@ A directory of role keys is a *holder* (one person or host, one passphrase);
 :data:`Passphrases` is asked per holder.
 
 **Concurrency.** Changes to a key set run under an exclusive ``flock`` on
-``key-set.json.lock``; changes to the repository under one on ``<repo>/.lock``
-(the CLI and a serving issuer's KeyAdmin may touch the same files). Files are
-replaced atomically, so readers (the issuer's rotating signer, mirrors) see
-the old or the new file.
+``key-set.json.lock`` (:func:`keys.lifecycle.key_set_lock`); changes to the
+repository under one on ``<repo>/.lock`` (the CLI, a serving issuer's KeyAdmin,
+and the issuer's write-back of its codes-signed counts may touch the same
+files). Files are replaced atomically, so readers (the issuer's rotating signer,
+mirrors) see the old or the new file.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from healthcode import Algorithm, CompromisePolicy, TrustedKey
 from healthcode.errors import InvalidClaims
 from healthcode.keylist import InvalidKeyList, KeyList, parse_key_list
 from healthcode.model import parse_province
+from shellkit.times import beijing, human_duration
 
 from .errors import InvalidKeySet, KeyNotFound, NoActiveKey, PolicyViolation
 from .keystore.base import Keystore
@@ -59,6 +61,7 @@ from .lifecycle import (
     ProvinceKeySet,
     RotationPlan,
     RotationPolicy,
+    key_set_lock,
     load_key_set,
     save_key_set,
 )
@@ -212,10 +215,6 @@ def _flock(path: pathlib.Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def _key_set_lock(path: pathlib.Path):
-    return _flock(path.with_name(path.name + ".lock"))
 
 
 def _repo_lock(repo: TrustRepository | pathlib.Path):
@@ -467,7 +466,7 @@ def add_province(
                         f"`healthcode-keys province publish {code}`")
     if not home.key_set_path.exists():
         home.directory.mkdir(parents=True, exist_ok=True)
-        with _key_set_lock(home.key_set_path):
+        with key_set_lock(home.key_set_path):
             if not home.key_set_path.exists():
                 save_key_set(home.key_set_path, ProvinceKeySet(province=code, policy=policy or RotationPolicy()))
                 written.append(str(home.key_set_path))
@@ -534,6 +533,9 @@ class ProvinceKeyAdmin:
     The CLI builds one per command; the issuer's KeyAdmin service keeps one.
     ``on_change`` is called after each change of the key set (the issuer
     reloads its rotating signer at once instead of at the next file check).
+    ``live_codes_signed`` returns the serving issuer's per-key counts (its
+    rotating signer's ``codes_signed``): listings and plans then use them
+    where they are ahead of the counts last written back to the file.
     """
 
     province: str
@@ -544,6 +546,7 @@ class ProvinceKeyAdmin:
     publish_snapshot: bool = False
     on_change: Callable[[ProvinceKeySet], None] | None = None
     policy_for_new: RotationPolicy | None = None
+    live_codes_signed: Callable[[], Mapping[bytes, int]] | None = None
 
     def __post_init__(self) -> None:
         self.province = _province(self.province)
@@ -557,13 +560,19 @@ class ProvinceKeyAdmin:
             raise InvalidKeySet(f"{self.key_set_path} is province {key_set.province}'s, not {self.province}'s")
         return key_set
 
+    def _with_live_counts(self, key_set: ProvinceKeySet) -> ProvinceKeySet:
+        """``key_set`` with the serving issuer's live counts where they are ahead (same revision)."""
+        return key_set if self.live_codes_signed is None else key_set.with_codes_signed(self.live_codes_signed())
+
     def list_keys(self, now: _dt.datetime) -> tuple[ProvinceKeySet, tuple[KeyInfo, ...]]:
-        key_set = self.key_set()
+        """The key set (with live counts, if any) and each key's state at ``now``."""
+        key_set = self._with_live_counts(self.key_set())
         now = _aware(now)
         return key_set, tuple(KeyInfo(k, k.state_at(now), k.signs_at(now)) for k in key_set.keys)
 
     def plan(self, now: _dt.datetime) -> RotationPlan | None:
-        return self.key_set().plan_next(_aware(now))
+        """The next rotation due at ``now`` (live counts, if any: the 80 % cap plan sees them)."""
+        return self._with_live_counts(self.key_set()).plan_next(_aware(now))
 
     # -- changing
 
@@ -571,7 +580,7 @@ class ProvinceKeyAdmin:
     def _changing(self) -> Iterator[list]:
         """Lock, load (or start) the key set; the block appends the new key set; save it."""
         self.key_set_path.parent.mkdir(parents=True, exist_ok=True)
-        with _key_set_lock(self.key_set_path):
+        with key_set_lock(self.key_set_path):
             if self.key_set_path.exists():
                 current = self.key_set()
             elif self.policy_for_new is not None:
@@ -619,7 +628,7 @@ class ProvinceKeyAdmin:
             key_set: ProvinceKeySet = box[0]
             policy = key_set.policy
             note = ""
-            plan = key_set.plan_next(now)
+            plan = self._with_live_counts(key_set).plan_next(now)
             if use_from is None:
                 if plan is not None and (plan.reason is PlanReason.NO_SIGNING_KEY or rotate):
                     use_from, use_until = plan.use_from, use_until or plan.use_until
@@ -647,14 +656,13 @@ class ProvinceKeyAdmin:
         warnings = []
         notice = key.use_from - now
         if key.use_from > now and notice < policy.lead_time:
-            warnings.append(f"short notice: the key signs {notice} after now, less than the lead time "
-                            f"{policy.lead_time}; offline verifiers may not have it yet")
+            warnings.append(f"short notice: the key signs {human_duration(notice)} after now, less than the lead "
+                            f"time of {human_duration(policy.lead_time)}; offline verifiers may not have it yet")
         for other in new.keys:
             if other.kid != key.kid and other.use_until == key.use_from and other.use_until != box[0].find(
                     other.kid).use_until:
                 warnings.append(f"key {other.kid.hex()} now stops signing at {_iso(other.use_until)}")
-        warnings.append(f"not yet published: run `healthcode-keys province publish {self.province}` "
-                        f"before {_iso(key.use_from)}")
+        warnings.append(_publish_by(self.province, key, policy.lead_time, now))
         summary = f"{_describe(key)}{note}; pre-published in key set revision {new.revision}"
         return Outcome(summary, (str(self.key_set_path),), tuple(warnings), key=key, key_set=new)
 
@@ -767,6 +775,23 @@ class ProvinceKeyAdmin:
             else:
                 outcome = outcome.then(Outcome("not visible to verifiers until the next `healthcode-keys publish`"))
         return outcome
+
+
+def _publish_by(province: str, key: ManagedKey, lead_time: _dt.timedelta, now: _dt.datetime) -> str:
+    """When a new key must be published: ``lead_time`` before it signs (its ``use_from``), so
+    every verifier that syncs within the lead time holds it by then. Beijing time for people,
+    with the time left."""
+    run = f"not yet published: run `healthcode-keys province publish {province}`"
+    lead = human_duration(lead_time)
+    deadline = key.use_from - lead_time
+    if key.use_from <= now:
+        return (f"{run} now: the key signs from now on, and verifiers refuse its codes until they have "
+                "synced the published key list")
+    if deadline <= now:
+        return (f"{run} now: the key signs from {beijing(key.use_from)} (in {human_duration(key.use_from - now)}), "
+                f"and verifiers need the lead time of {lead} to fetch it")
+    return (f"{run} before {beijing(deadline)} (in {human_duration(deadline - now)}): verifiers need the lead "
+            f"time of {lead} to fetch it before it signs from {beijing(key.use_from)}")
 
 
 def _signing_key(key_set: ProvinceKeySet, now: _dt.datetime) -> ManagedKey | None:

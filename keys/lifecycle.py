@@ -30,7 +30,8 @@ on construction.
 
 Persisted as JSON (:meth:`ProvinceKeySet.to_bytes` / ``from_bytes``); the file
 helpers :func:`load_key_set` / :func:`save_key_set` are three lines around them
-and write atomically.
+and write atomically. Every read-modify-write of a key-set file (the ceremonies,
+KeyAdmin, the issuer's count write-back) holds :func:`key_set_lock`.
 
 **The shell** at the end: :class:`RotatingSigner` gives
 :class:`issuer.issuance.CodeIssuer` its ``signer_for(now)``. It preloads the
@@ -38,6 +39,10 @@ signers of the keys that sign now or later, re-reads the key-set file when it
 changes (:meth:`RotatingSigner.refresh`, driven every few seconds and on
 SIGHUP by :meth:`RotatingSigner.watch`), so a rotation while serving is a
 dictionary lookup and loses no request, and it enforces the per-key code cap.
+It writes its per-key counts back into the key-set file
+(:meth:`RotatingSigner.record_codes_signed`: from the watcher, at most every
+``record_every`` seconds, and once more at shutdown), so ``healthcode-keys
+province key list``, KeyAdmin and :meth:`ProvinceKeySet.plan_next` see them.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import logging
 import os
 import pathlib
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
@@ -69,6 +75,8 @@ from .errors import (
 from .keystore.base import KeyHandle, Keystore, KeystoreSigner
 from .keystore.files import write_file_atomically
 
+from shellkit.files import file_lock
+
 __all__ = [
     "KeyState",
     "RotationPolicy",
@@ -78,6 +86,7 @@ __all__ = [
     "ProvinceKeySet",
     "load_key_set",
     "save_key_set",
+    "key_set_lock",
     "RotatingSigner",
     "MAX_KEYS",
     "MAX_KEY_SET_BYTES",
@@ -207,7 +216,8 @@ class ManagedKey:
 
     ``handle`` is None where the private key is not ours to hold (a key set
     rebuilt from published data). ``codes_signed`` is the last count the
-    issuer reported, for :meth:`ProvinceKeySet.plan_next`.
+    issuer wrote back (:meth:`RotatingSigner.record_codes_signed`), for
+    :meth:`ProvinceKeySet.plan_next` and the admins' listings; it only grows.
     """
 
     kid: bytes
@@ -358,7 +368,9 @@ class RotationPlan:
 class ProvinceKeySet:
     """A province's keys and rotation policy. Immutable; invariants checked on construction.
 
-    ``revision`` grows by one with every change (a reader refuses to go back).
+    ``revision`` grows by one with every change of the keys, their windows and
+    statuses (a reader refuses to go back). Recording the issuer's counts
+    (:meth:`with_codes_signed`) is not such a change and keeps the revision: see there.
     """
 
     province: str
@@ -591,14 +603,23 @@ class ProvinceKeySet:
         return self._with(k for k in self.keys if k.kid not in gone) if gone else self
 
     def with_codes_signed(self, counts: Mapping[bytes, int]) -> "ProvinceKeySet":
-        """Record the issuer's per-key counts (never lowered; unknown kids ignored)."""
+        """Record the issuer's per-key counts: each key's count becomes the larger of
+        the recorded and the given one (never lowered; unknown kids ignored).
+
+        The revision stays. Counts are an observation merged by maximum, so they
+        cannot go back whatever order writers and readers meet in; the revision
+        guards what can (a key, a window, a status). Bumping it for counts would
+        turn every write-back of a serving issuer into a new key-set revision:
+        the numbers operators compare (``key list``, KeyAdmin responses) would
+        move every minute, and the issuer's own reload would report a change.
+        """
         keys, changed = [], False
         for k in self.keys:
             count = counts.get(k.kid)
             if count is not None and count > k.codes_signed:
                 k, changed = replace(k, codes_signed=int(count)), True
             keys.append(k)
-        return self._with(keys) if changed else self
+        return replace(self, keys=tuple(keys)) if changed else self
 
     # -- bytes
 
@@ -656,6 +677,14 @@ def save_key_set(path: os.PathLike | str, key_set: ProvinceKeySet) -> None:
     write_file_atomically(path, key_set.to_bytes(), mode=0o644)
 
 
+def key_set_lock(path: os.PathLike | str):
+    """The exclusive lock every read-modify-write of the key-set file at ``path`` holds
+    (``<path>.lock``, an advisory ``flock``; the ceremonies, KeyAdmin and the issuer's
+    count write-back). Readers need none: the file is replaced atomically."""
+    path = pathlib.Path(path)
+    return file_lock(path.with_name(path.name + ".lock"))
+
+
 # --------------------------------------------------------------------------- the issuer's rotating signer
 
 
@@ -680,6 +709,10 @@ class RotatingSigner:
     * With ``path``, :meth:`refresh` re-reads the key-set file when it changed
       (inode, size, mtime); a file from another province or with a lower
       revision is refused and the current key set stays.
+    * With ``path``, :meth:`record_codes_signed` writes the counts back into the
+      file (merged under :func:`key_set_lock`, only ever raising a count);
+      :meth:`watch` does it every ``record_every`` seconds when a count moved,
+      the issuer once more after its last RPC (:meth:`write_back`).
 
     Thread-safe: :meth:`refresh` may run in a worker thread while the event
     loop calls :meth:`signer_for`.
@@ -701,6 +734,7 @@ class RotatingSigner:
         self._count_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
+        self._recorded: dict[bytes, int] | None = None  # the counts last written back
         self._loaded = _Loaded(key_set, {})
         with self._refresh_lock:
             if self._path is not None:
@@ -849,10 +883,68 @@ class RotatingSigner:
         log.info("key set of province %s reloaded: revision %d", key_set.province, key_set.revision)
         return True
 
-    async def watch(self, *, every: float, wake: asyncio.Event | None = None) -> None:
+    # -- writing the counts back
+
+    def record_codes_signed(self) -> bool:
+        """Write this signer's per-key counts into the key-set file; True if the file changed.
+
+        Holds :func:`key_set_lock` (as the ceremonies and KeyAdmin do), re-reads the
+        file, raises each key's count to ours where ours is larger
+        (:meth:`ProvinceKeySet.with_codes_signed`: the revision stays), and replaces
+        the file only if a count went up. So a ceremony's change, before or after,
+        is never lost, and no count ever goes down. When the file is still the one
+        this signer last loaded, the written file becomes the loaded one (the next
+        :meth:`refresh` sees nothing new); when someone changed it since, the next
+        refresh installs that change as usual. Raises :class:`~keys.errors.InvalidKeySet`
+        (a missing or foreign file, left alone) or ``OSError`` (cannot write). Never
+        blocks :meth:`signer_for`, which takes neither lock.
+        """
+        if self._path is None:
+            return False
+        counts = self.codes_signed()
+        with self._refresh_lock, key_set_lock(self._path):
+            before = self._stat()
+            on_disk = load_key_set(self._path)
+            current = self._loaded.key_set
+            if on_disk.province != current.province:
+                raise InvalidKeySet(f"key set {self._path} is province {on_disk.province}'s, not "
+                                    f"{current.province}'s: codes signed not recorded")
+            merged = on_disk.with_codes_signed(counts)
+            if merged is not on_disk:
+                save_key_set(self._path, merged)
+                if before == self._stamp and on_disk == current:  # our own write: not a change to reload
+                    self._stamp = self._stat()
+                    self._loaded = _Loaded(merged, self._loaded.signers)
+            self._recorded = counts
+        if merged is not on_disk:
+            log.info("codes signed recorded in the key set of province %s: %s", current.province,
+                     ", ".join(f"{kid.hex()[:16]} {n}" for kid, n in sorted(counts.items())))
+        return merged is not on_disk
+
+    async def write_back(self) -> bool:
+        """:meth:`record_codes_signed` in a worker thread; a failure is logged, never raised
+        (the counts stay in memory and the cap is still enforced). The issuer calls it at
+        shutdown, after the last RPC."""
+        try:
+            return await asyncio.to_thread(self.record_codes_signed)
+        except KeyManagementError as exc:
+            log.error("codes signed not recorded in the key set: %s", exc)
+        except OSError as exc:
+            log.error("codes signed not recorded in the key set: %s: %s", type(exc).__name__, exc.strerror or exc)
+        except Exception as exc:  # never let the watcher die; never log a message that might quote data
+            log.error("codes signed not recorded in the key set: %s", type(exc).__name__)
+        return False
+
+    async def watch(self, *, every: float, wake: asyncio.Event | None = None,
+                    record_every: float | None = 60.0) -> None:
         """Call :meth:`refresh` in a worker thread every ``every`` seconds, and at once
         (forced) when ``wake`` is set (the issuer sets it on SIGHUP). Runs until cancelled;
-        a failed refresh is logged and the current key set kept."""
+        a failed refresh is logged and the current key set kept.
+
+        With ``record_every``, the counts are written back (:meth:`write_back`) after a
+        refresh when at least ``record_every`` seconds passed since the last write-back
+        (and on every wake) and a count moved since."""
+        recorded_at = time.monotonic()
         while True:
             forced = False
             if wake is None:
@@ -871,6 +963,10 @@ class RotatingSigner:
             except Exception as exc:  # never let the watcher die; never log a message that might quote data
                 log.error("key set reload failed, keeping revision %d: %s", self.key_set.revision,
                           type(exc).__name__)
+            if record_every is not None and (forced or time.monotonic() - recorded_at >= record_every):
+                if self.codes_signed() != self._recorded:
+                    await self.write_back()
+                recorded_at = time.monotonic()
 
     def __repr__(self) -> str:
         loaded = self._loaded

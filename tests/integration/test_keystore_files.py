@@ -42,6 +42,7 @@ from keys.errors import InvalidKeySet, KeyFileCorrupt, KeyNotFound, KeyReason, W
 from keys.keystore import FileKeystore, KeyHandle, ScryptParams, open_keystore, write_file_atomically
 from keys.keystore.files import decrypt_private_key_info
 from keys.lifecycle import ProvinceKeySet, RotatingSigner, RotationPolicy, load_key_set, save_key_set
+from shellkit.files import open_private
 
 UTC = dt.timezone.utc
 T = dt.datetime(2026, 11, 22, 8, 0, tzinfo=UTC)  # a rotation instant
@@ -371,6 +372,12 @@ def test_watch_reloads_on_change_and_on_wake(tmp_path, rotation):
 # --------------------------------------------------------------------------- the issuer's wiring
 
 
+def write_private(path: pathlib.Path, text: str) -> None:
+    """A secret file as the docs' recipes make it: owner-only (the issuer refuses wider ones)."""
+    with open_private(path, "w") as f:
+        f.write(text)
+
+
 def _config(tmp_path, **kw) -> IssuerConfig:
     base = dict(province="33", database=tmp_path / "issuer.db", vault_key=tmp_path / "vault.key",
                 key_set=tmp_path / "key-set-33.json", keystore_dir=tmp_path / "keys",
@@ -460,8 +467,8 @@ def test_serve_reloads_the_key_set_on_sighup(tmp_path, rotation, caplog):
     caplog.set_level(logging.INFO, logger="keys.lifecycle")
     store, a, b, ks, path = rotation
     save_key_set(path, ProvinceKeySet("33", ks.policy, (ks.find(a.kid),), revision=1))
-    (tmp_path / "vault.key").write_text(os.urandom(32).hex() + "\n")
-    (tmp_path / "callers.toml").write_text(f'[[callers]]\nname = "app"\nkey_sha256 = "{auth.hash_api_key("k")}"\n')
+    write_private(tmp_path / "vault.key", os.urandom(32).hex() + "\n")  # secrets are owner-only (0600)
+    write_private(tmp_path / "callers.toml", f'[[callers]]\nname = "app"\nkey_sha256 = "{auth.hash_api_key("k")}"\n')
     config = _config(tmp_path, listen="127.0.0.1:0", key_set_check_interval=3600.0)  # only SIGHUP will do
     seen = []
 

@@ -276,6 +276,24 @@ def test_nearing_the_cap_plans_an_early_key_and_cuts_the_active_one_short():
     assert ks.signing_key_at(plan.use_from).kid == second.kid
 
 
+@pytest.mark.parametrize(
+    "name, recorded, reported, expected",
+    [
+        ("a higher count is recorded", 5, 9, 9),
+        ("a lower count never lowers it", 9, 5, 9),
+        ("an equal count changes nothing", 9, 9, 9),
+    ],
+)
+def test_recording_codes_signed_only_raises_counts_and_keeps_the_revision(name, recorded, reported, expected):
+    store = MemoryKeystore()
+    ks, first = add(ProvinceKeySet("33", POLICY), store, use_from=T0, now=T0)
+    ks = dataclasses.replace(ks, keys=(dataclasses.replace(ks.find(first.kid), codes_signed=recorded),))
+    after = ks.with_codes_signed({first.kid: reported, b"unknown kid": 10**9})
+    assert after.find(first.kid).codes_signed == expected
+    assert after.revision == ks.revision  # counts are merged by maximum: no revision to guard them
+    assert (after is ks) is (expected == recorded)
+
+
 def test_the_rotating_signer_enforces_the_cap_and_says_what_comes_next():
     policy = RotationPolicy(max_codes_per_key=3)
     store = MemoryKeystore()
