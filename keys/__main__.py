@@ -2,8 +2,10 @@
 
 The only place in ``keys/`` that reads argv, the environment, the terminal
 and the clock. Every command prints what it changed (files written, versions,
-kids) and refuses unsafe input with a one-line error (exit status 1; 2 for
-bad usage). See ``docs/operations.md`` for the ceremonies step by step.
+kids). Every failure is one ``Error: ...`` line on stderr, never a traceback
+(:func:`shellkit.cli.run_click`): exit status 2 for bad usage (a wrong option
+or argument), 1 for everything else (a refusal, a missing secret, a file that
+cannot be read). See ``docs/operations.md`` for the ceremonies step by step.
 
 Secrets:
 
@@ -89,9 +91,9 @@ class _Passphrases:
         if value is None:
             value = os.environ.get("HEALTHCODE_PASSPHRASE")
         if value is None:
-            if not sys.stdin.isatty():
-                raise click.UsageError(f"no passphrase for {holder}: set {name} (or HEALTHCODE_PASSPHRASE), "
-                                       "or run on a terminal to be asked")
+            if not sys.stdin.isatty():  # the environment lacks a secret: exit 1, not bad usage
+                raise click.ClickException(f"no passphrase for {holder}: set {name} (or HEALTHCODE_PASSPHRASE), "
+                                           "or run on a terminal to be asked")
             value = click.prompt(f"{'New passphrase' if new else 'Passphrase'} for the keys in {holder}",
                                  hide_input=True, confirmation_prompt=new, err=True)
         secret = value.encode("utf-8")
@@ -194,8 +196,9 @@ def _open_keystore(home, keystore: str, keystore_dir, pkcs11_module, pkcs11_toke
 
     secret = os.environ.get(keystore_secret_env)
     if secret is None:
-        if not sys.stdin.isatty():
-            raise click.UsageError(f"no keystore secret: set {keystore_secret_env}, or run on a terminal to be asked")
+        if not sys.stdin.isatty():  # the environment lacks a secret: exit 1, not bad usage
+            raise click.ClickException(f"no keystore secret: set {keystore_secret_env}, "
+                                       "or run on a terminal to be asked")
         what = "user PIN of the token" if keystore == "pkcs11" else "keystore passphrase"
         secret = click.prompt(f"{what} ({home.directory})", hide_input=True, err=True)
     return open_keystore(keystore, secret=secret, directory=keystore_dir or home.keystore_dir,
@@ -509,11 +512,22 @@ def key_list(state: _State, code: str, home) -> None:
         where = f"{k.handle.backend}:{k.handle.label}" if k.handle else "no private key here"
         click.echo(f"  {k.kid.hex()} {k.algorithm.value:<7} {info.state.value:<12}{'*' if info.signing else ' '} "
                    f"signs {k.use_from:%Y-%m-%dT%H:%M:%SZ} .. {k.use_until:%Y-%m-%dT%H:%M:%SZ}, verifies until "
-                   f"{k.verify_until:%Y-%m-%dT%H:%M:%SZ}, {k.codes_signed} codes, {where}")
+                   f"{k.verify_until:%Y-%m-%dT%H:%M:%SZ}, {_codes_of_cap(k.codes_signed, policy)}, {where}")
     plan = key_set.plan_next(state.now)
     click.echo("next rotation: " + ("none due" if plan is None else
                                     f"{plan.reason.value}: a key signing from {plan.use_from:%Y-%m-%dT%H:%M:%SZ}"
                                     f" (`healthcode-keys province key rotate {key_set.province}`)"))
+
+
+def _codes_of_cap(count: int, policy) -> str:
+    """``8,000 of 10,000 codes signed (80.0 % of the cap: at least 80 %, rotate early)``."""
+    share = count / policy.max_codes_per_key
+    text = f"{count:,} of {policy.max_codes_per_key:,} codes signed ({share * 100:.1f} % of the cap"
+    if count >= policy.max_codes_per_key:
+        return text + ": CAP REACHED, the key signs no more)"
+    if share >= policy.cap_plan_fraction:
+        return text + f": at least {policy.cap_plan_fraction * 100:g} %, rotate early)"
+    return text + ")"
 
 
 @province.command("publish")
@@ -539,18 +553,21 @@ def province_publish(state: _State, code: str, home, snapshot: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``healthcode-keys`` script."""
-    try:
-        cli.main(args=argv, prog_name="healthcode-keys", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted!", err=True)
-        return 1
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except SystemExit as e:  # --help, --version
-        return int(e.code or 0)
-    return 0
+    """Entry point of the ``healthcode-keys`` script: every failure is one ``Error:`` line.
+
+    Expected (exit 1, no traceback): the package's refusals (``KeyManagementError``,
+    ``TrustRepoError``), a repository whose metadata is broken (tuf's ``RepositoryError``)
+    and the host's (``OSError``: a file that cannot be read or written, a secret with
+    a wide mode). The CLI speaks no gRPC. Anything else is a bug and keeps its traceback.
+    """
+    from tuf.api.exceptions import RepositoryError
+
+    from keys.errors import KeyManagementError
+    from keys.trustrepo import TrustRepoError
+    from shellkit.cli import run_click
+
+    return run_click(cli, argv, prog_name="healthcode-keys",
+                     expected=(KeyManagementError, TrustRepoError, RepositoryError, OSError))
 
 
 if __name__ == "__main__":

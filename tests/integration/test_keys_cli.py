@@ -277,16 +277,81 @@ def test_secrets_come_from_per_holder_variables_and_are_checked(site):
     env["HEALTHCODE_PASSPHRASE_OFFICIAL_2"] = "not official two's passphrase"
     out = site.run(T0 + HOUR, "province", "add", "44", "--home", str(site.home("44")), env=env, code=1)
     assert "wrong_passphrase" in out and "official-2" in out
+    # a missing secret is the environment's fault, not bad usage: exit 1 (2 is for wrong options)
     env = {k: v for k, v in ENV.items() if k != "HEALTHCODE_PASSPHRASE"}
-    out = site.run(T0 + HOUR, "publish", env=env, code=2)
+    out = site.run(T0 + HOUR, "publish", env=env, code=1)
     assert "set HEALTHCODE_PASSPHRASE_ONLINE" in out  # no terminal in CI: the variable to set is named
     env = {k: v for k, v in ENV.items() if k != "HEALTHCODE_KEYSTORE_SECRET"}
-    out = site.run(T0 + HOUR, "province", "key", "generate", "33", "--home", str(site.home("33")), env=env, code=2)
-    assert "set HEALTHCODE_KEYSTORE_SECRET" in out
+    out = site.run(T0 + HOUR, "province", "key", "generate", "33", "--home", str(site.home("33")), env=env, code=1)
+    assert "set HEALTHCODE_KEYSTORE_SECRET" in out and "Usage:" not in out
     for path in site.base.rglob("*"):  # no secret ever lands in a file in clear
         if path.is_file():
             data = path.read_bytes()
             assert b"rehearsal passphrase" not in data and KEYSTORE_SECRET.encode() not in data
+
+
+def _break_timestamp_with_a_directory(site) -> None:
+    path = site.repo / "metadata" / "timestamp.json"
+    path.unlink()
+    path.mkdir()  # reading it is an OSError (IsADirectoryError)
+
+
+def _corrupt_timestamp(site) -> None:
+    (site.repo / "metadata" / "timestamp.json").write_text("{not json")  # tuf: DeserializationError
+
+
+@pytest.mark.parametrize(
+    "name, unset, breaks, args, code, message",
+    [
+        ("no keystore secret (environment, not usage)", "HEALTHCODE_KEYSTORE_SECRET", None,
+         ("province", "key", "generate", "33", "--home", "{home}"), 1,
+         "Error: no keystore secret: set HEALTHCODE_KEYSTORE_SECRET, or run on a terminal to be asked"),
+        ("no online passphrase", "HEALTHCODE_PASSPHRASE", None, ("publish",), 1,
+         "Error: no passphrase for {repo_base}/national-keys/online: set HEALTHCODE_PASSPHRASE_ONLINE"),
+        ("an unreadable metadata file (OSError)", None, _break_timestamp_with_a_directory, ("status",), 1,
+         "Error: [Errno 21] Is a directory"),
+        ("corrupt metadata (tuf)", None, _corrupt_timestamp, ("status",), 1, "Error: Failed to deserialize"),
+        ("a refusal of the lifecycle", None, None,
+         ("province", "key", "retire", "33", "{kid}", "--home", "{home}"), 1,
+         "Error: policy_violation: key {kid} is prepublished: only an active key can be retired"),  # 2030 key, real clock
+        ("bad usage stays exit 2", None, None, ("province", "key", "list", "33", "--no-such-option"), 2,
+         "Error: No such option '--no-such-option'"),
+    ],
+)
+def test_every_failure_of_the_entry_point_is_one_error_line(site, monkeypatch, capsys, name, unset, breaks, args,
+                                                            code, message):
+    from keys.__main__ import main
+
+    for variable, value in ENV.items():
+        monkeypatch.setenv(variable, value)
+    if unset:
+        monkeypatch.delenv(unset)
+    if breaks:
+        breaks(site)
+    values = dict(home=str(site.home("33")), kid=site.key_set("33").keys[0].kid.hex(), repo_base=site.base)
+    argv = ["--repo", str(site.repo), "--national-keys", str(site.national), *(a.format(**values) for a in args)]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith(message.format(**values)), err
+    assert "Traceback" not in err
+
+
+def test_key_generate_names_the_real_publication_deadline_in_beijing_time(site):
+    home = ["--home", str(site.home("33"))]
+    now = T0 + HOUR  # 2030-03-01 17:00 Beijing; the policy's lead time is 3 days
+    run = "not yet published: run `healthcode-keys province publish 33`"
+    out = site.run(now, "province", "key", "generate", "33", *home)  # default: now + lead time
+    assert (f"{run} now: the key signs from 2030-03-04 17:00 北京时间 (CST) (in 3 d), and verifiers need the "
+            "lead time of 3 d to fetch it") in out
+    out = site.run(now, "province", "key", "generate", "33", "--use-from", iso(T0 + 10 * DAY), *home)
+    assert (f"{run} before 2030-03-08 16:00 北京时间 (CST) (in 6 d 23 h): verifiers need the lead time of 3 d "
+            "to fetch it before it signs from 2030-03-11 16:00 北京时间 (CST)") in out
+    for kid in [k.kid.hex() for k in site.key_set("33").keys]:  # nothing left to sign: the next key signs at once
+        site.run(now, "province", "key", "compromise", "33", kid, "--since", iso(now), *home)
+    out = site.run(now, "province", "key", "generate", "33", *home)
+    assert f"{run} now: the key signs from now on, and verifiers refuse its codes until they have synced" in out
+    assert iso(now) not in out.split("warning:", 1)[1]  # no "publish before <now>" any more
 
 
 def test_a_province_that_keeps_its_own_tuf_keys_sends_public_keys_only(site):
