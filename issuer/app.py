@@ -17,7 +17,7 @@ domain, serves until SIGTERM/SIGINT, then shuts down:
 
 No interceptors: services register through :class:`ObservedHandlers`, which
 wraps each method handler once with one JSON log line and metrics per RPC and
-with :class:`~issuer.auth.Admission` (authentication, rate limits). Both leave
+with :class:`~issuer.auth.Admission` (authentication, roles, rate limits). Both leave
 the standard health service alone. Logs carry the method, caller, status code
 and latency, never request contents.
 """
@@ -237,8 +237,9 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     root.setLevel(level.upper())
 
 
-#: absl's log prefix: severity, MMDD, time, thread id, file:line, "] ".
-_ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ ([^\]\s]+)\] ?(.*)$")
+#: absl's log prefix: severity, MMDD, time (``00:00:<unix seconds>`` before absl is initialised),
+#: thread id, file:line, "] ".
+_ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ ([^\]\s]+)\] ?(.*)$")
 _ABSL_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
 native_log = logging.getLogger("grpc.core")
 
@@ -436,7 +437,8 @@ class ObservedHandlers:
     Every RPC outside ``exempt_services`` is timed, counted by status code and
     logged as one JSON line; with ``admission`` (an
     :class:`~issuer.auth.Admission`) every RPC it does not exempt is
-    authenticated and rate-limited before the servicer runs. Services register
+    authenticated, checked against its service's roles and rate-limited
+    before the servicer runs. Services register
     on :meth:`registrar` instead of the server.
 
     Why not ``grpc.aio`` interceptors: an interceptor pipeline runs per call,

@@ -1010,3 +1010,119 @@ def test_api_keys_file():
                                          {"name": "b", "key_sha256": auth.hash_api_key("k")}]})
     with pytest.raises(ValueError, match="unknown fields"):
         auth.parse_api_keys({"callers": [{"name": "a", "key": "plaintext"}]})
+
+
+# --------------------------------------------------------------------------- secrets are owner-only (issue 11, item 1)
+
+
+def _serve_once(env, timeout: float = 30) -> subprocess.CompletedProcess:
+    """``healthcode-issuer serve`` on a DevEnvironment, expected to refuse at start."""
+    return subprocess.run(
+        [sys.executable, "-m", "issuer", "serve", "--config", str(env.config_path), "--listen", "127.0.0.1:0"],
+        cwd=env.directory, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+        timeout=timeout)
+
+
+@pytest.mark.parametrize("name, what, mode", [
+    ("vault.key", "vault key", 0o644),
+    ("callers.toml", "API keys file", 0o644),
+    ("signing.pem", "signing key", 0o640),
+    ("pki/server.key", "TLS key", 0o604),
+], ids=["vault-key-0644", "api-keys-0644", "signing-key-0640", "tls-key-0604"])
+def test_serve_refuses_a_secret_others_can_read_and_says_how_to_fix_it(tmp_path, name, what, mode):
+    from issuer.devenv import DevEnvironment
+
+    env = DevEnvironment.create(tmp_path / "issuer", now=dt.datetime.now(dt.timezone.utc))
+    path = env.directory / name
+    os.chmod(path, mode)
+    result = _serve_once(env)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"Error: {what} {path} is readable by other users (mode {mode:04o}); make it owner-only: chmod 600 {path}"]
+    assert not (env.directory / "issuer.db").exists()  # refused before the store opened
+
+
+def test_serve_starts_with_owner_only_secrets(tmp_path):
+    from issuer.devenv import DevEnvironment, ServerProcess
+
+    env = DevEnvironment.create(tmp_path / "issuer", now=dt.datetime.now(dt.timezone.utc))
+    secrets = ["vault.key", "callers.toml", "signing.pem", "pki/server.key", "app.apikey"]
+    assert {name: (env.directory / name).stat().st_mode & 0o777 for name in secrets} == dict.fromkeys(secrets, 0o600)
+    with ServerProcess(env) as server:
+        assert server.stop() == 0
+
+
+# --------------------------------------------------------------------------- every log line is JSON (item 8)
+
+
+def test_every_server_log_line_is_json_native_grpc_lines_included(tmp_path):
+    """gRPC's C core logs a failed TLS handshake through absl, straight to file descriptor 2
+    (``I1207 04:22:23.065807 14440 ssl_transport_security.cc:2563] Handshake failed ...``);
+    the server turns such lines into JSON records of logger ``grpc.core``. With metrics off,
+    the listening line says so (not ``metrics port None``)."""
+    from issuer.devenv import DevEnvironment, ServerProcess
+
+    env = DevEnvironment.create(tmp_path / "issuer", now=dt.datetime.now(dt.timezone.utc), mtls=True)
+    with ServerProcess(env) as server:
+        for credentials in (grpc.ssl_channel_credentials(env.ca_pem), None):  # no client certificate; no TLS
+            with (grpc.secure_channel(server.address, credentials) if credentials
+                  else grpc.insecure_channel(server.address)) as channel:
+                with pytest.raises(grpc.RpcError):
+                    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+        assert server.stop() == 0
+    lines = server.log_path.read_text().splitlines()
+    entries = []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}")
+    native = [e for e in entries if e["logger"] == "grpc.core"]
+    assert any("Handshake failed" in e["msg"] and e["source"].startswith("ssl_transport_security.cc:")
+               for e in native), native
+    listening = next(e for e in entries if e.get("event") == "listening")
+    assert "(metrics off, province 33, TLS)" in listening["msg"] and listening["metrics_port"] is None
+    assert "None" not in listening["msg"]
+
+
+@pytest.mark.parametrize("line, level, source, msg", [
+    ("I1207 04:22:23.065807   14440 ssl_transport_security.cc:2563] Handshake failed", logging.INFO,
+     "ssl_transport_security.cc:2563", "Handshake failed"),
+    ("E0000 00:00:1733545343.123456  99 chttp2_server.cc:1051] accept failed", logging.ERROR, "chttp2_server.cc:1051",
+     "accept failed"),
+    ("W1207 04:22:23.0 7 a.cc:1] careful", logging.WARNING, "a.cc:1", "careful"),
+    ("F1207 04:22:23.0 7 a.cc:1] fatal", logging.CRITICAL, "a.cc:1", "fatal"),
+    ("some other native text", logging.WARNING, None, "some other native text"),
+], ids=["info", "error", "warning", "fatal", "unrecognised"])
+def test_native_stderr_lines_become_records(caplog, line, level, source, msg):
+    from issuer.app import NativeStderr
+
+    caplog.set_level(logging.DEBUG, logger="grpc.core")
+    NativeStderr.record(line)
+    (record,) = [r for r in caplog.records if r.name == "grpc.core"]
+    assert (record.levelno, getattr(record, "source", None), record.getMessage()) == (level, source, msg)
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["logger"] == "grpc.core" and entry["msg"] == msg
+
+
+# --------------------------------------------------------------------------- reflection v1 (item 8)
+
+
+@pytest.mark.parametrize("service", ["grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"])
+def test_reflection_is_served_as_v1_and_v1alpha(served, service):
+    _, _, client = served
+    stream = client.channel.stream_stream(
+        f"/{service}/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+    requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol="healthcode.issuer.v1.HealthCodes"),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)]
+    listed, api, itself = list(stream(iter(requests), metadata=APP, timeout=5))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert api.file_descriptor_response.file_descriptor_proto
+    assert itself.file_descriptor_response.file_descriptor_proto, itself.error_response  # grpcurl describes it
+    with pytest.raises(grpc.RpcError) as e:
+        list(stream(iter(requests[:1]), timeout=5))
+    assert e.value.code() is grpc.StatusCode.UNAUTHENTICATED

@@ -1,0 +1,355 @@
+"""Roles × services, for real: the issuer's server on 127.0.0.1 over mTLS, DevPki client certificates.
+
+One server per module serves every service an issuer can serve (ResidentIndex
+and HealthCodes over a real SQLite domain, KeyAdmin over a real province key
+set and trust repository, health, reflection v1alpha and v1) with a client CA,
+one API key ("app") and one certificate listed in ``auth.issuance_clients``
+("desk"). Each caller calls every method of every service; the table
+:data:`EXPECTED` says which services let it through (issue 11, item 2: an
+``admin:44`` or ``national:ops`` certificate could call FindResident, merge and
+revoke in province 33). Denied calls are PERMISSION_DENIED before the
+servicer runs: nothing is read or changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import grpc
+import pytest
+from google.protobuf import message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
+
+import healthcode as hc
+from issuer import auth
+from issuer.api import common_pb2, health_codes_pb2, key_admin_pb2, resident_index_pb2
+from issuer.app import IssuerServer, ServerOptions, TlsMaterial
+from issuer.config import ConfigError, IssuerConfig
+from issuer.documents import make_resident_id
+from issuer.index import ResidentIndex
+from issuer.issuance import CodeIssuer
+from issuer.key_admin import KeyAdminService
+from issuer.privacy import IdentifierVault
+from issuer.service import ServiceSettings
+from issuer.store.sqlite import SQLiteStore
+from issuer.tls import DevPki
+
+from .test_key_admin import HOUR, LoopThread, Nation, utc_now
+
+API_KEY = "roles-app-key-" + "d" * 40
+APP = (("authorization", f"Bearer {API_KEY}"),)
+WRONG_KEY = (("authorization", "Bearer " + "x" * 40),)
+
+RESIDENT_INDEX = "healthcode.issuer.v1.ResidentIndex"
+HEALTH_CODES = "healthcode.issuer.v1.HealthCodes"
+KEY_ADMIN = "healthcode.admin.v1.KeyAdmin"
+HEALTH = "grpc.health.v1.Health"
+REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+DESCRIPTORS = {
+    RESIDENT_INDEX: resident_index_pb2.DESCRIPTOR.services_by_name["ResidentIndex"],
+    HEALTH_CODES: health_codes_pb2.DESCRIPTOR.services_by_name["HealthCodes"],
+    KEY_ADMIN: key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"],
+}
+
+#: caller -> (client certificate CN, metadata). Every connection needs a certificate (client CA set).
+CALLERS = {
+    "api-key": ("no-role-client", APP),  # the key decides: an issuance client
+    "issuance-certificate": ("desk", ()),  # listed in auth.issuance_clients
+    "admin-33": ("admin:33", ()),
+    "admin-44": ("admin:44", ()),
+    "national": ("national:ops", ()),
+    "admin-99": ("admin:99", ()),  # not a province: no role
+    "unlisted-certificate": ("ops", ()),  # from the client CA, but not named: no role
+    "wrong-api-key": ("desk", WRONG_KEY),  # a key, if sent, decides: unauthenticated
+}
+SERVICES = (RESIDENT_INDEX, HEALTH_CODES, KEY_ADMIN, HEALTH, REFLECTION_V1ALPHA, REFLECTION_V1)
+A, D, U = "admitted", "denied", "unauthenticated"
+#: caller -> one outcome per service of SERVICES (health: always admitted, no credentials needed).
+EXPECTED = {
+    "api-key":              (A, A, D, A, A, A),
+    "issuance-certificate": (A, A, D, A, A, A),
+    "admin-33":             (D, D, A, A, A, A),
+    "admin-44":             (D, D, A, A, A, A),  # admitted to KeyAdmin; KeyAdmin refuses province 33 itself
+    "national":             (D, D, A, A, A, A),
+    "admin-99":             (D, D, D, A, D, D),
+    "unlisted-certificate": (D, D, D, A, D, D),
+    "wrong-api-key":        (U, U, U, A, U, U),
+}
+MATRIX = [(caller, service, EXPECTED[caller][i]) for caller in CALLERS for i, service in enumerate(SERVICES)]
+
+
+def resident_number(n: int) -> str:
+    return make_resident_id("330106", dt.date(1960, 1, 1) + dt.timedelta(days=n), n % 1000)
+
+
+class Served:
+    """The module's server, its domain, and one channel per client certificate."""
+
+    def __init__(self, loop: LoopThread, server: IssuerServer, pki: DevPki, store: SQLiteStore,
+                 nation: Nation) -> None:
+        self.loop, self.server, self.pki, self.store, self.nation = loop, server, pki, store, nation
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def channel(self, cn: str) -> grpc.Channel:
+        if cn not in self._channels:
+            cert = self.pki.client(cn)
+            creds = grpc.ssl_channel_credentials(self.pki.ca_cert_pem, cert.key_pem, cert.cert_pem)
+            self._channels[cn] = grpc.secure_channel(f"127.0.0.1:{self.server.port}", creds)
+        return self._channels[cn]
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    base = tmp_path_factory.mktemp("roles")
+    loop = LoopThread()
+    pki = DevPki.create(now=dt.datetime.now(dt.timezone.utc))
+    nation = Nation(base / "nation", utc_now())
+    store = SQLiteStore(base / "issuer.db")
+    signer = hc.SoftwareSigner(hc.generate_signing_key(hc.Algorithm.ES256))
+    index = ResidentIndex(store=store, vault=IdentifierVault.from_secret(os.urandom(32)))
+    codes = CodeIssuer(store=store, province="33", signer=signer, validity=dt.timedelta(days=7))
+    server_cert = pki.server()
+    options = ServerOptions(
+        service=ServiceSettings(province="33"), listen="127.0.0.1:0",
+        tls=TlsMaterial(server_cert.cert_pem, server_cert.key_pem, pki.ca_cert_pem),
+        api_keys=(auth.ApiKey("app", bytes.fromhex(auth.hash_api_key(API_KEY))),),
+        issuance_clients=frozenset({"desk"}), rate_limit=auth.RateLimit(10_000.0, 10_000.0), grace=1.0)
+    key_admin = KeyAdminService(nation.admin, clock=lambda: nation.now + HOUR)
+
+    async def start():
+        return await IssuerServer.start(options, index=index, codes=codes, key_admin=key_admin, on_close=store.close)
+
+    server = loop.run(start())
+    s = Served(loop, server, pki, store, nation)
+    yield s
+    s.close()
+    loop.run(server.shutdown(0))
+    nation.keystore.close()
+    loop.close()
+
+
+def _call_method(channel: grpc.Channel, service: str, method, metadata):
+    """Call ``method`` (a MethodDescriptor) with an empty request; the status code it ends with."""
+    request_class = message_factory.GetMessageClass(method.input_type)
+    response_class = message_factory.GetMessageClass(method.output_type)
+    stub = channel.unary_unary(f"/{service}/{method.name}", request_serializer=request_class.SerializeToString,
+                               response_deserializer=response_class.FromString)
+    try:
+        stub(request_class(), metadata=metadata, timeout=10)
+    except grpc.RpcError as e:
+        return e.code(), e.details()
+    return grpc.StatusCode.OK, ""
+
+
+def _outcomes(served: Served, caller: str, service: str) -> list[tuple[str, grpc.StatusCode, str]]:
+    """(method, status code, details) of every method of ``service`` called by ``caller``."""
+    cn, metadata = CALLERS[caller]
+    channel = served.channel(cn)
+    if service == HEALTH:  # no credentials: the health service needs none
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        return [("Check", grpc.StatusCode.OK if reply.status == health_pb2.HealthCheckResponse.SERVING
+                 else grpc.StatusCode.UNAVAILABLE, "")]
+    if service in (REFLECTION_V1ALPHA, REFLECTION_V1):
+        stream = channel.stream_stream(
+            f"/{service}/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        try:
+            replies = list(stream(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                  metadata=metadata, timeout=10))
+        except grpc.RpcError as e:
+            return [("ServerReflectionInfo", e.code(), e.details())]
+        listed = {s.name for s in replies[0].list_services_response.service}
+        assert {RESIDENT_INDEX, HEALTH_CODES, KEY_ADMIN, HEALTH, REFLECTION_V1ALPHA, REFLECTION_V1} <= listed
+        return [("ServerReflectionInfo", grpc.StatusCode.OK, "")]
+    return [(m.name, *_call_method(channel, service, m, metadata)) for m in DESCRIPTORS[service].methods]
+
+
+@pytest.mark.parametrize("caller, service, expected", MATRIX,
+                         ids=[f"{c}-{s.split('.')[-1] if 'reflection' not in s else s.split('.')[-2]}-{e}"
+                              for c, s, e in MATRIX])
+def test_role_matrix(served, caplog, caller, service, expected):
+    outcomes = _outcomes(served, caller, service)
+    assert outcomes
+    for method, code, details in outcomes:
+        where = f"{caller} -> {service}/{method}: {code.name} {details}"
+        if expected == U:
+            assert code is grpc.StatusCode.UNAUTHENTICATED, where
+        elif expected == D:
+            assert code is grpc.StatusCode.PERMISSION_DENIED, where
+            assert f"{service} is open to" in details, where  # refused by the admission layer, not the servicer
+            assert "'" + CALLERS[caller][0] + "'" in details or "'app'" in details, where
+        else:  # admitted: the servicer ran (an empty request is invalid, the health check serves)
+            assert code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+                                grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), where
+    if expected == D:
+        assert "access denied: caller" in caplog.text
+
+
+def test_denied_messages_name_the_caller_its_role_and_who_the_service_is_for(served):
+    cases = [
+        ("admin:44", RESIDENT_INDEX, "certificate 'admin:44' has the admin role; "
+                                     "healthcode.issuer.v1.ResidentIndex is open to issuance clients only"),
+        ("national:ops", HEALTH_CODES, "certificate 'national:ops' has the national role; "
+                                       "healthcode.issuer.v1.HealthCodes is open to issuance clients only"),
+        ("desk", KEY_ADMIN, "certificate 'desk' has the issuance role; healthcode.admin.v1.KeyAdmin is open to "
+                            "admin:<province> certificates and national:<name> certificates only"),
+        ("ops", RESIDENT_INDEX, "certificate 'ops' has no role (a CN must be admin:<province>, national:<name>, "
+                                "or listed in auth.issuance_clients)"),
+    ]
+    for cn, service, message in cases:
+        method = DESCRIPTORS[service].methods[0]
+        code, details = _call_method(served.channel(cn), service, method, ())
+        assert (code, message in details) == (grpc.StatusCode.PERMISSION_DENIED, True), (cn, service, details)
+
+
+def test_the_reviewers_attacks_are_refused_and_change_nothing(served):
+    """Issue 11: admin and national certificates looked residents up by ID number, merged them and
+    revoked all of a resident's codes in province 33."""
+    app = served.channel("no-role-client")  # with the API key: the issuance client
+    register = app.unary_unary(f"/{RESIDENT_INDEX}/RegisterResident",
+                               request_serializer=resident_index_pb2.RegisterResidentRequest.SerializeToString,
+                               response_deserializer=resident_index_pb2.RegisterResidentResponse.FromString)
+    document = common_pb2.Document(type=common_pb2.DOCUMENT_TYPE_RESIDENT_ID, number=resident_number(1))
+    other_document = common_pb2.Document(type=common_pb2.DOCUMENT_TYPE_RESIDENT_ID, number=resident_number(2))
+    mid = register(resident_index_pb2.RegisterResidentRequest(primary=document), metadata=APP, timeout=10).main_index_id
+    other = register(resident_index_pb2.RegisterResidentRequest(primary=other_document), metadata=APP,
+                     timeout=10).main_index_id
+    issue = app.unary_unary(f"/{HEALTH_CODES}/IssueCode",
+                            request_serializer=health_codes_pb2.IssueCodeRequest.SerializeToString,
+                            response_deserializer=health_codes_pb2.IssueCodeResponse.FromString)
+    code = issue(health_codes_pb2.IssueCodeRequest(main_index_id=mid, idempotency_key="roles-0001"), metadata=APP,
+                 timeout=10).code
+
+    attacks = [
+        ("FindResident", RESIDENT_INDEX, resident_index_pb2.FindResidentRequest(document=document),
+         resident_index_pb2.FindResidentResponse),
+        ("MergeResidents", RESIDENT_INDEX, resident_index_pb2.MergeResidentsRequest(
+            survivor_main_index_id=other, merged_main_index_id=mid), resident_index_pb2.MergeResidentsResponse),
+        ("RevokeCode", HEALTH_CODES, health_codes_pb2.RevokeCodeRequest(
+            main_index_id=mid, reason=common_pb2.REVOCATION_REASON_FRAUD), health_codes_pb2.RevokeCodeResponse),
+    ]
+    for cn in ("national:ops", "admin:44", "admin:99", "admin:33"):
+        for method, service, request, response in attacks:
+            stub = served.channel(cn).unary_unary(f"/{service}/{method}",
+                                                  request_serializer=type(request).SerializeToString,
+                                                  response_deserializer=response.FromString)
+            with pytest.raises(grpc.RpcError) as err:
+                stub(request, timeout=10)
+            assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED, (cn, method)
+            assert mid not in err.value.details()
+    status = app.unary_unary(f"/{HEALTH_CODES}/GetCodeStatus",
+                             request_serializer=health_codes_pb2.GetCodeStatusRequest.SerializeToString,
+                             response_deserializer=health_codes_pb2.GetCodeStatusResponse.FromString)
+    assert status(health_codes_pb2.GetCodeStatusRequest(ref=code.ref), metadata=APP,
+                  timeout=10).code.state == common_pb2.CODE_STATE_VALID  # not revoked
+    find = app.unary_unary(f"/{RESIDENT_INDEX}/FindResident",
+                           request_serializer=resident_index_pb2.FindResidentRequest.SerializeToString,
+                           response_deserializer=resident_index_pb2.FindResidentResponse.FromString)
+    assert find(resident_index_pb2.FindResidentRequest(document=other_document), metadata=APP,
+                timeout=10).main_index_id == other  # not merged
+
+
+def test_key_admin_still_checks_the_province_behind_admission(served):
+    admin44 = served.channel("admin:44")
+    stub = admin44.unary_unary(f"/{KEY_ADMIN}/ListKeys",
+                               request_serializer=key_admin_pb2.ListKeysRequest.SerializeToString,
+                               response_deserializer=key_admin_pb2.ListKeysResponse.FromString)
+    with pytest.raises(grpc.RpcError) as err:
+        stub(key_admin_pb2.ListKeysRequest(province="33"), timeout=30)
+    assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "admin:44 administers province 44, not 33" in err.value.details()
+    admin33 = served.channel("admin:33").unary_unary(
+        f"/{KEY_ADMIN}/ListKeys", request_serializer=key_admin_pb2.ListKeysRequest.SerializeToString,
+        response_deserializer=key_admin_pb2.ListKeysResponse.FromString)
+    assert len(admin33(key_admin_pb2.ListKeysRequest(province="33"), timeout=30).keys) == 1
+
+
+# --------------------------------------------------------------------------- how roles are configured
+
+
+@pytest.mark.parametrize("cn, clients, role", [
+    ("admin:33", (), auth.Role.PROVINCE_ADMIN),
+    ("admin:99", (), None),
+    ("admin:3", (), None),
+    ("national:ops", (), auth.Role.NATIONAL),
+    ("national:", (), None),
+    ("desk", ("desk",), auth.Role.ISSUANCE),
+    ("desk", (), None),
+    ("admin:33", ("admin:33",), auth.Role.PROVINCE_ADMIN),  # a listing never changes an admin's role
+    ("admin:99", ("admin:99",), None),
+])
+def test_certificate_role(cn, clients, role):
+    assert auth.certificate_role(cn, frozenset(clients)) is role
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"role": "admin"}, 'role must be "issuance"'),
+    ({"role": "national"}, 'role must be "issuance"'),
+    ({"name": "admin:33"}, "belong to key administrators' certificates"),
+    ({"name": "national:ops"}, "belong to key administrators' certificates"),
+])
+def test_api_keys_file_roles_are_issuance_only(entry, message):
+    base = {"name": "app", "key_sha256": auth.hash_api_key("k")}
+    with pytest.raises(ValueError, match=message):
+        auth.parse_api_keys({"callers": [{**base, **entry}]})
+    assert [k.role for k in auth.parse_api_keys({"callers": [base, {"name": "b", "role": "issuance",
+                                                                    "key_sha256": auth.hash_api_key("k2")}]})] == [
+        auth.Role.ISSUANCE, auth.Role.ISSUANCE]
+
+
+def _config_text(auth_section: str, tls_extra: str = 'client_ca = "ca.pem"\n') -> str:
+    return ('province = "33"\ndatabase = "i.db"\n[tls]\ncert = "s.pem"\nkey = "s.key"\n' + tls_extra
+            + '[auth]\n' + auth_section + '[keys]\nsigning_key = "k.pem"\nvault_key = "v.key"\n')
+
+
+@pytest.mark.parametrize("auth_section, tls_extra, message", [
+    ('issuance_clients = ["admin:33"]\n', 'client_ca = "ca.pem"\n', "key-administration name"),
+    ('issuance_clients = ["national:x"]\n', 'client_ca = "ca.pem"\n', "key-administration name"),
+    ('issuance_clients = ["a b"]\n', 'client_ca = "ca.pem"\n', "1-64 characters"),
+    ('issuance_clients = "desk"\n', 'client_ca = "ca.pem"\n', "auth.issuance_clients has the wrong type"),
+    ('api_keys = "c.toml"\nissuance_clients = ["desk"]\n', "", "needs|set tls.client_ca"),
+], ids=["admin-name", "national-name", "bad-name", "not-a-list", "no-client-ca"])
+def test_issuance_clients_config_errors(tmp_path, auth_section, tls_extra, message):
+    from issuer.config import load_config
+
+    path = tmp_path / "issuer.toml"
+    path.write_text(_config_text(auth_section, tls_extra))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_issuance_clients_from_the_config_file(tmp_path):
+    from issuer.config import load_config
+
+    path = tmp_path / "issuer.toml"
+    path.write_text(_config_text('issuance_clients = ["desk", "batch-printer"]\n'))
+    assert load_config(path).issuance_clients == ("desk", "batch-printer")
+    assert IssuerConfig(province="33", database=tmp_path / "i.db", vault_key=tmp_path / "v",
+                        signing_key=tmp_path / "k", tls_cert=tmp_path / "c", tls_key=tmp_path / "k",
+                        api_keys=tmp_path / "a").issuance_clients == ()  # default: no certificate issues
+
+
+def test_a_served_issuer_with_mtls_admits_its_listed_issuance_client(tmp_path):
+    """``healthcode-issuer serve`` as a process, configured by issuer/devenv.py with ``mtls=True``:
+    the caller's certificate is listed in auth.issuance_clients and issues codes."""
+    from issuer.devenv import DevEnvironment, ServerProcess
+
+    env = DevEnvironment.create(tmp_path / "issuer", now=dt.datetime.now(dt.timezone.utc), mtls=True)
+    assert 'issuance_clients = ["app"]' in env.config_path.read_text()
+    with ServerProcess(env) as server, grpc.secure_channel(server.address, env.channel_credentials()) as channel:
+        register = channel.unary_unary(
+            f"/{RESIDENT_INDEX}/RegisterResident",
+            request_serializer=resident_index_pb2.RegisterResidentRequest.SerializeToString,
+            response_deserializer=resident_index_pb2.RegisterResidentResponse.FromString)
+        number = resident_number(int.from_bytes(os.urandom(2), "big") % 20_000)
+        reply = register(resident_index_pb2.RegisterResidentRequest(primary=common_pb2.Document(
+            type=common_pb2.DOCUMENT_TYPE_RESIDENT_ID, number=number)), timeout=10)  # no API key: the certificate
+        hc.parse_main_index_id(reply.main_index_id)
