@@ -399,3 +399,128 @@ def test_millisecond_clock():
     assert second is first or second > first
     time.sleep(0.002)
     assert clock() > first
+
+
+# --- revocation warnings: only keys that can have codes, named (issue 11, item 11) -----------------
+
+_PUBLIC = hc.generate_signing_key(hc.Algorithm.ES256).public_key()
+D = 24 * H
+
+
+def _key(kid: str, province: str = "33", *, use_from=T0 - 30 * D, use_until=T0 + 60 * D, verify_until=T0 + 90 * D,
+         status=hc.KeyStatus.ACTIVE, compromised_since=None, policy=hc.CompromisePolicy.REJECT_FROM_COMPROMISE):
+    return hc.TrustedKey(kid=bytes.fromhex(kid), province=province, public_key=_PUBLIC, use_from=use_from,
+                         use_until=use_until, verify_until=verify_until, status=status,
+                         compromised_since=compromised_since, compromise_policy=policy)
+
+
+REVOCATION_WARNING_CASES = [
+    # name, key without revocation data, warned at T0
+    ("in use", _key("aa01020304050607"), True),
+    ("pre-published: use_from ahead", _key("bb01020304050607", use_from=T0 + 10 * D), False),
+    ("use_from is now", _key("cc01020304050607", use_from=T0), True),
+    ("no longer signing, codes still verify", _key("dd01020304050607", use_until=T0 - D), True),
+    ("verification window over", _key("ee01020304050607", use_until=T0 - 2 * D, verify_until=T0 - D), False),
+    ("compromised, every code refused", _key("ff01020304050607", status=hc.KeyStatus.COMPROMISED,
+                                             compromised_since=T0 - D, policy=hc.CompromisePolicy.REJECT_ALL), False),
+    ("compromised since before its use", _key("ab01020304050607", status=hc.KeyStatus.COMPROMISED,
+                                              compromised_since=T0 - 40 * D), False),
+    ("compromised from yesterday: older codes verify", _key("ac01020304050607", status=hc.KeyStatus.COMPROMISED,
+                                                             compromised_since=T0 - D), True),
+]
+
+
+@pytest.mark.parametrize("name,key,warned", REVOCATION_WARNING_CASES, ids=[c[0] for c in REVOCATION_WARNING_CASES])
+def test_revocation_warning_only_for_keys_that_can_have_codes(name, key, warned):
+    from verifier.trust import key_can_have_codes, revocation_warnings
+
+    assert key_can_have_codes(key, T0) is warned
+    warnings, _ = revocation_warnings([key], T0)
+    if warned:
+        (text,) = warnings
+        assert f"33 浙江 kid {key.kid.hex()[:8]}" in text  # province and short kid
+        assert "无撤销数据" in text and "no revocation data for 1 signing key(s)" in text
+    else:
+        assert warnings == ()
+
+
+def test_revocation_warning_names_keys_and_counts_the_rest():
+    from verifier.trust import revocation_warnings
+
+    keys = [_key(f"{i:02x}00000000000000", "44" if i % 2 else "33") for i in range(6)]
+    (text,), _ = revocation_warnings(keys + [_key("bb01020304050607", use_from=T0 + D)], T0)
+    assert "6 个签名密钥" in text and "for 6 signing key(s)" in text and "(+2)" in text
+    assert "33 浙江 kid 00000000" in text and "44 广东 kid 01000000" in text and "bb010203" not in text
+
+
+def test_a_pre_published_key_is_warned_from_its_use_from_on():
+    """The state says when its warnings change; the loop takes TrustState.at() then."""
+    from verifier.trust import TrustState
+
+    soon, late = _key("bb01020304050607", use_from=T0 + 2 * D), _key("cc01020304050607", use_from=T0 + 5 * D)
+    state = TrustState(hc.Keyring([soon, late]), None, T0, uncovered=(soon, late)).at(T0)
+    assert state.warnings == () and state.recheck_at == T0 + 2 * D
+    later = state.at(state.recheck_at)
+    assert "bb010203" in later.warnings[0] and "cc010203" not in later.warnings[0]
+    assert later.recheck_at == T0 + 5 * D
+
+
+# --- a failed sync, in words (issue 11, item 13) --------------------------------------------------
+
+SYNC_FAILURE_CASES = [
+    ("urllib3 connection refused",
+     "fetching timestamp: mirror unavailable: HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded "
+     "with url: /metadata/timestamp.json (Caused by NewConnectionError('<urllib3.connection.HTTPConnection object "
+     "at 0x7f0>: Failed to establish a new connection: [Errno 111] Connection refused'))",
+     "镜像拒绝连接 / mirror refused the connection"),
+    ("urllib3 name resolution",
+     "mirror unavailable: HTTPSConnectionPool(host='trust.example', port=443): Max retries exceeded (Caused by "
+     "NameResolutionError(\"Failed to resolve 'trust.example' ([Errno -2] Name or service not known)\"))",
+     "镜像主机名无法解析 / mirror host name not found"),
+    ("read timeout", "mirror unavailable: HTTPSConnectionPool(host='x', port=443): Read timed out. (read timeout=30)",
+     "连接镜像超时 / mirror timed out"),
+    ("HTTP status", "fetching snapshot: mirror answered HTTP 404", "镜像返回 HTTP 404 / mirror answered HTTP 404"),
+    ("USB stick gone", "cannot read trust bundle from /media/usb: [Errno 2] No such file or directory: '/media/usb'",
+     "找不到信任数据源 / trust source not found"),
+]
+
+
+@pytest.mark.parametrize("name,text,words", SYNC_FAILURE_CASES, ids=[c[0] for c in SYNC_FAILURE_CASES])
+def test_sync_failure_is_one_short_bilingual_line(name, text, words):
+    from verifier.trust import SyncFailed, TrustDataRejected, sync_failure
+
+    line = sync_failure(SyncFailed(text))
+    assert line == f"trust sync failed / 信任数据同步失败: {words}"
+    assert "ConnectionPool" not in line and "Caused by" not in line and "\n" not in line
+    rejected = sync_failure(TrustDataRejected("rollback refused: version 1 is older than 2"))
+    assert rejected.startswith("trust sync failed / 信任数据同步失败: 镜像数据未通过验证 / mirror data rejected: rollback")
+
+
+# --- what the operator reads: Chinese and English, Beijing time (issue 11, item 13) ----------------
+
+DETAIL_CASES = [
+    ("EU DCC", hc.Reason.MALFORMED, "an EU Digital COVID Certificate (HC1:), not a Chinese health code",
+     "欧盟数字新冠证书"),
+    ("two codes", hc.Reason.MALFORMED, "two codes run together: scan one code at a time", "两个码连在一起"),
+    ("overlong", hc.Reason.MALFORMED, "input line too long (over 4096 bytes): discarded", "超过 4096 字节"),
+    ("unknown key", hc.Reason.UNKNOWN_KEY, "no trusted key of province 33 with kid 0102",
+     "省份 33 没有编号为 0102"),
+    ("revoked", hc.Reason.REVOKED, "code has been revoked", "健康码已被撤销"),
+    ("codec detail", hc.Reason.MALFORMED, "bad Base45: odd length", "内容无法解析"),
+    ("unknown detail of a known reason", hc.Reason.BAD_SIGNATURE, "something new", "签名无效"),
+]
+
+
+@pytest.mark.parametrize("name,reason,detail,zh", DETAIL_CASES, ids=[c[0] for c in DETAIL_CASES])
+def test_refusal_detail_in_chinese(name, reason, detail, zh):
+    from verifier.display import detail_zh
+
+    assert zh in detail_zh(reason, detail)
+
+
+def test_times_in_messages_are_shown_in_beijing_time():
+    from verifier.display import beijing_times
+
+    text = "trust data frozen: timestamp metadata expired at 2026-11-22T20:30:00Z; since 2026-11-22T08:00:00.123Z"
+    assert beijing_times(text) == ("trust data frozen: timestamp metadata expired at "
+                                   "2026-11-23 04:30:00 北京时间 (CST); since 2026-11-22 16:00:00 北京时间 (CST)")
