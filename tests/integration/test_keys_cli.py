@@ -313,7 +313,7 @@ def _corrupt_timestamp(site) -> None:
         ("corrupt metadata (tuf)", None, _corrupt_timestamp, ("status",), 1, "Error: Failed to deserialize"),
         ("a refusal of the lifecycle", None, None,
          ("province", "key", "retire", "33", "{kid}", "--home", "{home}"), 1,
-         "Error: policy_violation: key {kid} is prepublished: only an active key can be retired"),  # 2030 key, real clock
+         "Error: policy_violation: key {kid} is prepublished: only an active key can be retired"),  # 2030 key, now
         ("bad usage stays exit 2", None, None, ("province", "key", "list", "33", "--no-such-option"), 2,
          "Error: No such option '--no-such-option'"),
     ],
