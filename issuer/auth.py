@@ -81,8 +81,9 @@ __all__ = [
     "generate_api_key",
     "load_api_keys",
     "parse_api_keys",
-    "wrap_handler",
     "HEALTH_SERVICE",
+    "PROVINCE_ADMIN_CN",
+    "NATIONAL_CN",
 ]
 
 HEALTH_SERVICE = "grpc.health.v1.Health"

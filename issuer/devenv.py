@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,6 +30,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 import healthcode as hc
 from issuer.auth import generate_api_key, hash_api_key
 from issuer.tls import DevPki
+
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = ["DevEnvironment", "ServerProcess", "free_port"]
 
@@ -86,9 +90,9 @@ class DevEnvironment:
                    directory / "pki" / f"{caller}.pem" if mtls else None,
                    directory / "pki" / f"{caller}.key" if mtls else None)
 
-    def channel_credentials(self) -> "grpc.ChannelCredentials":
+    def channel_credentials(self) -> grpc.ChannelCredentials:
         """TLS credentials for a client of this issuer (with the caller's certificate under mtls)."""
-        import grpc
+        import grpc  # noqa: F811 - the devenv is imported by tools that never open a channel
 
         if self.client_cert is None or self.client_key is None:
             return grpc.ssl_channel_credentials(root_certificates=self.ca_pem)
