@@ -6,6 +6,8 @@ Bytes in, verified objects out; time is a parameter; no I/O.
 * where a code is verified: :func:`verify` / :func:`check` (``verify.py``)
 * trusted keys and their windows: :class:`Keyring` (``keyring.py``)
 * errors and reason codes: ``errors.py``
+* dynamic presentations (a credential bound to a phone, a QR that changes every
+  30 s): :mod:`healthcode.presentation`
 """
 
 from .algorithms import (
@@ -20,17 +22,23 @@ from .algorithms import (
 from .codec import PREFIX, Signer, UnverifiedCode, decode_unverified
 from .errors import (
     AlgorithmMismatch,
+    BadDeviceSignature,
     BadSignature,
     Expired,
+    FuturePresentation,
     HealthCodeError,
     InvalidClaims,
     InvalidKey,
     KeyCompromised,
     KeyNotValidAtIssuance,
     MalformedCode,
+    NoHolderKey,
     NotYetValid,
+    PresentationRequired,
     Reason,
+    Replayed,
     Revoked,
+    StalePresentation,
     TrustDataStale,
     UnknownKey,
     UnsupportedAlgorithm,
@@ -66,17 +74,23 @@ __all__ = [
     "UnverifiedCode",
     "decode_unverified",
     "AlgorithmMismatch",
+    "BadDeviceSignature",
     "BadSignature",
     "Expired",
+    "FuturePresentation",
     "HealthCodeError",
     "InvalidClaims",
     "InvalidKey",
     "KeyCompromised",
     "KeyNotValidAtIssuance",
     "MalformedCode",
+    "NoHolderKey",
     "NotYetValid",
+    "PresentationRequired",
     "Reason",
+    "Replayed",
     "Revoked",
+    "StalePresentation",
     "TrustDataStale",
     "UnknownKey",
     "UnsupportedAlgorithm",

@@ -29,6 +29,7 @@ __all__ = [
     "SigningKey",
     "load_public_key_pem",
     "load_public_key_der",
+    "load_p256_point",
     "generate_signing_key",
     "signing_key_from_private_bytes",
     "SM2_DEFAULT_SIGNER_ID",
@@ -208,6 +209,20 @@ def load_public_key_der(der: bytes) -> VerificationKey:
     if isinstance(key, ed25519.Ed25519PublicKey):
         return _Ed25519PublicKey(key)
     raise InvalidKey(f"unsupported public key type {type(key).__name__}")
+
+
+def load_p256_point(point: bytes) -> VerificationKey:
+    """A P-256 (ES256) key from a SEC 1 encoded point: ``04 x y``, or compressed ``02 x`` / ``03 x``.
+
+    The point is checked to be on the curve (cryptography refuses anything else).
+    """
+    if len(point) not in (33, 65) or point[0] not in (2, 3, 4) or (point[0] == 4) != (len(point) == 65):
+        raise InvalidKey("not a SEC 1 encoded P-256 point")
+    try:
+        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    except ValueError:
+        raise InvalidKey("not a point on P-256") from None
+    return _ES256PublicKey(key)
 
 
 def load_public_key_pem(pem: str | bytes) -> VerificationKey:

@@ -262,6 +262,12 @@ def _decode_unverified(text: str) -> tuple[int, bytes, bytes, bytes, bytes, byte
         raise MalformedCode(f"bad Base45: {exc}") from None
     if len(cose) > MAX_COSE_BYTES:
         raise MalformedCode(f"code larger than {MAX_COSE_BYTES} bytes")
+    return _decode_cose(cose)
+
+
+def _decode_cose(cose: bytes) -> tuple[int, bytes, bytes, bytes, bytes, bytes]:
+    """Steps (3) and (4) of :func:`_decode_unverified` on the COSE_Sign1 bytes alone
+    (a v1 code's, or the credential inside a dynamic presentation)."""
     # (3) COSE_Sign1 structure: tag 18, array of 4
     if len(cose) < 8 or cose[0] != _TAG_COSE_SIGN1 or cose[1] != 0x84:
         raise MalformedCode("not a tagged COSE_Sign1")

@@ -26,6 +26,13 @@ class Reason(str, enum.Enum):
     KEY_COMPROMISED = "key_compromised"
     REVOKED = "revoked"
     TRUST_DATA_STALE = "trust_data_stale"
+    # dynamic presentations (docs/code-format.md section 16)
+    PRESENTATION_REQUIRED = "presentation_required"
+    NO_HOLDER_KEY = "no_holder_key"
+    STALE_PRESENTATION = "stale_presentation"
+    FUTURE_PRESENTATION = "future_presentation"
+    BAD_DEVICE_SIGNATURE = "bad_device_signature"
+    REPLAYED = "replayed"
 
     def __str__(self) -> str:
         return self.value
@@ -104,6 +111,42 @@ class TrustDataStale(VerificationError):
     reason = Reason.TRUST_DATA_STALE
 
 
+class PresentationRequired(VerificationError):
+    """A credential bound to a device key (``cnf``) was shown without its device signature."""
+
+    reason = Reason.PRESENTATION_REQUIRED
+
+
+class NoHolderKey(VerificationError):
+    """A presentation's credential has no usable holder key (no ``cnf``, or an unsupported key)."""
+
+    reason = Reason.NO_HOLDER_KEY
+
+
+class StalePresentation(VerificationError):
+    """The presentation's time step is older than the accepted window (a screenshot, a replay)."""
+
+    reason = Reason.STALE_PRESENTATION
+
+
+class FuturePresentation(VerificationError):
+    """The presentation's time step is ahead of the accepted window (a clock far ahead)."""
+
+    reason = Reason.FUTURE_PRESENTATION
+
+
+class BadDeviceSignature(VerificationError):
+    """The device signature does not verify with the credential's holder key."""
+
+    reason = Reason.BAD_DEVICE_SIGNATURE
+
+
+class Replayed(VerificationError):
+    """This presentation (credential and time step) was already accepted here."""
+
+    reason = Reason.REPLAYED
+
+
 ERROR_FOR_REASON: dict[Reason, type[VerificationError]] = {
     cls.reason: cls
     for cls in (
@@ -118,6 +161,12 @@ ERROR_FOR_REASON: dict[Reason, type[VerificationError]] = {
         KeyCompromised,
         Revoked,
         TrustDataStale,
+        PresentationRequired,
+        NoHolderKey,
+        StalePresentation,
+        FuturePresentation,
+        BadDeviceSignature,
+        Replayed,
     )
 }
 

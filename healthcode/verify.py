@@ -18,7 +18,14 @@ The steps, marked in the code:
 7. the key's use window must contain ``iat``;
 8. time: ``iat`` not in the future (beyond the skew), ``now`` before ``exp``
    and not after the key's ``verify_until``;
-9. revocation of (province, kid, serial).
+9. revocation of (province, kid, serial);
+10. holder binding: a code whose claims bind it to a device key (``cnf``)
+    is valid only inside a dynamic presentation
+    (:func:`healthcode.presentation.verify_presentation`), never on its own,
+    so a screenshot of the bare credential is worth nothing.
+
+Steps 2 to 9 are :func:`verify_credential`, which the presentation verifier
+shares.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from .errors import (
     KeyCompromised,
     KeyNotValidAtIssuance,
     NotYetValid,
+    PresentationRequired,
     Reason,
     Revoked,
     TrustDataStale,
@@ -52,7 +60,7 @@ from .errors import (
 from .keyring import CompromisePolicy, Keyring, KeyStatus
 from .model import VerifiedCode, to_epoch
 
-__all__ = ["RevocationChecker", "TrustFreshness", "VerificationResult", "verify", "check"]
+__all__ = ["RevocationChecker", "TrustFreshness", "VerificationResult", "verify", "verify_credential", "check"]
 
 _NO_SKEW = _dt.timedelta(0)
 _EMPTY: Mapping[int | str, Any] = MappingProxyType({})
@@ -85,7 +93,32 @@ def verify(
     future of ``now`` (the issuer's clock may run ahead of the terminal's).
     """
     # (1) form
-    alg_id, kid, payload, signed_bytes, signature, _ = _decode_unverified(text)
+    code = verify_credential(
+        _decode_unverified(text), keyring, now=now, revocation=revocation, trust=trust, clock_skew=clock_skew
+    )
+    # (10) holder binding
+    if code.holder_key is not None:
+        raise PresentationRequired("code is bound to a phone: scan its live QR, not a copy")
+    return code
+
+
+def verify_credential(
+    parts: tuple[int, bytes, bytes, bytes, bytes, bytes],
+    keyring: Keyring,
+    *,
+    now: _dt.datetime,
+    revocation: RevocationChecker | None = None,
+    trust: TrustFreshness | None = None,
+    clock_skew: _dt.timedelta = _NO_SKEW,
+) -> VerifiedCode:
+    """Steps 1 (claims) to 9 over a COSE_Sign1 already taken apart by the codec.
+
+    ``parts`` is ``(alg, kid, payload, signed bytes, signature, cose)`` from
+    :func:`healthcode.codec._decode_unverified` or ``_decode_cose``. The holder
+    binding (step 10) is the caller's: :func:`verify` refuses a bound code,
+    a presentation requires one.
+    """
+    alg_id, kid, payload, signed_bytes, signature, _ = parts
     core = canonical_core_claims(payload)
     if core is None:
         claims = decode_claims(payload)

@@ -473,11 +473,6 @@ def _valid_vectors() -> Iterator[Vector]:
     yield _valid("valid-es256-basic", "A plain ES256 code verified a day after issuance.", base_claims())
     yield _valid("valid-eddsa-basic", "A plain EdDSA (Ed25519) code.", base_claims(), EDDSA_KEY)
     yield _valid("valid-sm2-sm3-basic", "A plain SM2-SM3 code (COSE alg -65537, private use).", base_claims(), SM2_KEY)
-    yield _valid(
-        "valid-es256-cnf",
-        "A code with an RFC 8747 cnf claim {1: COSE_Key}; the holder key is returned as is.",
-        base_claims(holder_key=holder_cnf()),
-    )
     yield _valid("valid-es256-status", "A code with the optional status claim (-65537).", base_claims(status=2))
     yield _valid(
         "valid-es256-extra-claims",
@@ -487,8 +482,8 @@ def _valid_vectors() -> Iterator[Vector]:
     for key, slug in ((EDDSA_KEY, "eddsa"), (SM2_KEY, "sm2-sm3"), (ES256_KEY, "es256")):
         yield _valid(
             f"valid-{slug}-all-optional-claims",
-            f"An {key.algorithm.value} code with cnf, status and extra claims all present.",
-            base_claims(holder_key=holder_cnf(), status=1, extra=EXTRA_CLAIMS),
+            f"An {key.algorithm.value} code with status and extra claims (cnf belongs in presentations).",
+            base_claims(status=1, extra=EXTRA_CLAIMS),
             key,
         )
     yield _valid(
@@ -922,6 +917,13 @@ def _invalid_trust_vectors() -> Iterator[Vector]:
         standard_cose(claims, UNTRUSTED_KEY, kid=ES256_KEY.kid),
     )
     yield _defect("invalid-expired", "Verified at exactly exp.", "expired", good, verify_at=EXPIRES)
+    yield _defect(
+        "invalid-credential-without-presentation",
+        "A well-signed credential bound to a device key (cnf {1: COSE_Key}) shown on its own, as a screenshot "
+        "of the credential would be: refused, it is valid only inside a dynamic presentation (EHCD:).",
+        "presentation_required",
+        standard_cose(base_claims(holder_key=holder_cnf()), ES256_KEY),
+    )
     yield _defect(
         "invalid-not-yet-valid",
         "Verified 60 s before iat with no clock skew tolerated.",

@@ -47,6 +47,13 @@ REASON_TEXT: dict[Reason | None, tuple[str, str]] = {
     Reason.KEY_COMPROMISED: ("签发密钥已泄露，健康码作废", "Signing key compromised: code not accepted"),
     Reason.REVOKED: ("健康码已被撤销", "Code has been revoked"),
     Reason.TRUST_DATA_STALE: ("信任数据过旧，请联网同步后再核验", "Trust data too old: sync before verifying"),
+    Reason.PRESENTATION_REQUIRED: ("此码须在持码人手机上动态出示，截图或复印无效",
+                                   "This code must be shown live on the holder's phone: a copy is not valid"),
+    Reason.NO_HOLDER_KEY: ("动态码未绑定手机密钥，无效", "Live code not bound to a phone key: not valid"),
+    Reason.STALE_PRESENTATION: ("动态码已过时（可能是截图），请持码人重新出示", "Live code too old (a screenshot?): ask for it again"),
+    Reason.FUTURE_PRESENTATION: ("动态码时间超前，请检查手机与本机时间", "Live code from the future: check the phone's and this terminal's clocks"),
+    Reason.BAD_DEVICE_SIGNATURE: ("动态码签名与绑定手机不符，疑似伪造", "Live code not signed by the bound phone: possibly forged"),
+    Reason.REPLAYED: ("此动态码已扫描过，请持码人重新出示", "This live code was already scanned: ask the holder to show it again"),
 }
 
 PROVINCE_EN = {

@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 import healthcode as hc
+from healthcode.base45 import b45decode, b45encode
 from healthcode import Algorithm, CodeClaims, Keyring, Reason, SoftwareSigner, TrustedKey
 
 UTC = dt.timezone.utc
@@ -69,12 +70,24 @@ def test_the_signer_refuses_what_no_verifier_would_accept(name, kw):
 
 
 def test_reserved_and_unknown_claims_are_preserved():
+    signer = signer_for(Algorithm.ES256)
+    code = hc.sign_code(claims(status=1, extra={-70000: "future", "note": [1, 2]}), signer)
+    verified = hc.verify(code, Keyring([trusted(signer)]), now=T0)
+    assert verified.holder_key is None and verified.status == 1
+    assert dict(verified.extra) == {-70000: "future", "note": [1, 2]}
+
+
+def test_a_code_bound_to_a_device_key_is_refused_on_its_own():
     holder = {1: {1: 2, -1: 1, -2: b"x" * 32, -3: b"y" * 32}}
     signer = signer_for(Algorithm.ES256)
-    code = hc.sign_code(claims(holder_key=holder, status=1, extra={-70000: "future", "note": [1, 2]}), signer)
-    verified = hc.verify(code, Keyring([trusted(signer)]), now=T0)
-    assert verified.holder_key == holder and verified.status == 1
-    assert dict(verified.extra) == {-70000: "future", "note": [1, 2]}
+    code = hc.sign_code(claims(holder_key=holder), signer)
+    result = hc.check(code, Keyring([trusted(signer)]), now=T0)
+    assert result.reason is hc.Reason.PRESENTATION_REQUIRED
+    # a bad signature is still reported as such: the binding is checked last
+    cose = bytearray(b45decode(code.removeprefix(hc.PREFIX)))
+    cose[-1] ^= 1
+    forged = hc.PREFIX + b45encode(bytes(cose))
+    assert hc.check(forged, Keyring([trusted(signer)]), now=T0).reason is hc.Reason.BAD_SIGNATURE
 
 
 class Revoked:
