@@ -1,11 +1,15 @@
 """Where the issuer keeps residents, identifiers and issued codes.
 
-:mod:`issuer.store.base` is the interface (records, errors, :class:`Store`);
-:mod:`issuer.store.sqlite` the default implementation, on one file;
-:mod:`issuer.store.postgres` the same on PostgreSQL (it needs the
-``postgres`` extra, and is imported only when a ``postgresql://`` URL is used).
+:mod:`issuer.store.base` is the interface (records, errors, :class:`Store`,
+:class:`RevocationSource`); :mod:`issuer.store.sql` implements it once, in SQL,
+with its migrations in :mod:`issuer.store.schema` and its group-commit writer in
+:mod:`issuer.store.writer`; a dialect supplies what differs:
+:mod:`issuer.store.sqlite` (the default, one file) and
+:mod:`issuer.store.postgres` (it needs the ``postgres`` extra, and is imported
+only when a ``postgresql://`` URL is used).
 
-:func:`open_store` picks one from the issuer's ``database`` setting.
+:func:`open_store` picks one from the issuer's ``database`` setting;
+:func:`open_revocation_source` opens the revocation publisher's read side.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from typing import Any
 
 from .base import *  # noqa: F403 (the interface, re-exported: see base.__all__)
 from . import base as _base
-from .sqlite import SQLiteStore
+from .base import RevocationSource, Store
+from .sqlite import SQLiteRevocationSource, SQLiteStore
 
-__all__ = [*_base.__all__, "SQLiteStore", "POSTGRES_URL_PREFIXES", "is_postgres_url", "open_store",
-           "open_revocation_source"]
+__all__ = [*_base.__all__, "SQLiteStore", "SQLiteRevocationSource", "POSTGRES_URL_PREFIXES", "is_postgres_url",
+           "open_store", "open_revocation_source"]
 
 #: A ``database`` setting starting with one of these is a PostgreSQL URL; anything else is an SQLite file.
 POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
@@ -43,13 +48,11 @@ def open_store(database: str | os.PathLike[str], **options: Any) -> Store:
     return SQLiteStore(database, **options)
 
 
-def open_revocation_source(database: str | os.PathLike[str]) -> Any:
-    """The :class:`~issuer.revocation_publisher.RevocationSource` reading the store ``database`` names."""
+def open_revocation_source(database: str | os.PathLike[str]) -> RevocationSource:
+    """The :class:`RevocationSource` reading the store ``database`` names."""
     if is_postgres_url(database):
         from .postgres import PostgresRevocationSource, split_postgres_url
 
         conninfo, schema = split_postgres_url(str(database))
         return PostgresRevocationSource(conninfo, schema=schema)
-    from ..revocation_publisher import SQLiteRevocationSource
-
     return SQLiteRevocationSource(database)

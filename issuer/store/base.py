@@ -1,7 +1,7 @@
 """The store interface: what the issuer's domain needs from a database, and no more.
 
-SQLite (:mod:`issuer.store.sqlite`, the default) and PostgreSQL (:mod:`issuer.store.postgres`)
-implement it.
+:mod:`issuer.store.sql` implements it once, over a dialect: SQLite
+(:mod:`issuer.store.sqlite`, the default) or PostgreSQL (:mod:`issuer.store.postgres`).
 Records are frozen dataclasses; times are aware UTC ``datetime`` values at this
 interface (stores may keep whole seconds: every time the domain passes is
 floored to the second before it is stored).
@@ -35,7 +35,7 @@ import abc
 import datetime as dt
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from ..errors import AlreadyExists, Conflict, IssuerError, NotFound, Unavailable
 from ..model import CodeRef, IssuedCode, RevocationReason
@@ -58,6 +58,7 @@ __all__ = [
     "SchemaTooNew",
     "StoreInUse",
     "WriterStats",
+    "RevocationSource",
     "DEFAULT_BATCH_CAP",
     "DEFAULT_MAX_QUEUED",
     "DEFAULT_RESIDENT_CACHE",
@@ -230,7 +231,22 @@ class WriteFailed(Unavailable):
     """
 
 
-# --------------------------------------------------------------------------- the interface
+# --------------------------------------------------------------------------- the interfaces
+
+
+class RevocationSource(Protocol):
+    """Where the revocation publisher (:mod:`issuer.revocation_publisher`) reads revocations.
+
+    The store's read side (:func:`issuer.store.open_revocation_source`), or a fake in tests.
+    """
+
+    def shards(self) -> list[tuple[str, bytes]]:
+        """Every (province, kid) that has issued a code."""
+        ...
+
+    def revoked(self, province: str, kid: bytes) -> tuple[int, list[int]]:
+        """(universe, ascending revoked serials) of one shard, read consistently."""
+        ...
 
 
 class Store(abc.ABC):

@@ -1,7 +1,14 @@
-"""The group-commit writer both stores share: one thread, one queue, futures resolved after commit.
+"""The group-commit writer: one thread, one queue, futures resolved after commit.
 
-:class:`GroupCommitWriter` is a mixin for a :class:`~issuer.store.base.Store`
-implementation. It owns what does not depend on the database:
+A :class:`GroupCommitWriter` *holds* two small things and owns everything else:
+
+* a :class:`Transactions` (a dialect: how to begin, commit, roll back and
+  restart a transaction on the writer's connection, and which driver errors
+  mean "some row was refused");
+* a :class:`CodeWrites` (the store: what a batch of code insertions does
+  inside that transaction, the fast way and row by row).
+
+It owns:
 
 * the write queue with backpressure (:class:`~issuer.store.base.StoreOverloaded`
   past ``max_queued``) and :class:`~issuer.store.base.StoreClosed` once closed;
@@ -13,15 +20,7 @@ implementation. It owns what does not depend on the database:
 * the batch's outcome: a failing batch is retried row by row so one bad row
   refuses only itself; every future resolves only after its transaction
   committed (or with the error that refused it);
-* the resident cache behind :meth:`known_active`, and the writer's counters.
-
-A database implements the transaction steps: ``_params_of(record)`` (a code's
-statement parameters), ``_begin_codes()`` (the writer's connection in a new
-transaction), ``_restart(conn)`` (roll back and begin again, before the
-row-by-row retry), ``_apply_codes_fast`` / ``_apply_codes_one_by_one`` (inside that transaction),
-``_bump_counter_sql`` (the serial counter's upsert), ``_commit_tx(conn)``,
-``_rollback_tx(conn)`` (after a failure; must not raise), ``_apply_operation``
-and the tuple ``_row_errors`` of database errors that mean "some row was refused".
+* the writer's counters (:class:`~issuer.store.base.WriterStats`).
 """
 
 from __future__ import annotations
@@ -32,132 +31,170 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Generic, Protocol, TypeVar, Union
 
 from ..errors import IssuerError
 from ..model import CodeRef
-from .base import CodeRecord, ResidentMerged, StoreClosed, StoreOverloaded, WriteFailed, WriterStats
+from .base import CodeRecord, StoreClosed, StoreOverloaded, WriteFailed, WriterStats
 
-__all__ = ["GroupCommitWriter", "CodeItem", "Operation", "STOP", "DEFAULT_COMMIT_LINGER"]
+__all__ = ["GroupCommitWriter", "Transactions", "CodeWrites", "CodeItem", "Operation", "Outcome",
+           "DEFAULT_COMMIT_LINGER"]
 
 log = logging.getLogger("issuer.store")
 
 #: How long the writer lets a group commit fill up once it has seen concurrent writes (seconds).
 DEFAULT_COMMIT_LINGER = 0.002
 
+C = TypeVar("C")
+C_contra = TypeVar("C_contra", contravariant=True)
+R = TypeVar("R")
+
+#: What a row of a batch came to: None (stored) or the error that refused it.
+Outcome = Union[IssuerError, None]
+
 
 @dataclass(slots=True)
 class CodeItem:
     """A code insertion (``supersedes``: the code a renewal revokes in the same transaction)."""
 
-    params: tuple
+    params: tuple[object, ...]
     record: CodeRecord
     supersedes: CodeRef | None
-    future: Future
+    future: Future[None]
 
 
 @dataclass(slots=True)
-class Operation:
+class Operation(Generic[C, R]):
     """Any other write: ``run(conn)`` inside its own transaction, its result resolves ``future``."""
 
-    run: Callable[[Any], Any]
-    future: Future
-    after_commit: Callable[[Any], None] | None = None
+    run: Callable[[C], R]
+    future: Future[R]
+    after_commit: Callable[[R], None] | None = None
 
 
-STOP = object()
+class Transactions(Protocol[C]):
+    """The writer's connection and transactions, as a dialect provides them."""
+
+    #: Driver errors that belong to one row's values (the batch is retried row by row).
+    row_errors: tuple[type[BaseException], ...]
+    #: The driver's error root (an operation failing with one fails with :class:`WriteFailed`).
+    driver_error: type[BaseException]
+
+    def begin(self) -> C:
+        """The writer's connection, in a new write transaction."""
+        ...
+
+    def restart(self, conn: C) -> None:
+        """Roll back and begin again (before the row-by-row retry)."""
+        ...
+
+    def commit(self, conn: C) -> None:
+        """Commit durably; raise if the transaction was not committed."""
+        ...
+
+    def rollback(self, conn: C | None) -> None:
+        """Roll back after a failure, if a transaction is open; never raises."""
+        ...
 
 
-class GroupCommitWriter:
-    """The database-independent half of a store's writes (see the module docstring)."""
+class CodeWrites(Protocol[C_contra]):
+    """What a batch of code insertions does inside the writer's transaction (the store's SQL)."""
 
-    _row_errors: tuple[type[BaseException], ...] = ()
-    _bump_counter_sql: str = ""
+    def screen(self, batch: list[CodeItem]) -> list[CodeItem]:
+        """The items that may be written; the others' futures are failed here."""
+        ...
 
-    def _init_writer(self, *, batch_cap: int, max_queued: int, resident_cache_size: int,
-                     commit_linger: float) -> None:
+    def apply_fast(self, conn: C_contra, batch: list[CodeItem]) -> list[Outcome]:
+        """All rows at once; raises (a row error) if any row is refused."""
+        ...
+
+    def apply_one_by_one(self, conn: C_contra, batch: list[CodeItem]) -> list[Outcome]:
+        """Row by row: a refused row is undone alone and gets its error."""
+        ...
+
+    def bump_counters(self, conn: C_contra, batch: list[CodeItem], outcomes: list[Outcome]) -> None:
+        """Raise the serial counters past what this batch stored."""
+        ...
+
+
+_STOP = object()
+
+
+class GroupCommitWriter(Generic[C]):
+    """The writer thread of one store (see the module docstring). Starts at once; :meth:`stop` ends it."""
+
+    def __init__(self, transactions: Transactions[C], codes: CodeWrites[C], *, name: str, batch_cap: int,
+                 max_queued: int, commit_linger: float) -> None:
         if batch_cap < 1 or max_queued < 1:
             raise ValueError("batch_cap and max_queued must be at least 1")
         if not 0 <= commit_linger <= 0.1:
             raise ValueError("commit_linger must be 0 to 0.1 seconds")
+        self._tx = transactions
+        self._codes = codes
         self._batch_cap = batch_cap
         self._max_queued = max_queued
         self._commit_linger = float(commit_linger)
-        self._cache_cap = resident_cache_size
-        self._active: dict[str, None] = {}  # FIFO-bounded set of entries known to exist unmerged
-        self._merged: set[str] = set()  # entries this process merged (guards in-flight codes)
-        self._cache_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # CodeItem | Operation | _STOP
         self._submit_lock = threading.Lock()
         self._closed = False
         self._stats = [0, 0, 0, 0, 0]  # transactions, batches, codes, largest batch, fallbacks
+        self._name = name
+        self._thread: threading.Thread | None = None
 
-    def _start_writer(self, name: str) -> None:
-        self._writer = threading.Thread(target=self._run_writer, name=name, daemon=True)
-        self._writer.start()
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
 
-    def _stop_writer(self) -> bool:
-        """Queue the stop after every write submitted so far and wait for the writer; False if already closed."""
+    def stop(self) -> bool:
+        """Queue the stop after every write submitted so far and wait for the thread; False if already stopped."""
         with self._submit_lock:
             if self._closed:
                 return False
             self._closed = True
-            self._queue.put(STOP)
-        self._writer.join()
-        s = self.write_stats()
+            self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join()
+        s = self.stats()
         log.info("store closed: %d transactions, %d code batches, %d codes, largest batch %d, %d fallbacks",
                  s.transactions, s.batches, s.codes, s.largest_batch, s.fallbacks, extra={"event": "store_closed"})
         return True
 
-    # -- the resident cache
-
-    def _remember_active(self, main_index_id: str) -> None:
-        with self._cache_lock:
-            if main_index_id in self._merged:
-                return
-            active = self._active
-            active[main_index_id] = None
-            while len(active) > self._cache_cap:
-                del active[next(iter(active))]
-
-    def _forget_active(self, main_index_id: str) -> None:
-        with self._cache_lock:
-            self._merged.add(main_index_id)
-            self._active.pop(main_index_id, None)
-
-    def known_active(self, main_index_id: str) -> bool:
-        return main_index_id in self._active
-
-    def write_stats(self) -> WriterStats:
-        """Counters of the writer (transactions, batches, codes, largest batch, fallbacks)."""
+    def stats(self) -> WriterStats:
         return WriterStats(*self._stats)
+
+    def queued(self) -> int:
+        """How many writes wait in the queue (approximately: for tests)."""
+        return self._queue.qsize()
 
     # -- submission
 
-    def _submit(self, item: Any) -> Future:
+    def _submit(self, item: CodeItem | Operation[C, Any]) -> None:
         with self._submit_lock:
             if self._closed:
                 raise StoreClosed("store is closed")
             if self._queue.qsize() >= self._max_queued:
                 raise StoreOverloaded("too many writes are waiting; retry later")
             self._queue.put(item)
-        return item.future
 
     @staticmethod
-    def _new_future() -> Future:
-        future: Future = Future()
+    def _new_future() -> Future[Any]:
+        future: Future[Any] = Future()
         future.set_running_or_notify_cancel()  # a submitted write cannot be cancelled
         return future
 
-    def submit_code(self, record: CodeRecord, *, supersedes: CodeRef | None = None) -> Future[None]:
-        return self._submit(CodeItem(self._params_of(record), record, supersedes, self._new_future()))
+    def submit_code(self, params: tuple[object, ...], record: CodeRecord, supersedes: CodeRef | None) -> Future[None]:
+        future: Future[None] = self._new_future()
+        self._submit(CodeItem(params, record, supersedes, future))
+        return future
 
-    def _operation(self, run: Callable[[Any], Any], after_commit: Callable[[Any], None] | None = None) -> Future:
-        return self._submit(Operation(run, self._new_future(), after_commit))
+    def submit(self, run: Callable[[C], R], after_commit: Callable[[R], None] | None = None) -> Future[R]:
+        future: Future[R] = self._new_future()
+        self._submit(Operation(run, future, after_commit))
+        return future
 
-    # -- the writer thread
+    # -- the thread
 
-    def _run_writer(self) -> None:
+    def _run(self) -> None:
         get, get_nowait, cap = self._queue.get, self._queue.get_nowait, self._batch_cap
         linger, sleep = self._commit_linger, time.sleep
         busy = False  # did the last batch hold more than one code (writes arrive concurrently)?
@@ -170,7 +207,7 @@ class GroupCommitWriter:
                 # A lone caller (last batch of one) is never delayed.
                 sleep(linger)
             items = [first]
-            codes = type(first) is CodeItem
+            codes = int(type(first) is CodeItem)
             while codes < cap:
                 try:
                     item = get_nowait()
@@ -187,38 +224,51 @@ class GroupCommitWriter:
                 if batch:
                     self._commit_codes(batch)
                     batch = []
-                if item is STOP:
+                if item is _STOP:
                     return
-                self._apply_operation(item)
+                self._apply(item)
             if batch:
                 self._commit_codes(batch)
 
-    def _commit_codes(self, batch: list[CodeItem]) -> None:
-        """Commit a batch of code insertions in one transaction; resolve each future after."""
-        merged = self._merged
-        if merged:  # entries merged while these codes were in flight take no new code
-            kept = []
-            for item in batch:
-                if item.record.main_index_id in merged:
-                    item.future.set_exception(ResidentMerged("resident was merged into another entry"))
-                else:
-                    kept.append(item)
-            batch = kept
-            if not batch:
-                return
+    def _apply(self, op: Operation[C, Any]) -> None:
+        """One operation in its own transaction. A driver error becomes :class:`WriteFailed`;
+        an :class:`IssuerError` refuses as it is; a bug in an operation must not kill the writer."""
+        tx = self._tx
         conn = None
         try:
-            conn = self._begin_codes()
-            try:
-                outcomes = self._apply_codes_fast(conn, batch)
-            except self._row_errors:
-                self._restart(conn)
-                self._stats[4] += 1
-                outcomes = self._apply_codes_one_by_one(conn, batch)
-            self._bump_counters(conn, batch, outcomes)
-            self._commit_tx(conn)
+            conn = tx.begin()
+            result = op.run(conn)
+            tx.commit(conn)
         except BaseException as exc:
-            self._rollback_tx(conn)
+            tx.rollback(conn)
+            if isinstance(exc, tx.driver_error):
+                exc = WriteFailed(f"write failed: {exc.__class__.__name__}")
+            op.future.set_exception(exc)
+            return
+        self._stats[0] += 1
+        if op.after_commit is not None:
+            op.after_commit(result)
+        op.future.set_result(result)
+
+    def _commit_codes(self, batch: list[CodeItem]) -> None:
+        """Commit a batch of code insertions in one transaction; resolve each future after."""
+        batch = self._codes.screen(batch)
+        if not batch:
+            return
+        tx, codes = self._tx, self._codes
+        conn = None
+        try:
+            conn = tx.begin()
+            try:
+                outcomes = codes.apply_fast(conn, batch)
+            except tx.row_errors:
+                tx.restart(conn)
+                self._stats[4] += 1
+                outcomes = codes.apply_one_by_one(conn, batch)
+            codes.bump_counters(conn, batch, outcomes)
+            tx.commit(conn)
+        except BaseException as exc:
+            tx.rollback(conn)
             error = WriteFailed(f"codes could not be committed: {exc.__class__.__name__}")
             for item in batch:
                 item.future.set_exception(error)
@@ -230,47 +280,8 @@ class GroupCommitWriter:
         stats[2] += committed
         if committed > stats[3]:
             stats[3] = committed
-        for item, outcome in zip(batch, outcomes):
+        for item, outcome in zip(batch, outcomes, strict=True):
             if outcome is None:
                 item.future.set_result(None)
             else:
                 item.future.set_exception(outcome)
-
-    # -- what a database provides
-
-    def _params_of(self, record: CodeRecord) -> tuple:
-        raise NotImplementedError
-
-    def _begin_codes(self) -> Any:
-        raise NotImplementedError
-
-    def _restart(self, conn: Any) -> None:
-        raise NotImplementedError
-
-    def _apply_codes_fast(self, conn: Any, batch: list[CodeItem]) -> list[IssuerError | None]:
-        raise NotImplementedError
-
-    def _apply_codes_one_by_one(self, conn: Any, batch: list[CodeItem]) -> list[IssuerError | None]:
-        raise NotImplementedError
-
-    def _bump_counters(self, conn: Any, batch: list[CodeItem], outcomes: list[IssuerError | None]) -> None:
-        """Raise each (province, kid)'s serial counter past the highest serial this batch stored
-        (``_bump_counter_sql``: parameters province, kid, next serial)."""
-        highest: dict[tuple[str, bytes], int] = {}
-        for item, outcome in zip(batch, outcomes):
-            if outcome is None:
-                key = (item.record.province, item.record.kid)
-                serial = item.record.serial
-                if serial >= highest.get(key, -1):
-                    highest[key] = serial
-        for (province, kid), serial in highest.items():
-            conn.execute(self._bump_counter_sql, (province, kid, serial + 1))
-
-    def _commit_tx(self, conn: Any) -> None:
-        raise NotImplementedError
-
-    def _rollback_tx(self, conn: Any) -> None:
-        raise NotImplementedError
-
-    def _apply_operation(self, op: Operation) -> None:
-        raise NotImplementedError

@@ -31,7 +31,7 @@ class SQLiteBackend:
 
     @property
     def migrations(self) -> int:
-        from issuer.store.sqlite import MIGRATIONS
+        from issuer.store.schema import MIGRATIONS
 
         return len(MIGRATIONS)
 
@@ -65,6 +65,12 @@ class SQLiteBackend:
     def schema_dump(self) -> str:
         return self.query("SELECT group_concat(sql) FROM sqlite_master")[0][0]
 
+    def columns(self, table: str) -> list[str]:
+        """The table's columns in order ([] if there is no such table)."""
+        return [r[1] for r in self.query(f"PRAGMA table_info({table})")]
+
+    driver_error = sqlite3.Error
+
     def stored_bytes(self) -> bytes:
         """The file, its WAL and shared memory: what a copy of the disk would hold."""
         blobs = b""
@@ -89,7 +95,7 @@ class PostgresBackend:
 
     @property
     def migrations(self) -> int:
-        from issuer.store.postgres import MIGRATIONS
+        from issuer.store.schema import MIGRATIONS
 
         return len(MIGRATIONS)
 
@@ -125,6 +131,18 @@ class PostgresBackend:
         indexes = self.query("SELECT indexdef FROM pg_indexes WHERE schemaname = ? ORDER BY indexname",
                              (self.schema.name,))
         return repr(columns + indexes)
+
+    def columns(self, table: str) -> list[str]:
+        """The table's columns in order ([] if there is no such table)."""
+        return [c for (c,) in self.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+            "ORDER BY ordinal_position", (self.schema.name, table))]
+
+    @property
+    def driver_error(self) -> type[Exception]:
+        import psycopg
+
+        return psycopg.Error
 
     def stored_bytes(self) -> bytes:
         """Every table of the schema, copied out in text and in binary (a bytea travels raw in binary)."""

@@ -36,12 +36,12 @@ from issuer.store import (
     ResidentMerged,
     ResidentNotFound,
     ResidentRecord,
+    SchemaTooNew,
     StoreClosed,
     StoreInUse,
     StoreOverloaded,
     WriteFailed,
 )
-from issuer.store.sqlite import SchemaTooNew
 
 NOW = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
 TODAY = NOW.date()
@@ -87,7 +87,7 @@ def identifier(number_seq: int, mid: str = MID_A, *, primary: bool = True) -> Id
 def wait_for_queue(store, size: int, timeout: float = 10.0) -> None:
     """Wait until exactly ``size`` writes wait in the store's queue (the writer took the rest)."""
     deadline = time.monotonic() + timeout
-    while store._queue.qsize() != size:
+    while store._writer.queued() != size:
         assert time.monotonic() < deadline, "the writer did not pick up its queue"
         time.sleep(0.005)
     time.sleep(0.05)  # and is now blocked on the lock
@@ -114,6 +114,49 @@ def test_a_newer_schema_is_refused(backend):
     backend.set_schema_version(backend.migrations + 1)
     with pytest.raises(SchemaTooNew):
         backend.open()
+
+
+def test_new_migrations_apply_in_order_once(backend, monkeypatch):
+    from issuer.store import schema
+    from issuer.store.schema import Migration
+
+    original = schema.MIGRATIONS
+    backend.open().close()
+    added = (
+        Migration("notes", ("CREATE TABLE notes (id {serial} NOT NULL PRIMARY KEY, body {text}){table_options}",)),
+        Migration("notes_author", ("ALTER TABLE notes ADD COLUMN author {text}",)),  # fails if applied twice
+    )
+    monkeypatch.setattr(schema, "MIGRATIONS", original + added)
+    with backend.open() as s:
+        assert s.schema_version == len(original) + 2 == backend.schema_version()
+    with backend.open():
+        pass
+    assert backend.columns("notes") == ["id", "body", "author"]
+
+
+def test_a_failing_migration_leaves_the_previous_version(backend, monkeypatch):
+    from issuer.store import schema
+    from issuer.store.schema import Migration
+
+    original = schema.MIGRATIONS
+    backend.open().close()
+    broken = Migration("broken", ("CREATE TABLE half_done (id {serial})", "CREATE TABLE half_done (id {serial})"))
+    monkeypatch.setattr(schema, "MIGRATIONS", original + (broken,))
+    with pytest.raises(backend.driver_error):
+        backend.open()
+    assert backend.schema_version() == len(original)
+    assert backend.columns("half_done") == []  # DDL is transactional: it went with the failed step
+
+
+def test_a_database_that_has_the_revoked_index_at_version_1_migrates(backend):
+    # The first PostgreSQL schema created the revoked-codes index in its initial migration;
+    # the shared migrations add it as the second (IF NOT EXISTS).
+    backend.open().close()
+    schema = backend.schema_dump()
+    backend.set_schema_version(1)
+    with backend.open() as s:
+        assert s.schema_version == 2 == backend.schema_version()
+    assert backend.schema_dump() == schema
 
 
 def test_concurrent_opens_migrate_once_and_one_holds_the_lease(backend):

@@ -68,7 +68,7 @@ def terminate(schema, pids) -> None:
 
 
 def test_schema_is_created_in_its_own_schema(store, schema):
-    from issuer.store.postgres import MIGRATIONS
+    from issuer.store.schema import MIGRATIONS
 
     with schema.connect() as raw:
         tables = {t for (t,) in raw.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema.name,))}
@@ -88,52 +88,6 @@ def test_schema_is_created_in_its_own_schema(store, schema):
     assert "UNIQUE" in indexes["codes_by_serial"] and "UNIQUE" in indexes["codes_by_idempotency_key"]
     assert "WHERE (revoked_at IS NOT NULL)" in indexes["codes_revoked"]
     assert not public & {"residents", "codes"}  # nothing leaked into the default schema
-
-
-def test_new_migrations_apply_in_order_once(schema, monkeypatch):
-    import issuer.store.postgres as pg_store
-
-    original = pg_store.MIGRATIONS
-    open_store(schema.url).close()
-    applied = []
-
-    def add_notes(conn):
-        applied.append("notes")
-        conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text)")
-
-    def add_column(conn):
-        applied.append("column")
-        conn.execute("ALTER TABLE notes ADD COLUMN author text")
-
-    monkeypatch.setattr(pg_store, "MIGRATIONS", original + (add_notes, add_column))
-    with open_store(schema.url) as s:
-        assert s.schema_version == len(original) + 2
-    with open_store(schema.url):
-        pass
-    assert applied == ["notes", "column"]
-    with schema.connect() as raw:
-        columns = [c for (c,) in raw.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = 'notes' "
-            "ORDER BY ordinal_position", (schema.name,))]
-    assert columns == ["id", "body", "author"]
-
-
-def test_a_failing_migration_leaves_the_previous_version(schema, monkeypatch):
-    import issuer.store.postgres as pg_store
-
-    original = pg_store.MIGRATIONS
-    open_store(schema.url).close()
-
-    def broken(conn):
-        conn.execute("CREATE TABLE half_done (id bigint)")
-        raise RuntimeError("migration bug")
-
-    monkeypatch.setattr(pg_store, "MIGRATIONS", original + (broken,))
-    with pytest.raises(RuntimeError):
-        open_store(schema.url)
-    with schema.connect() as raw:  # DDL is transactional: the half-done table went with the version bump
-        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == len(original)
-        assert raw.execute("SELECT to_regclass('half_done')").fetchone()[0] is None
 
 
 def test_tables_go_to_the_servers_current_schema_without_a_schema_parameter(schema):
@@ -191,12 +145,12 @@ def test_synchronous_commit_off_is_raised_to_on_for_the_writer(schema):
 def test_readers_are_read_only(store):
     import psycopg
 
-    conn = store._take_reader()
+    conn = store.dialect.readers.take()
     try:
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute("INSERT INTO residents (main_index_id, created_at) VALUES ('x', now())")
     finally:
-        store._give_back(conn)
+        store.dialect._give_back(conn)
 
 
 def test_writer_and_readers_reconnect_after_the_server_dropped_them(store, schema):
@@ -213,7 +167,7 @@ def test_writer_and_readers_reconnect_after_the_server_dropped_them(store, schem
 def test_an_unreachable_database_is_unavailable_and_refuses_writes(store, schema):
     store.create_resident(ResidentRecord(MID, NOW), []).result()
     pids = backend_pids(store)
-    store.conninfo = "postgresql://postgres@127.0.0.1:1/test"  # every reconnection now fails
+    store.dialect.conninfo = "postgresql://postgres@127.0.0.1:1/test"  # every reconnection now fails
     terminate(schema, pids)
     with pytest.raises(Unavailable):
         store.get_resident(MID)

@@ -1,4 +1,4 @@
-"""What only the SQLite store has: PRAGMAs, WAL, and its sqlite-utils migrations.
+"""What only the SQLite store has: PRAGMAs, WAL, its reader pool.
 
 The store contract itself (group commit, serials, idempotency, privacy at
 rest, ...) runs on SQLite and PostgreSQL alike in ``test_store_contract.py``.
@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from issuer.store import SQLiteStore
-from issuer.store.sqlite import MIGRATIONS
+from issuer.store.schema import MIGRATIONS
 
 
 @pytest.fixture
@@ -34,50 +34,8 @@ def test_schema_is_created_from_empty(store, path):
     assert {"residents", "identifiers", "codes", "serial_counters"} <= tables
     indexes = {r[0]: r[1] for r in raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'")}
     assert "UNIQUE" in indexes["codes_by_serial"] and "UNIQUE" in indexes["codes_by_idempotency_key"]
-    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
-    raw.close()
-
-
-def test_new_migrations_apply_in_order_once(path, monkeypatch):
-    import issuer.store.sqlite as sqlite_store
-
-    SQLiteStore(path).close()
-    applied = []
-
-    def add_notes(db):
-        applied.append("notes")
-        db["notes"].create({"id": int, "body": str}, pk="id", strict=True)
-
-    def add_column(db):
-        applied.append("column")
-        db.execute("ALTER TABLE notes ADD COLUMN author TEXT")
-
-    monkeypatch.setattr(sqlite_store, "MIGRATIONS", MIGRATIONS + (add_notes, add_column))
-    with SQLiteStore(path) as s:
-        assert s.schema_version == len(MIGRATIONS) + 2
-    with SQLiteStore(path):
-        pass
-    assert applied == ["notes", "column"]
-    columns = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(notes)")]
-    assert columns == ["id", "body", "author"]
-
-
-def test_a_failing_migration_leaves_the_previous_version(path, monkeypatch):
-    import issuer.store.sqlite as sqlite_store
-
-    SQLiteStore(path).close()
-
-    def broken(db):
-        db["half_done"].create({"id": int}, pk="id")
-        raise RuntimeError("migration bug")
-
-    monkeypatch.setattr(sqlite_store, "MIGRATIONS", MIGRATIONS + (broken,))
-    with pytest.raises(RuntimeError):
-        SQLiteStore(path)
-    raw = sqlite3.connect(path)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-    assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half_done'").fetchone()[0] == 0
+    assert store._operation(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]).result() == 2  # FULL
+    assert store._operation(lambda conn: conn.execute("PRAGMA busy_timeout").fetchone()[0]).result() > 0
     raw.close()
 
 
@@ -139,10 +97,10 @@ def test_closing_the_store_leaves_a_running_read_its_connection(path):
     from issuer.store import StoreClosed
 
     s = SQLiteStore(path)
-    conn = s._readers.take()  # checked out, as during a query in another thread
+    conn = s.dialect.readers.take()  # checked out, as during a query in another thread
     s.close()
     assert conn.execute("SELECT count(*) FROM codes").fetchone() == (0,)
-    s._readers.give_back(conn)  # comes back after close: closed now
+    s.dialect.readers.give_back(conn)  # comes back after close: closed now
     with pytest.raises(sqlite3.ProgrammingError):
         conn.execute("SELECT 1")
     with pytest.raises(StoreClosed):
