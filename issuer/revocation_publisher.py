@@ -29,10 +29,10 @@ A publication, per shard (marked in :meth:`RevocationPublisher._publish_shard`):
 
 Assumption, as for the store: one publisher process per province directory.
 
-Reading the store: :class:`SQLiteRevocationSource` opens its own read-only
-connections to the issuer's SQLite file (WAL lets it read while the writer
-commits). Its query is served by the store's partial index on revoked codes
-(migration 2 of :mod:`issuer.store.sqlite`).
+Reading the store: a :class:`~issuer.store.RevocationSource` from
+:func:`issuer.store.open_revocation_source` (SQLite or PostgreSQL; re-exported
+here with :class:`~issuer.store.SQLiteRevocationSource`). Its query is served by
+the store's partial index on revoked codes (:mod:`issuer.store.schema`).
 """
 
 from __future__ import annotations
@@ -41,10 +41,9 @@ import contextlib
 import os
 import pathlib
 import re
-import sqlite3
 import tempfile
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable
 
 from healthcode.revocation import (
     RevocationDataError,
@@ -58,6 +57,7 @@ from healthcode.revocation import (
 )
 
 from .errors import IssuerError
+from .store import RevocationSource, SQLiteRevocationSource
 
 __all__ = [
     "RevocationSource",
@@ -76,58 +76,6 @@ _DELTA_NAME = re.compile(r"delta-(\d{10})\.hcrd")
 
 class RevocationPublishError(IssuerError):
     """The published files and the store disagree in a way the publisher must not paper over."""
-
-
-class RevocationSource(Protocol):
-    """Where the publisher reads revocations (the issuer's store, or a fake in tests)."""
-
-    def shards(self) -> list[tuple[str, bytes]]:
-        """Every (province, kid) that has issued a code."""
-        ...
-
-    def revoked(self, province: str, kid: bytes) -> tuple[int, list[int]]:
-        """(universe, ascending revoked serials) of one shard, read consistently."""
-        ...
-
-
-class SQLiteRevocationSource:
-    """Reads revoked serials straight from the issuer's SQLite file (schema of :mod:`issuer.store.sqlite`)."""
-
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = 5000) -> None:
-        self.path = pathlib.Path(path)
-        self._busy_timeout_ms = int(busy_timeout_ms)
-
-    @contextlib.contextmanager
-    def _connect(self):
-        # mode=rw: never create an empty database by mistake; query_only: never write.
-        uri = self.path.resolve().as_uri() + "?mode=rw"
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self._busy_timeout_ms / 1000)
-        try:
-            conn.execute("PRAGMA query_only = ON")
-            yield conn
-        finally:
-            conn.close()
-
-    def shards(self) -> list[tuple[str, bytes]]:
-        # serial_counters gets a row, in the same transaction, for every shard that commits a code
-        with self._connect() as conn:
-            return [(p, bytes(k)) for p, k in
-                    conn.execute("SELECT province, kid FROM serial_counters ORDER BY province, kid")]
-
-    def revoked(self, province: str, kid: bytes) -> tuple[int, list[int]]:
-        with self._connect() as conn:
-            conn.execute("BEGIN")  # one snapshot of the database for all three reads
-            serials = [s for (s,) in conn.execute(
-                "SELECT serial FROM codes WHERE province = ? AND kid = ? AND revoked_at IS NOT NULL "
-                "ORDER BY serial", (province, kid))]
-            (counted,) = conn.execute(
-                "SELECT coalesce(max(next_serial), 0) FROM serial_counters WHERE province = ? AND kid = ?",
-                (province, kid)).fetchone()
-            (highest,) = conn.execute(
-                "SELECT coalesce(max(serial) + 1, 0) FROM codes WHERE province = ? AND kid = ?",
-                (province, kid)).fetchone()
-            conn.execute("COMMIT")
-        return max(counted, highest), serials
 
 
 @dataclass(frozen=True)
