@@ -71,29 +71,16 @@ from psycopg.pq import TransactionStatus
 
 from healthcode.model import from_epoch, to_epoch
 
-from ..errors import IssuerError, Unavailable
-from .base import (
-    DEFAULT_BATCH_CAP,
-    DEFAULT_MAX_QUEUED,
-    DEFAULT_RESIDENT_CACHE,
-    DuplicateIdempotencyKey,
-    DuplicateSerial,
-    ResidentNotFound,
-    SchemaTooNew,
-    StoreInUse,
-    WriteFailed,
-)
+from ..errors import Unavailable
+from .base import DEFAULT_BATCH_CAP, DEFAULT_MAX_QUEUED, DEFAULT_RESIDENT_CACHE, StoreInUse, WriteFailed
 from .pool import ReaderPool
-from .schema import MIGRATIONS
-from .sql import SQLRevocationSource, SQLStore
+from .sql import Refusal, SQLRevocationSource, SQLStore
 from .writer import DEFAULT_COMMIT_LINGER
 
 __all__ = [
     "PostgresStore",
     "PostgresDialect",
     "PostgresRevocationSource",
-    "MIGRATIONS",
-    "SchemaTooNew",
     "split_postgres_url",
     "check_schema_name",
     "DEFAULT_LOCK_TIMEOUT_MS",
@@ -227,18 +214,18 @@ class PostgresDialect:
         return stored  # timestamptz, read in a UTC session
 
     @staticmethod
-    def row_error(exc: BaseException) -> IssuerError:
-        """Name the failure of one code's insertion (PostgreSQL names the failed constraint)."""
+    def refusal(exc: BaseException) -> Refusal:
+        """What refused a code's insertion (PostgreSQL names the failed constraint)."""
         if not isinstance(exc, psycopg.IntegrityError):
-            return WriteFailed("code could not be stored")  # a value PostgreSQL refuses (out of range, NUL in text)
+            return "value"  # a value PostgreSQL refuses (out of range, NUL in text)
         constraint = exc.diag.constraint_name
         if constraint == "codes_by_idempotency_key":
-            return DuplicateIdempotencyKey("idempotency key was already used by this caller")
+            return "idempotency_key"
         if constraint == "codes_by_serial":
-            return DuplicateSerial("serial is already taken for this signing key")
+            return "serial"
         if isinstance(exc, pg_errors.ForeignKeyViolation):
-            return ResidentNotFound("resident not found")
-        return WriteFailed("code could not be stored (constraint)")
+            return "resident"
+        return "constraint"
 
     @staticmethod
     def insert_codes(conn: psycopg.Connection[Any], rows: list[tuple[object, ...]]) -> None:
@@ -278,15 +265,19 @@ class PostgresDialect:
         if not held:
             raise StoreInUse(f"another issuer holds the database {_describe(self.conninfo, schema)}")
 
-    def open(self) -> psycopg.Connection[Any]:
+    def _leased_writer(self) -> psycopg.Connection[Any]:
+        """A new writer connection holding the lease."""
         conn = self._connect(writer=True)
         try:
             self._take_lease(conn)
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
         return conn
+
+    def open(self) -> psycopg.Connection[Any]:
+        self._conn = self._leased_writer()
+        return self._conn
 
     def close(self) -> None:
         if self._conn is not None:
@@ -304,13 +295,7 @@ class PostgresDialect:
         assert conn is not None, "the store is not open"
         if conn.broken or conn.closed:
             conn.close()
-            conn = self._connect(writer=True)
-            try:
-                self._take_lease(conn)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
+            conn = self._conn = self._leased_writer()
         return conn
 
     # -- the writer's transactions

@@ -24,7 +24,7 @@ import datetime as dt
 import threading
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
-from typing import Any, Callable, Generic, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Generic, Literal, Mapping, Protocol, Sequence, TypeVar
 
 from ..errors import Conflict, IssuerError
 from ..model import CodeRef, RevocationReason
@@ -34,18 +34,21 @@ from .base import (
     DEFAULT_RESIDENT_CACHE,
     CodeNotRenewable,
     CodeRecord,
+    DuplicateIdempotencyKey,
     DuplicateIdentifier,
+    DuplicateSerial,
     IdentifierRecord,
     ResidentMerged,
     ResidentNotFound,
     ResidentRecord,
     Store,
+    WriteFailed,
     WriterStats,
 )
 from .schema import migrate
 from .writer import DEFAULT_COMMIT_LINGER, CodeItem, GroupCommitWriter, Outcome
 
-__all__ = ["SQLStore", "SQLRevocationSource", "Dialect", "Connection", "Cursor", "MAX_SERIAL"]
+__all__ = ["SQLStore", "SQLRevocationSource", "Dialect", "Connection", "Cursor", "Refusal", "MAX_SERIAL"]
 
 #: Serials are 64-bit signed integers in both databases: anything above can name no stored code
 #: (refs may name serials up to 2**64 - 1; and a PostgreSQL NUMERIC parameter would skip the index).
@@ -53,6 +56,22 @@ MAX_SERIAL = 2**63 - 1
 
 T = TypeVar("T")
 C = TypeVar("C", bound="Connection")
+
+#: What refused one code's insertion, as a dialect reads its driver's error.
+Refusal = Literal["idempotency_key", "serial", "resident", "constraint", "value"]
+
+
+def refusal_error(refusal: Refusal) -> IssuerError:
+    """The store's error for a refused code insertion (only that row failed)."""
+    if refusal == "idempotency_key":
+        return DuplicateIdempotencyKey("idempotency key was already used by this caller")
+    if refusal == "serial":
+        return DuplicateSerial("serial is already taken for this signing key")
+    if refusal == "resident":
+        return ResidentNotFound("resident not found")
+    if refusal == "constraint":
+        return WriteFailed("code could not be stored (constraint)")
+    return WriteFailed("code could not be stored")
 
 
 class Cursor(Protocol):
@@ -118,8 +137,8 @@ class Dialect(Protocol[C]):
         """Insert many codes' parameters at once; raises a row error if any is refused."""
         ...
 
-    def row_error(self, exc: BaseException) -> IssuerError:
-        """The store's error for one code refused with driver error ``exc`` (one of :attr:`row_errors`)."""
+    def refusal(self, exc: BaseException) -> Refusal:
+        """What refused one code's insertion with driver error ``exc`` (one of :attr:`row_errors`)."""
         ...
 
     # -- migrations (see issuer.store.schema.Migrating)
@@ -469,7 +488,7 @@ class SQLStore(Store, Generic[C]):
                 outcomes.append(None)
             except self.dialect.row_errors as exc:
                 conn.execute("ROLLBACK TO SAVEPOINT code")
-                outcomes.append(self.dialect.row_error(exc))
+                outcomes.append(refusal_error(self.dialect.refusal(exc)))
             finally:
                 conn.execute("RELEASE SAVEPOINT code")
         return outcomes
@@ -484,7 +503,7 @@ class SQLStore(Store, Generic[C]):
                 conn.execute(self._insert_code_sql, item.params)
             except self.dialect.row_errors as exc:
                 conn.execute("ROLLBACK TO SAVEPOINT renewal")
-                return self.dialect.row_error(exc)
+                return refusal_error(self.dialect.refusal(exc))
             updated = 0
             if 0 <= old.serial <= MAX_SERIAL:
                 updated = conn.execute(

@@ -53,26 +53,12 @@ from typing import Callable, Iterator, Mapping, TypeVar
 from healthcode.model import from_epoch, to_epoch
 from shellkit.files import create_private_file, ensure_private_file
 
-from ..errors import IssuerError
-from .base import (
-    DEFAULT_BATCH_CAP,
-    DEFAULT_MAX_QUEUED,
-    DEFAULT_RESIDENT_CACHE,
-    DuplicateIdempotencyKey,
-    DuplicateSerial,
-    ResidentNotFound,
-    SchemaTooNew,
-    StoreInUse,
-    WriteFailed,
-    WriterStats,
-)
+from .base import DEFAULT_BATCH_CAP, DEFAULT_MAX_QUEUED, DEFAULT_RESIDENT_CACHE, StoreInUse, WriteFailed
 from .pool import ReaderPool
-from .schema import MIGRATIONS
-from .sql import INSERT_CODE, SQLRevocationSource, SQLStore
+from .sql import INSERT_CODE, Refusal, SQLRevocationSource, SQLStore
 from .writer import DEFAULT_COMMIT_LINGER
 
-__all__ = ["SQLiteStore", "SQLiteDialect", "SQLiteRevocationSource", "lease_path", "WriterStats", "MIGRATIONS",
-           "SchemaTooNew", "DEFAULT_BATCH_CAP", "DEFAULT_BUSY_TIMEOUT_MS"]
+__all__ = ["SQLiteStore", "SQLiteDialect", "SQLiteRevocationSource", "lease_path", "DEFAULT_BUSY_TIMEOUT_MS"]
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 
@@ -150,18 +136,18 @@ class SQLiteDialect:
         return from_epoch(stored)
 
     @staticmethod
-    def row_error(exc: BaseException) -> IssuerError:
-        """Name a failed constraint of a code insertion (SQLite's messages name the columns)."""
+    def refusal(exc: BaseException) -> Refusal:
+        """What refused a code's insertion (SQLite's messages name the columns)."""
         if not isinstance(exc, sqlite3.IntegrityError):
-            return WriteFailed("code could not be stored")  # e.g. a serial past 64-bit integers: this row only
+            return "value"  # e.g. a serial past 64-bit integers: this row only
         message = str(exc)
         if "codes.caller" in message and "codes.idempotency_key" in message:
-            return DuplicateIdempotencyKey("idempotency key was already used by this caller")
+            return "idempotency_key"
         if "codes.serial" in message:
-            return DuplicateSerial("serial is already taken for this signing key")
+            return "serial"
         if "FOREIGN KEY" in message:
-            return ResidentNotFound("resident not found")
-        return WriteFailed("code could not be stored (constraint)")
+            return "resident"
+        return "constraint"
 
     insert_codes = staticmethod(_insert_codes)
 
