@@ -17,6 +17,8 @@ from .errors import InvalidClaims
 
 __all__ = [
     "PROVINCES",
+    "PROVINCES_EN",
+    "province_label",
     "ProvinceCode",
     "MainIndexId",
     "parse_province",
@@ -41,6 +43,25 @@ PROVINCES: Mapping[str, str] = MappingProxyType(
         "65": "新疆", "71": "台湾", "81": "香港", "82": "澳门",
     }
 )
+
+#: The same divisions' English names, for what people read in both languages.
+PROVINCES_EN: Mapping[str, str] = MappingProxyType(
+    {
+        "11": "Beijing", "12": "Tianjin", "13": "Hebei", "14": "Shanxi", "15": "Inner Mongolia",
+        "21": "Liaoning", "22": "Jilin", "23": "Heilongjiang", "31": "Shanghai", "32": "Jiangsu",
+        "33": "Zhejiang", "34": "Anhui", "35": "Fujian", "36": "Jiangxi", "37": "Shandong",
+        "41": "Henan", "42": "Hubei", "43": "Hunan", "44": "Guangdong", "45": "Guangxi",
+        "46": "Hainan", "50": "Chongqing", "51": "Sichuan", "52": "Guizhou", "53": "Yunnan",
+        "54": "Tibet", "61": "Shaanxi", "62": "Gansu", "63": "Qinghai", "64": "Ningxia",
+        "65": "Xinjiang", "71": "Taiwan", "81": "Hong Kong", "82": "Macao",
+    }
+)
+
+
+def province_label(code: str) -> str:
+    """``浙江 Zhejiang (33)``: how a person reads a province, in Chinese and English."""
+    return f"{PROVINCES[code]} {PROVINCES_EN[code]} ({code})"
+
 
 ProvinceCode = NewType("ProvinceCode", str)
 """Two-digit GB/T 2260 province code, e.g. ``"33"`` (Zhejiang)."""

@@ -69,7 +69,7 @@ from qrcode.util import (
 )
 
 from healthcode.codec import MAX_TEXT_LENGTH
-from healthcode.model import PROVINCES
+from healthcode.model import PROVINCES, PROVINCES_EN, province_label
 from shellkit.times import beijing
 
 __all__ = [
@@ -462,17 +462,8 @@ SHEET_INSTRUCTIONS = (
     "Show this code at the hospital front desk together with your identity document. "
     "Keep it dry and flat; if it is lost, ask for a reprint where it was issued.",
 )
-#: English names of the GB/T 2260 provincial-level divisions (the Chinese ones are healthcode.model.PROVINCES).
-#: Same table as verifier.display.PROVINCE_EN; the issuer may not import the verifier.
-PROVINCE_EN = MappingProxyType({
-    "11": "Beijing", "12": "Tianjin", "13": "Hebei", "14": "Shanxi", "15": "Inner Mongolia",
-    "21": "Liaoning", "22": "Jilin", "23": "Heilongjiang", "31": "Shanghai", "32": "Jiangsu",
-    "33": "Zhejiang", "34": "Anhui", "35": "Fujian", "36": "Jiangxi", "37": "Shandong",
-    "41": "Henan", "42": "Hubei", "43": "Hunan", "44": "Guangdong", "45": "Guangxi",
-    "46": "Hainan", "50": "Chongqing", "51": "Sichuan", "52": "Guizhou", "53": "Yunnan",
-    "54": "Tibet", "61": "Shaanxi", "62": "Gansu", "63": "Qinghai", "64": "Ningxia",
-    "65": "Xinjiang", "71": "Taiwan", "81": "Hong Kong", "82": "Macao",
-})
+#: English names of the provinces (one table, in the core).
+PROVINCE_EN = PROVINCES_EN
 #: Fonts with both Chinese and Latin glyphs, first found wins (Debian: fonts-wqy-microhei, fonts-noto-cjk).
 CJK_FONTS = (
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
@@ -510,11 +501,6 @@ class SheetCode:
             raise SheetError("expires_at must be timezone-aware")
         if self.province not in PROVINCES:
             raise SheetError(f"unknown province code {self.province!r}")
-
-
-def province_label(province: str) -> str:
-    """``浙江 Zhejiang (33)``: how a person reads a province."""
-    return f"{PROVINCES[province]} {PROVINCE_EN.get(province, '')} ({province})".replace("  ", " ")
 
 
 def find_cjk_font() -> pathlib.Path:
