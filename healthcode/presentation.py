@@ -66,6 +66,7 @@ from .verify import RevocationChecker, TrustFreshness, verify_credential
 
 __all__ = [
     "PRESENTATION_PREFIX",
+    "CHALLENGE_BYTES",
     "STEP_SECONDS",
     "DEFAULT_PRESENTATION_SKEW",
     "MAX_PRESENTATION_TEXT_LENGTH",
@@ -80,6 +81,9 @@ __all__ = [
     "holder_cnf",
     "holder_key_from_cnf",
     "device_signing_input",
+    "ENROLMENT_CONTEXT",
+    "proof_of_possession_input",
+    "verify_proof_of_possession",
     "encode_presentation",
     "decode_presentation_unverified",
     "verify_presentation",
@@ -96,6 +100,9 @@ DEFAULT_PRESENTATION_SKEW = _dt.timedelta(seconds=30)
 MAX_PRESENTATION_BYTES = MAX_COSE_BYTES + 1 + 9 + 2 + 64
 MAX_PRESENTATION_TEXT_LENGTH = len(PRESENTATION_PREFIX) + (MAX_PRESENTATION_BYTES // 2) * 3 + 2
 DEVICE_SIGNATURE_CONTEXT = b"EHC-DYN-v1\x00"
+#: Domain separation of the enrolment proof of possession (the issuer's Wallets API).
+ENROLMENT_CONTEXT = b"EHC-ENROL-v1\x00"
+CHALLENGE_BYTES = 32
 _MAX_STEP = 0xFFFFFFFF // STEP_SECONDS  # times are 32-bit on the wire, as in the credential
 _DEVICE_SIGNATURE_HEAD = b"\x58\x40"
 _COSE_KEY_KTY, _COSE_KEY_CRV, _COSE_KEY_X, _COSE_KEY_Y = 1, -1, -2, -3
@@ -199,6 +206,36 @@ def holder_key_from_cnf(cnf: Mapping[Any, Any] | None) -> VerificationKey:
 def device_signing_input(credential_cose: bytes, step: int) -> bytes:
     """The bytes the device signs: ``"EHC-DYN-v1" 00 || step (8 bytes, big-endian) || SHA-256(credential)``."""
     return DEVICE_SIGNATURE_CONTEXT + step.to_bytes(8, "big") + hashlib.sha256(credential_cose).digest()
+
+
+def _uncompressed_point(key: VerificationKey) -> bytes:
+    return key.spki_der()[-65:]
+
+
+def proof_of_possession_input(challenge: bytes, device_key: VerificationKey) -> bytes:
+    """What a phone signs to enrol: ``"EHC-ENROL-v1" 00 || challenge || SHA-256(public key, SEC 1 uncompressed)``.
+
+    The key's hash binds the proof to the key being enrolled, so a proof made
+    for one key cannot enrol another; the challenge (single-use, the issuer's)
+    makes it fresh. The different context keeps a proof from ever being a
+    device signature of a presentation, and the reverse.
+    """
+    if type(challenge) is not bytes or len(challenge) != CHALLENGE_BYTES:
+        raise InvalidClaims(f"challenge must be {CHALLENGE_BYTES} bytes")
+    return ENROLMENT_CONTEXT + challenge + hashlib.sha256(_uncompressed_point(device_key)).digest()
+
+
+def verify_proof_of_possession(device_point: bytes, challenge: bytes, proof: bytes) -> VerificationKey:
+    """The device key of ``device_point`` (SEC 1, P-256) if ``proof`` signs the challenge with it.
+
+    Raises :class:`~healthcode.errors.InvalidKey` for a point that is not a
+    P-256 point, and :class:`~healthcode.errors.BadDeviceSignature` for a
+    proof that does not verify. The issuer calls this before binding a key.
+    """
+    key = load_p256_point(device_point)
+    if not key.verify(proof, proof_of_possession_input(challenge, key)):
+        raise BadDeviceSignature("proof of possession does not verify with the device key")
+    return key
 
 
 def encode_presentation(credential: str, step: int, device: DeviceSigner) -> str:

@@ -164,3 +164,26 @@ def test_a_presentation_fits_a_version_12_qr_at_m():
         qr.add_data(text)
         qr.make(fit=True)
         assert qr.version <= 12, (serial, len(text))
+
+
+def test_proof_of_possession_binds_challenge_and_key():
+    challenge = bytes(range(32))
+    proof = DEVICE.sign(hp.proof_of_possession_input(challenge, DEVICE.public_key()))
+    assert hp.verify_proof_of_possession(point(DEVICE), challenge, proof) == DEVICE.public_key()
+    compressed = hp.holder_cnf(point(DEVICE))[1]
+    prefix = b"\x03" if compressed[-3] else b"\x02"
+    assert hp.verify_proof_of_possession(prefix + compressed[-2], challenge, proof) == DEVICE.public_key()
+    for device_point, chal, sig in (
+        (point(OTHER_DEVICE), challenge, proof),            # another key
+        (point(DEVICE), bytes(32), proof),                  # another challenge
+        (point(DEVICE), challenge, bytes(64)),              # a zero proof
+    ):
+        with pytest.raises(hc.VerificationError) as caught:
+            hp.verify_proof_of_possession(device_point, chal, sig)
+        assert caught.value.reason is Reason.BAD_DEVICE_SIGNATURE
+    # a presentation's device signature is never a proof, nor the reverse
+    assert hp.proof_of_possession_input(challenge, DEVICE.public_key())[:13] != hp.DEVICE_SIGNATURE_CONTEXT[:13]
+    with pytest.raises(hc.InvalidKey):
+        hp.verify_proof_of_possession(b"\x04" + bytes(64), challenge, proof)
+    with pytest.raises(hc.InvalidClaims):
+        hp.proof_of_possession_input(b"short", DEVICE.public_key())
