@@ -25,7 +25,15 @@ import healthcode as hc
 from shellkit.cli import run_click
 from shellkit.times import beijing
 
-from .config import AuditConfig, FreshnessPolicy, ScanConfig, SyncConfig, VerifierConfig
+from .config import (
+    STATIC_CODE_POLICIES,
+    AuditConfig,
+    CodePolicy,
+    FreshnessPolicy,
+    ScanConfig,
+    SyncConfig,
+    VerifierConfig,
+)
 from .trust import (
     DevBundleSource,
     NoTrustData,
@@ -139,6 +147,23 @@ def _policy_options(f):
     return f
 
 
+def _code_options(f):
+    f = click.option("--static-codes", type=click.Choice(STATIC_CODE_POLICIES), default="check-id",
+                     show_default=True,
+                     help="Valid static (printed) codes: accept; accept and tell the operator to check the "
+                          "holder's identity document; or refuse (static_code_refused).")(f)
+    f = click.option("--presentation-skew", type=DURATION, default="30s", show_default=True,
+                     help="How far a phone's clock may differ from this terminal's for its live code.")(f)
+    return f
+
+
+def _code_policy(static_codes, presentation_skew) -> CodePolicy:
+    try:
+        return CodePolicy(static_codes=static_codes, presentation_skew=presentation_skew)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _policy(warn_age, max_age, clock_skew) -> FreshnessPolicy:
     try:
         return FreshnessPolicy(warn_age=warn_age, max_age=max_age, clock_skew=clock_skew)
@@ -247,18 +272,23 @@ def status(obj: Context, warn_age, max_age, clock_skew):
               help="Read the code(s) from a PNG or JPEG image.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON result line(s) instead.")
 @_policy_options
+@_code_options
 @click.pass_obj
-def verify(obj: Context, text, image, as_json, warn_age, max_age, clock_skew):
-    """Verify one code (TEXT, '-' for standard input, or --image FILE).
+def verify(obj: Context, text, image, as_json, warn_age, max_age, clock_skew, static_codes, presentation_skew):
+    """Verify one code or live code (TEXT, '-' for standard input, or --image FILE).
+
+    No replay cache here: a live code checked twice with ``verify`` is valid twice (``run`` remembers).
 
     Exit status: 0 valid, 1 invalid, 2 error (no usable trust data, unreadable file, bad usage).
     """
     from .display import Display
     from .output import encode, result_record
-    from .runtime import Outcome, unverified_identity, verify_scan
+    from .runtime import judge_for, outcome_of, verify_scan
     from .scan import LineFramer, Scan, to_scan
 
     policy = _policy(warn_age, max_age, clock_skew)
+    judge = judge_for(VerifierConfig(freshness=policy, codes=_code_policy(static_codes, presentation_skew)),
+                      replay=False)
     scan_config = ScanConfig()
     if (text is None) == (image is None):
         raise click.UsageError("give either TEXT (or '-') or --image FILE")
@@ -292,10 +322,8 @@ def verify(obj: Context, text, image, as_json, warn_age, max_age, clock_skew):
     display = Display(sys.stdout)
     worst = EXIT_VALID
     for seq, scan in enumerate(scans, 1):
-        result, assessment = verify_scan(scan, state, policy, system_now=obj.clock())
-        outcome = Outcome(seq, scan.source, scan.ended_by, result.code, result.reason, result.detail,
-                          assessment, None, scan.text, unverified_identity(scan.text, result.reason),
-                          state.warnings if state is not None else ())
+        result, assessment = verify_scan(scan, state, policy, system_now=obj.clock(), judge=judge)
+        outcome = outcome_of(result, scan, seq, assessment, trust_warnings=state.warnings if state is not None else ())
         if as_json:
             sys.stdout.buffer.write(encode(result_record(outcome)))
             sys.stdout.flush()
@@ -343,10 +371,12 @@ def verify(obj: Context, text, image, as_json, warn_age, max_age, clock_skew):
 @click.option("--frame-timeout", type=DURATION, default="300ms", show_default=True,
               help="Silence that ends a scan without Enter (ttys and serial ports).")
 @_policy_options
+@_code_options
 @click.pass_obj
 def run(obj: Context, use_stdin, ttys, serial_port, baud, folder, folder_done, json_to, omit_main_index_id,
         display_to, audit, audit_db, keep_subject_for, audit_retention, audit_max_rows, background_sync,
-        sync_interval, sync_retry, max_line, frame_timeout, warn_age, max_age, clock_skew):
+        sync_interval, sync_retry, max_line, frame_timeout, warn_age, max_age, clock_skew, static_codes,
+        presentation_skew):
     """The scanner loop: verify every scan, show it, write JSON lines and the audit log."""
     from .audit import AuditLog
     from .display import Display
@@ -364,6 +394,7 @@ def run(obj: Context, use_stdin, ttys, serial_port, baud, folder, folder_done, j
                               retention=audit_retention, max_rows=audit_max_rows),
             sync=SyncConfig(interval=sync_interval, retry=sync_retry,
                             enabled=background_sync and bool(obj.source_location)),
+            codes=_code_policy(static_codes, presentation_skew),
             include_subject_in_output=not omit_main_index_id,
         )
         sink = open_sink(json_to)

@@ -6,7 +6,9 @@ Guarantees
   (``valid``/``invalid``), reason, province, kid (hex), serial, whether those
   three were verified (for a refused but well-formed code, e.g. revoked or
   expired, they are read from it unverified), input source, trust-data age
-  and the clock-behind flag. The main index ID and the raw
+  and the clock-behind flag, the kind of code (``dynamic``: a phone's live
+  code; ``static``), a live code's time step (UTC), and whether the operator
+  was told to check the holder's identity document. The main index ID and the raw
   code are **not stored** unless ``AuditConfig.keep_subject_for`` is set; then
   they are cleared (set to NULL) once older than that window, at start-up and
   at every maintenance pass. ``secure_delete`` is on, so cleared values are
@@ -58,28 +60,33 @@ CREATE TABLE IF NOT EXISTS audit (
     trust_age_s INTEGER,
     clock_behind INTEGER NOT NULL DEFAULT 0,
     subject TEXT,
-    raw TEXT
+    raw TEXT,
+    kind TEXT,
+    step_time TEXT,
+    check_id INTEGER NOT NULL DEFAULT 0
 );
 """
+#: Columns added after the first version, with their declarations: added to an older database when it is opened.
+_ADDED_COLUMNS = (("kind", "TEXT"), ("step_time", "TEXT"), ("check_id", "INTEGER NOT NULL DEFAULT 0"))
 # No index on time: every insert would pay for it, while the only queries by time are the
 # maintenance passes (every 10 min, in the writer thread, with the GIL released while SQLite
 # scans): a full scan of at most max_rows rows.
 
 _COLUMNS = ("INSERT INTO audit (time, result, reason, province, kid, serial, claims_verified, source, "
-            "trust_age_s, clock_behind, subject, raw) VALUES ")
-#: The placeholders of a row, by its width: a full row (an AuditEntry, 12 values), or the short
-#: form of a valid code's row outside a replay window (VALID_ROW_FIELDS, 7 values), whose constant
-#: columns are literals. A NULL given as a parameter costs the sqlite3 module a failed adapter
+            "trust_age_s, clock_behind, subject, raw, kind, step_time, check_id) VALUES ")
+#: The placeholders of a row, by its width: a full row (an AuditEntry, 15 values), or the short
+#: form of a valid static code's row outside a replay window (VALID_ROW_FIELDS, 8 values), whose
+#: constant columns are literals. A NULL given as a parameter costs the sqlite3 module a failed adapter
 #: lookup (an exception formatted and cleared) per value: more than the rest of the row.
-_ROW = {12: "(?,?,?,?,?,?,?,?,?,?,?,?)", 7: "(?,'valid',NULL,?,?,?,1,?,?,?,NULL,NULL)"}
+_ROW = {15: "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", 8: "(?,'valid',NULL,?,?,?,1,?,?,?,NULL,NULL,'static',NULL,?)"}
 #: Rows per INSERT statement. One multi-row statement is one sqlite3_step: executemany would
 #: release and re-take the GIL for every row, and the scan loop would pay for each hand-over.
 _ROWS_PER_STATEMENT = 128
 _INSERTS: dict[tuple[int, int], str] = {}  # (row width, rows) -> statement
 #: Most rows in one transaction (a burst after an outage is written in several).
 _MAX_BATCH = 16384
-#: The short form of a valid code's row (no subject, no raw): what the run loop queues.
-VALID_ROW_FIELDS = ("time", "province", "kid", "serial", "source", "trust_age_s", "clock_behind")
+#: The short form of a valid static code's row (no subject, no raw): what the run loop queues.
+VALID_ROW_FIELDS = ("time", "province", "kid", "serial", "source", "trust_age_s", "clock_behind", "check_id")
 
 
 def _insert(width: int, count: int) -> str:
@@ -105,6 +112,9 @@ class AuditEntry(NamedTuple):
     clock_behind: int
     subject: str | None = None
     raw: str | None = None
+    kind: str | None = None  # "dynamic" (a phone's live code), "static", None (not one of our codes)
+    step_time: str | None = None  # a live code's time step, UTC as ``time``
+    check_id: int = 0  # 1: valid, and the operator was told to check the holder's identity document
 
 
 def iso_utc(moment: _dt.datetime) -> str:
@@ -155,7 +165,7 @@ class AuditLog:
         """
         pending = self._pending
         if not self.keep_subject and any(map(any, map(_SUBJECT_AND_RAW, rows))):
-            rows = [(*row[:10], None, None) if len(row) == 12 else row for row in rows]
+            rows = [(*row[:10], None, None, *row[12:]) if len(row) == 15 else row for row in rows]
         pending.extend(rows)
         self._drop_oldest_over_cap()
         if len(pending) >= self.config.batch_rows:
@@ -231,6 +241,10 @@ class AuditLog:
             for pragma in self._pragmas:
                 conn.execute(pragma)
             conn.executescript(SCHEMA)
+            present = {row[1] for row in conn.execute("PRAGMA table_info(audit)")}
+            for name, declaration in _ADDED_COLUMNS:  # a database written by an older version
+                if name not in present:
+                    conn.execute(f"ALTER TABLE audit ADD COLUMN {name} {declaration}")
         except sqlite3.Error:
             conn.close()
             raise

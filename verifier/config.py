@@ -18,10 +18,13 @@ __all__ = [
     "ScanConfig",
     "AuditConfig",
     "SyncConfig",
+    "CodePolicy",
     "VerifierConfig",
     "DEFAULT_WARN_AGE",
     "DEFAULT_MAX_AGE",
     "DEFAULT_CLOCK_SKEW",
+    "DEFAULT_PRESENTATION_SKEW",
+    "STATIC_CODE_POLICIES",
 ]
 
 #: Trust data older than this is shown with a warning (codes still verify).
@@ -30,6 +33,10 @@ DEFAULT_WARN_AGE = _dt.timedelta(hours=72)
 DEFAULT_MAX_AGE = _dt.timedelta(days=7)
 #: A code's ``iat`` may be this far in the future of the terminal's clock.
 DEFAULT_CLOCK_SKEW = _dt.timedelta(minutes=5)
+#: How far a phone's clock may differ from the terminal's for its live code (docs/code-format.md 16.3).
+DEFAULT_PRESENTATION_SKEW = _dt.timedelta(seconds=30)
+#: The terminal's policies for static (printed or copied) codes: see :class:`CodePolicy`.
+STATIC_CODE_POLICIES = ("accept", "check-id", "refuse")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +130,37 @@ class SyncConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CodePolicy:
+    """Which codes the terminal accepts, and how (``docs/verifier.md``, "Live codes").
+
+    * ``static_codes``: what a valid static code (printed, or an ``EHC1:`` code
+      on a screen) gets: ``"accept"``; ``"check-id"`` (the default: valid, and the
+      display tells the operator to check the holder's identity document, since a
+      static code is a bearer token that anyone holding a copy can show); or
+      ``"refuse"`` (``static_code_refused``). Printed codes exist for residents
+      without phones: refuse them only where everyone has the live code.
+    * ``presentation_skew``: how far the phone's clock may differ from the
+      terminal's, either way; a live code verifies for 60-90 s after the phone
+      made it with the default 30 s. It also bounds how far in the future a
+      credential's ``iat`` may be (the core uses one tolerance for both).
+    * ``replay_capacity``: the most presentations the replay cache remembers
+      (each is forgotten anyway once it can no longer verify, about 2 minutes).
+    """
+
+    static_codes: str = "check-id"
+    presentation_skew: _dt.timedelta = DEFAULT_PRESENTATION_SKEW
+    replay_capacity: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.static_codes not in STATIC_CODE_POLICIES:
+            raise ValueError(f"static_codes must be one of {', '.join(STATIC_CODE_POLICIES)}")
+        if self.presentation_skew < _dt.timedelta(0):
+            raise ValueError("presentation_skew must not be negative")
+        if self.replay_capacity < 1:
+            raise ValueError("replay_capacity must be positive")
+
+
+@dataclass(frozen=True, kw_only=True)
 class VerifierConfig:
     """Everything ``run`` needs besides its inputs and outputs."""
 
@@ -130,4 +168,5 @@ class VerifierConfig:
     scan: ScanConfig = field(default_factory=ScanConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    codes: CodePolicy = field(default_factory=CodePolicy)
     include_subject_in_output: bool = True

@@ -1,8 +1,10 @@
 """The operator's display: the answer at a glance, in Chinese and English.
 
 On a terminal (ANSI) the screen is cleared for each result and shows a large
-block-letter VALID (green) or INVALID (red), the reason in plain words in both
-languages, the province, and the trust-data age; warnings (aging or stale
+block-letter VALID (green) or INVALID (red), which kind of code was shown (a
+phone's live code, or a printed/static code), "check the holder's identity
+document" when the terminal's policy asks for it, the reason in plain words in
+both languages, the province, and the trust-data age; warnings (aging or stale
 trust data, clock behind, a failed sync, an audit log that cannot be
 written, a scanner that went away) follow in yellow. On anything else (a
 log file, a pipe) each result is one plain line. Before the first scan,
@@ -27,14 +29,15 @@ from healthcode import PROVINCES, Reason
 from shellkit.times import beijing
 
 from .trust import Freshness, TrustAssessment, format_age, format_age_zh
+from .verdict import DYNAMIC, STATIC, TerminalReason
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runtime import Outcome
 
-__all__ = ["REASON_TEXT", "PROVINCE_EN", "Display", "banner", "describe", "detail_zh", "beijing_times"]
+__all__ = ["REASON_TEXT", "KIND_TEXT", "CHECK_ID_TEXT", "PROVINCE_EN", "Display", "banner", "describe", "detail_zh", "beijing_times"]
 
 #: The reason in plain words: (Chinese, English).
-REASON_TEXT: dict[Reason | None, tuple[str, str]] = {
+REASON_TEXT: dict[Reason | TerminalReason | None, tuple[str, str]] = {
     None: ("健康码有效", "The health code is valid"),
     Reason.MALFORMED: ("不是有效的健康码（无法识别或扫描不完整）", "Not a readable health code (damaged, partial or another kind of code)"),
     Reason.UNSUPPORTED_VERSION: ("健康码版本不受支持，请更新核验软件", "Code version not supported: update the verifier"),
@@ -54,7 +57,14 @@ REASON_TEXT: dict[Reason | None, tuple[str, str]] = {
     Reason.FUTURE_PRESENTATION: ("动态码时间超前，请检查手机与本机时间", "Live code from the future: check the phone's and this terminal's clocks"),
     Reason.BAD_DEVICE_SIGNATURE: ("动态码签名与绑定手机不符，疑似伪造", "Live code not signed by the bound phone: possibly forged"),
     Reason.REPLAYED: ("此动态码已扫描过，请持码人重新出示", "This live code was already scanned: ask the holder to show it again"),
+    TerminalReason.STATIC_CODE_REFUSED: ("本终端不接受静态码，请出示手机上的动态码",
+                                         "Static codes are not accepted here: ask for the live code on the phone"),
 }
+
+#: Which kind of code was shown, always on the display: (Chinese, English).
+KIND_TEXT = {DYNAMIC: ("动态码", "live code (phone)"), STATIC: ("静态码", "printed/static code")}
+#: The terminal's ``check-id`` policy, on a valid static code.
+CHECK_ID_TEXT = ("请核验身份证件", "check the holder's identity document")
 
 PROVINCE_EN = {
     "11": "Beijing", "12": "Tianjin", "13": "Hebei", "14": "Shanxi", "15": "Inner Mongolia",
@@ -99,6 +109,12 @@ _DETAIL_ZH: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), zh) 
     (r"^header alg", "签名算法与密钥不符"),
     (r"^signature does not verify", "签名验证失败"),
     (r"^signing key ([0-9a-f]+) of province (\d\d) is compromised", "省份 {1} 的签发密钥 {0} 已泄露"),
+    (r"^presentation is (\d+) s old", "动态码已生成 {0} 秒，超过有效时间"),
+    (r"^presentation is from the future", "动态码时间超前：请检查手机与本机时间"),
+    (r"^device signature does not verify", "动态码签名与绑定的手机密钥不符"),
+    (r"^this live code was already scanned", "此动态码已扫描过"),
+    (r"^code is bound to a phone", "此码绑定手机：请扫描手机上的动态码，而非副本"),
+    (r"^static codes are not accepted at this terminal", "本终端不接受静态码：请持码人出示手机上的动态码"),
     (r"^code issued outside its key's use window", "签发时间不在密钥的使用期内"),
     (r"^code issued in the future", "签发时间晚于本机时间"),
     (r"^code has expired", "健康码已过期"),
@@ -141,6 +157,18 @@ def banner(word: str) -> list[str]:
     return ["  ".join(_FONT[ch][row] for ch in word) for row in range(5)]
 
 
+def _kind(outcome: "Outcome") -> str | None:
+    """Which kind of code was shown, in both languages, with a live code's time (Beijing)."""
+    if outcome.kind is None:
+        return None
+    zh, en = KIND_TEXT[outcome.kind]
+    text = f"{zh} {en}"
+    if outcome.step is not None:
+        made = _dt.datetime.fromtimestamp(outcome.step * 30, _dt.timezone.utc)
+        text += f"，生成于 / made at {beijing(made, seconds=True)}"
+    return text
+
+
 def describe(outcome: "Outcome") -> tuple[str, str]:
     """The reason in plain words (zh, en), with the specific detail for malformed input."""
     zh, en = REASON_TEXT.get(outcome.reason, REASON_TEXT[Reason.MALFORMED])
@@ -149,7 +177,7 @@ def describe(outcome: "Outcome") -> tuple[str, str]:
 
 def _province(outcome: "Outcome") -> str | None:
     code = outcome.code
-    if code is not None:
+    if code is not None:  # verified (valid, or refused by this terminal after verifying it)
         return f"{PROVINCES[code.province]} {PROVINCE_EN[code.province]} ({code.province})"
     if outcome.claimed is not None:
         p = outcome.claimed[0]
@@ -193,13 +221,20 @@ class Display:
             self._write("".join(screens))
 
     def render(self, outcome: "Outcome", warnings: list[str]) -> str:
-        valid = outcome.code is not None
+        valid = outcome.valid
         word = "VALID" if valid else "INVALID"
         zh, en = describe(outcome)
+        kind = _kind(outcome)
         province = _province(outcome)
         trust = outcome.trust
+        check_id = "{} / {}".format(*CHECK_ID_TEXT) if valid and outcome.check_id else None
         if not self.ansi:
-            parts = [f"#{outcome.seq} {word}", f"{zh} / {en}"]
+            parts = [f"#{outcome.seq} {word}"]
+            if check_id:
+                parts.append(f"CHECK ID {check_id}")
+            parts.append(f"{zh} / {en}")
+            if kind:
+                parts.append(kind)
             if not valid and outcome.detail:
                 parts.append(f"{detail_zh(outcome.reason, outcome.detail)} / {outcome.detail}")
             if province:
@@ -211,13 +246,17 @@ class Display:
         lines = [_CLEAR]
         lines += [f"{colour}  {row}{_RESET}" for row in banner(word)]
         lines.append("")
+        if check_id:
+            lines.append(f"{_YELLOW}  >>> {check_id} <<<{_RESET}")
+        if kind:
+            lines.append(f"{_BOLD}  {kind}{_RESET}")
         lines.append(f"{_BOLD}  {'有效' if valid else '无效'}：{zh}{_RESET}")
         lines.append(f"{_BOLD}  {word}: {en}{_RESET}")
         if not valid and outcome.detail:
             lines.append(f"  （{detail_zh(outcome.reason, outcome.detail)} / {outcome.detail}）")
         if province:
             lines.append(f"  省份 / province: {province}")
-        if outcome.code is not None:
+        if valid:
             lines.append(f"  有效期至 / valid until: {beijing(outcome.code.expires_at)}")
         age_colour = _YELLOW if trust.level is not Freshness.FRESH else ""
         lines.append(f"  {age_colour}{_trust_line(outcome)}{_RESET if age_colour else ''}")

@@ -49,20 +49,33 @@ if TYPE_CHECKING:  # pragma: no cover
     from .trust import TrustAssessment
 
 __all__ = ["SCHEMA_ID", "result_record", "encode", "encode_result", "ValidLines", "source_part", "trust_part",
+           "kind_part", "step_time",
            "Sink", "StreamSink", "FileSink", "SocketSink", "NullSink", "open_sink"]
 
 SCHEMA_ID = "healthcode-verifier/result/1"
+_STEP_SECONDS = 30  # healthcode.presentation.STEP_SECONDS
+
+
+def step_time(step: int) -> str:
+    """The start of a live code's time step, UTC as ``time`` (what machines read)."""
+    return _iso_epoch(step * _STEP_SECONDS)
 
 
 def result_record(outcome: "Outcome", *, include_subject: bool = True) -> dict:
-    """The JSON object of one result (schema ``healthcode-verifier/result/1``)."""
+    """The JSON object of one result (schema ``healthcode-verifier/result/1``).
+
+    ``province`` ... ``status`` are the verified claims: of a valid code, and of
+    one the terminal refused after verifying it (``replayed``,
+    ``static_code_refused``); ``main_index_id`` only for a valid one.
+    """
     code = outcome.code
     trust = outcome.trust
+    valid = code is not None and outcome.reason is None
     record = {
         "schema": SCHEMA_ID,
         "seq": outcome.seq,
         "time": iso_utc(trust.now),
-        "result": "valid" if code is not None else "invalid",
+        "result": "valid" if valid else "invalid",
         "reason": outcome.reason.value if outcome.reason is not None else None,
         "detail": outcome.detail,
         "province": code.province if code is not None else None,
@@ -77,6 +90,10 @@ def result_record(outcome: "Outcome", *, include_subject: bool = True) -> dict:
             if outcome.claimed is not None else None),
         "source": outcome.source,
         "ended_by": outcome.ended_by,
+        "kind": outcome.kind,
+        "step": outcome.step,
+        "step_time": step_time(outcome.step) if outcome.step is not None else None,
+        "check_id": outcome.check_id,
         "trust": {
             "freshness": trust.level.value,
             "last_verified_refresh": iso_utc(trust.last_verified) if trust.last_verified else None,
@@ -87,7 +104,7 @@ def result_record(outcome: "Outcome", *, include_subject: bool = True) -> dict:
         },
     }
     if include_subject:
-        record["main_index_id"] = code.subject if code is not None else None
+        record["main_index_id"] = code.subject if valid else None
     return record
 
 
@@ -153,6 +170,18 @@ def trust_part(trust: "TrustAssessment", sync_error: str | None, warnings: tuple
     return part
 
 
+_KIND_PARTS = {(kind, check_id): f'"kind":{json.dumps(kind)},"step":null,"step_time":null,"check_id":{json.dumps(check_id)},'
+               for kind in (None, "static", "dynamic") for check_id in (False, True)}
+
+
+def kind_part(kind: str | None, step: int | None, check_id: bool) -> str:
+    """The ``"kind":...,"step":...,"step_time":...,"check_id":...,`` members."""
+    if step is None:
+        return _KIND_PARTS[(kind, check_id)]
+    return (f'"kind":"{kind}","step":{step},"step_time":"{step_time(step)}",'
+            f'"check_id":{"true" if check_id else "false"},')
+
+
 _SOURCE_PARTS: dict[tuple[str, str], str] = {}
 
 
@@ -175,13 +204,14 @@ def encode_result(outcome: "Outcome", *, include_subject: bool = True, time_text
     ``iso_utc(outcome.trust.now)`` when the caller has it already.
     """
     code = outcome.code
+    reason = "null" if outcome.reason is None else f'"{outcome.reason.value}"'
+    valid = code is not None and outcome.reason is None
     if code is not None:
-        body = (f'"result":"valid","reason":null,"detail":{_q(outcome.detail)},'
+        body = (f'"result":"{"valid" if valid else "invalid"}","reason":{reason},"detail":{_q(outcome.detail)},'
                 f'{_key_part(code.province, code.kid)}"serial":"{code.serial}",'
                 f'"issued_at":"{_iso_epoch(code.iat)}","expires_at":"{_iso_epoch(code.exp)}",'
                 f'"status":{"null" if code.status is None else code.status},"unverified":null,')
     else:
-        reason = "null" if outcome.reason is None else f'"{outcome.reason.value}"'
         claimed = outcome.claimed
         unverified = "null" if claimed is None else (
             f'{{"province":{_q(claimed[0])},"kid":"{claimed[1].hex()}","serial":"{claimed[2]}"}}')
@@ -189,9 +219,10 @@ def encode_result(outcome: "Outcome", *, include_subject: bool = True, time_text
                 f'"province_name":null,"kid":null,"serial":null,"issued_at":null,"expires_at":null,'
                 f'"status":null,"unverified":{unverified},')
     line = (f'{{"schema":"{SCHEMA_ID}","seq":{outcome.seq},"time":"{time_text or iso_utc(outcome.trust.now)}",'
-            f'{body}{source_part(outcome.source, outcome.ended_by)}{_trust_part(outcome)}')
+            f'{body}{source_part(outcome.source, outcome.ended_by)}'
+            f'{kind_part(outcome.kind, outcome.step, outcome.check_id)}{_trust_part(outcome)}')
     if include_subject:
-        line += f',"main_index_id":"{code.subject}"}}\n' if code is not None else ',"main_index_id":null}\n'
+        line += f',"main_index_id":"{code.subject}"}}\n' if valid else ',"main_index_id":null}\n'
     else:
         line += "}\n"
     return line.encode("utf-8")
@@ -230,8 +261,9 @@ class ValidLines:
         self._head = f',"time":"{time_text}","result":"valid","reason":null,"detail":"valid",'.encode()
         self._tail = (f'{trust},"main_index_id":"' if self.include_subject else f"{trust}}}\n").encode()
 
-    def line(self, seq: int, code, serial: str, source: str) -> bytes:
-        """The line of ``code`` (serial already as text), with ``source`` from :func:`source_part`."""
+    def line(self, seq: int, code, serial: str, source: str, kind: str) -> bytes:
+        """The line of ``code`` (serial already as text), with ``source`` from :func:`source_part`
+        and ``kind`` from :func:`kind_part`."""
         province, kid = code.province, code.kid
         key = _KEY_BYTES.get((province, kid))
         if key is None:
@@ -244,7 +276,7 @@ class ValidLines:
         day, rest = divmod(code.exp, 86400)
         expires = f"{_DAYS.get(day) or _day_prefix(day)}{_HH_MM[rest // 60]}{_SS_Z[rest % 60]}"
         claims = (f'"serial":"{serial}","issued_at":"{issued}","expires_at":"{expires}",'
-                  f'"status":{"null" if status is None else status},"unverified":null,{source}')
+                  f'"status":{"null" if status is None else status},"unverified":null,{source}{kind}')
         if self.include_subject:
             return b"".join((_HEAD, str(seq).encode(), self._head, key, claims.encode(), self._tail,
                              f'{code.subject}"}}\n'.encode()))

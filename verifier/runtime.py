@@ -22,27 +22,27 @@ One verification (:func:`verify_scan`), in order:
 
 1. the clock is read once and the freshness/clock policy applied
    (:func:`verifier.trust.assess`);
-2. a framing problem (binary data, overlong line...) is INVALID/malformed;
-3. a recognisable non-code (another system's code, two codes run together...)
-   is INVALID/malformed with that reason in words;
-4. otherwise :func:`healthcode.check` with the keyring, the revocation
-   checker, the assessment as the staleness hook and the clock-skew tolerance.
+2. the scan is judged (:class:`verifier.verdict.Judge`, the one place of
+   judgement): a framing problem or a recognisable non-code is
+   INVALID/malformed; an ``EHCD:`` live code goes to
+   :func:`healthcode.presentation.verify_presentation` and then the replay
+   cache; anything else to :func:`healthcode.verify` and then the terminal's
+   policy for static codes (accept, check-id, refuse), with the keyring, the
+   revocation checker, the assessment as the staleness hook and the clock skews.
 
 The loop (:meth:`Runtime.process_batch`) takes the same steps for every scan,
-in full, a batch (one chunk of input) at a time; its shortcuts change where the
-work is done, not what is checked (a test compares it with :func:`verify_scan`
-scan by scan):
+in full, a batch (one chunk of input) at a time, with the runtime's judge (the
+one that holds the replay cache); its shortcuts change where the work is done,
+not what is checked (a test compares it with :func:`verify_scan` scan by scan):
 
 * the trust state and the sync error are read once per batch (a sync that
   lands mid-batch is used from the next one, milliseconds later);
 * what depends only on the instant (the assessment, the time text, the trust
   block of the JSON line) is derived once per clock reading: the CLI's clock
   returns one object per millisecond, so this is once per millisecond;
-* step 4 calls :func:`healthcode.verify` and catches its
-  ``VerificationError``, which is all :func:`healthcode.check` does;
-* a valid code goes straight to its JSON line (:class:`verifier.output.ValidLines`)
+* a valid static code goes straight to its JSON line (:class:`verifier.output.ValidLines`)
   and its audit row (the short form, :data:`verifier.audit.VALID_ROW_FIELDS`);
-  an :class:`Outcome` is built only for a refused code, the display or
+  an :class:`Outcome` is built only for a live code, a refused code, the display or
   :meth:`Runtime.process`;
 * the JSON lines, the audit rows and the display's text of a batch are handed
   over once, at its end (the loop then flushes the sinks: one scan typed at a
@@ -58,14 +58,14 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import healthcode as hc
-from healthcode import Reason, VerificationError, VerificationResult, VerifiedCode
-from healthcode.codec import PREFIX, decode_unverified, parse_core_claims
+from healthcode import Reason, VerifiedCode
+from healthcode.presentation import STEP_SECONDS, ReplayCache
 
 from .audit import AuditLog, iso_utc
 from .config import FreshnessPolicy, VerifierConfig
 from .display import Display
-from .output import Sink, ValidLines, encode_result, source_part, trust_part
-from .scan import ByteStream, FolderSource, Scan, ScanBatch, hint, read_stream
+from .output import Sink, ValidLines, encode_result, kind_part, source_part, trust_part
+from .scan import ByteStream, FolderSource, Scan, ScanBatch, read_stream
 from .trust import (
     Freshness,
     TrustAssessment,
@@ -77,13 +77,13 @@ from .trust import (
     format_age_zh,
     sync_failure,
 )
+from .verdict import STATIC, Judge, StaticCodes, TerminalReason, Verdict, unverified_identity
 
 __all__ = ["Outcome", "verify_scan", "unverified_identity", "Runtime"]
 
 _EMPTY_KEYRING = hc.Keyring()
 _new_entry = tuple.__new__  # a named tuple from a full tuple, without its Python-level __new__ (per scan)
 _REFUSING = (Freshness.STALE, Freshness.MISSING)
-_AFTER_PREFIX = len(PREFIX)
 _QUEUE_BATCHES = 16  # batches (one per input chunk, <= 64 KiB): readers wait beyond that
 
 
@@ -93,8 +93,10 @@ class Outcome(NamedTuple):
     seq: int
     source: str
     ended_by: str
+    #: verified claims: of a valid code, or of one the terminal refused after verifying it
+    #: (``replayed``, ``static_code_refused``)
     code: VerifiedCode | None
-    reason: Reason | None
+    reason: Reason | TerminalReason | None
     detail: str
     trust: TrustAssessment
     sync_error: str | None = None
@@ -103,29 +105,27 @@ class Outcome(NamedTuple):
     claimed: tuple[str, bytes, int] | None = None
     #: warnings attached to the trust data in force (e.g. revocation not available)
     trust_warnings: tuple[str, ...] = ()
+    #: "dynamic" (a phone's live code, EHCD:), "static" (EHC1:), None (not one of our codes)
+    kind: str | None = None
+    #: a live code's time step (floor(unix time / 30)), whether valid or refused after verification
+    step: int | None = None
+    #: valid, and the operator must check the holder's identity document (policy ``check-id``)
+    check_id: bool = False
 
     @property
     def valid(self) -> bool:
-        return self.code is not None
+        return self.reason is None and self.code is not None
 
 
-_NO_CLAIMS = frozenset({None, Reason.MALFORMED, Reason.UNSUPPORTED_VERSION})
-
-
-def unverified_identity(text: str | None, reason: Reason | None) -> tuple[str, bytes, int] | None:
-    """(province, kid, serial) of a refused but well-formed code, *unverified*; else None.
-
-    Lets the audit log and the operator see which code was refused (e.g. the
-    serial of a revoked code) without treating its claims as true.
-    """
-    if text is None or reason in _NO_CLAIMS:
-        return None
-    try:
-        unverified = decode_unverified(text)
-        province, _, _, _, serial = parse_core_claims(unverified.claims)
-    except hc.HealthCodeError:
-        return None
-    return province, unverified.kid, serial
+def judge_for(config: VerifierConfig, *, replay: bool) -> Judge:
+    """The :class:`~verifier.verdict.Judge` of ``config``, with a replay cache when ``replay`` (``run``)."""
+    codes = config.codes
+    cache = None
+    if replay:  # forget a presentation once it can no longer verify: 2 x skew + the window's two steps
+        cache = ReplayCache(capacity=codes.replay_capacity,
+                            horizon=2 * codes.presentation_skew + _dt.timedelta(seconds=2 * STEP_SECONDS))
+    return Judge(static_codes=StaticCodes(codes.static_codes), clock_skew=config.freshness.clock_skew,
+                 presentation_skew=codes.presentation_skew, replay=cache)
 
 
 def verify_scan(
@@ -134,20 +134,17 @@ def verify_scan(
     policy: FreshnessPolicy,
     *,
     system_now: _dt.datetime,
-) -> tuple[VerificationResult, TrustAssessment]:
-    """Verify one scan against ``state`` at ``system_now`` (steps in the module docstring)."""
+    judge: Judge | None = None,
+) -> tuple[Verdict, TrustAssessment]:
+    """Verify one scan against ``state`` at ``system_now`` (steps in the module docstring).
+
+    ``judge`` defaults to the default code policy with ``policy``'s clock skew and no replay cache.
+    """
+    if judge is None:
+        judge = Judge(clock_skew=policy.clock_skew)
     # (1) clock and freshness policy
     assessment = assess(policy, system_now=system_now,
                         last_verified=state.last_verified_refresh if state is not None else None)
-    # (2) framing problems
-    if scan.problem is not None:
-        return VerificationResult(None, Reason.MALFORMED, scan.problem), assessment
-    text = scan.text
-    # (3) recognisable non-codes
-    why = hint(text)
-    if why is not None:
-        return VerificationResult(None, Reason.MALFORMED, why), assessment
-    # (4) the core
     if state is None:
         keyring, revocation = _EMPTY_KEYRING, None
     else:
@@ -155,19 +152,37 @@ def verify_scan(
     # The staleness hook is handed over only when the policy refuses: while the data is fresh or
     # aging it would answer None for this very `now` (one Python call fewer per scan).
     refusing = assessment.level is Freshness.STALE or assessment.level is Freshness.MISSING
-    result = hc.check(text, keyring, now=assessment.now, revocation=revocation,
-                      trust=assessment if refusing else None, clock_skew=policy.clock_skew)
-    return result, assessment
+    # (2) the judgement
+    verdict = judge(scan.text, scan.problem, keyring, revocation, assessment if refusing else None, assessment.now)
+    return verdict, assessment
 
 
-def _refused_row(outcome: Outcome, stamp: str, age_s: int | None, behind: int, keep_subject: bool) -> tuple:
-    """The audit row of a refused scan (the fields of :class:`verifier.audit.AuditEntry`, in order)."""
-    claimed = outcome.claimed
-    province, kid, serial = (None, None, None) if claimed is None else (
-        claimed[0], claimed[1].hex(), str(claimed[2]))
-    reason = outcome.reason
-    return (stamp, "invalid", reason.value if reason is not None else None, province, kid, serial, 0,
-            outcome.source, age_s, behind, None, outcome.text if keep_subject else None)
+def outcome_of(verdict: Verdict, scan: Scan, seq: int, assessment: TrustAssessment, *,
+               sync_error: str | None = None, trust_warnings: tuple[str, ...] = ()) -> Outcome:
+    """The :class:`Outcome` of ``verdict`` on ``scan`` (what :meth:`Runtime.process_batch` builds)."""
+    code, reason, detail, kind, step, check_id = verdict
+    claimed = unverified_identity(scan.text, reason) if code is None else None
+    return Outcome(seq, scan.source, scan.ended_by, code, reason, detail, assessment, sync_error, scan.text,
+                   claimed, trust_warnings, kind, step, check_id)
+
+
+def _audit_row(outcome: Outcome, stamp: str, age_s: int | None, behind: int, keep_subject: bool) -> tuple:
+    """The full audit row of a scan (the fields of :class:`verifier.audit.AuditEntry`, in order)."""
+    code, claimed, reason = outcome.code, outcome.claimed, outcome.reason
+    if code is not None:  # verified: valid, or refused by the terminal after verifying it
+        province, kid, serial, verified = code.province, code.kid.hex(), str(code.serial), 1
+    elif claimed is not None:
+        province, kid, serial, verified = claimed[0], claimed[1].hex(), str(claimed[2]), 0
+    else:
+        province = kid = serial = None
+        verified = 0
+    valid = reason is None
+    step = outcome.step
+    return (stamp, "valid" if valid else "invalid", None if valid else reason.value, province, kid, serial, verified,
+            outcome.source, age_s, behind, code.subject if keep_subject and code is not None else None,
+            outcome.text if keep_subject else None, outcome.kind,
+            None if step is None else iso_utc(_dt.datetime.fromtimestamp(step * STEP_SECONDS, _dt.timezone.utc)),
+            1 if outcome.check_id else 0)
 
 
 class Runtime:
@@ -216,6 +231,10 @@ class Runtime:
         self._include_subject = self.config.include_subject_in_output
         self._valid_lines = ValidLines(include_subject=self._include_subject)
         self._policy = self.config.freshness
+        #: the one judgement of a scan, with this terminal's replay cache (``self.judge.replay``)
+        self.judge = judge_for(self.config, replay=True)
+        #: the ``kind`` part of a valid static code's JSON line (constant: the policy is fixed per run)
+        self._static_kind = kind_part(STATIC, None, self.judge.static_codes is StaticCodes.CHECK_ID)
         self._state_lock = threading.Lock()  # the sync's swap vs. the loop's recheck (rare)
 
     # -- trust data -------------------------------------------------------------------------
@@ -389,16 +408,16 @@ class Runtime:
             recheck_at = state.recheck_at
         sync_error = self.sync_error
         policy = self._policy
-        skew = policy.clock_skew
+        judge = self.judge
         clock = self.clock
         display = self.display
         sinks = self.sinks
         audit = self.audit
         keep_subject = audit is not None and audit.keep_subject
         include_subject = self._include_subject
-        direct = display is None and not outcomes  # then a valid code needs no Outcome
+        direct = display is None and not outcomes  # then a valid static code needs no Outcome
         valid_lines = self._valid_lines
-        verify = hc.verify
+        static_kind = self._static_kind
         kept: list[Outcome] | None = [] if outcomes else None
         lines: list[bytes] | None = [] if sinks else None
         rows: list[tuple] | None = [] if audit is not None else None
@@ -435,46 +454,38 @@ class Runtime:
                     if lines is not None:
                         valid_lines.at(stamp, trust_part(assessment, sync_error, state_warnings))
                 seq += 1
-                # (2) framing problems, (3) recognisable non-codes
-                if problem is not None:
-                    why = problem
-                elif text.startswith(PREFIX) and text.find(PREFIX, _AFTER_PREFIX) < 0:
-                    why = None  # what hint() answers for one code of ours, without the call
-                else:
-                    why = hint(text)
-                if why is None:
-                    # (4) the core: signature, keyring, windows, revocation, freshness
-                    try:
-                        code = verify(text, keyring, now=verify_at, revocation=revocation, trust=hook,
-                                      clock_skew=skew)
-                    except VerificationError as exc:
-                        code, reason, detail = None, exc.reason, exc.detail
-                else:
-                    code, reason, detail = None, Reason.MALFORMED, why
-                if code is not None:
-                    # a valid code: its JSON line and audit row straight from the code
+                # (2) the judgement: framing, non-codes, live code + replay, static code + policy
+                verdict = judge(text, problem, keyring, revocation, hook, verify_at)
+                code, reason, detail, kind, step, check_id = verdict
+                if reason is None and step is None:
+                    # a valid static code: its JSON line and audit row straight from the code
                     valid += 1
                     serial = str(code.serial)
                     if lines is not None:
-                        lines.append(valid_lines.line(seq, code, serial, part or source_part(source, ended_by)))
+                        lines.append(valid_lines.line(seq, code, serial, part or source_part(source, ended_by),
+                                                      static_kind))
                     if rows is not None:
                         if keep_subject:
                             rows.append((stamp, "valid", None, code.province, code.kid.hex(), serial, 1,
-                                         source, age_s, behind, code.subject, text))
+                                         source, age_s, behind, code.subject, text, STATIC, None, int(check_id)))
                         else:  # the short form (audit.VALID_ROW_FIELDS)
-                            rows.append((stamp, code.province, code.kid.hex(), serial, source, age_s, behind))
+                            rows.append((stamp, code.province, code.kid.hex(), serial, source, age_s, behind,
+                                         int(check_id)))
                     if direct:
                         continue
                     outcome = _new_entry(Outcome, (seq, source, ended_by, code, None, "valid", assessment,
-                                                   sync_error, text, None, state_warnings))
+                                                   sync_error, text, None, state_warnings, kind, None, check_id))
                 else:
-                    claimed = unverified_identity(text, reason)
-                    outcome = _new_entry(Outcome, (seq, source, ended_by, None, reason, detail, assessment,
-                                                   sync_error, text, claimed, state_warnings))
+                    # a live code, or a refusal
+                    if reason is None:
+                        valid += 1
+                    claimed = None if code is not None else unverified_identity(text, reason)
+                    outcome = _new_entry(Outcome, (seq, source, ended_by, code, reason, detail, assessment,
+                                                   sync_error, text, claimed, state_warnings, kind, step, check_id))
                     if lines is not None:
                         lines.append(encode_result(outcome, include_subject=include_subject, time_text=stamp))
                     if rows is not None:
-                        rows.append(_refused_row(outcome, stamp, age_s, behind, keep_subject))
+                        rows.append(_audit_row(outcome, stamp, age_s, behind, keep_subject))
                 if display is not None:
                     if warned is not instant:  # the warnings, once per instant
                         warned, warnings = instant, self.warnings(assessment)

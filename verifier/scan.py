@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from healthcode.codec import PREFIX
+from healthcode.presentation import PRESENTATION_PREFIX
 from shellkit.files import ensure_private_file
 
 __all__ = [
@@ -195,13 +196,13 @@ def to_items(lines: list[bytes | None], source: str, ended_by: str, max_line: in
 
 def hint(text: str) -> str | None:
     """Why ``text`` is plainly not one code of ours, in words for the operator; else None."""
-    if text.startswith(PREFIX):
-        if text.find(PREFIX, len(PREFIX)) >= 0:
+    if text.startswith((PREFIX, PRESENTATION_PREFIX)):  # a static code, or a phone's live code
+        if text.find(PREFIX, len(PREFIX)) >= 0 or text.find(PRESENTATION_PREFIX, len(PRESENTATION_PREFIX)) >= 0:
             return "two codes run together: scan one code at a time"
         return None
     head = text[:16].lstrip()
     upper = head.upper()
-    if upper.startswith(PREFIX):
+    if upper.startswith((PREFIX, PRESENTATION_PREFIX)):
         return "code typed in lower case: check the scanner's keyboard layout or Caps Lock"
     if upper.startswith("HC1:"):
         return "an EU Digital COVID Certificate (HC1:), not a Chinese health code"

@@ -440,7 +440,7 @@ def test_the_loop_answers_as_verify_scan(world, tmp_path):
     """process_batch (the loop, with its shortcuts) gives, scan by scan, the JSON line and the audit row
     of verify_scan's answer: valid codes, refused ones, garbage, a clock behind, a replay window or not."""
     from verifier.output import encode, result_record
-    from verifier.runtime import Outcome, unverified_identity, verify_scan
+    from verifier.runtime import judge_for, outcome_of, verify_scan
     from verifier.scan import Scan, ScanBatch
 
     texts = [world.valid[0], world.revoked, world.expired, world.valid[7], world.valid[0] + world.valid[1],
@@ -460,9 +460,9 @@ def test_the_loop_answers_as_verify_scan(world, tmp_path):
         expected_lines, expected_rows = [], []
         for seq, item in enumerate(items, 1):
             scan = Scan(item, "stdin", None, "newline") if isinstance(item, str) else item
-            result, trust = verify_scan(scan, state, config.freshness, system_now=now)
-            outcome = Outcome(seq, scan.source, scan.ended_by, result.code, result.reason, result.detail, trust,
-                              None, scan.text, unverified_identity(scan.text, result.reason), state.warnings)
+            result, trust = verify_scan(scan, state, config.freshness, system_now=now,
+                                        judge=judge_for(config, replay=False))
+            outcome = outcome_of(result, scan, seq, trust, trust_warnings=state.warnings)
             expected_lines.append(encode(result_record(outcome)))
             code, claimed = result.code, outcome.claimed
             province, kid, serial = ((code.province, code.kid.hex(), str(code.serial)) if code else
@@ -471,7 +471,8 @@ def test_the_loop_answers_as_verify_scan(world, tmp_path):
                                   "valid" if code else "invalid", result.reason.value if result.reason else None,
                                   province, kid, serial, 1 if code else 0, scan.source,
                                   int(trust.age.total_seconds()), 0 if trust.clock_behind is None else 1,
-                                  code.subject if code and keep else None, scan.text if keep else None))
+                                  code.subject if code and keep else None, scan.text if keep else None,
+                                  result.kind, None, 1 if result.check_id else 0))
         assert out.getvalue() == b"".join(expected_lines)
         assert [tuple(row) for row in audit_rows(config.audit.path)] == expected_rows
         assert sum(r["result"] == "valid" for r in lines_of(out)) == runtime.valid_count == 3
@@ -579,16 +580,17 @@ def test_audit_rows_in_both_forms_keep_their_order_and_privacy(tmp_path):
 
     config = AuditConfig(path=tmp_path / "audit.sqlite3", batch_interval=dt.timedelta(milliseconds=10))
     log = AuditLog(config, clock=Clock(T0)).start()
-    short = ("2026-11-22T08:00:00.000Z", "33", "ab", "1", "stdin", 60, 0)
+    short = ("2026-11-22T08:00:00.000Z", "33", "ab", "1", "stdin", 60, 0, 1)
     full = AuditEntry("2026-11-22T08:00:00.001Z", "invalid", "revoked", "33", "ab", "2", 0, "stdin", 60, 1,
-                      "SUBJECTSUBJECTSUBJECTSUBJE", "EHC1:RAW")
+                      "SUBJECTSUBJECTSUBJECTSUBJE", "EHC1:RAW", "dynamic", "2026-11-22T08:00:00.000Z")
     log.queue_rows([short, full, short, *[short] * 300, full])
     log.record(full)
     assert log.flush()
     log.close()
     rows = [tuple(r)[1:] for r in audit_rows(config.path)]
-    as_full = ("2026-11-22T08:00:00.000Z", "valid", None, "33", "ab", "1", 1, "stdin", 60, 0, None, None)
-    stored_full = (*full[:10], None, None)
+    as_full = ("2026-11-22T08:00:00.000Z", "valid", None, "33", "ab", "1", 1, "stdin", 60, 0, None, None,
+               "static", None, 1)
+    stored_full = (*full[:10], None, None, *full[12:])
     assert rows == [as_full, stored_full, as_full, *[as_full] * 300, stored_full, stored_full]
 
 

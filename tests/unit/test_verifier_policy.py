@@ -294,6 +294,7 @@ def test_configs_refuse_nonsense(factory):
 
 def _outcomes():
     from verifier.runtime import Outcome
+    from verifier.verdict import TerminalReason
 
     verified = hc.VerifiedCode("33", hc.main_index_id_from_bytes(bytes(range(16))), 2**64 - 1, 1_790_000_000,
                                1_790_600_000, b"\x01\x02\xff", "ES256", None, 3, {})
@@ -310,6 +311,19 @@ def _outcomes():
                                                    ("44", b"\xab", 12))),
         ("malformed, control characters in the detail", Outcome(4, "serial:/dev/ttyUSB0", "eof", None,
                                                                 hc.Reason.MALFORMED, "bad\x00\n\t\u2028 ✓", missing)),
+        ("valid static code, check the identity document",
+         Outcome(5, "stdin", "newline", verified, None, "valid", fresh, None, None, None, (), "static", None, True)),
+        ("valid live code", Outcome(6, "stdin", "newline", verified, None, "valid", fresh, None, None, None, (),
+                                    "dynamic", 59_666_666, False)),
+        ("live code scanned again", Outcome(7, "stdin", "newline", verified, hc.Reason.REPLAYED,
+                                            "this live code was already scanned", fresh, None, None, None, (),
+                                            "dynamic", 0, False)),
+        ("static code refused by the policy",
+         Outcome(8, "stdin", "newline", verified, TerminalReason.STATIC_CODE_REFUSED,
+                 "static codes are not accepted at this terminal", fresh, None, None, None, (), "static")),
+        ("stale live code, unverified claims", Outcome(9, "stdin", "newline", None, hc.Reason.STALE_PRESENTATION,
+                                                       "presentation is 120 s old", fresh, None, "EHCD:X",
+                                                       ("44", b"\xab", 12), (), "dynamic")),
     ]
 
 
@@ -335,7 +349,7 @@ def test_fast_json_line_is_the_documented_record(name, outcome, include_subject)
 def test_valid_lines_are_the_documented_record(include_subject, source, sync_error, warnings):
     """The run loop's line for a valid code (ValidLines) is byte for byte the documented record."""
     from verifier.audit import iso_utc
-    from verifier.output import ValidLines, encode, result_record, source_part, trust_part
+    from verifier.output import ValidLines, encode, kind_part, result_record, source_part, trust_part
     from verifier.runtime import Outcome
 
     code = hc.VerifiedCode("44", hc.main_index_id_from_bytes(bytes(range(16))), 2**64 - 1, 86_399,
@@ -344,9 +358,14 @@ def test_valid_lines_are_the_documented_record(include_subject, source, sync_err
     for trust in (assess(POLICY, system_now=T0 + H, last_verified=T0),
                   assess(POLICY, system_now=T0 - 2 * H, last_verified=T0)):
         lines.at(iso_utc(trust.now), trust_part(trust, sync_error, warnings))
-        for verified in (code, code._replace(status=None, serial=0, iat=0, exp=1)):
-            outcome = Outcome(12, source, "timeout", verified, None, "valid", trust, sync_error, None, None, warnings)
-            fast = lines.line(12, verified, str(verified.serial), source_part(source, "timeout"))
+        for verified, kind, step, check_id in ((code, "static", None, True),
+                                               (code._replace(status=None, serial=0, iat=0, exp=1), "static",
+                                                None, False),
+                                               (code, "dynamic", 59_666_666, False)):
+            outcome = Outcome(12, source, "timeout", verified, None, "valid", trust, sync_error, None, None,
+                              warnings, kind, step, check_id)
+            fast = lines.line(12, verified, str(verified.serial), source_part(source, "timeout"),
+                              kind_part(kind, step, check_id))
             assert fast == encode(result_record(outcome, include_subject=include_subject))
 
 
@@ -358,6 +377,7 @@ def test_display_shows_the_answer_in_both_languages(ansi):
     import io
 
     from verifier.display import REASON_TEXT, Display
+    from verifier.verdict import TerminalReason
 
     outcomes = dict(_outcomes())
     screen = io.StringIO()
@@ -371,7 +391,7 @@ def test_display_shows_the_answer_in_both_languages(ansi):
     assert "浙江 Zhejiang (33)" in text and "广东 Guangdong (44, 未验证 unverified)" in text
     assert "trust sync failed: mirror down" in text and "trust data synced" in text
     assert ("█" in text) is ansi
-    assert set(REASON_TEXT) == {None, *hc.Reason}  # every reason has words
+    assert set(REASON_TEXT) == {None, *hc.Reason, *TerminalReason}  # every reason has words
 
 
 def test_display_never_raises_on_a_broken_stream():
