@@ -168,9 +168,13 @@ def holder_cnf(public_point: bytes) -> dict[int, Any]:
 
 
 def _compressed(key: VerificationKey) -> tuple[bytes, bool]:
-    spki = key.spki_der()
-    point = spki[-65:]  # uncompressed point at the end of a P-256 SubjectPublicKeyInfo
+    point = _uncompressed_point(key)
     return point[1:33], bool(point[64] & 1)
+
+
+def _uncompressed_point(key: VerificationKey) -> bytes:
+    """``04 x y``: a P-256 SubjectPublicKeyInfo ends with the uncompressed point."""
+    return key.spki_der()[-65:]
 
 
 def holder_key_from_cnf(cnf: Mapping[Any, Any] | None) -> VerificationKey:
@@ -206,10 +210,6 @@ def holder_key_from_cnf(cnf: Mapping[Any, Any] | None) -> VerificationKey:
 def device_signing_input(credential_cose: bytes, step: int) -> bytes:
     """The bytes the device signs: ``"EHC-DYN-v1" 00 || step (8 bytes, big-endian) || SHA-256(credential)``."""
     return DEVICE_SIGNATURE_CONTEXT + step.to_bytes(8, "big") + hashlib.sha256(credential_cose).digest()
-
-
-def _uncompressed_point(key: VerificationKey) -> bytes:
-    return key.spki_der()[-65:]
 
 
 def proof_of_possession_input(challenge: bytes, device_key: VerificationKey) -> bytes:
