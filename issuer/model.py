@@ -19,6 +19,13 @@ class RevocationReason(str, enum.Enum):
     OTHER = "other"
 
 
+class Channel(str, enum.Enum):
+    """How a code reaches its holder; a resident has at most one live code per channel. Stored values."""
+
+    PHONE = "phone"  # a credential bound to a device key (cnf), shown as dynamic presentations
+    STATIC = "static"  # a static code: printed, or shown as a still image
+
+
 class CodeState(str, enum.Enum):
     VALID = "valid"
     EXPIRED = "expired"
@@ -36,7 +43,7 @@ class CodeRef:
 
 @dataclass(frozen=True)
 class IssuedCode:
-    """An issued code as the issuer recorded it (durably, before anyone saw it)."""
+    """An issued code as the issuer recorded it (durably, before anyone saw it), and its channel."""
 
     ref: CodeRef
     main_index_id: str
@@ -45,6 +52,7 @@ class IssuedCode:
     text: str
     revoked_at: dt.datetime | None = None
     revocation_reason: RevocationReason | None = None
+    channel: Channel = Channel.STATIC
 
     def state(self, now: dt.datetime) -> CodeState:
         if self.revoked_at is not None:

@@ -37,15 +37,18 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from ..errors import AlreadyExists, Conflict, IssuerError, NotFound, Unavailable
-from ..model import CodeRef, IssuedCode, RevocationReason
+from ..errors import AlreadyExists, Conflict, FieldViolation, InvalidRequest, IssuerError, NotFound, Unavailable
+from ..model import Channel, CodeRef, IssuedCode, RevocationReason
 
 __all__ = [
     "Store",
     "ResidentRecord",
     "IdentifierRecord",
     "CodeRecord",
+    "ChallengeRecord",
+    "ChallengeUse",
     "RowRejected",
+    "ChallengeRefused",
     "DuplicateIdentifier",
     "DuplicateIdempotencyKey",
     "DuplicateSerial",
@@ -143,6 +146,7 @@ class CodeRecord:
     request_fingerprint: bytes | None = None
     revoked_at: dt.datetime | None = None
     revocation_reason: RevocationReason | None = None
+    channel: Channel = Channel.STATIC
 
     @property
     def ref(self) -> CodeRef:
@@ -157,7 +161,36 @@ class CodeRecord:
             text=self.text,
             revoked_at=self.revoked_at,
             revocation_reason=self.revocation_reason,
+            channel=self.channel,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeRecord:
+    """A single-use enrolment challenge (the Wallets API), bound to a caller and a resident.
+
+    Usable once, before ``expires_at``; ``used_at`` is set when an issuance
+    (or a refused proof) consumed it. Stored so that a restart forgets none.
+    """
+
+    challenge: bytes
+    main_index_id: str
+    caller: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    used_at: dt.datetime | None = None
+
+    def __repr__(self) -> str:  # no resident in logs
+        return f"ChallengeRecord(expires_at={self.expires_at.isoformat()}, used={self.used_at is not None})"
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeUse:
+    """What consuming a challenge checks: the same challenge, resident and caller, unused, unexpired."""
+
+    challenge: bytes
+    main_index_id: str
+    caller: str
 
 
 # --------------------------------------------------------------------------- errors
@@ -214,6 +247,15 @@ class ResidentMerged(RowRejected, Conflict):
 
 class CodeNotRenewable(RowRejected, Conflict):
     """The code to supersede is missing, revoked, or of another resident."""
+
+
+class ChallengeRefused(RowRejected, InvalidRequest):
+    """The challenge is unknown, used, expired, or another resident's or caller's (field ``challenge``)."""
+
+    reason = "invalid_argument"
+
+    def __init__(self, message: str = "challenge is unknown, expired or already used; ask for a new one") -> None:
+        super().__init__([FieldViolation("challenge", message, "challenge")])
 
 
 class StoreClosed(RowRejected, Unavailable):
@@ -329,15 +371,42 @@ class Store(abc.ABC):
     # -- codes: writes
 
     @abc.abstractmethod
-    def submit_code(self, record: CodeRecord, *, supersedes: CodeRef | None = None) -> Future[None]:
+    def submit_code(self, record: CodeRecord, *, supersedes: CodeRef | None = None,
+                    replace_channel: bool = False, challenge: ChallengeUse | None = None) -> Future[None]:
         """Store a newly issued code; resolve once it is durable.
 
         With ``supersedes``, that code (which must be the same resident's and
         not revoked, else :class:`CodeNotRenewable`) is revoked as
-        :attr:`RevocationReason.SUPERSEDED` in the same transaction. Fails with
+        :attr:`RevocationReason.SUPERSEDED` in the same transaction. With
+        ``replace_channel``, every other live code (unrevoked, ``expires_at``
+        after the new code's ``issued_at``) of the same resident and
+        ``record.channel`` is revoked as superseded in the same transaction (one
+        live code per resident per channel). With ``challenge``, that challenge
+        is consumed in the same transaction (:class:`ChallengeRefused`, nothing
+        stored, when it is not usable at ``record.issued_at``). Fails with
         :class:`DuplicateIdempotencyKey`, :class:`DuplicateSerial`,
         :class:`ResidentNotFound`, :class:`ResidentMerged`, :class:`StoreClosed`,
         :class:`StoreOverloaded` (all :class:`RowRejected`) or :class:`WriteFailed`.
+        """
+
+    # -- enrolment challenges (the Wallets API)
+
+    @abc.abstractmethod
+    def create_challenge(self, record: ChallengeRecord) -> Future[None]:
+        """Store a new challenge for an unmerged resident; forget the expired ones.
+
+        Fails with :class:`ResidentNotFound` or :class:`ResidentMerged`.
+        """
+
+    @abc.abstractmethod
+    def get_challenge(self, challenge: bytes) -> ChallengeRecord | None:
+        """The challenge as stored (used or not), or None (unknown or forgotten after expiry)."""
+
+    @abc.abstractmethod
+    def consume_challenge(self, use: ChallengeUse, *, at: dt.datetime) -> Future[bool]:
+        """Mark the challenge used, if it is usable at ``at``; resolve to whether it was.
+
+        For a refused proof of possession: the challenge is spent all the same.
         """
 
     @abc.abstractmethod

@@ -98,12 +98,12 @@ _WRITER_LEASE_CLASS = 0x484C  # "HL"
 
 T = TypeVar("T")
 
-#: One statement, one plan, for any number of rows: the columns as ten arrays.
+#: One statement, one plan, for any number of rows: the columns as eleven arrays.
 _INSERT_CODES = (
     "INSERT INTO codes (province, kid, serial, main_index_id, issued_at, expires_at, text, caller, "
-    "idempotency_key, request_fingerprint) SELECT * FROM unnest("
+    "idempotency_key, request_fingerprint, channel) SELECT * FROM unnest("
     "%s::text[], %s::bytea[], %s::bigint[], %s::text[], %s::timestamptz[], %s::timestamptz[], "
-    "%s::text[], %s::text[], %s::text[], %s::bytea[])"
+    "%s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[])"
 )
 
 

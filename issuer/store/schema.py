@@ -10,10 +10,12 @@ types by role (``{text}``, ``{bytes}``, ``{time}``, ``{bool}``, ``{serial}``,
                 is_primary bool, created_at time)          index (main_index_id)
     codes(id PK, province text, kid bytes, serial serial, main_index_id text -> residents,
           issued_at time, expires_at time, text text, caller text, idempotency_key text,
-          request_fingerprint bytes, revoked_at time, revocation_reason text)
+          request_fingerprint bytes, revoked_at time, revocation_reason text, channel text = 'static')
           UNIQUE (province, kid, serial); UNIQUE (caller, idempotency_key); index (main_index_id);
           index (province, kid, serial) WHERE revoked_at IS NOT NULL
     serial_counters(province text, kid bytes, next_serial serial, PK (province, kid))
+    challenges(challenge bytes PK, main_index_id text -> residents, caller text, created_at time,
+               expires_at time, used_at time)       index (expires_at)
 
 Migrations apply in order, each in its own transaction under the dialect's
 migration lock; the database records how many were applied (its *schema
@@ -94,8 +96,24 @@ _REVOKED_INDEX = Migration("revoked_index", (
     "CREATE INDEX IF NOT EXISTS codes_revoked ON codes (province, kid, serial) WHERE revoked_at IS NOT NULL",
 ))
 
+# Dynamic codes (issue 13): each code's channel (one live code per resident per
+# channel; the codes issued before are static), and the Wallets API's enrolment
+# challenges, kept in the database so that a restart neither forgets one nor
+# lets a used one be used again.
+_WALLETS = Migration("wallets", (
+    "ALTER TABLE codes ADD COLUMN channel {text} NOT NULL DEFAULT 'static'",
+    "CREATE TABLE challenges ("
+    " challenge {bytes} NOT NULL PRIMARY KEY,"
+    " main_index_id {text} NOT NULL REFERENCES residents (main_index_id),"
+    " caller {text} NOT NULL,"
+    " created_at {time} NOT NULL,"
+    " expires_at {time} NOT NULL,"
+    " used_at {time}){table_options}",
+    "CREATE INDEX challenges_by_expiry ON challenges (expires_at)",
+))
+
 #: Applied in order; the schema version is the number applied. Append only.
-MIGRATIONS: tuple[Migration, ...] = (_INITIAL, _REVOKED_INDEX)
+MIGRATIONS: tuple[Migration, ...] = (_INITIAL, _REVOKED_INDEX, _WALLETS)
 
 
 class Migrating(Protocol[C_contra]):

@@ -27,11 +27,13 @@ from contextlib import AbstractContextManager
 from typing import Any, Callable, Generic, Literal, Mapping, Protocol, Sequence, TypeVar
 
 from ..errors import Conflict, IssuerError
-from ..model import CodeRef, RevocationReason
+from ..model import Channel, CodeRef, RevocationReason
 from .base import (
     DEFAULT_BATCH_CAP,
     DEFAULT_MAX_QUEUED,
     DEFAULT_RESIDENT_CACHE,
+    ChallengeRefused,
+    ChallengeUse,
     CodeNotRenewable,
     CodeRecord,
     DuplicateIdempotencyKey,
@@ -45,6 +47,7 @@ from .base import (
     WriteFailed,
     WriterStats,
 )
+from .challenges import WalletStatements
 from .schema import migrate
 from .writer import DEFAULT_COMMIT_LINGER, CodeItem, GroupCommitWriter, Outcome
 
@@ -166,12 +169,13 @@ class Dialect(Protocol[C]):
 
 _CODE_COLUMNS = (
     "province, kid, serial, main_index_id, issued_at, expires_at, text, caller, idempotency_key, "
-    "request_fingerprint, revoked_at, revocation_reason"
+    "request_fingerprint, revoked_at, revocation_reason, channel"
 )
 _INSERTED_COLUMNS = (
-    "province, kid, serial, main_index_id, issued_at, expires_at, text, caller, idempotency_key, request_fingerprint"
+    "province, kid, serial, main_index_id, issued_at, expires_at, text, caller, idempotency_key, request_fingerprint, "
+    "channel"
 )
-INSERT_CODE = f"INSERT INTO codes ({_INSERTED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_CODE = f"INSERT INTO codes ({_INSERTED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _IDENTIFIER_COLUMNS = "blind_index, doc_type, sealed, main_index_id, is_primary, created_at"
 _INSERT_IDENTIFIER = f"INSERT INTO identifiers ({_IDENTIFIER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
 _RESIDENT = "SELECT main_index_id, created_at, merged_into, merged_at FROM residents WHERE main_index_id = ?"
@@ -195,7 +199,7 @@ _BUMP_COUNTER = (
 )
 
 
-class SQLStore(Store, Generic[C]):
+class SQLStore(WalletStatements, Store, Generic[C]):
     """The :class:`~issuer.store.base.Store` over a :class:`Dialect`.
 
     ``batch_cap`` bounds the codes one transaction commits;
@@ -246,7 +250,7 @@ class SQLStore(Store, Generic[C]):
         return None if stored is None else self.dialect.time_value(stored)
 
     def _code_record(self, row: Sequence[Any]) -> CodeRecord:
-        (province, kid, serial, mid, iat, exp, text, caller, key, fingerprint, revoked_at, reason) = row
+        (province, kid, serial, mid, iat, exp, text, caller, key, fingerprint, revoked_at, reason, channel) = row
         value = self.dialect.time_value
         return CodeRecord(
             province=province,
@@ -261,6 +265,7 @@ class SQLStore(Store, Generic[C]):
             request_fingerprint=fingerprint,
             revoked_at=self._time(revoked_at),
             revocation_reason=None if reason is None else RevocationReason(reason),
+            channel=Channel(channel),
         )
 
     def _identifier_record(self, row: Sequence[Any]) -> IdentifierRecord:
@@ -275,7 +280,7 @@ class SQLStore(Store, Generic[C]):
         t = self._t
         return (record.province, record.kid, record.serial, record.main_index_id, t(record.issued_at),
                 t(record.expires_at), record.text, record.caller, record.idempotency_key,
-                record.request_fingerprint)
+                record.request_fingerprint, Channel(record.channel).value)
 
     # -- the resident cache
 
@@ -448,8 +453,9 @@ class SQLStore(Store, Generic[C]):
 
         return self._operation(run)
 
-    def submit_code(self, record: CodeRecord, *, supersedes: CodeRef | None = None) -> Future[None]:
-        return self._writer.submit_code(self._code_params(record), record, supersedes)
+    def submit_code(self, record: CodeRecord, *, supersedes: CodeRef | None = None,
+                    replace_channel: bool = False, challenge: ChallengeUse | None = None) -> Future[None]:
+        return self._writer.submit_code(self._code_params(record), record, supersedes, replace_channel, challenge)
 
     # -- code batches, inside the writer's transaction (issuer.store.writer.CodeWrites)
 
@@ -467,56 +473,63 @@ class SQLStore(Store, Generic[C]):
         return kept
 
     def apply_fast(self, conn: C, batch: list[CodeItem]) -> list[Outcome]:
-        """All plain insertions in one statement; renewals one by one. Raises on any row's failure."""
-        plain = [item.params for item in batch if item.supersedes is None]
+        """All plain insertions in one statement, the others one by one. Raises on any row's failure.
+
+        A plain insertion that replaces its channel first supersedes the
+        resident's live codes of that channel (before the insertion: the new
+        rows are not touched). Two such codes of one resident and channel in
+        one batch go row by row instead, in order, so that the later one wins.
+        """
+        plain = [item for item in batch if item.supersedes is None and item.challenge is None]
+        replacing = [item for item in plain if item.replace_channel]
+        if replacing:
+            if len({(i.record.main_index_id, i.record.channel) for i in replacing}) < len(replacing):
+                return self.apply_one_by_one(conn, batch)
+            for item in replacing:
+                self._replace_channel_in(conn, item.params)
         if plain:
-            self.dialect.insert_codes(conn, plain)
+            self.dialect.insert_codes(conn, [item.params for item in plain])
         if len(plain) == len(batch):
             return [None] * len(batch)
-        return [None if item.supersedes is None else self._apply_renewal(conn, item) for item in batch]
+        return [None if item.supersedes is None and item.challenge is None else self._apply_one(conn, item)
+                for item in batch]
 
     def apply_one_by_one(self, conn: C, batch: list[CodeItem]) -> list[Outcome]:
-        """One statement per row, each under a savepoint: a failing row is undone alone."""
-        outcomes: list[Outcome] = []
-        for item in batch:
-            if item.supersedes is not None:
-                outcomes.append(self._apply_renewal(conn, item))
-                continue
-            conn.execute("SAVEPOINT code")
-            try:
-                conn.execute(self._insert_code_sql, item.params)
-                outcomes.append(None)
-            except self.dialect.row_errors as exc:
-                conn.execute("ROLLBACK TO SAVEPOINT code")
-                outcomes.append(refusal_error(self.dialect.refusal(exc)))
-            finally:
-                conn.execute("RELEASE SAVEPOINT code")
-        return outcomes
+        """One code at a time, each under a savepoint: a failing row is undone alone."""
+        return [self._apply_one(conn, item) for item in batch]
 
-    def _apply_renewal(self, conn: C, item: CodeItem) -> IssuerError | None:
-        """Insert the new code and supersede the old one, both or neither (a savepoint)."""
+    def _apply_one(self, conn: C, item: CodeItem) -> IssuerError | None:
+        """One code and what goes with it, all or nothing (a savepoint), in this order:
+        consume the challenge, insert the code, supersede the renewed code, supersede the channel."""
         old = item.supersedes
-        assert old is not None
-        conn.execute("SAVEPOINT renewal")
+        conn.execute("SAVEPOINT code")
         try:
             try:
+                if item.challenge is not None:
+                    self._consume_or_refuse(conn, item.challenge, item.params[4])
                 conn.execute(self._insert_code_sql, item.params)
+            except ChallengeRefused as exc:
+                conn.execute("ROLLBACK TO SAVEPOINT code")
+                return exc
             except self.dialect.row_errors as exc:
-                conn.execute("ROLLBACK TO SAVEPOINT renewal")
+                conn.execute("ROLLBACK TO SAVEPOINT code")
                 return refusal_error(self.dialect.refusal(exc))
-            updated = 0
-            if 0 <= old.serial <= MAX_SERIAL:
-                updated = conn.execute(
-                    self._supersede_sql,
-                    (item.params[4], RevocationReason.SUPERSEDED.value, old.province, old.kid, old.serial,
-                     item.record.main_index_id),
-                ).rowcount
-            if updated != 1:
-                conn.execute("ROLLBACK TO SAVEPOINT renewal")
-                return CodeNotRenewable("code to renew is unknown, revoked, or of another resident")
+            if old is not None:
+                updated = 0
+                if 0 <= old.serial <= MAX_SERIAL:
+                    updated = conn.execute(
+                        self._supersede_sql,
+                        (item.params[4], RevocationReason.SUPERSEDED.value, old.province, old.kid, old.serial,
+                         item.record.main_index_id),
+                    ).rowcount
+                if updated != 1:
+                    conn.execute("ROLLBACK TO SAVEPOINT code")
+                    return CodeNotRenewable("code to renew is unknown, revoked, or of another resident")
+            if item.replace_channel:
+                self._replace_channel_in(conn, item.params)
             return None
         finally:
-            conn.execute("RELEASE SAVEPOINT renewal")
+            conn.execute("RELEASE SAVEPOINT code")
 
     def bump_counters(self, conn: C, batch: list[CodeItem], outcomes: list[Outcome]) -> None:
         """Raise each (province, kid)'s serial counter past the highest serial this batch stored."""

@@ -65,7 +65,7 @@ DEFAULT_BUSY_TIMEOUT_MS = 5000
 T = TypeVar("T")
 
 _INSERT_CODE_VALUES = INSERT_CODE.partition(" VALUES ")[0] + " VALUES "
-_CODE_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_CODE_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 #: Rows per multi-row INSERT: powers of two, so a batch takes at most a few
 #: statements and the statement cache holds at most these few shapes.
 _INSERT_CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
@@ -75,7 +75,7 @@ _INSERT_CODES_SQL = {n: _INSERT_CODE_VALUES + ", ".join([_CODE_PLACEHOLDERS] * n
 def _max_insert_rows() -> int:
     try:
         with contextlib.closing(sqlite3.connect(":memory:")) as probe:
-            return max(1, probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 10)
+            return max(1, probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 11)
     except (AttributeError, sqlite3.Error):  # Python < 3.11: assume the old limit of 999
         return 99
 
@@ -88,7 +88,7 @@ def _insert_codes(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> N
 
     One statement step for many rows instead of one per row: ``executemany``
     releases and retakes the GIL around every row's step, and each retake
-    waits for the event loop. (256 rows x 10 columns stays under SQLite's
+    waits for the event loop. (256 rows x 11 columns stays under SQLite's
     default limit of 32766 variables; a build with the old limit of 999 gets
     chunks of at most 64 rows.)
     """

@@ -35,7 +35,7 @@ from typing import Any, Callable, Generic, Protocol, TypeVar, Union
 
 from ..errors import IssuerError
 from ..model import CodeRef
-from .base import CodeRecord, StoreClosed, StoreOverloaded, WriteFailed, WriterStats
+from .base import ChallengeUse, CodeRecord, StoreClosed, StoreOverloaded, WriteFailed, WriterStats
 
 __all__ = ["GroupCommitWriter", "Transactions", "CodeWrites", "CodeItem", "Operation", "Outcome",
            "DEFAULT_COMMIT_LINGER"]
@@ -55,12 +55,16 @@ Outcome = Union[IssuerError, None]
 
 @dataclass(slots=True)
 class CodeItem:
-    """A code insertion (``supersedes``: the code a renewal revokes in the same transaction)."""
+    """A code insertion and what goes with it in the same transaction (see ``Store.submit_code``):
+    ``supersedes``, the code a renewal revokes; ``replace_channel``, revoke the resident's other
+    live codes of the channel; ``challenge``, the enrolment challenge to consume."""
 
     params: tuple[object, ...]
     record: CodeRecord
     supersedes: CodeRef | None
     future: Future[None]
+    replace_channel: bool = False
+    challenge: ChallengeUse | None = None
 
 
 @dataclass(slots=True)
@@ -182,9 +186,10 @@ class GroupCommitWriter(Generic[C]):
         future.set_running_or_notify_cancel()  # a submitted write cannot be cancelled
         return future
 
-    def submit_code(self, params: tuple[object, ...], record: CodeRecord, supersedes: CodeRef | None) -> Future[None]:
+    def submit_code(self, params: tuple[object, ...], record: CodeRecord, supersedes: CodeRef | None,
+                    replace_channel: bool = False, challenge: ChallengeUse | None = None) -> Future[None]:
         future: Future[None] = self._new_future()
-        self._submit(CodeItem(params, record, supersedes, future))
+        self._submit(CodeItem(params, record, supersedes, future, replace_channel, challenge))
         return future
 
     def submit(self, run: Callable[[C], R], after_commit: Callable[[R], None] | None = None) -> Future[R]:

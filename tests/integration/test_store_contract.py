@@ -24,9 +24,12 @@ from issuer.documents import DocumentType, canonical_form, make_resident_id, par
 from issuer.errors import AlreadyExists, Conflict, NotFound, Unavailable
 from issuer.index import ResidentIndex
 from issuer.issuance import CodeIssuer
-from issuer.model import CodeRef, RevocationReason
+from issuer.model import Channel, CodeRef, RevocationReason
 from issuer.privacy import IdentifierVault, SealedValueError
 from issuer.store import (
+    ChallengeRecord,
+    ChallengeRefused,
+    ChallengeUse,
     CodeNotRenewable,
     CodeRecord,
     DuplicateIdempotencyKey,
@@ -63,7 +66,7 @@ def resident(mid: str = MID_A) -> ResidentRecord:
 
 
 def code(serial: int, mid: str = MID_A, *, key: str | None = None, caller: str = "app", kid: bytes = KID,
-         expires: dt.datetime | None = None) -> CodeRecord:
+         expires: dt.datetime | None = None, channel: Channel = Channel.STATIC) -> CodeRecord:
     return CodeRecord(
         province="33",
         kid=kid,
@@ -75,6 +78,7 @@ def code(serial: int, mid: str = MID_A, *, key: str | None = None, caller: str =
         caller=caller,
         idempotency_key=key,
         request_fingerprint=None if key is None else b"f" * 16,
+        channel=channel,
     )
 
 
@@ -148,15 +152,22 @@ def test_a_failing_migration_leaves_the_previous_version(backend, monkeypatch):
     assert backend.columns("half_done") == []  # DDL is transactional: it went with the failed step
 
 
-def test_a_database_that_has_the_revoked_index_at_version_1_migrates(backend):
+def test_a_database_that_has_the_revoked_index_at_version_1_migrates(backend, monkeypatch):
     # The first PostgreSQL schema created the revoked-codes index in its initial migration;
     # the shared migrations add it as the second (IF NOT EXISTS).
+    from issuer.store import schema as store_schema
+
+    original = store_schema.MIGRATIONS
+    monkeypatch.setattr(store_schema, "MIGRATIONS", original[:2])  # the software of that time
     backend.open().close()
     schema = backend.schema_dump()
     backend.set_schema_version(1)
     with backend.open() as s:
         assert s.schema_version == 2 == backend.schema_version()
     assert backend.schema_dump() == schema
+    monkeypatch.setattr(store_schema, "MIGRATIONS", original)
+    with backend.open() as s:  # and on to today's
+        assert s.schema_version == len(original) == backend.schema_version()
 
 
 def test_concurrent_opens_migrate_once_and_one_holds_the_lease(backend):
@@ -595,3 +606,111 @@ def test_serials_past_64_bit_signed_name_no_code_and_fail_only_their_own_row(sto
         batch[0].result()
     batch[1].result()
     assert store.get_code(CodeRef("33", KID, 1)) is not None
+
+
+# --------------------------------------------------------------------------- channels and challenges (issue 13)
+
+PHONE = Channel.PHONE
+CHALLENGE = bytes(range(32))
+
+
+def live(store, mid: str = MID_A) -> list[tuple[int, Channel]]:
+    return [(r.serial, r.channel) for r in store.codes_of(mid) if r.revoked_at is None]
+
+
+def test_replacing_a_channel_supersedes_only_that_residents_live_codes_of_that_channel(store):
+    store.create_resident(resident(MID_A), []).result()
+    store.create_resident(resident(MID_B), []).result()
+    store.submit_code(code(0)).result()  # static
+    store.submit_code(code(1, channel=PHONE)).result()
+    store.submit_code(code(2, MID_B)).result()  # another resident's static
+    store.submit_code(code(3, expires=NOW)).result()  # expired: left alone
+    store.submit_code(code(4), replace_channel=True).result()
+    assert live(store) == [(1, PHONE), (3, Channel.STATIC), (4, Channel.STATIC)]
+    assert store.get_code(CodeRef("33", KID, 0)).revocation_reason is RevocationReason.SUPERSEDED
+    store.submit_code(code(5, channel=PHONE), replace_channel=True).result()
+    assert live(store) == [(3, Channel.STATIC), (4, Channel.STATIC), (5, PHONE)]
+    assert live(store, MID_B) == [(2, Channel.STATIC)]
+    assert store.get_code(CodeRef("33", KID, 5)).channel is PHONE  # the channel is stored
+
+
+def test_two_replacements_of_one_channel_in_one_batch_leave_the_later_one_live(store, backend):
+    store.create_resident(resident(), []).result()
+    store.submit_code(code(0)).result()
+    with backend.write_lock_held():
+        blocker = store.submit_code(code(1, MID_A, channel=PHONE))
+        wait_for_queue(store, 0)
+        first = store.submit_code(code(2), replace_channel=True)
+        second = store.submit_code(code(3), replace_channel=True)
+    assert blocker.result(timeout=30) is None and first.result(timeout=30) is None and second.result() is None
+    assert live(store) == [(1, PHONE), (3, Channel.STATIC)]
+
+
+def test_a_refused_replacement_revokes_nothing(store):
+    store.create_resident(resident(), []).result()
+    store.submit_code(code(0, key="k-1")).result()
+    with pytest.raises(DuplicateIdempotencyKey):
+        store.submit_code(code(1, key="k-1"), replace_channel=True).result()
+    assert live(store) == [(0, Channel.STATIC)]
+
+
+def challenge(mid: str = MID_A, *, caller: str = "app", expires: dt.datetime | None = None,
+              value: bytes = CHALLENGE) -> ChallengeRecord:
+    return ChallengeRecord(value, mid, caller, NOW, expires or NOW + dt.timedelta(minutes=5))
+
+
+def test_a_challenge_is_consumed_with_its_code_once(store):
+    store.create_resident(resident(), []).result()
+    store.create_challenge(challenge()).result()
+    assert store.get_challenge(CHALLENGE).used_at is None
+    use = ChallengeUse(CHALLENGE, MID_A, "app")
+    store.submit_code(code(0, channel=PHONE), replace_channel=True, challenge=use).result()
+    assert store.get_challenge(CHALLENGE).used_at == NOW
+    with pytest.raises(ChallengeRefused) as refused:  # reused: nothing stored
+        store.submit_code(code(1, channel=PHONE), replace_channel=True, challenge=use).result()
+    assert refused.value.violations[0].field == "challenge"
+    assert live(store) == [(0, PHONE)] and store.get_code(CodeRef("33", KID, 1)) is None
+
+
+@pytest.mark.parametrize("use, at", [
+    pytest.param(ChallengeUse(CHALLENGE, MID_B, "app"), NOW, id="other_resident"),
+    pytest.param(ChallengeUse(CHALLENGE, MID_A, "other-app"), NOW, id="other_caller"),
+    pytest.param(ChallengeUse(bytes(32), MID_A, "app"), NOW, id="unknown"),
+    pytest.param(ChallengeUse(CHALLENGE, MID_A, "app"), NOW + dt.timedelta(minutes=5), id="expired"),
+])
+def test_an_unusable_challenge_refuses_its_code_and_stays_unused(store, use, at):
+    store.create_resident(resident(MID_A), []).result()
+    store.create_resident(resident(MID_B), []).result()
+    store.create_challenge(challenge()).result()
+    record = CodeRecord("33", KID, 0, use.main_index_id, at, at + dt.timedelta(days=7), "EHC1:T", use.caller,
+                        channel=PHONE)
+    with pytest.raises(ChallengeRefused):
+        store.submit_code(record, replace_channel=True, challenge=use).result()
+    assert store.get_code(CodeRef("33", KID, 0)) is None and store.get_challenge(CHALLENGE).used_at is None
+    assert store.consume_challenge(use, at=at).result() is False
+
+
+def test_consume_challenge_spends_it_once_and_challenges_survive_a_reopen(backend):
+    with backend.open() as s:
+        s.create_resident(resident(), []).result()
+        s.create_challenge(challenge()).result()
+    with backend.open() as s:
+        use = ChallengeUse(CHALLENGE, MID_A, "app")
+        assert s.consume_challenge(use, at=NOW).result() is True
+    with backend.open() as s:
+        assert s.consume_challenge(use, at=NOW).result() is False
+        assert s.get_challenge(CHALLENGE).used_at == NOW
+
+
+def test_challenges_need_an_unmerged_resident_and_expired_ones_are_forgotten(store):
+    with pytest.raises(ResidentNotFound):
+        store.create_challenge(challenge()).result()
+    store.create_resident(resident(MID_A), []).result()
+    store.create_resident(resident(MID_B), []).result()
+    store.create_challenge(challenge(expires=NOW + dt.timedelta(seconds=1))).result()
+    later = ChallengeRecord(bytes(32), MID_A, "app", NOW + dt.timedelta(minutes=1), NOW + dt.timedelta(minutes=6))
+    store.create_challenge(later).result()
+    assert store.get_challenge(CHALLENGE) is None and store.get_challenge(bytes(32)) is not None
+    store.merge_residents(survivor=MID_A, merged=MID_B, at=NOW).result()
+    with pytest.raises(ResidentMerged):
+        store.create_challenge(challenge(MID_B, value=b"m" * 32)).result()
