@@ -9,7 +9,7 @@ import pytest
 
 import healthcode as hc
 from verifier.__main__ import parse_duration
-from verifier.config import AuditConfig, FreshnessPolicy, ScanConfig
+from verifier.config import AuditConfig, CodePolicy, FreshnessPolicy, ScanConfig
 from verifier.scan import LineFramer, hint, to_items, to_scan
 from verifier.trust import Freshness, SetRevocation, assess, format_age
 
@@ -260,6 +260,10 @@ HINT_CASES = [
     ("lower case wedge", "ehc1:6bfoxn", "lower case"),
     ("partial", "EHC", "partial"),
     ("other text", "hello world, not a code", None),
+    ("a live code", "EHCD:6BFOXN", None),
+    ("two live codes", "EHCD:6BFOXNEHCD:6BFOXN", "two codes"),
+    ("a live code and a static code", "EHCD:6BFOXNEHC1:6BFOXN", "two codes"),
+    ("a live code typed in lower case", "ehcd:6bfoxn", "lower case"),
 ]
 
 
@@ -283,6 +287,9 @@ def test_parse_duration(text, seconds):
     lambda: ScanConfig(folder_done="shred"),
     lambda: AuditConfig(batch_rows=0),
     lambda: AuditConfig(keep_subject_for=dt.timedelta(0)),
+    lambda: CodePolicy(static_codes="maybe"),
+    lambda: CodePolicy(presentation_skew=dt.timedelta(seconds=-1)),
+    lambda: CodePolicy(replay_capacity=0),
 ])
 def test_configs_refuse_nonsense(factory):
     with pytest.raises(ValueError):
