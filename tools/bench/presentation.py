@@ -1,0 +1,170 @@
+"""Benchmark of live codes (issue 13): ``python -m tools.bench presentation``.
+
+Two figures, from one run, interleaved round by round (``_measure.interleaved``):
+
+* **Dynamic verify at the terminal**: the terminal's judgement of a live code
+  (:class:`verifier.verdict.Judge` with its replay cache: the prefix dispatch,
+  :func:`healthcode.presentation.verify_presentation` with the keyring and a
+  revocation set, then ``ReplayCache.admit``), as a ratio to a raw P-256 ECDSA
+  verify (``cryptography``) of a message the size of the credential's signed
+  bytes, measured in the same rounds. Target >= 0.45x (a presentation is two
+  signatures: 0.5x is the floor of any design). The core's
+  ``verify_presentation`` alone and the terminal's judgement of a static code
+  are measured next to it. Each presentation is a distinct credential; the
+  replay cache is emptied after each pass over the pool (once per 512 scans),
+  or the second pass would be all replays.
+* **Where a dynamic verification's time goes**: its parts measured alone in
+  the same way (the form, loading the holder key from ``cnf``, the device
+  signature with the key loaded, the credential as a code), against the same
+  baseline.
+* **Producing one presentation** (``encode_presentation``: the device
+  signature over the domain-separated bytes, CBOR, Base45) in CPU time per
+  presentation. Target <= 1 ms.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import sys
+
+import healthcode as hc
+from healthcode.algorithms import generate_signing_key
+from healthcode.codec import decode_unverified
+from healthcode.presentation import ReplayCache, encode_presentation, holder_cnf, step_at, verify_presentation
+from healthcode.revocation import RevocationSet, RevocationState
+
+from ._measure import interleaved
+
+POOL = 512
+_DEVICE_INPUT = bytes(51)  # the size of what the phone signs (context, step, SHA-256)
+
+
+def _setup(now: dt.datetime):
+    key = generate_signing_key()
+    signer = hc.SoftwareSigner(key)
+    ring = hc.Keyring([hc.TrustedKey(kid=signer.kid, province="33", public_key=key.public_key(),
+                                     use_from=now - dt.timedelta(days=1), use_until=now + dt.timedelta(days=90),
+                                     verify_until=now + dt.timedelta(days=120))])
+    devices = [generate_signing_key() for _ in range(POOL)]
+    credentials = [
+        hc.sign_code(hc.CodeClaims(province="33", subject=hc.main_index_id_from_bytes(os.urandom(16)),
+                                   serial=1_000_000 + i, issued_at=now - dt.timedelta(days=1),
+                                   expires_at=now + dt.timedelta(days=6),
+                                   holder_key=holder_cnf(device.public_key().spki_der()[-65:])), signer)
+        for i, device in enumerate(devices)
+    ]
+    step = step_at(now)
+    presentations = [encode_presentation(c, step, d) for c, d in zip(credentials, devices)]
+    static = [hc.sign_code(hc.CodeClaims(province="33", subject=hc.main_index_id_from_bytes(os.urandom(16)),
+                                         serial=i, issued_at=now - dt.timedelta(days=1),
+                                         expires_at=now + dt.timedelta(days=6)), signer) for i in range(POOL)]
+    revocation = RevocationSet([RevocationState("33", signer.kid, seq=1, universe=10_000_000,
+                                                serials=range(5, 10_000_000, 997))])
+    return ring, revocation, credentials, devices, presentations, static
+
+
+def _raw_es256_pool(message_size: int):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    public = private.public_key()
+    algorithm = ec.ECDSA(hashes.SHA256())
+    pool = []
+    for _ in range(POOL):
+        message = os.urandom(message_size)
+        pool.append((private.sign(message, algorithm), message))
+    return lambda item: public.verify(item[0], item[1], algorithm), pool
+
+
+def run(*, rounds: int, seconds: float, out=sys.stdout) -> None:
+    from verifier.verdict import Judge, StaticCodes
+
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)  # the benchmark is a shell: it may read the clock
+    ring, revocation, credentials, devices, presentations, static = _setup(now)
+    signed_size = len(decode_unverified(credentials[0]).signed_bytes)
+    raw_verify, raw_pool = _raw_es256_pool(signed_size)
+
+    class Terminal:
+        """The terminal's judge, its replay cache emptied after each pass over the pool."""
+
+        def __init__(self) -> None:
+            self.judge = Judge(static_codes=StaticCodes.CHECK_ID, clock_skew=dt.timedelta(minutes=5),
+                               replay=ReplayCache())
+            self.seen = 0
+
+        def __call__(self, text: str) -> None:
+            verdict = self.judge(text, None, ring, revocation, None, now)
+            assert verdict.reason is None, verdict
+            self.seen += 1
+            if self.seen == POOL:
+                self.judge.replay, self.seen = ReplayCache(), 0
+
+    static_judge = Judge(static_codes=StaticCodes.CHECK_ID, clock_skew=dt.timedelta(minutes=5))
+    contenders = {
+        "raw P-256 verify (cryptography)": (raw_verify, raw_pool),
+        "terminal: live code (judge: verify_presentation + replay cache)": (Terminal(), presentations),
+        "core verify_presentation (no replay cache)":
+            (lambda text: verify_presentation(text, ring, now=now, revocation=revocation), presentations),
+        "terminal: static code (judge: verify + policy)":
+            (lambda text: static_judge(text, None, ring, revocation, None, now), static),
+    }
+    step = step_at(now)
+    pairs = list(zip(credentials, devices))
+    producing = {
+        "P-256 sign of 51 bytes (the device key alone)": (lambda item: item[1].sign(_DEVICE_INPUT),
+                                                          pairs),
+        "encode_presentation (device signature + CBOR + Base45)":
+            (lambda item: encode_presentation(item[0], step, item[1]), pairs),
+    }
+
+    print(f"# Live codes benchmark  ({platform.python_implementation()} {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs, {rounds} interleaved rounds of {seconds:g} s)\n", file=out)
+    verify = interleaved(contenders, rounds=rounds, seconds=seconds)
+    base = verify["raw P-256 verify (cryptography)"]
+    print(f"## Dynamic verify at the terminal (baseline: raw P-256 verify of a {signed_size}-byte message)\n",
+          file=out)
+    print("| contender | median ops/s | ratio to baseline (median, min-max) |", file=out)
+    print("|---|---:|---|", file=out)
+    for name, series in verify.items():
+        med, lo, hi = series.ratio_to(base)
+        print(f"| {name} | {series.median:,.0f} | {med:.3f} ({lo:.3f}-{hi:.3f}) |", file=out)
+    med, _, _ = verify["terminal: live code (judge: verify_presentation + replay cache)"].ratio_to(base)
+    print(f"\nTarget >= 0.45x: **{'met' if med >= 0.45 else 'NOT met'}** ({med:.3f}x).\n", file=out)
+
+    from healthcode.codec import _decode_cose
+    from healthcode.presentation import decode_presentation_unverified, device_signing_input, holder_key_from_cnf
+    from healthcode.verify import verify_credential
+
+    unverified = [decode_presentation_unverified(text) for text in presentations]
+    verified = [verify_presentation(text, ring, now=now, revocation=revocation) for text in presentations]
+    keyed = [(holder_key_from_cnf(v.credential.holder_key), u.device_signature,
+              device_signing_input(u.credential_cose, u.step)) for u, v in zip(unverified, verified)]
+    parts = [_decode_cose(u.credential_cose) for u in unverified]
+    split = interleaved({
+        "raw P-256 verify (cryptography)": (raw_verify, raw_pool),
+        "(1) form: decode_presentation_unverified": (decode_presentation_unverified, presentations),
+        "(3) the credential as a code: verify_credential": (
+            lambda item: verify_credential(item, ring, now=now, revocation=revocation), parts),
+        "(4) the holder key: holder_key_from_cnf": (holder_key_from_cnf, [v.credential.holder_key for v in verified]),
+        "(5) the device signature, key loaded": (lambda item: item[0].verify(item[1], item[2]), keyed),
+    }, rounds=rounds, seconds=seconds / 2)
+    base = split["raw P-256 verify (cryptography)"]
+    print("## Where a dynamic verification's time goes (each step alone, same baseline)\n", file=out)
+    print("| step (docs/code-format.md 16.5) | median µs each | in raw verifies (median) |", file=out)
+    print("|---|---:|---:|", file=out)
+    for name, series in split.items():
+        med, _, _ = series.ratio_to(base)
+        print(f"| {name} | {1e6 / series.median:.1f} | {1 / med:.2f} |", file=out)
+    print("", file=out)
+
+    made = interleaved(producing, rounds=rounds, seconds=seconds / 2)
+    print("## Producing one presentation (CPU time)\n", file=out)
+    print("| operation | median per second | CPU time each |", file=out)
+    print("|---|---:|---:|", file=out)
+    for name, series in made.items():
+        print(f"| {name} | {series.median:,.0f} | {1e6 / series.median:.0f} µs |", file=out)
+    each = 1e3 / made["encode_presentation (device signature + CBOR + Base45)"].median
+    print(f"\nTarget <= 1 ms: **{'met' if each <= 1 else 'NOT met'}** ({each:.3f} ms).", file=out)
