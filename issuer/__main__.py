@@ -169,7 +169,8 @@ def _retried(client) -> str:
 @click.argument("csv_file", type=click.Path(path_type=pathlib.Path, dir_okay=False, exists=True))
 @_client_options
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=pathlib.Path, file_okay=False),
-              help="Output directory (created 0700): journal, rejected rows, sheets. Rerun with the same one to resume.")
+              help="Output directory (created 0700): journal, rejected rows, sheets. "
+                   "Rerun with the same one to resume.")
 @click.option("--format", "fmt", type=click.Choice(["pdf", "png"]), default="pdf", show_default=True,
               help="Printable sheets as one PDF (with a text layer) or PNG pages.")
 @click.option("--per-page", type=click.IntRange(1, 6), default=6, show_default=True,
@@ -257,7 +258,9 @@ def reprint(server: str, ca_file: pathlib.Path, api_key_file: pathlib.Path | Non
     try:
         document = parse_document(document_type.strip(), raw.strip(), country=country, today=today)
     except DocumentError as e:
-        raise click.UsageError("bad document: " + "; ".join(f"{v.field}: {v.description}" for v in e.violations))
+        raise click.UsageError(
+            "bad document: " + "; ".join(f"{v.field}: {v.description}" for v in e.violations)
+        ) from None
     except (TypeError, ValueError) as e:
         raise click.UsageError(f"bad document: {e}") from None
     with _connect(server, ca_file, api_key_file, cert_file, key_file, retry_seconds) as client:
@@ -292,12 +295,17 @@ def _passphrase(config: IssuerConfig) -> bytes | None:
         return None
     value = os.environ.get(config.signing_key_passphrase_env)
     if value is None:
-        raise ConfigError(f"environment variable {config.signing_key_passphrase_env} (signing key passphrase) is not set")
+        raise ConfigError(
+            f"environment variable {config.signing_key_passphrase_env} (signing key passphrase) is not set"
+        )
     return value.encode("utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``healthcode-issuer`` script: one ``Error:`` line, never a traceback, for expected failures."""
+    """Entry point of the ``healthcode-issuer`` script.
+
+    One ``Error:`` line, never a traceback, for expected failures.
+    """
     import grpc
 
     from shellkit.cli import run_click

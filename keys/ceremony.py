@@ -97,6 +97,8 @@ Passphrases = Callable[..., bytes]
 KEY_SET_NAME = "key-set.json"
 MAX_OFFICIALS = 15
 _UTC = _dt.timezone.utc
+#: The expiry defaults of :class:`RepoConfig` (frozen, so one shared default instance is safe).
+_DEFAULT_REPO_CONFIG = RepoConfig()
 
 
 # --------------------------------------------------------------------------- results
@@ -247,7 +249,7 @@ def init_root(
     passphrase: Passphrases,
     now: _dt.datetime,
     targets_threshold: int | None = None,
-    config: RepoConfig = RepoConfig(),
+    config: RepoConfig = _DEFAULT_REPO_CONFIG,
 ) -> tuple[TrustRepository, Outcome]:
     """The national root ceremony: a root key and a national targets key for each of
     ``officials`` officials (each in its own holder directory, under its own
@@ -322,7 +324,7 @@ def load_online(national: NationalKeys, passphrase: Passphrases) -> tuple[list[S
 
 def open_repository(
     repo_dir: os.PathLike | str, *, online: tuple[Sequence[Signer], Sequence[Signer]] | None = None,
-    config: RepoConfig = RepoConfig(),
+    config: RepoConfig = _DEFAULT_REPO_CONFIG,
 ) -> TrustRepository:
     snapshot, timestamp = online or ((), ())
     return TrustRepository(repo_dir, snapshot_signers=snapshot, timestamp_signers=timestamp, config=config)
@@ -762,8 +764,9 @@ class ProvinceKeyAdmin:
             change = self.repo.publish_key_list(key_list, list(self.tuf_signers), now=now)
             role_version = self.repo.province_targets(self.province).version
             written = [str(self.repo.directory / p) for p in change.written]
+            plural = "" if len(trusted) == 1 else "s"
             outcome = Outcome(
-                f"province {self.province} key list serial {serial} ({len(trusted)} key{'' if len(trusted) == 1 else 's'}: "
+                f"province {self.province} key list serial {serial} ({len(trusted)} key{plural}: "
                 + ", ".join(f"{t.kid.hex()} {_trusted_state(t, now)}" for t in trusted) + f")\n{change.summary}",
                 tuple(written), tuple(warnings) + change.warnings, serial=serial, role_version=role_version,
                 key_set=key_set)
@@ -848,7 +851,8 @@ class RepoStatus:
                            if role.get("newest_version", role["version"]) != role["version"] else "")
             out.append(f"  {name:<10} v{role['version']:<4} expires {role['expires']} "
                        f"({role['expires_in']}){keys}{unpublished}")
-        out.append(f"  provinces: {len(self.provinces)}" + (f" ({', '.join(self.provinces)})" if self.provinces else ""))
+        listed = f" ({', '.join(self.provinces)})" if self.provinces else ""
+        out.append(f"  provinces: {len(self.provinces)}{listed}")
         for code, info in self.provinces.items():
             head = (f"  province {code}: role v{info['role_version']} ({info['threshold']} of {info['keys']} keys"
                     f", expires {info['expires']})" if info.get("role_version") else

@@ -50,7 +50,14 @@ from securesystemslib.signer import CryptoSigner, Key, Signature, Signer, SSlibK
 
 from healthcode import Algorithm
 
-from .errors import KeyFileCorrupt, KeyNotFound, KeystoreIOError, PolicyViolation, UnsupportedKeyAlgorithm, WrongPassphrase
+from .errors import (
+    KeyFileCorrupt,
+    KeyNotFound,
+    KeystoreIOError,
+    PolicyViolation,
+    UnsupportedKeyAlgorithm,
+    WrongPassphrase,
+)
 from .keystore.base import KeystoreSigner
 from .keystore.files import (
     MIN_PASSPHRASE_BYTES,
@@ -73,6 +80,8 @@ __all__ = [
 PUBLIC_KEY_FORMAT = "healthcode-tuf-key"
 _PEM_BEGIN = "-----BEGIN ENCRYPTED PRIVATE KEY-----"
 _PEM_END = "-----END ENCRYPTED PRIVATE KEY-----"
+#: The scrypt cost of new role keys (frozen, so one shared default instance is safe).
+_DEFAULT_SCRYPT = ScryptParams()
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _MAX_FILE = 16 * 1024
 
@@ -132,7 +141,7 @@ def _read(path: pathlib.Path, what: str) -> bytes:
 
 
 def generate_role_key(
-    where: RoleKeyFile, passphrase: bytes, *, scrypt: ScryptParams = ScryptParams()
+    where: RoleKeyFile, passphrase: bytes, *, scrypt: ScryptParams = _DEFAULT_SCRYPT
 ) -> CryptoSigner:
     """Generate an Ed25519 role key into ``where`` (refusing to overwrite); return its signer.
 
@@ -164,7 +173,11 @@ def read_public_key(where: RoleKeyFile) -> SSlibKey:
     data = _read(where.public_path, "role public key")
     try:
         document = json.loads(data)
-        if not isinstance(document, dict) or document.get("format") != PUBLIC_KEY_FORMAT or document.get("version") != 1:
+        if (
+            not isinstance(document, dict)
+            or document.get("format") != PUBLIC_KEY_FORMAT
+            or document.get("version") != 1
+        ):
             raise ValueError("not a healthcode-tuf-key v1 file")
         key = SSlibKey.from_dict(document["keyid"], dict(document["key"]))
     except (ValueError, TypeError, KeyError):

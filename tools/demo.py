@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"6. issuer stopped gracefully (exit code {exit_code})")
 
     found = decode_image(png)
-    print(f"7. read back from the image: {len(found)} code(s), identical to the issued one: {found == [code.code_text]}")
+    print(f"7. read back from the image: {len(found)} code(s), "
+          f"identical to the issued one: {found == [code.code_text]}")
     if found != [code.code_text]:
         return 1
     result = hc.check(found[0], env.keyring(), now=dt.datetime.now(dt.timezone.utc))

@@ -370,7 +370,9 @@ def cose_sign1(
 
 def standard_cose(claims: CodeClaims, signer: TestKey, *, kid: bytes | None = None, alg_id: int | None = None) -> bytes:
     """A well-formed COSE_Sign1 for ``claims``, as the issuer would produce it."""
-    protected = protected_item(signer.algorithm.cose_id if alg_id is None else alg_id, signer.kid if kid is None else kid)
+    protected = protected_item(
+        signer.algorithm.cose_id if alg_id is None else alg_id, signer.kid if kid is None else kid
+    )
     return cose_sign1(protected, bstr(cbor.dumps(claims_map(claims))), signer)
 
 
@@ -576,7 +578,12 @@ def _invalid_signature_vectors() -> Iterator[Vector]:
         "invalid-eddsa-tampered-payload",
         "EdDSA code whose sub was replaced by another resident's after signing.",
         "bad_signature",
-        cose_sign1(ed_protected, bstr(cbor.dumps(claims_map(replace(claims, subject=OTHER_SUBJECT)))), EDDSA_KEY, signature=ed_signature),
+        cose_sign1(
+            ed_protected,
+            bstr(cbor.dumps(claims_map(replace(claims, subject=OTHER_SUBJECT)))),
+            EDDSA_KEY,
+            signature=ed_signature,
+        ),
         key=EDDSA_KEY,
     )
     other_payload = bstr(cbor.dumps(claims_map(replace(claims, serial=4243))))
@@ -709,7 +716,6 @@ def _invalid_cbor_vectors() -> Iterator[Vector]:
     claims = base_claims()
     protected = protected_item(-7, ES256_KEY.kid)
     pairs = encoded_pairs(claims_map(claims))
-    by_key = {k: v for k, v in pairs}
 
     def signed(payload_content: bytes, **kwargs: Any) -> bytes:
         return cose_sign1(kwargs.pop("protected", protected), bstr(payload_content), ES256_KEY, **kwargs)

@@ -106,7 +106,12 @@ class Keystore(abc.ABC):
         """Delete the key for good (for expired keys). A missing key raises ``key_not_found``."""
 
     def close(self) -> None:
-        """Release sessions and files (the keystore is unusable afterwards)."""
+        """Release sessions and files (the keystore is unusable afterwards).
+
+        An optional hook, not abstract: this default has nothing to release;
+        backends that hold sessions or open files override it.
+        """
+        return None
 
     def __enter__(self) -> "Keystore":
         return self

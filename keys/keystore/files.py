@@ -258,12 +258,15 @@ def _aes_key(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
 
 
-def encrypt_private_key_info(private_key_info: bytes, passphrase: bytes, params: ScryptParams = ScryptParams()) -> bytes:
+def encrypt_private_key_info(
+    private_key_info: bytes, passphrase: bytes, params: ScryptParams = ScryptParams()
+) -> bytes:
     """DER ``EncryptedPrivateKeyInfo`` of a DER ``PrivateKeyInfo``: PBES2, scrypt, AES-256-CBC."""
     salt, iv = os.urandom(params.salt_bytes), os.urandom(16)
     padder = padding.PKCS7(128).padder()
     plain = padder.update(private_key_info) + padder.finalize()
-    encryptor = Cipher(algorithms.AES(_aes_key(passphrase, salt, params.n, params.r, params.p)), modes.CBC(iv)).encryptor()
+    aes_key = _aes_key(passphrase, salt, params.n, params.r, params.p)
+    encryptor = Cipher(algorithms.AES(aes_key), modes.CBC(iv)).encryptor()
     ciphertext = encryptor.update(plain) + encryptor.finalize()
     scrypt_params = _seq(_tlv(0x04, salt), _int(params.n), _int(params.r), _int(params.p), _int(32))
     pbes2_params = _seq(_seq(_OID_SCRYPT, scrypt_params), _seq(_OID_AES256_CBC, _tlv(0x04, iv)))
@@ -587,7 +590,9 @@ class FileKeystore(Keystore):
             raise KeyFileCorrupt(f"{what} {path.name} is too large")
         return data
 
-    def _read_meta(self, path: pathlib.Path, expected: KeyHandle | None = None) -> tuple[KeyHandle, VerificationKey, dt.datetime]:
+    def _read_meta(
+        self, path: pathlib.Path, expected: KeyHandle | None = None
+    ) -> tuple[KeyHandle, VerificationKey, dt.datetime]:
         raw = self._read(path, _MAX_SIDECAR, "key metadata")
         try:
             meta = json.loads(raw)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import random
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
 
+import grpc
 import pytest
 
 import healthcode as hc
 from issuer.batch import JOURNAL
-from issuer.devenv import DevEnvironment, ServerProcess
+from issuer.client import Backoff, IssuerClient
+from issuer.devenv import DevEnvironment, ServerProcess, free_port
 from issuer.documents import make_resident_id
 from verifier.images import decode_image
 
@@ -65,8 +71,6 @@ def test_interrupted_batch_resumes_without_issuing_twice(issuer, tmp_path):
     assert f"{ROWS} codes" in second.stdout and "3 rows rejected" in second.stdout
 
     entries = [line for line in (out / JOURNAL).read_text().splitlines() if line.strip()]
-    import json
-
     issued = {}
     for line in entries:
         entry = json.loads(line)
@@ -92,13 +96,13 @@ def test_png_sheets_scan_back_to_the_issued_codes(issuer, tmp_path):
     env, server = issuer
     csv_path = tmp_path / "few.csv"
     csv_path.write_text("document_type,document_number\n" + "".join(
-        f"resident_id,{make_resident_id('440305', dt.date(1980, 2, 29) + dt.timedelta(days=i), 7)}\n" for i in range(7)))
+        f"resident_id,{make_resident_id('440305', dt.date(1980, 2, 29) + dt.timedelta(days=i), 7)}\n"
+        for i in range(7)))
     out = tmp_path / "sheets"
     run = subprocess.run(_batch(env, server, csv_path, out, fmt="png"), capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     pages = sorted(out.glob("sheet-*.png"))
     assert len(pages) == 2  # 7 codes at 6 a page
-    import json
 
     journal = {json.loads(line)["code_text"] for line in (out / JOURNAL).read_text().splitlines()}
     scanned = set(decode_image(pages[0])) | set(decode_image(pages[1]))
@@ -106,16 +110,6 @@ def test_png_sheets_scan_back_to_the_issued_codes(issuer, tmp_path):
 
 
 # --- connecting: mTLS, rate limits, unreachable issuers, secrets (issue 11, item 6) -----------------
-
-import json
-import os
-import random
-import stat
-
-import grpc
-
-from issuer.client import Backoff, IssuerClient
-from issuer.devenv import free_port
 
 
 def _few_rows(path, count, *, region="330106", serial=3):

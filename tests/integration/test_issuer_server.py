@@ -430,7 +430,8 @@ BAD_INPUT = {
         [("primary.number", "BIRTH_DATE_IN_FUTURE")],
     ),
     "register-region": (
-        "index", "RegisterResident", rpb.RegisterResidentRequest(primary=doc(make_resident_id("990106", dt.date(1990, 1, 1), 5))),
+        "index", "RegisterResident",
+        rpb.RegisterResidentRequest(primary=doc(make_resident_id("990106", dt.date(1990, 1, 1), 5))),
         [("primary.number", "REGION")],
     ),
     "register-supplementary-paths": (

@@ -425,7 +425,9 @@ def test_build_domain_issues_with_the_rotating_signer(tmp_path, rotation):
         mid = await index.register_resident(resident(1), now=T - DAY)
         first = await codes.issue_code(caller="app", main_index_id=mid, idempotency_key=None, now=T - DAY)
         second = await codes.issue_code(caller="app", main_index_id=mid, idempotency_key=None, now=T)
-        with pytest.raises(NoSigningKey, match="no key that signs at 2026-09-22T08:00:00Z; key [0-9a-f]+ signs from 2026-09-23"):
+        with pytest.raises(
+            NoSigningKey, match="no key that signs at 2026-09-22T08:00:00Z; key [0-9a-f]+ signs from 2026-09-23"
+        ):
             await codes.issue_code(caller="app", main_index_id=mid, idempotency_key=None, now=T - 61 * DAY)
         return first, second
 

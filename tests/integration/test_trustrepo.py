@@ -238,7 +238,8 @@ def _snapshot_rolls_back_a_province(nation, client, keep):
     """A correctly signed new snapshot (and timestamp) naming an older province-33."""
     meta_dir = nation.directory / "metadata"
     current = Metadata[Timestamp].from_bytes((meta_dir / "timestamp.json").read_bytes())
-    snapshot = Metadata[Snapshot].from_bytes((meta_dir / f"{current.signed.snapshot_meta.version}.snapshot.json").read_bytes())
+    snapshot_file = meta_dir / f"{current.signed.snapshot_meta.version}.snapshot.json"
+    snapshot = Metadata[Snapshot].from_bytes(snapshot_file.read_bytes())
     info = snapshot.signed.meta["province-33.json"]
     old = (meta_dir / f"{info.version - 1}.province-33.json").read_bytes()
     snapshot.signed.meta["province-33.json"] = MetaFile(info.version - 1, len(old))
@@ -513,7 +514,8 @@ def test_revocation_files_publish_beside_the_key_list(synced, tmp_path):
     with pytest.raises(TrustDataError, match="not a target"):
         client.fetch_target("provinces/33/revocation/delta-000002.bin")
     info = nation.repo.province_targets("33").targets["provinces/33/revocation/delta-000003.bin"]
-    path = nation.directory / "targets" / "provinces" / "33" / "revocation" / f"{info.hashes['sha256']}.delta-000003.bin"
+    revocation_dir = nation.directory / "targets" / "provinces" / "33" / "revocation"
+    path = revocation_dir / f"{info.hashes['sha256']}.delta-000003.bin"
     path.write_bytes(b"\x03")
     with pytest.raises(TrustDataError, match="hash"):
         client.fetch_target("provinces/33/revocation/delta-000003.bin")

@@ -498,7 +498,9 @@ def test_mod11_2_known_answers(body, check):
     assert mod11_2_check_character(body) == check
 
 
-@pytest.mark.parametrize("body", ["1101051949123100", "110105194912310021", "1101051949123100A", "１１０１０５１９４９１２３１００２"])
+@pytest.mark.parametrize(
+    "body", ["1101051949123100", "110105194912310021", "1101051949123100A", "１１０１０５１９４９１２３１００２"]
+)
 def test_mod11_2_needs_17_ascii_digits(body):
     with pytest.raises(ValueError):
         mod11_2_check_character(body)

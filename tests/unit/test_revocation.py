@@ -133,7 +133,9 @@ def test_exact_on_small_universes_exhaustively(universe, count):
         assert all((s in loaded) == (s in revoked) for s in range(universe))
 
 
-@pytest.mark.parametrize("universe,count", [(1 << 24, 50_000), (1 << 32, 3000), ((1 << 40) + 3, 3000), (2**64 - 1, 500)])
+@pytest.mark.parametrize(
+    "universe,count", [(1 << 24, 50_000), (1 << 32, 3000), ((1 << 40) + 3, 3000), (2**64 - 1, 500)]
+)
 def test_exact_on_large_universes(universe, count):
     rng = random.Random(count)
     serials = sample(rng, universe, count - 2) + []

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-gmalglib = pytest.importorskip("gmalglib", reason="SM2 needs the 'sm2' extra (gmalglib)")
+pytest.importorskip("gmalglib", reason="SM2 needs the 'sm2' extra (gmalglib)")
 import gmalglib.core  # noqa: E402
 
 from cryptography.hazmat.primitives.asymmetric.utils import (  # noqa: E402

@@ -116,7 +116,8 @@ class Workspace:
         write_file_atomically(vault_key, (os.urandom(32).hex() + "\n").encode())
         api_key = generate_api_key()
         callers = directory / "callers.toml"
-        write_file_atomically(callers, f'[[callers]]\nname = "{CALLER}"\nkey_sha256 = "{hash_api_key(api_key)}"\n'.encode())
+        callers_toml = f'[[callers]]\nname = "{CALLER}"\nkey_sha256 = "{hash_api_key(api_key)}"\n'
+        write_file_atomically(callers, callers_toml.encode())
         public_key = hc.load_public_key_pem(private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         database = directory / "issuer.db"

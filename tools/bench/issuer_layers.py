@@ -267,7 +267,8 @@ def _report(results: dict[str, list], *, out, rounds: int, seconds: float, concu
         ratio = statistics.median(r.rate / e.rate for r, e in zip(rs, echo))
         p99 = percentile([x for r in rs for x in r.latencies], 0.99) * 1000
         print(f"| {LAYERS[name][0]} | {statistics.median(r.rate for r in rs):,.0f} | {ratio:.2f} | "
-              f"{sum(r.server_cpu for r in rs) / calls * 1e6:,.0f} | {sum(r.server_loop_cpu for r in rs) / calls * 1e6:,.0f} | "
+              f"{sum(r.server_cpu for r in rs) / calls * 1e6:,.0f} | "
+              f"{sum(r.server_loop_cpu for r in rs) / calls * 1e6:,.0f} | "
               f"{sum(r.client_cpu for r in rs) / calls * 1e6:,.0f} | {p99:.1f} |", file=out)
     if sign_cost is not None:
         print(f"\nOne ES256 `sign_code` in the echo + sign server, thread CPU: {sign_cost['isolated_us']:.1f} µs "

@@ -287,7 +287,7 @@ def run(*, rounds: int = 7, out=sys.stdout) -> None:
     print("## Refresh transfer (target: <= 10 kB after one province rotated)\n", file=out)
     print("| scenario | files | bytes | within target |", file=out)
     print("|---|---:|---:|---|", file=out)
-    for name, result, log in scenarios:
+    for name, result, _log in scenarios:
         ok = "yes" if result.bytes_transferred <= 10_000 else "**no**"
         print(f"| {name} | {result.files_transferred} | {result.bytes_transferred:,} | {ok} |", file=out)
     print("\nFiles of the rotation refresh (the root probe `N+1.root.json` answers 404, 0 bytes):\n", file=out)
