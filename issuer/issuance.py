@@ -434,7 +434,9 @@ class CodeIssuer:
         ref = _check_ref(ref)
         key = _check_key(idempotency_key)
         fingerprint = (
-            _fingerprint(b"renew", ref.province.encode(), ref.kid, str(ref.serial).encode()) if key is not None else None
+            _fingerprint(b"renew", ref.province.encode(), ref.kid, str(ref.serial).encode())
+            if key is not None
+            else None
         )
 
         async def work() -> IssuedCode:

@@ -388,7 +388,7 @@ class IssuerService:
                 # The type and place only: an unexpected error's text may quote data.
                 log.error("internal error: %s at %s", type(error).__name__, where)
             await context.abort_with_status(_error_status(error))
-            raise AssertionError("unreachable")  # abort_with_status raises
+            raise AssertionError("unreachable") from error  # abort_with_status raises
 
     def _check_time(self, context: grpc.aio.ServicerContext) -> None:
         remaining = context.time_remaining()
