@@ -669,13 +669,15 @@ class IssuerServer:
         monotonic: Callable[[], float] = time.monotonic,
         on_close: Callable[[], Awaitable[None] | None] | None = None,
         key_admin: Any = None,
+        wallets: Any = None,
     ) -> "IssuerServer":
         self = cls()
         self._grace = options.grace
         self._on_close = on_close
         self.metrics = Metrics()
         self.service = IssuerService(
-            index=index, codes=codes, settings=options.service, clock=clock, on_issued=self.metrics.on_issued
+            index=index, codes=codes, settings=options.service, clock=clock, on_issued=self.metrics.on_issued,
+            wallets=wallets,
         )
         per_caller = {k.caller: k.rate_limit for k in options.api_keys if k.rate_limit is not None}
         authenticator = auth.Authenticator(
@@ -985,8 +987,10 @@ async def run(
         close()
 
     try:
+        from issuer.wallets import WalletIssuer
+
         server = await IssuerServer.start(options, index=index, codes=codes, on_close=stop_job_and_close,
-                                          key_admin=key_admin)
+                                          key_admin=key_admin, wallets=WalletIssuer(codes=codes))
     except BaseException:
         await stop_job_and_close()
         raise

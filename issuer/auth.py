@@ -17,8 +17,8 @@ certificates, roles, rate limits.
     ``issuance_clients`` (the config's ``auth.issuance_clients``) an issuance
     client; any other CN has no role and may call nothing.
 
-* **Roles** (default deny, :data:`SERVICE_ROLES`): ``ResidentIndex`` and
-  ``HealthCodes`` take the issuance role only; ``KeyAdmin`` takes the admin
+* **Roles** (default deny, :data:`SERVICE_ROLES`): ``ResidentIndex``,
+  ``HealthCodes`` and ``Wallets`` take the issuance role only; ``KeyAdmin`` takes the admin
   and national roles only (it then checks the province itself); server
   reflection takes any role; a service missing from the table takes nobody.
   The standard health service is exempt from all of it.
@@ -121,7 +121,7 @@ def peek_caller() -> str | None:
 class Role(enum.Enum):
     """What a caller is for. Every caller has at most one; no role means no service."""
 
-    ISSUANCE = "issuance"  # ResidentIndex, HealthCodes: API keys, and certificates in auth.issuance_clients
+    ISSUANCE = "issuance"  # ResidentIndex, HealthCodes, Wallets: API keys, and certificates in auth.issuance_clients
     PROVINCE_ADMIN = "admin"  # KeyAdmin on its own province: certificate CN admin:<province>
     NATIONAL = "national"  # KeyAdmin reads and compromise cut-off: certificate CN national:<name>
 
@@ -140,6 +140,7 @@ _ANY_ROLE = frozenset(Role)
 SERVICE_ROLES: Mapping[str, frozenset[Role]] = {
     "healthcode.issuer.v1.ResidentIndex": frozenset({Role.ISSUANCE}),
     "healthcode.issuer.v1.HealthCodes": frozenset({Role.ISSUANCE}),
+    "healthcode.issuer.v1.Wallets": frozenset({Role.ISSUANCE}),
     "healthcode.admin.v1.KeyAdmin": frozenset({Role.PROVINCE_ADMIN, Role.NATIONAL}),
     "grpc.reflection.v1alpha.ServerReflection": _ANY_ROLE,
     "grpc.reflection.v1.ServerReflection": _ANY_ROLE,

@@ -45,14 +45,15 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 import healthcode
-from healthcode.codec import Signer, decode_unverified, parse_core_claims
+from healthcode.codec import ClaimKey, Signer, decode_unverified, parse_core_claims
 from healthcode.errors import HealthCodeError, VerificationError
 from healthcode.model import from_epoch, parse_province, to_epoch
 
 from .errors import Conflict, FieldViolation, InvalidRequest, NoSigningKey, NotFound
 from .index import parse_main_index_id_field
-from .model import CodeRef, IssuedCode, RevocationReason
+from .model import Channel, CodeRef, IssuedCode, RevocationReason
 from .store.base import (
+    ChallengeUse,
     CodeNotRenewable,
     CodeRecord,
     DuplicateIdempotencyKey,
@@ -138,6 +139,14 @@ class _Abandoned(Exception):
 
 def _fingerprint(*parts: bytes) -> bytes:
     return hashlib.sha256(b"\x00".join(parts)).digest()[:16]
+
+
+def _holder_key_of(record: CodeRecord) -> dict[int, Any] | None:
+    """The ``cnf`` claim of a stored code (its text is the one this issuer signed), or None."""
+    if record.channel is not Channel.PHONE:
+        return None
+    cnf = decode_unverified(record.text).claims.get(ClaimKey.CNF)
+    return None if cnf is None else dict(cnf)
 
 
 def _check_caller(caller: object) -> str:
@@ -327,7 +336,13 @@ class CodeIssuer:
         fingerprint: bytes | None,
         now: dt.datetime,
         supersedes: CodeRef | None = None,
+        channel: Channel = Channel.STATIC,
+        holder_key: dict[int, Any] | None = None,
+        challenge: ChallengeUse | None = None,
     ) -> IssuedCode:
+        """Steps (2) to (6). The new code replaces the resident's live code of ``channel`` in its
+        transaction (one live code per resident per channel); ``holder_key`` is its ``cnf``;
+        ``challenge`` is consumed in the same transaction (:mod:`issuer.wallets`)."""
         # (1) is checked by the callers, before anything is allocated.
         # (2) the signer for this moment
         signer = self._signer(now)
@@ -340,12 +355,12 @@ class CodeIssuer:
         serial = allocator.allocate()
         try:
             text = healthcode.sign_code(
-                healthcode.CodeClaims(self.province, mid, serial, issued_at, expires_at), signer
+                healthcode.CodeClaims(self.province, mid, serial, issued_at, expires_at, holder_key=holder_key), signer
             )
             record = CodeRecord(
-                self.province, kid, serial, mid, issued_at, expires_at, text, caller, key, fingerprint
+                self.province, kid, serial, mid, issued_at, expires_at, text, caller, key, fingerprint, channel=channel
             )
-            future = self._store.submit_code(record, supersedes=supersedes)
+            future = self._store.submit_code(record, supersedes=supersedes, replace_channel=True, challenge=challenge)
         except BaseException:
             allocator.release(serial)
             raise
@@ -361,7 +376,7 @@ class CodeIssuer:
             future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._release_if_rejected, allocator,
                                                                          serial, f))
             raise
-        return IssuedCode(CodeRef(self.province, kid, serial), mid, issued_at, expires_at, text)
+        return IssuedCode(CodeRef(self.province, kid, serial), mid, issued_at, expires_at, text, channel=channel)
 
     @staticmethod
     def _release_if_rejected(allocator: _SerialAllocator, serial: int, future: Future) -> None:
@@ -376,7 +391,11 @@ class CodeIssuer:
         idempotency_key: str | None,
         now: dt.datetime,
     ) -> IssuedCode:
-        """Issue a code to an unmerged resident; return it once durably stored.
+        """Issue a static code to an unmerged resident; return it once durably stored.
+
+        It supersedes the resident's live static code in the same transaction
+        (one live code per resident per channel); an idempotent retry returns
+        the first code and supersedes nothing more.
 
         Raises :class:`~issuer.errors.InvalidRequest` (bad ID or key),
         :class:`~issuer.errors.NotFound` (no such resident),
@@ -423,6 +442,9 @@ class CodeIssuer:
     ) -> IssuedCode:
         """Issue a new code to the same resident; the old one is revoked as ``superseded``, atomically.
 
+        The new code keeps the old one's channel and, for a phone credential,
+        its device binding (the same ``cnf``).
+
         The old code may have expired but must not be revoked
         (:class:`~issuer.errors.Conflict`) and must exist
         (:class:`~issuer.errors.NotFound`). Named by its ``text`` (``ref``
@@ -454,7 +476,8 @@ class CodeIssuer:
             await self._require_active(old.main_index_id)
             try:
                 return await self._issue_new(
-                    caller=caller, mid=old.main_index_id, key=key, fingerprint=fingerprint, now=now, supersedes=ref
+                    caller=caller, mid=old.main_index_id, key=key, fingerprint=fingerprint, now=now, supersedes=ref,
+                    channel=old.channel, holder_key=_holder_key_of(old),
                 )
             except DuplicateIdempotencyKey:
                 original = await self._stored_original(caller, key, fingerprint)

@@ -338,6 +338,7 @@ class IssuerService:
         settings: ServiceSettings,
         clock: Callable[[], dt.datetime],
         on_issued: Callable[[IssuedCode], None] | None = None,
+        wallets: Any = None,
     ) -> None:
         self._index = index
         self._codes = codes
@@ -348,15 +349,25 @@ class IssuerService:
         self._direct = 0  # cancel-safe domain calls being awaited directly (see _domain)
         self.resident_index = _ResidentIndexServicer(self)
         self.health_codes = _HealthCodesServicer(self)
+        self.wallets = None
+        if wallets is not None:  # issuer/wallets_service.py (a port of issuer.wallets.WalletIssuer)
+            from issuer.wallets_service import WalletsServicer
+
+            self.wallets = WalletsServicer(self, wallets)
 
     def add_to_server(self, server: grpc.aio.Server) -> list[str]:
-        """Register both servicers; return their full service names."""
+        """Register the servicers (Wallets when given a domain); return their full service names."""
         resident_index_pb2_grpc.add_ResidentIndexServicer_to_server(self.resident_index, server)
         health_codes_pb2_grpc.add_HealthCodesServicer_to_server(self.health_codes, server)
-        return [
+        names = [
             resident_index_pb2.DESCRIPTOR.services_by_name["ResidentIndex"].full_name,
             health_codes_pb2.DESCRIPTOR.services_by_name["HealthCodes"].full_name,
         ]
+        if self.wallets is not None:
+            from issuer.wallets_service import add_to_server
+
+            names.append(add_to_server(self.wallets, server))
+        return names
 
     async def drain(self) -> None:
         """Wait for every domain call still running (their RPCs may have ended already)."""

@@ -1,7 +1,7 @@
 """Roles × services, for real: the issuer's server on 127.0.0.1 over mTLS, DevPki client certificates.
 
-One server per module serves every service an issuer can serve (ResidentIndex
-and HealthCodes over a real SQLite domain, KeyAdmin over a real province key
+One server per module serves every service an issuer can serve (ResidentIndex,
+HealthCodes and Wallets over a real SQLite domain, KeyAdmin over a real province key
 set and trust repository, health, reflection v1alpha and v1) with a client CA,
 one API key ("app") and one certificate listed in ``auth.issuance_clients``
 ("desk"). Each caller calls every method of every service; the table
@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 import healthcode as hc
 from issuer import auth
-from issuer.api import common_pb2, health_codes_pb2, key_admin_pb2, resident_index_pb2
+from issuer.api import common_pb2, health_codes_pb2, key_admin_pb2, resident_index_pb2, wallets_pb2
 from issuer.app import IssuerServer, ServerOptions, TlsMaterial
 from issuer.config import ConfigError, IssuerConfig
 from issuer.documents import make_resident_id
@@ -35,6 +35,7 @@ from issuer.privacy import IdentifierVault
 from issuer.service import ServiceSettings
 from issuer.store.sqlite import SQLiteStore
 from issuer.tls import DevPki
+from issuer.wallets import WalletIssuer
 
 from .test_key_admin import HOUR, LoopThread, Nation, utc_now
 
@@ -44,6 +45,7 @@ WRONG_KEY = (("authorization", "Bearer " + "x" * 40),)
 
 RESIDENT_INDEX = "healthcode.issuer.v1.ResidentIndex"
 HEALTH_CODES = "healthcode.issuer.v1.HealthCodes"
+WALLETS = "healthcode.issuer.v1.Wallets"
 KEY_ADMIN = "healthcode.admin.v1.KeyAdmin"
 HEALTH = "grpc.health.v1.Health"
 REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
@@ -51,6 +53,7 @@ REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 DESCRIPTORS = {
     RESIDENT_INDEX: resident_index_pb2.DESCRIPTOR.services_by_name["ResidentIndex"],
     HEALTH_CODES: health_codes_pb2.DESCRIPTOR.services_by_name["HealthCodes"],
+    WALLETS: wallets_pb2.DESCRIPTOR.services_by_name["Wallets"],
     KEY_ADMIN: key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"],
 }
 
@@ -65,18 +68,18 @@ CALLERS = {
     "unlisted-certificate": ("ops", ()),  # from the client CA, but not named: no role
     "wrong-api-key": ("desk", WRONG_KEY),  # a key, if sent, decides: unauthenticated
 }
-SERVICES = (RESIDENT_INDEX, HEALTH_CODES, KEY_ADMIN, HEALTH, REFLECTION_V1ALPHA, REFLECTION_V1)
+SERVICES = (RESIDENT_INDEX, HEALTH_CODES, WALLETS, KEY_ADMIN, HEALTH, REFLECTION_V1ALPHA, REFLECTION_V1)
 A, D, U = "admitted", "denied", "unauthenticated"
 #: caller -> one outcome per service of SERVICES (health: always admitted, no credentials needed).
 EXPECTED = {
-    "api-key":              (A, A, D, A, A, A),
-    "issuance-certificate": (A, A, D, A, A, A),
-    "admin-33":             (D, D, A, A, A, A),
-    "admin-44":             (D, D, A, A, A, A),  # admitted to KeyAdmin; KeyAdmin refuses province 33 itself
-    "national":             (D, D, A, A, A, A),
-    "admin-99":             (D, D, D, A, D, D),
-    "unlisted-certificate": (D, D, D, A, D, D),
-    "wrong-api-key":        (U, U, U, A, U, U),
+    "api-key":              (A, A, A, D, A, A, A),
+    "issuance-certificate": (A, A, A, D, A, A, A),
+    "admin-33":             (D, D, D, A, A, A, A),
+    "admin-44":             (D, D, D, A, A, A, A),  # admitted to KeyAdmin; KeyAdmin refuses province 33 itself
+    "national":             (D, D, D, A, A, A, A),
+    "admin-99":             (D, D, D, D, A, D, D),
+    "unlisted-certificate": (D, D, D, D, A, D, D),
+    "wrong-api-key":        (U, U, U, U, A, U, U),
 }
 MATRIX = [(caller, service, EXPECTED[caller][i]) for caller in CALLERS for i, service in enumerate(SERVICES)]
 
@@ -124,7 +127,8 @@ def served(tmp_path_factory):
     key_admin = KeyAdminService(nation.admin, clock=lambda: nation.now + HOUR)
 
     async def start():
-        return await IssuerServer.start(options, index=index, codes=codes, key_admin=key_admin, on_close=store.close)
+        return await IssuerServer.start(options, index=index, codes=codes, key_admin=key_admin, on_close=store.close,
+                                        wallets=WalletIssuer(codes=codes))
 
     server = loop.run(start())
     s = Served(loop, server, pki, store, nation)
@@ -167,7 +171,7 @@ def _outcomes(served: Served, caller: str, service: str) -> list[tuple[str, grpc
         except grpc.RpcError as e:
             return [("ServerReflectionInfo", e.code(), e.details())]
         listed = {s.name for s in replies[0].list_services_response.service}
-        assert {RESIDENT_INDEX, HEALTH_CODES, KEY_ADMIN, HEALTH, REFLECTION_V1ALPHA, REFLECTION_V1} <= listed
+        assert {RESIDENT_INDEX, HEALTH_CODES, WALLETS, KEY_ADMIN, HEALTH, REFLECTION_V1ALPHA, REFLECTION_V1} <= listed
         return [("ServerReflectionInfo", grpc.StatusCode.OK, "")]
     return [(m.name, *_call_method(channel, service, m, metadata)) for m in DESCRIPTORS[service].methods]
 
@@ -199,6 +203,8 @@ def test_denied_messages_name_the_caller_its_role_and_who_the_service_is_for(ser
                                      "healthcode.issuer.v1.ResidentIndex is open to issuance clients only"),
         ("national:ops", HEALTH_CODES, "certificate 'national:ops' has the national role; "
                                        "healthcode.issuer.v1.HealthCodes is open to issuance clients only"),
+        ("admin:33", WALLETS, "certificate 'admin:33' has the admin role; "
+                              "healthcode.issuer.v1.Wallets is open to issuance clients only"),
         ("desk", KEY_ADMIN, "certificate 'desk' has the issuance role; healthcode.admin.v1.KeyAdmin is open to "
                             "admin:<province> certificates and national:<name> certificates only"),
         ("ops", RESIDENT_INDEX, "certificate 'ops' has no role (a CN must be admin:<province>, national:<name>, "

@@ -1,0 +1,165 @@
+"""Binding a resident's phone to a credential, for dynamic codes (issue 13; the ``Wallets`` API).
+
+An enrolment, step by step (marked in :meth:`WalletIssuer.issue_credential`):
+
+1. :meth:`WalletIssuer.create_challenge` hands out 32 random bytes, bound to
+   the caller (the app's back end) and the resident, usable once for
+   :data:`CHALLENGE_TTL`; they are stored, so a restart forgets none and a
+   used one stays used;
+2. the phone signs ``"EHC-ENROL-v1" 00 || challenge || SHA-256(its public
+   key)`` (:func:`healthcode.presentation.proof_of_possession_input`);
+3. :meth:`WalletIssuer.issue_credential` checks, in this order: an
+   idempotent retry (answered with the first credential, before the
+   challenge, which that credential used up); the resident; the challenge
+   (unknown, expired, used, or another resident's or caller's: field
+   ``challenge``); the key (a point on P-256: field ``device_key.public_key``);
+   the proof (field ``proof``; the challenge is then spent all the same, so a
+   challenge takes one guess);
+4. the credential (a code whose ``cnf`` names the key) is issued with the
+   challenge consumed, and the resident's previous live phone credential
+   superseded, in the same transaction: a challenge used meanwhile by a
+   concurrent request refuses the code, and nothing is stored.
+
+The :class:`~issuer.issuance.CodeIssuer` does the issuing (serials, signing,
+group commit, idempotency); this module adds the challenge and the key.
+Errors are :mod:`issuer.errors` types; nothing here logs an identifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+from typing import Callable, NamedTuple
+
+from healthcode.errors import BadDeviceSignature, InvalidKey
+from healthcode.model import to_epoch
+from healthcode.presentation import CHALLENGE_BYTES, holder_cnf, verify_proof_of_possession
+
+from .errors import FieldViolation, InvalidRequest, NotFound
+from .index import parse_main_index_id_field
+from .issuance import CodeIssuer, _check_caller, _check_key, _fingerprint
+from .model import Channel, IssuedCode
+from .store.base import ChallengeRecord, ChallengeRefused, ChallengeUse, DuplicateIdempotencyKey, Store
+
+__all__ = ["WalletIssuer", "CHALLENGE_TTL", "Challenge"]
+
+#: How long a challenge may be used.
+CHALLENGE_TTL = dt.timedelta(minutes=5)
+
+
+class Challenge(NamedTuple):
+    """A challenge handed out: its bytes, and when it stops being usable."""
+
+    value: bytes
+    expires_at: dt.datetime
+
+
+def _invalid(field: str, description: str, code: str) -> InvalidRequest:
+    return InvalidRequest([FieldViolation(field, description, code)])
+
+
+class WalletIssuer:
+    """Challenges, credentials bound to device keys, and a resident's live codes.
+
+    ``codes`` issues, and its store keeps the challenges; ``random_bytes``
+    makes challenges (tests may pass their own). Times are passed in.
+    """
+
+    def __init__(self, *, codes: CodeIssuer, random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> None:
+        self._store: Store = codes._store
+        self._codes = codes
+        self._random = random_bytes
+
+    async def create_challenge(self, *, caller: str, main_index_id: str, now: dt.datetime) -> Challenge:
+        """A new single-use challenge for the resident (:class:`~issuer.errors.NotFound`,
+        :class:`~issuer.errors.Conflict` for a merged one). Expires :data:`CHALLENGE_TTL` after ``now``
+        (whole seconds, as stored)."""
+        caller = _check_caller(caller)
+        mid = parse_main_index_id_field(main_index_id, "main_index_id")
+        await self._codes._require_active(mid)
+        value = self._random(CHALLENGE_BYTES)
+        if len(value) != CHALLENGE_BYTES:
+            raise ValueError("random_bytes returned the wrong length")
+        created = dt.datetime.fromtimestamp(to_epoch(now), dt.timezone.utc)
+        record = ChallengeRecord(value, mid, caller, created, created + CHALLENGE_TTL)
+        await asyncio.wrap_future(self._store.create_challenge(record))
+        return Challenge(value, record.expires_at)
+
+    async def issue_credential(
+        self,
+        *,
+        caller: str,
+        main_index_id: str,
+        challenge: bytes,
+        device_key: bytes,
+        proof: bytes,
+        idempotency_key: str | None,
+        now: dt.datetime,
+    ) -> IssuedCode:
+        """Issue a phone credential bound to ``device_key`` (SEC 1 P-256) after checking ``proof``.
+
+        See the module docstring for the checks and their order. Raises
+        :class:`~issuer.errors.InvalidRequest` (fields ``challenge``,
+        ``device_key.public_key``, ``proof``), :class:`~issuer.errors.NotFound`,
+        :class:`~issuer.errors.Conflict` (merged resident; idempotency key
+        reused with other parameters), :class:`~issuer.errors.NoSigningKey`,
+        :class:`~issuer.errors.Unavailable`.
+        """
+        caller = _check_caller(caller)
+        mid = parse_main_index_id_field(main_index_id, "main_index_id")
+        key = _check_key(idempotency_key)
+        challenge, device_key, proof = bytes(challenge), bytes(device_key), bytes(proof)
+        fingerprint = _fingerprint(b"credential", mid.encode(), device_key) if key is not None else None
+        codes = self._codes
+
+        async def work() -> IssuedCode:
+            # (3) a retry first: its challenge was used by the credential it is owed
+            if key is not None:
+                original = await codes._stored_original(caller, key, fingerprint)
+                if original is not None:
+                    return original
+            await codes._require_active(mid)
+            use = ChallengeUse(challenge, mid, caller)
+            self._check_challenge(await asyncio.to_thread(self._store.get_challenge, challenge), use, now)
+            try:
+                verify_proof_of_possession(device_key, challenge, proof)
+            except InvalidKey:
+                raise _invalid("device_key.public_key", "not a point on P-256", "curve") from None
+            except BadDeviceSignature:
+                await asyncio.wrap_future(self._store.consume_challenge(use, at=now))
+                raise _invalid("proof", "proof of possession does not verify with the device key "
+                                        "(the challenge is used up: ask for a new one)", "proof") from None
+            # (4) issue, consuming the challenge and superseding the last phone credential
+            try:
+                return await codes._issue_new(caller=caller, mid=mid, key=key, fingerprint=fingerprint, now=now,
+                                              channel=Channel.PHONE, holder_key=holder_cnf(device_key),
+                                              challenge=use)
+            except DuplicateIdempotencyKey:
+                original = await codes._stored_original(caller, key, fingerprint)
+                if original is None:
+                    raise
+                return original
+
+        return await codes._idempotent(caller, key, fingerprint, work)
+
+    @staticmethod
+    def _check_challenge(record: ChallengeRecord | None, use: ChallengeUse, now: dt.datetime) -> None:
+        """Refuse a challenge that cannot be used (the store checks again as it consumes it)."""
+        if record is None:
+            raise ChallengeRefused("challenge is unknown or expired; ask for a new one")
+        if record.main_index_id != use.main_index_id or record.caller != use.caller:
+            raise ChallengeRefused("challenge was not made for this resident and caller")
+        if record.used_at is not None:
+            raise ChallengeRefused("challenge was used already; ask for a new one")
+        if record.expires_at <= now:
+            raise ChallengeRefused("challenge has expired; ask for a new one")
+
+    async def list_live_codes(self, *, main_index_id: str, now: dt.datetime) -> list[IssuedCode]:
+        """The resident's live codes (unrevoked, unexpired at ``now``), newest first, with their channels."""
+        mid = parse_main_index_id_field(main_index_id, "main_index_id")
+        if await asyncio.to_thread(self._store.get_resident, mid) is None:
+            raise NotFound("resident not found")
+        records = await asyncio.to_thread(self._store.codes_of, mid)
+        live = [r.to_issued_code() for r in records if r.revoked_at is None and r.expires_at > now]
+        return live[::-1]

@@ -1,0 +1,188 @@
+"""The ``Wallets`` servicer (``proto/healthcode/issuer/v1/wallets.proto``): wire in, domain calls, wire out.
+
+It runs the steps of every RPC of :class:`issuer.service.IssuerService`
+(one clock reading, the deadline check, every field validated and answered
+together as INVALID_ARGUMENT with field violations, the domain call shielded,
+the one error table). What it validates before the domain:
+
+* the resident: ``main_index_id`` or ``document``, as ``IssueCode``;
+* ``challenge``: 32 bytes; ``proof``: 64 bytes (raw ``r || s``);
+* ``device_key``: ``algorithm`` ES256 (SM2 with SM3 is answered "not
+  supported yet" on ``device_key.algorithm``), ``public_key`` a SEC 1 P-256
+  point (65 bytes ``04 x y`` or 33 ``02/03 x``) on the curve.
+
+The domain then checks the challenge (used, expired, unknown, another
+resident's) and the proof, on the same fields. Nothing here logs an identifier.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any, Protocol
+
+from healthcode.algorithms import load_p256_point
+from healthcode.errors import InvalidKey
+from healthcode.presentation import CHALLENGE_BYTES
+
+from issuer.api import wallets_pb2, wallets_pb2_grpc
+from issuer.documents import Document
+from issuer.errors import Violations
+from issuer.model import Channel, IssuedCode
+from issuer.service import (
+    IssuerService,
+    _china_date,
+    _document,
+    _idempotency_key,
+    _issued_code_pb,
+    _main_index_id,
+    _set_timestamp,
+)
+
+if TYPE_CHECKING:
+    from issuer.wallets import Challenge
+
+__all__ = ["WalletsPort", "WalletsServicer", "SERVICE_NAME", "PROOF_BYTES"]
+
+SERVICE_NAME = wallets_pb2.DESCRIPTOR.services_by_name["Wallets"].full_name
+PROOF_BYTES = 64
+_CHANNELS = {Channel.PHONE: wallets_pb2.CHANNEL_PHONE, Channel.STATIC: wallets_pb2.CHANNEL_STATIC}
+
+
+class WalletsPort(Protocol):
+    """What the servicer needs of the domain (``issuer.wallets.WalletIssuer``)."""
+
+    async def create_challenge(self, *, caller: str, main_index_id: str, now: dt.datetime) -> "Challenge": ...
+
+    async def issue_credential(self, *, caller: str, main_index_id: str, challenge: bytes, device_key: bytes,
+                               proof: bytes, idempotency_key: str | None, now: dt.datetime) -> IssuedCode: ...
+
+    async def list_live_codes(self, *, main_index_id: str, now: dt.datetime) -> list[IssuedCode]: ...
+
+
+def _device_key(request: Any, out: Violations) -> bytes | None:
+    if not request.HasField("device_key"):
+        out.add("device_key", "device key is required", "required")
+        return None
+    key = request.device_key
+    ok = True
+    if key.algorithm == wallets_pb2.DEVICE_KEY_ALGORITHM_UNSPECIFIED:
+        out.add("device_key.algorithm", "device key algorithm is required", "required")
+        ok = False
+    elif key.algorithm == wallets_pb2.DEVICE_KEY_ALGORITHM_SM2_SM3:
+        out.add("device_key.algorithm", "SM2 device keys are not supported yet", "unsupported")
+        ok = False
+    elif key.algorithm != wallets_pb2.DEVICE_KEY_ALGORITHM_ES256:
+        out.add("device_key.algorithm", "unknown device key algorithm", "algorithm")
+        ok = False
+    point = bytes(key.public_key)
+    if not point:
+        out.add("device_key.public_key", "public key is required", "required")
+        return None
+    if not ((len(point) == 65 and point[0] == 4) or (len(point) == 33 and point[0] in (2, 3))):
+        out.add("device_key.public_key", "public key must be a SEC 1 P-256 point: 65 bytes (04 x y) or "
+                                         "33 bytes (02/03 x)", "format")
+        return None
+    if ok:  # the curve only matters for a P-256 key
+        try:
+            load_p256_point(point)
+        except InvalidKey:
+            out.add("device_key.public_key", "not a point on P-256", "curve")
+            return None
+    return point if ok else None
+
+
+def _fixed_bytes(value: bytes, size: int, path: str, what: str, out: Violations) -> bytes | None:
+    if not value:
+        out.add(path, f"{what} is required", "required")
+        return None
+    if len(value) != size:
+        out.add(path, f"{what} must be {size} bytes", "length")
+        return None
+    return bytes(value)
+
+
+class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
+    """``Wallets`` over :class:`WalletsPort`, through the steps of :class:`~issuer.service.IssuerService`."""
+
+    def __init__(self, service: IssuerService, wallets: WalletsPort) -> None:
+        self._s = service
+        self._w = wallets
+
+    @staticmethod
+    def _resident(request: Any, now: dt.datetime, out: Violations) -> tuple[str | None, Document | None]:
+        """The resident oneof, validated into ``out``: (main index ID, None) or (None, document)."""
+        which = request.WhichOneof("resident")
+        if which == "main_index_id":
+            return _main_index_id(request.main_index_id, "main_index_id", out), None
+        if which == "document":
+            return None, _document(request.document, True, "document", _china_date(now), out)
+        out.add("resident", "one of main_index_id or document is required", "required")
+        return None, None
+
+    async def _main_index_id(self, context: Any, mid: str | None, document: Document | None) -> str:
+        s = self._s
+        if document is not None:
+            return await s._domain(context, s._index.find_resident(document))
+        assert mid is not None
+        return mid
+
+    async def CreateChallenge(self, request, context):
+        s = self._s
+
+        async def impl(now: dt.datetime):
+            out = Violations()
+            mid, document = self._resident(request, now, out)
+            out.raise_if_any()
+            caller = s._caller()
+            mid = await self._main_index_id(context, mid, document)
+            challenge = await s._domain(context, self._w.create_challenge(caller=caller, main_index_id=mid, now=now))
+            response = wallets_pb2.CreateChallengeResponse(challenge=challenge.value)
+            _set_timestamp(response.expires_at, challenge.expires_at)
+            return response
+
+        return await s._serve(context, impl)
+
+    async def IssueCredential(self, request, context):
+        s = self._s
+
+        async def impl(now: dt.datetime):
+            out = Violations()
+            mid, document = self._resident(request, now, out)
+            challenge = _fixed_bytes(request.challenge, CHALLENGE_BYTES, "challenge", "challenge", out)
+            point = _device_key(request, out)
+            proof = _fixed_bytes(request.proof, PROOF_BYTES, "proof", "proof (raw r || s)", out)
+            key = _idempotency_key(request.idempotency_key, out)
+            out.raise_if_any()
+            caller = s._caller()
+            mid = await self._main_index_id(context, mid, document)
+            code = await s._domain(context, self._w.issue_credential(
+                caller=caller, main_index_id=mid, challenge=challenge, device_key=point, proof=proof,
+                idempotency_key=key, now=now))
+            response = wallets_pb2.IssueCredentialResponse()
+            _issued_code_pb(s._issued(code), now, response.credential)
+            return response
+
+        return await s._serve(context, impl)
+
+    async def ListLiveCodes(self, request, context):
+        s = self._s
+
+        async def impl(now: dt.datetime):
+            out = Violations()
+            mid, document = self._resident(request, now, out)
+            out.raise_if_any()
+            mid = await self._main_index_id(context, mid, document)
+            codes = await s._domain(context, self._w.list_live_codes(main_index_id=mid, now=now))
+            response = wallets_pb2.ListLiveCodesResponse()
+            for code in codes:
+                live = response.codes.add(channel=_CHANNELS[code.channel])
+                _issued_code_pb(code, now, live.code)
+            return response
+
+        return await s._serve(context, impl)
+
+
+def add_to_server(servicer: WalletsServicer, server: Any) -> str:
+    """Register ``servicer``; return the service's full name."""
+    wallets_pb2_grpc.add_WalletsServicer_to_server(servicer, server)
+    return SERVICE_NAME
