@@ -170,7 +170,8 @@ def trust_part(trust: "TrustAssessment", sync_error: str | None, warnings: tuple
     return part
 
 
-_KIND_PARTS = {(kind, check_id): f'"kind":{json.dumps(kind)},"step":null,"step_time":null,"check_id":{json.dumps(check_id)},'
+_KIND_PARTS = {(kind, check_id): (f'"kind":{json.dumps(kind)},"step":null,"step_time":null,'
+                                   f'"check_id":{json.dumps(check_id)},')
                for kind in (None, "static", "dynamic") for check_id in (False, True)}
 
 
