@@ -242,8 +242,9 @@ def status(wallet_dir: pathlib.Path, renew_below: float) -> None:
     if state.issuer is not None:
         click.echo(f"签发方 Issuer: {state.issuer.server}")
     if state.pending is not None:
-        click.echo(f"待完成 Pending: an {state.pending.operation} was sent without a stored answer; the next attempt "
-                   "reuses its idempotency key")
+        what = "an enrolment" if state.pending.operation == "enrol" else "a renewal"
+        click.echo(f"待完成 Pending: {what} was sent without a stored answer; the next attempt reuses its "
+                   "idempotency key (no second credential)")
     if state.last_failure is not None:
         failure = state.last_failure
         click.echo(f"上次失败 Last failure: {failure.reason} at {beijing(failure.at)}: {failure.detail}")
