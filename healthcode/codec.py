@@ -38,6 +38,7 @@ __all__ = [
     "encode_claims",
     "encode_code",
     "decode_unverified",
+    "canonical_bound_claims",
     "sig_structure",
 ]
 
@@ -381,6 +382,33 @@ def canonical_core_claims(payload: bytes) -> tuple[ProvinceCode, MainIndexId, in
         exp,
         int.from_bytes(cti, "big"),
     )
+
+
+def canonical_bound_claims(
+    payload: bytes,
+) -> tuple[tuple[ProvinceCode, MainIndexId, int, int, int], dict[Any, Any]] | None:
+    """A phone credential's claims in the exact layout issuers emit: the core claims and a P-256 ``cnf``.
+
+    ``{1: iss, 2: sub, 4: exp, 6: iat, 7: cti, 8: {1: {1: 2, -1: 1, -2: x, -3: sign}}}`` in
+    core deterministic encoding (the compressed key of
+    :func:`healthcode.presentation.holder_cnf`) is read at fixed offsets;
+    returns (core claims, cnf) or None for anything else, which then takes the
+    generic path with the same answer (a test checks they agree).
+    """
+    if len(payload) < 49 + 45 or payload[0] != 0xA6:
+        return None
+    cnf_at = len(payload) - 45
+    tail = payload[cnf_at:]
+    if tail[:11] != _BOUND_CNF_HEAD or tail[43] != 0x22 or tail[44] not in (0xF4, 0xF5):
+        return None
+    core = canonical_core_claims(b"\xa5" + payload[1:cnf_at])
+    if core is None:
+        return None
+    return core, {1: {1: 2, -1: 1, -2: tail[11:43], -3: tail[44] == 0xF5}}
+
+
+# 08 a1 01 a4 | 01 02 | 20 01 | 21 58 20 x(32) | 22 f4/f5
+_BOUND_CNF_HEAD = bytes.fromhex("08a101a40102200121 5820".replace(" ", ""))
 
 
 # a5 | 01 62 iss(2) | 02 78 1a sub(26) | 04 1a exp(4) | 06 1a iat(4) | 07 4n cti(n)

@@ -274,6 +274,12 @@ def decode_presentation_unverified(text: str) -> UnverifiedPresentation:
     three, the credential's tagged COSE_Sign1 (its own form checked too), a
     step in shortest form, a 64-byte signature, nothing after.
     """
+    parts, step, signature = _decode_presentation(text)
+    return UnverifiedPresentation(parts[5], step, signature)
+
+
+def _decode_presentation(text: str) -> tuple[tuple[int, bytes, bytes, bytes, bytes, bytes], int, bytes]:
+    """:func:`decode_presentation_unverified` with the credential already taken apart by the codec."""
     # (1) caps and prefix
     if type(text) is not str:
         raise MalformedCode("presentation must be text")
@@ -296,14 +302,14 @@ def decode_presentation_unverified(text: str) -> UnverifiedPresentation:
     cose = data[1 : 1 + _cose_length(data, 1)]
     if len(cose) > MAX_COSE_BYTES:
         raise MalformedCode(f"credential larger than {MAX_COSE_BYTES} bytes")
-    _decode_cose(cose)  # the credential's form (raises MalformedCode)
+    parts = _decode_cose(cose)  # the credential's form (raises MalformedCode)
     try:
         step = cbor.loads(data[1 + len(cose) : -66], max_depth=1, max_items=1)
     except cbor.CBORError as exc:
         raise MalformedCode(f"bad presentation step: {exc}") from None
     if type(step) is not int or step < 0:
         raise MalformedCode("presentation step must be an unsigned integer")
-    return UnverifiedPresentation(cose, step, signature)
+    return parts, step, signature
 
 
 def _cose_length(data: bytes, pos: int) -> int:
@@ -329,17 +335,21 @@ def verify_presentation(
     revocation: RevocationChecker | None = None,
     trust: TrustFreshness | None = None,
     clock_skew: _dt.timedelta = DEFAULT_PRESENTATION_SKEW,
+    issuer_clock_skew: _dt.timedelta | None = None,
 ) -> VerifiedPresentation:
     """Verify the dynamic presentation ``text`` at ``now``; raise on any failure.
 
     ``clock_skew`` is how far the phone's clock may differ from the terminal's
-    (either way); it also bounds how far in the future the credential's
-    ``iat`` may be. A presentation of step ``s`` is accepted while
+    (either way). A presentation of step ``s`` is accepted while
     ``step(now - skew) - 1 <= s <= step(now + skew)``: with the defaults, for
     60 to 90 s after it was made, and never before it could have been.
+    ``issuer_clock_skew`` bounds how far in the future the credential's ``iat``
+    may be, as ``clock_skew`` does for :func:`healthcode.verify` (default: the
+    same as ``clock_skew``).
     """
     # (1) form
-    credential_cose, step, signature = decode_presentation_unverified(text)
+    parts, step, signature = _decode_presentation(text)
+    credential_cose = parts[5]
     # (2) time step, before any signature
     now_s = to_epoch(now)
     skew_s = int(clock_skew.total_seconds())
@@ -349,7 +359,8 @@ def verify_presentation(
         raise FuturePresentation("presentation is from the future: check the phone's and this terminal's clocks")
     # (3) the credential, as a code
     credential = verify_credential(
-        _decode_cose(credential_cose), keyring, now=now, revocation=revocation, trust=trust, clock_skew=clock_skew
+        parts, keyring, now=now, revocation=revocation, trust=trust,
+        clock_skew=clock_skew if issuer_clock_skew is None else issuer_clock_skew,
     )
     # (4) the holder key the issuer bound into it
     holder_key = holder_key_from_cnf(credential.holder_key)
@@ -367,11 +378,13 @@ def check_presentation(
     revocation: RevocationChecker | None = None,
     trust: TrustFreshness | None = None,
     clock_skew: _dt.timedelta = DEFAULT_PRESENTATION_SKEW,
+    issuer_clock_skew: _dt.timedelta | None = None,
 ) -> PresentationResult:
     """Like :func:`verify_presentation`, but returns a :class:`PresentationResult` instead of raising."""
     try:
         presentation = verify_presentation(
-            text, keyring, now=now, revocation=revocation, trust=trust, clock_skew=clock_skew
+            text, keyring, now=now, revocation=revocation, trust=trust, clock_skew=clock_skew,
+            issuer_clock_skew=issuer_clock_skew,
         )
     except VerificationError as exc:
         return PresentationResult(None, exc.reason, exc.detail)

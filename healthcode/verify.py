@@ -38,6 +38,7 @@ from typing import Any, Mapping, Protocol
 from .codec import (
     RESERVED_CLAIM_KEYS,
     _decode_unverified,
+    canonical_bound_claims,
     canonical_core_claims,
     decode_claims,
     parse_core_claims,
@@ -119,13 +120,18 @@ def verify_credential(
     a presentation requires one.
     """
     alg_id, kid, payload, signed_bytes, signature, _ = parts
+    holder_key: dict[Any, Any] | None = None
+    status: int | None = None
+    claims: dict[Any, Any] | None = None  # None: exactly the core claims (and a P-256 cnf), no extra
     core = canonical_core_claims(payload)
     if core is None:
-        claims = decode_claims(payload)
-        core = parse_core_claims(claims)
-        holder_key, status = parse_optional_claims(claims)
-    else:
-        claims = None  # exactly the five core claims
+        bound = canonical_bound_claims(payload)  # a phone credential, in the layout issuers emit
+        if bound is not None:
+            core, holder_key = bound
+        else:
+            claims = decode_claims(payload)
+            core = parse_core_claims(claims)
+            holder_key, status = parse_optional_claims(claims)
     province, subject, iat, exp, serial = core
     now_s = to_epoch(now)
     # (2) trust freshness
@@ -163,7 +169,6 @@ def verify_credential(
     if revocation is not None and revocation.is_revoked(province, key.kid, serial):
         raise Revoked("code has been revoked")
     if claims is None:
-        holder_key = status = None
         extra = _EMPTY
     else:
         extra = MappingProxyType({k: v for k, v in claims.items() if k not in RESERVED_CLAIM_KEYS})

@@ -187,3 +187,10 @@ def test_proof_of_possession_binds_challenge_and_key():
         hp.verify_proof_of_possession(b"\x04" + bytes(64), challenge, proof)
     with pytest.raises(hc.InvalidClaims):
         hp.proof_of_possession_input(b"short", DEVICE.public_key())
+
+
+def test_the_issuer_clock_skew_is_separate_from_the_phone_clock_skew():
+    early = credential(issued_at=T0 + dt.timedelta(minutes=4), expires_at=T0 + 7 * DAY)
+    text = hp.encode_presentation(early, hp.step_at(T0), DEVICE)
+    assert hp.check_presentation(text, RING, now=T0).reason is Reason.NOT_YET_VALID
+    assert hp.check_presentation(text, RING, now=T0, issuer_clock_skew=dt.timedelta(minutes=5)).valid

@@ -333,3 +333,47 @@ def test_canonical_claims_fast_path_agrees_with_the_generic_decoder():
             elif generic(bytes(mutated)) != "malformed":
                 pass  # valid but not canonical (e.g. another province): the generic path serves it
     assert fast_hits > 1000  # the comparison above really exercised the fast path
+
+
+def test_bound_credential_fast_path_agrees_with_the_generic_decoder():
+    import random
+
+    from healthcode import cbor
+    from healthcode.codec import canonical_bound_claims, decode_claims, parse_core_claims, parse_optional_claims
+
+    def generic(payload):
+        try:
+            claims = decode_claims(payload)
+            core = parse_core_claims(claims)
+            cnf, status = parse_optional_claims(claims)
+        except hc.MalformedCode:
+            return "malformed"
+        if status is not None or set(claims) != {1, 2, 4, 6, 7, 8}:
+            return "other"
+        return core, cnf
+
+    rng = random.Random(4321)
+    seeds = []
+    for serial, odd in ((0, True), (1000, False), (2**64 - 1, True)):
+        cnf = {1: {1: 2, -1: 1, -2: bytes(range(32)), -3: odd}}
+        seeds.append(cbor.dumps({1: "33", 2: SUBJECT, 4: 1_800_000_000, 6: 1_790_000_000,
+                                 7: serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big"), 8: cnf}))
+    fast_hits = 0
+    for seed in seeds:
+        assert canonical_bound_claims(seed) == generic(seed)
+        for _ in range(3000):
+            mutated = bytearray(seed)
+            action = rng.randrange(4)
+            if action == 0:
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            elif action == 1:
+                mutated[rng.randrange(len(mutated))] ^= 1 << rng.randrange(8)
+            elif action == 2:
+                del mutated[rng.randrange(len(mutated)):]
+            else:
+                mutated += bytes([rng.randrange(256)])
+            fast = canonical_bound_claims(bytes(mutated))
+            if fast is not None:
+                fast_hits += 1
+                assert fast == generic(bytes(mutated)), mutated.hex()
+    assert fast_hits > 1000
