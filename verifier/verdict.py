@@ -123,7 +123,8 @@ class Judge:
                 and text.find(PREFIX, 5) < 0:
             try:
                 presentation = verify_presentation(text, keyring, now=now, revocation=revocation, trust=trust,
-                                                   clock_skew=self.presentation_skew)
+                                                   clock_skew=self.presentation_skew,
+                                                   issuer_clock_skew=max(self.clock_skew, self.presentation_skew))
             except VerificationError as exc:
                 return _new(Verdict, (None, exc.reason, exc.detail, DYNAMIC, None, False))
             credential, step = presentation

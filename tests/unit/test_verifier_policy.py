@@ -551,3 +551,29 @@ def test_times_in_messages_are_shown_in_beijing_time():
     text = "trust data frozen: timestamp metadata expired at 2026-11-22T20:30:00Z; since 2026-11-22T08:00:00.123Z"
     assert beijing_times(text) == ("trust data frozen: timestamp metadata expired at "
                                    "2026-11-23 04:30:00 北京时间 (CST); since 2026-11-22 16:00:00 北京时间 (CST)")
+
+
+def test_a_live_code_gets_the_terminals_issuer_clock_tolerance():
+    """A credential issued by a clock 4 minutes ahead: refused with the phone's 30 s alone, accepted
+    with the terminal's 5-minute tolerance for issuers (as static codes are)."""
+    import datetime as dt
+
+    from healthcode import presentation as hp
+    from healthcode.algorithms import generate_signing_key
+    from verifier.verdict import Judge
+
+    now = dt.datetime(2026, 12, 7, 4, 0, tzinfo=dt.timezone.utc)
+    issuer = hc.SoftwareSigner(generate_signing_key())
+    device = generate_signing_key()
+    ring = hc.Keyring([hc.TrustedKey(kid=issuer.kid, province="33", public_key=issuer.public_key(),
+                                     use_from=now - dt.timedelta(days=1), use_until=now + dt.timedelta(days=1),
+                                     verify_until=now + dt.timedelta(days=30))])
+    credential = hc.sign_code(hc.CodeClaims(
+        province="33", subject=hc.main_index_id_from_bytes(bytes(16)), serial=1,
+        issued_at=now + dt.timedelta(minutes=4), expires_at=now + dt.timedelta(days=7),
+        holder_key=hp.holder_cnf(device.public_key().spki_der()[-65:])), issuer)
+    text = hp.encode_presentation(credential, hp.step_at(now), device)
+    strict = Judge(clock_skew=dt.timedelta(0))
+    tolerant = Judge(clock_skew=dt.timedelta(minutes=5))
+    assert strict(text, None, ring, None, None, now).reason is hc.Reason.NOT_YET_VALID
+    assert tolerant(text, None, ring, None, None, now).valid
