@@ -55,9 +55,8 @@ from issuer.auth import NATIONAL_CN, PROVINCE_ADMIN_CN
 from issuer.errors import Conflict, FieldViolation, InvalidRequest, IssuerError, NotFound, Unavailable, Violations
 from issuer.service import ERROR_DOMAIN, status_code_for
 from keys.ceremony import Outcome, ProvinceKeyAdmin
-from keys.errors import KeyManagementError, KeyNotFound, KeyReason
+from keys.errors import KeyManagementError, KeyNotFound, KeyReason, TrustRepoError
 from keys.lifecycle import KeyState, ManagedKey, PlanReason
-from keys.trustrepo import TrustRepoError
 
 __all__ = ["KeyAdminService", "CallerRole", "authorize", "role_of", "READ_METHODS", "NATIONAL_METHODS",
            "open_key_admin"]

@@ -505,9 +505,9 @@ def open_revocation_job(
     repository, signers, online = None, [], None
     if config.revocation_push_mode == "repository":
         from keys.ceremony import open_repository
-        from keys.errors import KeyManagementError
+        from keys.errors import KeyManagementError, TrustRepoError
         from keys.signers import RoleKeyFile, load_role_signer, role_key_names
-        from keys.trustrepo import TrustRepoError, province_role
+        from keys.trustrepo import province_role
 
         try:
             names = role_key_names(config.tuf_keys)

@@ -143,11 +143,10 @@ def _guarded(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from keys.errors import KeyManagementError
-        from keys.trustrepo import TrustRepoError
 
         try:
             return func(*args, **kwargs)
-        except (KeyManagementError, TrustRepoError) as exc:
+        except KeyManagementError as exc:
             raise _fail(exc) from None
         except ValueError as exc:  # open_keystore's configuration errors
             raise click.ClickException(str(exc)) from None
@@ -556,18 +555,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``healthcode-keys`` script: every failure is one ``Error:`` line.
 
     Expected (exit 1, no traceback): the package's refusals (``KeyManagementError``,
-    ``TrustRepoError``), a repository whose metadata is broken (tuf's ``RepositoryError``)
-    and the host's (``OSError``: a file that cannot be read or written, a secret with
-    a wide mode). The CLI speaks no gRPC. Anything else is a bug and keeps its traceback.
+    the repository's ``TrustRepoError`` among them: ``Error: <reason>: <detail>``), a
+    repository whose metadata is broken (tuf's ``RepositoryError``) and the host's
+    (``OSError``: a file that cannot be read or written, a secret with a wide mode).
+    The CLI speaks no gRPC. Anything else is a bug and keeps its traceback.
     """
     from tuf.api.exceptions import RepositoryError
 
     from keys.errors import KeyManagementError
-    from keys.trustrepo import TrustRepoError
     from shellkit.cli import run_click
 
     return run_click(cli, argv, prog_name="healthcode-keys",
-                     expected=(KeyManagementError, TrustRepoError, RepositoryError, OSError))
+                     expected=(KeyManagementError, RepositoryError, OSError))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ Every operation takes ``now`` (no clock is read here), takes secrets as
 parameters (a :data:`Passphrases` callback, an open keystore), and returns an
 :class:`Outcome` that says what it changed: files written, versions, kids,
 and warnings. Refusals are :class:`~keys.errors.KeyManagementError` (the key
-lifecycle, keystores, role key files) or :class:`~keys.trustrepo.TrustRepoError`
-(the repository); nothing is written when one is raised, except where a
+lifecycle, keystores, role key files; :class:`~keys.errors.TrustRepoError` for
+the repository); nothing is written when one is raised, except where a
 docstring says so.
 
 **Where things live.** National (:class:`NationalKeys`)::
@@ -52,7 +52,7 @@ from healthcode.keylist import InvalidKeyList, KeyList, parse_key_list
 from healthcode.model import parse_province
 from shellkit.times import beijing, human_duration
 
-from .errors import InvalidKeySet, KeyNotFound, NoActiveKey, PolicyViolation
+from .errors import InvalidKeySet, KeyNotFound, NoActiveKey, PolicyViolation, TrustRepoError
 from .keystore.base import Keystore
 from .lifecycle import (
     KeyState,
@@ -66,7 +66,7 @@ from .lifecycle import (
     save_key_set,
 )
 from .signers import RoleKeyFile, generate_role_key, load_role_signer, read_public_key, role_key_names
-from .trustrepo import KEY_LIST_NAME, Change, RepoConfig, TrustRepoError, TrustRepository, province_role
+from .trustrepo import KEY_LIST_NAME, Change, RepoConfig, TrustRepository, province_role
 
 __all__ = [
     "Outcome",

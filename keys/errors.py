@@ -13,7 +13,8 @@ Grouped by cause:
   ``unsupported_algorithm``;
 * the backend failed: ``keystore_io`` (files), ``hsm_error`` (PKCS#11);
 * the lifecycle refuses: ``policy_violation``, ``invalid_key_set``;
-* signing is not possible now: ``no_active_key``, ``code_cap_reached``.
+* signing is not possible now: ``no_active_key``, ``code_cap_reached``;
+* the national trust repository refuses (nothing written): ``trust_repository``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidKeySet",
     "NoActiveKey",
     "CodeCapReached",
+    "TrustRepoError",
 ]
 
 
@@ -51,6 +53,7 @@ class KeyReason(str, enum.Enum):
     INVALID_KEY_SET = "invalid_key_set"
     NO_ACTIVE_KEY = "no_active_key"
     CODE_CAP_REACHED = "code_cap_reached"
+    TRUST_REPOSITORY = "trust_repository"
 
     def __str__(self) -> str:
         return self.value
@@ -111,3 +114,9 @@ class NoActiveKey(KeyManagementError):
 
 class CodeCapReached(KeyManagementError):
     reason = KeyReason.CODE_CAP_REACHED
+
+
+class TrustRepoError(KeyManagementError):
+    """An operation on the trust repository was refused; nothing was written."""
+
+    reason = KeyReason.TRUST_REPOSITORY

@@ -68,12 +68,12 @@ from tuf.api.metadata import (
 from healthcode.errors import InvalidClaims
 from healthcode.keylist import InvalidKeyList, KeyList, parse_key_list
 from healthcode.model import parse_province
+from keys.errors import TrustRepoError
 from keys.keystore.files import write_file_atomically
 
 __all__ = [
     "RepoConfig",
     "Change",
-    "TrustRepoError",
     "TrustRepository",
     "province_role",
     "province_target_path",
@@ -121,10 +121,6 @@ class Change:
         lines += [f"  wrote {path}" for path in self.written]
         lines += [f"  warning: {text}" for text in self.warnings]
         return "\n".join(lines)
-
-
-class TrustRepoError(Exception):
-    """An operation on the trust repository was refused; nothing was written."""
 
 
 def province_role(code: str) -> str:

@@ -26,7 +26,8 @@ from tuf.api.metadata import Metadata, MetaFile, Snapshot, TargetFile, Targets, 
 import healthcode as hc
 from healthcode import Algorithm, CompromisePolicy, KeyStatus, Reason, TrustedKey
 from healthcode.keylist import KeyList, parse_key_list
-from keys.trustrepo import Change, RepoConfig, TrustRepoError, TrustRepository
+from keys.errors import TrustRepoError
+from keys.trustrepo import Change, RepoConfig, TrustRepository
 from verifier.trustsync import (
     DirectoryFetcher,
     MirrorUnavailable,
