@@ -17,6 +17,7 @@ passphrase (file keystore) or the token's user PIN (PKCS#11) from
 from __future__ import annotations
 
 import datetime as dt
+import os
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -188,10 +189,26 @@ def show(wallet_dir: pathlib.Path, secret_file: pathlib.Path, once: bool, no_ren
             text = wallet.present(now)
             return text, status_lines(now, wallet.credential().expires_at, note)
 
+        _warn_if_small(wallet.present(_now()))
         try:
             show_live(frame, sys.stdout, clock=_now, sleep=time.sleep, frames=1 if once else None)
         except KeyboardInterrupt:
             click.echo("\x1b[0m")
+
+
+def _warn_if_small(text: str) -> None:
+    """One line on stderr when the terminal cannot hold the whole frame (it could not be scanned, nor redrawn)."""
+    from wallet.display import terminal_qr
+
+    lines = terminal_qr(text, colour=False)
+    need_columns, need_rows = len(lines[0]), len(lines) + 4
+    try:
+        size = os.get_terminal_size(sys.stdout.fileno())  # the terminal itself, not $COLUMNS/$LINES
+    except (OSError, ValueError):  # not a terminal: nothing to say
+        return
+    if 0 < size.columns < need_columns or 0 < size.lines < need_rows:
+        click.echo(f"Warning: the terminal is {size.columns}x{size.lines}; the live code needs at least "
+                   f"{need_columns}x{need_rows}: enlarge it or use a smaller font", err=True)
 
 
 @cli.command()

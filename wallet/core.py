@@ -227,8 +227,11 @@ class Wallet:
         if state.issuer is None or not policy.due(credential, now, state.last_failure):
             return RenewalOutcome(False, credential)
         try:
-            with connect(state.issuer) as client:
+            client = connect(state.issuer)
+            try:
                 return RenewalOutcome(True, self.renew(client, now=now))
+            finally:
+                client.close()
         except WalletError as exc:
             return RenewalOutcome(False, credential, exc)
         except OSError as exc:  # the CA or credentials files named in the state are gone

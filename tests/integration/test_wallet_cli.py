@@ -9,12 +9,15 @@ pty's bytes, drawn as pixels and decoded by pyzbar, then verified by the core.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import io
 import os
 import re
 import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -69,9 +72,11 @@ def enrolled(tmp_path):
     return directory, secret
 
 
-def run_on_pty(argv: list[str], timeout: float = 60) -> tuple[int, bytes, str]:
-    """Run ``argv`` with stdin and stdout on a fresh pty; return (exit code, pty bytes, stderr)."""
+def run_on_pty(argv: list[str], timeout: float = 60, size: tuple[int, int] | None = None) -> tuple[int, bytes, str]:
+    """Run ``argv`` with stdin and stdout on a fresh pty (``size``: columns, rows); return (exit, pty bytes, stderr)."""
     master, slave = os.openpty()
+    if size is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
     try:
         process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=subprocess.PIPE)
     finally:
@@ -115,8 +120,9 @@ def qr_from_terminal(text: str) -> list[str]:
 def test_show_once_draws_a_live_code_that_verifies(enrolled):
     directory, secret = enrolled
     code, output, stderr = run_on_pty(wallet_cmd("show", "--once", "--no-renew", "--wallet", str(directory),
-                                                 "--secret-file", str(secret)))
+                                                 "--secret-file", str(secret)), size=(100, 50))
     assert code == 0, stderr
+    assert stderr == ""
     screen = output.decode("utf-8")
     assert "\x1b[30;107m" in screen and "Traceback" not in stderr
     assert "动态健康码 Live health code" in screen and "北京时间 (CST)" in screen
@@ -124,6 +130,14 @@ def test_show_once_draws_a_live_code_that_verifies(enrolled):
     assert len(texts) == 1 and texts[0].startswith("EHCD:")
     verified = hp.verify_presentation(texts[0], RING, now=dt.datetime.now(UTC))
     assert verified.credential.serial == 41
+
+
+def test_show_warns_when_the_terminal_is_too_small_for_the_code(enrolled):
+    directory, secret = enrolled
+    code, _, stderr = run_on_pty(wallet_cmd("show", "--once", "--no-renew", "--wallet", str(directory),
+                                            "--secret-file", str(secret)), size=(80, 24))
+    assert code == 0
+    assert stderr.startswith("Warning: the terminal is 80x24; the live code needs at least 73x41")
 
 
 def test_png_writes_an_owner_only_image_of_the_live_code(enrolled, tmp_path):

@@ -257,11 +257,8 @@ class ScriptedClient:
             raise answer
         return type("Issued", (), {"code_text": answer})()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
+    def close(self):
+        pass
 
 
 def test_a_lost_renewal_answer_is_retried_with_the_same_idempotency_key(enrolled):
