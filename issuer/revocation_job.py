@@ -51,9 +51,7 @@ shard until the key's ``verify_until`` passes.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import logging
 import os
@@ -61,7 +59,7 @@ import pathlib
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from healthcode.revocation import read_header, shard_directory
 
@@ -107,17 +105,6 @@ class PushResult:
     published: str | None  # the snapshot/timestamp summary, when this push published
     unlisted: tuple[str, ...] = ()  # deltas written where the mirror serves them by name
     unlisted_removed: tuple[str, ...] = ()
-
-
-@contextlib.contextmanager
-def _repo_lock(directory: pathlib.Path) -> Iterator[None]:
-    # The same advisory lock as keys.ceremony._repo_lock: <repo>/.lock.
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _local_files(directory: pathlib.Path, province: str) -> tuple[dict[str, bytes], dict[str, int], dict[str, bytes]]:
@@ -192,7 +179,7 @@ def push_directory(
     directory = pathlib.Path(directory)
     prefix = f"provinces/{province}/"
     local, seqs, serve = _local_files(directory, province)
-    with _repo_lock(repository.directory):
+    with repository.lock():  # <repo>/.lock, held by every writer of the repository (keys.trustrepo)
         role = repository.province_targets(province)
         listed = {} if role is None else {
             path: info for path, info in role.targets.items() if path.startswith(prefix + "revocation/")

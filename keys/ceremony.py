@@ -26,7 +26,7 @@ A directory of role keys is a *holder* (one person or host, one passphrase);
 
 **Concurrency.** Changes to a key set run under an exclusive ``flock`` on
 ``key-set.json.lock`` (:func:`keys.lifecycle.key_set_lock`); changes to the
-repository under one on ``<repo>/.lock`` (the CLI, a serving issuer's KeyAdmin,
+repository under one on ``<repo>/.lock`` (:meth:`TrustRepository.lock`; the CLI, a serving issuer's KeyAdmin,
 and the issuer's write-back of its codes-signed counts may touch the same
 files). Files are replaced atomically, so readers (the issuer's rotating signer,
 mirrors) see the old or the new file.
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import os
 import pathlib
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from healthcode import Algorithm, CompromisePolicy, TrustedKey
 from healthcode.errors import InvalidClaims
 from healthcode.keylist import InvalidKeyList, KeyList, parse_key_list
 from healthcode.model import parse_province
-from shellkit.times import beijing, human_duration
+from shellkit.times import beijing, human_duration, iso_utc
 
 from .errors import InvalidKeySet, KeyNotFound, NoActiveKey, PolicyViolation, TrustRepoError
 from .keystore.base import Keystore
@@ -135,10 +134,6 @@ class Outcome:
                        self.warnings + tuple(other.warnings), **merged)
 
 
-def _iso(moment: _dt.datetime) -> str:
-    return moment.astimezone(_UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _aware(now: _dt.datetime) -> _dt.datetime:
     if not isinstance(now, _dt.datetime) or now.tzinfo is None:
         raise PolicyViolation("now must be a timezone-aware datetime")
@@ -202,26 +197,6 @@ class ProvinceHome:
     @property
     def tuf_dir(self) -> pathlib.Path:
         return self.directory / f"tuf-{self.code}"
-
-
-# --------------------------------------------------------------------------- locks
-
-
-@contextlib.contextmanager
-def _flock(path: pathlib.Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if missing) for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _repo_lock(repo: TrustRepository | pathlib.Path):
-    directory = repo.directory if isinstance(repo, TrustRepository) else pathlib.Path(repo)
-    return _flock(directory / ".lock")
 
 
 # --------------------------------------------------------------------------- national: root and online roles
@@ -332,13 +307,13 @@ def open_repository(
 
 def publish(repo: TrustRepository, *, now: _dt.datetime, force: bool = False) -> Outcome:
     """Snapshot (if anything changed) and timestamp: makes written offline metadata visible."""
-    with _repo_lock(repo):
+    with repo.lock():
         return _in_repo(repo, repo.publish(now=_aware(now), force=force))
 
 
 def refresh_timestamp(repo: TrustRepository, *, now: _dt.datetime) -> Outcome:
     """A new timestamp over the published snapshot (at least daily; hourly by cron)."""
-    with _repo_lock(repo):
+    with repo.lock():
         return _in_repo(repo, repo.refresh_timestamp(now=_aware(now)))
 
 
@@ -396,7 +371,7 @@ def rotate_root(
     count = len({s.public_key.keyid for s in new_signers})
     threshold = threshold or current.roles["root"].threshold
     check_root_threshold(threshold, count)
-    with _repo_lock(repo):
+    with repo.lock():
         change = repo.rotate_root(old_root_signers=old_signers, new_root_signers=new_signers, threshold=threshold,
                                   now=now)
     written += [str(repo.directory / path) for path in change.written]
@@ -458,7 +433,7 @@ def add_province(
         count = tuf_keys
     if type(tuf_threshold) is not int or not 1 <= tuf_threshold <= count:
         raise PolicyViolation(f"province threshold {tuf_threshold} must be between 1 and its {count} keys")
-    with _repo_lock(repo):
+    with repo.lock():
         change = repo.add_province(code, keys, tuf_threshold, targets_signers=targets_signers, now=now,
                                    province_signers=signers)
     written += [str(repo.directory / path) for path in change.written]
@@ -525,7 +500,8 @@ class KeyInfo:
 def _describe(key: ManagedKey) -> str:
     return (f"key {key.kid.hex()} ({key.algorithm.value}"
             + (f", {key.handle.backend} keystore, label {key.handle.label!r}" if key.handle else "")
-            + f"): signs {_iso(key.use_from)} .. {_iso(key.use_until)}, verifies until {_iso(key.verify_until)}")
+            + f"): signs {iso_utc(key.use_from)} .. {iso_utc(key.use_until)}, "
+              f"verifies until {iso_utc(key.verify_until)}")
 
 
 @dataclass
@@ -663,7 +639,7 @@ class ProvinceKeyAdmin:
         for other in new.keys:
             if other.kid != key.kid and other.use_until == key.use_from and other.use_until != box[0].find(
                     other.kid).use_until:
-                warnings.append(f"key {other.kid.hex()} now stops signing at {_iso(other.use_until)}")
+                warnings.append(f"key {other.kid.hex()} now stops signing at {iso_utc(other.use_until)}")
         warnings.append(_publish_by(self.province, key, policy.lead_time, now))
         summary = f"{_describe(key)}{note}; pre-published in key set revision {new.revision}"
         return Outcome(summary, (str(self.key_set_path),), tuple(warnings), key=key, key_set=new)
@@ -675,7 +651,7 @@ class ProvinceKeyAdmin:
         ``since`` (all of them with ``reject_all``) are rejected once verifiers have the published list."""
         now, since = _aware(now), _aware(since)
         if since > now:
-            raise PolicyViolation(f"a compromise cannot start in the future ({_iso(since)} is after {_iso(now)})")
+            raise PolicyViolation(f"a compromise cannot start in the future ({iso_utc(since)} is after {iso_utc(now)})")
         policy = CompromisePolicy.REJECT_ALL if reject_all else CompromisePolicy.REJECT_FROM_COMPROMISE
         with self._changing() as box:
             kid = resolve_kid(box[0], kid)
@@ -687,8 +663,8 @@ class ProvinceKeyAdmin:
         if _signing_key(new, now) is None:
             warnings.append("no key signs now: issuance stops until a new key is generated "
                             f"(`healthcode-keys province key generate {self.province}`)")
-        what = "all its codes" if reject_all else f"codes signed at or after {_iso(since)}"
-        return Outcome(f"key {kid.hex()} marked compromised since {_iso(since)}: {what} will be rejected; "
+        what = "all its codes" if reject_all else f"codes signed at or after {iso_utc(since)}"
+        return Outcome(f"key {kid.hex()} marked compromised since {iso_utc(since)}: {what} will be rejected; "
                        f"key set revision {new.revision}", (str(self.key_set_path),), tuple(warnings),
                        key=key, key_set=new)
 
@@ -706,12 +682,12 @@ class ProvinceKeyAdmin:
                                key=lambda k: k.use_from, default=None)
                 raise PolicyViolation(
                     f"retiring key {kid.hex()} leaves no key signing now"
-                    + (f" (the next one signs from {_iso(upcoming.use_from)})" if upcoming else "")
+                    + (f" (the next one signs from {iso_utc(upcoming.use_from)})" if upcoming else "")
                     + ": issuance would stop; generate a successor first, or force it")
             box.append(new)
         key = new.find(kid)
-        return Outcome(f"key {kid.hex()} retired at {_iso(key.use_until)}: verifies its codes until "
-                       f"{_iso(key.verify_until)}; key set revision {new.revision}", (str(self.key_set_path),),
+        return Outcome(f"key {kid.hex()} retired at {iso_utc(key.use_until)}: verifies its codes until "
+                       f"{iso_utc(key.verify_until)}; key set revision {new.revision}", (str(self.key_set_path),),
                        (f"publish it: `healthcode-keys province publish {self.province}`",), key=key, key_set=new)
 
     def expire(self, *, now: _dt.datetime, destroy: bool = False) -> Outcome:
@@ -724,7 +700,7 @@ class ProvinceKeyAdmin:
         if not due:
             return Outcome(f"no key of province {self.province} is past its verify_until", key_set=box[0])
         new = box[1]
-        lines = [f"dropped key {k.kid.hex()} (verified until {_iso(k.verify_until)})" for k in due]
+        lines = [f"dropped key {k.kid.hex()} (verified until {iso_utc(k.verify_until)})" for k in due]
         warnings = []
         if destroy:
             if self.keystore is None:
@@ -757,7 +733,7 @@ class ProvinceKeyAdmin:
         warnings = []
         if _signing_key(key_set, now) is None:
             warnings.append(f"no key of province {self.province} signs now")
-        with _repo_lock(self.repo):
+        with self.repo.lock():
             previous = published_key_list(self.repo, self.province)
             serial = 1 if previous is None else previous.serial + 1
             key_list = KeyList(province=self.province, serial=serial, keys=trusted)
@@ -840,11 +816,11 @@ class RepoStatus:
     warnings: tuple[str, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"directory": self.directory, "now": _iso(self.now), "roles": self.roles,
+        return {"directory": self.directory, "now": iso_utc(self.now), "roles": self.roles,
                 "provinces": self.provinces, "warnings": list(self.warnings)}
 
     def lines(self) -> list[str]:
-        out = [f"trust repository {self.directory} at {_iso(self.now)}"]
+        out = [f"trust repository {self.directory} at {iso_utc(self.now)}"]
         for name, role in self.roles.items():
             keys = f"  {role['threshold']} of {role['keys']} keys" if "threshold" in role else ""
             unpublished = (f"  (v{role['newest_version']} written, not yet published)"
@@ -900,13 +876,13 @@ def repository_status(repo: TrustRepository, *, now: _dt.datetime) -> RepoStatus
         ("snapshot", snapshot, {}),
         ("timestamp", timestamp, {}),
     ):
-        entry: dict[str, Any] = {"version": signed.version, "expires": _iso(signed.expires),
+        entry: dict[str, Any] = {"version": signed.version, "expires": iso_utc(signed.expires),
                                  "expires_in": _left(signed.expires, now), **extra}
         if name in root.roles:
             entry.update(threshold=root.roles[name].threshold, keys=len(root.roles[name].keyids))
         roles[name] = entry
         if signed.expires <= now:
-            warnings.append(f"{name} v{signed.version} EXPIRED at {_iso(signed.expires)}: verifiers see a freeze")
+            warnings.append(f"{name} v{signed.version} EXPIRED at {iso_utc(signed.expires)}: verifiers see a freeze")
     if timestamp.expires - now < _dt.timedelta(hours=6) and timestamp.expires > now:
         warnings.append("timestamp expires within 6 hours: run `healthcode-keys timestamp refresh`")
     provinces: dict[str, dict[str, Any]] = {}
@@ -917,16 +893,16 @@ def repository_status(repo: TrustRepository, *, now: _dt.datetime) -> RepoStatus
         meta = snapshot.meta.get(f"{role_name}.json")
         if meta is not None:
             md = Metadata[Targets].from_bytes((metadata / f"{meta.version}.{role_name}.json").read_bytes()).signed
-            info.update(role_version=meta.version, expires=_iso(md.expires))
+            info.update(role_version=meta.version, expires=iso_utc(md.expires))
             path = f"provinces/{code}/{KEY_LIST_NAME}"
             if path in md.targets:
                 key_list = parse_key_list(repo.target_bytes(path, md), province=code)
                 info["serial"] = key_list.serial
                 info["key_list"] = [
                     {"kid": k.kid.hex(), "algorithm": k.public_key.algorithm.value, "state": _trusted_state(k, now),
-                     "use_from": _iso(k.use_from), "use_until": _iso(k.use_until),
-                     "verify_until": _iso(k.verify_until),
-                     "compromised_since": _iso(k.compromised_since) if k.compromised_since else None}
+                     "use_from": iso_utc(k.use_from), "use_until": iso_utc(k.use_until),
+                     "verify_until": iso_utc(k.verify_until),
+                     "compromised_since": iso_utc(k.compromised_since) if k.compromised_since else None}
                     for k in key_list.keys]
             if md.expires <= now:
                 warnings.append(f"{role_name} v{meta.version} EXPIRED: the province must re-publish")

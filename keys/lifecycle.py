@@ -63,6 +63,7 @@ from typing import Any, Callable, Iterable, Mapping
 from healthcode import CompromisePolicy, KeyStatus, TrustedKey, VerificationKey, load_public_key_der
 from healthcode.errors import HealthCodeError, InvalidClaims
 from healthcode.model import from_epoch, parse_province, to_epoch
+from shellkit.files import file_lock, write_file_atomically
 
 from .errors import (
     CodeCapReached,
@@ -73,9 +74,6 @@ from .errors import (
     PolicyViolation,
 )
 from .keystore.base import KeyHandle, Keystore, KeystoreSigner
-from .keystore.files import write_file_atomically
-
-from shellkit.files import file_lock
 
 __all__ = [
     "KeyState",

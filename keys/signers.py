@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from securesystemslib.signer import CryptoSigner, Key, Signature, Signer, SSlibKey
 
 from healthcode import Algorithm
+from shellkit.files import write_file_atomically
 
 from .errors import (
     KeyFileCorrupt,
@@ -64,7 +65,6 @@ from .keystore.files import (
     ScryptParams,
     decrypt_private_key_info,
     encrypt_private_key_info,
-    write_file_atomically,
 )
 
 __all__ = [

@@ -43,6 +43,7 @@ Ed25519 or ECDSA keys in tests; file or HSM signers from the key stores).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import os
@@ -69,7 +70,8 @@ from healthcode.errors import InvalidClaims
 from healthcode.keylist import InvalidKeyList, KeyList, parse_key_list
 from healthcode.model import parse_province
 from keys.errors import TrustRepoError
-from keys.keystore.files import write_file_atomically
+from shellkit.files import file_lock, write_file_atomically
+from shellkit.times import iso_utc
 
 __all__ = [
     "RepoConfig",
@@ -166,6 +168,13 @@ class TrustRepository:
         self._timestamp_signers = tuple(timestamp_signers)
         if not (self._metadata / "1.root.json").is_file():
             raise TrustRepoError(f"{self.directory} is not a trust repository (no metadata/1.root.json)")
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The exclusive advisory lock on ``<repo>/.lock`` that every writer of this repository
+        holds for its whole change (the ceremonies, KeyAdmin, the issuer's revocation push).
+        Readers need none: files are written atomically and never rewritten, but for
+        ``timestamp.json``, which is replaced atomically."""
+        return file_lock(self.directory / ".lock")
 
     # ------------------------------------------------------------------ creation
 
@@ -456,7 +465,7 @@ class TrustRepository:
         written.append(self._store_metadata(role, md))
         what = "; ".join(notes + [f"removed {p}" for p in removed]) or "re-signed"
         return Change(
-            f"{role} v{md.signed.version}: {what}; expires {_iso(md.signed.expires)}; "
+            f"{role} v{md.signed.version}: {what}; expires {iso_utc(md.signed.expires)}; "
             "publish() makes it visible",
             tuple(written),
         )
@@ -565,7 +574,7 @@ class TrustRepository:
         written.append("metadata/timestamp.json")
         return Change(
             f"{snapshot_text}, timestamp v{timestamp.signed.version} "
-            f"(expires {_iso(timestamp.signed.expires)})",
+            f"(expires {iso_utc(timestamp.signed.expires)})",
             tuple(written),
             self._warnings(now, snapshot.signed),
         )
@@ -583,12 +592,12 @@ class TrustRepository:
         warnings = ()
         if snapshot.signed.expires < timestamp.signed.expires:
             warnings = (
-                f"snapshot v{snapshot.signed.version} expires {_iso(snapshot.signed.expires)}, "
+                f"snapshot v{snapshot.signed.version} expires {iso_utc(snapshot.signed.expires)}, "
                 "before this timestamp: run publish()",
             )
         return Change(
             f"timestamp v{timestamp.signed.version} over snapshot v{snapshot.signed.version} "
-            f"(expires {_iso(timestamp.signed.expires)})",
+            f"(expires {iso_utc(timestamp.signed.expires)})",
             ("metadata/timestamp.json",),
             warnings,
         )
@@ -799,11 +808,11 @@ class TrustRepository:
         horizon = now + self.config.snapshot_expiry
         root = self.root()
         if root.expires < now + 30 * _DAY:
-            warnings.append(f"root v{root.version} expires {_iso(root.expires)}: rotate the root")
+            warnings.append(f"root v{root.version} expires {iso_utc(root.expires)}: rotate the root")
         national_version = snapshot.meta["targets.json"].version
         national = Metadata[Targets].from_bytes(self._read(f"{national_version}.targets.json")).signed
         if national.expires < horizon:
-            warnings.append(f"targets v{national.version} expires {_iso(national.expires)}")
+            warnings.append(f"targets v{national.version} expires {iso_utc(national.expires)}")
         roles = national.delegations.roles if national.delegations and national.delegations.roles else {}
         for role in roles:
             info = snapshot.meta.get(f"{role}.json")
@@ -817,7 +826,7 @@ class TrustRepository:
             except UnsignedMetadataError as exc:
                 warnings.append(f"{role} v{info.version} does not verify with its current keys: {exc}")
             if md.signed.expires < horizon:
-                warnings.append(f"{role} v{info.version} expires {_iso(md.signed.expires)}: re-sign it")
+                warnings.append(f"{role} v{info.version} expires {iso_utc(md.signed.expires)}: re-sign it")
         return tuple(warnings)
 
 
@@ -835,10 +844,6 @@ def _utc(now: _dt.datetime) -> _dt.datetime:
     if not isinstance(now, _dt.datetime) or now.tzinfo is None:
         raise TrustRepoError("now must be a timezone-aware datetime")
     return now.astimezone(_UTC)
-
-
-def _iso(moment: _dt.datetime) -> str:
-    return moment.astimezone(_UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _unique(signers: Iterable[Signer]) -> list[Signer]:

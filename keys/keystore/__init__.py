@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from .base import KeyHandle, Keystore, KeystoreSigner
-from .files import FileKeystore, ScryptParams, write_file_atomically
+from .files import FileKeystore, ScryptParams
 from .pkcs11 import Pkcs11Keystore
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
     "ScryptParams",
     "Pkcs11Keystore",
     "open_keystore",
-    "write_file_atomically",
     "KEYSTORE_KINDS",
 ]
 

@@ -1,8 +1,8 @@
 """Keys in passphrase-encrypted PKCS#8 files: the default keystore.
 
 Layout: one directory (created 0700), two files per key, both written
-atomically (temp file in the same directory, ``fsync``, ``os.replace``) with
-mode 0600::
+atomically (:func:`shellkit.files.write_file_atomically`: temp file in the same
+directory, ``fsync``, ``os.replace``, directory ``fsync``) with mode 0600::
 
     <kid hex>.pem    -----BEGIN ENCRYPTED PRIVATE KEY----- (PKCS#8, RFC 5958)
     <kid hex>.json   {"format": "healthcode-key", "version": 1, "kid", "algorithm",
@@ -48,7 +48,6 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -60,6 +59,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 import healthcode
 from healthcode import Algorithm, SigningKey, VerificationKey, load_public_key_der, signing_key_from_private_bytes
 from healthcode.errors import HealthCodeError
+from shellkit.files import fsync_directory, write_file_atomically
 
 from ..errors import (
     KeyFileCorrupt,
@@ -77,7 +77,6 @@ __all__ = [
     "ScryptParams",
     "encrypt_private_key_info",
     "decrypt_private_key_info",
-    "write_file_atomically",
     "MIN_PASSPHRASE_BYTES",
 ]
 
@@ -91,46 +90,6 @@ _PEM_END = "-----END ENCRYPTED PRIVATE KEY-----"
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-# --------------------------------------------------------------------------- atomic files
-
-
-def write_file_atomically(path: os.PathLike | str, data: bytes, *, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a mix.
-
-    Temp file in the same directory (created 0600 by ``mkstemp``, then set to
-    ``mode``), ``fsync``, ``os.replace``, then ``fsync`` of the directory.
-    """
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: pathlib.Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- minimal DER
@@ -574,7 +533,7 @@ class FileKeystore(Keystore):
             key_path.unlink(missing_ok=True)
         except OSError as e:
             raise KeystoreIOError(f"cannot delete key {handle.kid.hex()}: {e.strerror}") from None
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     # -- reading
 

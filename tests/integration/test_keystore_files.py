@@ -39,10 +39,10 @@ from issuer.issuance import CodeIssuer
 from issuer.privacy import IdentifierVault
 from issuer.store import SQLiteStore
 from keys.errors import InvalidKeySet, KeyFileCorrupt, KeyNotFound, KeyReason, WrongPassphrase
-from keys.keystore import FileKeystore, KeyHandle, ScryptParams, open_keystore, write_file_atomically
+from keys.keystore import FileKeystore, KeyHandle, ScryptParams, open_keystore
 from keys.keystore.files import decrypt_private_key_info
 from keys.lifecycle import ProvinceKeySet, RotatingSigner, RotationPolicy, load_key_set, save_key_set
-from shellkit.files import open_private
+from shellkit.files import open_private, write_file_atomically
 
 UTC = dt.timezone.utc
 T = dt.datetime(2026, 11, 22, 8, 0, tzinfo=UTC)  # a rotation instant
