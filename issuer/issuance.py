@@ -339,10 +339,11 @@ class CodeIssuer:
         channel: Channel = Channel.STATIC,
         holder_key: dict[int, Any] | None = None,
         challenge: ChallengeUse | None = None,
+        replace_live: bool = False,
     ) -> IssuedCode:
-        """Steps (2) to (6). The new code replaces the resident's live code of ``channel`` in its
-        transaction (one live code per resident per channel); ``holder_key`` is its ``cnf``;
-        ``challenge`` is consumed in the same transaction (:mod:`issuer.wallets`)."""
+        """Steps (2) to (6). With ``replace_live`` the new code supersedes the resident's live codes of
+        ``channel`` in its transaction (one live code per resident per channel); ``holder_key`` is its
+        ``cnf``; ``challenge`` is consumed in the same transaction (:mod:`issuer.wallets`)."""
         # (1) is checked by the callers, before anything is allocated.
         # (2) the signer for this moment
         signer = self._signer(now)
@@ -360,7 +361,8 @@ class CodeIssuer:
             record = CodeRecord(
                 self.province, kid, serial, mid, issued_at, expires_at, text, caller, key, fingerprint, channel=channel
             )
-            future = self._store.submit_code(record, supersedes=supersedes, replace_channel=True, challenge=challenge)
+            future = self._store.submit_code(record, supersedes=supersedes, replace_channel=replace_live,
+                                              challenge=challenge)
         except BaseException:
             allocator.release(serial)
             raise
@@ -390,12 +392,15 @@ class CodeIssuer:
         main_index_id: str,
         idempotency_key: str | None,
         now: dt.datetime,
+        replace_live: bool = False,
     ) -> IssuedCode:
         """Issue a static code to an unmerged resident; return it once durably stored.
 
-        It supersedes the resident's live static code in the same transaction
-        (one live code per resident per channel); an idempotent retry returns
-        the first code and supersedes nothing more.
+        With ``replace_live`` (what the API's IssueCode asks for) it supersedes
+        the resident's live static codes in the same transaction (one live code
+        per resident per channel); an idempotent retry returns the first code
+        and supersedes nothing more. Without it (library callers, tests that
+        need many live codes), earlier codes stay live.
 
         Raises :class:`~issuer.errors.InvalidRequest` (bad ID or key),
         :class:`~issuer.errors.NotFound` (no such resident),
@@ -418,7 +423,8 @@ class CodeIssuer:
                         return original
                 raise
             try:
-                return await self._issue_new(caller=caller, mid=mid, key=key, fingerprint=fingerprint, now=now)
+                return await self._issue_new(caller=caller, mid=mid, key=key, fingerprint=fingerprint, now=now,
+                                             replace_live=replace_live)
             except DuplicateIdempotencyKey:  # committed before (e.g. before a restart): the original
                 original = await self._stored_original(caller, key, fingerprint)
                 if original is None:

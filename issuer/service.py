@@ -103,7 +103,8 @@ class CodeIssuerPort(Protocol):
     """What the servicer needs of issuance (``issuer.issuance.CodeIssuer``)."""
 
     async def issue_code(
-        self, *, caller: str, main_index_id: str, idempotency_key: str | None, now: dt.datetime
+        self, *, caller: str, main_index_id: str, idempotency_key: str | None, now: dt.datetime,
+        replace_live: bool = False,
     ) -> IssuedCode: ...
 
     # ``text``: the request named the code by its text, whose fields are unverified; the
@@ -610,7 +611,8 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
                 main_index_id = await s._domain(context, s._index.find_resident(document))
             code = await s._domain(
                 context,
-                s._codes.issue_code(caller=caller, main_index_id=main_index_id, idempotency_key=key, now=now),
+                s._codes.issue_code(caller=caller, main_index_id=main_index_id, idempotency_key=key, now=now,
+                                    replace_live=True),  # one live static code per resident (issue 13)
                 cancel_safe=True,
             )
             response = health_codes_pb2.IssueCodeResponse()

@@ -134,7 +134,7 @@ class WalletIssuer:
             try:
                 return await codes._issue_new(caller=caller, mid=mid, key=key, fingerprint=fingerprint, now=now,
                                               channel=Channel.PHONE, holder_key=holder_cnf(device_key),
-                                              challenge=use)
+                                              challenge=use, replace_live=True)
             except DuplicateIdempotencyKey:
                 original = await codes._stored_original(caller, key, fingerprint)
                 if original is None:

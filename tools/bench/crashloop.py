@@ -507,7 +507,10 @@ async def check_after_restart(
         except grpc.aio.AioRpcError:
             mismatched.append(ack)
             return
-        if reply.code.code_text != ack.text or reply.code.state != common_pb2.CODE_STATE_VALID:
+        # VALID, or superseded by the resident's next static code (one live code per channel, issue 13)
+        superseded = (reply.code.state == common_pb2.CODE_STATE_REVOKED
+                      and reply.code.revocation_reason == common_pb2.REVOCATION_REASON_SUPERSEDED)
+        if reply.code.code_text != ack.text or not (reply.code.state == common_pb2.CODE_STATE_VALID or superseded):
             mismatched.append(ack)
 
     await _bounded(list(distinct.values()), status, concurrency)
