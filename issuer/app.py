@@ -861,7 +861,7 @@ def build_domain(
     from issuer.issuance import CodeIssuer
     from issuer.privacy import IdentifierVault
     from issuer.store import open_store
-    from keys.lifecycle import RotatingSigner
+    from keys.rotating_signer import RotatingSigner
 
     store = open_store(config.database)
     try:
@@ -898,7 +898,7 @@ def open_rotating_signer(config: IssuerConfig, secret: bytes | None) -> tuple[An
     (``secret``: the file keystore's passphrase or the token's PIN); returns it and the keystore's close."""
     from keys.errors import KeyManagementError
     from keys.keystore import open_keystore
-    from keys.lifecycle import RotatingSigner
+    from keys.rotating_signer import RotatingSigner
 
     try:
         keystore = open_keystore(config.keystore, secret=secret, directory=config.keystore_dir,

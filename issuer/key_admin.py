@@ -56,7 +56,8 @@ from issuer.errors import Conflict, FieldViolation, InvalidRequest, IssuerError,
 from issuer.service import ERROR_DOMAIN, status_code_for
 from keys.ceremony import Outcome, ProvinceKeyAdmin
 from keys.errors import KeyManagementError, KeyNotFound, KeyReason, TrustRepoError
-from keys.lifecycle import KeyState, ManagedKey, PlanReason
+from keys.lifecycle import PlanReason
+from keys.managed_key import KeyState, ManagedKey
 
 __all__ = ["KeyAdminService", "CallerRole", "authorize", "role_of", "READ_METHODS", "NATIONAL_METHODS",
            "open_key_admin"]

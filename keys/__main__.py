@@ -205,7 +205,7 @@ def _open_keystore(home, keystore: str, keystore_dir, pkcs11_module, pkcs11_toke
 
 
 def _policy(usage_days: float | None, lead_days: float | None, max_codes: int | None, validity_days: float | None):
-    from keys.lifecycle import RotationPolicy
+    from keys.managed_key import RotationPolicy
 
     values: dict[str, Any] = {}
     if usage_days is not None:
@@ -398,7 +398,7 @@ def _key_add(state: _State, code, home, algorithm, use_from, label, rotate: bool
     place = _home(code, home)
     keystore = _open_keystore(place, **keystore_options)
     try:
-        from keys.lifecycle import RotationPolicy
+        from keys.managed_key import RotationPolicy
 
         # a province that made its own TUF keys (province add --tuf-public-key) starts its key set here
         admin = _admin(state, place, keystore=keystore, policy=RotationPolicy())

@@ -25,7 +25,7 @@ A directory of role keys is a *holder* (one person or host, one passphrase);
 :data:`Passphrases` is asked per holder.
 
 **Concurrency.** Changes to a key set run under an exclusive ``flock`` on
-``key-set.json.lock`` (:func:`keys.lifecycle.key_set_lock`); changes to the
+``key-set.json.lock`` (:func:`keys.key_set_file.key_set_lock`); changes to the
 repository under one on ``<repo>/.lock`` (:meth:`TrustRepository.lock`; the CLI, a serving issuer's KeyAdmin,
 and the issuer's write-back of its codes-signed counts may touch the same
 files). Files are replaced atomically, so readers (the issuer's rotating signer,
@@ -53,17 +53,9 @@ from shellkit.times import beijing, human_duration, iso_utc
 
 from .errors import InvalidKeySet, KeyNotFound, NoActiveKey, PolicyViolation, TrustRepoError
 from .keystore.base import Keystore
-from .lifecycle import (
-    KeyState,
-    ManagedKey,
-    PlanReason,
-    ProvinceKeySet,
-    RotationPlan,
-    RotationPolicy,
-    key_set_lock,
-    load_key_set,
-    save_key_set,
-)
+from .key_set_file import key_set_lock, load_key_set, save_key_set
+from .lifecycle import PlanReason, ProvinceKeySet, RotationPlan
+from .managed_key import KeyState, ManagedKey, RotationPolicy
 from .signers import RoleKeyFile, generate_role_key, load_role_signer, read_public_key, role_key_names
 from .trustrepo import KEY_LIST_NAME, Change, RepoConfig, TrustRepository, province_role
 

@@ -43,15 +43,10 @@ from issuer.documents import make_resident_id
 from keys import ceremony
 from keys.__main__ import cli
 from keys.keystore import FileKeystore, ScryptParams
-from keys.lifecycle import (
-    PlanReason,
-    ProvinceKeySet,
-    RotatingSigner,
-    RotationPolicy,
-    key_set_lock,
-    load_key_set,
-    save_key_set,
-)
+from keys.key_set_file import key_set_lock, load_key_set, save_key_set
+from keys.lifecycle import PlanReason, ProvinceKeySet
+from keys.managed_key import RotationPolicy
+from keys.rotating_signer import RotatingSigner
 from shellkit.files import open_private
 
 UTC = dt.timezone.utc

@@ -36,7 +36,7 @@ from issuer.service import ServiceSettings
 from issuer.tls import DevPki
 from keys import ceremony
 from keys.keystore import FileKeystore
-from keys.lifecycle import load_key_set
+from keys.key_set_file import load_key_set
 from shellkit.files import write_file_atomically
 from verifier.trustsync import TrustSync
 

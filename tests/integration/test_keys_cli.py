@@ -32,7 +32,8 @@ import healthcode as hc
 from healthcode import Algorithm, Reason
 from keys.__main__ import cli
 from keys.keystore import FileKeystore
-from keys.lifecycle import KeyState, load_key_set
+from keys.key_set_file import load_key_set
+from keys.managed_key import KeyState
 from verifier.trustsync import TrustSync
 
 UTC = dt.timezone.utc

@@ -41,7 +41,10 @@ from issuer.store import SQLiteStore
 from keys.errors import InvalidKeySet, KeyFileCorrupt, KeyNotFound, KeyReason, WrongPassphrase
 from keys.keystore import FileKeystore, KeyHandle, ScryptParams, open_keystore
 from keys.keystore.files import decrypt_private_key_info
-from keys.lifecycle import ProvinceKeySet, RotatingSigner, RotationPolicy, load_key_set, save_key_set
+from keys.key_set_file import load_key_set, save_key_set
+from keys.lifecycle import ProvinceKeySet
+from keys.managed_key import RotationPolicy
+from keys.rotating_signer import RotatingSigner
 from shellkit.files import open_private, write_file_atomically
 
 UTC = dt.timezone.utc

@@ -32,7 +32,8 @@ import healthcode as hc  # noqa: E402
 from healthcode import Algorithm, Keyring  # noqa: E402
 from keys.errors import HsmError, KeyNotFound, KeyReason, UnsupportedKeyAlgorithm, WrongPin  # noqa: E402
 from keys.keystore import KeyHandle, Pkcs11Keystore  # noqa: E402
-from keys.lifecycle import ProvinceKeySet, RotatingSigner  # noqa: E402
+from keys.lifecycle import ProvinceKeySet  # noqa: E402
+from keys.rotating_signer import RotatingSigner  # noqa: E402
 
 SOFTHSM_UTIL = shutil.which("softhsm2-util")
 MODULE_CANDIDATES = ["/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",

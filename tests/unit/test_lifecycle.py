@@ -32,14 +32,9 @@ from keys.errors import (
 )
 from keys.keystore.base import KeyHandle, Keystore
 from keys.keystore.files import FileKeySigner
-from keys.lifecycle import (
-    KeyState,
-    ManagedKey,
-    PlanReason,
-    ProvinceKeySet,
-    RotatingSigner,
-    RotationPolicy,
-)
+from keys.lifecycle import PlanReason, ProvinceKeySet
+from keys.managed_key import KeyState, ManagedKey, RotationPolicy
+from keys.rotating_signer import RotatingSigner
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 1, 1, tzinfo=UTC)
