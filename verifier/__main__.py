@@ -34,10 +34,9 @@ from .config import (
     SyncConfig,
     VerifierConfig,
 )
+from .errors import NoTrustData, TrustError, VerifierError
 from .trust import (
     DevBundleSource,
-    NoTrustData,
-    TrustError,
     TrustSource,
     TufTrustSource,
     assess,
@@ -448,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     import sqlite3
 
     return run_click(cli, argv, prog_name="healthcode-verifier",
-                     expected=(TrustError, OSError, sqlite3.Error),
+                     expected=(VerifierError, OSError, sqlite3.Error),
                      on_error=lambda exc: EXIT_ERROR)
 
 

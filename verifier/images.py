@@ -47,6 +47,8 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from pyzbar.pyzbar import ZBarSymbol
 from pyzbar.pyzbar import decode as zbar_decode
 
+from .errors import VerifierError
+
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
@@ -73,12 +75,16 @@ _UPSCALE_BELOW = 480
 _MAX_UPSCALE = 8
 
 
-class ImageDecodeError(ValueError):
-    """The input is not a PNG/JPEG image that can be read."""
+class ImageDecodeError(VerifierError, ValueError):
+    """The input is not a PNG/JPEG image that can be read (a ``ValueError`` too, as before)."""
+
+    reason = "image_unreadable"
 
 
 class ImageTooLarge(ImageDecodeError):
     """The input breaks ``max_bytes`` or ``max_pixels``; refused before decoding."""
+
+    reason = "image_too_large"
 
 
 def decode_image(

@@ -57,7 +57,6 @@ codes are cut off through the key list (``KeyStatus.COMPROMISED``).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -80,8 +79,9 @@ from healthcode.revocation import (
     snapshot_target,
 )
 
-from .trustsync import SyncError, TrustDataError, _atomic_write
-from .trustsync import verify_province_role as _verify_role
+from .errors import SyncError, TrustDataError
+from .objects import ObjectStore, sha256_hex
+from .tuf_verify import verify_province_role as _verify_role
 
 __all__ = [
     "RevocationStore",
@@ -232,10 +232,6 @@ def _records_from_bytes(data: bytes) -> dict[Shard, _Record]:
         raise TrustDataError(f"revocation state file is corrupt: {exc}") from None
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _live(keyring: Keyring, now: _dt.datetime) -> set[Shard]:
     """The shards whose key still verifies something at ``now`` (as ``RevocationSet.drop_expired``)."""
     now_s = to_epoch(now)
@@ -285,7 +281,7 @@ def _follow_unlisted(base: RevocationState, seq: int, want: str, fetch: Callable
         return None, b"", (f"the deltas from seq {base.seq} end at seq {state.seq}, before the listed {seq} "
                            "(missing, or heavier than the snapshot)")
     data = state.to_snapshot()
-    if _sha256(data) != want:
+    if sha256_hex(data) != want:
         return None, b"", f"delta refused: the deltas to seq {state.seq} do not hash to the listed snapshot"
     return state, data, None
 
@@ -293,7 +289,7 @@ def _follow_unlisted(base: RevocationState, seq: int, want: str, fetch: Callable
 def verify_province_role(national: Targets, snapshot: Snapshot, code: str, role_bytes: bytes) -> Targets:
     """A province role's metadata, verified for its revocation files.
 
-    :func:`verifier.trustsync.verify_province_role` (the one check the key
+    :func:`verifier.tuf_verify.verify_province_role` (the one check the key
     lists use too), probed with the province's revocation targets; the kept
     role may be older than ``snapshot`` (a province kept at its last good state).
     """
@@ -310,8 +306,7 @@ class RevocationStore:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        self._objects = self.directory / "objects"
-        self._state_path = self.directory / "state.json"
+        self._store = ObjectStore(self.directory, what="revocation")
 
     # ------------------------------------------------------------------ sync
 
@@ -391,7 +386,7 @@ class RevocationStore:
             logger.warning("revocation shard %s/%s kept at seq %s: %s", province, kid.hex(), held_seq, detail)
             return result(KEPT if held is not None else MISSING, held, detail=detail)
 
-        if held is not None and not self._intact(held.snapshot):  # damaged on disk: fetch afresh
+        if held is not None and not self._store.intact(held.snapshot):  # damaged on disk: fetch afresh
             logger.warning("revocation shard %s/%s: cached snapshot damaged, refetching", province, kid.hex())
             if role is None:
                 return keep("cached snapshot damaged; province did not verify in this refresh")
@@ -399,7 +394,7 @@ class RevocationStore:
         if role is None:
             return keep(f"province {province} did not verify in this refresh")
         role_bytes, targets = role
-        role_id = _sha256(role_bytes)
+        role_id = sha256_hex(role_bytes)
         # (1) the snapshot the province lists now
         snapshot_path = snapshot_target(province, kid)
         try:
@@ -445,7 +440,7 @@ class RevocationStore:
         # (4) the snapshot
         try:
             data = tally(fetch(snapshot_path))  # length and SHA-256 checked by TUF against `want`
-            if _sha256(data) != want:
+            if sha256_hex(data) != want:
                 raise TrustDataError(f"{snapshot_path} does not match its listed hash")
             state = RevocationState.from_snapshot(data, province=province, kid=kid)
             if held is not None:
@@ -466,7 +461,7 @@ class RevocationStore:
     def _held_state(self, shard: Shard, held: _Record | None) -> RevocationState:
         if held is None:
             return RevocationState(*shard)
-        state = RevocationState.from_snapshot(self._get_object(held.snapshot), province=shard[0], kid=shard[1])
+        state = RevocationState.from_snapshot(self._store.get(held.snapshot), province=shard[0], kid=shard[1])
         if state.seq != held.seq:
             raise TrustDataError("cached snapshot disagrees with its record")
         return state
@@ -495,7 +490,7 @@ class RevocationStore:
                 role = roles.get(rec.role)
                 if role is None:
                     try:
-                        role = verify_province_role(national, snapshot, province, self._get_object(rec.role))
+                        role = verify_province_role(national, snapshot, province, self._store.get(rec.role))
                     except TrustDataError as exc:
                         role = exc
                     roles[rec.role] = role
@@ -504,7 +499,7 @@ class RevocationStore:
                 listed = _listed_sha256(role, snapshot_target(province, kid))
                 if listed is None or listed[0] != rec.snapshot:
                     raise TrustDataError("the kept province role does not list this snapshot")
-                state = RevocationState.from_snapshot(self._get_object(rec.snapshot), province=province, kid=kid)
+                state = RevocationState.from_snapshot(self._store.get(rec.snapshot), province=province, kid=kid)
                 if state.seq != rec.seq:
                     raise TrustDataError("cached snapshot disagrees with its record")
             except (TrustDataError, RevocationDataError) as exc:
@@ -520,45 +515,12 @@ class RevocationStore:
     # ------------------------------------------------------------------ disk
 
     def _read_records(self) -> dict[Shard, _Record]:
-        try:
-            data = self._state_path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise SyncError(f"cannot read the revocation state: {exc}") from None
-        return _records_from_bytes(data)
-
-    def _intact(self, object_id: str) -> bool:
-        try:
-            self._get_object(object_id)
-        except TrustDataError:
-            return False
-        return True
-
-    def _get_object(self, object_id: str) -> bytes:
-        try:
-            data = (self._objects / object_id).read_bytes()
-        except OSError as exc:
-            raise TrustDataError(f"cached revocation object {object_id[:16]} is missing: {exc}") from None
-        if _sha256(data) != object_id:
-            raise TrustDataError(f"cached revocation object {object_id[:16]} is corrupt")
-        return data
+        data = self._store.read_state()
+        return _records_from_bytes(data) if data is not None else {}
 
     def _commit(self, records: Mapping[Shard, _Record], blobs: Mapping[str, bytes]) -> None:
         """Objects first, then ``state.json`` (the commit point), then unreferenced objects go."""
-        self._objects.mkdir(parents=True, exist_ok=True)
-        for object_id, data in blobs.items():
-            path = self._objects / object_id
-            if not path.exists() or _sha256(path.read_bytes()) != object_id:  # absent, or damaged on disk
-                _atomic_write(path, data)
-        _atomic_write(self._state_path, _records_to_bytes(records))
-        keep = _referenced(records.values())
-        for entry in os.scandir(self._objects):
-            if entry.name not in keep:
-                try:
-                    os.unlink(entry.path)
-                except OSError:  # pragma: no cover - a leftover is harmless
-                    pass
+        self._store.commit(_records_to_bytes(records), blobs, keep=_referenced(records.values()))
 
 
 def _referenced(records: Iterable[_Record]) -> set[str]:

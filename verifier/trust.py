@@ -49,7 +49,6 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -57,8 +56,10 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import healthcode as hc
+from shellkit.files import write_file_atomically
 
 from .config import FreshnessPolicy
+from .errors import NoTrustData, SyncFailed, TrustDataRejected, TrustError
 
 __all__ = [
     "Freshness",
@@ -196,22 +197,8 @@ def assess(
 
 
 # --- the seam ------------------------------------------------------------------------------
-
-
-class TrustError(Exception):
-    """Root of the trust-data errors of the verifier."""
-
-
-class SyncFailed(TrustError):
-    """The mirror could not be reached or read (transport); the cached data stays in force."""
-
-
-class TrustDataRejected(TrustError):
-    """What the mirror or the cache holds is bad: unverifiable, rolled back, expired, corrupt."""
-
-
-class NoTrustData(TrustError):
-    """Nothing verified is cached yet: a first sync is needed."""
+# Its errors (TrustError: SyncFailed, TrustDataRejected, NoTrustData) are in verifier.errors,
+# under the package's root VerifierError, and re-exported here.
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,12 +453,9 @@ def _parse_dev_bundle(raw: bytes) -> tuple[int, hc.Keyring, SetRevocation, dict[
 
 
 def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+    """Replace ``path`` atomically (owner-only, fsynced, no temp file left behind on failure)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
+    write_file_atomically(path, data)
 
 
 class DevBundleSource:
