@@ -32,7 +32,7 @@ from .trust import Freshness, TrustAssessment, format_age, format_age_zh
 from .verdict import DYNAMIC, STATIC, TerminalReason
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .runtime import Outcome
+    from .outcome import Outcome
 
 __all__ = ["REASON_TEXT", "KIND_TEXT", "CHECK_ID_TEXT", "PROVINCE_EN", "Display", "banner", "describe", "detail_zh", "beijing_times"]
 

@@ -45,7 +45,7 @@ from shellkit.files import open_private
 from .audit import iso_utc
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .runtime import Outcome
+    from .outcome import Outcome
     from .trust import TrustAssessment
 
 __all__ = ["SCHEMA_ID", "result_record", "encode", "encode_result", "ValidLines", "source_part", "trust_part",

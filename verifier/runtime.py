@@ -55,15 +55,14 @@ import datetime as _dt
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import healthcode as hc
-from healthcode import Reason, VerifiedCode
 from healthcode.presentation import STEP_SECONDS, ReplayCache
 
 from .audit import AuditLog, iso_utc
 from .config import FreshnessPolicy, VerifierConfig
 from .display import Display
+from .outcome import Outcome
 from .output import Sink, ValidLines, encode_result, kind_part, source_part, trust_part
 from .scan import ByteStream, FolderSource, Scan, ScanBatch, read_stream
 from .trust import (
@@ -77,7 +76,7 @@ from .trust import (
     format_age_zh,
     sync_failure,
 )
-from .verdict import STATIC, Judge, StaticCodes, TerminalReason, Verdict, unverified_identity
+from .verdict import STATIC, Judge, StaticCodes, Verdict, unverified_identity
 
 __all__ = ["Outcome", "verify_scan", "unverified_identity", "Runtime"]
 
@@ -85,36 +84,6 @@ _EMPTY_KEYRING = hc.Keyring()
 _new_entry = tuple.__new__  # a named tuple from a full tuple, without its Python-level __new__ (per scan)
 _REFUSING = (Freshness.STALE, Freshness.MISSING)
 _QUEUE_BATCHES = 16  # batches (one per input chunk, <= 64 KiB): readers wait beyond that
-
-
-class Outcome(NamedTuple):
-    """The result of one scan, as everything downstream sees it (immutable; one per scan)."""
-
-    seq: int
-    source: str
-    ended_by: str
-    #: verified claims: of a valid code, or of one the terminal refused after verifying it
-    #: (``replayed``, ``static_code_refused``)
-    code: VerifiedCode | None
-    reason: Reason | TerminalReason | None
-    detail: str
-    trust: TrustAssessment
-    sync_error: str | None = None
-    text: str | None = None  # the scanned text; reaches the audit log only inside its replay window
-    #: (province, kid, serial) read from a refused code whose form is sound: NOT verified
-    claimed: tuple[str, bytes, int] | None = None
-    #: warnings attached to the trust data in force (e.g. revocation not available)
-    trust_warnings: tuple[str, ...] = ()
-    #: "dynamic" (a phone's live code, EHCD:), "static" (EHC1:), None (not one of our codes)
-    kind: str | None = None
-    #: a live code's time step (floor(unix time / 30)), whether valid or refused after verification
-    step: int | None = None
-    #: valid, and the operator must check the holder's identity document (policy ``check-id``)
-    check_id: bool = False
-
-    @property
-    def valid(self) -> bool:
-        return self.reason is None and self.code is not None
 
 
 def judge_for(config: VerifierConfig, *, replay: bool) -> Judge:

@@ -577,3 +577,43 @@ def test_a_live_code_gets_the_terminals_issuer_clock_tolerance():
     tolerant = Judge(clock_skew=dt.timedelta(minutes=5))
     assert strict(text, None, ring, None, None, now).reason is hc.Reason.NOT_YET_VALID
     assert tolerant(text, None, ring, None, None, now).valid
+
+
+# --- files the trust sources write ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "writer"),
+    [
+        ("the development bundle and its state (verifier.trust)", "trust"),
+        ("the trust and revocation objects and state (verifier.objects)", "objects"),
+    ],
+)
+def test_a_failed_trust_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch, name, writer):
+    """A write that fails (disk full, the rename refused) keeps the old file and leaves nothing
+    behind; a successful one is owner-only. (verifier/trust.py used to leave its temp file.)"""
+    from verifier import trust
+    from verifier.objects import ObjectStore
+
+    store = ObjectStore(tmp_path, what="trust")
+    target = tmp_path / "state.json"
+    target.write_bytes(b"old")
+
+    def write(data: bytes) -> None:
+        if writer == "trust":
+            trust._write_atomic(target, data)
+        else:
+            store.commit(data, {})
+
+    def refuse(*_args):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", refuse)
+        with pytest.raises(OSError, match="No space left"):
+            write(b"new")
+    assert target.read_bytes() == b"old", name
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["state.json"], name
+    write(b"new")
+    assert target.read_bytes() == b"new", name
+    assert os.stat(target).st_mode & 0o777 == 0o600, name
