@@ -54,10 +54,11 @@ from issuer.api import key_admin_pb2, key_admin_pb2_grpc
 from issuer.auth import NATIONAL_CN, PROVINCE_ADMIN_CN
 from issuer.errors import Conflict, FieldViolation, InvalidRequest, IssuerError, NotFound, Unavailable, Violations
 from issuer.service import ERROR_DOMAIN, status_code_for
-from keys.ceremony import Outcome, ProvinceKeyAdmin
+from keys.ceremony import Outcome
 from keys.errors import KeyManagementError, KeyNotFound, KeyReason, TrustRepoError
 from keys.lifecycle import PlanReason
 from keys.managed_key import KeyState, ManagedKey
+from keys.province_keys import ProvinceKeyAdmin
 
 __all__ = ["KeyAdminService", "CallerRole", "authorize", "role_of", "READ_METHODS", "NATIONAL_METHODS",
            "open_key_admin"]

@@ -319,7 +319,7 @@ class RevocationPublishJob:
     def _expired_kids(self, now: dt.datetime) -> set[bytes]:
         if self.repository is None:
             return set()  # without the key list, retirement is the pushing tool's
-        from keys.ceremony import published_key_list
+        from keys.province_keys import published_key_list
 
         key_list = published_key_list(self.repository, self.province)
         if key_list is None:

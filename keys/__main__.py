@@ -1,4 +1,7 @@
-"""``healthcode-keys``: the key ceremonies, a thin click shell over :mod:`keys.ceremony`.
+"""``healthcode-keys``: the key ceremonies, a thin click shell over the ``keys`` library.
+
+:mod:`keys.ceremony` (the national ceremonies), :mod:`keys.province_keys` (a
+province's keys) and :mod:`keys.repo_status` (``status``) do the work.
 
 The only place in ``keys/`` that reads argv, the environment, the terminal
 and the clock. Every command prints what it changed (files written, versions,
@@ -325,9 +328,9 @@ def timestamp_refresh(state: _State) -> None:
 @_guarded
 def status(state: _State, as_json: bool) -> None:
     """What the repository publishes: versions, expiry, provinces and their keys' states."""
-    from keys import ceremony
+    from keys.repo_status import repository_status
 
-    report = ceremony.repository_status(state.repo(), now=state.now)
+    report = repository_status(state.repo(), now=state.now)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
@@ -386,7 +389,7 @@ def province_key() -> None:
 
 
 def _admin(state: _State, place, *, keystore=None, repo=None, tuf_signers=(), snapshot=False, policy=None):
-    from keys.ceremony import ProvinceKeyAdmin
+    from keys.province_keys import ProvinceKeyAdmin
 
     return ProvinceKeyAdmin(province=place.code, key_set_path=place.key_set_path, keystore=keystore, repo=repo,
                             tuf_signers=tuf_signers, publish_snapshot=snapshot, policy_for_new=policy)

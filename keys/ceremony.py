@@ -1,5 +1,11 @@
 """Key ceremonies: the library that ``healthcode-keys`` and the issuer's KeyAdmin API are thin shells over.
 
+This module: the national ceremonies (the root, the online roles, delegating a
+province) and what every ceremony shares (:class:`Outcome`, the directory
+layouts). A province's own keys (generate, rotate, retire, mark compromised,
+expire, publish its key list): :mod:`keys.province_keys`. What a repository
+publishes at a moment (``healthcode-keys status``): :mod:`keys.repo_status`.
+
 Every operation takes ``now`` (no clock is read here), takes secrets as
 parameters (a :data:`Passphrases` callback, an open keystore), and returns an
 :class:`Outcome` that says what it changed: files written, versions, kids,
@@ -34,39 +40,29 @@ mirrors) see the old or the new file.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
 import pathlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from securesystemslib.signer import Key, Signer
-from tuf.api.metadata import Metadata, Snapshot, Targets, Timestamp
 
-import healthcode
-from healthcode import Algorithm, CompromisePolicy, TrustedKey
 from healthcode.errors import InvalidClaims
-from healthcode.keylist import InvalidKeyList, KeyList, parse_key_list
 from healthcode.model import parse_province
-from shellkit.times import beijing, human_duration, iso_utc
 
-from .errors import InvalidKeySet, KeyNotFound, NoActiveKey, PolicyViolation, TrustRepoError
-from .keystore.base import Keystore
-from .key_set_file import key_set_lock, load_key_set, save_key_set
-from .lifecycle import PlanReason, ProvinceKeySet, RotationPlan
-from .managed_key import KeyState, ManagedKey, RotationPolicy
+from .errors import KeyNotFound, PolicyViolation, TrustRepoError
+from .key_set_file import key_set_lock, save_key_set
+from .lifecycle import ProvinceKeySet
+from .managed_key import ManagedKey, RotationPolicy
 from .signers import RoleKeyFile, generate_role_key, load_role_signer, read_public_key, role_key_names
-from .trustrepo import KEY_LIST_NAME, Change, RepoConfig, TrustRepository, province_role
+from .trustrepo import Change, RepoConfig, TrustRepository, province_role
 
 __all__ = [
     "Outcome",
     "Passphrases",
     "NationalKeys",
     "ProvinceHome",
-    "ProvinceKeyAdmin",
-    "KeyInfo",
-    "RepoStatus",
     "init_root",
     "load_officials",
     "load_online",
@@ -75,9 +71,8 @@ __all__ = [
     "publish",
     "refresh_timestamp",
     "rotate_root",
-    "repository_status",
-    "published_key_list",
-    "resolve_kid",
+    "province_signers",
+    "read_role_public_keys",
     "check_root_threshold",
     "KEY_SET_NAME",
 ]
@@ -126,13 +121,15 @@ class Outcome:
                        self.warnings + tuple(other.warnings), **merged)
 
 
-def _aware(now: _dt.datetime) -> _dt.datetime:
+def aware_utc(now: _dt.datetime) -> _dt.datetime:
+    """``now`` in UTC (:class:`~keys.errors.PolicyViolation` if it is naive): every operation's clock reading."""
     if not isinstance(now, _dt.datetime) or now.tzinfo is None:
         raise PolicyViolation("now must be a timezone-aware datetime")
     return now.astimezone(_UTC)
 
 
-def _province(code: str) -> str:
+def province_code(code: str) -> str:
+    """A province code checked (:class:`~keys.errors.PolicyViolation` if it is not one)."""
     try:
         return parse_province(code)
     except InvalidClaims as exc:
@@ -175,7 +172,7 @@ class ProvinceHome:
     directory: pathlib.Path
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "code", _province(self.code))
+        object.__setattr__(self, "code", province_code(self.code))
         object.__setattr__(self, "directory", pathlib.Path(self.directory))
 
     @property
@@ -225,7 +222,7 @@ def init_root(
     Every official's keys sign v1; from then on ``threshold`` of them must sign
     a new root (and ``targets_threshold``, default ``threshold``, a new targets).
     """
-    now = _aware(now)
+    now = aware_utc(now)
     check_root_threshold(threshold, officials)
     targets_threshold = threshold if targets_threshold is None else targets_threshold
     if type(targets_threshold) is not int or not 1 <= targets_threshold <= officials:
@@ -300,13 +297,13 @@ def open_repository(
 def publish(repo: TrustRepository, *, now: _dt.datetime, force: bool = False) -> Outcome:
     """Snapshot (if anything changed) and timestamp: makes written offline metadata visible."""
     with repo.lock():
-        return _in_repo(repo, repo.publish(now=_aware(now), force=force))
+        return _in_repo(repo, repo.publish(now=aware_utc(now), force=force))
 
 
 def refresh_timestamp(repo: TrustRepository, *, now: _dt.datetime) -> Outcome:
     """A new timestamp over the published snapshot (at least daily; hourly by cron)."""
     with repo.lock():
-        return _in_repo(repo, repo.refresh_timestamp(now=_aware(now)))
+        return _in_repo(repo, repo.refresh_timestamp(now=aware_utc(now)))
 
 
 def _in_repo(repo: TrustRepository, change: Change) -> Outcome:
@@ -332,7 +329,7 @@ def rotate_root(
     New keys are written before the new root; if the root is then refused
     (too few signatures) they stay, and a second run uses them.
     """
-    now = _aware(now)
+    now = aware_utc(now)
     current = repo.root()
     old_signers = load_officials(national, "root", passphrase, holders=old_holders)
     current_ids = set(current.roles["root"].keyids)
@@ -399,7 +396,7 @@ def add_province(
     the ``.pub.json`` files) the province must publish its role before verifiers
     see it. Creates ``home.key_set_path`` with ``policy`` if it does not exist.
     """
-    now = _aware(now)
+    now = aware_utc(now)
     code = home.code
     if code in repo.provinces():
         raise TrustRepoError(f"province {code} is already delegated")
@@ -459,444 +456,3 @@ def read_role_public_keys(paths: Sequence[os.PathLike | str]) -> list[Key]:
             raise PolicyViolation(f"{path}: expected a .pub.json role public key file")
         keys.append(read_public_key(RoleKeyFile(path.parent, path.name[: -len(".pub.json")])))
     return keys
-
-
-# --------------------------------------------------------------------------- a province's keys
-
-
-def resolve_kid(key_set: ProvinceKeySet, kid: bytes | str) -> bytes:
-    """The kid of ``key_set`` named by ``kid``: bytes, full hex, or a unique hex prefix of 8+ digits."""
-    if isinstance(kid, bytes):
-        key_set.find(kid)
-        return kid
-    text = kid.strip().lower()
-    if len(text) < 8 or any(c not in "0123456789abcdef" for c in text):
-        raise KeyNotFound(f"{kid!r} is not a kid: give at least 8 hex digits")
-    matches = [k.kid for k in key_set.keys if k.kid.hex().startswith(text)]
-    if not matches:
-        raise KeyNotFound(f"province {key_set.province} has no key {text}")
-    if len(matches) > 1:
-        raise KeyNotFound(f"{text} names {len(matches)} keys of province {key_set.province}: give more digits")
-    return matches[0]
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    """One key as an admin sees it at ``now``: the managed key and its effective state."""
-
-    key: ManagedKey
-    state: KeyState
-    signing: bool
-
-
-def _describe(key: ManagedKey) -> str:
-    return (f"key {key.kid.hex()} ({key.algorithm.value}"
-            + (f", {key.handle.backend} keystore, label {key.handle.label!r}" if key.handle else "")
-            + f"): signs {iso_utc(key.use_from)} .. {iso_utc(key.use_until)}, "
-              f"verifies until {iso_utc(key.verify_until)}")
-
-
-@dataclass
-class ProvinceKeyAdmin:
-    """A province's key operations over its key-set file, keystore and (for publishing) repository.
-
-    The CLI builds one per command; the issuer's KeyAdmin service keeps one.
-    ``on_change`` is called after each change of the key set (the issuer
-    reloads its rotating signer at once instead of at the next file check).
-    ``live_codes_signed`` returns the serving issuer's per-key counts (its
-    rotating signer's ``codes_signed``): listings and plans then use them
-    where they are ahead of the counts last written back to the file.
-    """
-
-    province: str
-    key_set_path: pathlib.Path
-    keystore: Keystore | None = None
-    repo: TrustRepository | None = None
-    tuf_signers: Sequence[Signer] = ()
-    publish_snapshot: bool = False
-    on_change: Callable[[ProvinceKeySet], None] | None = None
-    policy_for_new: RotationPolicy | None = None
-    live_codes_signed: Callable[[], Mapping[bytes, int]] | None = None
-
-    def __post_init__(self) -> None:
-        self.province = _province(self.province)
-        self.key_set_path = pathlib.Path(self.key_set_path)
-
-    # -- reading
-
-    def key_set(self) -> ProvinceKeySet:
-        key_set = load_key_set(self.key_set_path)
-        if key_set.province != self.province:
-            raise InvalidKeySet(f"{self.key_set_path} is province {key_set.province}'s, not {self.province}'s")
-        return key_set
-
-    def _with_live_counts(self, key_set: ProvinceKeySet) -> ProvinceKeySet:
-        """``key_set`` with the serving issuer's live counts where they are ahead (same revision)."""
-        return key_set if self.live_codes_signed is None else key_set.with_codes_signed(self.live_codes_signed())
-
-    def list_keys(self, now: _dt.datetime) -> tuple[ProvinceKeySet, tuple[KeyInfo, ...]]:
-        """The key set (with live counts, if any) and each key's state at ``now``."""
-        key_set = self._with_live_counts(self.key_set())
-        now = _aware(now)
-        return key_set, tuple(KeyInfo(k, k.state_at(now), k.signs_at(now)) for k in key_set.keys)
-
-    def plan(self, now: _dt.datetime) -> RotationPlan | None:
-        """The next rotation due at ``now`` (live counts, if any: the 80 % cap plan sees them)."""
-        return self._with_live_counts(self.key_set()).plan_next(_aware(now))
-
-    # -- changing
-
-    @contextlib.contextmanager
-    def _changing(self) -> Iterator[list]:
-        """Lock, load (or start) the key set; the block appends the new key set; save it."""
-        self.key_set_path.parent.mkdir(parents=True, exist_ok=True)
-        with key_set_lock(self.key_set_path):
-            if self.key_set_path.exists():
-                current = self.key_set()
-            elif self.policy_for_new is not None:
-                current = ProvinceKeySet(province=self.province, policy=self.policy_for_new)
-            else:
-                raise InvalidKeySet(f"no key set at {self.key_set_path}: add the province first "
-                                    "(healthcode-keys province add)")
-            box = [current]
-            yield box
-            if len(box) == 2 and box[1] is not current:
-                save_key_set(self.key_set_path, box[1])
-        if len(box) == 2 and self.on_change is not None:
-            self.on_change(box[1])
-
-    def add_key(
-        self,
-        now: _dt.datetime,
-        *,
-        algorithm: Algorithm = Algorithm.ES256,
-        use_from: _dt.datetime | None = None,
-        use_until: _dt.datetime | None = None,
-        label: str | None = None,
-        rotate: bool = False,
-    ) -> Outcome:
-        """Generate a key in the keystore and add it pre-published to the key set.
-
-        When it signs from (unless ``use_from`` is given):
-
-        * nothing signs now and nothing is scheduled (the first key, after a
-          compromise): from ``now``, until the usage period or the next key;
-        * ``rotate``: the successor :meth:`ProvinceKeySet.plan_next` proposes
-          (from the end of the current key's use), or, if nothing is due yet,
-          ``now + lead_time`` (an early rotation cuts the current key short);
-        * otherwise ``now + lead_time``: published now, the key signs only when
-          every verifier that syncs within the lead time already holds it.
-
-        The window is checked against the policy *before* the key is
-        generated, so a refused request leaves no orphan key in an HSM.
-        """
-        if self.keystore is None:
-            raise PolicyViolation("no keystore to generate the key in")
-        now = _aware(now)
-        algorithm = Algorithm(algorithm)
-        with self._changing() as box:
-            key_set: ProvinceKeySet = box[0]
-            policy = key_set.policy
-            note = ""
-            plan = self._with_live_counts(key_set).plan_next(now)
-            if use_from is None:
-                if plan is not None and (plan.reason is PlanReason.NO_SIGNING_KEY or rotate):
-                    use_from, use_until = plan.use_from, use_until or plan.use_until
-                    note = f" ({plan.reason.value} plan)"
-                else:
-                    use_from = now + policy.lead_time
-                    note = " (now + lead time" + (": early rotation" if rotate else "") + ")"
-            use_from = _aware(use_from)
-            # (1) the policy's checks with a throwaway public key of the same algorithm
-            probe = healthcode.generate_signing_key(algorithm).public_key()
-            key_set.add_prepublished(probe, use_from=use_from, now=now, use_until=use_until, kid=b"\x00probe")
-            # (2) the real key
-            label = label or f"{self.province}-{algorithm.value.lower()}-{use_from:%Y%m%d}"
-            handle = self.keystore.generate(algorithm, label=label)
-            try:
-                public = self.keystore.public_key(handle)
-                new = key_set.add_prepublished(public, use_from=use_from, now=now, handle=handle,
-                                               use_until=use_until)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self.keystore.destroy(handle)
-                raise
-            box.append(new)
-        key = new.find(handle.kid)
-        warnings = []
-        notice = key.use_from - now
-        if key.use_from > now and notice < policy.lead_time:
-            warnings.append(f"short notice: the key signs {human_duration(notice)} after now, less than the lead "
-                            f"time of {human_duration(policy.lead_time)}; offline verifiers may not have it yet")
-        for other in new.keys:
-            if other.kid != key.kid and other.use_until == key.use_from and other.use_until != box[0].find(
-                    other.kid).use_until:
-                warnings.append(f"key {other.kid.hex()} now stops signing at {iso_utc(other.use_until)}")
-        warnings.append(_publish_by(self.province, key, policy.lead_time, now))
-        summary = f"{_describe(key)}{note}; pre-published in key set revision {new.revision}"
-        return Outcome(summary, (str(self.key_set_path),), tuple(warnings), key=key, key_set=new)
-
-    def mark_compromised(
-        self, kid: bytes | str, *, since: _dt.datetime, now: _dt.datetime, reject_all: bool = False
-    ) -> Outcome:
-        """Mark a key compromised since ``since`` (not in the future): codes it signed at or after
-        ``since`` (all of them with ``reject_all``) are rejected once verifiers have the published list."""
-        now, since = _aware(now), _aware(since)
-        if since > now:
-            raise PolicyViolation(f"a compromise cannot start in the future ({iso_utc(since)} is after {iso_utc(now)})")
-        policy = CompromisePolicy.REJECT_ALL if reject_all else CompromisePolicy.REJECT_FROM_COMPROMISE
-        with self._changing() as box:
-            kid = resolve_kid(box[0], kid)
-            box.append(box[0].mark_compromised(kid, since, policy))
-        new = box[1]
-        key = new.find(kid)
-        warnings = [f"verifiers reject it only after `healthcode-keys province publish {self.province}` "
-                    "and their next refresh"]
-        if _signing_key(new, now) is None:
-            warnings.append("no key signs now: issuance stops until a new key is generated "
-                            f"(`healthcode-keys province key generate {self.province}`)")
-        what = "all its codes" if reject_all else f"codes signed at or after {iso_utc(since)}"
-        return Outcome(f"key {kid.hex()} marked compromised since {iso_utc(since)}: {what} will be rejected; "
-                       f"key set revision {new.revision}", (str(self.key_set_path),), tuple(warnings),
-                       key=key, key_set=new)
-
-    def retire(self, kid: bytes | str, *, now: _dt.datetime, force: bool = False) -> Outcome:
-        """End the active key's use now (it verifies its codes for ``max_code_validity`` more).
-
-        Refused, unless ``force``, when no key would sign afterwards (issuance would stop).
-        """
-        now = _aware(now)
-        with self._changing() as box:
-            kid = resolve_kid(box[0], kid)
-            new = box[0].retire(kid, now)
-            if _signing_key(new, now) is None and not force:
-                upcoming = min((k for k in new.keys if k.state_at(now) is KeyState.PREPUBLISHED),
-                               key=lambda k: k.use_from, default=None)
-                raise PolicyViolation(
-                    f"retiring key {kid.hex()} leaves no key signing now"
-                    + (f" (the next one signs from {iso_utc(upcoming.use_from)})" if upcoming else "")
-                    + ": issuance would stop; generate a successor first, or force it")
-            box.append(new)
-        key = new.find(kid)
-        return Outcome(f"key {kid.hex()} retired at {iso_utc(key.use_until)}: verifies its codes until "
-                       f"{iso_utc(key.verify_until)}; key set revision {new.revision}", (str(self.key_set_path),),
-                       (f"publish it: `healthcode-keys province publish {self.province}`",), key=key, key_set=new)
-
-    def expire(self, *, now: _dt.datetime, destroy: bool = False) -> Outcome:
-        """Drop the keys past ``verify_until``; with ``destroy`` also delete their private keys."""
-        now = _aware(now)
-        with self._changing() as box:
-            due = box[0].due_to_expire(now)
-            if due:
-                box.append(box[0].expire_due(now))
-        if not due:
-            return Outcome(f"no key of province {self.province} is past its verify_until", key_set=box[0])
-        new = box[1]
-        lines = [f"dropped key {k.kid.hex()} (verified until {iso_utc(k.verify_until)})" for k in due]
-        warnings = []
-        if destroy:
-            if self.keystore is None:
-                raise PolicyViolation("no keystore to destroy keys in")
-            for k in due:
-                if k.handle is None or k.handle.backend != self.keystore.backend:
-                    warnings.append(f"key {k.kid.hex()} is not in this keystore: not destroyed")
-                    continue
-                try:
-                    self.keystore.destroy(k.handle)
-                    lines.append(f"destroyed private key {k.kid.hex()} ({k.handle.backend})")
-                except KeyNotFound:
-                    warnings.append(f"key {k.kid.hex()} was already gone from the keystore")
-        return Outcome(f"{len(due)} key(s) expired; key set revision {new.revision}\n  " + "\n  ".join(lines),
-                       (str(self.key_set_path),), tuple(warnings), key_set=new)
-
-    def publish(self, *, now: _dt.datetime, snapshot: bool | None = None) -> Outcome:
-        """Sign ``provinces/<code>/keys.json`` (the key set's ``trusted_keys(now)``, serial one
-        above the last published) with the province's role keys; then, with ``snapshot``
-        (default ``publish_snapshot``), snapshot and timestamp, so verifiers see it at their
-        next refresh."""
-        if self.repo is None:
-            raise PolicyViolation("no trust repository configured to publish to")
-        if not self.tuf_signers:
-            raise PolicyViolation(f"no TUF role keys of province {self.province} to sign with")
-        now = _aware(now)
-        snapshot = self.publish_snapshot if snapshot is None else snapshot
-        key_set = self.key_set()
-        trusted = key_set.trusted_keys(now)
-        warnings = []
-        if _signing_key(key_set, now) is None:
-            warnings.append(f"no key of province {self.province} signs now")
-        with self.repo.lock():
-            previous = published_key_list(self.repo, self.province)
-            serial = 1 if previous is None else previous.serial + 1
-            key_list = KeyList(province=self.province, serial=serial, keys=trusted)
-            change = self.repo.publish_key_list(key_list, list(self.tuf_signers), now=now)
-            role_version = self.repo.province_targets(self.province).version
-            written = [str(self.repo.directory / p) for p in change.written]
-            plural = "" if len(trusted) == 1 else "s"
-            outcome = Outcome(
-                f"province {self.province} key list serial {serial} ({len(trusted)} key{plural}: "
-                + ", ".join(f"{t.kid.hex()} {_trusted_state(t, now)}" for t in trusted) + f")\n{change.summary}",
-                tuple(written), tuple(warnings) + change.warnings, serial=serial, role_version=role_version,
-                key_set=key_set)
-            if snapshot:
-                published = self.repo.publish(now=now)
-                outcome = outcome.then(Outcome(published.summary,
-                                               tuple(str(self.repo.directory / p) for p in published.written),
-                                               published.warnings), published=True)
-            else:
-                outcome = outcome.then(Outcome("not visible to verifiers until the next `healthcode-keys publish`"))
-        return outcome
-
-
-def _publish_by(province: str, key: ManagedKey, lead_time: _dt.timedelta, now: _dt.datetime) -> str:
-    """When a new key must be published: ``lead_time`` before it signs (its ``use_from``), so
-    every verifier that syncs within the lead time holds it by then. Beijing time for people,
-    with the time left."""
-    run = f"not yet published: run `healthcode-keys province publish {province}`"
-    lead = human_duration(lead_time)
-    deadline = key.use_from - lead_time
-    if key.use_from <= now:
-        return (f"{run} now: the key signs from now on, and verifiers refuse its codes until they have "
-                "synced the published key list")
-    if deadline <= now:
-        return (f"{run} now: the key signs from {beijing(key.use_from)} (in {human_duration(key.use_from - now)}), "
-                f"and verifiers need the lead time of {lead} to fetch it")
-    return (f"{run} before {beijing(deadline)} (in {human_duration(deadline - now)}): verifiers need the lead "
-            f"time of {lead} to fetch it before it signs from {beijing(key.use_from)}")
-
-
-def _signing_key(key_set: ProvinceKeySet, now: _dt.datetime) -> ManagedKey | None:
-    try:
-        return key_set.signing_key_at(now)
-    except NoActiveKey:
-        return None
-
-
-def _trusted_state(key: TrustedKey, now: _dt.datetime) -> str:
-    if key.status.value == "compromised":
-        return "compromised"
-    if now > key.verify_until:
-        return "expired"
-    if key.status.value == "retired" or now >= key.use_until:
-        return "retired"
-    return "prepublished" if now < key.use_from else "active"
-
-
-def published_key_list(repo: TrustRepository, code: str) -> KeyList | None:
-    """The newest key list the province signed (None before its first)."""
-    targets = repo.province_targets(code)
-    path = f"provinces/{code}/{KEY_LIST_NAME}"
-    if targets is None or path not in targets.targets:
-        return None
-    try:
-        return parse_key_list(repo.target_bytes(path, targets), province=code)
-    except InvalidKeyList as exc:
-        raise TrustRepoError(f"{path}: {exc}") from None
-
-
-# --------------------------------------------------------------------------- status
-
-
-@dataclass(frozen=True)
-class RepoStatus:
-    """What is in a repository at ``now``; :meth:`to_json` for scripts, :meth:`lines` for people."""
-
-    directory: str
-    now: _dt.datetime
-    roles: Mapping[str, Mapping[str, Any]]
-    provinces: Mapping[str, Mapping[str, Any]]
-    warnings: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"directory": self.directory, "now": iso_utc(self.now), "roles": self.roles,
-                "provinces": self.provinces, "warnings": list(self.warnings)}
-
-    def lines(self) -> list[str]:
-        out = [f"trust repository {self.directory} at {iso_utc(self.now)}"]
-        for name, role in self.roles.items():
-            keys = f"  {role['threshold']} of {role['keys']} keys" if "threshold" in role else ""
-            unpublished = (f"  (v{role['newest_version']} written, not yet published)"
-                           if role.get("newest_version", role["version"]) != role["version"] else "")
-            out.append(f"  {name:<10} v{role['version']:<4} expires {role['expires']} "
-                       f"({role['expires_in']}){keys}{unpublished}")
-        listed = f" ({', '.join(self.provinces)})" if self.provinces else ""
-        out.append(f"  provinces: {len(self.provinces)}{listed}")
-        for code, info in self.provinces.items():
-            head = (f"  province {code}: role v{info['role_version']} ({info['threshold']} of {info['keys']} keys"
-                    f", expires {info['expires']})" if info.get("role_version") else
-                    f"  province {code}: no metadata yet ({info['threshold']} of {info['keys']} keys)")
-            if info.get("serial") is not None:
-                head += f", key list serial {info['serial']}, {len(info['key_list'])} keys"
-            out.append(head)
-            for key in info.get("key_list", ()):
-                extra = f", compromised since {key['compromised_since']}" if key["compromised_since"] else ""
-                out.append(f"    {key['kid']} {key['algorithm']:<7} {key['state']:<12} signs {key['use_from']} .. "
-                           f"{key['use_until']}, verifies until {key['verify_until']}{extra}")
-        out += [f"  warning: {w}" for w in self.warnings]
-        return out
-
-
-def _left(expires: _dt.datetime, now: _dt.datetime) -> str:
-    delta = expires - now
-    if delta.total_seconds() < 0:
-        return "EXPIRED"
-    if delta >= _dt.timedelta(days=2):
-        return f"{delta.days}d left"
-    return f"{int(delta.total_seconds() // 3600)}h{int(delta.total_seconds() % 3600 // 60):02d}m left"
-
-
-def repository_status(repo: TrustRepository, *, now: _dt.datetime) -> RepoStatus:
-    """Versions, expiry and keys of every role as published (with newer unpublished versions noted),
-    the provinces, and their published key lists with each key's state at ``now``."""
-    now = _aware(now)
-    metadata = repo.directory / "metadata"
-    warnings: list[str] = []
-    timestamp_path = metadata / "timestamp.json"
-    if not timestamp_path.exists():
-        raise TrustRepoError(f"{repo.directory}: nothing published (no timestamp.json)")
-    timestamp = Metadata[Timestamp].from_bytes(timestamp_path.read_bytes()).signed
-    snapshot = Metadata[Snapshot].from_bytes(
-        (metadata / f"{timestamp.snapshot_meta.version}.snapshot.json").read_bytes()).signed
-    root = repo.root()
-    newest_targets = repo.targets()
-    published_targets_version = snapshot.meta["targets.json"].version
-    targets = Metadata[Targets].from_bytes((metadata / f"{published_targets_version}.targets.json").read_bytes()).signed
-    roles: dict[str, dict[str, Any]] = {}
-    for name, signed, extra in (
-        ("root", root, {}),
-        ("targets", targets, {"newest_version": newest_targets.version}),
-        ("snapshot", snapshot, {}),
-        ("timestamp", timestamp, {}),
-    ):
-        entry: dict[str, Any] = {"version": signed.version, "expires": iso_utc(signed.expires),
-                                 "expires_in": _left(signed.expires, now), **extra}
-        if name in root.roles:
-            entry.update(threshold=root.roles[name].threshold, keys=len(root.roles[name].keyids))
-        roles[name] = entry
-        if signed.expires <= now:
-            warnings.append(f"{name} v{signed.version} EXPIRED at {iso_utc(signed.expires)}: verifiers see a freeze")
-    if timestamp.expires - now < _dt.timedelta(hours=6) and timestamp.expires > now:
-        warnings.append("timestamp expires within 6 hours: run `healthcode-keys timestamp refresh`")
-    provinces: dict[str, dict[str, Any]] = {}
-    delegations = targets.delegations.roles if targets.delegations and targets.delegations.roles else {}
-    for role_name, delegated in delegations.items():
-        code = role_name.removeprefix("province-")
-        info: dict[str, Any] = {"threshold": delegated.threshold, "keys": len(delegated.keyids)}
-        meta = snapshot.meta.get(f"{role_name}.json")
-        if meta is not None:
-            md = Metadata[Targets].from_bytes((metadata / f"{meta.version}.{role_name}.json").read_bytes()).signed
-            info.update(role_version=meta.version, expires=iso_utc(md.expires))
-            path = f"provinces/{code}/{KEY_LIST_NAME}"
-            if path in md.targets:
-                key_list = parse_key_list(repo.target_bytes(path, md), province=code)
-                info["serial"] = key_list.serial
-                info["key_list"] = [
-                    {"kid": k.kid.hex(), "algorithm": k.public_key.algorithm.value, "state": _trusted_state(k, now),
-                     "use_from": iso_utc(k.use_from), "use_until": iso_utc(k.use_until),
-                     "verify_until": iso_utc(k.verify_until),
-                     "compromised_since": iso_utc(k.compromised_since) if k.compromised_since else None}
-                    for k in key_list.keys]
-            if md.expires <= now:
-                warnings.append(f"{role_name} v{meta.version} EXPIRED: the province must re-publish")
-        provinces[code] = info
-    return RepoStatus(str(repo.directory), now, roles, provinces, tuple(warnings))

@@ -40,7 +40,7 @@ from issuer.api import key_admin_pb2 as kpb
 from issuer.api import key_admin_pb2_grpc, resident_index_pb2, resident_index_pb2_grpc
 from issuer.config import IssuerConfig
 from issuer.documents import make_resident_id
-from keys import ceremony
+from keys import ceremony, province_keys
 from keys.__main__ import cli
 from keys.keystore import FileKeystore, ScryptParams
 from keys.key_set_file import key_set_lock, load_key_set, save_key_set
@@ -219,7 +219,7 @@ def test_the_issuers_own_write_back_is_not_a_change_to_reload(province, caplog):
     assert rotating.record_codes_signed() is False  # no new code: the file is not rewritten
     assert "reloaded" not in caplog.text
     # a ceremony afterwards keeps the counts (it reads the file under the same lock)
-    admin = ceremony.ProvinceKeyAdmin(province="33", key_set_path=province.path)
+    admin = province_keys.ProvinceKeyAdmin(province="33", key_set_path=province.path)
     retired = admin.retire(province.kid, now=province.now, force=True)
     assert retired.key_set.revision == 2 and province.key_set().find(province.kid).codes_signed == 3
     sign_after = rotating.refresh()
@@ -268,7 +268,7 @@ def test_key_admin_lists_live_counts_and_plans_at_80_percent(province):
     from issuer.tls import DevPki
 
     rotating = province.signer()
-    admin = ceremony.ProvinceKeyAdmin(province="33", key_set_path=province.path,
+    admin = province_keys.ProvinceKeyAdmin(province="33", key_set_path=province.path,
                                       live_codes_signed=rotating.codes_signed)
     sign(rotating, province, 7)
     assert admin.plan(province.now) is None  # 70 %: nothing due yet

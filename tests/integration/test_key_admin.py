@@ -34,7 +34,7 @@ from issuer.config import ConfigError, IssuerConfig
 from issuer.key_admin import KeyAdminService, authorize, role_of
 from issuer.service import ServiceSettings
 from issuer.tls import DevPki
-from keys import ceremony
+from keys import ceremony, province_keys
 from keys.keystore import FileKeystore
 from keys.key_set_file import load_key_set
 from shellkit.files import write_file_atomically
@@ -75,7 +75,7 @@ class Nation:
         self.keystore = FileKeystore(self.home.keystore_dir, KEYSTORE_SECRET)
         self.changes: list = []
         repo = ceremony.open_repository(self.repo_dir, online=ceremony.load_online(self.national, passphrase))
-        self.admin = ceremony.ProvinceKeyAdmin(
+        self.admin = province_keys.ProvinceKeyAdmin(
             province="33", key_set_path=self.home.key_set_path, keystore=self.keystore, repo=repo,
             tuf_signers=ceremony.province_signers(self.home, passphrase), publish_snapshot=True,
             on_change=self.changes.append)

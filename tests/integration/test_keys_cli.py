@@ -463,7 +463,7 @@ def test_province_key_generate_in_an_hsm_signs_codes_verifiers_accept(site):
 @pytest.mark.parametrize("alg", [Algorithm.ES256, Algorithm.EDDSA], ids=str)
 def test_a_keystore_key_can_be_a_province_tuf_role_key(site, alg):
     """keys.signers.KeystoreRoleSigner: a province signs its TUF role with a keystore (file or HSM) key."""
-    from keys import ceremony
+    from keys import ceremony, province_keys
     from keys.signers import KeystoreRoleSigner
 
     store = FileKeystore(site.base / "role-keystore", "role keystore secret")
@@ -482,7 +482,7 @@ def test_a_keystore_key_can_be_a_province_tuf_role_key(site, alg):
     home = ceremony.ProvinceHome("44", site.home("44"))
     ceremony.add_province(repo, home, targets_signers=ceremony.load_officials(national, "targets", passphrase),
                           passphrase=passphrase, now=T0 + HOUR, public_keys=[role_signer.public_key], tuf_threshold=1)
-    admin = ceremony.ProvinceKeyAdmin(province="44", key_set_path=home.key_set_path,
+    admin = province_keys.ProvinceKeyAdmin(province="44", key_set_path=home.key_set_path,
                                       keystore=FileKeystore(home.keystore_dir, KEYSTORE_SECRET), repo=repo,
                                       tuf_signers=[role_signer], publish_snapshot=True)
     key = admin.add_key(T0 + HOUR).key
