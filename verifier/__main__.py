@@ -35,10 +35,9 @@ from .config import (
     VerifierConfig,
 )
 from .errors import NoTrustData, TrustError, VerifierError
+from .trust_sources import DevBundleSource, TufTrustSource
 from .trust import (
-    DevBundleSource,
     TrustSource,
-    TufTrustSource,
     assess,
     format_age,
     sync_failure,
@@ -360,8 +359,10 @@ def verify(obj: Context, text, image, as_json, warn_age, max_age, clock_skew, st
               help="Audit database (default: <data-dir>/audit.sqlite3).")
 @click.option("--keep-subject-for", type=DURATION, default=None,
               help="Replay window: keep main index IDs and raw codes in the audit log this long (default: never).")
-@click.option("--audit-retention", type=DURATION, default="90d", show_default=True, help="Delete audit rows older than this.")
-@click.option("--audit-max-rows", type=int, default=1_000_000, show_default=True, help="Keep at most this many audit rows.")
+@click.option("--audit-retention", type=DURATION, default="90d", show_default=True,
+              help="Delete audit rows older than this.")
+@click.option("--audit-max-rows", type=int, default=1_000_000, show_default=True,
+              help="Keep at most this many audit rows.")
 @click.option("--sync/--no-sync", "background_sync", default=True, show_default=True,
               help="Refresh trust data in the background (needs --source).")
 @click.option("--sync-interval", type=DURATION, default="1h", show_default=True, help="Time between refreshes.")

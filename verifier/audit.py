@@ -44,7 +44,7 @@ from shellkit.files import create_private_file, ensure_private_file
 
 from .config import AuditConfig
 
-__all__ = ["AuditEntry", "AuditLog", "SCHEMA", "VALID_ROW_FIELDS"]
+__all__ = ["AuditEntry", "ValidEntry", "AuditRow", "AuditLog", "SCHEMA", "VALID_ROW_FIELDS"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -75,7 +75,7 @@ _ADDED_COLUMNS = (("kind", "TEXT"), ("step_time", "TEXT"), ("check_id", "INTEGER
 _COLUMNS = ("INSERT INTO audit (time, result, reason, province, kid, serial, claims_verified, source, "
             "trust_age_s, clock_behind, subject, raw, kind, step_time, check_id) VALUES ")
 #: The placeholders of a row, by its width: a full row (an AuditEntry, 15 values), or the short
-#: form of a valid static code's row outside a replay window (VALID_ROW_FIELDS, 8 values), whose
+#: form of a valid static code's row outside a replay window (a ValidEntry, 8 values), whose
 #: constant columns are literals. A NULL given as a parameter costs the sqlite3 module a failed adapter
 #: lookup (an exception formatted and cleared) per value: more than the rest of the row.
 _ROW = {15: "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", 8: "(?,'valid',NULL,?,?,?,1,?,?,?,NULL,NULL,'static',NULL,?)"}
@@ -85,8 +85,6 @@ _ROWS_PER_STATEMENT = 128
 _INSERTS: dict[tuple[int, int], str] = {}  # (row width, rows) -> statement
 #: Most rows in one transaction (a burst after an outage is written in several).
 _MAX_BATCH = 16384
-#: The short form of a valid static code's row (no subject, no raw): what the run loop queues.
-VALID_ROW_FIELDS = ("time", "province", "kid", "serial", "source", "trust_age_s", "clock_behind", "check_id")
 
 
 def _insert(width: int, count: int) -> str:
@@ -117,6 +115,27 @@ class AuditEntry(NamedTuple):
     check_id: int = 0  # 1: valid, and the operator was told to check the holder's identity document
 
 
+class ValidEntry(NamedTuple):
+    """The short form of a valid static code's row, outside a replay window (what the run loop
+    queues for most scans): the columns it leaves out are constant (``valid``, no reason,
+    claims verified, no subject, no raw code, ``static``, no step), written as literals."""
+
+    time: str
+    province: str
+    kid: str
+    serial: str
+    source: str
+    trust_age_s: int | None
+    clock_behind: int
+    check_id: int
+
+
+#: A row as :meth:`AuditLog.queue_rows` takes it: the full form or the short one.
+AuditRow = AuditEntry | ValidEntry
+#: The fields of the short form (:class:`ValidEntry`).
+VALID_ROW_FIELDS = ValidEntry._fields
+
+
 def iso_utc(moment: _dt.datetime) -> str:
     """Fixed-width UTC ISO 8601 with milliseconds, ``2026-11-22T08:00:00.000Z`` (sorts as text)."""
     if moment.tzinfo is not _dt.timezone.utc:
@@ -140,7 +159,7 @@ class AuditLog:
         self.keep_subject = config.keep_subject_for is not None
         self._clock = clock
         self._pragmas = tuple(pragmas)
-        self._pending: collections.deque[AuditEntry] = collections.deque()
+        self._pending: collections.deque[AuditRow] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
         self._conn: sqlite3.Connection | None = None
@@ -156,16 +175,17 @@ class AuditLog:
         """Queue ``entry``; never blocks on disk, never raises."""
         self.queue_rows((entry,))
 
-    def queue_rows(self, rows: Sequence[tuple]) -> None:
-        """Queue rows, in order: full rows (:class:`AuditEntry` or a plain tuple in its field
-        order) or, for a valid code outside a replay window, the short form (:data:`VALID_ROW_FIELDS`).
+    def queue_rows(self, rows: Sequence[AuditRow]) -> None:
+        """Queue rows, in order: full rows (:class:`AuditEntry`) or, for a valid code outside a
+        replay window, the short form (:class:`ValidEntry`).
 
         The run loop calls this once per batch of scans. Never blocks on disk, never raises.
         Outside a replay window the subject and the raw code are never queued.
         """
         pending = self._pending
         if not self.keep_subject and any(map(any, map(_SUBJECT_AND_RAW, rows))):
-            rows = [(*row[:10], None, None, *row[12:]) if len(row) == 15 else row for row in rows]
+            rows = [AuditEntry._make(row)._replace(subject=None, raw=None) if len(row) == 15 else row
+                    for row in rows]
         pending.extend(rows)
         self._drop_oldest_over_cap()
         if len(pending) >= self.config.batch_rows:

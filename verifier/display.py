@@ -34,13 +34,16 @@ from .verdict import DYNAMIC, STATIC, TerminalReason
 if TYPE_CHECKING:  # pragma: no cover
     from .outcome import Outcome
 
-__all__ = ["REASON_TEXT", "KIND_TEXT", "CHECK_ID_TEXT", "PROVINCE_EN", "Display", "banner", "describe", "detail_zh", "beijing_times"]
+__all__ = ["REASON_TEXT", "KIND_TEXT", "CHECK_ID_TEXT", "PROVINCE_EN", "Display", "banner", "describe", "detail_zh",
+           "beijing_times"]
 
 #: The reason in plain words: (Chinese, English).
 REASON_TEXT: dict[Reason | TerminalReason | None, tuple[str, str]] = {
     None: ("健康码有效", "The health code is valid"),
-    Reason.MALFORMED: ("不是有效的健康码（无法识别或扫描不完整）", "Not a readable health code (damaged, partial or another kind of code)"),
-    Reason.UNSUPPORTED_VERSION: ("健康码版本不受支持，请更新核验软件", "Code version not supported: update the verifier"),
+    Reason.MALFORMED: ("不是有效的健康码（无法识别或扫描不完整）",
+                       "Not a readable health code (damaged, partial or another kind of code)"),
+    Reason.UNSUPPORTED_VERSION: ("健康码版本不受支持，请更新核验软件",
+                                 "Code version not supported: update the verifier"),
     Reason.UNKNOWN_KEY: ("签发机构不在信任列表中", "Issuer not trusted (unknown signing key)"),
     Reason.ALGORITHM_MISMATCH: ("签名算法不符，疑似伪造", "Signature algorithm mismatch: possibly forged"),
     Reason.BAD_SIGNATURE: ("签名无效，疑似伪造或被篡改", "Invalid signature: forged or altered"),
@@ -53,10 +56,14 @@ REASON_TEXT: dict[Reason | TerminalReason | None, tuple[str, str]] = {
     Reason.PRESENTATION_REQUIRED: ("此码须在持码人手机上动态出示，截图或复印无效",
                                    "This code must be shown live on the holder's phone: a copy is not valid"),
     Reason.NO_HOLDER_KEY: ("动态码未绑定手机密钥，无效", "Live code not bound to a phone key: not valid"),
-    Reason.STALE_PRESENTATION: ("动态码已过时（可能是截图），请持码人重新出示", "Live code too old (a screenshot?): ask for it again"),
-    Reason.FUTURE_PRESENTATION: ("动态码时间超前，请检查手机与本机时间", "Live code from the future: check the phone's and this terminal's clocks"),
-    Reason.BAD_DEVICE_SIGNATURE: ("动态码签名与绑定手机不符，疑似伪造", "Live code not signed by the bound phone: possibly forged"),
-    Reason.REPLAYED: ("此动态码已扫描过，请持码人重新出示", "This live code was already scanned: ask the holder to show it again"),
+    Reason.STALE_PRESENTATION: ("动态码已过时（可能是截图），请持码人重新出示",
+                                "Live code too old (a screenshot?): ask for it again"),
+    Reason.FUTURE_PRESENTATION: ("动态码时间超前，请检查手机与本机时间",
+                                 "Live code from the future: check the phone's and this terminal's clocks"),
+    Reason.BAD_DEVICE_SIGNATURE: ("动态码签名与绑定手机不符，疑似伪造",
+                                  "Live code not signed by the bound phone: possibly forged"),
+    Reason.REPLAYED: ("此动态码已扫描过，请持码人重新出示",
+                      "This live code was already scanned: ask the holder to show it again"),
     TerminalReason.STATIC_CODE_REFUSED: ("本终端不接受静态码，请出示手机上的动态码",
                                          "Static codes are not accepted here: ask for the live code on the phone"),
 }

@@ -41,7 +41,8 @@ not what is checked (a test compares it with :func:`verify_scan` scan by scan):
   block of the JSON line) is derived once per clock reading: the CLI's clock
   returns one object per millisecond, so this is once per millisecond;
 * a valid static code goes straight to its JSON line (:class:`verifier.output.ValidLines`)
-  and its audit row (the short form, :data:`verifier.audit.VALID_ROW_FIELDS`);
+  and its audit row (the short form, :class:`verifier.audit.ValidEntry`; every other
+  scan's row is a full :class:`verifier.audit.AuditEntry`);
   an :class:`Outcome` is built only for a live code, a refused code, the display or
   :meth:`Runtime.process`;
 * the JSON lines, the audit rows and the display's text of a batch are handed
@@ -59,7 +60,7 @@ from collections.abc import Callable, Sequence
 import healthcode as hc
 from healthcode.presentation import STEP_SECONDS, ReplayCache
 
-from .audit import AuditLog, iso_utc
+from .audit import AuditEntry, AuditLog, AuditRow, ValidEntry, iso_utc
 from .config import FreshnessPolicy, VerifierConfig
 from .display import Display
 from .outcome import Outcome
@@ -81,7 +82,8 @@ from .verdict import STATIC, Judge, StaticCodes, Verdict, unverified_identity
 __all__ = ["Outcome", "verify_scan", "unverified_identity", "Runtime"]
 
 _EMPTY_KEYRING = hc.Keyring()
-_new_entry = tuple.__new__  # a named tuple from a full tuple, without its Python-level __new__ (per scan)
+#: A named tuple (Outcome, AuditEntry, ValidEntry) from a full tuple, without its Python-level __new__ (per scan)
+_new_entry = tuple.__new__
 _REFUSING = (Freshness.STALE, Freshness.MISSING)
 _QUEUE_BATCHES = 16  # batches (one per input chunk, <= 64 KiB): readers wait beyond that
 
@@ -135,8 +137,8 @@ def outcome_of(verdict: Verdict, scan: Scan, seq: int, assessment: TrustAssessme
                    claimed, trust_warnings, kind, step, check_id)
 
 
-def _audit_row(outcome: Outcome, stamp: str, age_s: int | None, behind: int, keep_subject: bool) -> tuple:
-    """The full audit row of a scan (the fields of :class:`verifier.audit.AuditEntry`, in order)."""
+def _audit_row(outcome: Outcome, stamp: str, age_s: int | None, behind: int, keep_subject: bool) -> AuditEntry:
+    """The full audit row of a scan."""
     code, claimed, reason = outcome.code, outcome.claimed, outcome.reason
     if code is not None:  # verified: valid, or refused by the terminal after verifying it
         province, kid, serial, verified = code.province, code.kid.hex(), str(code.serial), 1
@@ -147,11 +149,12 @@ def _audit_row(outcome: Outcome, stamp: str, age_s: int | None, behind: int, kee
         verified = 0
     valid = reason is None
     step = outcome.step
-    return (stamp, "valid" if valid else "invalid", None if valid else reason.value, province, kid, serial, verified,
-            outcome.source, age_s, behind, code.subject if keep_subject and code is not None else None,
-            outcome.text if keep_subject else None, outcome.kind,
-            None if step is None else iso_utc(_dt.datetime.fromtimestamp(step * STEP_SECONDS, _dt.timezone.utc)),
-            1 if outcome.check_id else 0)
+    return _new_entry(AuditEntry, (
+        stamp, "valid" if valid else "invalid", None if valid else reason.value, province, kid, serial, verified,
+        outcome.source, age_s, behind, code.subject if keep_subject and code is not None else None,
+        outcome.text if keep_subject else None, outcome.kind,
+        None if step is None else iso_utc(_dt.datetime.fromtimestamp(step * STEP_SECONDS, _dt.timezone.utc)),
+        1 if outcome.check_id else 0))
 
 
 class Runtime:
@@ -389,7 +392,7 @@ class Runtime:
         static_kind = self._static_kind
         kept: list[Outcome] | None = [] if outcomes else None
         lines: list[bytes] | None = [] if sinks else None
-        rows: list[tuple] | None = [] if audit is not None else None
+        rows: list[AuditRow] | None = [] if audit is not None else None
         batch_source, batch_ended_by = batch.source, batch.ended_by
         batch_part = source_part(batch_source, batch_ended_by)
         screens: list[str] = []  # the display's, written once per batch
@@ -435,11 +438,12 @@ class Runtime:
                                                       static_kind))
                     if rows is not None:
                         if keep_subject:
-                            rows.append((stamp, "valid", None, code.province, code.kid.hex(), serial, 1,
-                                         source, age_s, behind, code.subject, text, STATIC, None, int(check_id)))
-                        else:  # the short form (audit.VALID_ROW_FIELDS)
-                            rows.append((stamp, code.province, code.kid.hex(), serial, source, age_s, behind,
-                                         int(check_id)))
+                            rows.append(_new_entry(AuditEntry, (
+                                stamp, "valid", None, code.province, code.kid.hex(), serial, 1, source, age_s,
+                                behind, code.subject, text, STATIC, None, int(check_id))))
+                        else:  # the short form
+                            rows.append(_new_entry(ValidEntry, (
+                                stamp, code.province, code.kid.hex(), serial, source, age_s, behind, int(check_id))))
                     if direct:
                         continue
                     outcome = _new_entry(Outcome, (seq, source, ended_by, code, None, "valid", assessment,

@@ -28,7 +28,8 @@ from verifier.display import Display
 from verifier.output import SocketSink, StreamSink
 from verifier.runtime import Runtime
 from verifier.scan import FdStream, FolderSource, SerialStream
-from verifier.trust import DevBundleSource, SyncFailed, dev_bundle_bytes
+from verifier.trust import SyncFailed
+from verifier.trust_sources import DevBundleSource, dev_bundle_bytes
 
 T0 = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
 H = dt.timedelta(hours=1)
@@ -478,6 +479,36 @@ def test_the_loop_answers_as_verify_scan(world, tmp_path):
         assert sum(r["result"] == "valid" for r in lines_of(out)) == runtime.valid_count == 3
 
 
+@pytest.mark.parametrize(("name", "keep", "valid_type"), [
+    ("outside a replay window: valid codes in the short form", None, "ValidEntry"),
+    ("inside a replay window: every row in full", dt.timedelta(hours=1), "AuditEntry"),
+])
+def test_the_loop_queues_typed_audit_entries(world, tmp_path, name, keep, valid_type):
+    """Every row the loop hands the audit log is a named entry (AuditEntry, or ValidEntry for a valid
+    static code outside a replay window), never a bare positional tuple."""
+    from verifier import audit as audit_module
+    from verifier.scan import ScanBatch
+
+    queued = []
+
+    class RecordingAudit:
+        keep_subject = keep is not None
+        problem = None
+
+        def queue_rows(self, rows):
+            queued.extend(rows)
+
+    runtime, _, _, audit_log = runtime_for(world, Clock(T0 + H), tmp_path)
+    audit_log.close()
+    runtime.audit = RecordingAudit()
+    runtime.display = None
+    runtime.process_batch(ScanBatch("stdin", "newline", [world.valid[0], world.revoked, "EHC1:6BFOXN", "junk"]))
+    assert [type(row).__name__ for row in queued] == [valid_type, "AuditEntry", "AuditEntry", "AuditEntry"], name
+    assert all(isinstance(row, audit_module.AuditRow) for row in queued), name
+    assert {row.source for row in queued} == {"stdin"}, name
+    assert queued[1].reason == "revoked" and queued[1].claims_verified == 0, name
+
+
 def _scan(text: str):
     from verifier.scan import Scan
 
@@ -576,11 +607,11 @@ def test_audit_log_survives_a_full_disk(world, tmp_path):
 def test_audit_rows_in_both_forms_keep_their_order_and_privacy(tmp_path):
     """Full rows and the short form of valid rows, interleaved, land in order; outside a replay
     window a subject or a raw code handed over anyway is not stored."""
-    from verifier.audit import AuditEntry
+    from verifier.audit import AuditEntry, ValidEntry
 
     config = AuditConfig(path=tmp_path / "audit.sqlite3", batch_interval=dt.timedelta(milliseconds=10))
     log = AuditLog(config, clock=Clock(T0)).start()
-    short = ("2026-11-22T08:00:00.000Z", "33", "ab", "1", "stdin", 60, 0, 1)
+    short = ValidEntry("2026-11-22T08:00:00.000Z", "33", "ab", "1", "stdin", 60, 0, 1)
     full = AuditEntry("2026-11-22T08:00:00.001Z", "invalid", "revoked", "33", "ab", "2", 0, "stdin", 60, 1,
                       "SUBJECTSUBJECTSUBJECTSUBJE", "EHC1:RAW", "dynamic", "2026-11-22T08:00:00.000Z")
     log.queue_rows([short, full, short, *[short] * 300, full])

@@ -585,14 +585,14 @@ def test_a_live_code_gets_the_terminals_issuer_clock_tolerance():
 @pytest.mark.parametrize(
     ("name", "writer"),
     [
-        ("the development bundle and its state (verifier.trust)", "trust"),
+        ("the development bundle and its state (verifier.trust_sources)", "trust"),
         ("the trust and revocation objects and state (verifier.objects)", "objects"),
     ],
 )
 def test_a_failed_trust_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch, name, writer):
     """A write that fails (disk full, the rename refused) keeps the old file and leaves nothing
-    behind; a successful one is owner-only. (verifier/trust.py used to leave its temp file.)"""
-    from verifier import trust
+    behind; a successful one is owner-only. (verifier/trust.py's writer used to leave its temp file.)"""
+    from verifier import trust_sources
     from verifier.objects import ObjectStore
 
     store = ObjectStore(tmp_path, what="trust")
@@ -601,7 +601,7 @@ def test_a_failed_trust_write_leaves_the_old_file_and_no_temp_file(tmp_path, mon
 
     def write(data: bytes) -> None:
         if writer == "trust":
-            trust._write_atomic(target, data)
+            trust_sources._write_atomic(target, data)
         else:
             store.commit(data, {})
 

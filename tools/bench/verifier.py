@@ -43,7 +43,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _setup(directory: pathlib.Path, now: dt.datetime):
-    from verifier.trust import DevBundleSource, dev_bundle_bytes
+    from verifier.trust_sources import DevBundleSource, dev_bundle_bytes
 
     key = hc.generate_signing_key(hc.Algorithm.ES256)
     signer = hc.SoftwareSigner(key)
@@ -189,7 +189,8 @@ def _memory_child(snapshots_file: str, data_dir: str) -> None:
     from verifier.output import StreamSink
     from verifier.runtime import Runtime
     from verifier.scan import FdStream
-    from verifier.trust import DevBundleSource, TrustState
+    from verifier.trust import TrustState
+    from verifier.trust_sources import DevBundleSource
 
     from .revocation import _uncontainer
 
