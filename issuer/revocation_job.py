@@ -494,7 +494,7 @@ def open_revocation_job(
         from keys.ceremony import open_repository
         from keys.errors import KeyManagementError, TrustRepoError
         from keys.signers import RoleKeyFile, load_role_signer, role_key_names
-        from keys.trustrepo import province_role
+        from keys.trustrepo_files import province_role
 
         try:
             names = role_key_names(config.tuf_keys)

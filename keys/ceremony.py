@@ -56,7 +56,8 @@ from .key_set_file import key_set_lock, save_key_set
 from .lifecycle import ProvinceKeySet
 from .managed_key import ManagedKey, RotationPolicy
 from .signers import RoleKeyFile, generate_role_key, load_role_signer, read_public_key, role_key_names
-from .trustrepo import Change, RepoConfig, TrustRepository, province_role
+from .trustrepo import TrustRepository
+from .trustrepo_files import Change, RepoConfig, province_role
 
 __all__ = [
     "Outcome",

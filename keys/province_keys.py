@@ -31,7 +31,8 @@ from .key_set_file import key_set_lock, load_key_set, save_key_set
 from .keystore.base import Keystore
 from .lifecycle import PlanReason, ProvinceKeySet, RotationPlan
 from .managed_key import KeyState, ManagedKey, RotationPolicy
-from .trustrepo import KEY_LIST_NAME, TrustRepository
+from .trustrepo import TrustRepository
+from .trustrepo_files import KEY_LIST_NAME
 
 __all__ = ["ProvinceKeyAdmin", "KeyInfo", "resolve_kid", "published_key_list", "trusted_state"]
 

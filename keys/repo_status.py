@@ -21,7 +21,8 @@ from shellkit.times import iso_utc
 from .ceremony import aware_utc
 from .errors import TrustRepoError
 from .province_keys import trusted_state
-from .trustrepo import KEY_LIST_NAME, TrustRepository
+from .trustrepo import TrustRepository
+from .trustrepo_files import KEY_LIST_NAME
 
 __all__ = ["RepoStatus", "repository_status"]
 

@@ -27,7 +27,8 @@ import healthcode as hc
 from healthcode import Algorithm, CompromisePolicy, KeyStatus, Reason, TrustedKey
 from healthcode.keylist import KeyList, parse_key_list
 from keys.errors import TrustRepoError
-from keys.trustrepo import Change, RepoConfig, TrustRepository
+from keys.trustrepo import TrustRepository
+from keys.trustrepo_files import Change, RepoConfig
 from verifier.trustsync import (
     DirectoryFetcher,
     MirrorUnavailable,
