@@ -55,6 +55,15 @@ class SyncState:
     provinces: Mapping[str, ProvinceRecord]
     highest_serial: Mapping[str, int] = field(default_factory=dict)
 
+    @property
+    def last_verified_refresh(self) -> _dt.datetime:
+        """The last verified refresh of the whole keyring: its oldest verified part.
+
+        Equal to the last refresh when every province verified in it; a province
+        kept on its last good key list holds it back, so staleness is noticed.
+        """
+        return min([self.refreshed_at, *(rec.verified_at for rec in self.provinces.values())])
+
     def to_bytes(self) -> bytes:
         document = {
             "type": _STATE_TYPE,
@@ -111,14 +120,8 @@ class SyncState:
 
 
 def oldest(state: SyncState | None) -> _dt.datetime | None:
-    """The last verified refresh of a whole keyring: its oldest verified part.
-
-    Equal to the last refresh when every province verified in it; a province
-    kept on its last good key list holds it back, so staleness is noticed.
-    """
-    if state is None:
-        return None
-    return min([state.refreshed_at, *(rec.verified_at for rec in state.provinces.values())])
+    """:attr:`SyncState.last_verified_refresh` of ``state``; None before the first refresh."""
+    return state.last_verified_refresh if state is not None else None
 
 
 def _parse_time(value: Any) -> _dt.datetime:

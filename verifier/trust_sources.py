@@ -38,6 +38,8 @@ _STATE_NAME = "state.json"
 
 
 def _iso(moment: _dt.datetime) -> str:
+    # Not shellkit.times.iso_utc: this keeps microseconds ("...T08:00:00.250000Z"), and the bundle's
+    # times and the last verified refresh must read back exactly as they were written.
     return moment.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
@@ -161,7 +163,8 @@ class DevBundleSource:
     def _read_capped(self, stream, total: int | None, progress: Progress | None) -> bytes:
         if total is not None and total > self.max_bytes:
             raise TrustDataRejected(f"trust bundle is {total} bytes; the limit is {self.max_bytes}")
-        chunks, done = [], 0
+        chunks: list[bytes] = []
+        done = 0
         while True:
             chunk = stream.read(1 << 20)
             if not chunk:

@@ -231,8 +231,8 @@ class TrustSync:
         for directory in (self._metadata_dir, self._objects):
             directory.mkdir(parents=True, exist_ok=True)
         # python-tuf's updater and the province roles of this process's last good refresh
-        self._session: tuple[Updater, dict[str, Targets]] | None = None
-        self._unlisted_fetcher: FetcherInterface | None = None  # the session's (counting) fetcher
+        # python-tuf's updater, the province roles and the (counting) fetcher of this process's last good refresh
+        self._session: tuple[Updater, dict[str, Targets], FetcherInterface] | None = None
 
 
     # ------------------------------------------------------------------ public
@@ -278,7 +278,7 @@ class TrustSync:
         if state is None:
             raise NotSynced("no verified trust data cached: refresh from a mirror first")
         lists = verify_bundle(self._bootstrap, state, self._store.get)
-        return keyring_of(lists), oldest(state)
+        return keyring_of(lists), state.last_verified_refresh
 
     def load_revocation(self, now: _dt.datetime) -> "RevocationSet":
         """The revocation state of every shard live at ``now``, offline: the checker
@@ -352,12 +352,12 @@ class TrustSync:
         Raises :class:`NotSynced` without a refresh in this process,
         :class:`MirrorUnavailable` for other transport failures.
         """
-        self._require_session()
+        fetcher = self._require_session()[2]
         if max_length < 1:
             return None
         url = self._targets_url + quote(path, safe="/")
         try:
-            return self._unlisted_fetcher.download_bytes(url, max_length)
+            return fetcher.download_bytes(url, max_length)
         except tuf_errors.DownloadHTTPError as exc:
             if exc.status_code == 404:
                 return None
@@ -492,8 +492,7 @@ class TrustSync:
             for code, rec in state.provinces.items()
             if rec.verified_at == now
         }
-        self._unlisted_fetcher = counter
-        self._session = (updater, roles)
+        self._session = (updater, roles, counter)
         return roles
 
     def _result(
@@ -517,7 +516,7 @@ class TrustSync:
         )
         return SyncResult(
             keyring=keyring,
-            last_verified_refresh=oldest(state),
+            last_verified_refresh=state.last_verified_refresh,
             changed=changed,
             removed=removed,
             failed=MappingProxyType(dict(failed)),
@@ -535,7 +534,7 @@ class TrustSync:
     def _revocation_store(self) -> RevocationStore:
         return RevocationStore(self._targets_dir / REVOCATION_DIR)
 
-    def _require_session(self) -> tuple[Updater, dict[str, Targets]]:
+    def _require_session(self) -> tuple[Updater, dict[str, Targets], FetcherInterface]:
         if self._session is None:
             raise NotSynced("no successful refresh in this process: call refresh() first")
         return self._session

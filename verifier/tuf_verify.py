@@ -18,9 +18,10 @@ Expiry is not judged here: python-tuf judges it while fetching.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import cast
 
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
+from tuf.api.metadata import DelegatedRole, Metadata, Root, Signed, Snapshot, Targets, Timestamp
 
 from healthcode.keylist import InvalidKeyList, KeyList, parse_key_list
 from healthcode.keyring import Keyring
@@ -127,7 +128,7 @@ def verify_province_role(
         md = Metadata[Targets].from_bytes(role_bytes)
         expect_type(md, Targets)
         national.verify_delegate(role, md.signed_bytes, md.signatures)
-        delegation = national.get_delegated_role(role)
+        delegation = cast(DelegatedRole, national.get_delegated_role(role))  # a delegation of targets
         outside = sorted(p for p in md.signed.targets if not delegation.is_delegated_path(p))
         if outside:
             raise TrustDataError(f"{role} signs {', '.join(outside[:3])}, outside its delegation")
@@ -171,6 +172,6 @@ def keyring_of(lists: Mapping[str, KeyList]) -> Keyring:
     return Keyring(key for code in sorted(lists) for key in lists[code].trusted_keys())
 
 
-def expect_type(md: Metadata, kind: type) -> None:
+def expect_type(md: Metadata, kind: type[Signed]) -> None:
     if md.signed.type != kind.type:
         raise TrustDataError(f"expected {kind.type} metadata, got {md.signed.type}")
