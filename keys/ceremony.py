@@ -115,8 +115,8 @@ class Outcome:
 
     def then(self, other: "Outcome | Change", **values: Any) -> "Outcome":
         """This outcome followed by ``other`` (summaries joined, files and warnings concatenated)."""
-        merged = dict(key=self.key, key_set=self.key_set, serial=self.serial, role_version=self.role_version,
-                      published=self.published)
+        merged: dict[str, Any] = dict(key=self.key, key_set=self.key_set, serial=self.serial,
+                                      role_version=self.role_version, published=self.published)
         merged.update(values)
         return Outcome(f"{self.summary}\n{other.summary}", self.written + tuple(other.written),
                        self.warnings + tuple(other.warnings), **merged)
@@ -237,7 +237,8 @@ def init_root(
     if taken:
         raise PolicyViolation("role keys already exist (a previous ceremony?): " + ", ".join(taken))
     written: list[str] = []
-    root_signers, targets_signers = [], []
+    root_signers: list[Signer] = []
+    targets_signers: list[Signer] = []
     for holder in holders:
         secret = passphrase(holder, new=True)
         for role, signers in (("root", root_signers), ("targets", targets_signers)):
@@ -271,7 +272,7 @@ def load_officials(
     directories = [pathlib.Path(h) for h in holders] if holders else list(national.officials())
     if not directories:
         raise KeyNotFound(f"no official directories with a root key under {national.directory}")
-    signers = []
+    signers: list[Signer] = []
     for holder in directories:
         where = RoleKeyFile(holder, role)
         if not where.exists():
@@ -403,9 +404,10 @@ def add_province(
         raise TrustRepoError(f"province {code} is already delegated")
     written: list[str] = []
     signers: list[Signer] | None = None
+    keys: Sequence[Key | Signer]
     if public_keys:
         keys = list(public_keys)
-        count = len({k.keyid for k in keys})
+        count = len({k.keyid for k in public_keys})
     else:
         if type(tuf_keys) is not int or not 1 <= tuf_keys <= 10:
             raise PolicyViolation("a province has 1 to 10 TUF role keys")
@@ -451,7 +453,7 @@ def province_signers(home: ProvinceHome, passphrase: Passphrases) -> list[Signer
 
 def read_role_public_keys(paths: Sequence[os.PathLike | str]) -> list[Key]:
     """Public keys from ``.pub.json`` files (a province's role keys sent to the national ceremony)."""
-    keys = []
+    keys: list[Key] = []
     for path in (pathlib.Path(p) for p in paths):
         if not path.name.endswith(".pub.json"):
             raise PolicyViolation(f"{path}: expected a .pub.json role public key file")

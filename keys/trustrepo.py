@@ -358,7 +358,7 @@ class TrustRepository(ProvinceRoles):
         if snapshot is None:
             raise TrustRepoError("nothing published yet: run publish()")
         timestamp = self._write_timestamp(snapshot, now)
-        warnings = ()
+        warnings: tuple[str, ...] = ()
         if snapshot.signed.expires < timestamp.signed.expires:
             warnings = (
                 f"snapshot v{snapshot.signed.version} expires {iso_utc(snapshot.signed.expires)}, "
