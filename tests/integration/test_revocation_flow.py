@@ -766,8 +766,9 @@ def test_the_serving_issuer_publishes_after_revoke_code(tmp_path):
     kid = env.public_key.key_id()
     snapshot = env.directory / "revocation" / snapshot_target("33", kid)
     with ServerProcess(env) as server, IssuerClient(server.address, ca_pem=env.ca_pem, api_key=env.api_key) as client:
-        mid = client.find_or_register(document(1))
-        issued = [client.issue(mid, idempotency_key=f"flow-{i:04d}") for i in range(3)]
+        # three residents: a resident's new static code supersedes (revokes) their previous one
+        residents = [client.find_or_register(document(i)) for i in (1, 2, 3)]
+        issued = [client.issue(mid, idempotency_key=f"flow-{i:04d}") for i, mid in enumerate(residents)]
         reply = client.codes.RevokeCode(
             health_codes_pb2.RevokeCodeRequest(ref=issued[1].ref, reason=common_pb2.REVOCATION_REASON_FRAUD),
             metadata=(("authorization", f"Bearer {env.api_key}"),), timeout=10)
