@@ -231,13 +231,15 @@ _REPRINT_REASONS = {"lost": "REVOCATION_REASON_LOST_DEVICE", "other": "REVOCATIO
 def reprint(server: str, ca_file: pathlib.Path, api_key_file: pathlib.Path | None, cert_file: pathlib.Path | None,
             key_file: pathlib.Path | None, retry_seconds: float, document_type: str,
             document_number_file: pathlib.Path, country: str | None, reason: str, out_file: pathlib.Path) -> None:
-    """Print a new code for one resident (lost or damaged sheet), revoking every earlier one.
+    """Print a new code for one resident (lost or damaged sheet), revoking the earlier printed ones.
 
-    The resident is found by their document. All their live codes are revoked
-    first (so the lost sheet stops working), then one new code is issued with a
-    fresh idempotency key (retries of this call reuse it, so a retry cannot
-    give a second code) and written as one slip. If the command fails after
-    the revocation, run it again: the resident then gets their new code.
+    The resident is found by their document. Their live static (printed) codes
+    are revoked first, with the reprint's reason, so the lost sheet stops
+    working; a phone credential the resident may also hold is left alone. Then
+    one new code is issued with a fresh idempotency key (retries of this call
+    reuse it, so a retry cannot give a second code) and written as one slip. If
+    the command fails after the revocation, run it again: the resident then
+    gets their new code.
     """
     import datetime as dt
     import uuid
@@ -245,7 +247,7 @@ def reprint(server: str, ca_file: pathlib.Path, api_key_file: pathlib.Path | Non
     from shellkit.files import write_file_atomically
     from shellkit.times import beijing
 
-    from issuer.api import common_pb2
+    from issuer.api import common_pb2, wallets_pb2
     from issuer.batch import masked
     from issuer.documents import DocumentError, parse_document
     from issuer.render import SheetCode, SheetError, render_sheet_pdf, render_sheet_png
@@ -265,8 +267,9 @@ def reprint(server: str, ca_file: pathlib.Path, api_key_file: pathlib.Path | Non
         raise click.UsageError(f"bad document: {e}") from None
     with _connect(server, ca_file, api_key_file, cert_file, key_file, retry_seconds) as client:
         main_index_id = client.find(document)
-        revoked = client.revoke_resident(
-            main_index_id, reason=common_pb2.RevocationReason.Value(_REPRINT_REASONS[reason]))
+        why = common_pb2.RevocationReason.Value(_REPRINT_REASONS[reason])
+        revoked = sum(client.revoke(live.code.ref, reason=why) for live in client.live_codes(main_index_id)
+                      if live.channel == wallets_pb2.CHANNEL_STATIC)
         code = client.issue(main_index_id, idempotency_key=f"reprint-{uuid.uuid4()}")
         retried = _retried(client)
     expires = code.expires_at.ToDatetime(tzinfo=dt.timezone.utc)
@@ -277,7 +280,7 @@ def reprint(server: str, ca_file: pathlib.Path, api_key_file: pathlib.Path | Non
         raise click.ClickException(f"{e}; the new code is issued (serial {code.ref.serial}): "
                                    "rerun to print (that revokes it and issues another)") from None
     write_file_atomically(out_file, data)
-    click.echo(f"revoked {revoked} earlier code(s); new code serial {code.ref.serial}, valid until "
+    click.echo(f"revoked {revoked} earlier printed code(s); new code serial {code.ref.serial}, valid until "
                f"{beijing(expires)}; wrote {out_file}{retried}")
 
 

@@ -21,12 +21,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
 from issuer.api import common_pb2, health_codes_pb2, health_codes_pb2_grpc
-from issuer.api import resident_index_pb2, resident_index_pb2_grpc
+from issuer.api import resident_index_pb2, resident_index_pb2_grpc, wallets_pb2, wallets_pb2_grpc
 from issuer.documents import Document, DocumentType
 
 __all__ = ["IssuerClient", "Backoff", "RETRYABLE", "document_message", "retry_hint"]
@@ -127,6 +127,7 @@ class IssuerClient:
         self._state = _RetryState()
         self.index = resident_index_pb2_grpc.ResidentIndexStub(self._channel)
         self.codes = health_codes_pb2_grpc.HealthCodesStub(self._channel)
+        self.wallets = wallets_pb2_grpc.WalletsStub(self._channel)
 
     @property
     def retries(self) -> int:
@@ -187,6 +188,16 @@ class IssuerClient:
         request = health_codes_pb2.RevokeCodeRequest(main_index_id=main_index_id, reason=reason)
         return self._call(self.codes.RevokeCode, request).revoked_count
 
+    def revoke(self, ref: common_pb2.CodeRef, *, reason: int) -> int:
+        """Revoke one code; returns 1, or 0 when it was revoked already (a retry is harmless)."""
+        request = health_codes_pb2.RevokeCodeRequest(ref=ref, reason=reason)
+        return self._call(self.codes.RevokeCode, request).revoked_count
+
+    def live_codes(self, main_index_id: str) -> list[wallets_pb2.LiveCode]:
+        """A resident's live codes with their channel (phone credential or static), newest first."""
+        request = wallets_pb2.ListLiveCodesRequest(main_index_id=main_index_id)
+        return list(self._call(self.wallets.ListLiveCodes, request).codes)
+
     def render_png(self, ref: common_pb2.CodeRef, *, scale: int = 6) -> bytes:
         request = health_codes_pb2.RenderCodeRequest(ref=ref, format=health_codes_pb2.IMAGE_FORMAT_PNG, scale=scale)
         return self._call(self.codes.RenderCode, request).image
@@ -197,7 +208,7 @@ class IssuerClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "IssuerClient":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

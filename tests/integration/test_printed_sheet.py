@@ -93,6 +93,7 @@ def test_reprint_revokes_the_old_code_and_prints_one_new_valid_code(printed, tmp
     old_text = next(entry["code_text"] for entry in journal if entry["row"] == row)
     with IssuerClient(server.address, ca_pem=env.ca_pem, api_key=env.api_key) as client:
         previous = client.status(old_text)
+        phone = _enrol_a_phone(client, client.status(old_text).main_index_id)
         out = tmp_path / f"reprint{suffix}"
         run = subprocess.run([sys.executable, "-m", "issuer", "reprint", "--server", server.address,
                               "--ca", str(env.directory / "pki" / "ca.pem"),
@@ -101,7 +102,7 @@ def test_reprint_revokes_the_old_code_and_prints_one_new_valid_code(printed, tmp
                               "--out", str(out)], capture_output=True, text=True, timeout=60,
                              preexec_fn=lambda: os.umask(0o022))
         assert run.returncode == 0, run.stderr
-        assert "revoked 1 earlier code(s)" in run.stdout and "北京时间 (CST)" in run.stdout
+        assert "revoked 1 earlier printed code(s)" in run.stdout and "北京时间 (CST)" in run.stdout
         assert numbers[row - 1] not in run.stdout + run.stderr
         assert stat.S_IMODE(out.stat().st_mode) == 0o600
         if suffix == ".pdf":
@@ -118,7 +119,26 @@ def test_reprint_revokes_the_old_code_and_prints_one_new_valid_code(printed, tmp
         assert old.state == common_pb2.CODE_STATE_REVOKED and new.state == common_pb2.CODE_STATE_VALID
         assert old.revocation_reason == common_pb2.REVOCATION_REASON_LOST_DEVICE
         assert new.main_index_id == old.main_index_id
+        # the resident's phone credential is not the lost sheet: it stays live
+        assert client.status(phone.code_text).state == common_pb2.CODE_STATE_VALID
     assert hc.check(new_text, env.keyring(), now=dt.datetime.now(dt.timezone.utc)).valid
+
+
+def _enrol_a_phone(client, main_index_id):
+    """Bind a fresh P-256 phone key to the resident over the Wallets API; the credential."""
+    from healthcode.algorithms import generate_signing_key
+    from healthcode.presentation import proof_of_possession_input
+    from issuer.api import wallets_pb2
+
+    device = generate_signing_key()
+    challenge = client.wallets.CreateChallenge(
+        wallets_pb2.CreateChallengeRequest(main_index_id=main_index_id), metadata=client._metadata).challenge
+    return client.wallets.IssueCredential(wallets_pb2.IssueCredentialRequest(
+        main_index_id=main_index_id, challenge=challenge,
+        device_key=wallets_pb2.DeviceKey(algorithm=wallets_pb2.DEVICE_KEY_ALGORITHM_ES256,
+                                         public_key=device.public_key().spki_der()[-65:]),
+        proof=device.sign(proof_of_possession_input(challenge, device.public_key()))),
+        metadata=client._metadata).credential
 
 
 def test_reprint_for_an_unknown_resident_is_one_error_line(printed, tmp_path):
