@@ -20,11 +20,10 @@ idempotency key, ``GetCodeStatus``.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import grpc
 
-from issuer.api import common_pb2, health_codes_pb2, wallets_pb2, wallets_pb2_grpc
+from issuer.api import common_pb2, health_codes_pb2, wallets_pb2
 from issuer.client import IssuerClient, document_message
 from issuer.documents import Document
 
@@ -67,11 +66,8 @@ def _wallet_error(error: grpc.RpcError, doing: str) -> WalletError:
 
 
 class WalletClient(IssuerClient):
-    """:class:`~issuer.client.IssuerClient` plus the ``Wallets`` service. Use as a context manager."""
-
-    def __init__(self, address: str, **kwargs: Any) -> None:
-        super().__init__(address, **kwargs)
-        self.wallets = wallets_pb2_grpc.WalletsStub(self._channel)
+    """:class:`~issuer.client.IssuerClient` (which carries the ``Wallets`` stub) with the wallet's calls
+    and its errors. Use as a context manager."""
 
     def create_challenge(self, document: Document) -> bytes:
         """A fresh single-use challenge (32 bytes) for the resident holding ``document``."""
