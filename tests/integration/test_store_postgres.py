@@ -73,7 +73,8 @@ def test_schema_is_created_in_its_own_schema(store, schema):
     with schema.connect() as raw:
         tables = {t for (t,) in raw.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema.name,))}
         assert tables == {"residents", "identifiers", "codes", "serial_counters", "challenges", "schema_version"}
-        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS) == store.schema_version
+        version = raw.execute("SELECT version FROM schema_version").fetchone()[0]
+        assert version == len(MIGRATIONS) == store.schema_version
         types = dict(raw.execute(
             "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns "
             "WHERE table_schema = %s", (schema.name,)).fetchall())

@@ -520,7 +520,8 @@ def test_sync_failure_is_one_short_bilingual_line(name, text, words):
     assert line == f"trust sync failed / 信任数据同步失败: {words}"
     assert "ConnectionPool" not in line and "Caused by" not in line and "\n" not in line
     rejected = sync_failure(TrustDataRejected("rollback refused: version 1 is older than 2"))
-    assert rejected.startswith("trust sync failed / 信任数据同步失败: 镜像数据未通过验证 / mirror data rejected: rollback")
+    assert rejected.startswith(
+        "trust sync failed / 信任数据同步失败: 镜像数据未通过验证 / mirror data rejected: rollback")
 
 
 # --- what the operator reads: Chinese and English, Beijing time (issue 11, item 13) ----------------

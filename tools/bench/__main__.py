@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m tools.bench [core] [issuer] [issuer-layers] [crashloop] [trust] [revocation] [verifier] [presentation] [--rounds N] [--seconds S] [--cycles C]``.
+"""Benchmarks: ``python -m tools.bench [NAME ...] [--rounds N] [--seconds S] [--cycles C]``.
 
 Each prints a Markdown report; copy it into ``docs/benchmarks.md`` with the
 command that produced it.
@@ -49,7 +49,8 @@ DEFAULTS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="*", choices=[*BENCHES, []], default=[], help="benchmarks to run (all by default)")
+    parser.add_argument("which", nargs="*", choices=[*BENCHES, []], default=[],
+                        help="benchmarks to run (all by default)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (core: 7, issuer: 5)")
     parser.add_argument("--seconds", type=float, help="seconds per contender per round (core: 1, issuer: 3)")
     parser.add_argument("--concurrency", type=int, help="calls in flight (issuer: 32, crashloop: 48)")
