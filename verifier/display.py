@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from healthcode import PROVINCES, Reason
+from healthcode.model import PROVINCES_EN, province_label
 from shellkit.times import beijing
 
 from .trust import Freshness, TrustAssessment, format_age, format_age_zh
@@ -73,15 +74,7 @@ KIND_TEXT = {DYNAMIC: ("动态码", "live code (phone)"), STATIC: ("静态码", 
 #: The terminal's ``check-id`` policy, on a valid static code.
 CHECK_ID_TEXT = ("请核验身份证件", "check the holder's identity document")
 
-PROVINCE_EN = {
-    "11": "Beijing", "12": "Tianjin", "13": "Hebei", "14": "Shanxi", "15": "Inner Mongolia",
-    "21": "Liaoning", "22": "Jilin", "23": "Heilongjiang", "31": "Shanghai", "32": "Jiangsu",
-    "33": "Zhejiang", "34": "Anhui", "35": "Fujian", "36": "Jiangxi", "37": "Shandong",
-    "41": "Henan", "42": "Hubei", "43": "Hunan", "44": "Guangdong", "45": "Guangxi",
-    "46": "Hainan", "50": "Chongqing", "51": "Sichuan", "52": "Guizhou", "53": "Yunnan",
-    "54": "Tibet", "61": "Shaanxi", "62": "Gansu", "63": "Qinghai", "64": "Ningxia",
-    "65": "Xinjiang", "71": "Taiwan", "81": "Hong Kong", "82": "Macao",
-}
+PROVINCE_EN = PROVINCES_EN  # one table, in the core
 
 _FONT = {
     "V": ["█   █", "█   █", "█   █", " █ █ ", "  █  "],
@@ -185,7 +178,7 @@ def describe(outcome: "Outcome") -> tuple[str, str]:
 def _province(outcome: "Outcome") -> str | None:
     code = outcome.code
     if code is not None:  # verified (valid, or refused by this terminal after verifying it)
-        return f"{PROVINCES[code.province]} {PROVINCE_EN[code.province]} ({code.province})"
+        return province_label(code.province)
     if outcome.claimed is not None:
         p = outcome.claimed[0]
         return f"{PROVINCES[p]} {PROVINCE_EN[p]} ({p}, 未验证 unverified)"

@@ -57,7 +57,8 @@ def _setup(alg: hc.Algorithm, now: dt.datetime):
     return key, signer, codes, ring
 
 
-def _raw_es256_pool(message_size: int):
+def raw_es256_pool(message_size: int, pool_size: int = POOL):
+    """A raw P-256 verify (cryptography) and ``pool_size`` signed messages: the baseline of the verify benches."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -65,7 +66,7 @@ def _raw_es256_pool(message_size: int):
     public = private.public_key()
     algorithm = ec.ECDSA(hashes.SHA256())
     pool = []
-    for _ in range(POOL):
+    for _ in range(pool_size):
         message = os.urandom(message_size)
         pool.append((private.sign(message, algorithm), message))
     return lambda item: public.verify(item[0], item[1], algorithm), pool
@@ -76,7 +77,7 @@ def run(*, rounds: int, seconds: float, out=sys.stdout) -> None:
     setups = {alg: _setup(alg, now) for alg in hc.Algorithm}
     es_key, es_signer, es_codes, es_ring = setups[hc.Algorithm.ES256]
     signed_size = len(decode_unverified(es_codes[0]).signed_bytes)
-    raw_verify, raw_pool = _raw_es256_pool(signed_size)
+    raw_verify, raw_pool = raw_es256_pool(signed_size)
 
     def core_verify(ring):
         return lambda code: hc.verify(code, ring, now=now)

@@ -36,6 +36,7 @@ from healthcode.presentation import ReplayCache, encode_presentation, holder_cnf
 from healthcode.revocation import RevocationSet, RevocationState
 
 from ._measure import interleaved
+from .core import raw_es256_pool
 
 POOL = 512
 _DEVICE_INPUT = bytes(51)  # the size of what the phone signs (context, step, SHA-256)
@@ -65,27 +66,13 @@ def _setup(now: dt.datetime):
     return ring, revocation, credentials, devices, presentations, static
 
 
-def _raw_es256_pool(message_size: int):
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    private = ec.generate_private_key(ec.SECP256R1())
-    public = private.public_key()
-    algorithm = ec.ECDSA(hashes.SHA256())
-    pool = []
-    for _ in range(POOL):
-        message = os.urandom(message_size)
-        pool.append((private.sign(message, algorithm), message))
-    return lambda item: public.verify(item[0], item[1], algorithm), pool
-
-
 def run(*, rounds: int, seconds: float, out=sys.stdout) -> None:
     from verifier.verdict import Judge, StaticCodes
 
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)  # the benchmark is a shell: it may read the clock
     ring, revocation, credentials, devices, presentations, static = _setup(now)
     signed_size = len(decode_unverified(credentials[0]).signed_bytes)
-    raw_verify, raw_pool = _raw_es256_pool(signed_size)
+    raw_verify, raw_pool = raw_es256_pool(signed_size, POOL)
 
     class Terminal:
         """The terminal's judge, its replay cache emptied after each pass over the pool."""
