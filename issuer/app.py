@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 import grpc
 from cryptography.hazmat.primitives import serialization
@@ -54,6 +54,9 @@ from issuer.config import ConfigError, IssuerConfig
 from issuer.model import IssuedCode
 from issuer.service import CodeIssuerPort, IssuerService, ResidentIndexPort, ServiceSettings
 from shellkit.files import InsecureFileMode, read_secret
+
+if TYPE_CHECKING:
+    from issuer.issuance import CodeIssuer
 
 __all__ = [
     "TlsMaterial",
@@ -201,7 +204,9 @@ class BatchingStreamHandler(logging.StreamHandler):
             self.stream.flush()
 
     def flush(self) -> None:
-        with self.lock:
+        lock = self.lock
+        assert lock is not None  # logging.Handler.__init__ created it (createLock)
+        with lock:
             try:
                 self._write_pending()
             except (OSError, ValueError):  # the stream went away (closed pipe, closed file)
@@ -848,7 +853,7 @@ def server_options(config: IssuerConfig) -> ServerOptions:
 
 def build_domain(
     config: IssuerConfig, *, signer: Any, vault_secret: bytes
-) -> tuple[ResidentIndexPort, CodeIssuerPort, Callable[[], None]]:
+) -> tuple[ResidentIndexPort, CodeIssuer, Callable[[], None]]:
     """Open the store (an SQLite file, or PostgreSQL for a ``postgresql://`` URL) and build the
     resident index and the code issuer over it.
 
@@ -900,6 +905,8 @@ def open_rotating_signer(config: IssuerConfig, secret: bytes | None) -> tuple[An
     from keys.keystore import open_keystore
     from keys.rotating_signer import RotatingSigner
 
+    if config.key_set is None:
+        raise ConfigError("rotating keys need keys.key_set")
     try:
         keystore = open_keystore(config.keystore, secret=secret, directory=config.keystore_dir,
                                  module=config.pkcs11_module, token=config.pkcs11_token)
@@ -968,6 +975,7 @@ async def run(
         if key_admin is not None:
             key_admin.close()
 
+    served: CodeIssuerPort = codes  # what the API calls: with a revocation job, wrapped to trigger it
     job = None
     if config.revocation_directory is not None:  # the revocation job (issuer/revocation_job.py)
         from issuer.revocation_job import notify_revocations, open_revocation_job
@@ -978,7 +986,7 @@ async def run(
         except BaseException:
             close()
             raise
-        index, codes = notify_revocations(index, codes, job.trigger)
+        index, served = notify_revocations(index, codes, job.trigger)
         job.start()  # after the store opened; stopped before it closes
 
     async def stop_job_and_close() -> None:
@@ -989,7 +997,8 @@ async def run(
     try:
         from issuer.wallets import WalletIssuer
 
-        server = await IssuerServer.start(options, index=index, codes=codes, on_close=stop_job_and_close,
+        # The wallet issuer uses CodeIssuer's own steps; the wrapper handed them on unchanged (__getattr__).
+        server = await IssuerServer.start(options, index=index, codes=served, on_close=stop_job_and_close,
                                           key_admin=key_admin, wallets=WalletIssuer(codes=codes))
     except BaseException:
         await stop_job_and_close()

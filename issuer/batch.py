@@ -135,7 +135,8 @@ def read_rows(csv_bytes: bytes, *, today: dt.date) -> tuple[list[BatchRow], list
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or not {"document_type", "document_number"} <= set(reader.fieldnames):
         raise ValueError("the CSV needs a header with document_type and document_number")
-    rows, rejected = [], []
+    rows: list[BatchRow] = []
+    rejected: list[Rejection] = []
     for index, record in enumerate(reader, start=1):
         try:
             document = parse_document(

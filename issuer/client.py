@@ -81,7 +81,7 @@ def retry_hint(error: grpc.RpcError) -> float | None:
         from google.rpc import error_details_pb2
         from grpc_status import rpc_status
 
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        status = rpc_status.from_call(error)
     except Exception:  # no details, not a call, or a mismatching trailer
         return None
     if status is None:
@@ -148,7 +148,7 @@ class IssuerClient:
                 return method(request, metadata=self._metadata, timeout=self._timeout)
             except grpc.RpcError as error:
                 code = error.code() if callable(getattr(error, "code", None)) else None
-                if code not in RETRYABLE or attempt + 1 >= self._backoff.attempts:
+                if code is None or code not in RETRYABLE or attempt + 1 >= self._backoff.attempts:
                     raise
                 wait = self._backoff.delay(attempt, self._rng, hint=retry_hint(error))
                 if time.monotonic() - started + wait > self._backoff.budget:
@@ -183,12 +183,12 @@ class IssuerClient:
         request = health_codes_pb2.IssueCodeRequest(main_index_id=main_index_id, idempotency_key=idempotency_key)
         return self._call(self.codes.IssueCode, request).code
 
-    def revoke_resident(self, main_index_id: str, *, reason: int) -> int:
+    def revoke_resident(self, main_index_id: str, *, reason: common_pb2.RevocationReason) -> int:
         """Revoke every live code of a resident; returns how many were revoked (a repeat revokes 0)."""
         request = health_codes_pb2.RevokeCodeRequest(main_index_id=main_index_id, reason=reason)
         return self._call(self.codes.RevokeCode, request).revoked_count
 
-    def revoke(self, ref: common_pb2.CodeRef, *, reason: int) -> int:
+    def revoke(self, ref: common_pb2.CodeRef, *, reason: common_pb2.RevocationReason) -> int:
         """Revoke one code; returns 1, or 0 when it was revoked already (a retry is harmless)."""
         request = health_codes_pb2.RevokeCodeRequest(ref=ref, reason=reason)
         return self._call(self.codes.RevokeCode, request).revoked_count

@@ -103,7 +103,7 @@ class DevEnvironment:
         start = self.created_at - dt.timedelta(hours=1)
         end = start + dt.timedelta(days=use_days)
         return hc.Keyring([hc.TrustedKey(
-            kid=self.public_key.key_id(), province=self.province, public_key=self.public_key,
+            kid=self.public_key.key_id(), province=hc.ProvinceCode(self.province), public_key=self.public_key,
             use_from=start, use_until=end, verify_until=end + dt.timedelta(days=code_validity_days))])
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 from dataclasses import InitVar, dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from healthcode.model import PROVINCES
 
@@ -333,17 +333,17 @@ def parse_document(
         )
 
     if normalised is not None:
-        checker = _CHECKERS[doc_type]
         if doc_type is DocumentType.PASSPORT:
             # An unusable country is reported above; the number is then held to
             # the foreign-passport rule rather than not checked at all.
-            violations += checker(normalised, today, country_norm if not country_violations else None)
+            violations += _check_passport(normalised, today, country_norm if not country_violations else None)
         else:
-            violations += checker(normalised, today)
+            violations += _CHECKERS[doc_type](normalised, today)
     violations += country_violations
 
     if violations:
         raise DocumentError(violations)
+    assert normalised is not None  # every path that leaves it None adds a violation
     return Document(
         doc_type, normalised, country_norm if doc_type is DocumentType.PASSPORT else None, _PARSE_KEY
     )
@@ -588,11 +588,11 @@ def _check_prc_passport(number: str) -> list[Violation]:
     return []
 
 
-_CHECKERS = {
+# The number's checker for every type but the passport (checked with its issuing country).
+_CHECKERS: dict[DocumentType, Callable[[str, _dt.date], list[Violation]]] = {
     DocumentType.RESIDENT_ID: _check_resident_id,
     DocumentType.RESIDENCE_PERMIT_HMT: _check_residence_permit_hmt,
     DocumentType.PERMANENT_RESIDENCE_ID: _check_permanent_residence_id,
     DocumentType.TRAVEL_PERMIT_HK_MO: _check_travel_permit_hk_mo,
     DocumentType.TRAVEL_PERMIT_TW: _check_travel_permit_tw,
-    DocumentType.PASSPORT: _check_passport,
 }

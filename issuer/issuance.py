@@ -47,7 +47,7 @@ from typing import Any, Callable
 import healthcode
 from healthcode.codec import ClaimKey, Signer, decode_unverified, parse_core_claims
 from healthcode.errors import HealthCodeError, VerificationError
-from healthcode.model import from_epoch, parse_province, to_epoch
+from healthcode.model import MainIndexId, from_epoch, parse_province, to_epoch
 
 from .errors import Conflict, FieldViolation, InvalidRequest, NoSigningKey, NotFound
 from .index import parse_main_index_id_field
@@ -220,7 +220,7 @@ class CodeIssuer:
         self._validity = validity
         self._allocators: dict[bytes, _SerialAllocator] = {}
         self._loading: dict[bytes, asyncio.Future] = {}
-        self._pending: dict[tuple[str, str], tuple[bytes, asyncio.Future]] = {}
+        self._pending: dict[tuple[str, str], tuple[bytes | None, asyncio.Future]] = {}
         self._completions: _Completions | None = None
 
     def _durable(self, future: Future) -> "asyncio.Future[Any]":
@@ -232,7 +232,9 @@ class CodeIssuer:
 
     # -- idempotency
 
-    async def _idempotent(self, caller: str, key: str | None, fingerprint: bytes, work: Callable) -> IssuedCode:
+    async def _idempotent(
+        self, caller: str, key: str | None, fingerprint: bytes | None, work: Callable
+    ) -> IssuedCode:
         """Run ``work()`` once per (caller, key) at a time: concurrent requests wait for the one running.
 
         The first request for a key wins: any request with the same key and
@@ -285,7 +287,11 @@ class CodeIssuer:
             del self._pending[slot]
         return code
 
-    async def _stored_original(self, caller: str, key: str, fingerprint: bytes) -> IssuedCode | None:
+    async def _stored_original(self, caller: str, key: str | None, fingerprint: bytes | None) -> IssuedCode | None:
+        """The code stored under (``caller``, ``key``) if its request had this ``fingerprint``; None if
+        there is none (always without a key); :class:`~issuer.errors.Conflict` for other parameters."""
+        if key is None:
+            return None
         record = await asyncio.to_thread(self._store.find_code_by_idempotency_key, caller, key)
         if record is None:
             return None
@@ -331,7 +337,7 @@ class CodeIssuer:
         self,
         *,
         caller: str,
-        mid: str,
+        mid: MainIndexId,
         key: str | None,
         fingerprint: bytes | None,
         now: dt.datetime,
@@ -482,8 +488,8 @@ class CodeIssuer:
             await self._require_active(old.main_index_id)
             try:
                 return await self._issue_new(
-                    caller=caller, mid=old.main_index_id, key=key, fingerprint=fingerprint, now=now, supersedes=ref,
-                    channel=old.channel, holder_key=_holder_key_of(old),
+                    caller=caller, mid=MainIndexId(old.main_index_id), key=key, fingerprint=fingerprint, now=now,
+                    supersedes=ref, channel=old.channel, holder_key=_holder_key_of(old),
                 )
             except DuplicateIdempotencyKey:
                 original = await self._stored_original(caller, key, fingerprint)

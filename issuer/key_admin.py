@@ -42,7 +42,7 @@ import datetime as dt
 import logging
 import pathlib
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -199,6 +199,12 @@ def _status(code: grpc.StatusCode, message: str, reason: str, details: list[Any]
     return rpc_status.to_status(proto)
 
 
+def _changed_key(outcome: Outcome) -> tuple[ManagedKey, int]:
+    """The key an add, a mark or a retire changed, and the key set's new revision (they always set both)."""
+    assert outcome.key is not None and outcome.key_set is not None, "a key operation's outcome names its key"
+    return outcome.key, outcome.key_set.revision
+
+
 def _kid(value: bytes, out: Violations) -> bytes:
     if not value:
         out.add("kid", "kid is required", "required")
@@ -240,10 +246,12 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
             return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
         return None
 
-    async def _deny(self, context, method: str, caller: str, province: str, why: str) -> None:
+    async def _deny(self, context, method: str, caller: str, province: str, why: str) -> NoReturn:
+        """Log the refusal and end the RPC with PERMISSION_DENIED (``abort_with_status`` raises)."""
         log.warning("key admin denied: caller %s, method %s, target province %s: %s", caller, method,
                     province or "-", why, extra={"event": "key_admin_denied", "method": method, "caller": caller})
         await context.abort_with_status(_status(grpc.StatusCode.PERMISSION_DENIED, why, "PERMISSION_DENIED"))
+        raise AssertionError("unreachable: abort_with_status raises")
 
     async def _serve(self, context: grpc.aio.ServicerContext, method: str, province: str,
                      impl: Callable[[dt.datetime, CallerRole], Awaitable[T]]) -> T:
@@ -337,9 +345,11 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
             out = Violations()
             algorithm = Algorithm.ES256
             if request.algorithm != key_admin_pb2.KEY_ALGORITHM_UNSPECIFIED:
-                algorithm = _ALGORITHM_OF.get(request.algorithm)
-                if algorithm is None:
+                chosen = _ALGORITHM_OF.get(request.algorithm)
+                if chosen is None:
                     out.add("algorithm", "unknown algorithm", "enum")
+                else:
+                    algorithm = chosen
             use_from = _time_field(request.use_from, "use_from", out) if request.HasField("use_from") else None
             if use_from is not None and use_from < now:
                 out.add("use_from", "use_from must not be in the past", "range")
@@ -350,7 +360,8 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
             outcome = await self._run(lambda: self._admin.add_key(now, algorithm=algorithm, use_from=use_from,
                                                                   label=label, rotate=True))
             self._audit(role, "RotateKey", outcome)
-            return key_admin_pb2.RotateKeyResponse(key=_key_pb(outcome.key, now), revision=outcome.key_set.revision,
+            key, revision = _changed_key(outcome)
+            return key_admin_pb2.RotateKeyResponse(key=_key_pb(key, now), revision=revision,
                                                    warnings=list(outcome.warnings))
 
         return await self._serve(context, "RotateKey", request.province, impl)
@@ -371,6 +382,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
                                       key_admin_pb2.COMPROMISE_POLICY_REJECT_ALL):
                 out.add("policy", "unknown compromise policy", "enum")
             out.raise_if_any()
+            assert since is not None  # required: its absence or a bad value is a violation raised above
             reject_all = request.policy == key_admin_pb2.COMPROMISE_POLICY_REJECT_ALL
 
             def call() -> tuple[Outcome, Outcome | None]:
@@ -379,8 +391,9 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
 
             marked, published = await self._run(call)
             self._audit(role, "MarkCompromised", marked)
+            key, revision = _changed_key(marked)
             response = key_admin_pb2.MarkCompromisedResponse(
-                key=_key_pb(marked.key, now), revision=marked.key_set.revision,
+                key=_key_pb(key, now), revision=revision,
                 warnings=list(marked.warnings if published is None else published.warnings))
             if published is not None:
                 self._audit(role, "PublishKeyList", published)
@@ -396,7 +409,8 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
             out.raise_if_any()
             outcome = await self._run(lambda: self._admin.retire(kid, now=now, force=request.force))
             self._audit(role, "RetireKey", outcome)
-            return key_admin_pb2.RetireKeyResponse(key=_key_pb(outcome.key, now), revision=outcome.key_set.revision)
+            key, revision = _changed_key(outcome)
+            return key_admin_pb2.RetireKeyResponse(key=_key_pb(key, now), revision=revision)
 
         return await self._serve(context, "RetireKey", request.province, impl)
 

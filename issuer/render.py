@@ -711,7 +711,7 @@ def render_sheet_png(codes: Sequence[SheetCode], *, per_page: int = 6, dpi: int 
         raise SheetError(f"dpi must be an int in 100..600, not {dpi!r}")
     font = str(font_path or find_cjk_font())
     px = dpi / 25.4
-    fonts: dict[float, object] = {}
+    fonts: dict[int, ImageFont.FreeTypeFont] = {}
     out = []
     for ops in _pages(list(codes), per_page, font):
         page = Image.new("L", (round(_A4[0] * px), round(_A4[1] * px)), 255)

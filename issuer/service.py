@@ -206,6 +206,12 @@ class ServiceSettings:
 # --------------------------------------------------------------------------- request validation
 
 
+class _Renderer(Protocol):
+    """:func:`issuer.render.render_png` (bytes) or :func:`~issuer.render.render_svg` (text)."""
+
+    def __call__(self, text: str, *, scale: int = ..., border: int = ...) -> bytes | str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _NamedCode:
     """The code a request names: its ``ref``, and its ``text`` when named by text.
@@ -221,12 +227,12 @@ class _NamedCode:
 _DOCUMENT_TYPES: Mapping[int, DocumentType] = {
     common_pb2.DocumentType.Value(f"DOCUMENT_TYPE_{t.name}"): t for t in DocumentType
 }
-_REASONS: Mapping[int, RevocationReason] = {
+_REASONS: Mapping[common_pb2.RevocationReason, RevocationReason] = {
     common_pb2.RevocationReason.Value(f"REVOCATION_REASON_{r.name}"): r for r in RevocationReason
 }
-_REASON_VALUES: Mapping[RevocationReason, int] = {r: v for v, r in _REASONS.items()}
+_REASON_VALUES: Mapping[RevocationReason, common_pb2.RevocationReason] = {r: v for v, r in _REASONS.items()}
 _CLIENT_REASONS = frozenset(RevocationReason) - {RevocationReason.MERGED, RevocationReason.SUPERSEDED}
-_STATE_VALUES: Mapping[CodeState, int] = {
+_STATE_VALUES: Mapping[CodeState, common_pb2.CodeState] = {
     s: common_pb2.CodeState.Value(f"CODE_STATE_{s.name}") for s in CodeState
 }
 
@@ -395,8 +401,8 @@ class IssuerService:
             raise
         except Exception as error:  # (5) the one mapping
             if status_code_for(error) is grpc.StatusCode.INTERNAL:
-                frame = traceback.extract_tb(error.__traceback__)[-1:] or [None]
-                where = f"{frame[0].filename}:{frame[0].lineno}" if frame[0] else "?"
+                frames = traceback.extract_tb(error.__traceback__)
+                where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
                 # The type and place only: an unexpected error's text may quote data.
                 log.error("internal error: %s at %s", type(error).__name__, where)
             await context.abort_with_status(_error_status(error))
@@ -670,6 +676,7 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
             # revocation: read it first to tell "revoked now" from "was revoked already".
             # (Two concurrent revocations of one code may both count 1.)
             # Named by text, both calls check it is the text issued: nothing is revoked otherwise.
+            assert named is not None  # a ref or a code_text; without one a violation was raised above
             before = await s._domain(context, s._get_code(named))
             code = await s._domain(context, s._codes.revoke_code(ref=named.ref, reason=reason, now=now,
                                                                  text=named.text))
@@ -700,6 +707,8 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
 
             out = Violations()
             named = s._which_code(request, "code", out)
+            fn: _Renderer | None
+            content_type: str | None
             if request.format == health_codes_pb2.IMAGE_FORMAT_PNG:
                 fn, content_type = render.render_png, "image/png"
             elif request.format == health_codes_pb2.IMAGE_FORMAT_SVG:
@@ -718,10 +727,10 @@ class _HealthCodesServicer(health_codes_pb2_grpc.HealthCodesServicer):
             if not 0 <= border <= MAX_BORDER:
                 out.add("border", f"border must be 0 to {MAX_BORDER} modules", "range")
             out.raise_if_any()
+            assert fn is not None  # an unknown format is a violation raised above
             code = await s._domain(context, s._get_code(named))
-            image = await asyncio.to_thread(fn, code.text, scale=scale, border=border)
-            if isinstance(image, str):
-                image = image.encode("utf-8")
+            rendered: bytes | str = await asyncio.to_thread(fn, code.text, scale=scale, border=border)
+            image = rendered.encode("utf-8") if isinstance(rendered, str) else rendered
             return health_codes_pb2.RenderCodeResponse(image=image, content_type=content_type)
 
         return await s._serve(context, impl)

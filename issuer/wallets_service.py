@@ -153,6 +153,8 @@ class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
             proof = _fixed_bytes(request.proof, PROOF_BYTES, "proof", "proof (raw r || s)", out)
             key = _idempotency_key(request.idempotency_key, out)
             out.raise_if_any()
+            # each of these is None only with a violation, raised just above
+            assert challenge is not None and point is not None and proof is not None
             caller = s._caller()
             mid = await self._main_index_id(context, mid, document)
             code = await s._domain(context, self._w.issue_credential(
