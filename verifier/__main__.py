@@ -9,6 +9,7 @@ everything else gets them as parameters. See ``docs/verifier.md``.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import gc
 import os
 import pathlib
@@ -248,7 +249,9 @@ def status(obj: Context, warn_age, max_age, clock_skew):
     by_province: dict[str, int] = {}
     for key in state.keyring:
         by_province[key.province] = by_province.get(key.province, 0) + 1
-    click.echo(f"信任数据 / trust data: {assessment.level.value}, {format_age(assessment.age)} old, "
+    age = assessment.age
+    assert age is not None  # assess() with a last verified time gives its age
+    click.echo(f"信任数据 / trust data: {assessment.level.value}, {format_age(age)} old, "
                f"验证于 / verified at {beijing(state.last_verified_refresh)} "
                f"(warn after {format_age(policy.warn_age)}, refuse after {format_age(policy.max_age)})")
     if assessment.warning:
@@ -417,7 +420,7 @@ def run(obj: Context, use_stdin, ttys, serial_port, baud, folder, folder_done, j
             restore_stdin = make_scanner_tty(0, signals=True)
         runtime.add_stream(lambda: FdStream(0, "stdin", read_size=config.scan.read_size), name="stdin")
     for path in ttys:
-        runtime.add_stream(lambda path=path: FdStream.open_tty(path, read_size=config.scan.read_size),
+        runtime.add_stream(functools.partial(FdStream.open_tty, path, read_size=config.scan.read_size),
                            name=f"tty:{path}")
     if serial_port:
         runtime.add_stream(lambda: SerialStream(serial_port, baud, read_size=config.scan.read_size),

@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain, groupby
+from pathlib import Path
 from typing import NamedTuple
 
 from shellkit.files import create_private_file, ensure_private_file
@@ -156,6 +157,7 @@ class AuditLog:
         if config.path is None:
             raise ValueError("AuditConfig.path is required")
         self.config = config
+        self._path: Path = config.path  # checked above: the config's own field stays optional
         self.keep_subject = config.keep_subject_for is not None
         self._clock = clock
         self._pragmas = tuple(pragmas)
@@ -246,7 +248,7 @@ class AuditLog:
     # -- the writer thread ------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        path = self.config.path
+        path = self._path
         path.parent.mkdir(parents=True, exist_ok=True)
         # Owner-only before SQLite opens it: SQLite gives the -wal and -shm files the database's
         # mode, and the rows say who came to this hospital when. An existing wider file is tightened.
@@ -318,6 +320,8 @@ class AuditLog:
         if not pending:
             return
         conn = self._conn
+        if conn is None:  # not connected yet (the writer connects first): nothing to write to
+            return
         self._in_flight = 1  # before popping: flush() must not see an empty queue in between
         batch = []
         try:

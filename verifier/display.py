@@ -129,7 +129,7 @@ _MALFORMED_ZH = "内容无法解析（码已损坏或扫描不完整）"
 _UTC_TIME = re.compile(r"\b(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(?:Z|\+00:00)")
 
 
-def detail_zh(reason: Reason | None, detail: str) -> str:
+def detail_zh(reason: Reason | TerminalReason | None, detail: str) -> str:
     """The Chinese of a refusal's English ``detail`` (the reason's own words when unknown)."""
     for pattern, zh in _DETAIL_ZH:
         match = pattern.match(detail)
@@ -256,7 +256,7 @@ class Display:
             lines.append(f"  （{detail_zh(outcome.reason, outcome.detail)} / {outcome.detail}）")
         if province:
             lines.append(f"  省份 / province: {province}")
-        if valid:
+        if valid and outcome.code is not None:  # a valid outcome always has its code
             lines.append(f"  有效期至 / valid until: {beijing(outcome.code.expires_at)}")
         age_colour = _YELLOW if trust.level is not Freshness.FRESH else ""
         lines.append(f"  {age_colour}{_trust_line(outcome)}{_RESET if age_colour else ''}")
@@ -272,11 +272,12 @@ class Display:
 
     def render_ready(self, inputs: Sequence[str], trust: TrustAssessment, warnings: Sequence[str], *,
                      output: str | None = None) -> str:
-        if trust.last_verified is None:
+        age = trust.age
+        if trust.last_verified is None or age is None:  # (assess gives both or neither)
             data = "信任数据: 无，需要同步 / trust data: none, sync needed"
         else:
-            data = (f"信任数据 {format_age_zh(trust.age)} 前更新（{beijing(trust.last_verified)} 验证）/ "
-                    f"trust data {format_age(trust.age)} old (verified {beijing(trust.last_verified)})")
+            data = (f"信任数据 {format_age_zh(age)} 前更新（{beijing(trust.last_verified)} 验证）/ "
+                    f"trust data {format_age(age)} old (verified {beijing(trust.last_verified)})")
         refusing = trust.level in (Freshness.STALE, Freshness.MISSING)
         state = ("未就绪：拒绝核验直至同步 / not ready: codes refused until a sync" if refusing
                  else "就绪，请扫码 / ready: scan a code")

@@ -36,7 +36,8 @@ import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, BinaryIO
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING
 
 from healthcode import PROVINCES
 
@@ -104,7 +105,7 @@ def result_record(outcome: "Outcome", *, include_subject: bool = True) -> dict:
         },
     }
     if include_subject:
-        record["main_index_id"] = code.subject if valid else None
+        record["main_index_id"] = code.subject if valid and code is not None else None
     return record
 
 
@@ -223,7 +224,7 @@ def encode_result(outcome: "Outcome", *, include_subject: bool = True, time_text
             f'{body}{source_part(outcome.source, outcome.ended_by)}'
             f'{kind_part(outcome.kind, outcome.step, outcome.check_id)}{_trust_part(outcome)}')
     if include_subject:
-        line += f',"main_index_id":"{code.subject}"}}\n' if valid else ',"main_index_id":null}\n'
+        line += f',"main_index_id":"{code.subject}"}}\n' if valid and code is not None else ',"main_index_id":null}\n'
     else:
         line += "}\n"
     return line.encode("utf-8")
@@ -292,7 +293,7 @@ class Sink:
     def write(self, line: bytes) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def write_lines(self, lines: list[bytes]) -> None:
+    def write_lines(self, lines: Sequence[bytes]) -> None:
         """Several lines, in order (the run loop: once per batch)."""
         for line in lines:
             self.write(line)
@@ -308,21 +309,21 @@ class NullSink(Sink):
     def write(self, line: bytes) -> None:
         pass
 
-    def write_lines(self, lines: list[bytes]) -> None:
+    def write_lines(self, lines: Sequence[bytes]) -> None:
         pass
 
 
 class StreamSink(Sink):
     """Lines to a binary stream (standard output)."""
 
-    def __init__(self, stream: BinaryIO | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stdout.buffer
+    def __init__(self, stream: IO[bytes] | None = None) -> None:
+        self.stream: IO[bytes] = stream if stream is not None else sys.stdout.buffer
         self._parts: list[bytes] = []
 
     def write(self, line: bytes) -> None:
         self._parts.append(line)
 
-    def write_lines(self, lines: list[bytes]) -> None:
+    def write_lines(self, lines: Sequence[bytes]) -> None:
         self._parts.extend(lines)
 
     def flush(self) -> None:
@@ -345,6 +346,7 @@ class FileSink(StreamSink):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = pathlib.Path(path)
+        stream: IO[bytes]
         if self.path.is_fifo():  # the HIS's pipe: its mode is the HIS's; open waits for its reader
             stream = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
         else:
@@ -372,6 +374,7 @@ class SocketSink(Sink):
     """Lines to the HIS's listening unix or loopback TCP socket, through a writer thread."""
 
     def __init__(self, address: str, *, backlog: int = 10_000, connect_timeout: float = 2.0) -> None:
+        self.target: str | tuple[str, int]  # the path of a unix socket, or (host, port)
         if address.startswith("unix:"):
             self.family, self.target = socket.AF_UNIX, address[5:]
         elif address.startswith("tcp:"):
@@ -398,7 +401,7 @@ class SocketSink(Sink):
     def write(self, line: bytes) -> None:
         self.write_lines((line,))
 
-    def write_lines(self, lines: list[bytes]) -> None:
+    def write_lines(self, lines: Sequence[bytes]) -> None:
         queued = self._lines
         queued.extend(lines)
         for _ in range(len(queued) - self.backlog):  # oldest dropped (the writer may pop meanwhile)

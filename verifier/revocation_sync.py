@@ -63,7 +63,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, TypeVar
 
 from tuf.api.metadata import Snapshot, Targets
 
@@ -111,6 +111,8 @@ _MAX_STATE_BYTES = 4 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _KID_HEX = re.compile(r"(?:[0-9a-f]{2}){1,32}")
 _UTC = _dt.timezone.utc
+#: What a fetch gave: the bytes of a file a fetch must find, or of one it may not (None).
+_Fetched = TypeVar("_Fetched", bytes, "bytes | None")
 
 # What happened to a shard in a sync (ShardSync.action).
 UNCHANGED = "unchanged"  # the province lists the snapshot already held: nothing fetched
@@ -277,6 +279,8 @@ def _follow_unlisted(base: RevocationState, seq: int, want: str, fetch: Callable
     except (RevocationDataError, SyncError) as exc:
         return None, b"", f"delta refused: {exc}"
     state = work.get(base.province, base.kid)
+    if state is None:  # not expected: the set holds base, and a delta replaces a state, never drops it
+        return None, b"", "delta refused: the deltas left no state of the shard"
     if state.seq != seq:
         return None, b"", (f"the deltas from seq {base.seq} end at seq {state.seq}, before the listed {seq} "
                            "(missing, or heavier than the snapshot)")
@@ -342,11 +346,12 @@ class RevocationStore:
         reports: list[ShardSync] = []
         for shard in sorted(live):
             role = roles.get(shard[0])
-            record, report, new = self._sync_shard(shard, previous.get(shard), role, fetch, fetch_unlisted, now)
+            record, shard_report, new = self._sync_shard(shard, previous.get(shard), role, fetch, fetch_unlisted,
+                                                         now)
             if record is not None:
                 records[shard] = record
             blobs.update(new)
-            reports.append(report)
+            reports.append(shard_report)
         for shard, rec in sorted(previous.items()):
             if shard not in live:
                 reports.append(ShardSync(shard[0], shard[1], DROPPED, rec.seq, None, 0, 0, 0,
@@ -412,7 +417,7 @@ class RevocationStore:
             record = _Record(held.seq, held.snapshot, role_id, now)
             return result(UNCHANGED, record, blobs={role_id: role_bytes} if role_id != held.role else {})
 
-        def tally(data: bytes | None) -> bytes | None:
+        def tally(data: _Fetched) -> _Fetched:
             if data is not None:
                 transferred[0] += len(data)
                 transferred[1] += 1

@@ -56,6 +56,7 @@ import datetime as _dt
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from typing import Literal, overload
 
 import healthcode as hc
 from healthcode.presentation import STEP_SECONDS, ReplayCache
@@ -68,6 +69,7 @@ from .output import Sink, ValidLines, encode_result, kind_part, source_part, tru
 from .scan import ByteStream, FolderSource, Scan, ScanBatch, read_stream
 from .trust import (
     Freshness,
+    SyncReport,
     TrustAssessment,
     TrustError,
     TrustSource,
@@ -140,6 +142,9 @@ def outcome_of(verdict: Verdict, scan: Scan, seq: int, assessment: TrustAssessme
 def _audit_row(outcome: Outcome, stamp: str, age_s: int | None, behind: int, keep_subject: bool) -> AuditEntry:
     """The full audit row of a scan."""
     code, claimed, reason = outcome.code, outcome.claimed, outcome.reason
+    province: str | None
+    kid: str | None
+    serial: str | None
     if code is not None:  # verified: valid, or refused by the terminal after verifying it
         province, kid, serial, verified = code.province, code.kid.hex(), str(code.serial), 1
     elif claimed is not None:
@@ -150,8 +155,8 @@ def _audit_row(outcome: Outcome, stamp: str, age_s: int | None, behind: int, kee
     valid = reason is None
     step = outcome.step
     return _new_entry(AuditEntry, (
-        stamp, "valid" if valid else "invalid", None if valid else reason.value, province, kid, serial, verified,
-        outcome.source, age_s, behind, code.subject if keep_subject and code is not None else None,
+        stamp, "valid" if valid else "invalid", None if reason is None else reason.value, province, kid, serial,
+        verified, outcome.source, age_s, behind, code.subject if keep_subject and code is not None else None,
         outcome.text if keep_subject else None, outcome.kind,
         None if step is None else iso_utc(_dt.datetime.fromtimestamp(step * STEP_SECONDS, _dt.timezone.utc)),
         1 if outcome.check_id else 0))
@@ -188,7 +193,7 @@ class Runtime:
         self.seq = 0
         self.valid_count = 0
         self.sync_error: str | None = None
-        self.last_sync = None
+        self.last_sync: SyncReport | None = None
         self.sync_attempts = 0
         self.source_problems: dict[str, str] = {}
         self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
@@ -363,6 +368,13 @@ class Runtime:
         """Verify one scan and emit it (JSON, audit, display), synchronously; return its outcome."""
         return self.process_batch(ScanBatch(scan.source, scan.ended_by, [scan]), outcomes=True)[0]
 
+    @overload
+    def process_batch(self, batch: ScanBatch, *, outcomes: Literal[True]) -> list[Outcome]: ...
+    @overload
+    def process_batch(self, batch: ScanBatch, *, outcomes: Literal[False] = False) -> None: ...
+    @overload
+    def process_batch(self, batch: ScanBatch, *, outcomes: bool) -> list[Outcome] | None: ...
+
     def process_batch(self, batch: ScanBatch, *, outcomes: bool = False) -> list[Outcome] | None:
         """Verify and emit every scan of ``batch``, in order (see the module docstring).
 
@@ -371,6 +383,7 @@ class Runtime:
         the outcomes when ``outcomes`` is true, else None.
         """
         state = self.state
+        state_warnings: tuple[str, ...]
         if state is None:
             keyring, revocation, last_verified, state_warnings = _EMPTY_KEYRING, None, None, ()
             recheck_at = None
@@ -396,7 +409,8 @@ class Runtime:
         batch_source, batch_ended_by = batch.source, batch.ended_by
         batch_part = source_part(batch_source, batch_ended_by)
         screens: list[str] = []  # the display's, written once per batch
-        warned = warnings = None
+        warned = None
+        warnings: list[str] = []  # the operator's warnings at ``warned`` (taken once per instant)
         seq = self.seq
         valid = 0
         instant = None
@@ -413,7 +427,7 @@ class Runtime:
                     instant = now
                     assessment = assess(policy, system_now=now, last_verified=last_verified)
                     verify_at = assessment.now
-                    if recheck_at is not None and verify_at >= recheck_at:
+                    if recheck_at is not None and verify_at >= recheck_at and state is not None:
                         # a key came into use or left it: the state's warnings change (rare)
                         state = self._recheck(state, verify_at)
                         state_warnings, recheck_at = state.warnings, state.recheck_at
@@ -430,20 +444,24 @@ class Runtime:
                 verdict = judge(text, problem, keyring, revocation, hook, verify_at)
                 code, reason, detail, kind, step, check_id = verdict
                 if reason is None and step is None:
-                    # a valid static code: its JSON line and audit row straight from the code
+                    # a valid static code: its JSON line and audit row straight from the code.
+                    # Its verdict always carries the code (Judge, step 4); mypy cannot see that, and
+                    # this loop gets no per-scan check to tell it: hence the ignores below.
                     valid += 1
-                    serial = str(code.serial)
+                    serial = str(code.serial)  # type: ignore[union-attr]  # valid static: code is set
                     if lines is not None:
                         lines.append(valid_lines.line(seq, code, serial, part or source_part(source, ended_by),
                                                       static_kind))
                     if rows is not None:
                         if keep_subject:
                             rows.append(_new_entry(AuditEntry, (
-                                stamp, "valid", None, code.province, code.kid.hex(), serial, 1, source, age_s,
-                                behind, code.subject, text, STATIC, None, int(check_id))))
+                                stamp, "valid", None, code.province, code.kid.hex(),  # type: ignore[union-attr]
+                                serial, 1, source, age_s, behind,
+                                code.subject, text, STATIC, None, int(check_id))))  # type: ignore[union-attr]
                         else:  # the short form
                             rows.append(_new_entry(ValidEntry, (
-                                stamp, code.province, code.kid.hex(), serial, source, age_s, behind, int(check_id))))
+                                stamp, code.province, code.kid.hex(),  # type: ignore[union-attr]
+                                serial, source, age_s, behind, int(check_id))))
                     if direct:
                         continue
                     outcome = _new_entry(Outcome, (seq, source, ended_by, code, None, "valid", assessment,
@@ -471,9 +489,9 @@ class Runtime:
             if lines:
                 for sink in sinks:
                     sink.write_lines(lines)
-            if rows:
+            if rows and audit is not None:  # rows is a list only with an audit log
                 audit.queue_rows(rows)
-            if screens:
+            if screens and display is not None:  # screens are rendered only with a display
                 display.show_rendered(screens)
         return kept
 
@@ -548,10 +566,13 @@ class Runtime:
 
     def show_ready(self) -> None:
         """The ready screen: the inputs, the trust data's age and freshness, the warnings."""
+        display = self.display
+        if display is None:  # no screen to show it on
+            return
         state = self.state
         assessment = assess(self._policy, system_now=self.clock(),
                             last_verified=state.last_verified_refresh if state is not None else None)
-        self.display.ready(self.input_names, assessment, self.warnings(assessment), output=self.output_name)
+        display.ready(self.input_names, assessment, self.warnings(assessment), output=self.output_name)
 
     def _handle(self, item) -> int:
         kind, payload = item

@@ -37,7 +37,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Literal, NamedTuple, TypeGuard
 
 from healthcode.codec import PREFIX
 from healthcode.presentation import PRESENTATION_PREFIX
@@ -154,7 +154,7 @@ class LineFramer:
                     return list(filter(None, lines)) if "" in lines else lines
         return to_items(self.feed(data), source, ended_by, cap)
 
-    def flush(self) -> bytes | None | bool:
+    def flush(self) -> bytes | None | Literal[False]:
         """End the held line (timeout or end of input): its bytes, ``None`` if overlong, False if none."""
         if self._discarding:
             self._discarding = False
@@ -178,6 +178,11 @@ def to_scan(line: bytes | None, source: str, ended_by: str, max_line: int) -> Sc
     return _new(Scan, (text, source, None, ended_by))  # skip the named tuple's __new__
 
 
+def _none_overlong(lines: list[bytes | None]) -> TypeGuard[list[bytes]]:
+    """True when no line stands for an overlong one (``None``): the lines are all bytes."""
+    return None not in lines
+
+
 def to_items(lines: list[bytes | None], source: str, ended_by: str, max_line: int) -> list:
     """Framed lines as :class:`ScanBatch` items: the same answers as :func:`to_scan` on each line.
 
@@ -187,7 +192,7 @@ def to_items(lines: list[bytes | None], source: str, ended_by: str, max_line: in
     """
     if not lines:
         return []
-    if None not in lines:
+    if _none_overlong(lines):
         blob = b"\n".join(lines)
         if blob.isascii() and b"\0" not in blob and b"]" not in blob:
             return blob.decode("ascii").split("\n")
@@ -401,7 +406,8 @@ class FolderSource:
                  processed_dir: str | os.PathLike[str] | None = None, max_codes: int = 4,
                  decode: Callable[[str], list[str]] | None = None) -> None:
         if decode is None:
-            from .images import decode_image as decode
+            from .images import decode_image
+            decode = decode_image
         self.directory = pathlib.Path(directory)
         self.processed_dir = pathlib.Path(processed_dir) if processed_dir else self.directory / "processed"
         self.done = done

@@ -146,11 +146,15 @@ class TrustAssessment(NamedTuple):
         if self.level is Freshness.MISSING:
             parts.append("无信任数据，需要同步 / no trust data: sync needed")
         elif self.level is Freshness.STALE:
-            parts.append(f"信任数据已 {format_age_zh(self.age)} 未更新，同步前拒绝核验 / "
-                         f"trust data {format_age(self.age)} old: codes refused until a sync")
+            age = self.age
+            assert age is not None, "assess() gives STALE only with an age"
+            parts.append(f"信任数据已 {format_age_zh(age)} 未更新，同步前拒绝核验 / "
+                         f"trust data {format_age(age)} old: codes refused until a sync")
         elif self.level is Freshness.AGING:
-            parts.append(f"信任数据已 {format_age_zh(self.age)} 未更新，请尽快同步 / "
-                         f"trust data {format_age(self.age)} old: sync soon")
+            age = self.age
+            assert age is not None, "assess() gives AGING only with an age"
+            parts.append(f"信任数据已 {format_age_zh(age)} 未更新，请尽快同步 / "
+                         f"trust data {format_age(age)} old: sync soon")
         if self.clock_behind is not None:
             parts.append(f"本机时钟比上次验证时间慢 {format_age_zh(self.clock_behind)}，请校准 / "
                          f"system clock {format_age(self.clock_behind)} behind the last verified time")
@@ -203,7 +207,8 @@ class TrustState:
 
     keyring: hc.Keyring
     revocation: hc.RevocationChecker | None
-    last_verified_refresh: _dt.datetime | None
+    #: when this data was last verified (data is loaded only once a refresh verified it)
+    last_verified_refresh: _dt.datetime
     #: what the operator should know about this data (e.g. keys without revocation data)
     warnings: tuple[str, ...] = ()
     #: the keys this data holds no revocation data for (whether or not they can have codes yet)
@@ -300,7 +305,8 @@ class SetRevocation:
 
     __slots__ = ("_shards",)
 
-    def __init__(self, shards: Mapping[tuple[str, bytes], Iterable[int]] = ()) -> None:
+    def __init__(self, shards: Mapping[tuple[str, bytes], Iterable[int]]
+                 | Iterable[tuple[tuple[str, bytes], Iterable[int]]] = ()) -> None:
         self._shards = {key: frozenset(serials) for key, serials in dict(shards).items()}
 
     def is_revoked(self, province: str, kid: bytes, serial: int) -> bool:

@@ -113,10 +113,11 @@ class Judge:
         """The verdict on ``text`` (or on the framing ``problem``) with this trust state at ``now``.
 
         ``trust`` is the staleness hook handed to the core (None while the
-        terminal's policy does not refuse).
+        terminal's policy does not refuse). ``text`` is None exactly when there is
+        a framing ``problem`` (the contract of :class:`~verifier.scan.Scan`).
         """
-        # (1) framing problems
-        if problem is not None:
+        # (1) framing problems (tested on `text`, which is what the steps below read)
+        if text is None:
             return _new(Verdict, (None, Reason.MALFORMED, problem, None, None, False))
         # (2) a dynamic presentation, by its prefix
         if text.startswith(PRESENTATION_PREFIX) and text.find(PRESENTATION_PREFIX, 5) < 0 \
