@@ -49,7 +49,7 @@ from typing import Any, Callable, Sequence
 from securesystemslib.signer import Key, Signer
 
 from healthcode.errors import InvalidClaims
-from healthcode.model import parse_province
+from healthcode.model import ProvinceCode, parse_province
 
 from .errors import KeyNotFound, PolicyViolation, TrustRepoError
 from .key_set_file import key_set_lock, save_key_set
@@ -129,7 +129,7 @@ def aware_utc(now: _dt.datetime) -> _dt.datetime:
     return now.astimezone(_UTC)
 
 
-def province_code(code: str) -> str:
+def province_code(code: str) -> ProvinceCode:
     """A province code checked (:class:`~keys.errors.PolicyViolation` if it is not one)."""
     try:
         return parse_province(code)

@@ -43,7 +43,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
-from healthcode import CompromisePolicy, TrustedKey, VerificationKey
+from healthcode import CompromisePolicy, ProvinceCode, TrustedKey, VerificationKey
 from healthcode.errors import InvalidClaims
 from healthcode.model import parse_province
 from shellkit.times import iso_utc
@@ -164,7 +164,8 @@ class ProvinceKeySet:
     def trusted_keys(self, now: _dt.datetime) -> tuple[TrustedKey, ...]:
         """What verifiers get at ``now``: every key not past ``verify_until``, pre-published ones included."""
         now = utc_seconds(now, "now")
-        return tuple(k.trusted_key(self.province, now) for k in self.keys if now <= k.verify_until)
+        province = ProvinceCode(self.province)  # a checked code since __post_init__
+        return tuple(k.trusted_key(province, now) for k in self.keys if now <= k.verify_until)
 
     # -- planning
 
@@ -301,7 +302,7 @@ class ProvinceKeySet:
         since = utc_seconds(since, "since")
         policy = CompromisePolicy(policy)
         key = self.find(kid)
-        if key.status is KeyState.COMPROMISED:
+        if key.compromised_since is not None:  # exactly when compromised (ManagedKey's invariant)
             if since > key.compromised_since or (
                     key.compromise_policy is CompromisePolicy.REJECT_ALL and policy is not CompromisePolicy.REJECT_ALL):
                 raise PolicyViolation(

@@ -22,7 +22,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from healthcode import CompromisePolicy, KeyStatus, TrustedKey, VerificationKey, load_public_key_der
+from healthcode import CompromisePolicy, KeyStatus, ProvinceCode, TrustedKey, VerificationKey, load_public_key_der
 from healthcode.errors import HealthCodeError
 from healthcode.model import from_epoch, to_epoch
 from shellkit.times import iso_utc
@@ -207,7 +207,7 @@ class ManagedKey:
             return KeyState.ACTIVE
         return KeyState.RETIRED
 
-    def trusted_key(self, province: str, now: _dt.datetime) -> TrustedKey:
+    def trusted_key(self, province: ProvinceCode, now: _dt.datetime) -> TrustedKey:
         """What verifiers get for this key (a pre-published key is an active key with a future window)."""
         state = self.state_at(now)
         status = {KeyState.COMPROMISED: KeyStatus.COMPROMISED, KeyState.RETIRED: KeyStatus.RETIRED,

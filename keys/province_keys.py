@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from securesystemslib.signer import Signer
 
 import healthcode
-from healthcode import Algorithm, CompromisePolicy, TrustedKey
+from healthcode import Algorithm, CompromisePolicy, ProvinceCode, TrustedKey
 from healthcode.keylist import InvalidKeyList, KeyList, parse_key_list
 from shellkit.times import beijing, human_duration, iso_utc
 
@@ -301,9 +301,13 @@ class ProvinceKeyAdmin:
         with self.repo.lock():
             previous = published_key_list(self.repo, self.province)
             serial = 1 if previous is None else previous.serial + 1
-            key_list = KeyList(province=self.province, serial=serial, keys=trusted)
+            province = ProvinceCode(self.province)  # checked by __post_init__
+            key_list = KeyList(province=province, serial=serial, keys=trusted)
             change = self.repo.publish_key_list(key_list, list(self.tuf_signers), now=now)
-            role_version = self.repo.province_targets(self.province).version
+            role = self.repo.province_targets(self.province)
+            if role is None:  # publish_key_list has just written it
+                raise TrustRepoError(f"province {self.province}'s targets metadata is missing after publishing")
+            role_version = role.version
             written = [str(self.repo.directory / p) for p in change.written]
             plural = "" if len(trusted) == 1 else "s"
             outcome = Outcome(

@@ -90,7 +90,7 @@ class RotatingSigner:
         self._loaded = _Loaded(key_set, {})
         with self._refresh_lock:
             if self._path is not None:
-                self._stamp = _stamp or self._stat()
+                self._stamp = _stamp or self._stat(self._path)
             self._install(key_set)
 
     @classmethod
@@ -194,11 +194,12 @@ class RotatingSigner:
                         self._counts.setdefault(key.kid, count)
         self._loaded = _Loaded(key_set, signers)
 
-    def _stat(self) -> tuple[int, int, int]:
+    @staticmethod
+    def _stat(path: pathlib.Path) -> tuple[int, int, int]:
         try:
-            st = os.stat(self._path)
+            st = os.stat(path)
         except OSError as e:
-            raise InvalidKeySet(f"cannot read key set {self._path}: {e.strerror}") from None
+            raise InvalidKeySet(f"cannot read key set {path}: {e.strerror}") from None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def update(self, key_set: ProvinceKeySet) -> None:
@@ -223,7 +224,7 @@ class RotatingSigner:
         if self._path is None:
             return False
         with self._refresh_lock:
-            stamp = self._stat()
+            stamp = self._stat(self._path)
             if stamp == self._stamp and not force:
                 return False
             key_set = load_key_set(self._path)
@@ -255,7 +256,7 @@ class RotatingSigner:
             return False
         counts = self.codes_signed()
         with self._refresh_lock, key_set_lock(self._path):
-            before = self._stat()
+            before = self._stat(self._path)
             on_disk = load_key_set(self._path)
             current = self._loaded.key_set
             if on_disk.province != current.province:
@@ -265,7 +266,7 @@ class RotatingSigner:
             if merged is not on_disk:
                 save_key_set(self._path, merged)
                 if before == self._stamp and on_disk == current:  # our own write: not a change to reload
-                    self._stamp = self._stat()
+                    self._stamp = self._stat(self._path)
                     self._loaded = _Loaded(merged, self._loaded.signers)
             self._recorded = counts
         if merged is not on_disk:

@@ -289,6 +289,7 @@ def _secret_of(key: SigningKey) -> bytes:
 
 def _private_key_info(algorithm: Algorithm, secret: bytes, public: VerificationKey) -> bytes:
     """The unencrypted DER ``PrivateKeyInfo`` of a 32-byte private scalar/seed."""
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
     if algorithm is Algorithm.ES256:
         key = ec.derive_private_key(int.from_bytes(secret, "big"), ec.SECP256R1())
     elif algorithm is Algorithm.EDDSA:
