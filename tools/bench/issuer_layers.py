@@ -44,6 +44,9 @@ import time
 
 import grpc
 
+import healthcode as hc
+from issuer.model import CodeRef, IssuedCode, RevocationReason
+
 from ._measure import percentile
 from .issuer import ECHO_SERVICE, _closed_loop
 
@@ -79,7 +82,7 @@ async def _serve_echo(mode: str, cert: pathlib.Path, key: pathlib.Path) -> None:
 
     def sign() -> None:
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-        hc.sign_code(hc.CodeClaims("33", mid, next(serials), now, now + dt.timedelta(days=7)), signer)
+        hc.sign_code(hc.CodeClaims(hc.ProvinceCode("33"), mid, next(serials), now, now + dt.timedelta(days=7)), signer)
 
     spent = [0, 0]  # thread CPU ns in sign() while serving, calls
 
@@ -104,40 +107,69 @@ async def _serve_echo(mode: str, cert: pathlib.Path, key: pathlib.Path) -> None:
                           "calls": spent[1]}), file=sys.stderr, flush=True)
 
 
+class StandInCodes:
+    """The code issuer's ``issue_code`` without a store, for the issuer layers: mode ``canned``
+    returns a canned text, ``burn`` the same after a signature's worth of CPU, ``sign`` a signed
+    code. The bench drives IssueCode only; the other operations raise NotImplementedError."""
+
+    def __init__(self, mode: str, province: str, signer: hc.Signer) -> None:
+        self._mode = mode
+        self._province = province
+        self._signer = signer
+        self._serials = itertools.count()
+
+    async def issue_code(self, *, caller: str, main_index_id: str, idempotency_key: str | None, now: dt.datetime,
+                         replace_live: bool = False) -> IssuedCode:
+        """What ``CodeIssuer.issue_code`` returns, minus the store (``replace_live`` is moot without one)."""
+        iat = now.replace(microsecond=0)
+        exp = iat + dt.timedelta(days=7)
+        serial = next(self._serials)
+        if self._mode in ("canned", "burn"):
+            if self._mode == "burn":  # the CPU of a signature, holding the interpreter lock throughout
+                _burn()
+            text = "EHC1:" + "X" * 205
+        else:
+            claims = hc.CodeClaims(hc.ProvinceCode(self._province), hc.MainIndexId(main_index_id), serial, iat, exp)
+            text = hc.sign_code(claims, self._signer)
+        return IssuedCode(CodeRef(self._province, bytes(self._signer.kid), serial), main_index_id, iat, exp, text)
+
+    async def renew_code(self, *, caller: str, ref: CodeRef, idempotency_key: str | None, now: dt.datetime,
+                         text: str | None = None) -> IssuedCode:
+        raise NotImplementedError(_ISSUE_ONLY)
+
+    async def revoke_code(self, *, ref: CodeRef, reason: RevocationReason, now: dt.datetime,
+                          text: str | None = None) -> IssuedCode:
+        raise NotImplementedError(_ISSUE_ONLY)
+
+    async def revoke_resident_codes(self, *, main_index_id: str, reason: RevocationReason, now: dt.datetime) -> int:
+        raise NotImplementedError(_ISSUE_ONLY)
+
+    async def get_code(self, ref: CodeRef, *, text: str | None = None) -> IssuedCode:
+        raise NotImplementedError(_ISSUE_ONLY)
+
+    def ref_from_text(self, text: str) -> CodeRef:
+        raise NotImplementedError(_ISSUE_ONLY)
+
+
+_ISSUE_ONLY = "the issuer-layers stand-in serves IssueCode only"
+
+
 async def _serve_issuer(mode: str, flags: list[str]) -> None:
-    import healthcode as hc
     from issuer import app
     from issuer.__main__ import serve
     from issuer.config import load_config
-    from issuer.model import CodeRef, IssuedCode
 
     params = serve.make_context("serve", flags).params  # the serve command's own flag parsing
     params.pop("config_file"), params.pop("code_validity_hours")
     config = load_config(None, params)
+    if config.signing_key is None:  # the workspace's serve flags name one
+        raise SystemExit("issuer-layers: the issuer needs a --signing-key")
     signer = app.load_signer_pem(pathlib.Path(config.signing_key).read_bytes(), None)
     index, codes, close = app.build_domain(
         config, signer=signer, vault_secret=app.parse_vault_secret(pathlib.Path(config.vault_key).read_bytes()))
-
-    class StandIn:
-        """The code issuer's ``issue_code`` without a store (``canned``: without a signature either)."""
-
-        def __init__(self) -> None:
-            self._serials = itertools.count()
-
-        async def issue_code(self, *, caller, main_index_id, idempotency_key, now):
-            iat = now.replace(microsecond=0)
-            exp = iat + dt.timedelta(days=7)
-            serial = next(self._serials)
-            if mode in ("canned", "burn"):
-                if mode == "burn":  # the CPU of a signature, holding the interpreter lock throughout
-                    _burn()
-                text = "EHC1:" + "X" * 205
-            else:
-                text = hc.sign_code(hc.CodeClaims(config.province, main_index_id, serial, iat, exp), signer)
-            return IssuedCode(CodeRef(config.province, bytes(signer.kid), serial), main_index_id, iat, exp, text)
-
-    server = await app.IssuerServer.start(app.server_options(config), index=index,
-                                          codes=codes if mode == "real" else StandIn())
+    server = await app.IssuerServer.start(
+        app.server_options(config), index=index,
+        codes=codes if mode == "real" else StandInCodes(mode, config.province, signer))
     try:
         print(json.dumps({"event": "listening", "port": server.port}), file=sys.stderr, flush=True)
         done = asyncio.Event()
@@ -162,7 +194,7 @@ def _server_main(argv: list[str]) -> int:
     if kind == "echo":
         asyncio.run(_serve_echo(mode, pathlib.Path(rest[0]), pathlib.Path(rest[1])))
     else:
-        from issuer.app import configure_logging
+        from issuer.logs import configure_logging
 
         configure_logging("INFO")
         asyncio.run(_serve_issuer(mode, rest))
@@ -248,9 +280,9 @@ def _read_sign_cost(log: pathlib.Path) -> dict | None:
 
 
 def _with_database(flags: tuple[str, ...], database: pathlib.Path) -> list[str]:
-    flags = list(flags)
-    flags[flags.index("--database") + 1] = str(database)
-    return flags
+    replaced = list(flags)
+    replaced[replaced.index("--database") + 1] = str(database)
+    return replaced
 
 
 def _report(results: dict[str, list], *, out, rounds: int, seconds: float, concurrency: int,
