@@ -90,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     if found != [code.code_text]:
         return 1
     result = hc.check(found[0], env.keyring(), now=dt.datetime.now(dt.timezone.utc))
-    if not result.valid:
-        print(f"9. verified offline: INVALID ({result.reason.value}: {result.detail})")
-        return 1
     verified = result.code
+    if verified is None:  # not valid: then check gave the reason
+        reason = "?" if result.reason is None else result.reason.value
+        print(f"9. verified offline: INVALID ({reason}: {result.detail})")
+        return 1
     print(f"9. verified offline: VALID - province {verified.province}, serial {verified.serial}, "
           f"expires {beijing(verified.expires_at)}; the QR carries no ID number "
           f"({number not in found[0]}) and no name")

@@ -49,7 +49,7 @@ def _rewrite(text: str) -> str:
 
 def generate() -> dict[str, str]:
     """Run protoc on every ``*.proto`` of :data:`PROTO_PACKAGES`; return {file name: rewritten text}."""
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # grpc_tools ships no stubs or py.typed
 
     protos = []
     for directory in PROTO_PACKAGES.values():

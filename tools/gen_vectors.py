@@ -92,6 +92,7 @@ from healthcode import (
     CodeClaims,
     CompromisePolicy,
     KeyStatus,
+    MainIndexId,
     VerificationKey,
     main_index_id_from_bytes,
     signing_key_from_private_bytes,
@@ -229,7 +230,7 @@ UNTRUSTED_KEY = TestKey("es256/33/untrusted", Algorithm.ES256)
 HOLDER_KEY = TestKey("holder/es256", Algorithm.ES256)  # only its public point goes into cnf
 
 
-def _subject(label: str) -> str:
+def _subject(label: str) -> MainIndexId:
     return main_index_id_from_bytes(hashlib.sha256(SUBJECT_SEED_PREFIX + label.encode()).digest()[:16])
 
 

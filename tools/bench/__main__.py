@@ -26,14 +26,17 @@ command that produced it.
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 from . import core, crashloop, issuer, issuer_layers, key_recovery, presentation, revocation, trust, verifier
 
-BENCHES = {"core": core.run, "issuer": issuer.run, "issuer-layers": issuer_layers.run, "crashloop": crashloop.run,
-           "trust": trust.run, "revocation": revocation.run, "verifier": verifier.run,
-           "key-recovery": key_recovery.run, "presentation": presentation.run}
+#: Each benchmark's ``run``: keyword options only, each with its own set (hence ``...``).
+BENCHES: dict[str, Callable[..., object]] = {
+    "core": core.run, "issuer": issuer.run, "issuer-layers": issuer_layers.run, "crashloop": crashloop.run,
+    "trust": trust.run, "revocation": revocation.run, "verifier": verifier.run,
+    "key-recovery": key_recovery.run, "presentation": presentation.run}
 #: Per-benchmark defaults for the options not given on the command line.
-DEFAULTS = {
+DEFAULTS: dict[str, dict[str, float]] = {
     "core": {"rounds": 7, "seconds": 1.0},
     "issuer": {"rounds": 5, "seconds": 3.0, "concurrency": 32},
     "issuer-layers": {"rounds": 3, "seconds": 2.0, "concurrency": 32},

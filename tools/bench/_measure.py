@@ -16,7 +16,13 @@ import gc
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+T = TypeVar("T")
+
+#: One contender: an operation and the inputs it cycles over. Each contender's inputs have
+#: their own type, which a mapping of several cannot state: hence ``Any``.
+Contender = tuple[Callable[[Any], object], Sequence[Any]]
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class Series:
         return statistics.median(ratios), min(ratios), max(ratios)
 
 
-def rate(operation: Callable[[object], object], inputs: Sequence[object], *, seconds: float) -> float:
+def rate(operation: Callable[[T], object], inputs: Sequence[T], *, seconds: float) -> float:
     """Run ``operation`` over ``inputs`` (cycling) for about ``seconds`` of this thread's
     CPU time; return operations per CPU second."""
     gc.collect()
@@ -55,7 +61,7 @@ def rate(operation: Callable[[object], object], inputs: Sequence[object], *, sec
 
 
 def interleaved(
-    contenders: dict[str, tuple[Callable[[object], object], Sequence[object]]],
+    contenders: Mapping[str, Contender],
     *,
     rounds: int,
     seconds: float,

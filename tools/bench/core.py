@@ -27,6 +27,7 @@ from healthcode.codec import decode_unverified
 from ._measure import best_time, interleaved
 
 POOL = 64
+PROVINCE = hc.ProvinceCode("33")
 
 
 def _setup(alg: hc.Algorithm, now: dt.datetime):
@@ -35,7 +36,7 @@ def _setup(alg: hc.Algorithm, now: dt.datetime):
     codes = [
         hc.sign_code(
             hc.CodeClaims(
-                province="33",
+                province=PROVINCE,
                 subject=hc.main_index_id_from_bytes(os.urandom(16)),
                 serial=int.from_bytes(os.urandom(3), "big"),
                 issued_at=now - dt.timedelta(minutes=5),
@@ -48,7 +49,7 @@ def _setup(alg: hc.Algorithm, now: dt.datetime):
     ring = hc.Keyring(
         [
             hc.TrustedKey(
-                kid=signer.kid, province="33", public_key=key.public_key(),
+                kid=signer.kid, province=PROVINCE, public_key=key.public_key(),
                 use_from=now - dt.timedelta(days=1), use_until=now + dt.timedelta(days=90),
                 verify_until=now + dt.timedelta(days=120),
             )
@@ -135,7 +136,7 @@ def run(*, rounds: int, seconds: float, out=sys.stdout) -> None:
         print(f"| {alg} | {others[raw_name].median:,.0f} | {others[core_name].median:,.0f} | {med:.3f} |", file=out)
 
     claims = [
-        hc.CodeClaims(province="33", subject=hc.main_index_id_from_bytes(os.urandom(16)), serial=i,
+        hc.CodeClaims(province=PROVINCE, subject=hc.main_index_id_from_bytes(os.urandom(16)), serial=i,
                       issued_at=now, expires_at=now + dt.timedelta(days=7))
         for i in range(POOL)
     ]

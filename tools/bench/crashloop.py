@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-PROVINCE = "33"
+PROVINCE = hc.ProvinceCode("33")
 CALLER = "load-client"
 RPC_TIMEOUT = 10.0
 
@@ -370,6 +370,7 @@ async def issue_until_killed(
 
     async def worker() -> None:
         while not killed.is_set():
+            key: str | None
             if acked_keys and rng.random() < live_retry_fraction:
                 key = rng.choice(list(acked_keys))
                 mid, original = sent_keys[key], acked_keys[key]
@@ -540,10 +541,11 @@ async def check_after_restart(
             return None
         return reply.code
 
-    async def retry_acked(ack: Ack) -> None:
-        code = await issue(ack.main_index_id, ack.key)
+    async def retry_acked(item: tuple[str, Ack]) -> None:
+        key, ack = item
+        code = await issue(ack.main_index_id, key)
         if code is not None and code.code_text != ack.text:
-            retry_mismatches.append(ack.key)
+            retry_mismatches.append(key)
 
     async def retry_cut_off(item: tuple[str, str]) -> None:
         key, mid = item
@@ -559,7 +561,7 @@ async def check_after_restart(
         new_acks.append(_ack(mid, key, first))
 
     keyed = {ack.key: ack for ack in distinct.values() if ack.key is not None}
-    await _bounded(list(keyed.values()), retry_acked, concurrency)
+    await _bounded(list(keyed.items()), retry_acked, concurrency)
     await _bounded(sorted(load.cut_off.items()), retry_cut_off, concurrency)
 
     # (4) the retries' new codes are stored once, too

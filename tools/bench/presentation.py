@@ -39,18 +39,19 @@ from ._measure import interleaved
 from .core import raw_es256_pool
 
 POOL = 512
+PROVINCE = hc.ProvinceCode("33")
 _DEVICE_INPUT = bytes(51)  # the size of what the phone signs (context, step, SHA-256)
 
 
 def _setup(now: dt.datetime):
     key = generate_signing_key()
     signer = hc.SoftwareSigner(key)
-    ring = hc.Keyring([hc.TrustedKey(kid=signer.kid, province="33", public_key=key.public_key(),
+    ring = hc.Keyring([hc.TrustedKey(kid=signer.kid, province=PROVINCE, public_key=key.public_key(),
                                      use_from=now - dt.timedelta(days=1), use_until=now + dt.timedelta(days=90),
                                      verify_until=now + dt.timedelta(days=120))])
     devices = [generate_signing_key() for _ in range(POOL)]
     credentials = [
-        hc.sign_code(hc.CodeClaims(province="33", subject=hc.main_index_id_from_bytes(os.urandom(16)),
+        hc.sign_code(hc.CodeClaims(province=PROVINCE, subject=hc.main_index_id_from_bytes(os.urandom(16)),
                                    serial=1_000_000 + i, issued_at=now - dt.timedelta(days=1),
                                    expires_at=now + dt.timedelta(days=6),
                                    holder_key=holder_cnf(device.public_key().spki_der()[-65:])), signer)
@@ -58,7 +59,7 @@ def _setup(now: dt.datetime):
     ]
     step = step_at(now)
     presentations = [encode_presentation(c, step, d) for c, d in zip(credentials, devices)]
-    static = [hc.sign_code(hc.CodeClaims(province="33", subject=hc.main_index_id_from_bytes(os.urandom(16)),
+    static = [hc.sign_code(hc.CodeClaims(province=PROVINCE, subject=hc.main_index_id_from_bytes(os.urandom(16)),
                                          serial=i, issued_at=now - dt.timedelta(days=1),
                                          expires_at=now + dt.timedelta(days=6)), signer) for i in range(POOL)]
     revocation = RevocationSet([RevocationState("33", signer.kid, seq=1, universe=10_000_000,

@@ -221,15 +221,16 @@ def _child(snapshot_file: str, delta_file: str, rounds: int, seconds: float) -> 
 
     # the largest shard of the largest province: the longest bisect
     biggest = max(national, key=len)
+    province = hc.ProvinceCode(biggest.province)
     now = dt.datetime.now(dt.timezone.utc)  # a shell may read the clock
     signer = hc.SoftwareSigner(hc.generate_signing_key(hc.Algorithm.ES256), kid=biggest.kid)
-    ring = hc.Keyring([hc.TrustedKey(kid=signer.kid, province=biggest.province, public_key=signer.public_key(),
+    ring = hc.Keyring([hc.TrustedKey(kid=signer.kid, province=province, public_key=signer.public_key(),
                                      use_from=now - dt.timedelta(days=1), use_until=now + dt.timedelta(days=90),
                                      verify_until=now + dt.timedelta(days=120))])
     rng = random.Random(SEED)
     serials = [s for s in (rng.randrange(biggest.universe) for _ in range(200)) if s not in biggest][:64]
     codes = [
-        hc.sign_code(hc.CodeClaims(biggest.province, hc.main_index_id_from_bytes(rng.randbytes(16)), serial,
+        hc.sign_code(hc.CodeClaims(province, hc.main_index_id_from_bytes(rng.randbytes(16)), serial,
                                    now - dt.timedelta(minutes=5), now + dt.timedelta(days=7)), signer)
         for serial in serials
     ]

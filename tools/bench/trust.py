@@ -41,7 +41,8 @@ import healthcode as hc
 from healthcode.keylist import KeyList
 from healthcode.revocation import RevocationState, delta_target, encode_delta, shard_directory, snapshot_target
 from keys.trustrepo import TrustRepository
-from verifier.trustsync import DirectoryFetcher, TrustSync
+from verifier.revocation_sync import ShardSync
+from verifier.trustsync import DirectoryFetcher, SyncResult, TrustSync
 
 DAY = dt.timedelta(days=1)
 HOUR = dt.timedelta(hours=1)
@@ -77,22 +78,23 @@ def _gen(n: int) -> list[CryptoSigner]:
 
 def _key_list(code: str, serial: int, keys, now: dt.datetime, *, compromised: bool = False) -> KeyList:
     """Six keys on a 90-day rotation: four retired, the active one, the pre-published next one."""
+    province = hc.ProvinceCode(code)
     entries = []
     for index, key in enumerate(keys):
         start = now + (index - 4) * 90 * DAY
         status = hc.KeyStatus.RETIRED if index < 4 else hc.KeyStatus.ACTIVE
-        extra = {}
+        compromised_since = None
         if compromised and index == 4:
             status = hc.KeyStatus.COMPROMISED
-            extra = {"compromised_since": now}
+            compromised_since = now
         entries.append(
             hc.TrustedKey(
-                kid=key.public_key().key_id(), province=code, public_key=key.public_key(),
+                kid=key.public_key().key_id(), province=province, public_key=key.public_key(),
                 use_from=start, use_until=start + 90 * DAY, verify_until=start + 120 * DAY,
-                status=status, **extra,
+                status=status, compromised_since=compromised_since,
             )
         )
-    return KeyList(province=code, serial=serial, keys=tuple(entries))
+    return KeyList(province=province, serial=serial, keys=tuple(entries))
 
 
 def _build(directory: Path, now: dt.datetime):
@@ -147,7 +149,8 @@ def _revocation_steady_state(repo: TrustRepository, provinces, base: Path, now: 
     push_directory(repo, "33", out, tuf_keys[:2], now=t, publish=True)
     watcher = _LoggingFetcher(repo.directory)
     verifier = _client(base, "revocation-verifier", repo, watcher)
-    assert verifier.refresh(t + 60 * _MINUTE).revocation.get("33", kid).seq == 1
+    first = _shard_synced(verifier.refresh(t + 60 * _MINUTE), "33", kid)
+    assert first.seq == 1, first
     hours = DEFAULT_KEEP_DELTAS + 24
     refreshes, delta_bytes = [], []
     for hour in range(1, hours + 1):
@@ -167,17 +170,26 @@ def _revocation_steady_state(repo: TrustRepository, provinces, base: Path, now: 
         state = new
         push_directory(repo, "33", out, tuf_keys[:2], now=t, publish=True)
         watcher.log.clear()
-        synced = verifier.refresh(t + _MINUTE).revocation.get("33", kid)
+        synced = _shard_synced(verifier.refresh(t + _MINUTE), "33", kid)
         assert synced.seq == state.seq and synced.action == "deltas", synced
         if hour > hours - 24:
             refreshes.append(list(watcher.log))
             delta_bytes.append(len(delta))
     role = repo.province_targets("33")
+    assert role is not None, "province 33 has published its role"
     listed = sum(1 for path in role.targets if path.startswith(shard_directory("33", kid) + "/delta-"))
     served = len(repo.unlisted("33", "revocation"))
     return {"refreshes": refreshes, "delta_bytes": delta_bytes, "listed_deltas": listed, "served_deltas": served,
             "snapshot_bytes": len(state.to_snapshot()), "keep_deltas": DEFAULT_KEEP_DELTAS,
             "snapshot_path": snapshot_target("33", kid)}
+
+
+def _shard_synced(result: SyncResult, province: str, kid: bytes) -> ShardSync:
+    """What ``result``'s revocation sync did for the shard (province, kid); the bench expects it there."""
+    synced = None if result.revocation is None else result.revocation.get(province, kid)
+    if synced is None:
+        raise AssertionError(f"the refresh synced no revocation shard {province}/{kid.hex()}")
+    return synced
 
 
 def _kind_of(url: str) -> str:
@@ -268,7 +280,7 @@ def run(*, rounds: int = 7, out=sys.stdout) -> None:
         steady_seconds = time.perf_counter() - start
 
         meta = repo.directory / "metadata"
-        versions = {}
+        versions: dict[str, int] = {}
         for name in os.listdir(meta):
             if name[0].isdigit():
                 version, role = name.split(".")[0], name.split(".")[1]
@@ -357,8 +369,8 @@ def _report_steady_state(steady: dict, seconds: float, out) -> None:
     print("| file | bytes per refresh (median) | a day (24 refreshes) |", file=out)
     print("|---|---:|---:|", file=out)
     for kind in sorted(per_kind, key=lambda k: -sum(per_kind[k])):
-        sizes = per_kind[kind]
-        print(f"| {kind} | {statistics.median(sizes):,.0f} | {sum(sizes):,} |", file=out)
+        kind_sizes = per_kind[kind]
+        print(f"| {kind} | {statistics.median(kind_sizes):,.0f} | {sum(kind_sizes):,} |", file=out)
     print(f"| **total** | **{statistics.median(totals):,.0f}** | **{day:,}** |", file=out)
     heaviest = max((k for k in per_kind if not k.startswith("revocation")), key=lambda k: sum(per_kind[k]))
     print(f"\nThe revocation data itself (the 24 deltas) is {payload:,} B of that day's {day:,} B "

@@ -22,6 +22,7 @@ Two figures, from one run:
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import pathlib
@@ -39,6 +40,7 @@ import healthcode as hc
 from ._measure import rate
 
 POOL = 512
+PROVINCE = hc.ProvinceCode("33")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -47,11 +49,11 @@ def _setup(directory: pathlib.Path, now: dt.datetime):
 
     key = hc.generate_signing_key(hc.Algorithm.ES256)
     signer = hc.SoftwareSigner(key)
-    trusted = hc.TrustedKey(kid=signer.kid, province="33", public_key=key.public_key(),
+    trusted = hc.TrustedKey(kid=signer.kid, province=PROVINCE, public_key=key.public_key(),
                             use_from=now - dt.timedelta(days=1), use_until=now + dt.timedelta(days=90),
                             verify_until=now + dt.timedelta(days=120))
     codes = [
-        hc.sign_code(hc.CodeClaims(province="33", subject=hc.main_index_id_from_bytes(os.urandom(16)),
+        hc.sign_code(hc.CodeClaims(province=PROVINCE, subject=hc.main_index_id_from_bytes(os.urandom(16)),
                                    serial=i, issued_at=now - dt.timedelta(minutes=5),
                                    expires_at=now + dt.timedelta(days=7)), signer)
         for i in range(POOL)
@@ -72,6 +74,11 @@ class _RunProcess:
                 "--display", "stderr" if display else "none"]
         self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, cwd=ROOT)
+        stdin, stdout = self.process.stdin, self.process.stdout
+        if stdin is None or not isinstance(stdout, io.BufferedReader):  # buffered pipes, as asked above
+            raise RuntimeError("the verifier process has no stdin/stdout pipes")
+        self._stdin = stdin
+        self._stdout = stdout
         self.lines = 0
         self.valid = 0
         self._tail = b""
@@ -79,10 +86,10 @@ class _RunProcess:
     def batch(self, payload: bytes, count: int) -> float:
         """Send ``count`` codes; seconds until their ``count`` JSON lines are back."""
         start = time.perf_counter()
-        writer = threading.Thread(target=lambda: (self.process.stdin.write(payload), self.process.stdin.flush()))
+        writer = threading.Thread(target=lambda: (self._stdin.write(payload), self._stdin.flush()))
         writer.start()
         target = self.lines + count
-        stdout = self.process.stdout
+        stdout = self._stdout
         while self.lines < target:
             chunk = stdout.read1(1 << 20)
             if not chunk:
@@ -97,7 +104,7 @@ class _RunProcess:
         return elapsed
 
     def close(self) -> None:
-        self.process.stdin.close()
+        self._stdin.close()
         self.process.wait(timeout=60)
 
 
@@ -247,13 +254,14 @@ def _national_snapshots(path: pathlib.Path) -> tuple[int, float]:
 
 def _memory(directory: pathlib.Path, codes: list[str], *, out) -> None:
     snapshots = directory / "national.snapshots"
+    national: pathlib.Path | None = snapshots  # None: not built
     try:
         shards, build_s = _national_snapshots(snapshots)
     except ImportError as exc:  # healthcode.revocation or its bench missing
         print(f"(national revocation state not built: {exc}; keyring only)\n", file=out)
-        snapshots, shards, build_s = None, 0, 0.0
+        national, shards, build_s = None, 0, 0.0
     rows = []
-    for label, file in (("keyring only", ""), ("keyring + national revocation state", str(snapshots or ""))):
+    for label, file in (("keyring only", ""), ("keyring + national revocation state", str(national or ""))):
         if label != "keyring only" and not file:
             continue
         program = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tools.bench.verifier import _memory_child; "
