@@ -1,7 +1,7 @@
 """The issuer on PostgreSQL, for real: the gRPC server over TLS with an API key, a ``postgresql://``
 database setting, residents registered and codes issued by clients in several threads.
 
-The in-process server is the real :class:`~issuer.app.IssuerServer` (TLS,
+The in-process server is the real :class:`~issuer.server.IssuerServer` (TLS,
 auth, service, resident index, code issuer) over the store
 :func:`issuer.store.open_store` opens from the configuration's URL; the last
 test runs ``python -m issuer serve --database postgresql://...`` as a child
@@ -26,6 +26,7 @@ from issuer.documents import DocumentType, canonical_form, make_resident_id, par
 from issuer.index import ResidentIndex
 from issuer.issuance import CodeIssuer
 from issuer.privacy import IdentifierVault
+from issuer.server import IssuerServer
 from issuer.store import open_store
 
 from .postgres_support import PgSchema
@@ -53,7 +54,7 @@ class InProcessIssuer:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="pg-issuer-loop", daemon=True)
         self.thread.start()
-        self.server: app.IssuerServer | None = None
+        self.server: IssuerServer | None = None
 
     def _run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
@@ -65,7 +66,7 @@ class InProcessIssuer:
         vault = IdentifierVault.from_secret(app.parse_vault_secret(config.vault_key.read_bytes()))
         index = ResidentIndex(store=self.store, vault=vault)
         codes = CodeIssuer(store=self.store, signer=signer, province=config.province, validity=config.code_validity)
-        self.server = self._run(app.IssuerServer.start(app.server_options(config), index=index, codes=codes,
+        self.server = self._run(IssuerServer.start(app.server_options(config), index=index, codes=codes,
                                                        on_close=self.store.close))
         self.address = f"127.0.0.1:{self.server.port}"
         return self
@@ -183,9 +184,11 @@ def test_cli_serve_with_a_postgres_database(tmp_path):
     try:
         with ServerProcess(env, extra_args=("--database", schema.url)) as server:
             with IssuerClient(server.address, ca_pem=env.ca_pem, api_key=env.api_key) as c:
+                # two residents: a resident's second static code would supersede (revoke) the first
                 mid = c.find_or_register(resident_document(7, utc_now().date()))
+                other = c.find_or_register(resident_document(8, utc_now().date()))
                 code = c.issue(mid, idempotency_key="cli-postgres-1")
-                lost = c.issue(mid, idempotency_key="cli-postgres-2")
+                lost = c.issue(other, idempotency_key="cli-postgres-2")
                 c.codes.RevokeCode(
                     health_codes_pb2.RevokeCodeRequest(ref=lost.ref, reason=common_pb2.REVOCATION_REASON_FRAUD),
                     metadata=(("authorization", f"Bearer {env.api_key}"),), timeout=10)
