@@ -100,6 +100,7 @@ def serve(config_file: pathlib.Path | None, code_validity_hours: float | None, *
     import datetime as dt
 
     from issuer import app
+    from issuer.logs import configure_logging
 
     if code_validity_hours is not None:
         flags["code_validity"] = dt.timedelta(hours=code_validity_hours)
@@ -110,7 +111,7 @@ def serve(config_file: pathlib.Path | None, code_validity_hours: float | None, *
         online_passphrase = _secret(config.online_keys_passphrase_env, "online keys passphrase")
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
-    app.configure_logging(config.log_level)
+    configure_logging(config.log_level)
     try:
         asyncio.run(app.run(config, signing_key_passphrase=passphrase, tuf_keys_passphrase=tuf_passphrase,
                             online_keys_passphrase=online_passphrase))

@@ -262,7 +262,7 @@ def test_a_write_back_never_touches_another_provinces_file(province):
 
 
 def test_key_admin_lists_live_counts_and_plans_at_80_percent(province):
-    from issuer.app import IssuerServer, ServerOptions, TlsMaterial
+    from issuer.server import IssuerServer, ServerOptions, TlsMaterial
     from issuer.key_admin import KeyAdminService
     from issuer.service import ServiceSettings
     from issuer.tls import DevPki

@@ -36,11 +36,12 @@ from grpc_status import rpc_status
 import healthcode as hc
 from issuer import auth, errors, service
 from issuer.api import common_pb2, health_codes_pb2, health_codes_pb2_grpc, resident_index_pb2, resident_index_pb2_grpc
-from issuer.app import IssuerServer, JsonFormatter, ServerOptions, TlsMaterial
+from issuer.logs import JsonFormatter
 from issuer.documents import make_resident_id
 from issuer.index import ResidentIndex
 from issuer.issuance import CodeIssuer
 from issuer.privacy import IdentifierVault
+from issuer.server import IssuerServer, ServerOptions, TlsMaterial
 from issuer.service import ServiceSettings
 from issuer.store.base import DuplicateIdentifier, StoreClosed
 from issuer.store.sqlite import SQLiteStore
@@ -1097,7 +1098,7 @@ def test_every_server_log_line_is_json_native_grpc_lines_included(tmp_path):
     ("some other native text", logging.WARNING, None, "some other native text"),
 ], ids=["info", "error", "warning", "fatal", "unrecognised"])
 def test_native_stderr_lines_become_records(caplog, line, level, source, msg):
-    from issuer.app import NativeStderr
+    from issuer.logs import NativeStderr
 
     caplog.set_level(logging.DEBUG, logger="grpc.core")
     NativeStderr.record(line)

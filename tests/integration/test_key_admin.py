@@ -29,7 +29,7 @@ import healthcode as hc
 from issuer import auth
 from issuer.api import key_admin_pb2 as kpb
 from issuer.api import key_admin_pb2_grpc
-from issuer.app import IssuerServer, ServerOptions, TlsMaterial
+from issuer.server import IssuerServer, ServerOptions, TlsMaterial
 from issuer.config import ConfigError, IssuerConfig
 from issuer.key_admin import KeyAdminService, authorize, role_of
 from issuer.service import ServiceSettings

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 import healthcode as hc
 from issuer import auth
 from issuer.api import common_pb2, health_codes_pb2, key_admin_pb2, resident_index_pb2, wallets_pb2
-from issuer.app import IssuerServer, ServerOptions, TlsMaterial
+from issuer.server import IssuerServer, ServerOptions, TlsMaterial
 from issuer.config import ConfigError, IssuerConfig
 from issuer.documents import make_resident_id
 from issuer.index import ResidentIndex

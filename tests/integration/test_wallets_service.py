@@ -33,7 +33,7 @@ from healthcode.presentation import (
 )
 from issuer import auth
 from issuer.api import common_pb2, health_codes_pb2, health_codes_pb2_grpc, wallets_pb2, wallets_pb2_grpc
-from issuer.app import IssuerServer, ServerOptions, TlsMaterial
+from issuer.server import IssuerServer, ServerOptions, TlsMaterial
 from issuer.errors import InvalidRequest
 from issuer.model import Channel
 from issuer.service import ServiceSettings
