@@ -190,7 +190,7 @@ def batch_issue(csv_file: pathlib.Path, server: str, ca_file: pathlib.Path, api_
     from tqdm import tqdm
 
     from issuer.batch import Issued, render_sheets, run_batch
-    from issuer.render import SheetError
+    from issuer.sheets import SheetError
 
     today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()  # dates of birth are China Standard Time
     with _connect(server, ca_file, api_key_file, cert_file, key_file, retry_seconds) as client:
@@ -251,7 +251,7 @@ def reprint(server: str, ca_file: pathlib.Path, api_key_file: pathlib.Path | Non
     from issuer.api import common_pb2, wallets_pb2
     from issuer.batch import masked
     from issuer.documents import DocumentError, parse_document
-    from issuer.render import SheetCode, SheetError, render_sheet_pdf, render_sheet_png
+    from issuer.sheets import SheetCode, SheetError, render_sheet_pdf, render_sheet_png
 
     suffix = out_file.suffix.lower()
     if suffix not in (".pdf", ".png"):

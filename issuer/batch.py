@@ -18,7 +18,7 @@ Everything the batch writes is owner-only: the output directory is created
 0700, and the journal (every code's text), ``rejected.csv`` and the sheets are
 created 0600 (an existing wider file is tightened), since they are personal data.
 
-Sheets (:mod:`issuer.render`, "printed sheets") show each code as a slip a
+Sheets (:mod:`issuer.sheets`) show each code as a slip a
 resident keeps: heading, province, the QR with its quiet zone, the row number,
 the masked document number (first 3 and last 4 characters, GB/T 35273 display
 de-identification; never a name or the full number), the expiry in Beijing
@@ -87,8 +87,8 @@ class IssuedRow:
     province: str
 
     def sheet_code(self):
-        """This row as a printed slip (:class:`issuer.render.SheetCode`)."""
-        from issuer.render import SheetCode
+        """This row as a printed slip (:class:`issuer.sheets.SheetCode`)."""
+        from issuer.sheets import SheetCode
 
         return SheetCode(self.code_text, self.province, self.masked_number,
                          dt.datetime.fromisoformat(self.expires_at), label=f"No. {self.row}")
@@ -220,9 +220,9 @@ def render_sheets(issued: Iterable[IssuedRow], out_dir: pathlib.Path, *, fmt: st
                   per_page: int = 6) -> tuple[pathlib.Path, ...]:
     """Write the slips of ``issued`` as ``sheets.pdf`` or ``sheet-NNN.png`` pages (owner-only files).
 
-    Raises :class:`issuer.render.SheetError` when no font with Chinese glyphs is installed.
+    Raises :class:`issuer.sheets.SheetError` when no font with Chinese glyphs is installed.
     """
-    from issuer.render import render_sheet_pdf, render_sheet_png
+    from issuer.sheets import render_sheet_pdf, render_sheet_png
 
     codes = [entry.sheet_code() for entry in issued]
     if not codes:

@@ -585,7 +585,8 @@ def test_layering(module: str, must_not_load: tuple[str, ...]) -> None:
 
 # --- printed sheets (issue 11, item 14) -----------------------------------------------------
 
-from issuer.render import (  # noqa: E402
+from issuer import sheets  # noqa: E402
+from issuer.sheets import (  # noqa: E402
     MAX_PER_PAGE,
     SHEET_HEADING,
     SheetCode,
@@ -604,24 +605,24 @@ def _slips(count: int) -> list[SheetCode]:
 
 
 def _layout(count: int, per_page: int):
-    return render._pages(_slips(count), per_page, str(find_cjk_font()))
+    return sheets._pages(_slips(count), per_page, str(find_cjk_font()))
 
 
 @pytest.mark.parametrize("per_page", range(1, MAX_PER_PAGE + 1))
 def test_sheet_layout_keeps_text_and_cut_lines_out_of_every_quiet_zone(per_page: int) -> None:
     for ops in _layout(per_page, per_page):
-        qrs = [op for op in ops if isinstance(op, render._Qr)]
+        qrs = [op for op in ops if isinstance(op, sheets._Qr)]
         assert len(qrs) == per_page
         font = str(find_cjk_font())
-        for text in (op for op in ops if isinstance(op, render._Text)):
-            width = render._width(font, text.text, text.pt)
+        for text in (op for op in ops if isinstance(op, sheets._Text)):
+            width = sheets._width(font, text.text, text.pt)
             top = text.y - text.pt * 25.4 / 72  # the tallest glyph is below one em
             assert 0 <= text.x and text.x + width <= 210 and 0 <= top and text.y <= 297
             for qr in qrs:  # the box holds the symbol and its 4-module quiet zone
                 apart = (text.x + width <= qr.x or text.x >= qr.x + qr.size or text.y + 1 <= qr.y
                          or top >= qr.y + qr.size)
                 assert apart, f"{text.text!r} overlaps a QR box"
-        for cut in (op for op in ops if isinstance(op, render._Cut)):
+        for cut in (op for op in ops if isinstance(op, sheets._Cut)):
             for qr in qrs:
                 if cut.x1 == cut.x2:
                     assert not qr.x < cut.x1 < qr.x + qr.size or not (cut.y1 < qr.y + qr.size and qr.y < cut.y2)
@@ -639,12 +640,12 @@ def test_sheet_layout_keeps_text_and_cut_lines_out_of_every_quiet_zone(per_page:
 ], ids=["six-a-page", "reprint-slip", "full-page", "one-column"])
 def test_dashed_cut_lines_between_slips(count: int, per_page: int, cuts: int) -> None:
     (ops,) = _layout(count, per_page)
-    assert sum(isinstance(op, render._Cut) for op in ops) == cuts
+    assert sum(isinstance(op, sheets._Cut) for op in ops) == cuts
 
 
 def test_slip_text_names_province_time_and_instructions_but_no_identity() -> None:
     (ops,) = _layout(1, 6)
-    text = "\n".join(op.text for op in ops if isinstance(op, render._Text))
+    text = "\n".join(op.text for op in ops if isinstance(op, sheets._Text))
     assert SHEET_HEADING in text and "浙江 Zhejiang (33)" in text
     assert "有效期至 Valid until 2026-12-14 12:17 北京时间 (CST)" in text
     assert "证件号码 Document no. 330***********1000" in text and "No. 1" in text
@@ -654,10 +655,10 @@ def test_slip_text_names_province_time_and_instructions_but_no_identity() -> Non
 
 def test_wrapping_breaks_chinese_anywhere_and_english_at_spaces() -> None:
     font = str(find_cjk_font())
-    zh = render._wrap(font, "就医时请将此码连同本人有效身份证件一并出示给医院前台。", 7, 30)
+    zh = sheets._wrap(font, "就医时请将此码连同本人有效身份证件一并出示给医院前台。", 7, 30)
     assert len(zh) > 1 and "".join(zh) == "就医时请将此码连同本人有效身份证件一并出示给医院前台。"
     assert not any(line.startswith("。") for line in zh)
-    en = render._wrap(font, "Show this code at the hospital front desk together with your document.", 7, 40)
+    en = sheets._wrap(font, "Show this code at the hospital front desk together with your document.", 7, 40)
     assert len(en) > 1 and " ".join(en) == "Show this code at the hospital front desk together with your document."
 
 
@@ -680,7 +681,7 @@ def test_bad_sheet_input_raises_sheet_error(make, message: str) -> None:
 
 
 def test_missing_cjk_font_names_the_package_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(render, "CJK_FONTS", ("/nonexistent/font.ttc",))
+    monkeypatch.setattr(sheets, "CJK_FONTS", ("/nonexistent/font.ttc",))
     with pytest.raises(SheetError, match="fonts-wqy-microhei"):
         find_cjk_font()
 
@@ -688,4 +689,4 @@ def test_missing_cjk_font_names_the_package_to_install(monkeypatch: pytest.Monke
 def test_province_labels_read_chinese_then_english() -> None:
     assert province_label("33") == "浙江 Zhejiang (33)"
     assert province_label("81") == "香港 Hong Kong (81)"
-    assert set(render.PROVINCE_EN) == set(render.PROVINCES)
+    assert set(sheets.PROVINCE_EN) == set(sheets.PROVINCES)
