@@ -1,6 +1,6 @@
 """The issuer's one error root, with stable reason codes.
 
-Domain code raises these; ``issuer/service.py`` maps them to gRPC status codes
+Domain code raises these; ``issuer/wire.py`` maps them to gRPC status codes
 in exactly one table. Messages never contain document numbers or names.
 """
 

@@ -31,7 +31,7 @@ once; (2) the caller's role from its certificate; (3) the province field;
 (4) the permission for (role, method, province); (5) validate the other
 fields; (6) run the operation in a worker thread (file I/O, scrypt, HSM
 calls), one at a time; (7) map errors through the issuer's one table
-(:data:`issuer.service.STATUS_BY_ERROR`), after translating key-management
+(:data:`issuer.wire.STATUS_BY_ERROR`), after translating key-management
 errors into issuer errors in :func:`_issuer_error`.
 """
 
@@ -53,7 +53,7 @@ from healthcode import PROVINCES, Algorithm, CompromisePolicy
 from issuer.api import key_admin_pb2, key_admin_pb2_grpc
 from issuer.auth import NATIONAL_CN, PROVINCE_ADMIN_CN
 from issuer.errors import Conflict, FieldViolation, InvalidRequest, IssuerError, NotFound, Unavailable, Violations
-from issuer.service import ERROR_DOMAIN, status_code_for
+from issuer.wire import ERROR_DOMAIN, status_code_for
 from keys.ceremony import Outcome
 from keys.errors import KeyManagementError, KeyNotFound, KeyReason, TrustRepoError
 from keys.lifecycle import PlanReason

@@ -1,4 +1,4 @@
-"""Value types of the issuer's domain (never protobuf types: ``service.py`` converts)."""
+"""Value types of the issuer's domain (never protobuf types: ``issuer/wire.py`` and the servicers convert)."""
 
 from __future__ import annotations
 

@@ -28,14 +28,14 @@ from issuer.api import wallets_pb2, wallets_pb2_grpc
 from issuer.documents import Document
 from issuer.errors import Violations
 from issuer.model import Channel, IssuedCode
-from issuer.service import (
-    IssuerService,
-    _china_date,
-    _document,
-    _idempotency_key,
-    _issued_code_pb,
-    _main_index_id,
-    _set_timestamp,
+from issuer.service import IssuerService
+from issuer.wire import (
+    china_date,
+    document_field,
+    idempotency_key_field,
+    issued_code_pb,
+    main_index_id_field,
+    set_timestamp,
 )
 
 if TYPE_CHECKING:
@@ -113,9 +113,9 @@ class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
         """The resident oneof, validated into ``out``: (main index ID, None) or (None, document)."""
         which = request.WhichOneof("resident")
         if which == "main_index_id":
-            return _main_index_id(request.main_index_id, "main_index_id", out), None
+            return main_index_id_field(request.main_index_id, "main_index_id", out), None
         if which == "document":
-            return None, _document(request.document, True, "document", _china_date(now), out)
+            return None, document_field(request.document, True, "document", china_date(now), out)
         out.add("resident", "one of main_index_id or document is required", "required")
         return None, None
 
@@ -137,7 +137,7 @@ class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
             mid = await self._main_index_id(context, mid, document)
             challenge = await s._domain(context, self._w.create_challenge(caller=caller, main_index_id=mid, now=now))
             response = wallets_pb2.CreateChallengeResponse(challenge=challenge.value)
-            _set_timestamp(response.expires_at, challenge.expires_at)
+            set_timestamp(response.expires_at, challenge.expires_at)
             return response
 
         return await s._serve(context, impl)
@@ -151,7 +151,7 @@ class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
             challenge = _fixed_bytes(request.challenge, CHALLENGE_BYTES, "challenge", "challenge", out)
             point = _device_key(request, out)
             proof = _fixed_bytes(request.proof, PROOF_BYTES, "proof", "proof (raw r || s)", out)
-            key = _idempotency_key(request.idempotency_key, out)
+            key = idempotency_key_field(request.idempotency_key, out)
             out.raise_if_any()
             # each of these is None only with a violation, raised just above
             assert challenge is not None and point is not None and proof is not None
@@ -161,7 +161,7 @@ class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
                 caller=caller, main_index_id=mid, challenge=challenge, device_key=point, proof=proof,
                 idempotency_key=key, now=now))
             response = wallets_pb2.IssueCredentialResponse()
-            _issued_code_pb(s._issued(code), now, response.credential)
+            issued_code_pb(s._issued(code), now, response.credential)
             return response
 
         return await s._serve(context, impl)
@@ -178,7 +178,7 @@ class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
             response = wallets_pb2.ListLiveCodesResponse()
             for code in codes:
                 live = response.codes.add(channel=_CHANNELS[code.channel])
-                _issued_code_pb(code, now, live.code)
+                issued_code_pb(code, now, live.code)
             return response
 
         return await s._serve(context, impl)

@@ -34,7 +34,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 import healthcode as hc
-from issuer import auth, errors, service
+from issuer import auth, errors, wire
 from issuer.api import common_pb2, health_codes_pb2, health_codes_pb2_grpc, resident_index_pb2, resident_index_pb2_grpc
 from issuer.logs import JsonFormatter
 from issuer.documents import make_resident_id
@@ -605,9 +605,9 @@ def test_domain_errors_map_to_status_codes(failing, caplog, error, code, reason)
 
 
 def test_one_table_maps_errors():
-    assert service.status_code_for(DuplicateIdentifier(0)) is grpc.StatusCode.ALREADY_EXISTS
-    assert service.status_code_for(KeyError("x")) is grpc.StatusCode.INTERNAL
-    assert set(service.STATUS_BY_ERROR) >= {errors.InvalidRequest, errors.NotFound, errors.AlreadyExists,
+    assert wire.status_code_for(DuplicateIdentifier(0)) is grpc.StatusCode.ALREADY_EXISTS
+    assert wire.status_code_for(KeyError("x")) is grpc.StatusCode.INTERNAL
+    assert set(wire.STATUS_BY_ERROR) >= {errors.InvalidRequest, errors.NotFound, errors.AlreadyExists,
                                             errors.Conflict, errors.NoSigningKey, errors.Unavailable}
 
 
