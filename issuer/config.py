@@ -80,12 +80,18 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
 from healthcode import PROVINCES
+from issuer.errors import IssuerError
 
 __all__ = ["IssuerConfig", "ConfigError", "load_config", "FILE_KEYS"]
 
 
-class ConfigError(ValueError):
-    """The configuration is incomplete or inconsistent; the message says which setting."""
+class ConfigError(IssuerError, ValueError):
+    """The configuration is incomplete or inconsistent; the message says which setting.
+
+    Under the issuer's root; still a :class:`ValueError` for callers that catch that.
+    """
+
+    reason = "config"
 
 
 @dataclass(frozen=True, kw_only=True)

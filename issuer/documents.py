@@ -43,6 +43,7 @@ from dataclasses import InitVar, dataclass, field
 from typing import Callable, Iterable
 
 from healthcode.model import PROVINCES
+from issuer.errors import IssuerError
 
 __all__ = [
     "DocumentType",
@@ -106,8 +107,13 @@ class Violation:
     description: str
 
 
-class DocumentError(ValueError):
-    """A document was refused. ``violations`` lists every problem found (at least one)."""
+class DocumentError(IssuerError, ValueError):
+    """A document was refused. ``violations`` lists every problem found (at least one).
+
+    Under the issuer's root; still a :class:`ValueError` for callers that catch that.
+    """
+
+    reason = "invalid_document"
 
     def __init__(self, violations: Iterable[Violation]) -> None:
         self.violations: list[Violation] = list(violations)

@@ -49,7 +49,7 @@ from healthcode.codec import ClaimKey, Signer, decode_unverified, parse_core_cla
 from healthcode.errors import HealthCodeError, VerificationError
 from healthcode.model import MainIndexId, from_epoch, parse_province, to_epoch
 
-from .errors import Conflict, FieldViolation, InvalidRequest, NoSigningKey, NotFound
+from .errors import Conflict, FieldViolation, InvalidRequest, IssuerError, NoSigningKey, NotFound
 from .index import parse_main_index_id_field
 from .model import Channel, CodeRef, IssuedCode, RevocationReason
 from .store.base import (
@@ -133,8 +133,13 @@ class _Completions:
                 waiter.set_exception(error)
 
 
-class _Abandoned(Exception):
+class _Abandoned(IssuerError):
     """The first request under an idempotency key ended without a code (its waiters retry)."""
+
+    reason = "abandoned"
+
+    def __init__(self) -> None:
+        super().__init__("the first request under this idempotency key ended without a code")
 
 
 def _fingerprint(*parts: bytes) -> bytes:

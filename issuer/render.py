@@ -63,6 +63,7 @@ from qrcode.util import (
 )
 
 from healthcode.codec import MAX_TEXT_LENGTH
+from issuer.errors import IssuerError
 
 __all__ = [
     "ALPHANUMERIC",
@@ -118,8 +119,13 @@ _BOOL_TO_DIGIT = bytes.maketrans(b"\x00\x01", b"01")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class RenderError(ValueError):
-    """The text or an option cannot be rendered (bad charset, too long, bad scale...)."""
+class RenderError(IssuerError, ValueError):
+    """The text or an option cannot be rendered (bad charset, too long, bad scale...).
+
+    Under the issuer's root; still a :class:`ValueError` for callers that catch that.
+    """
+
+    reason = "render"
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,8 @@ _QUIET = 4  # quiet-zone modules around the QR (ISO/IEC 18004 asks for 4)
 class SheetError(RenderError):
     """A sheet cannot be made (no font with Chinese glyphs, bad layout options)."""
 
+    reason = "sheet"
+
 
 @dataclass(frozen=True)
 class SheetCode:

@@ -60,8 +60,10 @@ _MAX_STATUS_MESSAGE = 1000
 # --------------------------------------------------------------------------- errors -> status codes
 
 
-class DeadlineExceeded(Exception):
-    """The RPC's deadline is too close to start the next domain call."""
+class DeadlineExceeded(IssuerError):
+    """The RPC's deadline is too close to start the next domain call (-> DEADLINE_EXCEEDED, no ErrorInfo)."""
+
+    reason = "deadline_exceeded"
 
 
 #: The one table from errors to status codes. Looked up along the error's MRO;
@@ -112,7 +114,7 @@ def error_status(error: BaseException) -> grpc.Status:
                 ]
             )
         )
-    if isinstance(error, IssuerError):
+    if isinstance(error, IssuerError) and not isinstance(error, DeadlineExceeded):  # as before it joined the root
         details.append(error_details_pb2.ErrorInfo(reason=error.reason.upper(), domain=ERROR_DOMAIN))
     return _status(code, message, details)
 
