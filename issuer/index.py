@@ -135,7 +135,7 @@ class ResidentIndex:
             raise AlreadyExists(f"{fields[exc.position]} is already registered") from None
         return main_index_id
 
-    async def link_identifier(self, main_index_id: str, document: Document, *, now: dt.datetime) -> None:
+    async def link_identifier(self, main_index_id: MainIndexId, document: Document, *, now: dt.datetime) -> None:
         """Link one more document to an entry. Linking it again to the same entry does nothing.
 
         Raises :class:`~issuer.errors.NotFound` for an unknown or merged entry,
@@ -181,7 +181,7 @@ class ResidentIndex:
             raise NotFound("resident not found")
         return record
 
-    async def merge_residents(self, *, survivor: str, merged: str, now: dt.datetime) -> int:
+    async def merge_residents(self, *, survivor: MainIndexId, merged: MainIndexId, now: dt.datetime) -> int:
         """Merge ``merged`` into ``survivor``; return how many of its codes were revoked.
 
         The survivor keeps every document; the merged entry is marked

@@ -51,7 +51,15 @@ from healthcode.model import MainIndexId, from_epoch, parse_province, to_epoch
 
 from .errors import Conflict, FieldViolation, InvalidRequest, IssuerError, NoSigningKey, NotFound
 from .index import parse_main_index_id_field
-from .model import Channel, CodeRef, IssuedCode, RevocationReason
+from .model import (
+    IDEMPOTENCY_KEY_RULE,
+    Channel,
+    CodeRef,
+    IdempotencyKey,
+    IssuedCode,
+    RevocationReason,
+    parse_idempotency_key,
+)
 from .store.base import (
     ChallengeUse,
     CodeNotRenewable,
@@ -160,25 +168,15 @@ def _check_caller(caller: object) -> str:
     return caller
 
 
-def _check_key(key: object) -> str | None:
+def _check_key(key: IdempotencyKey | None) -> IdempotencyKey | None:
+    """The key the wire parsed (:func:`issuer.wire.idempotency_key_field`), held to the same one rule
+    (:func:`issuer.model.parse_idempotency_key`) for callers that come around the wire (library use)."""
     if key is None:
         return None
-    if (
-        not isinstance(key, str)
-        or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH
-        or not key.isascii()
-        or not key.isprintable()
-    ):
-        raise InvalidRequest(
-            [
-                FieldViolation(
-                    "idempotency_key",
-                    f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters (or absent)",
-                    "idempotency_key",
-                )
-            ]
-        )
-    return key
+    try:
+        return parse_idempotency_key(key)
+    except ValueError:
+        raise InvalidRequest([FieldViolation("idempotency_key", IDEMPOTENCY_KEY_RULE, "format")]) from None
 
 
 def _check_ref(ref: object) -> CodeRef:
@@ -400,8 +398,8 @@ class CodeIssuer:
         self,
         *,
         caller: str,
-        main_index_id: str,
-        idempotency_key: str | None,
+        main_index_id: MainIndexId,
+        idempotency_key: IdempotencyKey | None,
         now: dt.datetime,
         replace_live: bool = False,
     ) -> IssuedCode:
@@ -453,7 +451,7 @@ class CodeIssuer:
         *,
         caller: str,
         ref: CodeRef,
-        idempotency_key: str | None,
+        idempotency_key: IdempotencyKey | None,
         now: dt.datetime,
         text: str | None = None,
     ) -> IssuedCode:
@@ -531,7 +529,8 @@ class CodeIssuer:
             raise NotFound("code not found")
         return record.to_issued_code()
 
-    async def revoke_resident_codes(self, *, main_index_id: str, reason: RevocationReason, now: dt.datetime) -> int:
+    async def revoke_resident_codes(self, *, main_index_id: MainIndexId, reason: RevocationReason,
+                                    now: dt.datetime) -> int:
         """Revoke every live code of a resident (merged or not); return how many."""
         mid = parse_main_index_id_field(main_index_id, "main_index_id")
         reason = self._check_reason(reason)

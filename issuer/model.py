@@ -4,7 +4,26 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 from dataclasses import dataclass
+from typing import NewType
+
+#: A client's idempotency key, as :func:`parse_idempotency_key` accepted it.
+IdempotencyKey = NewType("IdempotencyKey", str)
+
+#: The one rule (docs/api.md, "Idempotency"): 8 to 128 characters of ``A-Z a-z 0-9 . _ : -``.
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+IDEMPOTENCY_KEY_RULE = "idempotency key must be 8 to 128 characters of A-Z a-z 0-9 . _ : -"
+
+
+def parse_idempotency_key(value: object) -> IdempotencyKey:
+    """``value`` as an :data:`IdempotencyKey`; :class:`ValueError` saying :data:`IDEMPOTENCY_KEY_RULE` if not.
+
+    The wire parses a request's key with this once (``issuer/wire.py``); the domain takes the result.
+    """
+    if not isinstance(value, str) or IDEMPOTENCY_KEY_PATTERN.fullmatch(value) is None:
+        raise ValueError(IDEMPOTENCY_KEY_RULE)
+    return IdempotencyKey(value)
 
 
 class RevocationReason(str, enum.Enum):

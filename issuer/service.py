@@ -38,13 +38,13 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import grpc
 
-from healthcode import PROVINCES
+from healthcode import PROVINCES, MainIndexId
 from healthcode.codec import MAX_TEXT_LENGTH
 from issuer import auth
 from issuer.api import common_pb2, health_codes_pb2, health_codes_pb2_grpc, resident_index_pb2, resident_index_pb2_grpc
 from issuer.documents import Document
 from issuer.errors import InvalidRequest, Violations
-from issuer.model import CodeRef, IssuedCode, RevocationReason
+from issuer.model import CodeRef, IdempotencyKey, IssuedCode, RevocationReason
 from issuer.wire import DeadlineExceeded, error_status, status_code_for
 
 __all__ = [
@@ -70,20 +70,20 @@ class ResidentIndexPort(Protocol):
 
     async def register_resident(
         self, primary: Document, supplementary: Sequence[Document] = (), *, now: dt.datetime
-    ) -> str: ...
+    ) -> MainIndexId: ...
 
-    async def link_identifier(self, main_index_id: str, document: Document, *, now: dt.datetime) -> None: ...
+    async def link_identifier(self, main_index_id: MainIndexId, document: Document, *, now: dt.datetime) -> None: ...
 
-    async def find_resident(self, document: Document) -> str: ...
+    async def find_resident(self, document: Document) -> MainIndexId: ...
 
-    async def merge_residents(self, *, survivor: str, merged: str, now: dt.datetime) -> int: ...
+    async def merge_residents(self, *, survivor: MainIndexId, merged: MainIndexId, now: dt.datetime) -> int: ...
 
 
 class CodeIssuerPort(Protocol):
     """What the servicer needs of issuance (``issuer.issuance.CodeIssuer``)."""
 
     async def issue_code(
-        self, *, caller: str, main_index_id: str, idempotency_key: str | None, now: dt.datetime,
+        self, *, caller: str, main_index_id: MainIndexId, idempotency_key: IdempotencyKey | None, now: dt.datetime,
         replace_live: bool = False,
     ) -> IssuedCode: ...
 
@@ -91,14 +91,16 @@ class CodeIssuerPort(Protocol):
     # domain finds the code only if ``text`` is exactly the one issued (else NotFound).
 
     async def renew_code(
-        self, *, caller: str, ref: CodeRef, idempotency_key: str | None, now: dt.datetime, text: str | None = None
+        self, *, caller: str, ref: CodeRef, idempotency_key: IdempotencyKey | None, now: dt.datetime,
+        text: str | None = None
     ) -> IssuedCode: ...
 
     async def revoke_code(
         self, *, ref: CodeRef, reason: RevocationReason, now: dt.datetime, text: str | None = None
     ) -> IssuedCode: ...
 
-    async def revoke_resident_codes(self, *, main_index_id: str, reason: RevocationReason, now: dt.datetime) -> int: ...
+    async def revoke_resident_codes(self, *, main_index_id: MainIndexId, reason: RevocationReason,
+                                    now: dt.datetime) -> int: ...
 
     async def get_code(self, ref: CodeRef, *, text: str | None = None) -> IssuedCode: ...
 

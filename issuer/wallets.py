@@ -33,13 +33,13 @@ import secrets
 from typing import Callable, NamedTuple
 
 from healthcode.errors import BadDeviceSignature, InvalidKey
-from healthcode.model import to_epoch
+from healthcode.model import MainIndexId, to_epoch
 from healthcode.presentation import CHALLENGE_BYTES, holder_cnf, verify_proof_of_possession
 
 from .errors import FieldViolation, InvalidRequest, NotFound
 from .index import parse_main_index_id_field
 from .issuance import CodeIssuer, _check_caller, _check_key, _fingerprint
-from .model import Channel, IssuedCode
+from .model import Channel, IdempotencyKey, IssuedCode
 from .store.base import ChallengeRecord, ChallengeRefused, ChallengeUse, DuplicateIdempotencyKey, Store
 
 __all__ = ["WalletIssuer", "CHALLENGE_TTL", "Challenge"]
@@ -71,7 +71,7 @@ class WalletIssuer:
         self._codes = codes
         self._random = random_bytes
 
-    async def create_challenge(self, *, caller: str, main_index_id: str, now: dt.datetime) -> Challenge:
+    async def create_challenge(self, *, caller: str, main_index_id: MainIndexId, now: dt.datetime) -> Challenge:
         """A new single-use challenge for the resident (:class:`~issuer.errors.NotFound`,
         :class:`~issuer.errors.Conflict` for a merged one). Expires :data:`CHALLENGE_TTL` after ``now``
         (whole seconds, as stored)."""
@@ -90,11 +90,11 @@ class WalletIssuer:
         self,
         *,
         caller: str,
-        main_index_id: str,
+        main_index_id: MainIndexId,
         challenge: bytes,
         device_key: bytes,
         proof: bytes,
-        idempotency_key: str | None,
+        idempotency_key: IdempotencyKey | None,
         now: dt.datetime,
     ) -> IssuedCode:
         """Issue a phone credential bound to ``device_key`` (SEC 1 P-256) after checking ``proof``.
@@ -155,7 +155,7 @@ class WalletIssuer:
         if record.expires_at <= now:
             raise ChallengeRefused("challenge has expired; ask for a new one")
 
-    async def list_live_codes(self, *, main_index_id: str, now: dt.datetime) -> list[IssuedCode]:
+    async def list_live_codes(self, *, main_index_id: MainIndexId, now: dt.datetime) -> list[IssuedCode]:
         """The resident's live codes (unrevoked, unexpired at ``now``), newest first, with their channels."""
         mid = parse_main_index_id_field(main_index_id, "main_index_id")
         if await asyncio.to_thread(self._store.get_resident, mid) is None:

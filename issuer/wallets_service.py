@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from healthcode.algorithms import load_p256_point
 from healthcode.errors import InvalidKey
+from healthcode.model import MainIndexId
 from healthcode.presentation import CHALLENGE_BYTES
 
 from issuer.api import wallets_pb2, wallets_pb2_grpc
 from issuer.documents import Document
 from issuer.errors import Violations
-from issuer.model import Channel, IssuedCode
+from issuer.model import Channel, IdempotencyKey, IssuedCode
 from issuer.service import IssuerService
 from issuer.wire import (
     china_date,
@@ -51,12 +52,13 @@ _CHANNELS = {Channel.PHONE: wallets_pb2.CHANNEL_PHONE, Channel.STATIC: wallets_p
 class WalletsPort(Protocol):
     """What the servicer needs of the domain (``issuer.wallets.WalletIssuer``)."""
 
-    async def create_challenge(self, *, caller: str, main_index_id: str, now: dt.datetime) -> "Challenge": ...
+    async def create_challenge(self, *, caller: str, main_index_id: MainIndexId, now: dt.datetime) -> "Challenge": ...
 
-    async def issue_credential(self, *, caller: str, main_index_id: str, challenge: bytes, device_key: bytes,
-                               proof: bytes, idempotency_key: str | None, now: dt.datetime) -> IssuedCode: ...
+    async def issue_credential(self, *, caller: str, main_index_id: MainIndexId, challenge: bytes,
+                               device_key: bytes, proof: bytes, idempotency_key: IdempotencyKey | None,
+                               now: dt.datetime) -> IssuedCode: ...
 
-    async def list_live_codes(self, *, main_index_id: str, now: dt.datetime) -> list[IssuedCode]: ...
+    async def list_live_codes(self, *, main_index_id: MainIndexId, now: dt.datetime) -> list[IssuedCode]: ...
 
 
 def _device_key(request: Any, out: Violations) -> bytes | None:
@@ -109,7 +111,7 @@ class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
         self._w = wallets
 
     @staticmethod
-    def _resident(request: Any, now: dt.datetime, out: Violations) -> tuple[str | None, Document | None]:
+    def _resident(request: Any, now: dt.datetime, out: Violations) -> tuple[MainIndexId | None, Document | None]:
         """The resident oneof, validated into ``out``: (main index ID, None) or (None, document)."""
         which = request.WhichOneof("resident")
         if which == "main_index_id":
@@ -119,7 +121,7 @@ class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
         out.add("resident", "one of main_index_id or document is required", "required")
         return None, None
 
-    async def _main_index_id(self, context: Any, mid: str | None, document: Document | None) -> str:
+    async def _main_index_id(self, context: Any, mid: MainIndexId | None, document: Document | None) -> MainIndexId:
         s = self._s
         if document is not None:
             return await s._domain(context, s._index.find_resident(document))

@@ -12,7 +12,6 @@ document numbers, main index IDs or code texts.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from typing import Any, Mapping, Sequence
 
 import grpc
@@ -20,7 +19,7 @@ from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from healthcode import InvalidClaims, parse_main_index_id
+from healthcode import InvalidClaims, MainIndexId, parse_main_index_id
 from issuer.api import common_pb2
 from issuer.documents import Document, DocumentError, DocumentType, parse_document
 from issuer.errors import (
@@ -33,7 +32,14 @@ from issuer.errors import (
     Unavailable,
     Violations,
 )
-from issuer.model import CodeState, IssuedCode, RevocationReason
+from issuer.model import (
+    IDEMPOTENCY_KEY_RULE,
+    CodeState,
+    IdempotencyKey,
+    IssuedCode,
+    RevocationReason,
+    parse_idempotency_key,
+)
 
 __all__ = [
     "ERROR_DOMAIN",
@@ -53,7 +59,6 @@ __all__ = [
 
 ERROR_DOMAIN = "issuer.healthcode"
 CHINA_STANDARD_TIME = dt.timezone(dt.timedelta(hours=8), "CST")
-IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 _MAX_STATUS_MESSAGE = 1000
 
 
@@ -157,7 +162,8 @@ def document_field(msg: common_pb2.Document, present: bool, path: str, today: dt
         return None
 
 
-def main_index_id_field(value: str, path: str, out: Violations) -> str | None:
+def main_index_id_field(value: str, path: str, out: Violations) -> MainIndexId | None:
+    """The main index ID at ``path``, parsed once here (the domain takes :class:`MainIndexId`)."""
     if not value:
         out.add(path, "main index ID is required", "required")
         return None
@@ -168,13 +174,16 @@ def main_index_id_field(value: str, path: str, out: Violations) -> str | None:
         return None
 
 
-def idempotency_key_field(value: str, out: Violations) -> str | None:
+def idempotency_key_field(value: str, out: Violations) -> IdempotencyKey | None:
+    """The request's idempotency key (absent: ``None``), parsed once here by the one rule
+    (:func:`issuer.model.parse_idempotency_key`)."""
     if not value:
         return None
-    if not IDEMPOTENCY_KEY.match(value):
-        out.add("idempotency_key", "idempotency key must be 8 to 128 characters of A-Z a-z 0-9 . _ : -", "format")
+    try:
+        return parse_idempotency_key(value)
+    except ValueError:
+        out.add("idempotency_key", IDEMPOTENCY_KEY_RULE, "format")
         return None
-    return value
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)

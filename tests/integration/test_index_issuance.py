@@ -335,14 +335,14 @@ def test_concurrent_identical_requests_get_one_code(path):
     async def body(w):
         mid = await w.index.register_resident(rid(1), now=NOW)
         codes = await asyncio.gather(*(
-            w.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="req-1", now=NOW)
+            w.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="request-1", now=NOW)
             for _ in range(100)
         ))
         assert len({c for c in codes}) == 1 and codes[0].ref.serial == 0
-        again = await w.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="req-1", now=NOW)
+        again = await w.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="request-1", now=NOW)
         assert again == codes[0]
         # the key is the caller's: another caller's same key is another request
-        other = await w.issuer.issue_code(caller="other-app", main_index_id=mid, idempotency_key="req-1", now=NOW)
+        other = await w.issuer.issue_code(caller="other-app", main_index_id=mid, idempotency_key="request-1", now=NOW)
         assert other.ref.serial == 1
         assert len(w.store.codes_of(mid)) == 2
 
@@ -353,16 +353,16 @@ def test_same_key_for_another_resident_is_a_conflict(path):
     async def body(w):
         a = await w.index.register_resident(rid(1), now=NOW)
         b = await w.index.register_resident(rid(2), now=NOW)
-        first = asyncio.ensure_future(w.issuer.issue_code(caller="app", main_index_id=a, idempotency_key="k",
+        first = asyncio.ensure_future(w.issuer.issue_code(caller="app", main_index_id=a, idempotency_key="key-0001",
                                                           now=NOW))
         await asyncio.sleep(0)
         with pytest.raises(Conflict):  # while the first is in flight
-            await w.issuer.issue_code(caller="app", main_index_id=b, idempotency_key="k", now=NOW)
+            await w.issuer.issue_code(caller="app", main_index_id=b, idempotency_key="key-0001", now=NOW)
         await first
         with pytest.raises(Conflict):  # after it committed
-            await w.issuer.issue_code(caller="app", main_index_id=b, idempotency_key="k", now=NOW)
+            await w.issuer.issue_code(caller="app", main_index_id=b, idempotency_key="key-0001", now=NOW)
         with pytest.raises(Conflict):  # and for another kind of request
-            await w.issuer.renew_code(caller="app", ref=(await first).ref, idempotency_key="k", now=NOW)
+            await w.issuer.renew_code(caller="app", ref=(await first).ref, idempotency_key="key-0001", now=NOW)
         assert w.store.codes_of(b) == []
         return a
 
@@ -371,8 +371,8 @@ def test_same_key_for_another_resident_is_a_conflict(path):
     async def after_restart(w):
         b = await w.index.find_resident(rid(2))
         with pytest.raises(Conflict):
-            await w.issuer.issue_code(caller="app", main_index_id=b, idempotency_key="k", now=NOW)
-        c = await w.issuer.issue_code(caller="app", main_index_id=a, idempotency_key="fresh", now=NOW)
+            await w.issuer.issue_code(caller="app", main_index_id=b, idempotency_key="key-0001", now=NOW)
+        c = await w.issuer.issue_code(caller="app", main_index_id=a, idempotency_key="fresh-key", now=NOW)
         assert c.ref.serial == 1  # the refused retry's serial was handed out again
 
     run(path, after_restart)
@@ -381,14 +381,14 @@ def test_same_key_for_another_resident_is_a_conflict(path):
 def test_retry_after_restart_returns_the_original(path):
     async def first(w):
         mid = await w.index.register_resident(rid(1), now=NOW)
-        return await w.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="once", now=NOW)
+        return await w.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="once-key", now=NOW)
 
     original = run(path, first)
 
     async def retry(w):
         later = NOW + dt.timedelta(minutes=5)
         again = await w.issuer.issue_code(caller="app", main_index_id=original.main_index_id,
-                                          idempotency_key="once", now=later)
+                                          idempotency_key="once-key", now=later)
         fresh = await w.issuer.issue_code(caller="app", main_index_id=original.main_index_id,
                                           idempotency_key=None, now=later)
         return again, fresh
@@ -402,9 +402,9 @@ def test_retry_after_merge_returns_the_original(path):
     async def body(w):
         a = await w.index.register_resident(rid(1), now=NOW)
         b = await w.index.register_resident(rid(2), now=NOW)
-        original = await w.issuer.issue_code(caller="app", main_index_id=b, idempotency_key="k", now=NOW)
+        original = await w.issuer.issue_code(caller="app", main_index_id=b, idempotency_key="key-0001", now=NOW)
         await w.index.merge_residents(survivor=a, merged=b, now=NOW)
-        again = await w.issuer.issue_code(caller="app", main_index_id=b, idempotency_key="k", now=NOW)
+        again = await w.issuer.issue_code(caller="app", main_index_id=b, idempotency_key="key-0001", now=NOW)
         assert again.ref == original.ref and again.revocation_reason is RevocationReason.MERGED
 
     run(path, body)
@@ -415,13 +415,13 @@ def test_a_caller_that_gives_up_does_not_lose_its_code(path):
         mid = await w.index.register_resident(rid(1), now=NOW)
         blocker = sqlite3.connect(path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # the writer will wait behind this lock
-        task = asyncio.ensure_future(w.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="k",
+        task = asyncio.ensure_future(w.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="key-0001",
                                                          now=NOW))
         await asyncio.sleep(0.1)
         task.cancel()  # e.g. the client's deadline passed
         with pytest.raises(asyncio.CancelledError):
             await task
-        retry = asyncio.ensure_future(w.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="k",
+        retry = asyncio.ensure_future(w.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="key-0001",
                                                           now=NOW))
         await asyncio.sleep(0.1)
         blocker.execute("COMMIT")
@@ -474,12 +474,12 @@ def test_renew(path):
         mid = await w.index.register_resident(rid(1), now=NOW)
         old = await w.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key=None, now=NOW)
         later = NOW + dt.timedelta(days=8)  # renewing an expired code is the usual case
-        new = await w.issuer.renew_code(caller="app", ref=old.ref, idempotency_key="r1", now=later)
+        new = await w.issuer.renew_code(caller="app", ref=old.ref, idempotency_key="renew-r1", now=later)
         assert new.main_index_id == mid and new.ref.serial == 1 and new.issued_at == later.replace(microsecond=0)
         stored_old = await w.issuer.get_code(old.ref)
         assert stored_old.revocation_reason is RevocationReason.SUPERSEDED
         assert stored_old.revoked_at == later.replace(microsecond=0)
-        again = await w.issuer.renew_code(caller="app", ref=old.ref, idempotency_key="r1", now=later)
+        again = await w.issuer.renew_code(caller="app", ref=old.ref, idempotency_key="renew-r1", now=later)
         assert again == new
         with pytest.raises(Conflict):  # already superseded, no key
             await w.issuer.renew_code(caller="app", ref=old.ref, idempotency_key=None, now=later)
@@ -552,8 +552,8 @@ CHILD = textwrap.dedent(
     async def worker():
         for n in keys:
             code = await issuer.issue_code(caller="app", main_index_id=mids[n % len(mids)],
-                                           idempotency_key=f"k{n}", now=now)
-            sys.stdout.write(f"{code.ref.serial} k{n}\\n")
+                                           idempotency_key=f"k{n:07d}", now=now)
+            sys.stdout.write(f"{code.ref.serial} k{n:07d}\\n")
             sys.stdout.flush()
 
     async def main():

@@ -96,7 +96,7 @@ def test_idempotent_retry_racing_other_parameters_gets_the_first_code(world, nam
         b = await world.index.register_resident(document(2), now=NOW)
 
         def request(mid):
-            return world.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="order-7", now=NOW)
+            return world.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="order-0007", now=NOW)
 
         first = asyncio.ensure_future(request(a))
         if first_in_flight:
@@ -127,7 +127,7 @@ def test_the_first_request_for_a_key_wins_even_with_the_other_parameters(world):
         b = await world.index.register_resident(document(2), now=NOW)
 
         def request(mid):
-            return world.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="order-8", now=NOW)
+            return world.issuer.issue_code(caller="app", main_index_id=mid, idempotency_key="order-0008", now=NOW)
 
         outcomes = await asyncio.gather(*(_outcome(request(mid)) for mid in [b, a, b, a, a, b]))
         winner = outcomes[0]
@@ -197,7 +197,7 @@ def test_domain_answers_a_forged_text_not_found_and_changes_nothing(world, forge
         calls = [
             issuer.get_code(ref, text=text),
             issuer.revoke_code(ref=ref, reason=RevocationReason.FRAUD, now=NOW, text=text),
-            issuer.renew_code(caller="app", ref=ref, idempotency_key="renew-1", now=NOW, text=text),
+            issuer.renew_code(caller="app", ref=ref, idempotency_key="renew-0001", now=NOW, text=text),
             issuer.renew_code(caller="app", ref=ref, idempotency_key=None, now=NOW, text=text),
         ]
         for call in calls:
@@ -217,14 +217,14 @@ def test_domain_serves_the_genuine_text(world):
             issuer.ref_from_text(genuine.text[:-7])
         ref = issuer.ref_from_text(genuine.text)
         assert await issuer.get_code(ref, text=genuine.text) == genuine
-        renewed = await issuer.renew_code(caller="app", ref=ref, idempotency_key="renew-1", now=NOW,
+        renewed = await issuer.renew_code(caller="app", ref=ref, idempotency_key="renew-0001", now=NOW,
                                           text=genuine.text)
         assert renewed.main_index_id == genuine.main_index_id and renewed.ref != genuine.ref
-        assert await issuer.renew_code(caller="app", ref=ref, idempotency_key="renew-1", now=NOW,
+        assert await issuer.renew_code(caller="app", ref=ref, idempotency_key="renew-0001", now=NOW,
                                        text=genuine.text) == renewed  # the idempotent replay
         forged = forged_texts(genuine, other, SIGNER.algorithm)["zeroed-signature"]
         with pytest.raises(NotFound):  # a forged text replaying the key gets nothing, not the renewal
-            await issuer.renew_code(caller="app", ref=ref, idempotency_key="renew-1", now=NOW, text=forged)
+            await issuer.renew_code(caller="app", ref=ref, idempotency_key="renew-0001", now=NOW, text=forged)
         revoked = await issuer.revoke_code(ref=renewed.ref, reason=RevocationReason.LOST_DEVICE, now=NOW,
                                            text=renewed.text)
         assert revoked.state(NOW) is CodeState.REVOKED
