@@ -3,12 +3,11 @@
 The issuer's main index is built on the 18-digit resident ID number and
 supplemented by other documents. Every number enters the system through
 :func:`parse_document`, which normalises and validates it; a :class:`Document`
-therefore always holds a well-formed number. A failure raises
-:class:`DocumentError` with one :class:`Violation` per problem found, ready for
-the gRPC layer to turn into ``google.rpc.BadRequest`` field violations.
+therefore always holds a well-formed number. A failure raises :class:`DocumentError`
+(an :class:`~issuer.errors.IssuerError`) with one :class:`Violation` per problem found,
+for the gRPC layer to turn into ``google.rpc.BadRequest`` field violations.
 
-Pure: no I/O, no clock. The current date is the ``today`` parameter (the
-caller passes the date in China Standard Time).
+Pure: no I/O, no clock. The current date is the ``today`` parameter (in China Standard Time).
 
 Privacy: a violation's description never contains the number or any part of
 it, only positions, lengths and the expected form, so violations may be logged
@@ -108,10 +107,7 @@ class Violation:
 
 
 class DocumentError(IssuerError, ValueError):
-    """A document was refused. ``violations`` lists every problem found (at least one).
-
-    Under the issuer's root; still a :class:`ValueError` for callers that catch that.
-    """
+    """A document was refused. ``violations`` lists every problem found (at least one)."""
 
     reason = "invalid_document"
 

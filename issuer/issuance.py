@@ -51,15 +51,8 @@ from healthcode.model import MainIndexId, from_epoch, parse_province, to_epoch
 
 from .errors import Conflict, FieldViolation, InvalidRequest, IssuerError, NoSigningKey, NotFound
 from .index import parse_main_index_id_field
-from .model import (
-    IDEMPOTENCY_KEY_RULE,
-    Channel,
-    CodeRef,
-    IdempotencyKey,
-    IssuedCode,
-    RevocationReason,
-    parse_idempotency_key,
-)
+from .model import IDEMPOTENCY_KEY_RULE, Channel, CodeRef, IdempotencyKey, IssuedCode, RevocationReason
+from .model import parse_idempotency_key
 from .store.base import (
     ChallengeUse,
     CodeNotRenewable,
