@@ -41,12 +41,8 @@ lives with the benchmark that measures it (``tools/bench/elias_fano.py``).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import struct
-import sys
 from array import array
 from bisect import bisect_left
-from dataclasses import dataclass
 from itertools import chain, islice, repeat
 from operator import lshift, lt
 from typing import Callable, Iterable, Iterator
@@ -54,6 +50,28 @@ from typing import Callable, Iterable, Iterator
 from .errors import RevocationDataError, RevocationSequenceError
 from .golomb_rice import U32 as _U32
 from .golomb_rice import rice_decode, rice_encode, rice_parameter, typecode as _typecode
+from .revocation_format import (
+    DELTA_TAIL,
+    FORMAT_VERSION,
+    FileInfo,
+    KIND_DELTA,
+    KIND_SNAPSHOT,
+    MAGIC,
+    MAX_COUNT,
+    MAX_DELTA_BYTES,
+    MAX_KID,
+    MAX_SEQ,
+    MAX_SNAPSHOT_BYTES,
+    MAX_UNIVERSE,
+    SNAPSHOT_TAIL,
+    delta_target,
+    parse_header,
+    read_header,
+    shard_directory,
+    shard_prefix,
+    snapshot_target,
+    canonical_state_hash,
+)
 from .keyring import Keyring
 from .model import PROVINCES, to_epoch
 
@@ -82,145 +100,14 @@ __all__ = [
 ]
 
 
-MAGIC = b"HCRV"
-FORMAT_VERSION = 1
-_KIND_SNAPSHOT = 0x53  # "S"
-_KIND_DELTA = 0x44  # "D"
-#: Hard caps, checked before any decoding. A national shard is ~0.1-0.3 MB.
-MAX_SNAPSHOT_BYTES = 64 << 20
-MAX_DELTA_BYTES = 16 << 20
-MAX_SEQ = 0xFFFFFFFF  # hourly publication for 490,000 years
-MAX_COUNT = 0xFFFFFFFF
-MAX_UNIVERSE = 0xFFFFFFFFFFFFFFFF  # so serial 2**64 - 1 is never revocable; dense serials never get there
-_MAX_KID = 32
-
-_SNAPSHOT_TAIL = struct.Struct(">IQIB32s")  # seq, universe, count, k, state hash
-_DELTA_TAIL = struct.Struct(">IIQIB32s")  # from_seq, to_seq, universe, count, k, state hash
-_STATE_DOMAIN = b"healthcode revocation state v1\x00"
-_LITTLE = sys.byteorder == "little"
-
-
-# --------------------------------------------------------------------------- target names
-
-
-def shard_directory(province: str, kid: bytes) -> str:
-    """The TUF target directory of a shard: ``provinces/<code>/revocation/<kid-hex>``."""
-    return f"provinces/{province}/revocation/{kid.hex()}"
-
-
-def snapshot_target(province: str, kid: bytes) -> str:
-    """The target name of a shard's latest snapshot."""
-    return f"{shard_directory(province, kid)}/snapshot.hcrs"
-
-
-def delta_target(province: str, kid: bytes, from_seq: int) -> str:
-    """The target name of the delta that starts at ``from_seq`` (it ends at ``from_seq + 1``)."""
-    return f"{shard_directory(province, kid)}/delta-{from_seq:010d}.hcrd"
-
-
-# --------------------------------------------------------------------------- headers
-
-
-@dataclass(frozen=True, slots=True)
-class FileInfo:
-    """The header of a snapshot or delta, parsed but *unverified* (nothing decoded or hashed).
-
-    For a snapshot, ``from_seq`` is None and ``to_seq`` is its sequence number.
-    ``count`` is the number of serials coded in the body (the whole set for a
-    snapshot, the new ones for a delta); ``state_hash`` is that of the
-    resulting state.
-    """
-
-    kind: str  # "snapshot" or "delta"
-    province: str
-    kid: bytes
-    from_seq: int | None
-    to_seq: int
-    universe: int
-    count: int
-    rice_k: int
-    state_hash: bytes
-    body_offset: int
-
-
-def _parse_header(data: bytes, kind: int) -> FileInfo:
-    cap = MAX_SNAPSHOT_BYTES if kind == _KIND_SNAPSHOT else MAX_DELTA_BYTES
-    what = "snapshot" if kind == _KIND_SNAPSHOT else "delta"
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise RevocationDataError(f"{what} must be bytes")
-    if len(data) > cap:
-        raise RevocationDataError(f"{what} is larger than the {cap}-byte cap")
-    data = bytes(data)
-    tail = _SNAPSHOT_TAIL if kind == _KIND_SNAPSHOT else _DELTA_TAIL
-    if len(data) < 9 or data[:4] != MAGIC:
-        raise RevocationDataError("not a revocation file (bad magic)")
-    if data[4] != FORMAT_VERSION:
-        raise RevocationDataError(f"unsupported revocation format version {data[4]}")
-    if data[5] != kind:
-        raise RevocationDataError(f"not a revocation {what}")
-    try:
-        province = data[6:8].decode("ascii")
-    except UnicodeDecodeError:
-        province = ""
-    if province not in PROVINCES:
-        raise RevocationDataError("bad province code")
-    kid_length = data[8]
-    if not 1 <= kid_length <= _MAX_KID:
-        raise RevocationDataError(f"kid must be 1 to {_MAX_KID} bytes")
-    offset = 9 + kid_length
-    if len(data) < offset + tail.size:
-        raise RevocationDataError(f"truncated {what} header")
-    kid = data[9:offset]
-    if kind == _KIND_SNAPSHOT:
-        seq, universe, count, k, state_hash = tail.unpack_from(data, offset)
-        from_seq = None
-    else:
-        from_seq, seq, universe, count, k, state_hash = tail.unpack_from(data, offset)
-        if seq <= from_seq:
-            raise RevocationDataError("delta must end after it starts (to_seq > from_seq)")
-    if universe > MAX_UNIVERSE or count > universe:
-        raise RevocationDataError("more serials than the universe holds")
-    if k != rice_parameter(universe, count):
-        raise RevocationDataError("Rice parameter is not the canonical one for the count and universe")
-    return FileInfo(what, province, kid, from_seq, seq, universe, count, k, state_hash, offset + tail.size)
-
-
-def read_header(data: bytes) -> FileInfo:
-    """The *unverified* header of a snapshot or a delta (for sync decisions and diagnostics)."""
-    kind = data[5] if isinstance(data, (bytes, bytearray)) and len(data) > 5 else _KIND_SNAPSHOT
-    return _parse_header(data, _KIND_DELTA if kind == _KIND_DELTA else _KIND_SNAPSHOT)
-
-
-def _shard_prefix(kind: int, province: str, kid: bytes) -> bytes:
-    return MAGIC + bytes((FORMAT_VERSION, kind)) + province.encode("ascii") + bytes((len(kid),)) + kid
-
-
-def _state_hash(province: str, kid: bytes, seq: int, universe: int, serials: array[int]) -> bytes:
-    """SHA-256 of the canonical state: domain, shard, seq, universe, count, serials.
-
-    Serials are 4-byte little-endian when the universe is at most 2**32, else
-    8-byte little-endian; the header fields are big-endian (``docs/revocation.md``).
-    """
-    digest = hashlib.sha256(_STATE_DOMAIN)
-    digest.update(province.encode("ascii") + bytes((len(kid),)) + kid)
-    digest.update(struct.pack(">IQI", seq, universe, len(serials)))
-    if _LITTLE:
-        digest.update(serials)
-    else:
-        swapped = array(serials.typecode, serials)
-        swapped.byteswap()
-        digest.update(swapped)
-    return digest.digest()
-
-
 # --------------------------------------------------------------------------- one shard
 
 
 def _check_shard(province: object, kid: object) -> None:
     if not isinstance(province, str) or province not in PROVINCES:
         raise RevocationDataError(f"not a GB/T 2260 province code: {province!r}")
-    if not isinstance(kid, bytes) or not 1 <= len(kid) <= _MAX_KID:
-        raise RevocationDataError(f"kid must be 1 to {_MAX_KID} bytes")
+    if not isinstance(kid, bytes) or not 1 <= len(kid) <= MAX_KID:
+        raise RevocationDataError(f"kid must be 1 to {MAX_KID} bytes")
 
 
 def _sorted_serials(serials: Iterable[int], universe: int) -> array[int]:
@@ -280,7 +167,7 @@ class RevocationState:
             raise RevocationDataError("too many serials for one shard")
         self._province = province
         self._kid = kid
-        self._commit(seq, universe, values, _state_hash(province, kid, seq, universe, values))
+        self._commit(seq, universe, values, canonical_state_hash(province, kid, seq, universe, values))
 
     def _commit(self, seq: int, universe: int, serials: array[int], state_hash: bytes) -> None:
         # Everything is computed before the first assignment; readers (is_revoked) load
@@ -353,8 +240,8 @@ class RevocationState:
         count = len(self._serials)
         k = rice_parameter(self._universe, count)
         return (
-            _shard_prefix(_KIND_SNAPSHOT, self._province, self._kid)
-            + _SNAPSHOT_TAIL.pack(self._seq, self._universe, count, k, self._hash)
+            shard_prefix(KIND_SNAPSHOT, self._province, self._kid)
+            + SNAPSHOT_TAIL.pack(self._seq, self._universe, count, k, self._hash)
             + rice_encode(self._serials, count, k)
         )
 
@@ -393,7 +280,7 @@ class RevocationState:
         state must be the one the delta states. Only then is the state replaced.
         """
         # (1)
-        info = _parse_header(data, _KIND_DELTA)
+        info = parse_header(data, KIND_DELTA)
         if (info.province, info.kid) != (self._province, self._kid):
             raise RevocationDataError("delta is for another shard")
         # (2)
@@ -416,18 +303,18 @@ class RevocationState:
         added = rice_decode(bytes(data[info.body_offset :]), info.count, info.universe, info.rice_k)
         merged = _merge(self._serials, added, info.universe)
         # (5)
-        state_hash = _state_hash(self._province, self._kid, info.to_seq, info.universe, merged)
+        state_hash = canonical_state_hash(self._province, self._kid, info.to_seq, info.universe, merged)
         if state_hash != info.state_hash:
             raise RevocationDataError("state hash after the delta does not match (wrong base or corrupt delta)")
         self._commit(info.to_seq, info.universe, merged, state_hash)
 
 
 def _decode_snapshot(data: bytes, province: str | None, kid: bytes | None) -> tuple[FileInfo, array[int]]:
-    info = _parse_header(data, _KIND_SNAPSHOT)
+    info = parse_header(data, KIND_SNAPSHOT)
     if (province is not None and info.province != province) or (kid is not None and info.kid != kid):
         raise RevocationDataError("snapshot is for another shard")
     serials = rice_decode(bytes(data[info.body_offset :]), info.count, info.universe, info.rice_k)
-    if _state_hash(info.province, info.kid, info.to_seq, info.universe, serials) != info.state_hash:
+    if canonical_state_hash(info.province, info.kid, info.to_seq, info.universe, serials) != info.state_hash:
         raise RevocationDataError("snapshot state hash does not match its serials")
     return info, serials
 
@@ -519,8 +406,8 @@ def encode_delta(old: RevocationState, new: RevocationState) -> bytes:
     count = len(added)
     k = rice_parameter(new.universe, count)
     return (
-        _shard_prefix(_KIND_DELTA, new.province, new.kid)
-        + _DELTA_TAIL.pack(old.seq, new.seq, new.universe, count, k, new.state_hash)
+        shard_prefix(KIND_DELTA, new.province, new.kid)
+        + DELTA_TAIL.pack(old.seq, new.seq, new.universe, count, k, new.state_hash)
         + rice_encode(added, count, k)
     )
 
@@ -569,7 +456,7 @@ class RevocationSet:
 
     def load_snapshot(self, data: bytes, *, province: str | None = None, kid: bytes | None = None) -> RevocationState:
         """Load a snapshot into its shard (new, or a later state of a held one); return the shard."""
-        info = _parse_header(data, _KIND_SNAPSHOT)
+        info = parse_header(data, KIND_SNAPSHOT)
         if (province is not None and province != info.province) or (kid is not None and kid != info.kid):
             raise RevocationDataError("snapshot is for another shard")
         state = self._shards.get((info.province, info.kid))
@@ -582,7 +469,7 @@ class RevocationSet:
 
     def apply_delta(self, data: bytes, *, province: str | None = None, kid: bytes | None = None) -> RevocationState:
         """Apply a delta to its shard; a shard not held yet starts empty at seq 0."""
-        info = _parse_header(data, _KIND_DELTA)
+        info = parse_header(data, KIND_DELTA)
         if (province is not None and province != info.province) or (kid is not None and kid != info.kid):
             raise RevocationDataError("delta is for another shard")
         state = self._shards.get((info.province, info.kid))
