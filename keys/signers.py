@@ -12,7 +12,7 @@ host); it holds one or more role keys, all under the holder's one passphrase::
     <holder>/<name>.pub.json   {"format": "healthcode-tuf-key", "version": 1, "name", "keyid",
                                 "key": <the securesystemslib key dict>}, mode 0644
 
-The encryption is the file keystore's (:mod:`keys.keystore.files`), so
+The encryption is the file keystore's (:mod:`keys.keystore.pkcs8`), so
 ``openssl pkey -in root.pem`` opens the file with the passphrase, without our
 code. The ``.pub.json`` holds public data only: creating the repository,
 delegating to a province or checking a signature never needs a passphrase.
@@ -60,12 +60,8 @@ from .errors import (
     WrongPassphrase,
 )
 from .keystore.base import KeystoreSigner
-from .keystore.files import (
-    MIN_PASSPHRASE_BYTES,
-    ScryptParams,
-    decrypt_private_key_info,
-    encrypt_private_key_info,
-)
+from .keystore.files import MIN_PASSPHRASE_BYTES
+from .keystore.pkcs8 import ScryptParams, decrypt_private_key_info, encrypt_private_key_info
 
 __all__ = [
     "RoleKeyFile",

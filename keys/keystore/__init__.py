@@ -3,7 +3,8 @@
 * :class:`Keystore` / :class:`KeyHandle` (``base.py``): the interface and the
   public name of a key;
 * :class:`FileKeystore` (``files.py``): passphrase-encrypted PKCS#8 files
-  (scrypt), ES256, EdDSA and SM2; the default;
+  (scrypt), ES256, EdDSA and SM2; the default (the encrypted-PKCS#8 codec
+  it writes and reads is ``pkcs8.py``);
 * :class:`Pkcs11Keystore` (``pkcs11.py``): a PKCS#11 token (HSM), ES256 and
   EdDSA, keys never extractable (needs the ``hsm`` extra);
 * :func:`open_keystore`: one of them from configuration values.
@@ -14,7 +15,8 @@ from __future__ import annotations
 import os
 
 from .base import KeyHandle, Keystore, KeystoreSigner
-from .files import FileKeystore, ScryptParams
+from .files import FileKeystore
+from .pkcs8 import ScryptParams
 from .pkcs11 import Pkcs11Keystore
 
 __all__ = [

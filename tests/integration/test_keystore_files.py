@@ -40,7 +40,7 @@ from issuer.privacy import IdentifierVault
 from issuer.store import SQLiteStore
 from keys.errors import InvalidKeySet, KeyFileCorrupt, KeyNotFound, KeyReason, WrongPassphrase
 from keys.keystore import FileKeystore, KeyHandle, ScryptParams, open_keystore
-from keys.keystore.files import decrypt_private_key_info
+from keys.keystore.pkcs8 import decrypt_private_key_info
 from keys.key_set_file import load_key_set, save_key_set
 from keys.lifecycle import ProvinceKeySet
 from keys.managed_key import RotationPolicy

@@ -42,7 +42,7 @@ from issuer.privacy import IdentifierVault
 from issuer.revocation_job import RevocationPublishJob, notify_revocations, open_revocation_job, push_directory
 from issuer.revocation_publisher import SQLiteRevocationSource
 from issuer.store import SQLiteStore
-from keys.keystore.files import ScryptParams
+from keys.keystore import ScryptParams
 from keys.signers import RoleKeyFile, generate_role_key, load_role_signer, role_key_names
 from keys.trustrepo import TrustRepository
 from verifier.revocation_sync import DELTAS, DROPPED, KEPT, MISSING, SNAPSHOT, UNCHANGED, RevocationStore
@@ -811,3 +811,49 @@ def test_the_store_has_the_partial_index_the_publisher_reads(world):
     finally:
         conn.close()
     assert "codes_revoked" in str(plan)
+
+
+@pytest.mark.parametrize("superseding", ["static code", "phone credential"])
+def test_a_superseded_code_is_published_within_seconds(tmp_path, superseding):
+    """A resident's new static code (IssueCode) or new phone credential (IssueCredential) revokes the
+    previous one as superseded: the revocation job publishes that at once, as it does for RevokeCode,
+    not at its next scheduled run an hour later."""
+    from healthcode.algorithms import generate_signing_key
+    from healthcode.presentation import proof_of_possession_input
+    from issuer.api import wallets_pb2
+    from issuer.client import IssuerClient
+    from issuer.devenv import DevEnvironment, ServerProcess
+
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    env = DevEnvironment.create(tmp_path / "issuer", now=now)
+    with open(env.config_path, "a") as config:
+        config.write('\n[revocation]\ndirectory = "revocation"\npush_mode = "directory-only"\n'
+                     "min_interval_seconds = 0\n")
+    snapshot = env.directory / "revocation" / snapshot_target("33", env.public_key.key_id())
+
+    def credential(client, mid):
+        device = generate_signing_key()
+        metadata = (("authorization", f"Bearer {env.api_key}"),)
+        challenge = client.wallets.CreateChallenge(wallets_pb2.CreateChallengeRequest(main_index_id=mid),
+                                                   metadata=metadata, timeout=10).challenge
+        return client.wallets.IssueCredential(wallets_pb2.IssueCredentialRequest(
+            main_index_id=mid, challenge=challenge,
+            device_key=wallets_pb2.DeviceKey(algorithm=wallets_pb2.DEVICE_KEY_ALGORITHM_ES256,
+                                             public_key=device.public_key().spki_der()[-65:]),
+            proof=device.sign(proof_of_possession_input(challenge, device.public_key()))),
+            metadata=metadata, timeout=10).credential
+
+    with ServerProcess(env) as server, IssuerClient(server.address, ca_pem=env.ca_pem, api_key=env.api_key) as client:
+        mid = client.find_or_register(document(1))
+        if superseding == "static code":
+            first = client.issue(mid, idempotency_key="supersede-0001")
+            client.issue(mid, idempotency_key="supersede-0002")
+        else:
+            first = credential(client, mid)
+            credential(client, mid)
+        deadline = time.monotonic() + 15
+        while not (snapshot.exists() and read_header(snapshot.read_bytes()).count == 1):
+            assert time.monotonic() < deadline, "the superseded code was not published"
+            time.sleep(0.1)
+        assert server.stop() == 0
+    assert RevocationState.from_snapshot(snapshot.read_bytes()).serials() == [first.ref.serial]
