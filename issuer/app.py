@@ -288,7 +288,8 @@ async def run(
 
         # The wallet issuer uses CodeIssuer's own steps; the wrapper handed them on unchanged (__getattr__).
         server = await IssuerServer.start(options, index=index, codes=served, on_close=stop_job_and_close,
-                                          key_admin=key_admin, wallets=WalletIssuer(codes=codes))
+                                          key_admin=key_admin,
+                                          wallets=WalletIssuer(codes=codes, on_revoked=job.trigger if job else None))
     except BaseException:
         await stop_job_and_close()
         raise

@@ -8,8 +8,10 @@ in its own thread, never on the event loop:
   by another process (an operator's tool);
 * **on demand**: :meth:`RevocationPublishJob.trigger` is called after every
   RPC that revokes (RevokeCode for one code or a resident's codes,
-  RenewCode, which supersedes the old code, and MergeResidents) through the
-  port wrappers of :func:`notify_revocations`. It only sets a flag: a run
+  RenewCode, which supersedes the old code, IssueCode and IssueCredential,
+  which supersede the resident's previous code of that channel, and
+  MergeResidents) through the port wrappers of :func:`notify_revocations`
+  and the wallet issuer's ``on_revoked``. It only sets a flag: a run
   starts ``settle`` seconds after the first trigger, so a burst of
   revocations becomes one publication, and runs at most once every
   ``min_interval`` seconds however many triggers arrive. A failed run is
@@ -415,15 +417,21 @@ class RevocationPublishJob:
 
 
 class _NotifyingCodes:
-    """A :class:`~issuer.service.CodeIssuerPort` that calls ``notify`` after each revoking call."""
+    """A :class:`~issuer.service.CodeIssuerPort` that calls ``notify`` after each revoking call
+    (an IssueCode that supersedes the resident's previous static code is one)."""
 
     def __init__(self, inner: Any, notify: Callable[[], None]) -> None:
         self._inner = inner
         self._notify = notify
-        # the hot paths go straight to the inner issuer, without a proxy frame
-        self.issue_code = inner.issue_code
+        # the read paths go straight to the inner issuer, without a proxy frame
         self.get_code = inner.get_code
         self.ref_from_text = inner.ref_from_text
+
+    async def issue_code(self, **kwargs: Any) -> Any:
+        code = await self._inner.issue_code(**kwargs)
+        if kwargs.get("replace_live"):  # the resident's previous static code may now be revoked (superseded)
+            self._notify()  # cheap: one attribute read while a publication is already requested
+        return code
 
     async def revoke_code(self, **kwargs: Any) -> Any:
         code = await self._inner.revoke_code(**kwargs)

@@ -66,10 +66,12 @@ class WalletIssuer:
     makes challenges (tests may pass their own). Times are passed in.
     """
 
-    def __init__(self, *, codes: CodeIssuer, random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> None:
+    def __init__(self, *, codes: CodeIssuer, random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+                 on_revoked: Callable[[], None] | None = None) -> None:
         self._store: Store = codes._store
         self._codes = codes
         self._random = random_bytes
+        self._on_revoked = on_revoked  # e.g. the revocation job's trigger: a new credential supersedes the last
 
     async def create_challenge(self, *, caller: str, main_index_id: MainIndexId, now: dt.datetime) -> Challenge:
         """A new single-use challenge for the resident (:class:`~issuer.errors.NotFound`,
@@ -141,7 +143,10 @@ class WalletIssuer:
                     raise
                 return original
 
-        return await codes._idempotent(caller, key, fingerprint, work)
+        credential = await codes._idempotent(caller, key, fingerprint, work)
+        if self._on_revoked is not None:  # the resident's previous phone credential may now be superseded
+            self._on_revoked()
+        return credential
 
     @staticmethod
     def _check_challenge(record: ChallengeRecord | None, use: ChallengeUse, now: dt.datetime) -> None:
