@@ -14,7 +14,8 @@ SIGKILL mid-stream; it restarts on the same database, and then:
   a request the kill cut off returns what its first attempt committed, if
   anything, else a new code, and the same code when retried again.
 
-The harness lives in ``tools/bench/crashloop.py`` (the 20-cycle crash loop
+The harness lives in ``tools/bench/crashloop.py`` and, for the server's files
+and process, ``tools/bench/crashloop_workspace.py`` (the 20-cycle crash loop
 benchmark runs the same cycle).
 """
 
@@ -31,15 +32,8 @@ import grpc
 import pytest
 
 from issuer.api import health_codes_pb2, health_codes_pb2_grpc
-from tools.bench.crashloop import (
-    ServerProcess,
-    Workspace,
-    check_after_restart,
-    issue_until_killed,
-    register_residents,
-    resident_ids,
-    stored_codes,
-)
+from tools.bench.crashloop import check_after_restart, issue_until_killed, stored_codes
+from tools.bench.crashloop_workspace import ServerProcess, Workspace, register_residents, resident_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -197,7 +197,7 @@ async def _bench(workspace, issuer_port: int, issuer_pid: int, echo_port: int, e
                  sweep: tuple[int, ...]) -> dict[str, _Contender]:
     from issuer.api import health_codes_pb2, health_codes_pb2_grpc
 
-    from .crashloop import register_residents, resident_ids
+    from .crashloop_workspace import register_residents, resident_ids
 
     metadata = workspace.metadata
     async with workspace.channel(issuer_port) as issuer_channel, workspace.channel(echo_port) as echo_channel:
@@ -250,7 +250,7 @@ def run(*, rounds: int = 5, seconds: float = 3.0, concurrency: int = 32, residen
         warmup: float = 1.0, sweep: tuple[int, ...] = (8, 16, 64), out=sys.stdout,
         **_ignored) -> dict[str, _Contender]:
     """Start both servers, measure, print the Markdown report; return the measurements."""
-    from .crashloop import ServerProcess, Workspace
+    from .crashloop_workspace import ServerProcess, Workspace
 
     with tempfile.TemporaryDirectory(prefix="healthcode-bench-issuer-") as tmp:
         workspace = Workspace.create(pathlib.Path(tmp), now=dt.datetime.now(dt.timezone.utc))

@@ -209,7 +209,7 @@ def run(*, rounds: int = 3, seconds: float = 2.0, concurrency: int = 32, residen
     """Start every layer's server, measure them interleaved, print the Markdown report."""
     from issuer.api import health_codes_pb2, health_codes_pb2_grpc
 
-    from .crashloop import ServerProcess, Workspace, register_residents, resident_ids
+    from .crashloop_workspace import ServerProcess, Workspace, register_residents, resident_ids
 
     results: dict[str, list] = {name: [] for name in LAYERS}
     with tempfile.TemporaryDirectory(prefix="healthcode-bench-layers-") as tmp:
