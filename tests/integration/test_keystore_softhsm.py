@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import shutil
-import subprocess
 import threading
 
 import pytest
 
 pkcs11 = pytest.importorskip("pkcs11", reason="the PKCS#11 keystore needs python-pkcs11 (the 'hsm' extra)")
+
+from tests.integration.softhsm import softhsm_token  # noqa: E402
 
 import healthcode as hc  # noqa: E402
 from healthcode import Algorithm, Keyring  # noqa: E402
@@ -35,12 +34,6 @@ from keys.keystore import KeyHandle, Pkcs11Keystore  # noqa: E402
 from keys.lifecycle import ProvinceKeySet  # noqa: E402
 from keys.rotating_signer import RotatingSigner  # noqa: E402
 
-SOFTHSM_UTIL = shutil.which("softhsm2-util")
-MODULE_CANDIDATES = ["/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-                     "/usr/local/lib/softhsm/libsofthsm2.so", "/usr/lib64/pkcs11/libsofthsm2.so"]
-MODULE = next((p for p in MODULE_CANDIDATES if os.path.exists(p)), None)
-if SOFTHSM_UTIL is None or MODULE is None:
-    pytest.skip("SoftHSM2 is not installed (softhsm2-util and libsofthsm2.so are needed)", allow_module_level=True)
 
 UTC = dt.timezone.utc
 T = dt.datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
@@ -54,25 +47,8 @@ SUBJECT = hc.main_index_id_from_bytes(bytes(range(16)))
 @pytest.fixture(scope="module")
 def token(tmp_path_factory):
     """A fresh SoftHSM2 token in a temporary directory; the library is unloaded afterwards."""
-    root = tmp_path_factory.mktemp("softhsm")
-    (root / "tokens").mkdir()
-    conf = root / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    previous = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)  # read by softhsm2-util and by the library at C_Initialize
-    try:
-        subprocess.run([SOFTHSM_UTIL, "--init-token", "--free", "--label", LABEL, "--so-pin", SO_PIN, "--pin", PIN],
-                       check=True, capture_output=True, timeout=60)
-        yield MODULE
-    finally:
-        try:
-            pkcs11.unload(MODULE)  # the next user initialises with its own configuration
-        except Exception:
-            pass
-        if previous is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = previous
+    with softhsm_token(tmp_path_factory.mktemp("softhsm"), label=LABEL, so_pin=SO_PIN, pin=PIN) as module:
+        yield module
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import subprocess
 import sys
 
@@ -21,18 +20,14 @@ import pytest
 
 pkcs11 = pytest.importorskip("pkcs11", reason="the PKCS#11 device key needs python-pkcs11 (the 'hsm' extra)")
 
+from tests.integration.softhsm import softhsm_token  # noqa: E402
+
 import healthcode as hc  # noqa: E402
 from healthcode import presentation as hp  # noqa: E402
 from healthcode.algorithms import generate_signing_key, load_p256_point  # noqa: E402
 from verifier.images import decode_image  # noqa: E402
 from wallet import Wallet  # noqa: E402
 
-SOFTHSM_UTIL = shutil.which("softhsm2-util")
-MODULE_CANDIDATES = ["/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-                     "/usr/local/lib/softhsm/libsofthsm2.so", "/usr/lib64/pkcs11/libsofthsm2.so"]
-MODULE = next((p for p in MODULE_CANDIDATES if os.path.exists(p)), None)
-if SOFTHSM_UTIL is None or MODULE is None:
-    pytest.skip("SoftHSM2 is not installed (softhsm2-util and libsofthsm2.so are needed)", allow_module_level=True)
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 12, 7, 4, 0, tzinfo=UTC)
@@ -57,25 +52,8 @@ def credential_for(point: bytes, issued_at: dt.datetime) -> str:
 @pytest.fixture(scope="module")
 def token(tmp_path_factory):
     """A fresh SoftHSM2 token in a temporary directory; the library is unloaded afterwards."""
-    root = tmp_path_factory.mktemp("softhsm-wallet")
-    (root / "tokens").mkdir()
-    conf = root / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    previous = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)  # read by softhsm2-util, the library, and the CLI's processes
-    try:
-        subprocess.run([SOFTHSM_UTIL, "--init-token", "--free", "--label", LABEL, "--so-pin", "13579135",
-                        "--pin", PIN], check=True, capture_output=True, timeout=60)
-        yield MODULE
-    finally:
-        try:
-            pkcs11.unload(MODULE)
-        except Exception:
-            pass
-        if previous is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = previous
+    with softhsm_token(tmp_path_factory.mktemp("softhsm-wallet"), label=LABEL, so_pin="13579135", pin=PIN) as module:
+        yield module
 
 
 def test_the_device_key_lives_in_the_token_and_its_presentations_verify(token, tmp_path):
