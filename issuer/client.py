@@ -183,11 +183,6 @@ class IssuerClient:
         request = health_codes_pb2.IssueCodeRequest(main_index_id=main_index_id, idempotency_key=idempotency_key)
         return self._call(self.codes.IssueCode, request).code
 
-    def revoke_resident(self, main_index_id: str, *, reason: common_pb2.RevocationReason) -> int:
-        """Revoke every live code of a resident; returns how many were revoked (a repeat revokes 0)."""
-        request = health_codes_pb2.RevokeCodeRequest(main_index_id=main_index_id, reason=reason)
-        return self._call(self.codes.RevokeCode, request).revoked_count
-
     def revoke(self, ref: common_pb2.CodeRef, *, reason: common_pb2.RevocationReason) -> int:
         """Revoke one code; returns 1, or 0 when it was revoked already (a retry is harmless)."""
         request = health_codes_pb2.RevokeCodeRequest(ref=ref, reason=reason)

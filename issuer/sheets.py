@@ -23,14 +23,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from healthcode.model import PROVINCES, PROVINCES_EN, province_label
+from healthcode.model import PROVINCES, province_label
 from issuer.render import QrSymbol, RenderError, qr_matrix, symbol_png
 from shellkit.times import beijing
 
 __all__ = [
     "SHEET_HEADING",
     "SHEET_INSTRUCTIONS",
-    "PROVINCE_EN",
     "CJK_FONTS",
     "MAX_PER_PAGE",
     "SheetError",
@@ -50,8 +49,6 @@ SHEET_INSTRUCTIONS = (
     "Show this code at the hospital front desk together with your identity document. "
     "Keep it dry and flat; if it is lost, ask for a reprint where it was issued.",
 )
-#: English names of the provinces (one table, in the core).
-PROVINCE_EN = PROVINCES_EN
 #: Fonts with both Chinese and Latin glyphs, first found wins (Debian: fonts-wqy-microhei, fonts-noto-cjk).
 CJK_FONTS = (
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",

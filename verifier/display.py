@@ -35,7 +35,7 @@ from .verdict import DYNAMIC, STATIC, TerminalReason
 if TYPE_CHECKING:  # pragma: no cover
     from .outcome import Outcome
 
-__all__ = ["REASON_TEXT", "KIND_TEXT", "CHECK_ID_TEXT", "PROVINCE_EN", "Display", "banner", "describe", "detail_zh",
+__all__ = ["REASON_TEXT", "KIND_TEXT", "CHECK_ID_TEXT", "Display", "banner", "describe", "detail_zh",
            "beijing_times"]
 
 #: The reason in plain words: (Chinese, English).
@@ -74,7 +74,6 @@ KIND_TEXT = {DYNAMIC: ("动态码", "live code (phone)"), STATIC: ("静态码", 
 #: The terminal's ``check-id`` policy, on a valid static code.
 CHECK_ID_TEXT = ("请核验身份证件", "check the holder's identity document")
 
-PROVINCE_EN = PROVINCES_EN  # one table, in the core
 
 _FONT = {
     "V": ["█   █", "█   █", "█   █", " █ █ ", "  █  "],
@@ -181,7 +180,7 @@ def _province(outcome: "Outcome") -> str | None:
         return province_label(code.province)
     if outcome.claimed is not None:
         p = outcome.claimed[0]
-        return f"{PROVINCES[p]} {PROVINCE_EN[p]} ({p}, 未验证 unverified)"
+        return f"{PROVINCES[p]} {PROVINCES_EN[p]} ({p}, 未验证 unverified)"
     return None
 
 

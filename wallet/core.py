@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from healthcode.algorithms import load_p256_point
 from healthcode.presentation import encode_presentation, proof_of_possession_input, step_at
+from issuer.api.common_pb2 import IssuedCode
 from issuer.documents import Document
 from keys.keystore import ScryptParams
 
@@ -182,17 +183,14 @@ class Wallet:
                 Pending("enrol", new_idempotency_key())
             state = state.with_(pending=pending, issuer=issuer or state.issuer)
             self.files.write(state)
-            try:
+
+            def issue() -> IssuedCode:
                 challenge = client.create_challenge(document)
                 proof = self.device.sign(proof_of_possession_input(challenge, load_p256_point(self._point)))
-                issued = client.issue_credential(document, challenge=challenge, public_point=self._point,
-                                                 proof=proof, idempotency_key=pending.idempotency_key)
-                credential = Credential.parse(issued.code_text, self._point)
-            except WalletError as exc:
-                self._record_failure(state, exc, now)
-                raise
-            self.files.write(state.with_(credential=credential.text, pending=None, last_failure=None))
-            return credential
+                return client.issue_credential(document, challenge=challenge, public_point=self._point,
+                                               proof=proof, idempotency_key=pending.idempotency_key)
+
+            return self._keep(state, issue, now)
 
     def renew(self, client: WalletClient, *, now: dt.datetime) -> Credential:
         """Renew the credential now (``RenewCode``); keep and return the new one.
@@ -210,14 +208,8 @@ class Wallet:
                 pending = Pending("renew", new_idempotency_key(), current.serial)
             state = state.with_(pending=pending)
             self.files.write(state)
-            try:
-                issued = client.renew_credential(current.text, idempotency_key=pending.idempotency_key)
-                credential = Credential.parse(issued.code_text, self._point)
-            except WalletError as exc:
-                self._record_failure(state, exc, now)
-                raise
-            self.files.write(state.with_(credential=credential.text, pending=None, last_failure=None))
-            return credential
+            return self._keep(state, lambda: client.renew_credential(current.text,
+                                                                 idempotency_key=pending.idempotency_key), now)
 
     def renew_if_due(self, connect: ClientFactory, *, now: dt.datetime,
                      policy: RenewalPolicy = RenewalPolicy()) -> RenewalOutcome:
@@ -236,6 +228,17 @@ class Wallet:
             return RenewalOutcome(False, credential, exc)
         except OSError as exc:  # the CA or credentials files named in the state are gone
             return RenewalOutcome(False, credential, Offline(f"cannot connect to the issuer: {exc}"))
+
+    def _keep(self, state: WalletState, call: Callable[[], IssuedCode], now: dt.datetime) -> Credential:
+        """Run the issuer ``call`` (its idempotency key already persisted in ``state.pending``); keep the
+        credential it returns, clearing ``pending`` in the same write; record a failure and re-raise."""
+        try:
+            credential = Credential.parse(call().code_text, self._point)
+        except WalletError as exc:
+            self._record_failure(state, exc, now)
+            raise
+        self.files.write(state.with_(credential=credential.text, pending=None, last_failure=None))
+        return credential
 
     def _record_failure(self, state: WalletState, error: WalletError, now: dt.datetime) -> None:
         """Remember the failure for ``status``; drop the idempotency key after a definitive refusal."""
