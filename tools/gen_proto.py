@@ -1,14 +1,16 @@
-"""Generate the issuer's gRPC code from ``proto/`` into ``issuer/api/``.
+"""Generate the gRPC code from ``proto/`` into each service's ``api`` package.
 
-    python -m tools.gen_proto           # (re)write issuer/api/*_pb2.py, *_pb2.pyi, *_pb2_grpc.py
+    python -m tools.gen_proto           # (re)write issuer/api/, national/api/: *_pb2.py, *_pb2.pyi, *_pb2_grpc.py
     python -m tools.gen_proto --check   # exit 1 if the committed files differ from a fresh run
 
-Two proto packages go there: ``healthcode.issuer.v1`` (the issuer API) and
-``healthcode.admin.v1`` (``key_admin.proto``, the KeyAdmin service). Runs
+:data:`PROTO_PACKAGES` maps each proto package to its Python package:
+``healthcode.issuer.v1`` (the issuer API) and ``healthcode.admin.v1`` (the
+KeyAdmin service) go to ``issuer.api``, ``healthcode.national.v1`` (the
+national index) to ``national.api``. Runs
 ``grpc_tools.protoc`` (``--python_out --pyi_out --grpc_python_out``,
 ``-I proto`` plus grpc_tools' bundled well-known protos) into a temporary
 directory, then rewrites the generated imports
-``from healthcode.issuer.v1 import x_pb2`` (and ``healthcode.admin.v1``) to
+``from healthcode.issuer.v1 import x_pb2`` (and the others) to
 ``from issuer.api import x_pb2``: the proto package path would otherwise
 shadow our core package ``healthcode``.
 The output depends on the grpcio-tools version (its protoc and its version
@@ -27,32 +29,28 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROTO_ROOT = ROOT / "proto"
-PROTO_DIR = PROTO_ROOT / "healthcode" / "issuer" / "v1"
-OUT_DIR = ROOT / "issuer" / "api"
-PROTO_PACKAGE = "healthcode.issuer.v1"
-#: Every proto package generated into ``OUT_DIR``, with its directory under ``proto/``.
-PROTO_PACKAGES = {
-    PROTO_PACKAGE: PROTO_DIR,
-    "healthcode.admin.v1": PROTO_ROOT / "healthcode" / "admin" / "v1",
+#: Every proto package, with its directory under ``proto/`` and the Python package its code goes to.
+PROTO_PACKAGES: dict[str, tuple[pathlib.Path, str]] = {
+    "healthcode.issuer.v1": (PROTO_ROOT / "healthcode" / "issuer" / "v1", "issuer.api"),
+    "healthcode.admin.v1": (PROTO_ROOT / "healthcode" / "admin" / "v1", "issuer.api"),
+    "healthcode.national.v1": (PROTO_ROOT / "healthcode" / "national" / "v1", "national.api"),
 }
-PYTHON_PACKAGE = "issuer.api"
+OUT_DIRS = sorted({ROOT / python.replace(".", "/") for _, python in PROTO_PACKAGES.values()})
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
-_IMPORT_RE = re.compile(
-    rf"^(\s*)from (?:{'|'.join(re.escape(p) for p in PROTO_PACKAGES)}) import ", re.MULTILINE
-)
+_IMPORT_RE = re.compile(rf"^(\s*)from ({'|'.join(re.escape(p) for p in PROTO_PACKAGES)}) import ", re.MULTILINE)
 
 
 def _rewrite(text: str) -> str:
-    return _IMPORT_RE.sub(rf"\1from {PYTHON_PACKAGE} import ", text)
+    return _IMPORT_RE.sub(lambda m: f"{m.group(1)}from {PROTO_PACKAGES[m.group(2)][1]} import ", text)
 
 
 def generate() -> dict[str, str]:
-    """Run protoc on every ``*.proto`` of :data:`PROTO_PACKAGES`; return {file name: rewritten text}."""
+    """Run protoc on every ``*.proto`` of :data:`PROTO_PACKAGES`; return {path from the root: rewritten text}."""
     from grpc_tools import protoc  # type: ignore[import-untyped]  # grpc_tools ships no stubs or py.typed
 
     protos = []
-    for directory in PROTO_PACKAGES.values():
+    for directory, _ in PROTO_PACKAGES.values():
         found = sorted(directory.glob("*.proto"))
         if not found:
             raise SystemExit(f"no .proto files under {directory}")
@@ -71,21 +69,23 @@ def generate() -> dict[str, str]:
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
         files: dict[str, str] = {}
-        for package in PROTO_PACKAGES:
+        for package, (_, python) in PROTO_PACKAGES.items():
             produced = pathlib.Path(tmp) / package.replace(".", "/")
             for path in sorted(produced.iterdir()):
                 if path.name.endswith(GENERATED_SUFFIXES):
-                    if path.name in files:
-                        raise SystemExit(f"two proto packages generate {path.name}")
-                    files[path.name] = _rewrite(path.read_text(encoding="utf-8"))
+                    name = f"{python.replace('.', '/')}/{path.name}"
+                    if name in files:
+                        raise SystemExit(f"two proto packages generate {name}")
+                    files[name] = _rewrite(path.read_text(encoding="utf-8"))
         return dict(sorted(files.items()))
 
 
 def committed() -> dict[str, str]:
-    """The generated files now in ``issuer/api/``."""
+    """The generated files now in the output packages (``issuer/api/``, ``national/api/``, ...)."""
     return {
-        path.name: path.read_text(encoding="utf-8")
-        for path in sorted(OUT_DIR.glob("*"))
+        str(path.relative_to(ROOT)): path.read_text(encoding="utf-8")
+        for out_dir in OUT_DIRS
+        for path in sorted(out_dir.glob("*"))
         if path.name.endswith(GENERATED_SUFFIXES)
     }
 
@@ -104,12 +104,13 @@ def diff(fresh: dict[str, str], current: dict[str, str]) -> list[str]:
 
 
 def write(files: dict[str, str]) -> None:
-    """Replace ``issuer/api``'s generated files with ``files`` (``__init__.py`` is left alone)."""
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    """Replace the output packages' generated files with ``files`` (``__init__.py`` is left alone)."""
+    for out_dir in OUT_DIRS:
+        out_dir.mkdir(parents=True, exist_ok=True)
     for name in committed().keys() - files.keys():
-        (OUT_DIR / name).unlink()
+        (ROOT / name).unlink()
     for name, text in files.items():
-        path = OUT_DIR / name
+        path = ROOT / name
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
@@ -117,19 +118,19 @@ def write(files: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gen_proto", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if issuer/api differs from a fresh generation")
+    parser.add_argument("--check", action="store_true", help="fail if the committed code is stale")
     args = parser.parse_args(argv)
     fresh = generate()
     if args.check:
         lines = diff(fresh, committed())
         if lines:
             sys.stdout.writelines(lines)
-            print("\nissuer/api is stale: run `python -m tools.gen_proto`", file=sys.stderr)
+            print("\nthe generated code is stale: run `python -m tools.gen_proto`", file=sys.stderr)
             return 1
-        print(f"issuer/api is up to date ({len(fresh)} files)")
+        print(f"the generated code is up to date ({len(fresh)} files)")
         return 0
     write(fresh)
-    print(f"wrote {len(fresh)} files to {OUT_DIR.relative_to(ROOT)}")
+    print(f"wrote {len(fresh)} files to {', '.join(str(d.relative_to(ROOT)) for d in OUT_DIRS)}")
     return 0
 
 

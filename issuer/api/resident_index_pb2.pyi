@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from issuer.api import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -58,3 +61,37 @@ class MergeResidentsResponse(_message.Message):
     REVOKED_COUNT_FIELD_NUMBER: _ClassVar[int]
     revoked_count: int
     def __init__(self, revoked_count: _Optional[int] = ...) -> None: ...
+
+class ListAccessesRequest(_message.Message):
+    __slots__ = ("main_index_id", "page_size", "page_token")
+    MAIN_INDEX_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    main_index_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, main_index_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class Access(_message.Message):
+    __slots__ = ("access_id", "hospital_organisation", "hospital_province", "purpose", "resolved_at", "code_kind")
+    ACCESS_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSPITAL_ORGANISATION_FIELD_NUMBER: _ClassVar[int]
+    HOSPITAL_PROVINCE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_AT_FIELD_NUMBER: _ClassVar[int]
+    CODE_KIND_FIELD_NUMBER: _ClassVar[int]
+    access_id: str
+    hospital_organisation: str
+    hospital_province: str
+    purpose: int
+    resolved_at: _timestamp_pb2.Timestamp
+    code_kind: str
+    def __init__(self, access_id: _Optional[str] = ..., hospital_organisation: _Optional[str] = ..., hospital_province: _Optional[str] = ..., purpose: _Optional[int] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., code_kind: _Optional[str] = ...) -> None: ...
+
+class ListAccessesResponse(_message.Message):
+    __slots__ = ("accesses", "next_page_token")
+    ACCESSES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    accesses: _containers.RepeatedCompositeFieldContainer[Access]
+    next_page_token: str
+    def __init__(self, accesses: _Optional[_Iterable[_Union[Access, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -55,6 +55,11 @@ class ResidentIndexStub:
                 request_serializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.MergeResidentsRequest.SerializeToString,
                 response_deserializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.MergeResidentsResponse.FromString,
                 _registered_method=True)
+        self.ListAccesses = channel.unary_unary(
+                '/healthcode.issuer.v1.ResidentIndex/ListAccesses',
+                request_serializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.ListAccessesRequest.SerializeToString,
+                response_deserializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.ListAccessesResponse.FromString,
+                _registered_method=True)
 
 
 class ResidentIndexServicer:
@@ -96,6 +101,15 @@ class ResidentIndexServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAccesses(self, request, context):
+        """The resident's access log: every hospital that resolved one of their
+        codes (hospital, purpose, time), newest first. For the app to show the
+        resident; NOT_FOUND if the resident is unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ResidentIndexServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +132,11 @@ def add_ResidentIndexServicer_to_server(servicer, server):
                     servicer.MergeResidents,
                     request_deserializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.MergeResidentsRequest.FromString,
                     response_serializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.MergeResidentsResponse.SerializeToString,
+            ),
+            'ListAccesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccesses,
+                    request_deserializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.ListAccessesRequest.FromString,
+                    response_serializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.ListAccessesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -229,6 +248,33 @@ class ResidentIndex:
             '/healthcode.issuer.v1.ResidentIndex/MergeResidents',
             healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.MergeResidentsRequest.SerializeToString,
             healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.MergeResidentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/healthcode.issuer.v1.ResidentIndex/ListAccesses',
+            healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.ListAccessesRequest.SerializeToString,
+            healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.ListAccessesResponse.FromString,
             options,
             channel_credentials,
             insecure,

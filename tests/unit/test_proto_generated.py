@@ -72,7 +72,7 @@ def test_every_definition_is_documented():
         r"|^\s*[A-Z][A-Z0-9_]*\s*=\s*\d+;"  # an enum value
     )
     undocumented = []
-    for path in sorted(gen_proto.PROTO_DIR.glob("*.proto")):
+    for path in sorted(p for directory, _ in gen_proto.PROTO_PACKAGES.values() for p in directory.glob("*.proto")):
         previous = ""
         for lineno, line in enumerate(path.read_text().splitlines(), 1):
             if definition.match(line) and not previous.lstrip().startswith("//"):
