@@ -76,6 +76,7 @@ __all__ = [
     "current_caller",
     "peek_caller",
     "clear_caller",
+    "set_caller",
     "service_of",
     "hash_api_key",
     "generate_api_key",
@@ -106,6 +107,11 @@ def current_caller() -> str:
     if caller is None:
         raise LookupError("no authenticated caller in this context")
     return caller
+
+
+def set_caller(name: str) -> None:
+    """Name the caller of the RPC being served (for an admission check outside :class:`Admission`)."""
+    _CALLER.set(name)
 
 
 def clear_caller() -> None:
