@@ -6,7 +6,8 @@
 :data:`PROTO_PACKAGES` maps each proto package to its Python package:
 ``healthcode.issuer.v1`` (the issuer API) and ``healthcode.admin.v1`` (the
 KeyAdmin service) go to ``issuer.api``, ``healthcode.national.v1`` (the
-national index) to ``national.api``. Runs
+national index) to ``national.api``, ``healthcode.publisher.v1`` (the national
+trust publisher) to ``publisher.api``. Runs
 ``grpc_tools.protoc`` (``--python_out --pyi_out --grpc_python_out``,
 ``-I proto`` plus grpc_tools' bundled well-known protos) into a temporary
 directory, then rewrites the generated imports
@@ -34,6 +35,7 @@ PROTO_PACKAGES: dict[str, tuple[pathlib.Path, str]] = {
     "healthcode.issuer.v1": (PROTO_ROOT / "healthcode" / "issuer" / "v1", "issuer.api"),
     "healthcode.admin.v1": (PROTO_ROOT / "healthcode" / "admin" / "v1", "issuer.api"),
     "healthcode.national.v1": (PROTO_ROOT / "healthcode" / "national" / "v1", "national.api"),
+    "healthcode.publisher.v1": (PROTO_ROOT / "healthcode" / "publisher" / "v1", "publisher.api"),
 }
 OUT_DIRS = sorted({ROOT / python.replace(".", "/") for _, python in PROTO_PACKAGES.values()})
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
