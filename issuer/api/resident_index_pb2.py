@@ -26,35 +26,43 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from issuer.api import common_pb2 as healthcode_dot_issuer_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)healthcode/issuer/v1/resident_index.proto\x12\x14healthcode.issuer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!healthcode/issuer/v1/common.proto\"\x81\x01\n\x17RegisterResidentRequest\x12/\n\x07primary\x18\x01 \x01(\x0b\x32\x1e.healthcode.issuer.v1.Document\x12\x35\n\rsupplementary\x18\x02 \x03(\x0b\x32\x1e.healthcode.issuer.v1.Document\"1\n\x18RegisterResidentResponse\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\"`\n\x15LinkIdentifierRequest\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x30\n\x08\x64ocument\x18\x02 \x01(\x0b\x32\x1e.healthcode.issuer.v1.Document\"\x18\n\x16LinkIdentifierResponse\"G\n\x13\x46indResidentRequest\x12\x30\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x1e.healthcode.issuer.v1.Document\"-\n\x14\x46indResidentResponse\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\"U\n\x15MergeResidentsRequest\x12\x1e\n\x16survivor_main_index_id\x18\x01 \x01(\t\x12\x1c\n\x14merged_main_index_id\x18\x02 \x01(\t\"/\n\x16MergeResidentsResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\x04\"S\n\x13ListAccessesRequest\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xaa\x01\n\x06\x41\x63\x63\x65ss\x12\x11\n\taccess_id\x18\x01 \x01(\t\x12\x1d\n\x15hospital_organisation\x18\x02 \x01(\t\x12\x19\n\x11hospital_province\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\x05\x12/\n\x0bresolved_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tcode_kind\x18\x06 \x01(\t\"_\n\x14ListAccessesResponse\x12.\n\x08\x61\x63\x63\x65sses\x18\x01 \x03(\x0b\x32\x1c.healthcode.issuer.v1.Access\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xaa\x04\n\rResidentIndex\x12q\n\x10RegisterResident\x12-.healthcode.issuer.v1.RegisterResidentRequest\x1a..healthcode.issuer.v1.RegisterResidentResponse\x12k\n\x0eLinkIdentifier\x12+.healthcode.issuer.v1.LinkIdentifierRequest\x1a,.healthcode.issuer.v1.LinkIdentifierResponse\x12\x65\n\x0c\x46indResident\x12).healthcode.issuer.v1.FindResidentRequest\x1a*.healthcode.issuer.v1.FindResidentResponse\x12k\n\x0eMergeResidents\x12+.healthcode.issuer.v1.MergeResidentsRequest\x1a,.healthcode.issuer.v1.MergeResidentsResponse\x12\x65\n\x0cListAccesses\x12).healthcode.issuer.v1.ListAccessesRequest\x1a*.healthcode.issuer.v1.ListAccessesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)healthcode/issuer/v1/resident_index.proto\x12\x14healthcode.issuer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!healthcode/issuer/v1/common.proto\"\x81\x01\n\x17RegisterResidentRequest\x12/\n\x07primary\x18\x01 \x01(\x0b\x32\x1e.healthcode.issuer.v1.Document\x12\x35\n\rsupplementary\x18\x02 \x03(\x0b\x32\x1e.healthcode.issuer.v1.Document\"F\n\x18RegisterResidentResponse\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x13\n\x0bprovisional\x18\x02 \x01(\x08\"`\n\x15LinkIdentifierRequest\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x30\n\x08\x64ocument\x18\x02 \x01(\x0b\x32\x1e.healthcode.issuer.v1.Document\"\x18\n\x16LinkIdentifierResponse\"G\n\x13\x46indResidentRequest\x12\x30\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x1e.healthcode.issuer.v1.Document\"D\n\x14\x46indResidentResponse\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x15\n\rhome_province\x18\x02 \x01(\t\"U\n\x15MergeResidentsRequest\x12\x1e\n\x16survivor_main_index_id\x18\x01 \x01(\t\x12\x1c\n\x14merged_main_index_id\x18\x02 \x01(\t\"/\n\x16MergeResidentsResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\x04\"S\n\x13ListAccessesRequest\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xaa\x01\n\x06\x41\x63\x63\x65ss\x12\x11\n\taccess_id\x18\x01 \x01(\t\x12\x1d\n\x15hospital_organisation\x18\x02 \x01(\t\x12\x19\n\x11hospital_province\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\x05\x12/\n\x0bresolved_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tcode_kind\x18\x06 \x01(\t\"_\n\x14ListAccessesResponse\x12.\n\x08\x61\x63\x63\x65sses\x18\x01 \x03(\x0b\x32\x1c.healthcode.issuer.v1.Access\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x7f\n\x07\x43onsent\x12\x33\n\x06method\x18\x01 \x01(\x0e\x32#.healthcode.issuer.v1.ConsentMethod\x12,\n\x08given_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x03 \x01(\t\"\xc7\x01\n\x15MoveResidentInRequest\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x30\n\x08\x64ocument\x18\x02 \x01(\x0b\x32\x1e.healthcode.issuer.v1.Document\x12\x35\n\rsupplementary\x18\x03 \x03(\x0b\x32\x1e.healthcode.issuer.v1.Document\x12.\n\x07\x63onsent\x18\x04 \x01(\x0b\x32\x1d.healthcode.issuer.v1.Consent\"J\n\x16MoveResidentInResponse\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x19\n\x11previous_province\x18\x02 \x01(\t*e\n\rConsentMethod\x12\x1e\n\x1a\x43ONSENT_METHOD_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONSENT_METHOD_IN_PERSON\x10\x01\x12\x16\n\x12\x43ONSENT_METHOD_APP\x10\x02\x32\x97\x05\n\rResidentIndex\x12q\n\x10RegisterResident\x12-.healthcode.issuer.v1.RegisterResidentRequest\x1a..healthcode.issuer.v1.RegisterResidentResponse\x12k\n\x0eLinkIdentifier\x12+.healthcode.issuer.v1.LinkIdentifierRequest\x1a,.healthcode.issuer.v1.LinkIdentifierResponse\x12\x65\n\x0c\x46indResident\x12).healthcode.issuer.v1.FindResidentRequest\x1a*.healthcode.issuer.v1.FindResidentResponse\x12k\n\x0eMergeResidents\x12+.healthcode.issuer.v1.MergeResidentsRequest\x1a,.healthcode.issuer.v1.MergeResidentsResponse\x12\x65\n\x0cListAccesses\x12).healthcode.issuer.v1.ListAccessesRequest\x1a*.healthcode.issuer.v1.ListAccessesResponse\x12k\n\x0eMoveResidentIn\x12+.healthcode.issuer.v1.MoveResidentInRequest\x1a,.healthcode.issuer.v1.MoveResidentInResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'healthcode.issuer.v1.resident_index_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CONSENTMETHOD']._serialized_start=1504
+  _globals['_CONSENTMETHOD']._serialized_end=1605
   _globals['_REGISTERRESIDENTREQUEST']._serialized_start=136
   _globals['_REGISTERRESIDENTREQUEST']._serialized_end=265
   _globals['_REGISTERRESIDENTRESPONSE']._serialized_start=267
-  _globals['_REGISTERRESIDENTRESPONSE']._serialized_end=316
-  _globals['_LINKIDENTIFIERREQUEST']._serialized_start=318
-  _globals['_LINKIDENTIFIERREQUEST']._serialized_end=414
-  _globals['_LINKIDENTIFIERRESPONSE']._serialized_start=416
-  _globals['_LINKIDENTIFIERRESPONSE']._serialized_end=440
-  _globals['_FINDRESIDENTREQUEST']._serialized_start=442
-  _globals['_FINDRESIDENTREQUEST']._serialized_end=513
-  _globals['_FINDRESIDENTRESPONSE']._serialized_start=515
-  _globals['_FINDRESIDENTRESPONSE']._serialized_end=560
-  _globals['_MERGERESIDENTSREQUEST']._serialized_start=562
-  _globals['_MERGERESIDENTSREQUEST']._serialized_end=647
-  _globals['_MERGERESIDENTSRESPONSE']._serialized_start=649
-  _globals['_MERGERESIDENTSRESPONSE']._serialized_end=696
-  _globals['_LISTACCESSESREQUEST']._serialized_start=698
-  _globals['_LISTACCESSESREQUEST']._serialized_end=781
-  _globals['_ACCESS']._serialized_start=784
-  _globals['_ACCESS']._serialized_end=954
-  _globals['_LISTACCESSESRESPONSE']._serialized_start=956
-  _globals['_LISTACCESSESRESPONSE']._serialized_end=1051
-  _globals['_RESIDENTINDEX']._serialized_start=1054
-  _globals['_RESIDENTINDEX']._serialized_end=1608
+  _globals['_REGISTERRESIDENTRESPONSE']._serialized_end=337
+  _globals['_LINKIDENTIFIERREQUEST']._serialized_start=339
+  _globals['_LINKIDENTIFIERREQUEST']._serialized_end=435
+  _globals['_LINKIDENTIFIERRESPONSE']._serialized_start=437
+  _globals['_LINKIDENTIFIERRESPONSE']._serialized_end=461
+  _globals['_FINDRESIDENTREQUEST']._serialized_start=463
+  _globals['_FINDRESIDENTREQUEST']._serialized_end=534
+  _globals['_FINDRESIDENTRESPONSE']._serialized_start=536
+  _globals['_FINDRESIDENTRESPONSE']._serialized_end=604
+  _globals['_MERGERESIDENTSREQUEST']._serialized_start=606
+  _globals['_MERGERESIDENTSREQUEST']._serialized_end=691
+  _globals['_MERGERESIDENTSRESPONSE']._serialized_start=693
+  _globals['_MERGERESIDENTSRESPONSE']._serialized_end=740
+  _globals['_LISTACCESSESREQUEST']._serialized_start=742
+  _globals['_LISTACCESSESREQUEST']._serialized_end=825
+  _globals['_ACCESS']._serialized_start=828
+  _globals['_ACCESS']._serialized_end=998
+  _globals['_LISTACCESSESRESPONSE']._serialized_start=1000
+  _globals['_LISTACCESSESRESPONSE']._serialized_end=1095
+  _globals['_CONSENT']._serialized_start=1097
+  _globals['_CONSENT']._serialized_end=1224
+  _globals['_MOVERESIDENTINREQUEST']._serialized_start=1227
+  _globals['_MOVERESIDENTINREQUEST']._serialized_end=1426
+  _globals['_MOVERESIDENTINRESPONSE']._serialized_start=1428
+  _globals['_MOVERESIDENTINRESPONSE']._serialized_end=1502
+  _globals['_RESIDENTINDEX']._serialized_start=1608
+  _globals['_RESIDENTINDEX']._serialized_end=2271
 # @@protoc_insertion_point(module_scope)

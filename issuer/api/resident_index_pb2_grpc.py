@@ -60,6 +60,11 @@ class ResidentIndexStub:
                 request_serializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.ListAccessesRequest.SerializeToString,
                 response_deserializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.ListAccessesResponse.FromString,
                 _registered_method=True)
+        self.MoveResidentIn = channel.unary_unary(
+                '/healthcode.issuer.v1.ResidentIndex/MoveResidentIn',
+                request_serializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.MoveResidentInRequest.SerializeToString,
+                response_deserializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.MoveResidentInResponse.FromString,
+                _registered_method=True)
 
 
 class ResidentIndexServicer:
@@ -69,7 +74,12 @@ class ResidentIndexServicer:
     def RegisterResident(self, request, context):
         """Creates a main index entry from a primary document and optional
         supplementary ones. ALREADY_EXISTS if any of the documents is already
-        linked to a resident.
+        linked to a resident. With a national link, every document is claimed at
+        the national index first: held by a resident of another province, the
+        answer is ALREADY_EXISTS naming that home province (ErrorInfo reason
+        HELD_BY_PROVINCE, metadata home_province) and nothing is stored; the
+        national index unreachable, the entry is created provisionally
+        (`provisional`) and reconciled when the link returns.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,7 +88,9 @@ class ResidentIndexServicer:
     def LinkIdentifier(self, request, context):
         """Links one more document to an existing resident. ALREADY_EXISTS if the
         document is linked to a resident already; NOT_FOUND if the resident is
-        unknown; FAILED_PRECONDITION if the resident was merged into another.
+        unknown; FAILED_PRECONDITION if the resident was merged into another or
+        moved to another province. With a national link the document is claimed
+        nationally first, as in RegisterResident.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +117,18 @@ class ResidentIndexServicer:
         """The resident's access log: every hospital that resolved one of their
         codes (hospital, purpose, time), newest first. For the app to show the
         resident; NOT_FOUND if the resident is unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveResidentIn(self, request, context):
+        """Takes over a resident who moved here from another province, with their
+        consent and the document they show: the national index moves the
+        resident's home here (the old province's live codes are superseded), then
+        this province creates the entry under the SAME main index ID with the
+        documents given. UNAVAILABLE (nothing changed) when the national index
+        cannot be reached; FAILED_PRECONDITION without a national link.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +161,11 @@ def add_ResidentIndexServicer_to_server(servicer, server):
                     servicer.ListAccesses,
                     request_deserializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.ListAccessesRequest.FromString,
                     response_serializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.ListAccessesResponse.SerializeToString,
+            ),
+            'MoveResidentIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveResidentIn,
+                    request_deserializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.MoveResidentInRequest.FromString,
+                    response_serializer=healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.MoveResidentInResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -275,6 +304,33 @@ class ResidentIndex:
             '/healthcode.issuer.v1.ResidentIndex/ListAccesses',
             healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.ListAccessesRequest.SerializeToString,
             healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.ListAccessesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveResidentIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/healthcode.issuer.v1.ResidentIndex/MoveResidentIn',
+            healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.MoveResidentInRequest.SerializeToString,
+            healthcode_dot_issuer_dot_v1_dot_resident__index__pb2.MoveResidentInResponse.FromString,
             options,
             channel_credentials,
             insecure,
