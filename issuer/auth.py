@@ -94,7 +94,9 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 #: Certificate CNs that name a key-administration role (``issuer/key_admin.py`` checks the province).
 PROVINCE_ADMIN_CN = re.compile(r"admin:([0-9]{2})")
 NATIONAL_CN = re.compile(r"national:[A-Za-z0-9][A-Za-z0-9._@-]{0,54}")
-_ROLE_PREFIXES = ("admin:", "national:")
+#: A provincial issuer calling a national service (the trust publisher, ``publisher/``).
+PROVINCE_CN = re.compile(r"province:([0-9]{2})")
+_ROLE_PREFIXES = ("admin:", "national:", "province:")
 
 log = logging.getLogger("issuer.auth")
 
@@ -130,6 +132,7 @@ class Role(enum.Enum):
     ISSUANCE = "issuance"  # ResidentIndex, HealthCodes, Wallets: API keys, and certificates in auth.issuance_clients
     PROVINCE_ADMIN = "admin"  # KeyAdmin on its own province: certificate CN admin:<province>
     NATIONAL = "national"  # KeyAdmin reads and compromise cut-off: certificate CN national:<name>
+    PROVINCE = "province"  # a provincial issuer at a national service (publisher/): certificate CN province:<code>
 
 
 @dataclass(frozen=True)
@@ -156,17 +159,21 @@ _WHO_HAS = {
     Role.ISSUANCE: "issuance clients",
     Role.PROVINCE_ADMIN: "admin:<province> certificates",
     Role.NATIONAL: "national:<name> certificates",
+    Role.PROVINCE: "province:<code> certificates",
 }
 
 
 def certificate_role(common_name: str, issuance_clients: frozenset[str] | set[str] = frozenset()) -> Role | None:
-    """The role a client certificate's CN names: ``admin:<province>``, ``national:<name>``, or a CN
+    """The role a client certificate's CN names: ``admin:<province>``, ``national:<name>``, ``province:<code>``, or a CN
     listed in ``issuance_clients``; None for anything else (``admin:99``, an unlisted CN)."""
     match = PROVINCE_ADMIN_CN.fullmatch(common_name)
     if match:
         return Role.PROVINCE_ADMIN if match[1] in PROVINCES else None
     if NATIONAL_CN.fullmatch(common_name):
         return Role.NATIONAL
+    match = PROVINCE_CN.fullmatch(common_name)
+    if match:
+        return Role.PROVINCE if match[1] in PROVINCES else None
     if common_name in issuance_clients and not common_name.startswith(_ROLE_PREFIXES):
         return Role.ISSUANCE
     return None

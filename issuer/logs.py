@@ -29,7 +29,8 @@ __all__ = [
     "rpc_record",
 ]
 
-_RECORD_FIELDS = ("event", "method", "caller", "code", "latency_ms", "port", "metrics_port", "source")
+_RECORD_FIELDS = ("event", "method", "caller", "code", "latency_ms", "port", "metrics_port", "source", "province",
+                  "reason")
 
 
 class JsonFormatter(logging.Formatter):
