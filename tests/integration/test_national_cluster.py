@@ -1,0 +1,429 @@
+"""Issue 14's "done when": three provinces and the national index as real processes.
+
+``tools.bench.national_cluster`` writes one throwaway PKI and the files of
+three provincial issuers (33, 44, 11) and the national service, and runs each
+as its own OS process (``python -m issuer serve``, ``python -m national
+serve``) on 127.0.0.1 with mTLS. The tests drive them through the generated
+stubs only, as a registration desk, a province, the national operations
+centre and hospitals would:
+
+* unique identities: a resident registered at 33 cannot be registered again
+  at 44 (the answer names 33; 44 holds no second identity);
+* a move 33 -> 44 with consent: the same main index ID, 33's live codes
+  superseded, 33's record pointing to 44; without consent it is refused;
+* a partition: the national service stopped (SIGTERM) and, once, killed
+  (SIGKILL) while 33 and 44 both register the same people; after it returns
+  and reconciliation runs, one main index ID per person survives nationally,
+  the loser's codes are revoked, both provinces know, and no acknowledged
+  registration is lost;
+* a province-44 hospital resolves a province-33 code through the national
+  service, with a purpose, and the access is in the resident's log at 33;
+* the failures: forged, expired, revoked and other-province-signed codes, no
+  purpose, non-hospital certificates, claims for another province: each a
+  clear status, and no document number in any error, log file or the
+  national database.
+
+The cluster is started once for the module (four processes); tests use
+distinct residents.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import time
+from typing import Callable, Iterator
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+import healthcode as hc
+from issuer.api import (common_pb2, health_codes_pb2, health_codes_pb2_grpc, resident_index_pb2,
+                        resident_index_pb2_grpc)
+from issuer.documents import make_resident_id
+from tools.bench.national_cluster import (HOSPITALS, NATIONAL_CN, NOBODY_CN, Cluster, desk_cn, hospital_cn,
+                                          province_cn, scan_for)
+
+national_pb2 = pytest.importorskip("national.api.national_index_pb2")
+national_pb2_grpc = pytest.importorskip("national.api.national_index_pb2_grpc")
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+RPC_TIMEOUT = 15.0
+RECONCILE_TIMEOUT = 60.0  # seconds for a province to reconcile after the national service returns
+HOSPITAL_44 = hospital_cn(*HOSPITALS[0])
+HOSPITAL_33 = hospital_cn(*HOSPITALS[1])
+
+_sequence = itertools.count(1)
+USED_NUMBERS: list[str] = []  # every document number sent anywhere: none may appear in logs or errors
+
+
+def new_number() -> str:
+    """A fresh, valid resident ID number (Hangzhou), remembered for the leak scans."""
+    n = next(_sequence)
+    number = make_resident_id("330106", dt.date(1980, 1, 1) + dt.timedelta(days=n // 1000), n % 1000)
+    USED_NUMBERS.append(number)
+    return number
+
+
+def resident_id(number: str) -> common_pb2.Document:
+    return common_pb2.Document(type=common_pb2.DOCUMENT_TYPE_RESIDENT_ID, number=number)
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("national-cluster"), now=dt.datetime.now(dt.timezone.utc))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
+class Desk:
+    """A province's registration desk (its issuance client certificate)."""
+
+    def __init__(self, cluster: Cluster, province: str) -> None:
+        self.province = province
+        self.channel = cluster.channel(province, desk_cn(province))
+        self.index = resident_index_pb2_grpc.ResidentIndexStub(self.channel)
+        self.codes = health_codes_pb2_grpc.HealthCodesStub(self.channel)
+
+    def register(self, *documents: common_pb2.Document) -> str:
+        request = resident_index_pb2.RegisterResidentRequest(primary=documents[0], supplementary=documents[1:])
+        return self.index.RegisterResident(request, timeout=RPC_TIMEOUT).main_index_id
+
+    def find(self, document: common_pb2.Document) -> str:
+        request = resident_index_pb2.FindResidentRequest(document=document)
+        return self.index.FindResident(request, timeout=RPC_TIMEOUT).main_index_id
+
+    def issue(self, main_index_id: str) -> common_pb2.IssuedCode:
+        request = health_codes_pb2.IssueCodeRequest(main_index_id=main_index_id)
+        return self.codes.IssueCode(request, timeout=RPC_TIMEOUT).code
+
+    def status(self, code_text: str) -> common_pb2.IssuedCode:
+        request = health_codes_pb2.GetCodeStatusRequest(code_text=code_text)
+        return self.codes.GetCodeStatus(request, timeout=RPC_TIMEOUT).code
+
+    def accesses(self, main_index_id: str) -> list[resident_index_pb2.Access]:
+        request = resident_index_pb2.ListAccessesRequest(main_index_id=main_index_id, page_size=100)
+        return list(self.index.ListAccesses(request, timeout=RPC_TIMEOUT).accesses)
+
+
+@pytest.fixture(scope="module")
+def desks(cluster) -> Iterator[dict[str, Desk]]:
+    out = {p: Desk(cluster, p) for p in cluster.issuers}
+    yield out
+    for desk in out.values():
+        desk.channel.close()
+
+
+def national_index(cluster: Cluster, cn: str):
+    return national_pb2_grpc.NationalIndexStub(cluster.channel(cluster.national, cn))
+
+
+def hospital(cluster: Cluster, cn: str):
+    return national_pb2_grpc.HospitalResolutionStub(cluster.channel(cluster.national, cn))
+
+
+def refused(call: Callable[[], object], code: grpc.StatusCode) -> grpc.RpcError:
+    """Run ``call``; it must fail with ``code``; no document number in its message or details."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    error = info.value
+    assert error.code() == code, (error.code(), error.details())
+    text = (error.details() or "") + repr(rpc_status.from_call(error))
+    leaked = [n for n in USED_NUMBERS if n in text or n[:-1] in text]
+    assert not leaked, f"a document number in the error: {error.details()}"
+    return error
+
+
+def violations(error: grpc.RpcError) -> dict[str, str]:
+    """The BadRequest field violations of an error: field -> reason."""
+    status = rpc_status.from_call(error)
+    out: dict[str, str] = {}
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out.update({v.field: v.reason for v in bad.field_violations})
+    return out
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.25)
+
+
+def national_holder(cluster: Cluster, document: common_pb2.Document) -> tuple[str, str]:
+    """(main index ID, home province) holding ``document`` nationally, asked as province 11.
+
+    A claim of a fresh random ID as 11: HELD names the holder and stores
+    nothing. (A CLAIMED answer would mean nobody held it: the test fails.)
+    """
+    probe = hc.main_index_id_from_bytes(bytes(range(16)))
+    reply = national_index(cluster, province_cn("11")).ClaimIdentity(
+        national_pb2.ClaimIdentityRequest(main_index_id=probe, documents=[document]), timeout=RPC_TIMEOUT)
+    assert reply.outcome == national_pb2.CLAIM_OUTCOME_HELD, reply
+    return reply.main_index_id, reply.home_province
+
+
+# --------------------------------------------------------------------------- unique identities
+
+
+def test_a_second_province_gets_the_home_province_not_a_second_identity(cluster, desks):
+    document = resident_id(new_number())
+    mid = desks["33"].register(document)
+
+    error = refused(lambda: desks["44"].register(document), grpc.StatusCode.ALREADY_EXISTS)
+    assert "33" in (error.details() or ""), error.details()
+    refused(lambda: desks["44"].find(document), grpc.StatusCode.NOT_FOUND)
+    assert national_holder(cluster, document) == (mid, "33")
+    assert desks["33"].find(document) == mid
+
+
+def test_linking_a_document_held_elsewhere_is_refused(cluster, desks):
+    first, second = resident_id(new_number()), resident_id(new_number())
+    desks["33"].register(first)
+    mid_44 = desks["44"].register(second)
+    refused(lambda: desks["44"].index.LinkIdentifier(
+        resident_index_pb2.LinkIdentifierRequest(main_index_id=mid_44, document=first), timeout=RPC_TIMEOUT),
+        grpc.StatusCode.ALREADY_EXISTS)
+    assert national_holder(cluster, second) == (mid_44, "44")
+
+
+def test_a_province_claims_only_for_itself(cluster, desks):
+    document = resident_id(new_number())
+    mid_33 = desks["33"].register(document)
+    extra = resident_id(new_number())
+    # 44 adding a document to 33's identity: homed elsewhere
+    refused(lambda: national_index(cluster, province_cn("44")).ClaimIdentity(
+        national_pb2.ClaimIdentityRequest(main_index_id=mid_33, documents=[document, extra]), timeout=RPC_TIMEOUT),
+        grpc.StatusCode.FAILED_PRECONDITION)
+    # nobody but a province claims
+    for cn in (HOSPITAL_44, NATIONAL_CN, desk_cn("33"), NOBODY_CN):
+        refused(lambda cn=cn: national_index(cluster, cn).ClaimIdentity(
+            national_pb2.ClaimIdentityRequest(main_index_id=mid_33, documents=[extra]), timeout=RPC_TIMEOUT),
+            grpc.StatusCode.PERMISSION_DENIED)
+    # nothing stored: the extra document is still free nationally (11 can claim it for a new identity)
+    fresh = hc.main_index_id_from_bytes(b"\x11" * 16)
+    probe = national_index(cluster, province_cn("11")).ClaimIdentity(
+        national_pb2.ClaimIdentityRequest(main_index_id=fresh, documents=[extra]), timeout=RPC_TIMEOUT)
+    assert (probe.outcome, probe.main_index_id, probe.home_province) == (national_pb2.CLAIM_OUTCOME_CLAIMED,
+                                                                         fresh, "11")
+
+
+def test_malformed_claims_get_field_violations(cluster):
+    stub = national_index(cluster, province_cn("33"))
+    error = refused(lambda: stub.ClaimIdentity(national_pb2.ClaimIdentityRequest(
+        main_index_id="not-an-id", documents=[common_pb2.Document(type=1, number="12345")]), timeout=RPC_TIMEOUT),
+        grpc.StatusCode.INVALID_ARGUMENT)
+    assert {"main_index_id", "documents[0].number"} <= set(violations(error)), violations(error)
+
+
+# --------------------------------------------------------------------------- hospitals resolve codes
+
+
+def resolve(cluster: Cluster, cn: str, code: str, purpose: int = 1):
+    request = national_pb2.ResolveCodeRequest(code=code, purpose=purpose)
+    return hospital(cluster, cn).ResolveCode(request, timeout=RPC_TIMEOUT)
+
+
+def test_a_guangdong_hospital_resolves_a_zhejiang_code_and_the_resident_sees_it(cluster, desks):
+    number = new_number()
+    passport = common_pb2.Document(type=common_pb2.DOCUMENT_TYPE_PASSPORT, number="E" + number[-8:], country="CHN")
+    USED_NUMBERS.append(passport.number)
+    mid = desks["33"].register(resident_id(number), passport)
+    code = desks["33"].issue(mid)
+
+    before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    reply = resolve(cluster, HOSPITAL_44, code.code_text, national_pb2.PURPOSE_REGISTRATION)
+    assert reply.main_index_id == mid
+    assert reply.home_province == "33"
+    assert (reply.primary_document.type, reply.primary_document.number) == (common_pb2.DOCUMENT_TYPE_RESIDENT_ID,
+                                                                            number)
+    assert reply.access_id
+    assert reply.resolved_at.ToDatetime(dt.timezone.utc) >= before - dt.timedelta(seconds=1)
+
+    again = resolve(cluster, HOSPITAL_33, code.code_text, national_pb2.PURPOSE_TREATMENT)
+    assert again.main_index_id == mid and again.access_id != reply.access_id
+
+    log = desks["33"].accesses(mid)
+    assert [a.access_id for a in log] == [again.access_id, reply.access_id]  # newest first
+    entry = log[1]
+    assert (entry.hospital_organisation, entry.hospital_province, entry.purpose, entry.code_kind) == (
+        HOSPITALS[0][1], "44", national_pb2.PURPOSE_REGISTRATION, "static")
+    assert entry.resolved_at.seconds == reply.resolved_at.seconds
+    refused(lambda: desks["44"].accesses(mid), grpc.StatusCode.NOT_FOUND)  # the log lives at the home province
+
+
+def _signed(key: hc.SigningKey, *, province: str, subject: str, kid: bytes | None = None,
+            issued_at: dt.datetime, expires_at: dt.datetime, serial: int = 2**40) -> str:
+    claims = hc.CodeClaims(province=hc.ProvinceCode(province), subject=hc.MainIndexId(subject), serial=serial,
+                           issued_at=issued_at, expires_at=expires_at)
+    return hc.sign_code(claims, hc.SoftwareSigner(key, kid=kid))
+
+
+def test_resolving_bad_codes_is_refused_and_logged_nowhere(cluster, desks):
+    mid = desks["33"].register(resident_id(new_number()))
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    key_33 = cluster.provinces["33"].signing_key
+    key_44 = cluster.provinces["44"].signing_key
+    revoked = desks["33"].issue(mid)
+    desks["33"].codes.RevokeCode(health_codes_pb2.RevokeCodeRequest(
+        code_text=revoked.code_text, reason=common_pb2.REVOCATION_REASON_LOST_DEVICE), timeout=RPC_TIMEOUT)
+    window = {"issued_at": now - dt.timedelta(minutes=5), "expires_at": now + dt.timedelta(days=1)}
+    cases = {
+        "forged": _signed(hc.generate_signing_key(hc.Algorithm.ES256), province="33", subject=mid,
+                          kid=key_33.public_key().key_id(), **window),
+        "expired": _signed(key_33, province="33", subject=mid, issued_at=now - dt.timedelta(minutes=50),
+                           expires_at=now - dt.timedelta(minutes=1)),
+        "revoked": revoked.code_text,
+        "other province's key": _signed(key_44, province="33", subject=mid, **window),
+        "not a code": "EHC1:NOT-A-CODE",
+    }
+    for name, text in cases.items():
+        error = refused(lambda text=text: resolve(cluster, HOSPITAL_44, text), expected_refusal(name))
+        assert error.details(), name
+    assert desks["33"].accesses(mid) == []
+
+    good = desks["33"].issue(mid).code_text
+    error = refused(lambda: resolve(cluster, HOSPITAL_44, good, national_pb2.PURPOSE_UNSPECIFIED),
+                    grpc.StatusCode.INVALID_ARGUMENT)
+    assert "purpose" in violations(error)
+    for cn in (desk_cn("44"), province_cn("44"), NATIONAL_CN, NOBODY_CN):
+        refused(lambda cn=cn: resolve(cluster, cn, good), grpc.StatusCode.PERMISSION_DENIED)
+    assert desks["33"].accesses(mid) == []
+
+
+def expected_refusal(case: str) -> grpc.StatusCode:
+    """The status each bad code gets (the national service's error table)."""
+    return {"revoked": grpc.StatusCode.FAILED_PRECONDITION,
+            "expired": grpc.StatusCode.FAILED_PRECONDITION}.get(case, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+# --------------------------------------------------------------------------- moving
+
+
+def consent(method: int = 1) -> "national_pb2.Consent":
+    given = national_pb2.Consent(method=method, reference="desk-44/consent/0001")
+    given.given_at.FromDatetime(dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(minutes=1))
+    return given
+
+
+def test_a_resident_moves_from_33_to_44_with_consent(cluster, desks):
+    document = resident_id(new_number())
+    mid = desks["33"].register(document)
+    old_code = desks["33"].issue(mid)
+
+    transfer = national_index(cluster, province_cn("44"))
+    error = refused(lambda: transfer.TransferResident(national_pb2.TransferResidentRequest(
+        main_index_id=mid, document=document), timeout=RPC_TIMEOUT), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "consent" in "".join(violations(error)), violations(error)
+    refused(lambda: transfer.TransferResident(national_pb2.TransferResidentRequest(
+        main_index_id=mid, document=document, consent=consent(national_pb2.CONSENT_METHOD_UNSPECIFIED)),
+        timeout=RPC_TIMEOUT), grpc.StatusCode.INVALID_ARGUMENT)
+    assert desks["33"].status(old_code.code_text).state == common_pb2.CODE_STATE_VALID  # nothing changed
+
+    moved = move_in(cluster, desks["44"], mid, document)
+    assert moved == mid
+    assert desks["44"].find(document) == mid
+    assert national_holder(cluster, document) == (mid, "44")
+    superseded = desks["33"].status(old_code.code_text)
+    assert (superseded.state, superseded.revocation_reason) == (common_pb2.CODE_STATE_REVOKED,
+                                                                common_pb2.REVOCATION_REASON_SUPERSEDED)
+    # 33's record points to 44: it issues no more codes for the resident, and says where they went
+    error = refused(lambda: desks["33"].issue(mid), grpc.StatusCode.FAILED_PRECONDITION)
+    assert "44" in (error.details() or ""), error.details()
+    new_code = desks["44"].issue(mid)
+    assert resolve(cluster, HOSPITAL_33, new_code.code_text).home_province == "44"
+
+
+def move_in(cluster: Cluster, desk: Desk, main_index_id: str, document: common_pb2.Document) -> str:
+    """The new province takes the resident in, with consent (the issuer's move-in call)."""
+    raise NotImplementedError("the issuer's move-in call")
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def _register_both(desks, people: list[common_pb2.Document]) -> list[tuple[str, str, str, str]]:
+    """Register every person at 33 and at 44 and issue a code at each: (province, mid, code, number) acked."""
+    acked = []
+    for document in people:
+        for province in ("33", "44"):
+            mid = desks[province].register(document)
+            acked.append((province, mid, desks[province].issue(mid).code_text, document.number))
+    return acked
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_a_partition_is_reconciled_to_one_identity_per_person(cluster, desks, how):
+    people = [resident_id(new_number()) for _ in range(5)]
+    if how == "stopped":
+        cluster.national.stop()
+    else:
+        cluster.national.kill()
+    try:
+        acked = _register_both(desks, people)
+    finally:
+        cluster.national.start()
+
+    by_number: dict[str, list[tuple[str, str, str]]] = {}
+    for province, mid, code, number in acked:
+        by_number.setdefault(number, []).append((province, mid, code))
+
+    def settled() -> bool:
+        try:
+            return all(_outcome(cluster, desks, document) is not None for document in people)
+        except grpc.RpcError:
+            return False
+
+    wait_for(settled, RECONCILE_TIMEOUT, "every person reconciled at both provinces")
+    for document in people:
+        survivor, home = _outcome(cluster, desks, document)
+        registrations = by_number[document.number]
+        assert survivor in {mid for _, mid, _ in registrations}
+        for province, mid, code in registrations:
+            state = desks[province].status(code)
+            if mid == survivor:
+                assert province == home and state.state == common_pb2.CODE_STATE_VALID
+            else:  # the loser: codes revoked, its record merged into the survivor
+                assert (state.state, state.revocation_reason) == (common_pb2.CODE_STATE_REVOKED,
+                                                                  common_pb2.REVOCATION_REASON_MERGED)
+                refused(lambda p=province, m=mid: desks[p].issue(m), grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def _outcome(cluster: Cluster, desks, document) -> tuple[str, str] | None:
+    """(survivor, home) once the national index and both provinces agree on ``document``; else None."""
+    survivor, home = national_holder(cluster, document)
+    if desks[home].find(document) != survivor:
+        return None
+    loser = "44" if home == "33" else "33"
+    try:
+        found = desks[loser].find(document)
+    except grpc.RpcError as e:
+        return (survivor, home) if e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION) \
+            else None
+    return (survivor, home) if found == survivor else None
+
+
+# --------------------------------------------------------------------------- nothing leaked
+
+
+def test_zz_no_number_in_any_log_or_the_national_database(cluster):
+    """Last (by name): every number the module sent, searched for in every log, database and WAL."""
+    assert USED_NUMBERS
+    found = scan_for(cluster.data_files(), USED_NUMBERS)
+    national = [f for f in cluster.data_files() if "national" in f.name or f.parent.name == "national"]
+    assert national, "the national service wrote nothing to scan"
+    leaked_logs = [(f, n) for f, n in found if f.endswith(".log") or "/national/" in f]
+    assert not leaked_logs, leaked_logs
