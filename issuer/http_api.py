@@ -1,0 +1,258 @@
+"""The issuer's public services over HTTP: the Connect protocol (JSON and binary) and gRPC-Web.
+
+``ResidentIndex``, ``HealthCodes`` and ``Wallets`` are served by the
+``connectrpc`` library (the reference Connect implementation for Python) from
+the *same* servicers and the *same* wrapped method handlers as gRPC
+(:class:`issuer.handlers.ObservedHandlers`): admission (API keys, client
+certificates, roles, rate limits), validation with field violations,
+idempotency, metrics and the per-RPC JSON log line are the gRPC ones, not
+copies. What this module adds is only the transport:
+
+* :func:`connect_endpoints` turns each gRPC method handler into a Connect
+  endpoint (no generated Connect code: the routes are read from the service
+  descriptors, the calls go to the wrapped gRPC handlers);
+* :class:`HttpContext` stands in for ``grpc.aio.ServicerContext`` (headers as
+  metadata, the TLS client certificate as auth context, the Connect timeout
+  as ``time_remaining``, ``abort``/``abort_with_status`` as a
+  :class:`~connectrpc.errors.ConnectError` with the same code, message and
+  ``google.rpc`` details);
+* :class:`StrictJsonCodec` refuses unknown JSON fields and malformed JSON as
+  INVALID_ARGUMENT with a ``google.rpc.BadRequest`` naming the field, and
+  never echoes a value from the body (it may be a document number).
+
+Routes: ``POST /<package>.<Service>/<Method>`` (for example
+``/healthcode.issuer.v1.ResidentIndex/RegisterResident``) with
+``Content-Type: application/json`` or ``application/proto`` (Connect unary),
+``application/grpc-web+proto`` (gRPC-Web). Only POST: a GET would put
+request fields (document numbers) in URLs, which proxies log. Bodies larger
+than ``max_request_bytes`` (the gRPC server's cap) are refused before they are
+parsed, with RESOURCE_EXHAUSTED as over gRPC.
+
+The server (:mod:`issuer.http_server`) mounts this application beside the
+web wallet's static files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Awaitable, Callable, Iterable, Mapping
+
+import grpc
+from connectrpc.code import Code
+from connectrpc.compat import google_protobuf_binary_codec
+from connectrpc.errors import ConnectError, ErrorDetail
+from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
+from connectrpc.request import RequestContext
+from connectrpc.server import ConnectASGIApplication, Endpoint
+from google.protobuf import json_format, symbol_database
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from protobuf.wkt import Any as AnyPb
+
+__all__ = [
+    "HttpContext",
+    "StrictJsonCodec",
+    "CapturingRegistrar",
+    "connect_endpoints",
+    "ConnectApp",
+    "connect_code",
+]
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+#: gRPC status code -> Connect code (same names but CANCELLED, spelt CANCELED by Connect).
+_CONNECT_CODES: Mapping[grpc.StatusCode, Code] = {
+    c: Code.CANCELED if c is grpc.StatusCode.CANCELLED else Code[c.name]
+    for c in grpc.StatusCode if c is not grpc.StatusCode.OK
+}
+
+
+def connect_code(code: grpc.StatusCode) -> Code:
+    return _CONNECT_CODES[code]
+
+
+def _details_of(trailing_metadata: Iterable[tuple[str, Any]] | None) -> list[ErrorDetail]:
+    for key, value in trailing_metadata or ():
+        if key == _STATUS_DETAILS_KEY:
+            status = status_pb2.Status.FromString(value)
+            return [ErrorDetail(AnyPb(type_url=d.type_url, value=d.value)) for d in status.details]
+    return []
+
+
+class _Abort(grpc.aio.AbortError):
+    """What :meth:`HttpContext.abort` raises: a gRPC abort to the servicer code, a Connect error to the client."""
+
+    def __init__(self, error: ConnectError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class HttpContext:
+    """The part of ``grpc.aio.ServicerContext`` the servicers and the admission use, over one HTTP request.
+
+    ``peer_names`` are the subject CNs of a verified TLS client certificate
+    (empty without one), given to the authenticator as gRPC's
+    ``x509_common_name``.
+    """
+
+    __slots__ = ("_ctx", "_peer_names", "_code")
+
+    def __init__(self, ctx: RequestContext, peer_names: tuple[bytes, ...] = ()) -> None:
+        self._ctx = ctx
+        self._peer_names = peer_names
+        self._code: grpc.StatusCode | None = None
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return list(self._ctx.request_headers.allitems())
+
+    def auth_context(self) -> Mapping[str, Any]:
+        return {"x509_common_name": list(self._peer_names)} if self._peer_names else {}
+
+    def time_remaining(self) -> float | None:
+        remaining = self._ctx.timeout_ms
+        return None if remaining is None else remaining / 1000.0
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        self._code = code
+        raise _Abort(ConnectError(connect_code(code), details, _details_of(trailing_metadata)))
+
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        await self.abort(status.code, status.details, status.trailing_metadata)
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+_NO_FIELD = re.compile(r'has no field named "([A-Za-z0-9_]+)" at "([A-Za-z0-9_.\[\]]+)"')
+_FAILED_FIELD = re.compile(r"Failed to parse ([A-Za-z0-9_]+) field")
+
+
+def _violation(field: str, description: str, reason: str) -> ConnectError:
+    detail = error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=field, description=description, reason=reason)])
+    where = f"{field}: " if field else ""
+    return ConnectError(Code.INVALID_ARGUMENT, f"invalid request: {where}{description}",
+                        [ErrorDetail(AnyPb(type_url="type.googleapis.com/google.rpc.BadRequest",
+                                           value=detail.SerializeToString()))])
+
+
+class StrictJsonCodec:
+    """Proto3 JSON for google.protobuf messages; unknown fields refused (a typo must not pass silently).
+
+    A body that does not parse is INVALID_ARGUMENT with one field violation:
+    ``FORMAT`` on ``""`` (not JSON, or not an object), ``UNKNOWN_FIELD`` on the
+    unknown field's path, ``TYPE`` on a field of the wrong type or value. The
+    parser's own message, which may quote the value, is never returned.
+    """
+
+    def name(self) -> str:
+        return "json"
+
+    def encode(self, message: Message) -> bytes:
+        return json_format.MessageToJson(message, indent=None).encode()
+
+    def decode(self, data: bytes | bytearray, message_class: type[Message]) -> Message:
+        message = message_class()
+        try:
+            value = json.loads(data) if data else {}
+        except (ValueError, UnicodeDecodeError):
+            raise _violation("", "body is not valid JSON", "FORMAT") from None
+        if not isinstance(value, dict):
+            raise _violation("", "body must be a JSON object", "FORMAT") from None
+        try:
+            json_format.ParseDict(value, message, ignore_unknown_fields=False)
+        except json_format.ParseError as e:
+            text = str(e)
+            unknown = _NO_FIELD.search(text)
+            if unknown:
+                at = unknown[2].split(".", 1)  # "<MessageName>.path.to.parent"
+                path = ".".join(filter(None, [at[1] if len(at) > 1 else "", unknown[1]]))
+                raise _violation(path, "unknown field", "UNKNOWN_FIELD") from None
+            names = _FAILED_FIELD.findall(text)
+            if names:
+                raise _violation(".".join(names), "wrong type or value for this field", "TYPE") from None
+            raise _violation("", "body does not match the request message", "FORMAT") from None
+        return message
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+class CapturingRegistrar:
+    """Stands in for a ``grpc.aio.Server`` while generated ``add_*_to_server`` functions register:
+    keeps each service's method handlers (already wrapped, when given ``wrap``)."""
+
+    def __init__(self, wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler] | None = None) -> None:
+        self._wrap = wrap
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}  # "/pkg.Service/Method" -> handler
+
+    def add_generic_rpc_handlers(self, generic_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        pass  # the same handlers also come through add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str, method_handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        for name, handler in method_handlers.items():
+            path = f"/{service}/{name}"
+            self.handlers[path] = self._wrap(path, handler) if self._wrap is not None else handler
+
+
+def _message_class(full_name: str) -> type[Message]:
+    return symbol_database.Default().GetSymbol(full_name)
+
+
+def connect_endpoints(
+    handlers: Mapping[str, grpc.RpcMethodHandler],
+    *,
+    peer_names: Callable[[RequestContext], tuple[bytes, ...]] = lambda ctx: (),
+) -> dict[str, Endpoint]:
+    """One Connect unary endpoint per unary gRPC method handler, keyed by its path.
+
+    The request and response classes come from the default descriptor pool
+    (the generated ``_pb2`` modules are imported by the servicers).
+    """
+    from google.protobuf import descriptor_pool
+
+    pool = descriptor_pool.Default()
+    endpoints: dict[str, Endpoint] = {}
+    for path, handler in handlers.items():
+        if handler.request_streaming or handler.response_streaming:
+            continue  # the public services are unary; streaming ones stay gRPC-only
+        service_name, _, method_name = path.lstrip("/").partition("/")
+        method = pool.FindServiceByName(service_name).methods_by_name[method_name]
+        info = MethodInfo(
+            name=method_name, service_name=service_name,
+            input=_message_class(method.input_type.full_name), output=_message_class(method.output_type.full_name),
+            idempotency_level=IdempotencyLevel.UNKNOWN, stream_type=StreamType.UNARY,
+        )
+        endpoints[path] = Endpoint.unary(info, _call(handler.unary_unary, peer_names))
+    return endpoints
+
+
+def _call(behaviour: Callable[[Any, Any], Awaitable[Any]],
+          peer_names: Callable[[RequestContext], tuple[bytes, ...]]) -> Callable[[Any, RequestContext], Awaitable[Any]]:
+    async def call(request: Any, ctx: RequestContext) -> Any:
+        try:
+            return await behaviour(request, HttpContext(ctx, peer_names(ctx)))
+        except _Abort as abort:
+            raise abort.error from None
+
+    return call
+
+
+class ConnectApp(ConnectASGIApplication[None]):
+    """The Connect/gRPC-Web ASGI application over ``endpoints`` (see :func:`connect_endpoints`)."""
+
+    def __init__(self, endpoints: Mapping[str, Endpoint], *, max_request_bytes: int) -> None:
+        super().__init__(
+            service=None,
+            endpoints=lambda _service: endpoints,
+            read_max_bytes=max_request_bytes,
+            codecs=[google_protobuf_binary_codec(), StrictJsonCodec()],
+        )
+
+    @property
+    def path(self) -> str:
+        return "/"
