@@ -99,6 +99,8 @@ class ServerOptions:
     metrics_listen: tuple[str, int] | None = None  # (address, port); port 0 picks a free one
     grace: float = 10.0
     max_concurrent_rpcs: int | None = None
+    #: The HTTP listener (Connect, gRPC-Web, the web wallet's files: issuer/http_server.py); None: gRPC only.
+    http: Any = None
 
     def __post_init__(self) -> None:
         if self.tls is None and not self.insecure_dev_plaintext:
@@ -170,6 +172,8 @@ class IssuerServer:
         self.metrics_port: int | None = None
         self.service_names: list[str] = []
         self._metrics_httpd: Any = None
+        self.http: Any = None  # issuer.http_server.HttpServer when options.http is set
+        self.http_port: int | None = None
         self._on_close: Callable[[], Awaitable[None] | None] | None = None
         self._grace = 0.0
         self._stopped = asyncio.Event()
@@ -240,6 +244,17 @@ class IssuerServer:
             self._metrics_httpd, _ = start_http_server(port, addr=address, registry=self.metrics.registry)
             self.metrics_port = self._metrics_httpd.server_port
         await self.server.start()
+        if options.http is not None:  # the same wrapped handlers over Connect and gRPC-Web (issuer/http_server.py)
+            from issuer.http_server import HttpServer, capture_handlers
+
+            try:
+                self.http = await HttpServer.start(
+                    options.http, handlers=capture_handlers(self.service, observed.wrap), tls=options.tls,
+                    grace=options.grace, max_concurrent=options.max_concurrent_rpcs)
+            except BaseException:
+                await self.server.stop(0)
+                raise
+            self.http_port = self.http.port
         for name in self.service_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -253,7 +268,10 @@ class IssuerServer:
                 return
             log.info("issuer shutting down", extra={"event": "shutdown"})
             await self.health.enter_graceful_shutdown()  # (1)
-            await self.server.stop(self._grace if grace is None else grace)  # (2)
+            stopping = [self.server.stop(self._grace if grace is None else grace)]  # (2)
+            if self.http is not None:
+                stopping.append(self.http.stop())
+            await asyncio.gather(*stopping)
             try:  # (3)
                 await asyncio.wait_for(self.service.drain(), DRAIN_TIMEOUT)
             except TimeoutError:
