@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import pathlib
 import signal
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -137,7 +138,29 @@ def server_options(config: IssuerConfig) -> ServerOptions:
         metrics_listen=(config.metrics_address, config.metrics_port) if config.metrics_port else None,
         grace=config.grace_period,
         max_concurrent_rpcs=config.max_concurrent_rpcs,
+        http=_http_options(config),
     )
+
+
+#: The web wallet's build output in a source checkout: served at /wallet/ unless http.wallet_dir says otherwise.
+DEFAULT_WALLET_DIR = pathlib.Path(__file__).resolve().parents[1] / "webwallet" / "dist"
+
+
+def _http_options(config: IssuerConfig) -> Any:
+    """The HTTP listener's options (issuer/http_server.py), or None when ``http.enabled`` is off."""
+    if not config.http_enabled:
+        return None
+    from issuer.http_server import HttpOptions
+
+    wallet_dir = config.http_wallet_dir
+    if wallet_dir is None and DEFAULT_WALLET_DIR.is_dir():
+        wallet_dir = DEFAULT_WALLET_DIR
+    elif wallet_dir is not None and not wallet_dir.is_dir():
+        raise ConfigError(f"http.wallet_dir {wallet_dir} is not a directory (build the web wallet first)")
+    try:
+        return HttpOptions(listen=config.http_listen, static_dir=wallet_dir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_domain(
@@ -303,10 +326,13 @@ async def run(
         loop.add_signal_handler(signal.SIGHUP, reload_now.set)
         watcher = asyncio.ensure_future(signer.watch(every=config.key_set_check_interval, wake=reload_now))
     metrics = "metrics off" if server.metrics_port is None else f"metrics port {server.metrics_port}"
+    if server.http_port is not None:
+        metrics += f", HTTP port {server.http_port}"
     log.info(
         "listening on port %d (%s, province %s, %s)",
         server.port, metrics, config.province, "TLS" if options.tls else "PLAINTEXT",
-        extra={"event": "listening", "port": server.port, "metrics_port": server.metrics_port},
+        extra={"event": "listening", "port": server.port, "metrics_port": server.metrics_port,
+               "http_port": server.http_port},
     )
     if ready is not None:
         ready(server)

@@ -63,6 +63,12 @@ Rotating keys instead of one fixed ``signing_key`` (see ``keys/lifecycle.py``)::
     port = 9464                       # 0: no metrics endpoint
     address = "127.0.0.1"
 
+    [http]                            # Connect (JSON, binary) and gRPC-Web beside gRPC (issuer/http_server.py)
+    enabled = true                    # off by default
+    address = "0.0.0.0:8443"          # host:port; TLS with [tls]'s certificate (client certificates optional)
+    wallet_dir = "webwallet/dist"     # the web wallet's built files, served at /wallet/ (default: the
+                                      # repository's webwallet/dist when it exists)
+
 Plaintext gRPC is never configured in the file: only the
 ``--insecure-dev-plaintext`` flag turns TLS off, for one development run.
 
@@ -121,6 +127,9 @@ class IssuerConfig:
     code_validity: dt.timedelta = dt.timedelta(days=7)
     metrics_port: int = 0
     metrics_address: str = "127.0.0.1"
+    http_enabled: bool = False
+    http_listen: str = "127.0.0.1:8443"
+    http_wallet_dir: pathlib.Path | None = None
     grace_period: float = 10.0
     min_time_remaining: float = 0.010
     max_concurrent_rpcs: int | None = None
@@ -161,6 +170,9 @@ class IssuerConfig:
             raise ConfigError("code_validity_hours must be positive")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError("metrics.port must be 0 (off) or a TCP port")
+        host, sep, port = self.http_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError("http.address must be host:port (for example 0.0.0.0:8443)")
         if self.grace_period < 0 or self.min_time_remaining < 0:
             raise ConfigError("grace_period and min_time_remaining_ms must be >= 0")
         if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs < 1:
@@ -270,6 +282,12 @@ def _int(value: Any) -> int:
     return value
 
 
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError
+    return value
+
+
 def _names(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TypeError
@@ -326,9 +344,13 @@ FILE_KEYS: Mapping[tuple[str, str], tuple[str, Callable[[Any], Any]]] = {
     ("revocation", "keep_deltas"): ("revocation_keep_deltas", _int),
     ("metrics", "port"): ("metrics_port", _int),
     ("metrics", "address"): ("metrics_address", _str),
+    ("http", "enabled"): ("http_enabled", _bool),
+    ("http", "address"): ("http_listen", _str),
+    ("http", "wallet_dir"): ("http_wallet_dir", _path),
 }
 _PATH_FIELDS = {"database", "tls_cert", "tls_key", "client_ca", "api_keys", "signing_key", "vault_key", "key_set",
-                "keystore_dir", "pkcs11_module", "trust_repo", "tuf_keys", "online_keys", "revocation_directory"}
+                "keystore_dir", "pkcs11_module", "trust_repo", "tuf_keys", "online_keys", "revocation_directory",
+                "http_wallet_dir"}
 _SECTIONS = {section for section, _ in FILE_KEYS if section}
 
 
