@@ -305,6 +305,8 @@ class CodeIssuer:
             raise NotFound("resident not found")
         if resident.merged_into is not None:
             raise Conflict("resident was merged into another entry; use the survivor's main index ID")
+        if not resident.active:
+            raise Conflict(f"resident is homed in province {resident.home_province} now; it issues their codes")
 
     # -- serials
 

@@ -77,3 +77,30 @@ class IssuedCode:
         if self.revoked_at is not None:
             return CodeState.REVOKED
         return CodeState.VALID if now < self.expires_at else CodeState.EXPIRED
+
+
+class NationalState(str, enum.Enum):
+    """Where a resident entry stands with the national index (issue 14). Stored values.
+
+    ``local``: registered without a national link (claimed as provisional once
+    one is configured); ``pending``: written, its claim in flight (never
+    acknowledged; removed if the claim finds the documents held elsewhere);
+    ``provisional``: acknowledged while the national index was unreachable;
+    ``claimed``: held nationally by this province; ``moved``: released to
+    another province (``home_province``); ``merged``: merged away nationally
+    (``merged_into`` the survivor, homed in ``home_province`` or here);
+    ``foreign``: a stand-in for another province's surviving entry, which a
+    merged entry here points to.
+    """
+
+    LOCAL = "local"
+    PENDING = "pending"
+    PROVISIONAL = "provisional"
+    CLAIMED = "claimed"
+    MOVED = "moved"
+    MERGED = "merged"
+    FOREIGN = "foreign"
+
+
+#: The states whose entries take no new code or document here: they live in another province.
+ELSEWHERE = frozenset({NationalState.MOVED, NationalState.FOREIGN})

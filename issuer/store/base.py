@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from ..errors import AlreadyExists, Conflict, FieldViolation, InvalidRequest, IssuerError, NotFound, Unavailable
-from ..model import Channel, CodeRef, IssuedCode, RevocationReason
+from ..model import ELSEWHERE, Channel, CodeRef, IssuedCode, NationalState, RevocationReason
 
 __all__ = [
     "Store",
@@ -54,6 +54,8 @@ __all__ = [
     "DuplicateSerial",
     "ResidentNotFound",
     "ResidentMerged",
+    "ResidentMoved",
+    "AccessRecord",
     "CodeNotRenewable",
     "StoreClosed",
     "StoreOverloaded",
@@ -91,16 +93,43 @@ class WriterStats:
 
 @dataclass(frozen=True, slots=True)
 class ResidentRecord:
-    """A main index entry. ``merged_into`` names the survivor once merged (then it is read-only)."""
+    """A main index entry. ``merged_into`` names the survivor once merged (then it is read-only).
+
+    ``national_state`` is where it stands with the national index
+    (:class:`~issuer.model.NationalState`); ``home_province`` is None while the
+    entry is homed here, else the province it moved to (``moved_at``) or whose
+    entry survived its national merge (a ``foreign`` stand-in's own province).
+    """
 
     main_index_id: str
     created_at: dt.datetime
     merged_into: str | None = None
     merged_at: dt.datetime | None = None
+    national_state: NationalState = NationalState.LOCAL
+    home_province: str | None = None
+    moved_at: dt.datetime | None = None
 
     @property
     def active(self) -> bool:
-        return self.merged_into is None
+        """Takes new codes and documents here: not merged, not homed in another province."""
+        return self.merged_into is None and self.national_state not in ELSEWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    """One resolution of a resident's code by a hospital (the resident's access log). No document number.
+
+    ``purpose`` is a ``healthcode.national.v1.Purpose`` value; ``code_kind``
+    is ``"static"`` or ``"dynamic"``; ``resolved_at`` whole seconds, UTC.
+    """
+
+    access_id: str
+    main_index_id: str
+    hospital_organisation: str
+    hospital_province: str
+    purpose: int
+    resolved_at: dt.datetime
+    code_kind: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +272,10 @@ class ResidentNotFound(RowRejected, NotFound):
 
 class ResidentMerged(RowRejected, Conflict):
     """The resident was merged into another entry; only the survivor takes new codes or documents."""
+
+
+class ResidentMoved(RowRejected, Conflict):
+    """The resident is homed in another province now (moved, or another province's entry); it takes nothing here."""
 
 
 class CodeNotRenewable(RowRejected, Conflict):
@@ -419,6 +452,62 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def revoke_resident_codes(self, main_index_id: str, *, reason: RevocationReason, at: dt.datetime) -> Future[int]:
         """Revoke every unrevoked code of the entry with ``expires_at > at``; resolve to how many."""
+
+    # -- the national index (issue 14; written once in issuer/store/national.py)
+
+    @abc.abstractmethod
+    def unclaimed_residents(self, *, limit: int) -> list[ResidentRecord]:
+        """Up to ``limit`` entries not claimed yet (``local``, ``pending``, ``provisional``), oldest first."""
+
+    @abc.abstractmethod
+    def set_national_state(self, main_index_id: str, state: NationalState, *,
+                           expect: Sequence[NationalState]) -> Future[bool]:
+        """Set the entry's state if it is one of ``expect``; resolve to whether it was."""
+
+    @abc.abstractmethod
+    def delete_pending(self, main_index_id: str) -> Future[bool]:
+        """Remove a ``pending`` entry and its identifiers (its claim was refused); False if it is not pending."""
+
+    @abc.abstractmethod
+    def merge_away(self, *, merged: str, survivor: str, survivor_province: str | None,
+                   at: dt.datetime) -> Future[int]:
+        """Record a national merge: ``merged`` points at ``survivor`` (homed in ``survivor_province``,
+        None for here; a ``foreign`` stand-in is created when the survivor is not here), its state
+        becomes ``merged`` and its live codes are revoked as merged, in one transaction; resolves to
+        how many. Idempotent: merged into the same survivor already resolves to 0. Its documents stay
+        with it (found through the merge). Fails with :class:`ResidentNotFound`, :class:`ResidentMerged`
+        (into another survivor) or :class:`~issuer.errors.Conflict` (the same entry)."""
+
+    @abc.abstractmethod
+    def release_resident(self, main_index_id: str, *, to_province: str, consent_reference: str,
+                         at: dt.datetime) -> Future[int]:
+        """The entry moved to ``to_province``: state ``moved`` pointing there, every live code
+        superseded, in one transaction; resolves to how many. Idempotent (moved already: 0). Fails with
+        :class:`ResidentNotFound` (also for a ``foreign`` stand-in) or :class:`ResidentMerged`."""
+
+    @abc.abstractmethod
+    def adopt_resident(self, resident: ResidentRecord, identifiers: Sequence[IdentifierRecord]) -> Future[None]:
+        """A resident moving in keeps its main index ID: create the entry (``claimed``), or make a
+        ``moved``/``foreign`` one with that ID ours again, with ``identifiers`` (the first primary).
+        Idempotent for identifiers it holds already. Fails with :class:`DuplicateIdentifier` (held by
+        another entry) or :class:`ResidentMerged`."""
+
+    @abc.abstractmethod
+    def record_access(self, record: AccessRecord) -> Future[None]:
+        """Append to the resident's access log (:class:`ResidentNotFound` for an unknown resident)."""
+
+    @abc.abstractmethod
+    def accesses_of(self, main_index_id: str, *, limit: int,
+                    before: tuple[dt.datetime, str] | None = None) -> list[AccessRecord]:
+        """The resident's access log, newest first, strictly before ``before`` ((resolved_at, access_id))."""
+
+    @abc.abstractmethod
+    def national_cursor(self) -> int:
+        """The sequence number of the last national event applied (0: none)."""
+
+    @abc.abstractmethod
+    def advance_national_cursor(self, sequence: int) -> Future[None]:
+        """Record ``sequence`` as applied; the cursor never goes back."""
 
     # -- lifecycle
 

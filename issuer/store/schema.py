@@ -16,6 +16,12 @@ types by role (``{text}``, ``{bytes}``, ``{time}``, ``{bool}``, ``{serial}``,
     serial_counters(province text, kid bytes, next_serial serial, PK (province, kid))
     challenges(challenge bytes PK, main_index_id text -> residents, caller text, created_at time,
                expires_at time, used_at time)       index (expires_at)
+    residents + (national_state text = 'local', home_province text, moved_at time, move_consent text)
+          index (national_state) WHERE national_state IN ('local', 'pending', 'provisional')
+    accesses(access_id text PK, main_index_id text -> residents, hospital_organisation text,
+             hospital_province text, purpose serial, resolved_at time, code_kind text)
+          index (main_index_id, resolved_at, access_id)
+    national_cursor(name text PK, sequence serial)
 
 Migrations apply in order, each in its own transaction under the dialect's
 migration lock; the database records how many were applied (its *schema
@@ -112,8 +118,34 @@ _WALLETS = Migration("wallets", (
     "CREATE INDEX challenges_by_expiry ON challenges (expires_at)",
 ))
 
+# The national index (issue 14): each entry's standing with it (issuer.model.NationalState)
+# and where it lives when not here; the hospitals' resolutions of its codes (the resident's
+# access log: hospital, purpose, time, kind of code; never a document number); and the
+# sequence number of the last national event applied. The partial index serves the
+# reconciler's scan of the entries still to claim.
+_NATIONAL = Migration("national", (
+    "ALTER TABLE residents ADD COLUMN national_state {text} NOT NULL DEFAULT 'local'",
+    "ALTER TABLE residents ADD COLUMN home_province {text}",
+    "ALTER TABLE residents ADD COLUMN moved_at {time}",
+    "ALTER TABLE residents ADD COLUMN move_consent {text}",
+    "CREATE INDEX residents_unclaimed ON residents (national_state, created_at) "
+    "WHERE national_state IN ('local', 'pending', 'provisional')",
+    "CREATE TABLE accesses ("
+    " access_id {text} NOT NULL PRIMARY KEY,"
+    " main_index_id {text} NOT NULL REFERENCES residents (main_index_id),"
+    " hospital_organisation {text} NOT NULL,"
+    " hospital_province {text} NOT NULL,"
+    " purpose {serial} NOT NULL,"
+    " resolved_at {time} NOT NULL,"
+    " code_kind {text} NOT NULL){table_options}",
+    "CREATE INDEX accesses_by_resident ON accesses (main_index_id, resolved_at, access_id)",
+    "CREATE TABLE national_cursor ("
+    " name {text} NOT NULL PRIMARY KEY,"
+    " sequence {serial} NOT NULL){table_options}",
+))
+
 #: Applied in order; the schema version is the number applied. Append only.
-MIGRATIONS: tuple[Migration, ...] = (_INITIAL, _REVOKED_INDEX, _WALLETS)
+MIGRATIONS: tuple[Migration, ...] = (_INITIAL, _REVOKED_INDEX, _WALLETS, _NATIONAL)
 
 
 class Migrating(Protocol[C_contra]):

@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Callable, Generic, Literal, Mapping, Protocol, Sequence, TypeVar
 
 from ..errors import Conflict, IssuerError
-from ..model import Channel, CodeRef, RevocationReason
+from ..model import ELSEWHERE, Channel, CodeRef, NationalState, RevocationReason
 from .base import (
     DEFAULT_BATCH_CAP,
     DEFAULT_MAX_QUEUED,
@@ -41,6 +41,7 @@ from .base import (
     DuplicateSerial,
     IdentifierRecord,
     ResidentMerged,
+    ResidentMoved,
     ResidentNotFound,
     ResidentRecord,
     Store,
@@ -48,6 +49,7 @@ from .base import (
     WriterStats,
 )
 from .challenges import WalletStatements
+from .national import NationalStatements
 from .schema import migrate
 from .writer import DEFAULT_COMMIT_LINGER, CodeItem, GroupCommitWriter, Outcome
 
@@ -178,7 +180,8 @@ _INSERTED_COLUMNS = (
 INSERT_CODE = f"INSERT INTO codes ({_INSERTED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _IDENTIFIER_COLUMNS = "blind_index, doc_type, sealed, main_index_id, is_primary, created_at"
 _INSERT_IDENTIFIER = f"INSERT INTO identifiers ({_IDENTIFIER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
-_RESIDENT = "SELECT main_index_id, created_at, merged_into, merged_at FROM residents WHERE main_index_id = ?"
+RESIDENT_COLUMNS = "main_index_id, created_at, merged_into, merged_at, national_state, home_province, moved_at"
+_RESIDENT = f"SELECT {RESIDENT_COLUMNS} FROM residents WHERE main_index_id = ?"
 _CODE_BY_REF = f"SELECT {_CODE_COLUMNS} FROM codes WHERE province = ? AND kid = ? AND serial = ?"
 _REVOKE_LIVE = ("UPDATE codes SET revoked_at = ?, revocation_reason = ? "
                 "WHERE main_index_id = ? AND revoked_at IS NULL AND expires_at > ?")
@@ -199,7 +202,7 @@ _BUMP_COUNTER = (
 )
 
 
-class SQLStore(WalletStatements, Store, Generic[C]):
+class SQLStore(WalletStatements, NationalStatements, Store, Generic[C]):
     """The :class:`~issuer.store.base.Store` over a :class:`Dialect`.
 
     ``batch_cap`` bounds the codes one transaction commits;
@@ -320,12 +323,16 @@ class SQLStore(WalletStatements, Store, Generic[C]):
         sql = self._q(statement)
         return self.dialect.read(lambda conn: conn.execute(sql, params).fetchall())
 
+    def _resident_record(self, row: Sequence[Any]) -> ResidentRecord:
+        mid, created_at, merged_into, merged_at, state, home, moved_at = row
+        return ResidentRecord(mid, self.dialect.time_value(created_at), merged_into, self._time(merged_at),
+                              NationalState(state), home, self._time(moved_at))
+
     def get_resident(self, main_index_id: str) -> ResidentRecord | None:
         row = self._one(_RESIDENT, (main_index_id,))
         if row is None:
             return None
-        mid, created_at, merged_into, merged_at = row
-        record = ResidentRecord(mid, self.dialect.time_value(created_at), merged_into, self._time(merged_at))
+        record = self._resident_record(row)
         if record.active:
             self._remember_active(main_index_id)
         return record
@@ -365,24 +372,28 @@ class SQLStore(WalletStatements, Store, Generic[C]):
         return self._writer.submit(run, after_commit)
 
     def _require_active(self, conn: C, main_index_id: str, what: str = "resident") -> None:
-        row = conn.execute(self._q("SELECT merged_into FROM residents WHERE main_index_id = ?"),
+        row = conn.execute(self._q("SELECT merged_into, national_state FROM residents WHERE main_index_id = ?"),
                            (main_index_id,)).fetchone()
         if row is None:
             raise ResidentNotFound(f"{what} not found")
         if row[0] is not None:
             raise ResidentMerged(f"{what} was merged into another entry")
+        if row[1] in ELSEWHERE:
+            raise ResidentMoved(f"{what} is homed in another province")
 
     def create_resident(self, resident: ResidentRecord, identifiers: Sequence[IdentifierRecord]) -> Future[None]:
         mid = resident.main_index_id
         rows = [self._identifier_params(i, mid) for i in identifiers]
         created = self._t(resident.created_at)
+        state = NationalState(resident.national_state).value
         q = self._q
 
         def run(conn: C) -> None:
             for position, row in enumerate(rows):
                 if conn.execute(q("SELECT 1 FROM identifiers WHERE blind_index = ?"), (row[0],)).fetchone():
                     raise DuplicateIdentifier(position)
-            conn.execute(q("INSERT INTO residents (main_index_id, created_at) VALUES (?, ?)"), (mid, created))
+            conn.execute(q("INSERT INTO residents (main_index_id, created_at, national_state) VALUES (?, ?, ?)"),
+                         (mid, created, state))
             for row in rows:
                 conn.execute(q(_INSERT_IDENTIFIER), row)
 
