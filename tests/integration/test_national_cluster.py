@@ -442,10 +442,16 @@ def test_a_partition_is_reconciled_to_one_identity_per_person(cluster, desks, ho
 
 
 def _outcome(cluster: Cluster, desks, document) -> tuple[str, str] | None:
-    """(survivor, home) once the national index and both provinces agree on ``document``; else None."""
-    survivor, home = national_holder(cluster, document)
-    views = {p: desks[p].where(document) for p in ("33", "44")}
-    return (survivor, home) if all(view == (survivor, home) for view in views.values()) else None
+    """(survivor, home) once both provinces and then the national index agree on ``document``; else None.
+
+    The provinces are asked first: probing the national index for a document
+    nobody holds yet would claim it for the probing province.
+    """
+    views = {desks[p].where(document) for p in ("33", "44")}
+    if len(views) != 1:
+        return None
+    (view,) = views
+    return view if national_holder(cluster, document) == view else None
 
 
 # --------------------------------------------------------------------------- nothing leaked

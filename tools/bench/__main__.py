@@ -19,6 +19,10 @@ command that produced it.
   verifier process's memory with the national revocation state loaded (7 rounds of 1 s);
 * ``key-recovery``: P-256 public-key recovery from a signature (the alternative that would fit a
   presentation in a V11 QR) against one ES256 verify (5 rounds of 0.5 s);
+* ``national-registration``: RegisterResident with the national claim against a province-only issuer,
+  side by side on real processes (default 5 rounds of 200 registrations each);
+* ``national-partition``: two provinces register the same people while the national service is down;
+  surviving IDs, lost registrations, revoked losing codes, reconciliation time (default 1,000 people);
 * ``presentation``: a live code judged at the terminal (verify_presentation + replay cache) against a
   raw P-256 verify, and the CPU time to produce one presentation (7 rounds of 1 s).
 """
@@ -28,13 +32,14 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from . import core, crashloop, issuer, issuer_layers, key_recovery, presentation, revocation, trust, verifier
+from . import core, crashloop, issuer, issuer_layers, key_recovery, national, presentation, revocation, trust, verifier
 
 #: Each benchmark's ``run``: keyword options only, each with its own set (hence ``...``).
 BENCHES: dict[str, Callable[..., object]] = {
     "core": core.run, "issuer": issuer.run, "issuer-layers": issuer_layers.run, "crashloop": crashloop.run,
     "trust": trust.run, "revocation": revocation.run, "verifier": verifier.run,
-    "key-recovery": key_recovery.run, "presentation": presentation.run}
+    "key-recovery": key_recovery.run, "presentation": presentation.run,
+    "national-registration": national.run_registration, "national-partition": national.run_partition}
 #: Per-benchmark defaults for the options not given on the command line.
 DEFAULTS: dict[str, dict[str, float]] = {
     "core": {"rounds": 7, "seconds": 1.0},
@@ -46,6 +51,8 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "verifier": {"rounds": 7, "seconds": 1.0},
     "key-recovery": {"rounds": 5, "seconds": 0.5},
     "presentation": {"rounds": 7, "seconds": 1.0},
+    "national-registration": {"rounds": 5, "cycles": 200},
+    "national-partition": {"cycles": 1000, "concurrency": 16},
 }
 
 
@@ -57,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (core: 7, issuer: 5)")
     parser.add_argument("--seconds", type=float, help="seconds per contender per round (core: 1, issuer: 3)")
     parser.add_argument("--concurrency", type=int, help="calls in flight (issuer: 32, crashloop: 48)")
-    parser.add_argument("--cycles", type=int, help="kill -9 cycles (crashloop: 20)")
+    parser.add_argument("--cycles", type=int,
+                        help="kill -9 cycles (crashloop: 20); registrations per round (national-registration: 200); "
+                        "people (national-partition: 1000)")
     args = parser.parse_args(argv)
     given = {name: value for name, value in vars(args).items() if name != "which" and value is not None}
     for name in args.which or list(BENCHES):

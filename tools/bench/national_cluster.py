@@ -291,7 +291,8 @@ class Cluster:
     """
 
     def __init__(self, directory: pathlib.Path, *, now: dt.datetime, provinces: Sequence[str] = PROVINCES,
-                 hospitals: Sequence[tuple[str, str]] = HOSPITALS) -> None:
+                 hospitals: Sequence[tuple[str, str]] = HOSPITALS, standalone: Sequence[str] = ()) -> None:
+        """``standalone`` provinces get no ``[national]`` section: province-only issuers (a baseline)."""
         self.directory = pathlib.Path(directory)
         self.now = now
         pki_dir = self.directory / "pki"
@@ -304,7 +305,8 @@ class Cluster:
         national_port = free_port()
         ports = {p: free_port() for p in provinces}
         self.provinces: dict[str, Province] = {
-            p: _province_files(self.directory / f"province-{p}", p, ports[p], f"127.0.0.1:{national_port}")
+            p: _province_files(self.directory / f"province-{p}", p, ports[p],
+                               None if p in standalone else f"127.0.0.1:{national_port}")
             for p in provinces}
         self.national_config = _national_files(self.directory / "national", national_port,
                                                 list(self.provinces.values()), now)
