@@ -67,16 +67,18 @@ PURPOSE_EMERGENCY: Purpose
 PURPOSE_BILLING: Purpose
 
 class ClaimIdentityRequest(_message.Message):
-    __slots__ = ("main_index_id", "documents", "provisional", "registered_at")
+    __slots__ = ("main_index_id", "documents", "provisional", "registered_at", "home_province")
     MAIN_INDEX_ID_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     PROVISIONAL_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
+    HOME_PROVINCE_FIELD_NUMBER: _ClassVar[int]
     main_index_id: str
     documents: _containers.RepeatedCompositeFieldContainer[_common_pb2.Document]
     provisional: bool
     registered_at: _timestamp_pb2.Timestamp
-    def __init__(self, main_index_id: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ..., provisional: _Optional[bool] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    home_province: str
+    def __init__(self, main_index_id: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ..., provisional: _Optional[bool] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., home_province: _Optional[str] = ...) -> None: ...
 
 class ClaimIdentityResponse(_message.Message):
     __slots__ = ("outcome", "main_index_id", "home_province")
