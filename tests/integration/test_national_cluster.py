@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import pathlib
 import time
 from typing import Callable, Iterator
 
@@ -49,6 +50,7 @@ from tools.bench.national_cluster import (HOSPITALS, NATIONAL_CN, NOBODY_CN, Clu
 national_pb2 = pytest.importorskip("national.api.national_index_pb2")
 national_pb2_grpc = pytest.importorskip("national.api.national_index_pb2_grpc")
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 RPC_TIMEOUT = 15.0
@@ -333,6 +335,39 @@ def expected_refusal(case: str) -> grpc.StatusCode:
     """The status each bad code gets (the national service's error table)."""
     return {"revoked": grpc.StatusCode.FAILED_PRECONDITION,
             "expired": grpc.StatusCode.FAILED_PRECONDITION}.get(case, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def his_example() -> dict:
+    """The worked example of docs/his-integration.md, executed as written."""
+    text = (ROOT / "docs" / "his-integration.md").read_text(encoding="utf-8")
+    block = text.split("<!-- his-example:start -->")[1].split("<!-- his-example:end -->")[0]
+    source = block.split("```python\n", 1)[1].rsplit("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(source, "docs/his-integration.md", "exec"), namespace)
+    return namespace
+
+
+def test_the_his_example_in_the_docs_resolves_and_explains_refusals(cluster, desks):
+    example = his_example()
+    cert, key = (cluster.pki / f"{HOSPITAL_44}.pem").read_bytes(), (cluster.pki / f"{HOSPITAL_44}.key").read_bytes()
+    stub = example["open_resolver"](cluster.national.address, cluster.ca_pem, cert, key)
+    number = new_number()
+    mid = desks["33"].register(resident_id(number))
+    code = desks["33"].issue(mid)
+
+    patient = example["resolve_scan"](stub, code.code_text, national_pb2.PURPOSE_EMERGENCY)
+    assert (patient["main_index_id"], patient["document_number"], patient["home_province"]) == (mid, number, "33")
+    assert patient["resolved_at"].utcoffset() == dt.timedelta(hours=8)
+    assert [a.access_id for a in desks["33"].accesses(mid)] == [patient["access_id"]]
+
+    desks["33"].codes.RevokeCode(health_codes_pb2.RevokeCodeRequest(
+        code_text=code.code_text, reason=common_pb2.REVOCATION_REASON_LOST_DEVICE), timeout=RPC_TIMEOUT)
+    error = refused(lambda: example["resolve_scan"](stub, code.code_text, national_pb2.PURPOSE_REGISTRATION),
+                    grpc.StatusCode.FAILED_PRECONDITION)
+    assert "作废" in example["clerk_message"](error)
+    error = refused(lambda: example["resolve_scan"](stub, "EHC1:NOT-A-CODE", national_pb2.PURPOSE_REGISTRATION),
+                    grpc.StatusCode.INVALID_ARGUMENT)
+    assert "无效健康码" in example["clerk_message"](error)
 
 
 # --------------------------------------------------------------------------- moving
