@@ -235,6 +235,11 @@ def test_a_province_claims_only_for_itself(cluster, desks):
     refused(lambda: national_index(cluster, province_cn("44")).ClaimIdentity(
         national_pb2.ClaimIdentityRequest(main_index_id=mid_33, documents=[document, extra]), timeout=RPC_TIMEOUT),
         grpc.StatusCode.FAILED_PRECONDITION)
+    # a claim homed in another province than the caller's own: refused, nothing stored
+    refused(lambda: national_index(cluster, province_cn("44")).ClaimIdentity(
+        national_pb2.ClaimIdentityRequest(main_index_id=hc.main_index_id_from_bytes(b"\x44" * 16),
+                                          documents=[extra], home_province="33"), timeout=RPC_TIMEOUT),
+        grpc.StatusCode.PERMISSION_DENIED)
     # nobody but a province claims
     for cn in (HOSPITAL_44, NATIONAL_CN, desk_cn("33"), NOBODY_CN):
         refused(lambda cn=cn: national_index(cluster, cn).ClaimIdentity(
