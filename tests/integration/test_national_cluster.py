@@ -505,3 +505,20 @@ def test_zz_no_number_in_any_log_or_the_national_database(cluster):
     assert national, "the national service wrote nothing to scan"
     leaked_logs = [(f, n) for f, n in found if f.endswith(".log") or "/national/" in f]
     assert not leaked_logs, leaked_logs
+
+
+def test_each_hospital_is_rate_limited(cluster, desks):
+    from tools.bench.national_cluster import LIMITED_HOSPITAL
+
+    mid = desks["33"].register(resident_id(new_number()))
+    code = desks["33"].issue(mid).code_text
+    limited = hospital_cn(*LIMITED_HOSPITAL)
+    answers = []
+    for _ in range(4):
+        try:
+            answers.append(resolve(cluster, limited, code).access_id)
+        except grpc.RpcError as e:
+            answers.append(e.code())
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in answers, answers
+    assert resolve(cluster, HOSPITAL_44, code).main_index_id == mid  # another hospital is not held back
+    assert len(desks["33"].accesses(mid)) == sum(isinstance(a, str) for a in answers) + 1  # refused: no entry

@@ -37,7 +37,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import grpc
 from cryptography.hazmat.primitives import serialization
@@ -88,8 +88,9 @@ class Node:
     """
 
     def __init__(self, name: str, argv: Sequence[str], *, port: int, log_path: pathlib.Path,
-                 credentials: grpc.ChannelCredentials) -> None:
+                 credentials: grpc.ChannelCredentials, env: Mapping[str, str] | None = None) -> None:
         self.name = name
+        self.env = dict(env or {})
         self.argv = list(argv)
         self.port = port
         self.address = f"127.0.0.1:{port}"
@@ -105,7 +106,7 @@ class Node:
         """Start the process and wait until it answers SERVING (:class:`NodeFailed` otherwise)."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         with open(self.log_path, "ab") as log:
             self._offset = log.tell()
@@ -249,34 +250,36 @@ def national_section(pki: pathlib.Path, code: str, national_address: str) -> str
             f'cert = "{pki}/{province_cn(code)}.pem"\nkey = "{pki}/{province_cn(code)}.key"\n')
 
 
-def _national_files(directory: pathlib.Path, port: int, provinces: Sequence[Province], now: dt.datetime,
-                    ) -> pathlib.Path:
-    """The national service's files; returns its config file."""
+NATIONAL_KEY_ENV = "HC_NATIONAL_KEY_PASSPHRASE"
+#: A hospital with a tight rate limit (2 resolutions, then 1 every 2 s), for the rate-limit test.
+LIMITED_HOSPITAL = ("44", "slow-clinic")
+
+
+def _national_files(directory: pathlib.Path, port: int, provinces: Sequence[Province], keyring: hc.Keyring,
+                    passphrase: str) -> pathlib.Path:
+    """The national service's files (national/config.py's format); returns its config file."""
+    from national.blind_index import DEFAULT_LABEL, FileNationalKey
+    from verifier.trust_sources import dev_bundle_bytes
+
     directory.mkdir(parents=True, exist_ok=True)
     pki = directory.parent / "pki"
-    _secret(directory / "national.key", (os.urandom(32).hex() + "\n").encode())
-    keys = []
-    for p in provinces:
-        public = p.public_key
-        keys.append(
-            f'[[provinces]]\ncode = "{p.code}"\naddress = "{p.address}"\n'
-            f'public_key = "{_public_pem_path(directory, p)}"\nkid = "{public.key_id().hex()}"\n')
+    FileNationalKey.generate(directory / "keys", DEFAULT_LABEL, passphrase.encode())
+    (directory / "trust").mkdir(exist_ok=True)
+    (directory / "trust" / "bundle.json").write_bytes(dev_bundle_bytes(list(keyring), version=1))
+    endpoints = ", ".join(f'"{p.code}" = "{p.address}"' for p in provinces)
     config = directory / "national.toml"
     config.write_text(
-        f'database = "national.db"\nlisten = "127.0.0.1:{port}"\ngrace_period = 1.0\n\n'
-        f'[tls]\ncert = "{pki}/server.pem"\nkey = "{pki}/server.key"\nclient_ca = "{pki}/ca.pem"\n'
-        f'client_cert = "{pki}/{NATIONAL_CN}.pem"\nclient_key = "{pki}/{NATIONAL_CN}.key"\n\n'
-        '[keys]\nindex_key = "national.key"\n\n' + "\n".join(keys)
+        f'database = "national.db"\nlisten = "127.0.0.1:{port}"\ngrace_period = 1.0\nlog_level = "INFO"\n\n'
+        f'[tls]\ncert = "{pki}/server.pem"\nkey = "{pki}/server.key"\nclient_ca = "{pki}/ca.pem"\n\n'
+        f'[key]\nkeystore = "file"\ndirectory = "keys"\nlabel = "{DEFAULT_LABEL}"\n'
+        f'passphrase_env = "{NATIONAL_KEY_ENV}"\n\n'
+        f'[provinces]\nca = "{pki}/ca.pem"\ncert = "{pki}/{NATIONAL_CN}.pem"\nkey = "{pki}/{NATIONAL_CN}.key"\n'
+        f'timeout_seconds = 10.0\nendpoints = {{ {endpoints} }}\n\n'
+        '[trust]\ndev_bundle = "trust/bundle.json"\n\n'
+        '[rate]\nhospital_rate = 1000.0\nhospital_burst = 1000\nprovince_rate = 1000000.0\nprovince_burst = 1000000\n'
+        f'hospitals = {{ "{hospital_cn(*LIMITED_HOSPITAL)}" = {{ rate = 0.5, burst = 2 }} }}\n'
     )
     return config
-
-
-def _public_pem_path(directory: pathlib.Path, p: Province) -> pathlib.Path:
-    private = serialization.load_pem_private_key(p.signing_pem, password=None)
-    path = directory / f"province-{p.code}.pub.pem"
-    path.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
-    return path
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -297,7 +300,7 @@ class Cluster:
         self.now = now
         pki_dir = self.directory / "pki"
         cns = [NATIONAL_CN, NOBODY_CN, *(province_cn(p) for p in provinces), *(desk_cn(p) for p in provinces),
-               *(hospital_cn(p, org) for p, org in hospitals)]
+               *(hospital_cn(p, org) for p, org in (*hospitals, LIMITED_HOSPITAL))]
         DevPki.create(now=now).write(pki_dir, clients=cns)
         self.pki = pki_dir
         self.ca_pem = (pki_dir / "ca.pem").read_bytes()
@@ -308,13 +311,14 @@ class Cluster:
             p: _province_files(self.directory / f"province-{p}", p, ports[p],
                                None if p in standalone else f"127.0.0.1:{national_port}")
             for p in provinces}
+        self._passphrase = os.urandom(16).hex()
         self.national_config = _national_files(self.directory / "national", national_port,
-                                                list(self.provinces.values()), now)
+                                                list(self.provinces.values()), self.keyring(), self._passphrase)
         self.national_database = self.directory / "national" / "national.db"
         self.national = Node("national", [sys.executable, "-m", "national", "serve", "--config",
                                           str(self.national_config)],
                              port=national_port, log_path=self.directory / "national.log",
-                             credentials=self.credentials(NATIONAL_CN))
+                             credentials=self.credentials(NATIONAL_CN), env={NATIONAL_KEY_ENV: self._passphrase})
         self.issuers: dict[str, Node] = {
             p: Node(f"province-{p}", [sys.executable, "-m", "issuer", "serve", "--config", str(f.config_path),
                                       "--log-level", "INFO"],
