@@ -116,8 +116,9 @@ class CliError(click.ClickException):
 
 class Context:
     def __init__(self, data_dir: pathlib.Path, source: str | None, root: str | None, dev_trust: bool,
-                 now: str | None) -> None:
+                 now: str | None, *, sync_deadline: _dt.timedelta | None = None) -> None:
         self.data_dir = data_dir
+        self.sync_deadline = sync_deadline
         self.source_location = source
         self.root = root
         self.dev_trust = dev_trust
@@ -133,7 +134,8 @@ class Context:
             raise CliError(
                 f"the TUF trust source is not available ({missing}); "
                 "--dev-trust selects the unsigned development bundle")
-        return TufTrustSource(trust_dir, self.source_location, bootstrap_root=self.root)
+        deadline = self.sync_deadline.total_seconds() if self.sync_deadline is not None else None
+        return TufTrustSource(trust_dir, self.source_location, bootstrap_root=self.root, refresh_deadline=deadline)
 
 
 def _policy_options(f):
@@ -179,11 +181,13 @@ def _policy(warn_age, max_age, clock_skew) -> FreshnessPolicy:
 @click.option("--root", type=click.Path(dir_okay=False), help="Bootstrap root metadata (first sync only).")
 @click.option("--dev-trust", is_flag=True,
               help="Use the UNSIGNED development trust bundle instead of the TUF repository.")
+@click.option("--sync-deadline", type=DURATION, default="60s", show_default=True,
+              help="Longest a refresh from an http(s) mirror may take in all; a slower one fails.")
 @click.option("--now", hidden=True, help="Pretend the clock reads this UTC time (tests, investigations).")
 @click.pass_context
-def cli(ctx, data_dir, source, root, dev_trust, now):
+def cli(ctx, data_dir, source, root, dev_trust, sync_deadline, now):
     """Verify health codes offline at a hospital terminal."""
-    ctx.obj = Context(data_dir, source, root, dev_trust, now)
+    ctx.obj = Context(data_dir, source, root, dev_trust, now, sync_deadline=sync_deadline)
 
 
 # --- sync ----------------------------------------------------------------------------------

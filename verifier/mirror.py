@@ -26,6 +26,7 @@ from tuf.ngclient import FetcherInterface, Updater
 from healthcode.keylist import InvalidKeyList
 
 from .errors import MirrorUnavailable, RollbackError, SyncError, TrustDataError, TrustDataFrozen
+from .http_fetcher import DeadlinePassed, ReplayedBody
 
 __all__ = ["SyncConfig", "DIRECTORY_URL", "DirectoryFetcher", "CountingFetcher", "pin_reference_time", "map_error"]
 
@@ -45,8 +46,11 @@ class SyncConfig:
     targets_max_bytes: int = 4 << 20
     #: Hard cap of any one file read from a directory mirror.
     max_file_bytes: int = 32 << 20
-    #: Timeout of the HTTP fetcher, in seconds.
+    #: Timeout of the HTTP fetcher, in seconds: each connect and each read.
     http_timeout: int = 30
+    #: Overall deadline of one refresh over HTTP(S), in seconds (every request of it, together):
+    #: a mirror that drips bytes ends the refresh with "trust sync failed". None: no deadline.
+    refresh_deadline: float | None = 60.0
     user_agent: str = "healthcode-verifier"
 
 
@@ -105,12 +109,18 @@ def _read_chunks(handle: Any, limit: int) -> Iterator[bytes]:
 
 
 class CountingFetcher(FetcherInterface):
-    """Wraps a fetcher and counts what it transfers (files, bytes, per URL)."""
+    """Wraps a fetcher and counts what it transfers (files, bytes, per URL).
+
+    A body the HTTP fetcher replays after ``304 Not Modified``
+    (:class:`~verifier.http_fetcher.ReplayedBody`) was not transferred: it
+    counts in ``not_modified``, with 0 bytes in the log.
+    """
 
     def __init__(self, inner: FetcherInterface) -> None:
         self._inner = inner
         self.bytes = 0
         self.files = 0
+        self.not_modified = 0
         self.log: list[tuple[str, int]] = []
 
     def _fetch(self, url: str) -> Iterator[bytes]:
@@ -119,10 +129,14 @@ class CountingFetcher(FetcherInterface):
 
     def _count(self, url: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
         size = 0
+        replayed = isinstance(chunks, ReplayedBody)
         for chunk in chunks:
-            size += len(chunk)
-            self.bytes += len(chunk)
+            if not replayed:
+                size += len(chunk)
+                self.bytes += len(chunk)
             yield chunk
+        if replayed:
+            self.not_modified += 1
         self.files += 1
         self.log.append((url, size))
 
@@ -172,6 +186,8 @@ def map_error(
         return TrustDataError(f"{what}: a file is larger than its signed or capped length: {exc}")
     if isinstance(exc, tuf_errors.DownloadHTTPError):
         return MirrorUnavailable(f"{what}: mirror answered HTTP {exc.status_code}")
+    if isinstance(exc, DeadlinePassed):  # its own words: the cause is whatever read it interrupted
+        return MirrorUnavailable(f"{what}: {exc}")
     if isinstance(exc, tuf_errors.DownloadError):
         cause = exc.__cause__ or exc
         return MirrorUnavailable(f"{what}: mirror unavailable: {cause}")

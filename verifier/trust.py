@@ -321,6 +321,8 @@ class SetRevocation:
 
 #: Transport failures by what their text says (urllib3, python-tuf, the OS): (pattern, 中文, English).
 _TRANSPORT_CAUSES = (
+    (re.compile(r"refresh deadline of ([\d.]+) s passed"), "镜像过慢，同步超过 {0} 秒时限",
+     "mirror too slow: refresh deadline of {0} s passed"),
     (re.compile(r"HTTP (\d{3})"), "镜像返回 HTTP {0}", "mirror answered HTTP {0}"),
     (re.compile(r"connection refused", re.I), "镜像拒绝连接", "mirror refused the connection"),
     (re.compile(r"name or service not known|nodename nor servname|getaddrinfo|name resolution|"

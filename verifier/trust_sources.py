@@ -247,10 +247,14 @@ class TufTrustSource:
     ROOT_NAME = "bootstrap-root.json"
 
     def __init__(self, trust_dir: str | os.PathLike[str], source: str | os.PathLike[str] | None, *,
-                 bootstrap_root: str | os.PathLike[str] | None = None) -> None:
+                 bootstrap_root: str | os.PathLike[str] | None = None,
+                 refresh_deadline: float | None = None) -> None:
         from . import trustsync
 
         self._ts = trustsync
+        #: The client's limits: the defaults, with ``refresh_deadline`` (seconds) when given.
+        self.sync_config = trustsync.SyncConfig() if refresh_deadline is None else trustsync.SyncConfig(
+            refresh_deadline=refresh_deadline)
         self.trust_dir = pathlib.Path(trust_dir)
         self.source = os.fspath(source) if source is not None else None
         self._given_root = pathlib.Path(bootstrap_root) if bootstrap_root is not None else None
@@ -286,7 +290,8 @@ class TufTrustSource:
         ts = self._ts
         source = self.source if self.source is not None else self.trust_dir / "no-mirror"
         try:
-            client = ts.TrustSync(self.trust_dir / "metadata", self.trust_dir / "targets", source, self._root())
+            client = ts.TrustSync(self.trust_dir / "metadata", self.trust_dir / "targets", source, self._root(),
+                                  config=self.sync_config)
         except ts.SyncError as exc:
             raise TrustDataRejected(str(exc)) from None
         except OSError as exc:

@@ -14,6 +14,8 @@ What is on disk::
     <targets_dir>/state.json       the last good state: the commit point, replaced atomically
     <targets_dir>/objects/<SHA256> immutable verified bytes the state names (metadata, key lists)
     <targets_dir>/revocation/      the revocation state per shard (``verifier.revocation_sync``)
+    <targets_dir>/mirror-validators.json  an HTTP mirror's ETags/dates and the small files they
+                                   name (conditional requests; a saving, never trusted)
 
 :meth:`TrustSync.refresh` steps, marked in the code:
 
@@ -49,8 +51,12 @@ After a refresh, :meth:`TrustSync.province_targets` and :meth:`TrustSync.fetch_t
 other province files (the revocation issue's ``provinces/<code>/revocation/...``) through
 the same verification.
 
+Over HTTP(S), the whole refresh runs inside ``SyncConfig.refresh_deadline``: a mirror that
+drips bytes ends it with :class:`MirrorUnavailable` ("refresh deadline of N s passed").
+
 Where each part lives: this module is the client and its steps;
-:mod:`verifier.mirror` the fetchers and python-tuf's glue; :mod:`verifier.sync_state`
+:mod:`verifier.http_fetcher` the HTTP fetcher (conditional requests, the deadline);
+:mod:`verifier.mirror` the other fetchers and python-tuf's glue; :mod:`verifier.sync_state`
 the committed state; :mod:`verifier.objects` the objects it names;
 :mod:`verifier.tuf_verify` the pure re-verification; :mod:`verifier.revocation_sync`
 step 5.
@@ -64,6 +70,7 @@ are bad, with :class:`RollbackError` and :class:`TrustDataFrozen` (expired metad
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -77,7 +84,6 @@ from urllib.parse import quote
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
-from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from healthcode.keylist import KeyList
 from healthcode.keyring import Keyring
@@ -85,6 +91,7 @@ from healthcode.model import PROVINCES
 from shellkit.times import iso_utc
 
 from .errors import MirrorUnavailable, NotSynced, RollbackError, SyncError, TrustDataError, TrustDataFrozen
+from .http_fetcher import HttpMirrorFetcher
 from .mirror import DIRECTORY_URL, CountingFetcher, DirectoryFetcher, SyncConfig, map_error, pin_reference_time
 from .objects import ObjectStore, sha256_hex
 from .revocation_sync import REVOCATION_DIR, RevocationStore, RevocationSyncReport
@@ -95,23 +102,16 @@ if TYPE_CHECKING:
     from healthcode.revocation import RevocationSet
 
 __all__ = [
-    "SyncConfig",
-    "SyncResult",
-    "TrustSync",
-    "DirectoryFetcher",
-    "SyncError",
-    "MirrorUnavailable",
-    "TrustDataError",
-    "RollbackError",
-    "TrustDataFrozen",
-    "NotSynced",
-    "verify_province_role",
+    "SyncConfig", "SyncResult", "TrustSync", "DirectoryFetcher", "SyncError", "MirrorUnavailable",
+    "TrustDataError", "RollbackError", "TrustDataFrozen", "NotSynced", "verify_province_role",
 ]
 
 logger = logging.getLogger(__name__)
 
 _UTC = _dt.timezone.utc
 _DEFAULT_CONFIG = SyncConfig()
+#: Below ``targets_dir``: the HTTP fetcher's kept validators (``verifier.http_fetcher``).
+VALIDATORS_NAME = "mirror-validators.json"
 
 
 # ---------------------------------------------------------------------- values
@@ -148,7 +148,6 @@ class SyncResult:
     def complete(self) -> bool:
         """True when every delegated province verified in this refresh."""
         return not self.failed
-
 
 
 @dataclass(frozen=True)
@@ -213,8 +212,9 @@ class TrustSync:
         text = os.fspath(source)
         if text.startswith(("http://", "https://")):
             base = text.rstrip("/") + "/"
-            self._fetcher = fetcher or Urllib3Fetcher(
-                socket_timeout=config.http_timeout, app_user_agent=config.user_agent
+            self._fetcher = fetcher or HttpMirrorFetcher(
+                read_timeout=config.http_timeout, user_agent=config.user_agent,
+                cache_file=self._targets_dir / VALIDATORS_NAME,
             )
         else:
             base = DIRECTORY_URL
@@ -230,7 +230,6 @@ class TrustSync:
         )
         for directory in (self._metadata_dir, self._objects):
             directory.mkdir(parents=True, exist_ok=True)
-        # python-tuf's updater and the province roles of this process's last good refresh
         # python-tuf's updater, the province roles and the (counting) fetcher of this process's last good refresh
         self._session: tuple[Updater, dict[str, Targets], FetcherInterface] | None = None
 
@@ -248,6 +247,12 @@ class TrustSync:
         now = _aware(now)
         previous = self._read_state()
         now = self._clock_floor(now, previous)  # (1)
+        deadline = getattr(self._fetcher, "deadline", None)  # the HTTP fetcher's overall bound
+        with deadline(self.config.refresh_deadline) if deadline is not None else contextlib.nullcontext():
+            return self._refresh(now, previous)
+
+    def _refresh(self, now: _dt.datetime, previous: SyncState | None) -> SyncResult:
+        """Steps 2-5 of :meth:`refresh`, inside the refresh deadline."""
         counter = CountingFetcher(self._fetcher)
         updater, national = self._load_national(counter, now, previous)  # (2)
         provinces = self._load_provinces(updater, national, previous, now)  # (3)
@@ -366,9 +371,6 @@ class TrustSync:
             return None
         except Exception as exc:  # noqa: BLE001 - mapped to our error tree
             raise map_error(exc, path, None, None) from exc
-
-    # ------------------------------------------------------------------ internals
-
 
     # ------------------------------------------------------------------ the steps of refresh
 
