@@ -96,12 +96,13 @@ class HttpContext:
     ``x509_common_name``.
     """
 
-    __slots__ = ("_ctx", "_peer_names", "_code")
+    __slots__ = ("_ctx", "_peer_names", "_code", "_details")
 
     def __init__(self, ctx: RequestContext, peer_names: tuple[bytes, ...] = ()) -> None:
         self._ctx = ctx
         self._peer_names = peer_names
         self._code: grpc.StatusCode | None = None
+        self._details = ""
 
     def invocation_metadata(self) -> list[tuple[str, str]]:
         return list(self._ctx.request_headers.allitems())
@@ -115,6 +116,20 @@ class HttpContext:
 
     def code(self) -> grpc.StatusCode | None:
         return self._code
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def error(self) -> ConnectError:
+        """The Connect error for a servicer that raised after :meth:`set_code` (an unimplemented RPC),
+        or UNKNOWN, as gRPC answers an unexpected exception (its text is not sent)."""
+        if self._code is not None and self._code is not grpc.StatusCode.OK:
+            return ConnectError(connect_code(self._code), self._details)
+        self._code = grpc.StatusCode.UNKNOWN
+        return ConnectError(Code.UNKNOWN, "unexpected error")
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
         self._code = code
@@ -234,10 +249,13 @@ def connect_endpoints(
 def _call(behaviour: Callable[[Any, Any], Awaitable[Any]],
           peer_names: Callable[[RequestContext], tuple[bytes, ...]]) -> Callable[[Any, RequestContext], Awaitable[Any]]:
     async def call(request: Any, ctx: RequestContext) -> Any:
+        context = HttpContext(ctx, peer_names(ctx))
         try:
-            return await behaviour(request, HttpContext(ctx, peer_names(ctx)))
+            return await behaviour(request, context)
         except _Abort as abort:
             raise abort.error from None
+        except Exception:
+            raise context.error() from None
 
     return call
 
