@@ -174,7 +174,7 @@ def test_an_unlisted_file_outside_the_province_revocation_folder_is_refused(worl
     role = world.provinces["33"].sign_keys()
     for path in ("provinces/44/revocation/ab/delta-0000000001.hcrd", "provinces/33/keys.json",
                  "provinces/33/revocation/../../44/x", "provinces/33/revocation/ab/.hidden"):
-        refused(world, Reason.OUTSIDE_DELEGATION, lambda: world.push("33", role, unlisted=[(path, b"x")]))
+        refused(world, Reason.OUTSIDE_DELEGATION, lambda path=path: world.push("33", role, unlisted=[(path, b"x")]))
 
 
 def test_versions_only_go_up_rolled_back_and_replayed(world):
