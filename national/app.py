@@ -12,6 +12,7 @@ channels, the key and the store are closed.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import signal
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from .blind_index import HmacKey, NationalBlindIndex, open_national_key
 from .config import NationalConfig
 from .errors import ConfigError
 from .index import NationalIndex
-from .links import LinkTls, ProvinceLinks
+from .links import LinkTls, PatientAnswer, ProvinceLinks
 from .resolution import CodeResolver
 from .server import NationalServer, ServerOptions
 from .store import NationalStore, open_national_store
@@ -116,7 +117,8 @@ def open_service(config: NationalConfig, *, key_secret: bytes) -> OpenService:
 
 
 class _NoLinks:
-    async def resolve_patient(self, province: str, **_: object) -> object:
+    async def resolve_patient(self, province: str, *, code: str, purpose: int, organisation: str,
+                              hospital_province: str, today: datetime.date) -> PatientAnswer:
         from .errors import ProvinceUnavailable
 
         raise ProvinceUnavailable(f"no NationalLink endpoint is configured for province {province}")
