@@ -29,8 +29,8 @@ __all__ = [
     "rpc_record",
 ]
 
-_RECORD_FIELDS = ("event", "method", "caller", "code", "latency_ms", "port", "metrics_port", "source", "province",
-                  "reason")
+_RECORD_FIELDS = ("event", "method", "caller", "code", "latency_ms", "port", "metrics_port", "http_port", "source",
+                  "province", "reason")
 
 
 class JsonFormatter(logging.Formatter):
