@@ -222,7 +222,7 @@ def connect_endpoints(
     handlers: Mapping[str, grpc.RpcMethodHandler],
     *,
     peer_names: Callable[[RequestContext], tuple[bytes, ...]] = lambda ctx: (),
-) -> dict[str, Endpoint]:
+) -> dict[str, Any]:
     """One Connect unary endpoint per unary gRPC method handler, keyed by its path.
 
     The request and response classes come from the default descriptor pool
@@ -231,7 +231,7 @@ def connect_endpoints(
     from google.protobuf import descriptor_pool
 
     pool = descriptor_pool.Default()
-    endpoints: dict[str, Endpoint] = {}
+    endpoints: dict[str, Any] = {}  # path -> connectrpc's EndpointUnary
     for path, handler in handlers.items():
         if handler.request_streaming or handler.response_streaming:
             continue  # the public services are unary; streaming ones stay gRPC-only
@@ -263,7 +263,7 @@ def _call(behaviour: Callable[[Any, Any], Awaitable[Any]],
 class ConnectApp(ConnectASGIApplication[None]):
     """The Connect/gRPC-Web ASGI application over ``endpoints`` (see :func:`connect_endpoints`)."""
 
-    def __init__(self, endpoints: Mapping[str, Endpoint], *, max_request_bytes: int) -> None:
+    def __init__(self, endpoints: Mapping[str, Any], *, max_request_bytes: int) -> None:
         super().__init__(
             service=None,
             endpoints=lambda _service: endpoints,

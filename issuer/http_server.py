@@ -145,7 +145,7 @@ class _TlsPeerProtocol(HttpToolsProtocol):
         peer = ssl_object.getpeercert()  # a dict only for a certificate the handshake verified
         cns = tuple(value.encode() for rdn in (peer or {}).get("subject", ()) for key, value in rdn
                     if key == "commonName")
-        self.scope["extensions"] = {"tls": {"client_cert_cns": cns}}  # type: ignore[typeddict-unknown-key]
+        self.scope["extensions"] = {"tls": {"client_cert_cns": cns}}
 
 
 @contextlib.contextmanager

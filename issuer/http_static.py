@@ -79,7 +79,7 @@ def _compress(path: pathlib.Path, body: bytes, suffix: str) -> tuple[bytes | Non
         gz = gzip.compress(body, compresslevel=9, mtime=0)
     if br is None:
         try:
-            import brotli  # the issuer extra installs it; without it, gzip only
+            import brotli  # type: ignore[import-untyped]  # the issuer extra installs it; without it, gzip only
         except ImportError:
             pass
         else:
