@@ -19,7 +19,8 @@ certificates, roles, rate limits.
 
 * **Roles** (default deny, :data:`SERVICE_ROLES`): ``ResidentIndex``,
   ``HealthCodes`` and ``Wallets`` take the issuance role only; ``KeyAdmin`` takes the admin
-  and national roles only (it then checks the province itself); server
+  and national roles only (it then checks the province itself); ``NationalLink`` takes the
+  national role only (the national service's calls: releases and resolutions); server
   reflection takes any role; a service missing from the table takes nobody.
   The standard health service is exempt from all of it.
 * :class:`RateLimiter` keeps one token bucket per caller (``rate`` tokens a
@@ -131,7 +132,7 @@ class Role(enum.Enum):
 
     ISSUANCE = "issuance"  # ResidentIndex, HealthCodes, Wallets: API keys, and certificates in auth.issuance_clients
     PROVINCE_ADMIN = "admin"  # KeyAdmin on its own province: certificate CN admin:<province>
-    NATIONAL = "national"  # KeyAdmin reads and compromise cut-off: certificate CN national:<name>
+    NATIONAL = "national"  # KeyAdmin reads and compromise cut-off, NationalLink: certificate CN national:<name>
     PROVINCE = "province"  # a provincial issuer at a national service (publisher/): certificate CN province:<code>
 
 
@@ -151,6 +152,7 @@ SERVICE_ROLES: Mapping[str, frozenset[Role]] = {
     "healthcode.issuer.v1.HealthCodes": frozenset({Role.ISSUANCE}),
     "healthcode.issuer.v1.Wallets": frozenset({Role.ISSUANCE}),
     "healthcode.admin.v1.KeyAdmin": frozenset({Role.PROVINCE_ADMIN, Role.NATIONAL}),
+    "healthcode.issuer.v1.NationalLink": frozenset({Role.NATIONAL}),  # the national service's calls (issue 14)
     "grpc.reflection.v1alpha.ServerReflection": _ANY_ROLE,
     "grpc.reflection.v1.ServerReflection": _ANY_ROLE,
 }

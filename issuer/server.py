@@ -191,6 +191,7 @@ class IssuerServer:
         on_close: Callable[[], Awaitable[None] | None] | None = None,
         key_admin: Any = None,
         wallets: Any = None,
+        national_link: Any = None,
     ) -> "IssuerServer":
         self = cls()
         self._grace = options.grace
@@ -224,6 +225,10 @@ class IssuerServer:
             if options.tls is None or options.tls.client_ca_pem is None:
                 raise ValueError("the KeyAdmin service needs mTLS (a client CA)")
             self.service_names.append(key_admin.add_to_server(registrar))
+        if national_link is not None:  # issuer/national_link_service.py: the national service calls over mTLS only
+            if options.tls is None or options.tls.client_ca_pem is None:
+                raise ValueError("the NationalLink service needs mTLS (a client CA)")
+            self.service_names.append(national_link.add_to_server(registrar, self.service))
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         # reflection.enable_server_reflection picks the asyncio servicer only for a grpc.aio.Server itself
