@@ -88,6 +88,10 @@ def cli() -> None:
 @click.option("--online-keys-passphrase-env", metavar="VAR", help="Environment variable holding their passphrase.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Prometheus HTTP port; 0 = off [default: 0].")
 @click.option("--metrics-address", help="Prometheus HTTP address [default: 127.0.0.1].")
+@click.option("--http-listen", metavar="HOST:PORT",
+              help="Also serve Connect and gRPC-Web on this address (turns [http] on; port 0: a free one).")
+@click.option("--http-wallet-dir", type=click.Path(path_type=pathlib.Path, file_okay=False),
+              help="The web wallet's built files, served at /wallet/ [default: webwallet/dist if built].")
 @click.option("--grace-period", type=float, help="Seconds in-flight RPCs get at shutdown [default: 10].")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               help="Log level [default: INFO].")
@@ -104,6 +108,8 @@ def serve(config_file: pathlib.Path | None, code_validity_hours: float | None, *
 
     if code_validity_hours is not None:
         flags["code_validity"] = dt.timedelta(hours=code_validity_hours)
+    if flags.get("http_listen") is not None:
+        flags["http_enabled"] = True
     try:
         config = load_config(config_file, flags)
         passphrase = _passphrase(config)
