@@ -1,0 +1,218 @@
+"""The issuer's HTTP listener around the RPCs (issue 16): the web wallet's files, client certificates,
+and ``healthcode-issuer serve --http-listen`` as a real process.
+
+The RPCs themselves, case by case against gRPC, are ``test_http_api.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import brotli
+import grpc
+import pytest
+
+from issuer import auth
+from issuer.api import resident_index_pb2
+from issuer.http_server import HttpOptions
+from issuer.server import IssuerServer, ServerOptions, TlsMaterial
+from issuer.service import ServiceSettings
+from issuer.tls import DevPki
+from shellkit.files import write_file_atomically
+
+from .connect_client import ConnectClient
+from .test_issuer_server import APP, APP_KEY, PROVINCE, ROOT, Domain, LoopThread, doc, resident_id
+
+rpb = resident_index_pb2
+REGISTER = "/healthcode.issuer.v1.ResidentIndex/RegisterResident"
+APP_JS = b"// the wallet\n" + b"console.log('health code');\n" * 200
+
+
+@pytest.fixture(scope="module")
+def pki():
+    return DevPki.create(now=dt.datetime.now(dt.timezone.utc))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, pki):
+    """An issuer with mTLS (client certificates optional over HTTP) and a built wallet directory."""
+    base = tmp_path_factory.mktemp("http-server")
+    dist = base / "dist"
+    (dist / "assets").mkdir(parents=True)
+    (dist / "index.html").write_text("<!doctype html><title>健康码</title>" + "<p>wallet</p>" * 100)
+    (dist / "assets" / "app.3f9a1c2e.js").write_bytes(APP_JS)
+    (dist / "sw.js").write_text("self.addEventListener('fetch', () => {});\n" * 20)
+    (dist / "manifest.webmanifest").write_text('{"name": "health code"}')
+    (dist / "icon.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 300)
+    loop = LoopThread()
+    cert = pki.server()
+    domain = Domain(base / "issuer.db")
+    options = ServerOptions(
+        service=ServiceSettings(province=PROVINCE), listen="127.0.0.1:0",
+        tls=TlsMaterial(cert.cert_pem, cert.key_pem, pki.ca_cert_pem),
+        api_keys=(auth.ApiKey("app", bytes.fromhex(auth.hash_api_key(APP_KEY))),),
+        issuance_clients=frozenset({"ops"}), grace=1.0,
+        http=HttpOptions(listen="127.0.0.1:0", static_dir=dist),
+    )
+
+    async def start():
+        return await IssuerServer.start(options, index=domain.index, codes=domain.codes, on_close=domain.close)
+
+    server = loop.run(start())
+    keys = pki.write(base / "pki", clients=["ops", "nobody"])
+    yield server, keys
+    loop.run(server.shutdown(0))
+    loop.close()
+
+
+def _client(served, pki, cert: str | None = None) -> ConnectClient:
+    server, keys = served
+    client_cert = (str(keys[f"{cert}.pem"]), str(keys[f"{cert}.key"])) if cert else None
+    return ConnectClient(server.http_port, pki.ca_cert_pem, "json", client_cert=client_cert)
+
+
+# --------------------------------------------------------------------------- client certificates
+
+
+@pytest.mark.parametrize("cert, metadata, code", [
+    ("ops", (), grpc.StatusCode.OK),                        # an issuance client's certificate, no key
+    (None, APP, grpc.StatusCode.OK),                        # a phone: no certificate, an API key
+    ("ops", APP, grpc.StatusCode.OK),                       # both: the key decides (as over gRPC)
+    (None, (), grpc.StatusCode.UNAUTHENTICATED),            # neither
+    ("nobody", (), grpc.StatusCode.PERMISSION_DENIED),      # a certificate with no role
+])
+def test_client_certificates_are_optional_over_http_and_name_the_caller(served, pki, cert, metadata, code):
+    request = rpb.RegisterResidentRequest(primary=doc(resident_id()))
+    outcome = _client(served, pki, cert).call(REGISTER, request, rpb.RegisterResidentResponse, metadata=metadata)
+    assert outcome.code is code, outcome.message
+
+
+def test_a_certificate_from_another_ca_is_refused_in_the_handshake(served, pki, tmp_path):
+    other = DevPki.create(now=dt.datetime.now(dt.timezone.utc)).write(tmp_path, clients=["ops"])
+    server, _ = served
+    client = ConnectClient(server.http_port, pki.ca_cert_pem, "json",
+                           client_cert=(str(other["ops.pem"]), str(other["ops.key"])))
+    with pytest.raises(OSError):  # ssl.SSLError or a reset: no request is served
+        client.call(REGISTER, rpb.RegisterResidentRequest(primary=doc(resident_id())), rpb.RegisterResidentResponse,
+                    metadata=APP)
+
+
+# --------------------------------------------------------------------------- the wallet's files
+
+
+def _get(served, pki, path: str, headers: dict[str, str] | None = None, method: str = "GET"):
+    return _client(served, pki).request(method, path, None, headers or {})
+
+
+def test_wallet_files_have_types_compression_and_cache_headers(served, pki):
+    status, headers, body = _get(served, pki, "/wallet/", {"Accept-Encoding": "gzip, br"})
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["content-encoding"] == "br" and "健康码" in brotli.decompress(body).decode()
+    assert headers["cache-control"] == "no-cache" and headers["vary"] == "Accept-Encoding"
+    assert "default-src 'self'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"
+
+    status, headers, body = _get(served, pki, "/wallet/assets/app.3f9a1c2e.js", {"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["content-type"].startswith("text/javascript")
+    assert headers["content-encoding"] == "gzip" and gzip.decompress(body) == APP_JS
+    assert headers["cache-control"] == "public, max-age=31536000, immutable"  # hashed name: cached for good
+
+    status, headers, body = _get(served, pki, "/wallet/assets/app.3f9a1c2e.js")
+    assert "content-encoding" not in headers and body == APP_JS  # no Accept-Encoding: as stored
+
+    status, headers, _ = _get(served, pki, "/wallet/sw.js")
+    assert headers["cache-control"] == "no-cache" and headers["service-worker-allowed"] == "/wallet/"
+    status, headers, _ = _get(served, pki, "/wallet/manifest.webmanifest")
+    assert headers["content-type"] == "application/manifest+json"
+    status, headers, body = _get(served, pki, "/wallet/icon.png", {"Accept-Encoding": "gzip, br"})
+    assert headers["content-type"] == "image/png" and "content-encoding" not in headers
+
+
+def test_wallet_files_revalidate_with_etags(served, pki):
+    _, headers, _ = _get(served, pki, "/wallet/index.html")
+    status, again, body = _get(served, pki, "/wallet/index.html", {"If-None-Match": headers["etag"]})
+    assert status == 304 and body == b"" and again["etag"] == headers["etag"]
+    status, _, _ = _get(served, pki, "/wallet/index.html", {"If-None-Match": '"something-else"'})
+    assert status == 200
+
+
+@pytest.mark.parametrize("path, method, status", [
+    ("/wallet", "GET", 308),
+    ("/wallet/nope.js", "GET", 404),
+    ("/wallet/../issuer.db", "GET", 404),
+    ("/wallet/index.html", "POST", 405),
+    ("/wallet/index.html", "HEAD", 200),
+    ("/", "GET", 404),
+])
+def test_wallet_paths(served, pki, path, method, status):
+    got, headers, body = _get(served, pki, path, method=method)
+    assert got == status
+    if status == 308:
+        assert headers["location"] == "/wallet/"
+    if method == "HEAD":
+        assert body == b"" and int(headers["content-length"]) > 0
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_cli_serve_with_http_listen(tmp_path, pki):
+    """``healthcode-issuer serve --http-listen 127.0.0.1:0`` in a real process: the listening line names the
+    HTTP port, Connect JSON registers a resident, the RPC is logged once without identifiers, SIGTERM stops."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pki.write(tmp_path / "pki")
+    key = ec.generate_private_key(ec.SECP256R1())
+    write_file_atomically(tmp_path / "signing.pem", key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    write_file_atomically(tmp_path / "vault.key", os.urandom(32).hex().encode() + b"\n")
+    write_file_atomically(
+        tmp_path / "callers.toml", f'[[callers]]\nname = "app"\nkey_sha256 = "{auth.hash_api_key(APP_KEY)}"\n'.encode())
+    (tmp_path / "issuer.toml").write_text(
+        'province = "33"\ndatabase = "issuer.db"\nlisten = "127.0.0.1:0"\n'
+        '[tls]\ncert = "pki/server.pem"\nkey = "pki/server.key"\n'
+        '[auth]\napi_keys = "callers.toml"\n'
+        '[keys]\nsigning_key = "signing.pem"\nvault_key = "vault.key"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "issuer", "serve", "--config", str(tmp_path / "issuer.toml"),
+         "--http-listen", "127.0.0.1:0"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), stderr=subprocess.PIPE, text=True)
+    try:
+        http_port, lines = None, []
+        deadline = time.monotonic() + 30
+        while http_port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            entry = json.loads(line)
+            if entry.get("event") == "listening":
+                http_port = entry["http_port"]
+        assert http_port, "".join(lines)
+        number = resident_id()
+        outcome = ConnectClient(http_port, pki.ca_cert_pem, "json").call(
+            REGISTER, rpb.RegisterResidentRequest(primary=doc(number)), rpb.RegisterResidentResponse, metadata=APP)
+        assert outcome.code is grpc.StatusCode.OK
+        mid = outcome.response.main_index_id
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest
+        entries = [json.loads(line) for line in rest.splitlines() if line.startswith("{")]
+        rpcs = [e for e in entries if e.get("event") == "rpc"]
+        assert [(e["method"], e["caller"], e["code"]) for e in rpcs] == [
+            ("healthcode.issuer.v1.ResidentIndex/RegisterResident", "app", "OK")]
+        assert "stopped" in [e.get("event") for e in entries]
+        assert number not in rest and mid not in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
