@@ -63,6 +63,18 @@ Rotating keys instead of one fixed ``signing_key`` (see ``keys/lifecycle.py``)::
     port = 9464                       # 0: no metrics endpoint
     address = "127.0.0.1"
 
+    [national]                        # the national index (issue 14); without it the issuer is province-only
+    address = "national.example:50061"
+    ca = "pki/national-ca.pem"        # verifies the national service's certificate
+    cert = "pki/province-33.pem"      # this province's client certificate: subject CN "province:33"
+    key = "pki/province-33.key"       # owner-only (chmod 600)
+    # server_name = "national.example"  # the name checked in its certificate, if not the address's host
+    claim_timeout_ms = 2000           # a registration waits this long for its claim, then goes on provisionally
+    transfer_timeout_ms = 10000       # MoveResidentIn's TransferResident deadline
+    reconcile_interval_seconds = 30   # the reconciler: provisional entries claimed, national events applied
+    # The national service calls in (NationalLink) with a national:<name> certificate: tls.client_ca must
+    # verify it.
+
     [http]                            # Connect (JSON, binary) and gRPC-Web beside gRPC (issuer/http_server.py)
     enabled = true                    # off by default
     address = "0.0.0.0:8443"          # host:port; TLS with [tls]'s certificate (client certificates optional)
@@ -73,7 +85,7 @@ Plaintext gRPC is never configured in the file: only the
 ``--insecure-dev-plaintext`` flag turns TLS off, for one development run.
 
 Secret files (``keys.vault_key``, ``auth.api_keys``, ``keys.signing_key``,
-``tls.key``) must be owner-only: ``healthcode-issuer serve`` refuses to start
+``tls.key``, ``national.key``) must be owner-only: ``healthcode-issuer serve`` refuses to start
 when group or others have any permission on one, and says ``chmod 600 <path>``.
 """
 
@@ -144,6 +156,14 @@ class IssuerConfig:
     revocation_interval: float = 3600.0
     revocation_min_interval: float = 60.0
     revocation_keep_deltas: int = 168
+    national_address: str | None = None
+    national_ca: pathlib.Path | None = None
+    national_cert: pathlib.Path | None = None
+    national_key: pathlib.Path | None = None
+    national_server_name: str | None = None
+    national_claim_timeout: float = 2.0
+    national_transfer_timeout: float = 10.0
+    national_reconcile_interval: float = 30.0
 
     def __post_init__(self) -> None:
         self._check_database()
@@ -182,6 +202,25 @@ class IssuerConfig:
         self._check_key_source()
         self._check_key_admin()
         self._check_revocation()
+        self._check_national()
+
+    def _check_national(self) -> None:
+        files = (self.national_ca, self.national_cert, self.national_key)
+        if self.national_address is None:
+            if any(f is not None for f in files) or self.national_server_name is not None:
+                raise ConfigError("national.ca, cert, key and server_name need national.address")
+            return
+        host, sep, port = self.national_address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError("national.address must be host:port (for example national.example:50061)")
+        if any(f is None for f in files):
+            raise ConfigError("national needs ca, cert and key (this province's province:<code> certificate)")
+        if self.client_ca is None:
+            raise ConfigError("national: the national service calls in over mTLS: set tls.client_ca")
+        if not (self.national_claim_timeout > 0 and self.national_transfer_timeout > 0
+                and self.national_reconcile_interval > 0):
+            raise ConfigError("national.claim_timeout_ms, transfer_timeout_ms and reconcile_interval_seconds "
+                              "must be positive")
 
     def _check_database(self) -> None:
         if not isinstance(self.database, str):
@@ -347,10 +386,18 @@ FILE_KEYS: Mapping[tuple[str, str], tuple[str, Callable[[Any], Any]]] = {
     ("http", "enabled"): ("http_enabled", _bool),
     ("http", "address"): ("http_listen", _str),
     ("http", "wallet_dir"): ("http_wallet_dir", _path),
+    ("national", "address"): ("national_address", _str),
+    ("national", "ca"): ("national_ca", _path),
+    ("national", "cert"): ("national_cert", _path),
+    ("national", "key"): ("national_key", _path),
+    ("national", "server_name"): ("national_server_name", _str),
+    ("national", "claim_timeout_ms"): ("national_claim_timeout", _millis),
+    ("national", "transfer_timeout_ms"): ("national_transfer_timeout", _millis),
+    ("national", "reconcile_interval_seconds"): ("national_reconcile_interval", _number),
 }
 _PATH_FIELDS = {"database", "tls_cert", "tls_key", "client_ca", "api_keys", "signing_key", "vault_key", "key_set",
                 "keystore_dir", "pkcs11_module", "trust_repo", "tuf_keys", "online_keys", "revocation_directory",
-                "http_wallet_dir"}
+                "http_wallet_dir", "national_ca", "national_cert", "national_key"}
 _SECTIONS = {section for section, _ in FILE_KEYS if section}
 
 
