@@ -59,6 +59,18 @@ Rotating keys instead of one fixed ``signing_key`` (see ``keys/lifecycle.py``)::
     keep_deltas = 168                 # deltas kept per key (older verifiers fetch the snapshot)
     # "repository" signs with the [key_admin] trust_repo and tuf_keys (online_keys: publish at once)
 
+A province whose national repository is on another machine signs into a working
+copy (``key_admin.trust_repo``) and pushes to the national trust publisher
+(``issuer/role_push.py``, ``healthcode-publisher serve``)::
+
+    [revocation]
+    push_mode = "network"
+    publisher = "trust-publisher.example:50070"
+    publisher_ca = "pki/national-ca.pem"          # the publisher's certificate chains to this
+    publisher_cert = "pki/province-33.pem"        # client certificate, CN province:33
+    publisher_key = "pki/province-33.key"         # owner-only
+    push_poll_seconds = 1.0                       # how often KeyAdmin's role changes are looked for
+
     [metrics]
     port = 9464                       # 0: no metrics endpoint
     address = "127.0.0.1"
@@ -156,6 +168,11 @@ class IssuerConfig:
     revocation_interval: float = 3600.0
     revocation_min_interval: float = 60.0
     revocation_keep_deltas: int = 168
+    revocation_publisher: str | None = None
+    revocation_publisher_ca: pathlib.Path | None = None
+    revocation_publisher_cert: pathlib.Path | None = None
+    revocation_publisher_key: pathlib.Path | None = None
+    revocation_push_poll: float = 1.0
     national_address: str | None = None
     national_ca: pathlib.Path | None = None
     national_cert: pathlib.Path | None = None
@@ -254,11 +271,21 @@ class IssuerConfig:
     def _check_revocation(self) -> None:
         if self.revocation_directory is None:
             return
-        if self.revocation_push_mode not in ("repository", "directory-only"):
-            raise ConfigError('revocation.push_mode must be "repository" or "directory-only"')
-        if self.revocation_push_mode == "repository" and (self.trust_repo is None or self.tuf_keys is None):
-            raise ConfigError('revocation.push_mode = "repository" needs key_admin.trust_repo and key_admin.tuf_keys '
+        if self.revocation_push_mode not in ("repository", "directory-only", "network"):
+            raise ConfigError('revocation.push_mode must be "repository", "network" or "directory-only"')
+        mode = self.revocation_push_mode
+        if mode in ("repository", "network") and (self.trust_repo is None or self.tuf_keys is None):
+            raise ConfigError(f'revocation.push_mode = "{mode}" needs key_admin.trust_repo and key_admin.tuf_keys '
                               '(or push_mode = "directory-only")')
+        network = (self.revocation_publisher, self.revocation_publisher_ca, self.revocation_publisher_cert,
+                   self.revocation_publisher_key)
+        if mode == "network" and None in network:
+            raise ConfigError('revocation.push_mode = "network" needs revocation.publisher, publisher_ca, '
+                              'publisher_cert and publisher_key')
+        if mode != "network" and any(v is not None for v in network):
+            raise ConfigError('revocation.publisher* settings need push_mode = "network"')
+        if not self.revocation_push_poll > 0:
+            raise ConfigError("revocation.push_poll_seconds must be positive")
         if not (self.revocation_interval > 0 and self.revocation_min_interval >= 0):
             raise ConfigError("revocation.interval_minutes must be positive and min_interval_seconds at least 0")
         if self.revocation_keep_deltas < 1:
@@ -381,6 +408,11 @@ FILE_KEYS: Mapping[tuple[str, str], tuple[str, Callable[[Any], Any]]] = {
     ("revocation", "interval_minutes"): ("revocation_interval", _minutes),
     ("revocation", "min_interval_seconds"): ("revocation_min_interval", _number),
     ("revocation", "keep_deltas"): ("revocation_keep_deltas", _int),
+    ("revocation", "publisher"): ("revocation_publisher", _str),
+    ("revocation", "publisher_ca"): ("revocation_publisher_ca", _path),
+    ("revocation", "publisher_cert"): ("revocation_publisher_cert", _path),
+    ("revocation", "publisher_key"): ("revocation_publisher_key", _path),
+    ("revocation", "push_poll_seconds"): ("revocation_push_poll", _number),
     ("metrics", "port"): ("metrics_port", _int),
     ("metrics", "address"): ("metrics_address", _str),
     ("http", "enabled"): ("http_enabled", _bool),
@@ -398,6 +430,7 @@ FILE_KEYS: Mapping[tuple[str, str], tuple[str, Callable[[Any], Any]]] = {
 _PATH_FIELDS = {"database", "tls_cert", "tls_key", "client_ca", "api_keys", "signing_key", "vault_key", "key_set",
                 "keystore_dir", "pkcs11_module", "trust_repo", "tuf_keys", "online_keys", "revocation_directory",
                 "http_wallet_dir", "national_ca", "national_cert", "national_key"}
+_PATH_FIELDS |= {"revocation_publisher_ca", "revocation_publisher_cert", "revocation_publisher_key"}
 _SECTIONS = {section for section, _ in FILE_KEYS if section}
 
 
