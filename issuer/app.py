@@ -183,7 +183,12 @@ def build_domain(
     store = open_store(config.database)
     try:
         vault = IdentifierVault.from_secret(vault_secret)
-        index = ResidentIndex(store=store, vault=vault)
+        if config.national_address is not None:  # issue 14: registrations claim at the national index
+            from issuer.national_setup import national_index
+
+            index: ResidentIndex = national_index(config, store=store, vault=vault)
+        else:
+            index = ResidentIndex(store=store, vault=vault)
         if isinstance(signer, RotatingSigner):
             signer.count_codes_from(lambda kid: store.next_serial(config.province, kid))
             codes = CodeIssuer(store=store, signer_for=_rotating_signer_for(signer), province=config.province,
@@ -259,6 +264,7 @@ async def run(
     vault_secret = parse_vault_secret(_read_secret(config.vault_key, "vault key"))
     try:
         index, codes, close_store = build_domain(config, signer=signer, vault_secret=vault_secret)
+        claiming: Any = index  # with [national]: the NationalResidentIndex, before any wrapping
     except BaseException:
         if close_keystore is not None:
             close_keystore()
@@ -301,7 +307,16 @@ async def run(
         index, served = notify_revocations(index, codes, job.trigger)
         job.start()  # after the store opened; stopped before it closes
 
+    link = None
+    if config.national_address is not None:  # issue 14: the NationalLink servicer and the reconciler
+        from issuer.national_setup import open_national_link
+
+        link = open_national_link(claiming, signer=signer, clock=utc_now,
+                                  on_revoked=job.trigger if job is not None else None)
+
     async def stop_job_and_close() -> None:
+        if link is not None:  # the reconciler stops before the store closes
+            await link.close()
         if job is not None:  # off the loop: a run in progress finishes, a pending trigger gets a last run
             await asyncio.to_thread(job.stop)
         close()
@@ -311,11 +326,13 @@ async def run(
 
         # The wallet issuer uses CodeIssuer's own steps; the wrapper handed them on unchanged (__getattr__).
         server = await IssuerServer.start(options, index=index, codes=served, on_close=stop_job_and_close,
-                                          key_admin=key_admin,
+                                          key_admin=key_admin, national_link=link.servicer if link else None,
                                           wallets=WalletIssuer(codes=codes, on_revoked=job.trigger if job else None))
     except BaseException:
         await stop_job_and_close()
         raise
+    if link is not None:
+        link.reconciler.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -17,26 +17,72 @@ Errors are :mod:`issuer.errors` types whose messages name request fields
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import os
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from healthcode.errors import InvalidClaims
 from healthcode.model import MainIndexId, from_epoch, main_index_id_from_bytes, parse_main_index_id, to_epoch
 
-from .documents import Document, canonical_form
-from .errors import AlreadyExists, Conflict, FieldViolation, InvalidRequest, NotFound
+from .documents import Document, DocumentError, DocumentType, canonical_form, parse_document
+from .errors import AlreadyExists, Conflict, FieldViolation, InvalidRequest, IssuerError, NotFound
+from .model import NationalState
 from .privacy import IdentifierVault
 from .store.base import (
+    AccessRecord,
     DuplicateIdentifier,
     IdentifierRecord,
     ResidentMerged,
+    ResidentMoved,
     ResidentNotFound,
     ResidentRecord,
     Store,
 )
 
-__all__ = ["ResidentIndex", "parse_main_index_id_field"]
+__all__ = ["ResidentIndex", "Registration", "Found", "AccessPage", "parse_main_index_id_field",
+           "document_from_canonical"]
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A new entry's main index ID; ``provisional`` when the national index could not be reached."""
+
+    main_index_id: MainIndexId
+    provisional: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """Who a document identifies (after merges: the survivor) and where they are homed (None: here)."""
+
+    main_index_id: MainIndexId
+    home_province: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPage:
+    """One page of a resident's access log, newest first; ``next_token`` empty on the last page."""
+
+    accesses: list[AccessRecord]
+    next_token: str
+
+
+def document_from_canonical(canonical: bytes, *, today: dt.date) -> Document:
+    """The :class:`Document` whose :func:`~issuer.documents.canonical_form` is ``canonical`` (an opened sealed value).
+
+    A Hong Kong/Macau travel permit comes back as its 9-character lifetime
+    number (the canonical form drops the renewal count). Raises
+    :class:`~issuer.errors.IssuerError` (reason ``internal``) for bytes that are no document.
+    """
+    try:
+        text = canonical.decode("ascii")
+        kind, _, rest = text.partition(":")
+        country, number = rest.split(":", 1) if kind == DocumentType.PASSPORT.value else (None, rest)
+        return parse_document(DocumentType(kind), number, country=country, today=today)
+    except (UnicodeDecodeError, ValueError, DocumentError):
+        raise IssuerError("a stored document does not parse") from None
 
 _MAX_SUPPLEMENTARY = 16
 _MAX_MERGE_HOPS = 64
@@ -101,8 +147,9 @@ class ResidentIndex:
         supplementary: Sequence[Document] = (),
         *,
         now: dt.datetime,
+        state: NationalState = NationalState.LOCAL,
     ) -> MainIndexId:
-        """Create an entry for a new resident; return its main index ID.
+        """Create an entry for a new resident (in national ``state``); return its main index ID.
 
         Raises :class:`~issuer.errors.AlreadyExists` naming the first document
         already linked to an entry (``primary`` or ``supplementary[i]``), and
@@ -128,7 +175,7 @@ class ResidentIndex:
             self._identifier(d, main_index_id, primary=(i == 0), now=created_at, blind_index=blind[i])
             for i, d in enumerate(documents)
         ]
-        resident = ResidentRecord(main_index_id=main_index_id, created_at=created_at)
+        resident = ResidentRecord(main_index_id=main_index_id, created_at=created_at, national_state=state)
         try:
             await asyncio.wrap_future(self._store.create_resident(resident, records))
         except DuplicateIdentifier as exc:
@@ -149,8 +196,48 @@ class ResidentIndex:
             raise NotFound("resident not found") from None
         except ResidentMerged:
             raise NotFound("resident was merged into another entry; link to the survivor") from None
+        except ResidentMoved as exc:
+            raise Conflict(exc.message) from None
         except DuplicateIdentifier:
             raise AlreadyExists("document is already registered to another resident") from None
+
+    async def register(self, primary: Document, supplementary: Sequence[Document] = (), *,
+                       now: dt.datetime) -> Registration:
+        """:meth:`register_resident`, as the API answers it (province-only: never provisional)."""
+        return Registration(await self.register_resident(primary, supplementary, now=now))
+
+    async def find(self, document: Document) -> Found:
+        """Like :meth:`find_resident`, with the survivor's home province (None: here)."""
+        mid = await self.find_resident(document)
+        record = await asyncio.to_thread(self._store.get_resident, mid)
+        return Found(mid, None if record is None else record.home_province)
+
+    async def move_in(self, main_index_id: MainIndexId, document: Document, supplementary: Sequence[Document],
+                      consent: object, *, now: dt.datetime) -> tuple[MainIndexId, str]:
+        """Moving a resident in needs the national index (:class:`issuer.claims.NationalResidentIndex`)."""
+        raise Conflict("this issuer has no national link: configure [national] to move residents in")
+
+    async def list_accesses(self, main_index_id: MainIndexId, *, page_size: int, page_token: str) -> AccessPage:
+        """The resident's access log, newest first (:class:`NotFound` for an unknown resident).
+
+        ``page_token`` is a previous page's ``next_token`` (empty: the first
+        page); a token that does not parse is :class:`InvalidRequest` on field ``page_token``.
+        """
+        before = _parse_page_token(page_token)
+        if await asyncio.to_thread(self._store.get_resident, main_index_id) is None:
+            raise NotFound("resident not found")
+        rows = await asyncio.to_thread(self._store.accesses_of, main_index_id, limit=page_size + 1, before=before)
+        token = ""
+        if len(rows) > page_size:
+            rows = rows[:page_size]
+            last = rows[-1]
+            token = base64.urlsafe_b64encode(f"{to_epoch(last.resolved_at)}:{last.access_id}".encode()).decode()
+        return AccessPage(rows, token)
+
+    def documents_of(self, main_index_id: str, *, today: dt.date) -> list[Document]:
+        """The entry's documents, opened from the vault, primary first (blocking: a store read)."""
+        return [document_from_canonical(self._vault.open(i.sealed, aad=i.blind_index), today=today)
+                for i in self._store.identifiers_of(main_index_id)]
 
     async def find_resident(self, document: Document) -> MainIndexId:
         """The main index ID a document belongs to, following merges to the survivor (:class:`NotFound`)."""
@@ -203,3 +290,15 @@ class ResidentIndex:
             raise NotFound(exc.message) from None
         except ResidentMerged as exc:
             raise Conflict(exc.message) from None
+
+
+def _parse_page_token(token: str) -> tuple[dt.datetime, str] | None:
+    if not token:
+        return None
+    try:
+        seconds, _, access_id = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii").partition(":")
+        if not access_id or len(access_id) > 64:
+            raise ValueError
+        return from_epoch(int(seconds)), access_id
+    except (ValueError, UnicodeError, OverflowError):
+        raise InvalidRequest([FieldViolation("page_token", "not a token from a previous page", "page_token")]) from None

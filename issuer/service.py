@@ -78,6 +78,19 @@ class ResidentIndexPort(Protocol):
 
     async def merge_residents(self, *, survivor: MainIndexId, merged: MainIndexId, now: dt.datetime) -> int: ...
 
+    # issue 14: the API's answers with the national index (issuer.index.ResidentIndex has them all)
+
+    async def register(self, primary: Document, supplementary: Sequence[Document] = (), *,
+                       now: dt.datetime) -> Any: ...  # issuer.index.Registration
+
+    async def find(self, document: Document) -> Any: ...  # issuer.index.Found
+
+    async def list_accesses(self, main_index_id: MainIndexId, *, page_size: int,
+                            page_token: str) -> Any: ...  # issuer.index.AccessPage
+
+    async def move_in(self, main_index_id: MainIndexId, document: Document, supplementary: Sequence[Document],
+                      consent: Any, *, now: dt.datetime) -> tuple[MainIndexId, str]: ...
+
 
 class CodeIssuerPort(Protocol):
     """What the servicer needs of issuance (``issuer.issuance.CodeIssuer``)."""

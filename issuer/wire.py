@@ -120,7 +120,8 @@ def error_status(error: BaseException) -> grpc.Status:
             )
         )
     if isinstance(error, IssuerError) and not isinstance(error, DeadlineExceeded):  # as before it joined the root
-        details.append(error_details_pb2.ErrorInfo(reason=error.reason.upper(), domain=ERROR_DOMAIN))
+        details.append(error_details_pb2.ErrorInfo(reason=error.reason.upper(), domain=ERROR_DOMAIN,
+                                                   metadata=getattr(error, "metadata", None) or {}))
     return _status(code, message, details)
 
 
