@@ -36,7 +36,10 @@ One run (:meth:`RevocationPublishJob.run_once`), steps marked in the code:
    the next run; with the online keys
    configured (development, or a single-operator deployment) ``publish()``
    then writes the snapshot and timestamp at once, else the national online
-   service does at its next run. ``push_mode = "directory-only"``: nothing is
+   service does at its next run. ``push_mode = "network"``: the same, into the
+   province's working copy of the repository, and the role is then pushed to
+   the national trust publisher (:mod:`issuer.role_push`), which publishes it.
+   ``push_mode = "directory-only"``: nothing is
    pushed; another tool signs ``directory`` into the repository.
 
 Repository changes run under the same ``flock`` on ``<repo>/.lock`` as
@@ -85,8 +88,9 @@ __all__ = [
 
 log = logging.getLogger("issuer.revocation")
 
-#: ``repository``: sign into the trust repository; ``directory-only``: write files only.
-PUSH_MODES = ("repository", "directory-only")
+#: ``repository``: sign into the trust repository; ``network``: sign into a working copy and push it to
+#: the national trust publisher; ``directory-only``: write files only.
+PUSH_MODES = ("repository", "network", "directory-only")
 
 
 
@@ -271,6 +275,7 @@ class RevocationPublishJob:
         settle: float = 2.0,
         clock: Callable[[], dt.datetime] = _utc_now,
         monotonic: Callable[[], float] = time.monotonic,
+        pusher: Any = None,
     ) -> None:
         if not interval > 0 or min_interval < 0 or settle < 0:
             raise ValueError("interval must be positive; min_interval and settle at least 0")
@@ -281,6 +286,7 @@ class RevocationPublishJob:
                                              fsync=fsync)
         self.province = province
         self.repository = repository
+        self.pusher = pusher  # network mode: an issuer.role_push.RolePusher, triggered after each run
         self._signers = tuple(signers)
         self._publish_snapshot = publish_snapshot
         self.interval, self.min_interval, self.settle = interval, min_interval, settle
@@ -316,6 +322,8 @@ class RevocationPublishJob:
         if self.repository is not None:
             push = push_directory(self.repository, self.province, self.publisher.directory, self._signers,
                                   now=now, publish=self._publish_snapshot)
+        if self.pusher is not None and push is not None:
+            self.pusher.trigger()  # (4) network mode: to the national publisher
         return JobRun(now, publications, tuple(retired), push, time.perf_counter() - start)
 
     def _expired_kids(self, now: dt.datetime) -> set[bytes]:
@@ -346,6 +354,8 @@ class RevocationPublishJob:
             raise RuntimeError("the revocation job is already started")
         self._thread = threading.Thread(target=self._loop, name="revocation-publisher", daemon=True)
         self._thread.start()
+        if self.pusher is not None:
+            self.pusher.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the thread: a run in progress finishes, and a pending trigger gets a last run."""
@@ -354,6 +364,8 @@ class RevocationPublishJob:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.pusher is not None:  # what it did not push is pushed at the next start
+            self.pusher.stop(timeout)
 
     def wait_for_runs(self, count: int, timeout: float) -> int:
         """Wait until ``count`` runs (successful or not) have finished; return how many have."""
@@ -498,7 +510,7 @@ def open_revocation_job(
     from issuer.config import ConfigError
 
     repository, signers, online = None, [], None
-    if config.revocation_push_mode == "repository":
+    if config.revocation_push_mode in ("repository", "network"):
         from keys.ceremony import open_repository
         from keys.errors import KeyManagementError, TrustRepoError
         from keys.signers import RoleKeyFile, load_role_signer, role_key_names
@@ -511,7 +523,7 @@ def open_revocation_job(
             if tuf_passphrase is None:
                 raise ConfigError("revocation: the TUF role keys need key_admin.tuf_passphrase_env")
             signers = [load_role_signer(RoleKeyFile(config.tuf_keys, name), tuf_passphrase) for name in names]
-            if config.online_keys is not None:
+            if config.online_keys is not None and config.revocation_push_mode == "repository":
                 if online_passphrase is None:
                     raise ConfigError("revocation: the online keys need key_admin.online_passphrase_env")
                 online = ([load_role_signer(RoleKeyFile(config.online_keys, "snapshot"), online_passphrase)],
@@ -527,7 +539,13 @@ def open_revocation_job(
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"revocation: {exc}") from None
+    pusher = None
+    if config.revocation_push_mode == "network":
+        from issuer.role_push import open_role_pusher
+
+        pusher = open_role_pusher(config, repository)
     return RevocationPublishJob(
+        pusher=pusher,
         source=open_revocation_source(config.database),
         directory=config.revocation_directory,
         keep_deltas=config.revocation_keep_deltas,
