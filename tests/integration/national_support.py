@@ -56,7 +56,9 @@ class LoopThread:
 
 
 def resident(region: str = "330102", n: int = 1, birth: dt.date = dt.date(1990, 1, 1)) -> Document:
-    return parse_document("resident_id", make_resident_id(region, birth, n), today=TODAY)
+    """A well-formed resident ID, distinct per ``n`` (sequence n % 1000, birth shifted n // 1000 days)."""
+    number = make_resident_id(region, birth + dt.timedelta(days=n // 1000), n % 1000)
+    return parse_document("resident_id", number, today=TODAY)
 
 
 def new_mid() -> hc.MainIndexId:
@@ -101,7 +103,8 @@ class _Link(national_link_pb2_grpc.NationalLinkServicer):
         self.p.check_caller(context)
         try:
             if hp.is_presentation(request.code):
-                code = hp.verify_presentation(request.code, self.p.keyring, now=NOW).credential
+                now = dt.datetime.now(dt.timezone.utc)
+                code = hp.verify_presentation(request.code, self.p.keyring, now=now).credential
             else:
                 code = hc.verify(request.code, self.p.keyring, now=dt.datetime.now(dt.timezone.utc))
         except hc.VerificationError as e:
