@@ -325,7 +325,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
                     usage_period_seconds=int(policy.usage_period.total_seconds()),
                     lead_time_seconds=int(policy.lead_time.total_seconds()),
                     max_code_validity_seconds=int(policy.max_code_validity.total_seconds()),
-                    max_codes_per_key=policy.max_codes_per_key))
+                    max_codes_per_key=policy.max_codes_per_key, allow_emergency=policy.allow_emergency))
 
         return await self._serve(context, "ListKeys", request.province, impl)
 
@@ -358,7 +358,8 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
                 out.add("label", f"label must be 1 to {_MAX_LABEL} printable characters", "format")
             out.raise_if_any()
             outcome = await self._run(lambda: self._admin.add_key(now, algorithm=algorithm, use_from=use_from,
-                                                                  label=label, rotate=True))
+                                                                  label=label, rotate=True,
+                                                                  emergency=request.emergency))
             self._audit(role, "RotateKey", outcome)
             key, revision = _changed_key(outcome)
             return key_admin_pb2.RotateKeyResponse(key=_key_pb(key, now), revision=revision,

@@ -395,7 +395,8 @@ def _admin(state: _State, place, *, keystore=None, repo=None, tuf_signers=(), sn
                             tuf_signers=tuf_signers, publish_snapshot=snapshot, policy_for_new=policy)
 
 
-def _key_add(state: _State, code, home, algorithm, use_from, label, rotate: bool, **keystore_options) -> None:
+def _key_add(state: _State, code, home, algorithm, use_from, label, rotate: bool, emergency: bool = False,
+             **keystore_options) -> None:
     from healthcode import Algorithm
 
     place = _home(code, home)
@@ -406,7 +407,7 @@ def _key_add(state: _State, code, home, algorithm, use_from, label, rotate: bool
         # a province that made its own TUF keys (province add --tuf-public-key) starts its key set here
         admin = _admin(state, place, keystore=keystore, policy=RotationPolicy())
         outcome = admin.add_key(state.now, algorithm=Algorithm(algorithm), use_from=use_from, label=label,
-                                rotate=rotate)
+                                rotate=rotate, emergency=emergency)
     finally:
         keystore.close()
     _echo(outcome)
@@ -441,12 +442,31 @@ def key_generate(state: _State, code: str, home, algorithm, use_from, label, **k
 @_algorithm_option
 @_use_from_option
 @_label_option
+@click.option("--emergency", is_flag=True,
+              help="Sign with the new key from now on (or --use-from), without the lead time, cutting the "
+                   "current key short; needs the key policy's allow-emergency (`province key policy`).")
 @pass_state
 @_guarded
-def key_rotate(state: _State, code: str, home, algorithm, use_from, label, **keystore_options) -> None:
+def key_rotate(state: _State, code: str, home, algorithm, use_from, label, emergency: bool,
+               **keystore_options) -> None:
     """Generate the current key's successor: it signs when the current key's period ends (or
-    now + lead time if no rotation is due yet, ending the current key's use early)."""
-    _key_add(state, code, home, algorithm, use_from, label, rotate=True, **keystore_options)
+    now + lead time if no rotation is due yet, ending the current key's use early; or now,
+    with --emergency). Then publish it: `healthcode-keys province publish CODE`."""
+    _key_add(state, code, home, algorithm, use_from, label, rotate=True, emergency=emergency, **keystore_options)
+
+
+@province_key.command("policy")
+@_PROVINCE
+@_home_option
+@click.option("--allow-emergency/--forbid-emergency", "allow", required=True, default=None,
+              help="Whether `province key rotate --emergency` (and KeyAdmin RotateKey with emergency) may start "
+                   "a new key at once, without the lead time.")
+@pass_state
+@_guarded
+def key_policy(state: _State, code: str, home, allow: bool) -> None:
+    """Change the province's key policy: whether emergency rotations are allowed."""
+    place = _home(code, home)
+    _echo(_admin(state, place).allow_emergency_rotation(allow))
 
 
 @province_key.command("compromise")

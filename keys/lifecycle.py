@@ -46,7 +46,7 @@ from typing import Iterable, Mapping
 from healthcode import CompromisePolicy, ProvinceCode, TrustedKey, VerificationKey
 from healthcode.errors import InvalidClaims
 from healthcode.model import parse_province
-from shellkit.times import iso_utc
+from shellkit.times import beijing, human_duration, iso_utc
 
 from .errors import InvalidKeySet, KeyNotFound, NoActiveKey, PolicyViolation
 from .keystore.base import KeyHandle
@@ -221,14 +221,20 @@ class ProvinceKeySet:
         handle: KeyHandle | None = None,
         kid: bytes | None = None,
         use_until: _dt.datetime | None = None,
+        emergency: bool = False,
     ) -> "ProvinceKeySet":
         """Publish a new key that signs from ``use_from`` (until ``use_until``, default one usage period).
 
         ``use_from`` must be at least ``lead_time`` after ``now``, unless no
-        key would sign at ``use_from`` otherwise. If the key signing at
-        ``use_from`` would go on signing past it, its use ends at ``use_from``
-        (cap-driven or early rotation). Refused: a kid already used, a window
-        in the past, longer than the usage period, or overlapping a later key.
+        key would sign at ``use_from`` otherwise, or ``emergency`` is set and
+        the policy's ``allow_emergency`` allows it (an emergency rotation: the
+        new key may take over at once). If the key signing at ``use_from``
+        would go on signing past it, its use ends at ``use_from`` (cap-driven,
+        early or emergency rotation). Refused: a kid already used, a window
+        in the past, longer than the usage period, or overlapping a later key;
+        an ``emergency`` that would cut a signing key short when the policy
+        does not allow it. Refusals name the signing key and the durations,
+        in Beijing time.
         """
         policy = self.policy
         now = utc_seconds(now, "now")
@@ -245,15 +251,35 @@ class ProvinceKeySet:
         keys = list(self.keys)
         for i, k in enumerate(keys):
             if k.signs_at(use_from) and k.use_from < use_from:
-                if use_from < now + policy.lead_time:
+                if use_from < now + policy.lead_time and emergency and not policy.allow_emergency:
+                    raise PolicyViolation(self._emergency_refusal(now))
+                if use_from < now + policy.lead_time and not emergency:
                     raise PolicyViolation(
-                        f"key {kid.hex()} would replace the signing key {k.kid.hex()} "
-                        f"{use_from - now} after publication; the lead time is {policy.lead_time}")
+                        f"a new key from {beijing(use_from)} would replace the signing key {k.kid.hex()} only "
+                        f"{human_duration(use_from - now)} after publication; the lead time is "
+                        f"{human_duration(policy.lead_time)} (from {beijing(now + policy.lead_time)} at the "
+                        "earliest), or an emergency rotation where the policy allows it")
                 keys[i] = replace(k, use_until=use_from,
                                   verify_until=min(k.verify_until, use_from + policy.max_code_validity))
         new = ManagedKey(kid=kid, public_key=public_key, handle=handle, use_from=use_from, use_until=use_until,
                          verify_until=use_until + policy.max_code_validity, status=KeyState.PREPUBLISHED)
         return self._with([*keys, new])
+
+    def _emergency_refusal(self, now: _dt.datetime) -> str:
+        """Why an emergency rotation is refused, with the key it would replace and the normal way."""
+        current = self._signing_or_none(now)
+        lead = self.policy.lead_time
+        held = (f"key {current.kid.hex()} signs until {beijing(current.use_until)} (for "
+                f"{human_duration(current.use_until - now)} more)" if current is not None else "no key signs now")
+        return (f"emergency rotation refused: province {self.province}'s key policy does not allow it "
+                f"(healthcode-keys province key policy {self.province} --allow-emergency); {held}; a normal "
+                f"rotation signs from {beijing(now + lead)} at the earliest (the lead time of {human_duration(lead)})")
+
+    def with_emergency_rotation(self, allowed: bool) -> "ProvinceKeySet":
+        """The policy's ``allow_emergency`` set to ``allowed`` (a new revision), or self if it already is."""
+        if self.policy.allow_emergency is allowed:
+            return self
+        return replace(self, policy=replace(self.policy, allow_emergency=allowed), revision=self.revision + 1)
 
     def activate_due(self, now: _dt.datetime) -> "ProvinceKeySet":
         """Bring recorded statuses up to date: pre-published keys whose use began are active,

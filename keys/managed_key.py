@@ -78,7 +78,14 @@ class RotationPolicy:
       proposes the next key, so a rotation job run daily or weekly still
       publishes it ``lead_time`` ahead (7 days);
     * ``cap_plan_fraction``: the share of the cap after which the next key is
-      planned early (0.8).
+      planned early (0.8);
+    * ``allow_emergency``: whether an emergency rotation may start a new key
+      signing *now*, without the lead time, cutting the signing key short
+      (off; ``healthcode-keys province key policy CODE --allow-emergency``).
+      Terminals refuse the new key's codes until they have synced its key list:
+      minutes for online ones, and longer for offline ones. Not needed after a
+      compromise: a compromised key stops signing, and a new key may then
+      start at once anyway.
     """
 
     usage_period: _dt.timedelta = _dt.timedelta(days=90)
@@ -87,6 +94,7 @@ class RotationPolicy:
     max_code_validity: _dt.timedelta = _dt.timedelta(days=7)
     plan_margin: _dt.timedelta = _dt.timedelta(days=7)
     cap_plan_fraction: float = 0.8
+    allow_emergency: bool = False
 
     def __post_init__(self) -> None:
         for name in ("usage_period", "lead_time", "max_code_validity", "plan_margin"):
@@ -101,6 +109,8 @@ class RotationPolicy:
             raise PolicyViolation("max_codes_per_key must be a positive integer")
         if not isinstance(self.cap_plan_fraction, (int, float)) or not 0 < self.cap_plan_fraction <= 1:
             raise PolicyViolation("cap_plan_fraction must be in (0, 1]")
+        if type(self.allow_emergency) is not bool:
+            raise PolicyViolation("allow_emergency must be true or false")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,14 +120,18 @@ class RotationPolicy:
             "max_code_validity_s": int(self.max_code_validity.total_seconds()),
             "plan_margin_s": int(self.plan_margin.total_seconds()),
             "cap_plan_fraction": self.cap_plan_fraction,
+            # written only when on: key sets that never allowed it keep their bytes
+            **({"allow_emergency": True} if self.allow_emergency else {}),
         }
 
     @classmethod
     def from_json(cls, data: Any) -> "RotationPolicy":
         names = {"usage_period_s", "max_codes_per_key", "lead_time_s", "max_code_validity_s", "plan_margin_s",
                  "cap_plan_fraction"}
-        if not isinstance(data, dict) or set(data) != names:
-            raise InvalidKeySet("policy has exactly: " + ", ".join(sorted(names)))
+        if not isinstance(data, dict) or set(data) - {"allow_emergency"} != names:
+            raise InvalidKeySet("policy has exactly: " + ", ".join(sorted(names)) + " (and allow_emergency)")
+        if type(data.get("allow_emergency", False)) is not bool:
+            raise InvalidKeySet("policy.allow_emergency must be true or false")
         for name in names - {"cap_plan_fraction"}:
             if type(data[name]) is not int:
                 raise InvalidKeySet(f"policy.{name} must be an integer")
@@ -127,7 +141,8 @@ class RotationPolicy:
         try:
             return cls(usage_period=seconds("usage_period_s"), max_codes_per_key=data["max_codes_per_key"],
                        lead_time=seconds("lead_time_s"), max_code_validity=seconds("max_code_validity_s"),
-                       plan_margin=seconds("plan_margin_s"), cap_plan_fraction=data["cap_plan_fraction"])
+                       plan_margin=seconds("plan_margin_s"), cap_plan_fraction=data["cap_plan_fraction"],
+                       allow_emergency=data.get("allow_emergency", False))
         except (PolicyViolation, OverflowError) as exc:
             raise InvalidKeySet(f"policy: {exc.detail if isinstance(exc, PolicyViolation) else exc}") from None
 

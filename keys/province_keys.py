@@ -147,6 +147,7 @@ class ProvinceKeyAdmin:
         use_until: _dt.datetime | None = None,
         label: str | None = None,
         rotate: bool = False,
+        emergency: bool = False,
     ) -> Outcome:
         """Generate a key in the keystore and add it pre-published to the key set.
 
@@ -158,7 +159,12 @@ class ProvinceKeyAdmin:
           (from the end of the current key's use), or, if nothing is due yet,
           ``now + lead_time`` (an early rotation cuts the current key short);
         * otherwise ``now + lead_time``: published now, the key signs only when
-          every verifier that syncs within the lead time already holds it.
+          every verifier that syncs within the lead time already holds it;
+        * ``emergency``: from ``now``, cutting the signing key short (refused
+          unless the key policy's ``allow_emergency`` is on; a province with
+          no signing key, after a compromise, needs no permission), until the
+          usage period or the next scheduled key. Publish at once: terminals
+          refuse its codes until they have synced its key list.
 
         The window is checked against the policy *before* the key is
         generated, so a refused request leaves no orphan key in an HSM.
@@ -172,6 +178,12 @@ class ProvinceKeyAdmin:
             policy = key_set.policy
             note = ""
             plan = self._with_live_counts(key_set).plan_next(now)
+            if emergency and use_from is None:
+                use_from, note = now, " (emergency rotation)"
+                later = [k.use_from for k in key_set.keys
+                         if k.use_from > now and k.use_from < k.use_until and k.status is KeyState.PREPUBLISHED]
+                if later and use_until is None:
+                    use_until = min(now + policy.usage_period, min(later))
             if use_from is None:
                 if plan is not None and (plan.reason is PlanReason.NO_SIGNING_KEY or rotate):
                     use_from, use_until = plan.use_from, use_until or plan.use_until
@@ -182,14 +194,15 @@ class ProvinceKeyAdmin:
             use_from = aware_utc(use_from)
             # (1) the policy's checks with a throwaway public key of the same algorithm
             probe = healthcode.generate_signing_key(algorithm).public_key()
-            key_set.add_prepublished(probe, use_from=use_from, now=now, use_until=use_until, kid=b"\x00probe")
+            key_set.add_prepublished(probe, use_from=use_from, now=now, use_until=use_until, kid=b"\x00probe",
+                                     emergency=emergency)
             # (2) the real key
             label = label or f"{self.province}-{algorithm.value.lower()}-{use_from:%Y%m%d}"
             handle = self.keystore.generate(algorithm, label=label)
             try:
                 public = self.keystore.public_key(handle)
                 new = key_set.add_prepublished(public, use_from=use_from, now=now, handle=handle,
-                                               use_until=use_until)
+                                               use_until=use_until, emergency=emergency)
             except BaseException:
                 with contextlib.suppress(Exception):
                     self.keystore.destroy(handle)
@@ -208,6 +221,17 @@ class ProvinceKeyAdmin:
         warnings.append(_publish_by(self.province, key, policy.lead_time, now))
         summary = f"{_describe(key)}{note}; pre-published in key set revision {new.revision}"
         return Outcome(summary, (str(self.key_set_path),), tuple(warnings), key=key, key_set=new)
+
+    def allow_emergency_rotation(self, allowed: bool) -> Outcome:
+        """Turn the key policy's ``allow_emergency`` on or off (a new key-set revision if it changes)."""
+        with self._changing() as box:
+            box.append(box[0].with_emergency_rotation(allowed))
+        new = box[1]
+        state = "allowed" if allowed else "not allowed"
+        if new is box[0]:
+            return Outcome(f"province {self.province}: emergency rotation already {state}", key_set=new)
+        return Outcome(f"province {self.province}: emergency rotation {state}; key set revision {new.revision}",
+                       (str(self.key_set_path),), key_set=new)
 
     def mark_compromised(
         self, kid: bytes | str, *, since: _dt.datetime, now: _dt.datetime, reject_all: bool = False

@@ -87,16 +87,18 @@ class ManagedKey(_message.Message):
     def __init__(self, kid: _Optional[bytes] = ..., algorithm: _Optional[_Union[KeyAlgorithm, str]] = ..., state: _Optional[_Union[KeyState, str]] = ..., signing: _Optional[bool] = ..., use_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., use_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verify_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., compromised_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., compromise_policy: _Optional[_Union[CompromisePolicy, str]] = ..., keystore: _Optional[str] = ..., label: _Optional[str] = ..., codes_signed: _Optional[int] = ..., public_key_spki: _Optional[bytes] = ...) -> None: ...
 
 class RotationPolicy(_message.Message):
-    __slots__ = ("usage_period_seconds", "lead_time_seconds", "max_code_validity_seconds", "max_codes_per_key")
+    __slots__ = ("usage_period_seconds", "lead_time_seconds", "max_code_validity_seconds", "max_codes_per_key", "allow_emergency")
     USAGE_PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LEAD_TIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_CODE_VALIDITY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_CODES_PER_KEY_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_EMERGENCY_FIELD_NUMBER: _ClassVar[int]
     usage_period_seconds: int
     lead_time_seconds: int
     max_code_validity_seconds: int
     max_codes_per_key: int
-    def __init__(self, usage_period_seconds: _Optional[int] = ..., lead_time_seconds: _Optional[int] = ..., max_code_validity_seconds: _Optional[int] = ..., max_codes_per_key: _Optional[int] = ...) -> None: ...
+    allow_emergency: bool
+    def __init__(self, usage_period_seconds: _Optional[int] = ..., lead_time_seconds: _Optional[int] = ..., max_code_validity_seconds: _Optional[int] = ..., max_codes_per_key: _Optional[int] = ..., allow_emergency: _Optional[bool] = ...) -> None: ...
 
 class Publication(_message.Message):
     __slots__ = ("serial", "role_version", "visible", "written")
@@ -147,16 +149,18 @@ class PlanRotationResponse(_message.Message):
     def __init__(self, reason: _Optional[_Union[PlanReason, str]] = ..., use_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., use_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replaces_kid: _Optional[bytes] = ...) -> None: ...
 
 class RotateKeyRequest(_message.Message):
-    __slots__ = ("province", "algorithm", "use_from", "label")
+    __slots__ = ("province", "algorithm", "use_from", "label", "emergency")
     PROVINCE_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     USE_FROM_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    EMERGENCY_FIELD_NUMBER: _ClassVar[int]
     province: str
     algorithm: KeyAlgorithm
     use_from: _timestamp_pb2.Timestamp
     label: str
-    def __init__(self, province: _Optional[str] = ..., algorithm: _Optional[_Union[KeyAlgorithm, str]] = ..., use_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., label: _Optional[str] = ...) -> None: ...
+    emergency: bool
+    def __init__(self, province: _Optional[str] = ..., algorithm: _Optional[_Union[KeyAlgorithm, str]] = ..., use_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., label: _Optional[str] = ..., emergency: _Optional[bool] = ...) -> None: ...
 
 class RotateKeyResponse(_message.Message):
     __slots__ = ("key", "revision", "warnings")

@@ -350,7 +350,7 @@ REFUSED = [
     ("add-duplicate-kid", lambda s, ks, a, b: ks.add_prepublished(s.public_key(a), handle=a, use_from=T0 + 200 * DAY,
                                                                    now=T0), "already has a key"),
     ("add-in-the-past", _add_other(T0 + 10 * DAY, T0 + 11 * DAY), "in the past"),
-    ("add-short-notice-over-a-signing-key", _add_other(T0 + 20 * DAY, T0 + 15 * DAY), "lead time is 7 days"),
+    ("add-short-notice-over-a-signing-key", _add_other(T0 + 20 * DAY, T0 + 15 * DAY), "lead time is 7 d"),
     ("add-overlapping-next-key", _add_other(T0 + 80 * DAY, T0 + 30 * DAY), "overlap"),
     ("add-longer-than-usage", _add_other(T0 + 180 * DAY, T0, T0 + 271 * DAY), "at most the usage period"),
     ("add-empty-window", _add_other(T0 + 180 * DAY, T0, T0 + 180 * DAY), "more than 0"),
