@@ -474,6 +474,19 @@ BAD_INPUT = {
     "merge-bad-id": ("index", "MergeResidents",
                      rpb.MergeResidentsRequest(survivor_main_index_id="Z" * 27, merged_main_index_id=GOOD_MID),
                      [("survivor_main_index_id", "FORMAT")]),
+    # ListAccesses (issue 14)
+    "accesses-empty": ("index", "ListAccesses", rpb.ListAccessesRequest(), [("main_index_id", "REQUIRED")]),
+    "accesses-page": ("index", "ListAccesses",
+                      rpb.ListAccessesRequest(main_index_id=GOOD_MID, page_size=101, page_token="x" * 300),
+                      [("page_size", "RANGE"), ("page_token", "PAGE_TOKEN")]),
+    # MoveResidentIn (issue 14): a move without consent is refused before anything is asked nationally
+    "move-empty": ("index", "MoveResidentIn", rpb.MoveResidentInRequest(),
+                   [("main_index_id", "REQUIRED"), ("document", "REQUIRED"), ("consent", "REQUIRED")]),
+    "move-consent-unset": ("index", "MoveResidentIn",
+                           rpb.MoveResidentInRequest(main_index_id=GOOD_MID, document=doc(BAD_CHECK),
+                                                     consent=rpb.Consent()),
+                           [("document.number", "CHECK_CHARACTER"), ("consent.method", "REQUIRED"),
+                            ("consent.given_at", "REQUIRED"), ("consent.reference", "FORMAT")]),
     # IssueCode
     "issue-empty": ("codes", "IssueCode", hpb.IssueCodeRequest(), [("resident", "REQUIRED")]),
     "issue-bad-id-and-key": ("codes", "IssueCode",
