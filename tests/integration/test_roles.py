@@ -24,14 +24,17 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 import healthcode as hc
 from issuer import auth
-from issuer.api import common_pb2, health_codes_pb2, key_admin_pb2, resident_index_pb2, wallets_pb2
+from issuer.api import common_pb2, health_codes_pb2, key_admin_pb2, national_link_pb2, resident_index_pb2, wallets_pb2
 from issuer.server import IssuerServer, ServerOptions, TlsMaterial
 from issuer.config import ConfigError, IssuerConfig
 from issuer.documents import make_resident_id
 from issuer.index import ResidentIndex
 from issuer.issuance import CodeIssuer
 from issuer.key_admin import KeyAdminService
+from issuer.national_link_service import NationalLinkServicer
+from issuer.national_setup import keyring_of
 from issuer.privacy import IdentifierVault
+from issuer.resolution import PatientResolver
 from issuer.service import ServiceSettings
 from issuer.store.sqlite import SQLiteStore
 from issuer.tls import DevPki
@@ -47,6 +50,7 @@ RESIDENT_INDEX = "healthcode.issuer.v1.ResidentIndex"
 HEALTH_CODES = "healthcode.issuer.v1.HealthCodes"
 WALLETS = "healthcode.issuer.v1.Wallets"
 KEY_ADMIN = "healthcode.admin.v1.KeyAdmin"
+NATIONAL_LINK = "healthcode.issuer.v1.NationalLink"
 HEALTH = "grpc.health.v1.Health"
 REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -55,6 +59,7 @@ DESCRIPTORS = {
     HEALTH_CODES: health_codes_pb2.DESCRIPTOR.services_by_name["HealthCodes"],
     WALLETS: wallets_pb2.DESCRIPTOR.services_by_name["Wallets"],
     KEY_ADMIN: key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"],
+    NATIONAL_LINK: national_link_pb2.DESCRIPTOR.services_by_name["NationalLink"],
 }
 
 #: caller -> (client certificate CN, metadata). Every connection needs a certificate (client CA set).
@@ -64,22 +69,25 @@ CALLERS = {
     "admin-33": ("admin:33", ()),
     "admin-44": ("admin:44", ()),
     "national": ("national:ops", ()),
+    "province-44": ("province:44", ()),
     "admin-99": ("admin:99", ()),  # not a province: no role
     "unlisted-certificate": ("ops", ()),  # from the client CA, but not named: no role
     "wrong-api-key": ("desk", WRONG_KEY),  # a key, if sent, decides: unauthenticated
 }
-SERVICES = (RESIDENT_INDEX, HEALTH_CODES, WALLETS, KEY_ADMIN, HEALTH, REFLECTION_V1ALPHA, REFLECTION_V1)
+SERVICES = (RESIDENT_INDEX, HEALTH_CODES, WALLETS, KEY_ADMIN, NATIONAL_LINK, HEALTH, REFLECTION_V1ALPHA, REFLECTION_V1)
 A, D, U = "admitted", "denied", "unauthenticated"
 #: caller -> one outcome per service of SERVICES (health: always admitted, no credentials needed).
+#: NationalLink (issue 14): the national service's calls into the province, national:<name> certificates only.
 EXPECTED = {
-    "api-key":              (A, A, A, D, A, A, A),
-    "issuance-certificate": (A, A, A, D, A, A, A),
-    "admin-33":             (D, D, D, A, A, A, A),
-    "admin-44":             (D, D, D, A, A, A, A),  # admitted to KeyAdmin; KeyAdmin refuses province 33 itself
-    "national":             (D, D, D, A, A, A, A),
-    "admin-99":             (D, D, D, D, A, D, D),
-    "unlisted-certificate": (D, D, D, D, A, D, D),
-    "wrong-api-key":        (U, U, U, U, A, U, U),
+    "api-key":              (A, A, A, D, D, A, A, A),
+    "issuance-certificate": (A, A, A, D, D, A, A, A),
+    "admin-33":             (D, D, D, A, D, A, A, A),
+    "admin-44":             (D, D, D, A, D, A, A, A),  # admitted to KeyAdmin; KeyAdmin refuses province 33 itself
+    "national":             (D, D, D, A, A, A, A, A),
+    "province-44":          (D, D, D, D, D, A, A, A),  # a province (at a national service): not NationalLink
+    "admin-99":             (D, D, D, D, D, A, D, D),
+    "unlisted-certificate": (D, D, D, D, D, A, D, D),
+    "wrong-api-key":        (U, U, U, U, U, A, U, U),
 }
 MATRIX = [(caller, service, EXPECTED[caller][i]) for caller in CALLERS for i, service in enumerate(SERVICES)]
 
@@ -117,6 +125,8 @@ def served(tmp_path_factory):
     store = SQLiteStore(base / "issuer.db")
     signer = hc.SoftwareSigner(hc.generate_signing_key(hc.Algorithm.ES256))
     index = ResidentIndex(store=store, vault=IdentifierVault.from_secret(os.urandom(32)))
+    national_link = NationalLinkServicer(store=store, province="33", resolver=PatientResolver(
+        index=index, store=store, province="33", keyring_at=keyring_of(signer, "33")))
     codes = CodeIssuer(store=store, province="33", signer=signer, validity=dt.timedelta(days=7))
     server_cert = pki.server()
     options = ServerOptions(
@@ -128,7 +138,7 @@ def served(tmp_path_factory):
 
     async def start():
         return await IssuerServer.start(options, index=index, codes=codes, key_admin=key_admin, on_close=store.close,
-                                        wallets=WalletIssuer(codes=codes))
+                                        wallets=WalletIssuer(codes=codes), national_link=national_link)
 
     server = loop.run(start())
     s = Served(loop, server, pki, store, nation)
@@ -171,7 +181,8 @@ def _outcomes(served: Served, caller: str, service: str) -> list[tuple[str, grpc
         except grpc.RpcError as e:
             return [("ServerReflectionInfo", e.code(), e.details())]
         listed = {s.name for s in replies[0].list_services_response.service}
-        assert {RESIDENT_INDEX, HEALTH_CODES, WALLETS, KEY_ADMIN, HEALTH, REFLECTION_V1ALPHA, REFLECTION_V1} <= listed
+        assert {RESIDENT_INDEX, HEALTH_CODES, WALLETS, KEY_ADMIN, NATIONAL_LINK, HEALTH, REFLECTION_V1ALPHA,
+                REFLECTION_V1} <= listed
         return [("ServerReflectionInfo", grpc.StatusCode.OK, "")]
     return [(m.name, *_call_method(channel, service, m, metadata)) for m in DESCRIPTORS[service].methods]
 
