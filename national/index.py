@@ -257,12 +257,7 @@ class NationalIndex:
     def lookup(self, document: Document) -> IdentityRow | None:
         """The active identity holding ``document`` (after merges), or None."""
         bi = self._blind.blind_index(document)
-
-        def read(tx: Tx) -> IdentityRow | None:
-            mid = tx.holder(bi)
-            return None if mid is None else tx.identity(mid)
-
-        return self._store.transaction(read)
+        return self._store.transaction(lambda tx: tx.identity_by_document(bi))
 
     def identity(self, main_index_id: str) -> IdentityRow | None:
         """The identity's row (a merged one names its survivor), or None."""

@@ -201,6 +201,16 @@ class Tx:
         return IdentityRow(mid_text(row[0]), row[1], int(row[2]), mid_text(row[3]) if row[3] is not None else None,
                            int(row[4]), int(row[5]))
 
+    def identity_by_document(self, blind_index: bytes) -> IdentityRow | None:
+        """The identity holding ``blind_index`` (one statement: the document joined to its identity)."""
+        row = self._exec("SELECT i.main_index_id, i.home_province, i.state, i.survivor, i.registered_at, i.created_at "
+                         "FROM documents d JOIN identities i ON i.main_index_id = d.main_index_id "
+                         "WHERE d.blind_index = ?", (blind_index,)).fetchone()
+        if row is None:
+            return None
+        return IdentityRow(mid_text(row[0]), row[1], int(row[2]), mid_text(row[3]) if row[3] is not None else None,
+                           int(row[4]), int(row[5]))
+
     def insert_identity(self, mid: str, home: str, *, registered_at: int, now: int) -> bool:
         """True if the row was created; False when the ID exists already (it is left as it is)."""
         cur = self._exec("INSERT INTO identities (main_index_id, home_province, state, survivor, registered_at, "
