@@ -1,0 +1,251 @@
+"""``python -m tools.bench national-index``: the national index on PostgreSQL with millions of residents.
+
+1. **Load**: ``residents`` synthetic residents (one identity and one document
+   each) go into a fresh schema of their own (``national_bench_<pid>`` on the test
+   server, dropped at the end), created by the real store (its migration: HASH
+   partitions, primary keys, the documents-by-identity index). Rows are made in
+   the server, 1M per statement (``INSERT ... SELECT FROM generate_series``):
+   blind index ``md5(i||'a') || md5(i||'b')`` (32 bytes; HMAC output is as
+   random), main index ID ``md5(i||'m')`` (16 bytes), so the run can look any
+   of them up again without keeping them.
+2. **Store layer at ``concurrency`` in flight** (threads, one pooled connection
+   each), for ``seconds`` each, interleaved: *claims* of new residents through
+   :meth:`national.index.NationalIndex.claim` (HMAC under the national key,
+   the claim transaction); *lookups* of loaded residents through the store
+   (the document joined to its identity, one transaction); and the **baseline**: a
+   trivial indexed lookup of the same table (``SELECT main_index_id FROM
+   documents WHERE blind_index = %s``, autocommit) with the same threads.
+3. **gRPC**: a short run of ClaimIdentity through the real server (mTLS,
+   admission, logs, metrics) in this process, ``concurrency`` in flight.
+4. **Disk**: bytes per resident of identities + documents (tables, TOAST and
+   indexes, every partition: ``pg_total_relation_size`` over ``pg_partition_tree``).
+
+Prints a Markdown report with p50/p99, the ratio to the baseline and the
+projection to 1.4 billion residents.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as dt
+import hashlib
+import os
+import random
+import threading
+import time
+from typing import Any, Callable
+
+from ._measure import percentile
+
+__all__ = ["run"]
+
+PG_URL = os.environ.get("HEALTHCODE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+CHUNK = 1_000_000
+PARTITIONS = 16
+TARGET_P99_MS = 10.0
+
+
+def _loaded_key(i: int) -> bytes:
+    return hashlib.md5(f"{i}a".encode()).digest() + hashlib.md5(f"{i}b".encode()).digest()
+
+
+def _load(conn: Any, residents: int) -> float:
+    start = time.perf_counter()
+    conn.execute("DROP INDEX IF EXISTS documents_by_identity")  # built once after the load, as a restore would
+    for lo in range(1, residents + 1, CHUNK):
+        hi = min(residents, lo + CHUNK - 1)
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO identities (main_index_id, home_province, state, survivor, registered_at, created_at) "
+                "SELECT decode(md5(i::text || 'm'), 'hex'), (ARRAY['11','31','33','44','51','61'])[1 + mod(i, 6)], 1, "
+                "NULL, 1700000000 + mod(i, 86400), 1700000000 FROM generate_series(%s::bigint, %s::bigint) AS i",
+                (lo, hi))
+            conn.execute(
+                "INSERT INTO documents (blind_index, main_index_id) "
+                "SELECT decode(md5(i::text || 'a') || md5(i::text || 'b'), 'hex'), decode(md5(i::text || 'm'), 'hex') "
+                "FROM generate_series(%s::bigint, %s::bigint) AS i", (lo, hi))
+        print(f"  loaded {hi:,} residents ({time.perf_counter() - start:.0f} s)", flush=True)
+    with conn.transaction():
+        conn.execute("CREATE INDEX documents_by_identity ON documents (main_index_id)")
+    conn.execute("VACUUM ANALYZE identities")
+    conn.execute("VACUUM ANALYZE documents")
+    return time.perf_counter() - start
+
+
+def _sizes(conn: Any) -> dict[str, int]:
+    out = {}
+    for table in ("identities", "documents"):
+        row = conn.execute("SELECT sum(pg_total_relation_size(relid)), sum(pg_relation_size(relid)) "
+                           "FROM pg_partition_tree(%s)", (table,)).fetchone()
+        out[table], out[table + "_heap"] = int(row[0]), int(row[1])
+    return out
+
+
+def _timed(op: Callable[[int], object], inputs: list[int], concurrency: int, seconds: float) -> list[float]:
+    """Run ``op`` over ``inputs`` with ``concurrency`` threads for about ``seconds``; latencies in ms."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+    it = iter(inputs)
+
+    def worker() -> None:
+        mine = []
+        while time.perf_counter() < deadline:
+            with lock:
+                item = next(it, None)
+            if item is None:
+                break
+            t0 = time.perf_counter()
+            op(item)
+            mine.append((time.perf_counter() - t0) * 1000)
+        with lock:
+            latencies.extend(mine)
+
+    with cf.ThreadPoolExecutor(concurrency) as pool:
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    return latencies
+
+
+def _row(name: str, lat: list[float], seconds: float, base_p99: float | None = None) -> str:
+    p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
+    ratio = f"{p99 / base_p99:.1f}x" if base_p99 else "1.0x"
+    return f"| {name} | {len(lat):,} | {len(lat) / seconds:,.0f}/s | {p50:.2f} | {p99:.2f} | {ratio} |"
+
+
+def _grpc_run(index: Any, concurrency: int, seconds: float, first: int) -> list[float]:
+    """ClaimIdentity through the real server on 127.0.0.1 (mTLS), ``concurrency`` in flight."""
+    import asyncio
+
+    import grpc
+
+    from issuer.api import common_pb2
+    from issuer.documents import make_resident_id
+    from issuer.tls import DevPki
+    from national.api import national_index_pb2 as pb
+    from national.api import national_index_pb2_grpc as pb_grpc
+    from national.resolution import CodeResolver
+    from national.server import NationalServer, ServerOptions, TlsMaterial
+
+    pki = DevPki.create(now=dt.datetime.now(dt.timezone.utc))
+    server_pair, client = pki.server(), pki.client("province:33")
+    latencies: list[float] = []
+
+    async def main() -> None:
+        import healthcode as hc
+
+        resolver = CodeResolver(keyring=lambda: hc.Keyring([]), patients=None)  # type: ignore[arg-type]
+        server = await NationalServer.start(ServerOptions(
+            tls=TlsMaterial(server_pair.cert_pem, server_pair.key_pem, client_ca_pem=pki.ca_cert_pem),
+            listen="127.0.0.1:0"), index=index, resolver=resolver)
+        creds = grpc.ssl_channel_credentials(pki.ca_cert_pem, client.key_pem, client.cert_pem)
+        async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", creds) as channel:
+            stub = pb_grpc.NationalIndexStub(channel)
+            counter = iter(range(first, first + 10_000_000))
+            deadline = time.perf_counter() + seconds
+
+            async def worker() -> None:
+                while time.perf_counter() < deadline:
+                    i = next(counter)
+                    number = make_resident_id("440106", dt.date(1960, 1, 1) + dt.timedelta(days=i // 1000), i % 1000)
+                    request = pb.ClaimIdentityRequest(main_index_id=_mid(), documents=[common_pb2.Document(
+                        type=common_pb2.DOCUMENT_TYPE_RESIDENT_ID, number=number)])
+                    t0 = time.perf_counter()
+                    await stub.ClaimIdentity(request, timeout=30)
+                    latencies.append((time.perf_counter() - t0) * 1000)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await server.shutdown(0)
+
+    asyncio.run(main())
+    return latencies
+
+
+def _mid() -> str:
+    import healthcode as hc
+
+    return hc.main_index_id_from_bytes(os.urandom(16))
+
+
+def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: float = 10.0) -> None:
+    import psycopg
+
+    from issuer.documents import make_resident_id, parse_document
+    from national.blind_index import NationalBlindIndex, SoftwareHmacKey
+    from national.index import NationalIndex
+    from national.store import open_postgres_store
+
+    n, conc = int(residents), int(concurrency)
+    schema = f"national_bench_{os.getpid()}"
+    url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema={schema}"
+    store = open_postgres_store(url, partitions=PARTITIONS, pool_size=conc)
+    admin = psycopg.connect(PG_URL, autocommit=True, options=f"-c search_path={schema}")
+    try:
+        print(f"national-index: loading {n:,} residents into schema {schema} ({PARTITIONS} partitions)", flush=True)
+        load_s = _load(admin, n)
+        sizes = _sizes(admin)
+        index = NationalIndex(store=store, blind=NationalBlindIndex(SoftwareHmacKey(os.urandom(32))))
+        now = dt.datetime.now(dt.timezone.utc)
+        today = (now + dt.timedelta(hours=8)).date()
+
+        def claim(i: int) -> None:
+            number = make_resident_id("330106", dt.date(1950, 1, 1) + dt.timedelta(days=i // 1000), i % 1000)
+            doc = parse_document("resident_id", number, today=today)
+            index.claim(province="33", main_index_id=_mid(), documents=[doc], provisional=False,
+                        registered_at=None, now=now)
+
+        def lookup(i: int) -> None:
+            key = _loaded_key(i)
+            found = store.transaction(lambda tx: tx.identity_by_document(key))
+            assert found is not None, "a loaded resident is missing"
+
+        local = threading.local()
+
+        def baseline(i: int) -> None:
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = psycopg.connect(PG_URL, autocommit=True, options=f"-c search_path={schema}")
+            row = conn.execute("SELECT main_index_id FROM documents WHERE blind_index = %s",
+                               (_loaded_key(i),)).fetchone()
+            assert row is not None
+
+        rng = random.Random(14)
+        sample = [rng.randrange(1, n + 1) for _ in range(2_000_000)]
+        _timed(baseline, sample[:2000], conc, 2.0)  # warm connections and caches
+        _timed(lookup, sample[:2000], conc, 2.0)
+        base = _timed(baseline, sample, conc, seconds)
+        look = _timed(lookup, sample[::-1], conc, seconds)
+        claims = _timed(claim, list(range(1, 10_000_000)), conc, seconds)
+        grpc_s = min(seconds, 5.0)
+        grpc_lat = _grpc_run(index, conc, grpc_s, 20_000_000)
+        base_p99 = percentile(base, 0.99)
+        per = (sizes["identities"] + sizes["documents"]) / n
+        print()
+        print(f"### National index on PostgreSQL, {n:,} residents ({PARTITIONS} HASH partitions), {conc} in flight")
+        print()
+        print(f"Load: {load_s:.0f} s. Latency in ms; ratio = p99 / the baseline's p99 (same run, same threads).")
+        print()
+        print("| operation | calls | rate | p50 ms | p99 ms | p99 vs baseline |")
+        print("|---|---:|---:|---:|---:|---:|")
+        print(_row("baseline: `SELECT ... WHERE blind_index = %s`", base, seconds))
+        print(_row("lookup (store: document joined to identity, one transaction)", look, seconds, base_p99))
+        print(_row("claim (NationalIndex.claim: HMAC + claim transaction)", claims, seconds, base_p99))
+        print(_row("claim over gRPC (ClaimIdentity, mTLS, in-process server)", grpc_lat, grpc_s, base_p99))
+        print()
+        verdict = {name: "met" if percentile(lat, 0.99) <= TARGET_P99_MS else "NOT met"
+                   for name, lat in (("lookup", look), ("claim", claims))}
+        print(f"Target p99 <= {TARGET_P99_MS:.0f} ms: lookup {verdict['lookup']}, claim {verdict['claim']}.")
+        print()
+        mib = {name: value / 2**20 for name, value in sizes.items()}
+        print(f"Disk: identities {mib['identities']:,.0f} MiB (heap {mib['identities_heap']:,.0f}), "
+              f"documents {mib['documents']:,.0f} MiB (heap {mib['documents_heap']:,.0f}): "
+              f"**{per:.0f} bytes per resident** (one document each; tables + indexes).")
+        total = per * 1.4e9
+        print(f"Projection to 1.4 billion: {total / 1e12:.2f} TB per copy (x1.25 for a second document on a quarter "
+              f"of residents: {total * 1.25 / 1e12:.2f} TB); with 256 partitions {1.4e9 / 256 / 1e6:.1f} M residents "
+              f"and {total * 1.25 / 256 / 1e9:.1f} GB each; primary + 2 synchronous standbys: "
+              f"{3 * total * 1.25 / 1e12:.1f} TB in all.")
+    finally:
+        store.close()
+        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.close()
