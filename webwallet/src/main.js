@@ -75,6 +75,7 @@ class Page {
 
   async start() {
     $('enrol-form').addEventListener('submit', (event) => { event.preventDefault(); this.enrol(); });
+    window.addEventListener('online', () => { this.retryNow = true; });  // back online: retry a failed renewal at once
     $('document-type').addEventListener('change', () => { $('country-row').hidden = $('document-type').value !== 'DOCUMENT_TYPE_PASSPORT'; });
     await this.tick();
   }
@@ -105,7 +106,10 @@ class Page {
       $('enrol').hidden = false;
     }
     this.timer = setTimeout(() => this.tick(), 1000 - (Date.now() % 1000) + 20);
-    if (!this.renewing) this.renewInBackground(now);
+    if (!this.renewing) {
+      this.renewInBackground(now, { retryNow: this.retryNow });
+      this.retryNow = false;
+    }
   }
 
   async draw(text, step, claims) {
@@ -149,10 +153,10 @@ class Page {
     delete $('qr').dataset.step;
   }
 
-  async renewInBackground(now) {
+  async renewInBackground(now, options = {}) {
     this.renewing = true;
     try {
-      const { renewed, error } = await this.wallet.renewIfDue(now);
+      const { renewed, error } = await this.wallet.renewIfDue(now, options);
       if (renewed || (error && error.reason === 'revoked')) await this.tick(true);
       if (error && error.reason === 'revoked') say($('error'), 'revoked', error.message);
     } finally {

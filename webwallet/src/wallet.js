@@ -174,13 +174,15 @@ export class Wallet {
     }
   }
 
-  /** Renew when due; never throws for a failed attempt: {renewed, error}. */
-  async renewIfDue(now) {
+  /** Renew when due; never throws for a failed attempt: {renewed, error}. After a failure it waits
+   * RETRY_AFTER seconds, unless `retryNow` (the browser has just come back online). */
+  async renewIfDue(now, { retryNow = false } = {}) {
     const held = await this.store.get('credential');
     if (!held || !this.api) return { renewed: false, error: null };
     const claims = decodeCredentialUnverified(held.text).claims;
     const failure = await this.store.get('lastFailure');
-    if (now < renewAt(claims) || (failure && now < failure.at + RETRY_AFTER)) return { renewed: false, error: null };
+    const waiting = failure && !retryNow && now < failure.at + RETRY_AFTER;
+    if (now < renewAt(claims) || waiting) return { renewed: false, error: null };
     try {
       await this.renew(now);
       return { renewed: true, error: null };
