@@ -114,7 +114,7 @@ class Router:
             tls = scope.get("extensions", {}).get("tls") or {}
             token = _PEER_NAMES.set(tuple(tls.get("client_cert_cns", ())))
             try:
-                await self._rpc(scope, receive, send)
+                await self._rpc(scope, receive, _with_content_length(send))
             finally:
                 _PEER_NAMES.reset(token)
         elif self._static is not None and (path + "/").startswith(self._static.prefix):
@@ -123,6 +123,28 @@ class Router:
             await _plain(send, 200 if self.serving else 503, b"ok\n" if self.serving else b"shutting down\n")
         else:
             await _plain(send, 404, b"not found\n")
+
+
+def _with_content_length(send: Any) -> Any:
+    """``send``, with a ``Content-Length`` added to a response whose whole body comes in one message
+    (every Connect unary answer): the server would otherwise send it chunked."""
+    start: dict[str, Any] | None = None
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        nonlocal start
+        kind = message["type"]
+        if kind == "http.response.start" and not message.get("trailers"):
+            start = message  # held until the body shows whether it is whole
+            return
+        if start is not None and kind == "http.response.body":
+            held, start = start, None
+            if not message.get("more_body", False):
+                body = message.get("body", b"")
+                held = {**held, "headers": [*held.get("headers", ()), (b"content-length", b"%d" % len(body))]}
+            await send(held)
+        await send(message)
+
+    return wrapped
 
 
 async def _too_large(send: Any, limit: int) -> None:
@@ -219,8 +241,11 @@ class HttpServer:
         host, _, port = options.listen.rpartition(":")
         host = host.strip("[]")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it
+        # a response's second write waits for the client's delayed ACK (measured: +40 ms a call)
+        self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._socket.bind((host, int(port)))
         self._socket.listen(1024)
         self._socket.setblocking(False)
