@@ -84,7 +84,7 @@ class _Http:
                 if response.getheader("connection", "").lower() == "close":
                     self.close()
                 return result
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except (http.client.RemoteDisconnected, OSError):  # a keep-alive connection the server closed
                 self.close()
                 if attempt:
                     raise
