@@ -180,7 +180,11 @@ class NationalClient:
 
             s = self.settings
             creds = grpc.ssl_channel_credentials(s.ca_pem, s.key_pem, s.cert_pem)
-            options = [("grpc.ssl_target_name_override", s.server_name)] if s.server_name else []
+            # reconnect soon after a partition heals (gRPC's default backoff grows to two minutes)
+            options: list[tuple[str, Any]] = [("grpc.initial_reconnect_backoff_ms", 200),
+                                              ("grpc.max_reconnect_backoff_ms", 5000)]
+            if s.server_name:
+                options.append(("grpc.ssl_target_name_override", s.server_name))
             self._channel = grpc.aio.secure_channel(s.address, creds, options=options)
             self._stub = national_index_pb2_grpc.NationalIndexStub(self._channel)
             self._loop = loop

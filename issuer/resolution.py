@@ -37,7 +37,7 @@ from typing import Callable
 import healthcode as hc
 from healthcode.codec import decode_unverified, parse_core_claims
 from healthcode.errors import HealthCodeError, MalformedCode, VerificationError
-from healthcode.model import from_epoch, main_index_id_from_bytes, to_epoch
+from healthcode.model import from_epoch, to_epoch
 from healthcode.presentation import (
     ReplayCache,
     decode_presentation_unverified,
@@ -90,7 +90,7 @@ class PatientResolver:
     """Resolves this province's codes (see the module docstring).
 
     ``keyring_at(now)`` returns this province's own trusted keys at ``now``;
-    ``random_bytes`` makes access IDs (16 bytes, written like a main index ID).
+    ``random_bytes`` makes the random half of access IDs (:meth:`_access_id`).
     """
 
     def __init__(self, *, index: ResidentIndex, store: Store, province: str,
@@ -137,11 +137,15 @@ class PatientResolver:
         if not documents:
             raise NotFound("resident has no document")
         access = AccessRecord(  # (6)
-            access_id=main_index_id_from_bytes(self._random_bytes(16)), main_index_id=mid,
+            access_id=self._access_id(now), main_index_id=mid,
             hospital_organisation=hospital.organisation, hospital_province=hospital.province, purpose=purpose,
             resolved_at=from_epoch(to_epoch(now)), code_kind="dynamic" if dynamic else "static")
         await asyncio.wrap_future(self._store.record_access(access))
         return Resolution(mid, documents[0], access.access_id, access.resolved_at)
+
+    def _access_id(self, now: dt.datetime) -> str:
+        """28 hex digits: the time in milliseconds, then 64 random bits; ordered by time within a second."""
+        return f"{int(now.timestamp() * 1000):012x}{self._random_bytes(8).hex()}"
 
     def _refusal(self, text: str, exc: VerificationError) -> CodeRefused:
         if exc.reason is hc.Reason.UNKNOWN_KEY and not is_presentation(text):

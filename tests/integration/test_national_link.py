@@ -1,0 +1,508 @@
+"""The provincial issuer with a national link (issue 14), for real: two issuers and the national service.
+
+Everything on 127.0.0.1 over mTLS with one DevPki, in one event loop thread: two
+real :class:`issuer.server.IssuerServer` s (provinces 33 and 44: SQLite stores,
+:class:`issuer.claims.NationalResidentIndex`, the ``NationalLink`` servicer, a
+reconciler run round by round) and the real national server (``national/``:
+its SQLite store, blind index, province links and hospital resolution). The
+national server is stopped and started again on its port for the partition
+tests; the issuers keep serving meanwhile.
+
+What is checked: the first province wins and the second gets ALREADY_EXISTS
+naming the home province (no second identity, nothing stored); a move keeps
+the main index ID and supersedes the old province's codes; a hospital in 44
+resolves a 33 code (static and a live presentation) through the national
+service, the access lands in the resident's log, a replay and a revoked code are
+refused; registrations while the national service is down are provisional,
+and after it returns exactly one identity survives, the loser's codes are
+revoked as merged and its province finds the survivor; bad input and wrong
+callers get clear statuses; no number in any error or log line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import pathlib
+import time
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+import healthcode as hc
+from healthcode import presentation as hp
+from issuer import auth
+from issuer.api import common_pb2, health_codes_pb2, health_codes_pb2_grpc, national_link_pb2, \
+    national_link_pb2_grpc, resident_index_pb2 as rpb, resident_index_pb2_grpc, wallets_pb2, wallets_pb2_grpc
+from issuer.claims import NationalResidentIndex
+from issuer.issuance import CodeIssuer
+from issuer.model import NationalState
+from issuer.national_client import NationalClient, NationalLinkSettings
+from issuer.national_link_service import NationalLinkServicer
+from issuer.national_setup import keyring_of
+from issuer.privacy import IdentifierVault
+from issuer.reconciler import Reconciler
+from issuer.resolution import PatientResolver
+from issuer.server import IssuerServer, ServerOptions, TlsMaterial, utc_now
+from issuer.service import ServiceSettings
+from issuer.store.sqlite import SQLiteStore
+from issuer.wallets import WalletIssuer
+from national.api import national_index_pb2 as npb, national_index_pb2_grpc
+from national.blind_index import NationalBlindIndex, SoftwareHmacKey
+from national.index import NationalIndex
+from national.links import LinkTls, ProvinceLinks
+from national.resolution import CodeResolver
+from national.server import NationalServer
+from national.server import ServerOptions as NationalOptions
+from national.store import open_sqlite_store
+from national.trust import KeyringHolder
+
+from .national_support import LoopThread, Pki
+
+API_KEY = "national-link-app-key-" + "k" * 40
+APP = (("authorization", f"Bearer {API_KEY}"),)
+NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+TODAY = (NOW + dt.timedelta(hours=8)).date()
+HOSPITAL = "hospital:44:gz-zhongshan-1"
+
+
+def number(seq: int, region: str = "330106") -> str:
+    from issuer.documents import make_resident_id
+
+    return make_resident_id(region, dt.date(1970, 1, 1) + dt.timedelta(days=seq * 37), seq % 1000)
+
+
+def doc(seq: int, region: str = "330106") -> common_pb2.Document:
+    return common_pb2.Document(type=common_pb2.DOCUMENT_TYPE_RESIDENT_ID, number=number(seq, region))
+
+
+class Province:
+    """A real provincial issuer with a national link (its reconciler run by the tests, round by round)."""
+
+    def __init__(self, code: str, base: pathlib.Path, pki: Pki, national_port: int) -> None:
+        self.code, self.pki = code, pki
+        self.store = SQLiteStore(base / f"issuer-{code}.db")
+        self.signer = hc.SoftwareSigner(hc.generate_signing_key(hc.Algorithm.ES256))
+        pair = pki.client(f"province:{code}")
+        self.client = NationalClient(NationalLinkSettings(
+            address=f"127.0.0.1:{national_port}", ca_pem=pki.pki.ca_cert_pem, cert_pem=pair.cert_pem,
+            key_pem=pair.key_pem, claim_timeout=1.0, transfer_timeout=5.0, events_timeout=2.0))
+        self.index = NationalResidentIndex(store=self.store, vault=IdentifierVault.from_secret(os.urandom(32)),
+                                           national=self.client, province=code)
+        self.codes = CodeIssuer(store=self.store, province=code, signer=self.signer)
+        resolver = PatientResolver(index=self.index, store=self.store, province=code,
+                                   keyring_at=keyring_of(self.signer, code))
+        self.link = NationalLinkServicer(store=self.store, resolver=resolver, province=code)
+        self.reconciler = Reconciler(index=self.index, national=self.client, clock=utc_now, interval=3600,
+                                     pending_grace=dt.timedelta(0))
+        self.trusted = hc.TrustedKey(kid=self.signer.kid, province=hc.ProvinceCode(code),
+                                     public_key=self.signer.public_key(), use_from=NOW - dt.timedelta(days=1),
+                                     use_until=NOW + dt.timedelta(days=30), verify_until=NOW + dt.timedelta(days=40))
+        self.server: IssuerServer | None = None
+        self.channel: grpc.Channel | None = None
+
+    async def start(self) -> None:
+        cert = self.pki.server
+        options = ServerOptions(
+            service=ServiceSettings(province=self.code), listen="127.0.0.1:0",
+            tls=TlsMaterial(cert.cert_pem, cert.key_pem, self.pki.pki.ca_cert_pem),
+            api_keys=(auth.ApiKey("app", bytes.fromhex(auth.hash_api_key(API_KEY))),),
+            rate_limit=auth.RateLimit(10_000.0, 10_000.0), grace=0.5)
+        self.server = await IssuerServer.start(options, index=self.index, codes=self.codes, on_close=self.store.close,
+                                               national_link=self.link, wallets=WalletIssuer(codes=self.codes))
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    def stub(self, kind: str, cn: str = "desk") -> object:
+        channel = self.pki.channel(self.port, cn)
+        return {"index": resident_index_pb2_grpc.ResidentIndexStub, "codes": health_codes_pb2_grpc.HealthCodesStub,
+                "link": national_link_pb2_grpc.NationalLinkStub, "wallets": wallets_pb2_grpc.WalletsStub}[kind](channel)
+
+    async def stop(self) -> None:
+        await self.client.close()
+        if self.server is not None:
+            await self.server.shutdown(0)
+
+
+class National:
+    """The real national service on a fixed port; stop and start it again (same store) for partitions."""
+
+    def __init__(self, base: pathlib.Path, pki: Pki, port: int) -> None:
+        self.pki, self.port = pki, port
+        self.store = open_sqlite_store(base / "national.db")
+        self.blind = NationalBlindIndex(SoftwareHmacKey(os.urandom(32)))
+        self.server: NationalServer | None = None
+        self.links: ProvinceLinks | None = None
+
+    async def start(self, provinces: dict[str, Province]) -> None:
+        ops = self.pki.client("national:ops")
+        self.links = ProvinceLinks({c: f"127.0.0.1:{p.port}" for c, p in provinces.items()},
+                                   LinkTls(self.pki.pki.ca_cert_pem, ops.cert_pem, ops.key_pem), timeout=5.0)
+        index = NationalIndex(store=self.store, blind=self.blind, release=self.links)
+
+        def survivor(mid: str) -> str | None:
+            row = index.survivor(mid)
+            return None if row is None else row.main_index_id
+
+        resolver = CodeResolver(keyring=KeyringHolder(hc.Keyring([p.trusted for p in provinces.values()])),
+                                patients=self.links, survivor=survivor)
+        options = NationalOptions(tls=self.pki.server_tls(), listen=f"127.0.0.1:{self.port}", grace=0.2,
+                                  hospital_limit=auth.RateLimit(1000.0, 1000.0))
+        self.server = await NationalServer.start(options, index=index, resolver=resolver)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.shutdown(0)
+            self.server = None
+        if self.links is not None:
+            await self.links.close()
+            self.links = None
+
+
+class World:
+    def __init__(self, loop: LoopThread, pki: Pki, national: National, provinces: dict[str, Province]) -> None:
+        self.loop, self.pki, self.national, self.p = loop, pki, national, provinces
+
+    def hospital(self, cn: str = HOSPITAL) -> national_index_pb2_grpc.HospitalResolutionStub:
+        return national_index_pb2_grpc.HospitalResolutionStub(self.pki.channel(self.national.port, cn))
+
+    def reconcile(self, code: str):
+        return self.loop.run(self.p[code].reconciler.run_once())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("national-link")
+    loop = LoopThread()
+    pki = Pki.create()
+    national = National(base, pki, _free_port())
+    provinces = {c: Province(c, base, pki, national.port) for c in ("33", "44")}
+    for p in provinces.values():
+        loop.run(p.start())
+    loop.run(national.start(provinces))
+    w = World(loop, pki, national, provinces)
+    yield w
+    loop.run(national.stop())
+    for p in provinces.values():
+        loop.run(p.stop())
+    national.store.close()
+    loop.close()
+
+
+def register(world: World, code: str, *docs: common_pb2.Document) -> rpb.RegisterResidentResponse:
+    stub = world.p[code].stub("index")
+    return stub.RegisterResident(rpb.RegisterResidentRequest(primary=docs[0], supplementary=list(docs[1:])),
+                                 metadata=APP, timeout=10)
+
+
+def issue(world: World, code: str, mid: str) -> common_pb2.IssuedCode:
+    return world.p[code].stub("codes").IssueCode(health_codes_pb2.IssueCodeRequest(main_index_id=mid),
+                                                 metadata=APP, timeout=10).code
+
+
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+def consent() -> rpb.Consent:
+    c = rpb.Consent(method=rpb.CONSENT_METHOD_IN_PERSON, reference="desk-44/2026-001")
+    c.given_at.FromSeconds(int(dt.datetime.now(dt.timezone.utc).timestamp()) - 60)
+    return c
+
+
+# --------------------------------------------------------------------------- first province wins
+
+
+def test_the_first_province_wins_and_the_second_hears_where_the_resident_lives(world, caplog):
+    caplog.set_level(logging.DEBUG)
+    first = register(world, "33", doc(1))
+    assert not first.provisional
+    assert world.p["33"].store.get_resident(first.main_index_id).national_state is NationalState.CLAIMED
+    with pytest.raises(grpc.RpcError) as e:
+        register(world, "44", doc(1), doc(2, "440106"))
+    assert e.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert "province 33" in e.value.details() and number(1) not in e.value.details()
+    info = error_info(e.value)
+    assert info is not None and info.reason == "HELD_BY_PROVINCE" and dict(info.metadata) == {"home_province": "33"}
+    # nothing stored in 44: neither document finds anyone there, and a retry gets the same answer
+    for d in (doc(1), doc(2, "440106")):
+        with pytest.raises(grpc.RpcError) as nf:
+            world.p["44"].stub("index").FindResident(rpb.FindResidentRequest(document=d), metadata=APP, timeout=10)
+        assert nf.value.code() is grpc.StatusCode.NOT_FOUND
+    assert world.p["44"].store.unclaimed_residents(limit=10) == []
+    # the same person's other document, linked in 44 to someone else: held by 33's identity -> refused
+    other = register(world, "44", doc(3, "440106"))
+    with pytest.raises(grpc.RpcError) as link:
+        world.p["44"].stub("index").LinkIdentifier(rpb.LinkIdentifierRequest(main_index_id=other.main_index_id,
+                                                                            document=doc(1)), metadata=APP, timeout=10)
+    assert link.value.code() is grpc.StatusCode.ALREADY_EXISTS and "province 33" in link.value.details()
+    # a new document linked in 33 is claimed nationally for the same identity
+    world.p["33"].stub("index").LinkIdentifier(rpb.LinkIdentifierRequest(main_index_id=first.main_index_id,
+                                                                        document=doc(4)), metadata=APP, timeout=10)
+    with pytest.raises(grpc.RpcError) as held:
+        register(world, "44", doc(4))
+    assert held.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert number(1) not in caplog.text and number(4) not in caplog.text
+
+
+# --------------------------------------------------------------------------- moving
+
+
+def test_a_move_keeps_the_id_supersedes_the_old_codes_and_points_the_old_record_home(world):
+    mid = register(world, "33", doc(10)).main_index_id
+    old_code = issue(world, "33", mid)
+    moved = world.p["44"].stub("index").MoveResidentIn(
+        rpb.MoveResidentInRequest(main_index_id=mid, document=doc(10), consent=consent()), metadata=APP, timeout=15)
+    assert (moved.main_index_id, moved.previous_province) == (mid, "33")
+    status = world.p["33"].stub("codes").GetCodeStatus(health_codes_pb2.GetCodeStatusRequest(ref=old_code.ref),
+                                                       metadata=APP, timeout=10).code
+    assert status.state == common_pb2.CODE_STATE_REVOKED
+    assert status.revocation_reason == common_pb2.REVOCATION_REASON_SUPERSEDED
+    found = world.p["33"].stub("index").FindResident(rpb.FindResidentRequest(document=doc(10)), metadata=APP,
+                                                     timeout=10)
+    assert (found.main_index_id, found.home_province) == (mid, "44")
+    with pytest.raises(grpc.RpcError) as e:  # the old province issues no more codes for them
+        issue(world, "33", mid)
+    assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION and "province 44" in e.value.details()
+    assert issue(world, "44", mid).main_index_id == mid  # the new one does
+    found = world.p["44"].stub("index").FindResident(rpb.FindResidentRequest(document=doc(10)), metadata=APP,
+                                                     timeout=10)
+    assert (found.main_index_id, found.home_province) == (mid, "44")
+    # a retry of the move is answered the same, and changes nothing
+    again = world.p["44"].stub("index").MoveResidentIn(
+        rpb.MoveResidentInRequest(main_index_id=mid, document=doc(10), consent=consent()), metadata=APP, timeout=15)
+    assert (again.main_index_id, again.previous_province) == (mid, "33")
+    # registering the moved resident anew in 33 is refused, naming 44
+    with pytest.raises(grpc.RpcError) as held:
+        register(world, "33", doc(10))
+    assert held.value.code() is grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_a_move_without_consent_or_with_a_document_of_someone_else_changes_nothing(world):
+    mid = register(world, "33", doc(11)).main_index_id
+    register(world, "33", doc(12))
+    stub = world.p["44"].stub("index")
+    with pytest.raises(grpc.RpcError) as e:
+        stub.MoveResidentIn(rpb.MoveResidentInRequest(main_index_id=mid, document=doc(11)), metadata=APP, timeout=10)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "consent" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.MoveResidentIn(rpb.MoveResidentInRequest(main_index_id=mid, document=doc(12), consent=consent()),
+                            metadata=APP, timeout=10)
+    assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert number(12) not in e.value.details()
+    assert world.p["33"].store.get_resident(mid).national_state is NationalState.CLAIMED
+    assert world.p["44"].store.get_resident(mid) is None
+
+
+# --------------------------------------------------------------------------- hospitals resolve
+
+
+def test_a_hospital_in_44_resolves_a_33_code_and_the_resident_reads_the_access(world):
+    mid = register(world, "33", doc(20)).main_index_id
+    code = issue(world, "33", mid)
+    reply = world.hospital().ResolveCode(npb.ResolveCodeRequest(code=code.code_text, purpose=npb.PURPOSE_REGISTRATION),
+                                         timeout=10)
+    assert (reply.main_index_id, reply.home_province) == (mid, "33")
+    assert (reply.primary_document.type, reply.primary_document.number) == (common_pb2.DOCUMENT_TYPE_RESIDENT_ID,
+                                                                            number(20))
+    log = world.p["33"].stub("index").ListAccesses(rpb.ListAccessesRequest(main_index_id=mid), metadata=APP,
+                                                   timeout=10)
+    assert [(a.access_id, a.hospital_organisation, a.hospital_province, a.purpose, a.code_kind)
+            for a in log.accesses] == [(reply.access_id, "gz-zhongshan-1", "44", npb.PURPOSE_REGISTRATION, "static")]
+    # a second resolution is logged too, newest first, one per page
+    second = world.hospital().ResolveCode(npb.ResolveCodeRequest(code=code.code_text, purpose=npb.PURPOSE_BILLING),
+                                          timeout=10)
+    page = world.p["33"].stub("index").ListAccesses(rpb.ListAccessesRequest(main_index_id=mid, page_size=1),
+                                                    metadata=APP, timeout=10)
+    assert [a.access_id for a in page.accesses] == [second.access_id] and page.next_page_token
+    rest = world.p["33"].stub("index").ListAccesses(
+        rpb.ListAccessesRequest(main_index_id=mid, page_size=1, page_token=page.next_page_token), metadata=APP,
+        timeout=10)
+    assert [a.access_id for a in rest.accesses] == [reply.access_id] and not rest.next_page_token
+    # revoked: refused, and not logged
+    world.p["33"].stub("codes").RevokeCode(health_codes_pb2.RevokeCodeRequest(
+        ref=code.ref, reason=common_pb2.REVOCATION_REASON_LOST_DEVICE), metadata=APP, timeout=10)
+    with pytest.raises(grpc.RpcError) as e:
+        world.hospital().ResolveCode(npb.ResolveCodeRequest(code=code.code_text, purpose=npb.PURPOSE_TREATMENT),
+                                     timeout=10)
+    assert e.value.code() is not grpc.StatusCode.OK and number(20) not in e.value.details()
+    assert len(world.p["33"].store.accesses_of(mid, limit=10)) == 2
+
+
+def test_a_live_presentation_resolves_once(world):
+    from healthcode.algorithms import generate_signing_key
+
+    mid = register(world, "33", doc(21)).main_index_id
+    device = generate_signing_key()  # the phone's P-256 key
+    wallets = world.p["33"].stub("wallets")
+    challenge = wallets.CreateChallenge(wallets_pb2.CreateChallengeRequest(main_index_id=mid), metadata=APP,
+                                        timeout=10).challenge
+    credential = wallets.IssueCredential(wallets_pb2.IssueCredentialRequest(
+        main_index_id=mid, challenge=challenge,
+        device_key=wallets_pb2.DeviceKey(algorithm=wallets_pb2.DEVICE_KEY_ALGORITHM_ES256,
+                                         public_key=device.public_key().spki_der()[-65:]),
+        proof=device.sign(hp.proof_of_possession_input(challenge, device.public_key()))),
+        metadata=APP, timeout=10).credential.code_text
+    live = hp.encode_presentation(credential, hp.step_at(dt.datetime.now(dt.timezone.utc)), device)
+    reply = world.hospital().ResolveCode(npb.ResolveCodeRequest(code=live, purpose=npb.PURPOSE_EMERGENCY), timeout=10)
+    assert reply.main_index_id == mid and reply.primary_document.number == number(21)
+    assert world.p["33"].store.accesses_of(mid, limit=5)[0].code_kind == "dynamic"
+    # the same live code again, straight at the province (the national service refuses it too): a replay
+    link = world.p["33"].stub("link", "national:ops")
+    hospital = national_link_pb2.Hospital(organisation="gz-zhongshan-1", province="44")
+    with pytest.raises(grpc.RpcError) as e:
+        link.ResolvePatient(national_link_pb2.ResolvePatientRequest(code=live, purpose=1, hospital=hospital),
+                            timeout=10)
+    assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION and error_info(e.value).reason == "REPLAYED"
+    with pytest.raises(grpc.RpcError) as e:  # the credential shown on its own is no live code
+        link.ResolvePatient(national_link_pb2.ResolvePatientRequest(code=credential, purpose=1, hospital=hospital),
+                            timeout=10)
+    assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(e.value).reason == "PRESENTATION_REQUIRED"
+    assert len(world.p["33"].store.accesses_of(mid, limit=5)) == 1
+
+
+def test_national_link_refuses_other_callers_other_provinces_codes_and_bad_input(world):
+    mid = register(world, "44", doc(22, "440106")).main_index_id
+    code_44 = issue(world, "44", mid).code_text
+    request = national_link_pb2.ResolvePatientRequest(
+        code=code_44, purpose=1, hospital=national_link_pb2.Hospital(organisation="hz-1", province="33"))
+    for cn in ("desk", "province:44", HOSPITAL, "admin:33"):
+        with pytest.raises(grpc.RpcError) as e:
+            world.p["33"].stub("link", cn).ResolvePatient(request, timeout=10)
+        assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED, cn
+        with pytest.raises(grpc.RpcError) as e:
+            world.p["44"].stub("link", cn).ReleaseResident(national_link_pb2.ReleaseResidentRequest(
+                main_index_id=mid, to_province="33"), timeout=10)
+        assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED, cn
+    assert world.p["44"].store.get_resident(mid).national_state is NationalState.CLAIMED
+    link33 = world.p["33"].stub("link", "national:ops")
+    with pytest.raises(grpc.RpcError) as e:  # a 44 code at 33: not this province's
+        link33.ResolvePatient(request, timeout=10)
+    assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION and error_info(e.value).reason == "OTHER_PROVINCE"
+    forged = code_44[:-8] + ("A" * 8 if not code_44.endswith("A" * 8) else "B" * 8)
+    with pytest.raises(grpc.RpcError) as e:
+        world.p["44"].stub("link", "national:ops").ResolvePatient(
+            national_link_pb2.ResolvePatientRequest(code=forged, purpose=1, hospital=request.hospital), timeout=10)
+    assert e.value.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(grpc.RpcError) as e:
+        link33.ResolvePatient(national_link_pb2.ResolvePatientRequest(
+            code="", purpose=9, hospital=national_link_pb2.Hospital(organisation="bad org!", province="99")),
+            timeout=10)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert {"code", "purpose", "hospital.organisation", "hospital.province"} <= set(_fields(e.value))
+    with pytest.raises(grpc.RpcError) as e:
+        link33.ReleaseResident(national_link_pb2.ReleaseResidentRequest(main_index_id="x", to_province="33"),
+                               timeout=10)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and set(_fields(e.value)) == {"main_index_id",
+                                                                                          "to_province"}
+    assert world.p["44"].store.accesses_of(mid, limit=5) == []
+
+
+def test_release_is_idempotent_when_replayed(world):
+    mid = register(world, "44", doc(23, "440106")).main_index_id
+    issue(world, "44", mid)
+    link = world.p["44"].stub("link", "national:ops")
+    release = national_link_pb2.ReleaseResidentRequest(main_index_id=mid, to_province="11", consent_reference="r-1")
+    assert link.ReleaseResident(release, timeout=10).superseded_codes == 1
+    assert link.ReleaseResident(release, timeout=10).superseded_codes == 0
+    with pytest.raises(grpc.RpcError) as e:
+        link.ReleaseResident(national_link_pb2.ReleaseResidentRequest(
+            main_index_id=hc.main_index_id_from_bytes(os.urandom(16)), to_province="11"), timeout=10)
+    assert e.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def _fields(error: grpc.RpcError) -> list[str]:
+    status = rpc_status.from_call(error)
+    out = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out += [v.field for v in bad.field_violations]
+    return out
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def test_registrations_go_on_provisionally_while_the_national_service_is_down_and_reconcile(world, caplog):
+    caplog.set_level(logging.DEBUG)
+    world.loop.run(world.national.stop())
+    try:
+        a = register(world, "33", doc(30))
+        b = register(world, "44", doc(30), doc(31, "440106"))  # the same person, registered in both
+        solo = register(world, "44", doc(32, "440106"))
+        assert a.provisional and b.provisional and solo.provisional
+        assert a.main_index_id != b.main_index_id
+        code_a, code_b = issue(world, "33", a.main_index_id), issue(world, "44", b.main_index_id)
+        assert world.reconcile("33").unreachable  # still down: nothing changes
+        assert world.p["33"].store.get_resident(a.main_index_id).national_state is NationalState.PROVISIONAL
+    finally:
+        world.loop.run(world.national.start(world.p))
+    for code in ("33", "44"):  # the issuers' channels reconnect within their backoff
+        deadline = time.monotonic() + 15
+        while world.reconcile(code).unreachable:
+            assert time.monotonic() < deadline, f"province {code} did not reach the national service again"
+            time.sleep(0.2)
+    world.reconcile("33"), world.reconcile("44")  # the events of the merge reach both; applying again is a no-op
+    world.reconcile("33"), world.reconcile("44")
+    ra, rb = world.p["33"].store.get_resident(a.main_index_id), world.p["44"].store.get_resident(b.main_index_id)
+    survivors = [r for r in (ra, rb) if r.merged_into is None]
+    assert len(survivors) == 1, (ra, rb)  # exactly one main index ID survives
+    survivor = survivors[0]
+    loser, loser_code, loser_province = (rb, code_b, "44") if survivor is ra else (ra, code_a, "33")
+    assert loser.merged_into == survivor.main_index_id and loser.national_state is NationalState.MERGED
+    status = world.p[loser_province].stub("codes").GetCodeStatus(
+        health_codes_pb2.GetCodeStatusRequest(ref=loser_code.ref), metadata=APP, timeout=10).code
+    assert status.revocation_reason == common_pb2.REVOCATION_REASON_MERGED
+    # nothing acknowledged is lost: each province finds the person, and answers the survivor
+    for code, document in (("33", doc(30)), ("44", doc(30)), ("44", doc(31, "440106"))):
+        found = world.p[code].stub("index").FindResident(rpb.FindResidentRequest(document=document), metadata=APP,
+                                                         timeout=10)
+        assert found.main_index_id == survivor.main_index_id
+    assert world.p["44"].store.get_resident(solo.main_index_id).national_state is NationalState.CLAIMED
+    # and the survivor's codes still resolve
+    survivor_province = "33" if survivor is ra else "44"
+    live = issue(world, survivor_province, survivor.main_index_id)
+    assert world.hospital().ResolveCode(npb.ResolveCodeRequest(code=live.code_text, purpose=1),
+                                        timeout=10).main_index_id == survivor.main_index_id
+    assert number(30) not in caplog.text and number(31, "440106") not in caplog.text
+
+
+def test_a_claim_cut_off_mid_way_leaves_a_pending_entry_a_retry_takes_up(world):
+    """A registration whose claim never happened (a crash) leaves a pending entry: the retry answers its ID."""
+    index = world.p["33"].index
+    from issuer.documents import parse_document
+
+    document = parse_document("resident_id", number(40), today=TODAY)
+    mid = world.loop.run(index.register_resident(document, now=utc_now(), state=NationalState.PENDING))
+    again = register(world, "33", doc(40))
+    assert again.main_index_id == mid and not again.provisional
+    assert world.p["33"].store.get_resident(mid).national_state is NationalState.CLAIMED
+    # a pending entry whose documents another province holds is removed by the reconciler, never acknowledged
+    held = parse_document("resident_id", number(22, "440106"), today=TODAY)
+    orphan = world.loop.run(index.register_resident(held, now=utc_now() - dt.timedelta(hours=1),
+                                                    state=NationalState.PENDING))
+    run = world.reconcile("33")
+    assert run.removed == 1 and world.p["33"].store.get_resident(orphan) is None
