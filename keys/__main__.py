@@ -324,10 +324,30 @@ def timestamp_refresh(state: _State) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--publisher", metavar="HOST:PORT",
+              help="Ask the running trust publisher instead (what it accepted but has not published yet).")
+@click.option("--publisher-ca", type=_FILE, help="With --publisher: the CA of its certificate.")
+@click.option("--publisher-cert", type=_FILE, help="With --publisher: client certificate (CN national:<name>).")
+@click.option("--publisher-key", type=_FILE, help="With --publisher: its private key.")
 @pass_state
 @_guarded
-def status(state: _State, as_json: bool) -> None:
-    """What the repository publishes: versions, expiry, provinces and their keys' states."""
+def status(state: _State, as_json: bool, publisher: str | None, publisher_ca, publisher_cert,
+           publisher_key) -> None:
+    """What the repository publishes: versions, expiry, provinces and their keys' states, each province's
+    newest publication (age, Beijing time), roles pushed but not yet published, when the timestamp expires."""
+    if publisher is not None:
+        from publisher.__main__ import status as publisher_status
+
+        import grpc
+
+        if None in (publisher_ca, publisher_cert, publisher_key):
+            raise click.UsageError("--publisher needs --publisher-ca, --publisher-cert and --publisher-key")
+        try:
+            click.get_current_context().invoke(publisher_status, address=publisher, ca=publisher_ca,
+                                               cert=publisher_cert, key=publisher_key, as_json=as_json)
+        except grpc.RpcError as exc:
+            raise click.ClickException(f"publisher {publisher}: {exc.code().name}: {exc.details()}") from None
+        return
     from keys.repo_status import repository_status
 
     report = repository_status(state.repo(), now=state.now)

@@ -4,7 +4,11 @@
 and snapshot, as a verifier would) and reports every role's version, expiry and
 keys, newer versions written but not yet published, the delegated provinces and
 each published key's state at ``now``, with warnings for what verifiers would
-refuse or soon will. :class:`RepoStatus` renders it for scripts and for people.
+refuse or soon will. For people, times are also in Beijing time with human
+durations: when the timestamp expires, how old each province's published role
+is (from its file's modification time: when the province's push wrote it), and
+any province role written (pushed) but not yet in the published snapshot.
+:class:`RepoStatus` renders it for scripts and for people.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, Mapping
 from tuf.api.metadata import Metadata, Snapshot, Targets, Timestamp
 
 from healthcode.keylist import parse_key_list
-from shellkit.times import iso_utc
+from shellkit.times import beijing, human_duration, iso_utc
 
 from .ceremony import aware_utc
 from .errors import TrustRepoError
@@ -42,13 +46,16 @@ class RepoStatus:
                 "provinces": self.provinces, "warnings": list(self.warnings)}
 
     def lines(self) -> list[str]:
-        out = [f"trust repository {self.directory} at {iso_utc(self.now)}"]
+        out = [f"trust repository {self.directory} at {iso_utc(self.now)} ({beijing(self.now)})"]
         for name, role in self.roles.items():
             keys = f"  {role['threshold']} of {role['keys']} keys" if "threshold" in role else ""
             unpublished = (f"  (v{role['newest_version']} written, not yet published)"
                            if role.get("newest_version", role["version"]) != role["version"] else "")
             out.append(f"  {name:<10} v{role['version']:<4} expires {role['expires']} "
                        f"({role['expires_in']}){keys}{unpublished}")
+            if name == "timestamp":
+                expires = _dt.datetime.fromisoformat(role["expires"].replace("Z", "+00:00"))
+                out.append(f"  timestamp expires {beijing(expires)}, in {human_duration(expires - self.now)}")
         listed = f" ({', '.join(self.provinces)})" if self.provinces else ""
         out.append(f"  provinces: {len(self.provinces)}{listed}")
         for code, info in self.provinces.items():
@@ -57,6 +64,11 @@ class RepoStatus:
                     f"  province {code}: no metadata yet ({info['threshold']} of {info['keys']} keys)")
             if info.get("serial") is not None:
                 head += f", key list serial {info['serial']}, {len(info['key_list'])} keys"
+            if info.get("published_at"):
+                at = _dt.datetime.fromisoformat(info["published_at"].replace("Z", "+00:00"))
+                head += f"; newest publication {human_duration(self.now - at)} ago ({beijing(at)})"
+            if info.get("newest_version", 0) > info.get("role_version", 0):
+                head += f"; PUSHED, NOT YET PUBLISHED: v{info['newest_version']}"
             out.append(head)
             for key in info.get("key_list", ()):
                 extra = f", compromised since {key['compromised_since']}" if key["compromised_since"] else ""
@@ -113,9 +125,16 @@ def repository_status(repo: TrustRepository, *, now: _dt.datetime) -> RepoStatus
         code = role_name.removeprefix("province-")
         info: dict[str, Any] = {"threshold": delegated.threshold, "keys": len(delegated.keyids)}
         meta = snapshot.meta.get(f"{role_name}.json")
+        newest = repo.province_targets(code)
+        if newest is not None and (meta is None or newest.version > meta.version):
+            info["newest_version"] = newest.version  # written (pushed), not yet in the published snapshot
+            warnings.append(f"{role_name} v{newest.version} is written but not published: the publisher "
+                            "(healthcode-publisher serve) or `healthcode-keys publish` makes it visible")
         if meta is not None:
-            md = Metadata[Targets].from_bytes((metadata / f"{meta.version}.{role_name}.json").read_bytes()).signed
-            info.update(role_version=meta.version, expires=iso_utc(md.expires))
+            role_file = metadata / f"{meta.version}.{role_name}.json"
+            md = Metadata[Targets].from_bytes(role_file.read_bytes()).signed
+            written_at = _dt.datetime.fromtimestamp(role_file.stat().st_mtime, _dt.timezone.utc)
+            info.update(role_version=meta.version, expires=iso_utc(md.expires), published_at=iso_utc(written_at))
             path = f"provinces/{code}/{KEY_LIST_NAME}"
             if path in md.targets:
                 key_list = parse_key_list(repo.target_bytes(path, md), province=code)

@@ -182,3 +182,36 @@ def test_the_issuers_pusher_retries_until_the_publisher_is_back(served):
         assert pusher.wait_acknowledged(version + 1, timeout=10)
     finally:
         pusher.stop(5)
+
+
+def test_status_shows_what_is_pushed_but_not_published(served):
+    import subprocess
+    import sys
+
+    served.publisher.stop()
+    served.start(batch_window=30.0)
+    role, files = served.sign("33", {"revocation/0100/snapshot.hcrs": b"waiting for its publication"})
+    version = Metadata[Targets].from_bytes(role).signed.version
+    with served.chain.client("province:33", served.port) as client:
+        client.push("33", role, targets=files)
+    pki = served.chain.pki_dir
+
+    def keys(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "keys", "--repo", str(served.chain.repo_dir), "status", *args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    text = keys("--publisher", f"127.0.0.1:{served.port}", "--publisher-ca", str(pki / "ca.pem"),
+                "--publisher-cert", str(pki / "national:ops.pem"), "--publisher-key", str(pki / "national:ops.key"))
+    assert f"PUSHED, NOT YET PUBLISHED: v{version}" in text, text
+    assert "timestamp expires" in text and "北京时间" in text and " ago (" in text
+    # from the repository directory: a role written there (repository mode) and not yet published
+    repo = TrustRepository(served.chain.repo_dir)
+    with repo.lock():
+        repo.publish_province_targets("44", {"revocation/0200/snapshot.hcrs": b"written"}, served.signers("44"),
+                                      now=utc_now())
+    newest = repo.province_targets("44").version
+    text = keys()
+    assert f"province 44" in text and f"PUSHED, NOT YET PUBLISHED: v{newest}" in text, text
+    assert "timestamp expires" in text and "newest publication" in text
