@@ -35,6 +35,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from healthcode.model import MainIndexId
+
 from ._measure import percentile
 
 __all__ = ["run"]
@@ -161,7 +163,7 @@ def _grpc_run(index: Any, concurrency: int, seconds: float, first: int) -> list[
     return latencies
 
 
-def _mid() -> str:
+def _mid() -> MainIndexId:
     import healthcode as hc
 
     return hc.main_index_id_from_bytes(os.urandom(16))
