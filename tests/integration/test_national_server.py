@@ -405,3 +405,13 @@ def test_privacy_byte_scan(world):
         for needle in encodings(number):
             for name, blob in blobs.items():
                 assert needle not in blob, f"an encoding of an inserted number is in {name}"
+
+
+def test_reflection_lists_the_national_services(world):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(world.pki.channel(world.port, "hospital:44:gz-first"))
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                          timeout=10)
+    names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"healthcode.national.v1.NationalIndex", "healthcode.national.v1.HospitalResolution"} <= names
