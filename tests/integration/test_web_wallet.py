@@ -13,7 +13,8 @@ judges it. One step later the page shows a new presentation and the old one is s
 terminal; a revoked credential is refused after the terminal's next sync; a renewal that cannot
 reach the issuer says so on the page, and succeeds once the browser is back online.
 
-The issuer issues credentials valid for 0.03 h (108 s), so that the page's own renewal (from half
+The site and the browser are the web-wallet benchmark's (tools/bench/web_wallet.py). The issuer
+issues credentials valid for 0.03 h (108 s), so that the page's own renewal (from half
 the validity on) happens within the test.
 """
 
@@ -22,78 +23,37 @@ from __future__ import annotations
 import datetime as dt
 import json
 import pathlib
-import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
-import healthcode as hc
 from healthcode.base45 import b45encode
-from healthcode.keylist import KeyList
 from healthcode.presentation import STEP_SECONDS, decode_presentation_unverified
 from healthcode.revocation import RevocationState
 from healthcode.revocation_format import snapshot_target
 from issuer.api import common_pb2, health_codes_pb2
 from issuer.client import IssuerClient
-from issuer.devenv import DevEnvironment, ServerProcess, free_port
 from issuer.documents import make_resident_id
 from tests.integration.test_verifier_cli import OFFLINE
+from tools.bench.web_wallet import Browser, WalletSite, require_browser
 from verifier.images import decode_image
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
 from verifier.trust_sources import dev_bundle_bytes
 
 UTC = dt.timezone.utc
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-DIST = ROOT / "webwallet" / "dist"
-CHROMIUM, CHROMEDRIVER = pathlib.Path("/usr/bin/chromium"), pathlib.Path("/usr/bin/chromedriver")
 VALIDITY_HOURS = 0.03  # 108 s: renewal is due 54 s after issuance
 TIMEOUT = 60
-
-
-def _require_browser() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    assert not missing, f"missing {', '.join(missing)}: ./dev setup installs chromium and chromium-driver"
-    assert (DIST / "index.html").is_file(), "webwallet/dist is not built: ./dev setup runs npm ci and the build"
 
 
 def iso(moment: dt.datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class Site:
-    """The issuer (gRPC and HTTP listeners) serving a copy of webwallet/dist with its key list."""
+class Site(WalletSite):
+    """The issuer serving the wallet (tools/bench/web_wallet.py), with its revocation job publishing at once."""
 
     def __init__(self, base: pathlib.Path) -> None:
-        self.now = dt.datetime.now(UTC).replace(microsecond=0)
-        self.env = DevEnvironment.create(base / "issuer", now=self.now)
-        public = self.env.public_key
-        self.key = hc.TrustedKey(kid=public.key_id(), province="33", public_key=public,
-                                 use_from=self.now - dt.timedelta(hours=1), use_until=self.now + dt.timedelta(days=90),
-                                 verify_until=self.now + dt.timedelta(days=97))
-        self.wallet_dir = base / "wallet"
-        shutil.copytree(DIST, self.wallet_dir)
-        # the trust data served with the page: the province's key list, as the trust repository has it
-        (self.wallet_dir / "keys.json").write_bytes(KeyList(province="33", serial=1, keys=(self.key,)).to_bytes())
-        # development only: the page sends the app's issuance key itself (docs/web-wallet.md: in
-        # production the app's back end adds it and the page carries no credential)
-        (self.wallet_dir / "config.json").write_text(json.dumps({"authorization": f"Bearer {self.env.api_key}"}))
-        self.http_port = free_port()
-        config = self.env.config_path.read_text()
-        self.env.config_path.write_text(
-            f"code_validity_hours = {VALIDITY_HOURS}\n" + config +
-            f'\n[http]\nenabled = true\naddress = "127.0.0.1:{self.http_port}"\nwallet_dir = "{self.wallet_dir}"\n'
-            '\n[revocation]\ndirectory = "revocation-33"\npush_mode = "directory-only"\nmin_interval_seconds = 0\n')
-        self.url = f"https://127.0.0.1:{self.http_port}/wallet/"
-        self.server = ServerProcess(self.env)
-
-    def start(self) -> None:
-        self.server.process = None
-        self.server.start()
+        super().__init__(base, validity_hours=VALIDITY_HOURS, revocation=True)
 
     def client(self) -> IssuerClient:
         return IssuerClient(self.server.address, ca_pem=self.env.ca_pem, api_key=self.env.api_key)
@@ -139,55 +99,13 @@ class Terminal:
         return record
 
 
-class Phone:
-    """Headless Chromium with a phone-sized window and its own profile (IndexedDB, service worker)."""
+class Phone(Browser):
+    """Headless Chromium (tools/bench/web_wallet.py) that takes screenshots and reads the QR back from them."""
 
     def __init__(self, base: pathlib.Path) -> None:
-        options = Options()
-        options.binary_location = str(CHROMIUM)
-        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=412,915",
-                         f"--user-data-dir={base / 'chromium-profile'}", "--disable-gpu",
-                         # the issuer's development CA is not in the browser's store
-                         "--ignore-certificate-errors"):
-            options.add_argument(argument)
-        self.driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        super().__init__(base / "chromium-profile")
         self.shots = base / "screenshots"
         self.shots.mkdir()
-
-    def close(self) -> None:
-        self.driver.quit()
-
-    def js(self, script: str, *args):
-        return self.driver.execute_script(script, *args)
-
-    def wait(self, predicate, what: str, timeout: float = TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; the page says: {self.text('error')!r}")
-
-    def text(self, element_id: str) -> str:
-        return self.js("const e = document.getElementById(arguments[0]); return e && !e.hidden ? e.textContent : ''",
-                       element_id)
-
-    def step(self) -> int | None:
-        value = self.js("return document.getElementById('qr').dataset.step || null")
-        return int(value) if value else None
-
-    def serial(self) -> str | None:
-        return self.js("return document.getElementById('qr').dataset.serial || null")
-
-    def enrol(self, number: str) -> None:
-        self.wait(lambda: self.js("return !document.getElementById('enrol').hidden"), "the enrolment form")
-        self.driver.find_element(By.ID, "document-number").send_keys(number)
-        self.driver.find_element(By.ID, "enrol-button").click()
-        self.wait(self.step, "the live code after enrolment")
-
-    def offline(self, off: bool) -> None:
-        self.driver.set_network_conditions(offline=off, latency=0, download_throughput=-1, upload_throughput=-1)
 
     def screenshot(self, name: str) -> pathlib.Path:
         path = self.shots / f"{name}.png"
@@ -203,7 +121,7 @@ class Phone:
 
 @pytest.fixture
 def world(tmp_path):
-    _require_browser()
+    require_browser()
     site = Site(tmp_path)
     site.start()
     phone = Phone(tmp_path)
@@ -211,8 +129,7 @@ def world(tmp_path):
         yield site, Terminal(tmp_path, site), phone
     finally:
         phone.close()
-        if site.server.process is not None and site.server.process.poll() is None:
-            site.server.stop()
+        site.stop()
 
 
 def resident_number(seq: int) -> str:
@@ -225,7 +142,7 @@ def test_enrol_in_the_browser_then_the_terminal_verifies_the_screen_offline(worl
     terminal.sync([])  # the terminal's trust data, synced while it was online
     phone.driver.get(site.url)
     phone.enrol(number)
-    phone.wait(lambda: phone.text("offline-ready"), "the service worker to take over")
+    phone.wait(phone.offline_ready, "the service worker to take over")
 
     # the device key: a non-extractable P-256 key kept in IndexedDB
     key = phone.driver.execute_async_script("""
@@ -298,7 +215,7 @@ def test_the_page_renews_on_its_own_and_says_when_it_cannot(world):
     terminal.sync([])
     phone.driver.get(site.url)
     phone.enrol(resident_number(202))
-    phone.wait(lambda: phone.text("offline-ready"), "the service worker to take over")
+    phone.wait(phone.offline_ready, "the service worker to take over")
     first_serial = phone.serial()
     assert "自动续期" in phone.text("renewal") and "北京时间" in phone.text("renewal")
 
