@@ -15,6 +15,9 @@ command that produced it.
   province rotated, first-sync time against a read+parse baseline, metadata sizes (7 rounds);
 * ``revocation``: 10 million revoked among 1.4 billion issued: state size against the bound, a
   day's deltas, build/load time and memory, the lookup's cost in a verification (7 rounds of 1 s);
+* ``revocation-latency``: revoke -> rejected at an online terminal with real processes (issuer,
+  publisher, mirror, terminal), intervals scaled down: median and worst of 24 revocations against the
+  scaled intervals, the defaults' formula, and the terminal's bytes per poll (``--rounds N``);
 * ``verifier``: ``healthcode-verifier run`` from text input against the core verify loop, and the
   verifier process's memory with the national revocation state loaded (7 rounds of 1 s);
 * ``key-recovery``: P-256 public-key recovery from a signature (the alternative that would fit a
@@ -44,11 +47,13 @@ from . import (core, crashloop, issuer, issuer_layers, key_recovery, national, n
                revocation, trust, verifier, web_wallet)
 
 from . import publisher as publisher_bench
+from . import revocation_latency
 
 #: Each benchmark's ``run``: keyword options only, each with its own set (hence ``...``).
 BENCHES: dict[str, Callable[..., object]] = {
     "core": core.run, "issuer": issuer.run, "issuer-layers": issuer_layers.run, "crashloop": crashloop.run,
-    "trust": trust.run, "revocation": revocation.run, "verifier": verifier.run,
+    "trust": trust.run, "revocation": revocation.run, "revocation-latency": revocation_latency.run,
+    "verifier": verifier.run,
     "key-recovery": key_recovery.run, "presentation": presentation.run,
     "national-registration": national.run_registration, "national-partition": national.run_partition,
     "publisher": publisher_bench.run,
@@ -61,6 +66,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "crashloop": {"cycles": 20, "concurrency": 48},
     "trust": {"rounds": 7},
     "revocation": {"rounds": 7, "seconds": 1.0},
+    "revocation-latency": {"rounds": 24},
     "verifier": {"rounds": 7, "seconds": 1.0},
     "key-recovery": {"rounds": 5, "seconds": 0.5},
     "presentation": {"rounds": 7, "seconds": 1.0},

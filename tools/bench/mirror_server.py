@@ -8,7 +8,7 @@ handler: ``Last-Modified``, and ``If-Modified-Since`` answered with 304), and:
 * ``--etag``: an ETag per file (``"<mtime_ns>-<size>"`` in hex, as nginx makes
   them) and ``If-None-Match`` answered with 304;
 * ``--log F``: one JSON line per request, appended and flushed:
-  ``{"path", "status", "sent", "received"}`` with ``sent`` the bytes written
+  ``{"t", "path", "status", "sent", "received"}`` (``t`` in Unix seconds) with ``sent`` the bytes written
   to the socket (status line, headers, body) and ``received`` the request's
   bytes (request line and headers);
 * ``--drip S``: a slow mirror: every response is written one byte every
@@ -82,8 +82,8 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
         self.requestline = ""  # a keep-alive connection closed by the client reads no request
         super().handle_one_request()
         if self.log_file is not None and self.requestline:
-            record = {"path": self.path, "status": getattr(self, "_status", 0), "sent": self._counting.count,
-                      "received": self._received}
+            record = {"t": round(time.time(), 3), "path": self.path, "status": getattr(self, "_status", 0),
+                      "sent": self._counting.count, "received": self._received}
             with self.lock:
                 self.log_file.write(json.dumps(record) + "\n")
                 self.log_file.flush()
