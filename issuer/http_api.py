@@ -34,6 +34,7 @@ web wallet's static files.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any, Awaitable, Callable, Iterable, Mapping
@@ -45,7 +46,7 @@ from connectrpc.errors import ConnectError, ErrorDetail
 from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
 from connectrpc.request import RequestContext
 from connectrpc.server import ConnectASGIApplication, Endpoint
-from google.protobuf import json_format, symbol_database
+from google.protobuf import descriptor, json_format, symbol_database
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from protobuf.wkt import Any as AnyPb
@@ -142,55 +143,140 @@ class HttpContext:
 # --------------------------------------------------------------------------- JSON
 
 
-_NO_FIELD = re.compile(r'has no field named "([A-Za-z0-9_]+)" at "([A-Za-z0-9_.\[\]]+)"')
 _FAILED_FIELD = re.compile(r"Failed to parse ([A-Za-z0-9_]+) field")
+#: An unknown key is named in a violation only if it looks like a field name (letters and underscores):
+#: a key is client input, and a document number must not come back in an error.
+_SAFE_NAME = re.compile(r"[A-Za-z_]{1,64}")
 
 
-def _violation(field: str, description: str, reason: str) -> ConnectError:
+def _violation(*violations: tuple[str, str, str]) -> ConnectError:
+    """INVALID_ARGUMENT with a BadRequest of ``(field, description, reason)`` violations."""
     detail = error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field=field, description=description, reason=reason)])
-    where = f"{field}: " if field else ""
-    return ConnectError(Code.INVALID_ARGUMENT, f"invalid request: {where}{description}",
+        error_details_pb2.BadRequest.FieldViolation(field=f, description=d, reason=r) for f, d, r in violations])
+    message = "; ".join(f"{f}: {d}" if f else d for f, d, _ in violations)
+    return ConnectError(Code.INVALID_ARGUMENT, f"invalid request: {message}",
                         [ErrorDetail(AnyPb(type_url="type.googleapis.com/google.rpc.BadRequest",
                                            value=detail.SerializeToString()))])
+
+
+def _shape(value: dict[str, Any], desc: Any, path: str, out: list[tuple[str, str, str]]) -> None:
+    """Check ``value``'s keys against message ``desc``, and that message fields hold objects (arrays
+    of objects when repeated), before ``json_format`` parses it: its errors can quote values."""
+    fields = desc.fields_by_name
+    by_json = {f.json_name: f for f in desc.fields}
+    for key, item in value.items():
+        field = by_json.get(key) or fields.get(key)
+        if field is None:
+            if _SAFE_NAME.fullmatch(key):
+                out.append((f"{path}.{key}" if path else key, "unknown field", "UNKNOWN_FIELD"))
+            else:
+                out.append((path, "unknown field (its name is not repeated)", "UNKNOWN_FIELD"))
+            continue
+        where = f"{path}.{field.name}" if path else field.name
+        if field.type != _FD.TYPE_MESSAGE or field.message_type.full_name.startswith("google.protobuf."):
+            continue  # scalars and well-known types: json_format checks them, by field name only
+        if field.is_repeated and not field.message_type.GetOptions().map_entry:
+            if item is None:
+                continue
+            if not isinstance(item, list):
+                out.append((where, "must be an array of objects", "TYPE"))
+                continue
+            for i, element in enumerate(item):
+                if isinstance(element, dict):
+                    _shape(element, field.message_type, f"{where}[{i}]", out)
+                else:
+                    out.append((f"{where}[{i}]", "must be an object", "TYPE"))
+        elif item is not None and not isinstance(item, dict):
+            out.append((where, "must be an object", "TYPE"))
+        elif isinstance(item, dict) and not field.is_repeated:
+            _shape(item, field.message_type, where, out)
+
+
+_FD = descriptor.FieldDescriptor
+_INT64_TYPES = frozenset({_FD.TYPE_INT64, _FD.TYPE_UINT64, _FD.TYPE_SINT64, _FD.TYPE_FIXED64, _FD.TYPE_SFIXED64})
+_converters: dict[Any, Callable[[Any], Any]] = {}
+
+
+def _converter(field: Any) -> Callable[[Any], Any]:
+    """The JSON value of one field's (non-repeated) value, as ``json_format`` writes it."""
+    kind = field.type
+    if kind == _FD.TYPE_MESSAGE:
+        if field.message_type.full_name == "google.protobuf.Timestamp":
+            return lambda v: v.ToJsonString()
+        if field.message_type.full_name.startswith("google.protobuf."):
+            return json_format.MessageToDict  # other well-known types: the reference encoder
+        return message_to_json
+    if kind == _FD.TYPE_ENUM:
+        names = {v.number: v.name for v in field.enum_type.values}
+        return lambda v: names.get(v, v)
+    if kind == _FD.TYPE_BYTES:
+        return lambda v: base64.b64encode(v).decode("ascii")
+    if kind in _INT64_TYPES:
+        return str
+    return lambda v: v  # strings, bools, 32-bit integers (floats never get here: see message_to_json)
+
+
+def message_to_json(message: Message) -> dict[str, Any]:
+    """``json_format.MessageToDict(message)`` for the issuer's messages, several times faster.
+
+    ``json_format`` walks descriptors in Python on every call (~65 µs for an
+    IssueCode answer, measured: a tenth of the event loop's time per call);
+    this reads only the fields set (``ListFields``, in C) with one converter per
+    field, built once. Float and map fields (none in the issuer's API) take the
+    reference encoder; ``tests/unit/test_http_json.py`` holds the two equal on
+    every message of the API.
+    """
+    out: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        convert = _converters.get(field)
+        if convert is None:
+            if field.type in (_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE) or (
+                    field.type == _FD.TYPE_MESSAGE and field.message_type.GetOptions().map_entry):
+                return json_format.MessageToDict(message)
+            convert = _converters[field] = _converter(field)
+        if field.is_repeated:
+            out[field.json_name] = [convert(v) for v in value]
+        else:
+            out[field.json_name] = convert(value)
+    return out
 
 
 class StrictJsonCodec:
     """Proto3 JSON for google.protobuf messages; unknown fields refused (a typo must not pass silently).
 
-    A body that does not parse is INVALID_ARGUMENT with one field violation:
-    ``FORMAT`` on ``""`` (not JSON, or not an object), ``UNKNOWN_FIELD`` on the
-    unknown field's path, ``TYPE`` on a field of the wrong type or value. The
-    parser's own message, which may quote the value, is never returned.
+    A body that does not parse is INVALID_ARGUMENT with field violations:
+    ``FORMAT`` on ``""`` (not JSON, or not an object), ``UNKNOWN_FIELD`` on each
+    unknown field's path (``supplementary[1].nmber``; a key that is not
+    letters and underscores is not repeated: the violation names its parent),
+    ``TYPE`` on a field of the wrong type or value. The parser's own message,
+    which may quote the value, is never returned.
     """
 
     def name(self) -> str:
         return "json"
 
     def encode(self, message: Message) -> bytes:
-        return json_format.MessageToJson(message, indent=None).encode()
+        return json.dumps(message_to_json(message), ensure_ascii=False, separators=(",", ":")).encode()
 
     def decode(self, data: bytes | bytearray, message_class: type[Message]) -> Message:
         message = message_class()
         try:
             value = json.loads(data) if data else {}
         except (ValueError, UnicodeDecodeError):
-            raise _violation("", "body is not valid JSON", "FORMAT") from None
+            raise _violation(("", "body is not valid JSON", "FORMAT")) from None
         if not isinstance(value, dict):
-            raise _violation("", "body must be a JSON object", "FORMAT") from None
+            raise _violation(("", "body must be a JSON object", "FORMAT")) from None
+        out: list[tuple[str, str, str]] = []
+        _shape(value, message.DESCRIPTOR, "", out)
+        if out:
+            raise _violation(*out) from None
         try:
             json_format.ParseDict(value, message, ignore_unknown_fields=False)
         except json_format.ParseError as e:
-            text = str(e)
-            unknown = _NO_FIELD.search(text)
-            if unknown:
-                at = unknown[2].split(".", 1)  # "<MessageName>.path.to.parent"
-                path = ".".join(filter(None, [at[1] if len(at) > 1 else "", unknown[1]]))
-                raise _violation(path, "unknown field", "UNKNOWN_FIELD") from None
-            names = _FAILED_FIELD.findall(text)
+            names = _FAILED_FIELD.findall(str(e))  # field names from the descriptor, never values
             if names:
-                raise _violation(".".join(names), "wrong type or value for this field", "TYPE") from None
-            raise _violation("", "body does not match the request message", "FORMAT") from None
+                raise _violation((".".join(names), "wrong type or value for this field", "TYPE")) from None
+            raise _violation(("", "body does not match the request message", "FORMAT")) from None
         return message
 
 

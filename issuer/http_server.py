@@ -49,6 +49,9 @@ __all__ = ["HttpOptions", "HttpServer", "Router", "RPC_PREFIX", "WALLET_PREFIX"]
 log = logging.getLogger("issuer.http")
 
 RPC_PREFIX = "/healthcode."
+#: Idle keep-alive connections are closed after this long (uvicorn's 5 s would make a phone that calls
+#: every few seconds pay a new TLS handshake each time).
+KEEP_ALIVE_SECONDS = 60
 WALLET_PREFIX = "/wallet/"
 
 #: The verified client certificate's subject CNs of the request being served (set by the router).
@@ -254,6 +257,7 @@ class HttpServer:
             self.router, http=_TlsPeerProtocol, lifespan="off", log_config=None, access_log=False,
             server_header=False, date_header=True, proxy_headers=False, limit_concurrency=max_concurrent,
             timeout_graceful_shutdown=max(1, int(grace)), ws="none", interface="asgi3",
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
         config.load()
         config.ssl = context  # our context (loaded from bytes, optional client certificates), not uvicorn's files
