@@ -26,6 +26,8 @@ command that produced it.
   side by side on real processes (default 5 rounds of 200 registrations each);
 * ``national-partition``: two provinces register the same people while the national service is down;
   surviving IDs, lost registrations, revoked losing codes, reconciliation time (default 1,000 people);
+* ``http-api``: IssueCode over Connect JSON (HTTP/1.1) against over gRPC, one issuer serving both, same
+  load and durability (default 5 rounds of 3 s, 32 calls in flight);
 * ``national-index``: the national index on PostgreSQL with 10 million synthetic residents: claim and
   lookup p50/p99 at 32 in flight against a trivial indexed lookup, a short gRPC run, bytes per resident
   and the projection to 1.4 billion (``--residents N``; default 10,000,000, 10 s per operation);
@@ -43,8 +45,8 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from . import (core, crashloop, issuer, issuer_layers, key_recovery, national, national_index, presentation,
-               revocation, trust, verifier, web_wallet)
+from . import (core, crashloop, http_api, issuer, issuer_layers, key_recovery, national, national_index,
+               presentation, revocation, trust, verifier, web_wallet)
 
 from . import publisher as publisher_bench
 from . import revocation_latency
@@ -54,7 +56,7 @@ BENCHES: dict[str, Callable[..., object]] = {
     "core": core.run, "issuer": issuer.run, "issuer-layers": issuer_layers.run, "crashloop": crashloop.run,
     "trust": trust.run, "revocation": revocation.run, "revocation-latency": revocation_latency.run,
     "verifier": verifier.run,
-    "key-recovery": key_recovery.run, "presentation": presentation.run,
+    "key-recovery": key_recovery.run, "presentation": presentation.run, "http-api": http_api.run,
     "national-registration": national.run_registration, "national-partition": national.run_partition,
     "publisher": publisher_bench.run,
     "national-index": national_index.run, "web-wallet": web_wallet.run}
@@ -70,6 +72,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "verifier": {"rounds": 7, "seconds": 1.0},
     "key-recovery": {"rounds": 5, "seconds": 0.5},
     "presentation": {"rounds": 7, "seconds": 1.0},
+    "http-api": {"rounds": 5, "seconds": 3.0, "concurrency": 32},
     "national-registration": {"rounds": 5, "cycles": 200},
     "national-partition": {"cycles": 1000, "concurrency": 16},
     "publisher": {"rounds": 5, "seconds": 30.0, "concurrency": 34},
