@@ -11,7 +11,8 @@ terminal's image decoder; ``healthcode-verifier`` (a real process, offline, trus
 from a development bundle holding the issuer's key and the revocations the issuer published)
 judges it. One step later the page shows a new presentation and the old one is stale at the
 terminal; a revoked credential is refused after the terminal's next sync; a renewal that cannot
-reach the issuer says so on the page, and succeeds once the browser is back online.
+reach the issuer says so on the page, and succeeds once the browser is back online; a credential
+the page cannot verify against the key list it was given is neither kept nor shown.
 
 The site and the browser are the web-wallet benchmark's (tools/bench/web_wallet.py). The issuer
 issues credentials valid for 0.03 h (108 s), so that the page's own renewal (from half
@@ -28,13 +29,16 @@ import sys
 
 import pytest
 
+import healthcode as hc
 from healthcode.base45 import b45encode
+from healthcode.keylist import KeyList
 from healthcode.presentation import STEP_SECONDS, decode_presentation_unverified
 from healthcode.revocation import RevocationState
 from healthcode.revocation_format import snapshot_target
 from issuer.api import common_pb2, health_codes_pb2
 from issuer.client import IssuerClient
 from issuer.documents import make_resident_id
+from selenium.webdriver.common.by import By
 from tests.integration.test_verifier_cli import OFFLINE
 from tools.bench.web_wallet import Browser, WalletSite, require_browser
 from verifier.images import decode_image
@@ -241,3 +245,31 @@ def test_the_page_renews_on_its_own_and_says_when_it_cannot(world):
         old = client.status("EHC1:" + b45encode(decode_presentation_unverified(text).credential_cose))
     assert (old.state, old.revocation_reason) == (common_pb2.CODE_STATE_REVOKED,
                                                   common_pb2.REVOCATION_REASON_SUPERSEDED)
+
+
+def test_a_credential_the_page_cannot_verify_is_not_kept_and_no_code_is_shown(world):
+    """The page was given another province key than the one that signs: it refuses the credential."""
+    site, _, phone = world
+    other = hc.generate_signing_key(hc.Algorithm.ES256).public_key()
+    wrong = hc.TrustedKey(kid=site.key.kid, province=hc.ProvinceCode("33"), public_key=other,  # same kid, other key
+                          use_from=site.key.use_from, use_until=site.key.use_until, verify_until=site.key.verify_until)
+    site.stop()
+    (site.wallet_dir / "keys.json").write_bytes(
+        KeyList(province=hc.ProvinceCode("33"), serial=1, keys=(wrong,)).to_bytes())
+    site.start()  # the listener reads the wallet's files at start
+    phone.driver.get(site.url)
+    phone.wait(phone.form_shown, "the enrolment form")
+    phone.driver.find_element(By.ID, "document-number").send_keys(resident_number(203))
+    phone.driver.find_element(By.ID, "enrol-button").click()
+    message = phone.wait(lambda: phone.text("error"), "the page's refusal")
+    assert "凭证无法验证，不显示健康码" in message and "cannot be verified" in message and "bad_signature" in message
+    assert phone.step() is None and phone.js("return document.getElementById('code').hidden") is True
+    kept = phone.driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const open = indexedDB.open('healthcode-wallet');
+        open.onsuccess = () => {
+          const get = open.result.transaction('state').objectStore('state').get('credential');
+          get.onsuccess = () => done(get.result === undefined ? null : 'kept');
+        };""")
+    assert kept is None
+    assert phone.form_shown()
