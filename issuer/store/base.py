@@ -457,7 +457,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def unclaimed_residents(self, *, limit: int) -> list[ResidentRecord]:
-        """Up to ``limit`` entries not claimed yet (``local``, ``pending``, ``provisional``), oldest first."""
+        """Up to ``limit`` unmerged entries not claimed yet (``local``, ``pending``, ``provisional``), oldest first."""
 
     @abc.abstractmethod
     def set_national_state(self, main_index_id: str, state: NationalState, *,

@@ -66,8 +66,10 @@ class NationalStatements:
     def unclaimed_residents(self, *, limit: int) -> list[ResidentRecord]:
         from .sql import RESIDENT_COLUMNS
 
+        # a local merge's merged entry has no documents left to claim: its survivor claims them
         rows = self._all(f"SELECT {RESIDENT_COLUMNS} FROM residents WHERE national_state IN (?, ?, ?) "
-                         "ORDER BY created_at, main_index_id LIMIT ?", (*_UNCLAIMED, int(limit)))
+                         "AND merged_into IS NULL ORDER BY created_at, main_index_id LIMIT ?",
+                         (*_UNCLAIMED, int(limit)))
         return [self._resident_record(row) for row in rows]
 
     def set_national_state(self, main_index_id: str, state: NationalState, *,
