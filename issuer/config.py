@@ -282,6 +282,9 @@ class IssuerConfig:
         if mode == "network" and None in network:
             raise ConfigError('revocation.push_mode = "network" needs revocation.publisher, publisher_ca, '
                               'publisher_cert and publisher_key')
+        if mode == "network" and self.online_keys is not None:
+            raise ConfigError('revocation.push_mode = "network": the national publisher signs the snapshot and '
+                              'timestamp; remove key_admin.online_keys')
         if mode != "network" and any(v is not None for v in network):
             raise ConfigError('revocation.publisher* settings need push_mode = "network"')
         if not self.revocation_push_poll > 0:

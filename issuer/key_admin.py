@@ -483,4 +483,7 @@ def open_key_admin(
     admin = ProvinceKeyAdmin(province=config.province, key_set_path=config.key_set, keystore=keystore, repo=repo,
                              tuf_signers=tuf_signers, publish_snapshot=online is not None, on_change=on_change,
                              live_codes_signed=live_codes_signed)  # ListKeys/PlanRotation: the signer's live counts
+    if config.revocation_push_mode == "network" and config.revocation_directory is not None:
+        admin.unpublished_note = (f"pushed to the national trust publisher within {config.revocation_push_poll:g} s "
+                                  "(push_mode = \"network\"); visible to verifiers at its next publication")
     return KeyAdminService(admin, clock=clock, on_close=keystore.close)

@@ -90,6 +90,8 @@ class ProvinceKeyAdmin:
     on_change: Callable[[ProvinceKeySet], None] | None = None
     policy_for_new: RotationPolicy | None = None
     live_codes_signed: Callable[[], Mapping[bytes, int]] | None = None
+    #: What a publication without the snapshot means for verifiers (a network-mode issuer pushes it).
+    unpublished_note: str = "not visible to verifiers until the next `healthcode-keys publish`"
 
     def __post_init__(self) -> None:
         self.province = province_code(self.province)
@@ -345,7 +347,7 @@ class ProvinceKeyAdmin:
                                                tuple(str(self.repo.directory / p) for p in published.written),
                                                published.warnings), published=True)
             else:
-                outcome = outcome.then(Outcome("not visible to verifiers until the next `healthcode-keys publish`"))
+                outcome = outcome.then(Outcome(self.unpublished_note))
         return outcome
 
 
