@@ -506,3 +506,33 @@ def test_a_claim_cut_off_mid_way_leaves_a_pending_entry_a_retry_takes_up(world):
                                                     state=NationalState.PENDING))
     run = world.reconcile("33")
     assert run.removed == 1 and world.p["33"].store.get_resident(orphan) is None
+
+
+def test_the_reconciler_task_claims_on_its_own_once_the_link_returns(world):
+    """The background task (as ``serve`` runs it), at a short interval: no round is run by hand."""
+    province = world.p["33"]
+    task = Reconciler(index=province.index, national=province.client, clock=utc_now, interval=0.2,
+                      pending_grace=dt.timedelta(0))
+    world.loop.run(world.national.stop())
+    try:
+        provisional = register(world, "33", doc(50))
+        assert provisional.provisional
+        world.loop.run(_start(task))
+        time.sleep(0.6)  # rounds run and find the national service unreachable: nothing changes
+        assert province.store.get_resident(provisional.main_index_id).national_state is NationalState.PROVISIONAL
+    finally:
+        world.loop.run(world.national.start(world.p))
+    try:
+        deadline = time.monotonic() + 15
+        while province.store.get_resident(provisional.main_index_id).national_state is not NationalState.CLAIMED:
+            assert time.monotonic() < deadline, "the reconciler task did not claim the provisional entry"
+            time.sleep(0.1)
+    finally:
+        world.loop.run(task.stop())
+    with pytest.raises(grpc.RpcError) as e:  # now held nationally by 33
+        register(world, "44", doc(50))
+    assert e.value.code() is grpc.StatusCode.ALREADY_EXISTS and "province 33" in e.value.details()
+
+
+async def _start(reconciler: Reconciler) -> None:
+    reconciler.start()
