@@ -443,3 +443,15 @@ def test_unknown_paths_and_health(world):
     assert client.request("POST", "/healthcode.issuer.v1.Nope/Nope", b"{}", {"Content-Type": "application/json"})[0] \
         == 404
     assert client.request("GET", "/wallet/", None, {})[0] == 404  # no wallet directory configured here
+
+
+def test_http_rpcs_are_counted_in_the_same_metrics(world):
+    def count(code: str) -> float:
+        return world.server.metrics.registry.get_sample_value(
+            "healthcode_issuer_rpcs_total",
+            {"method": "healthcode.issuer.v1.ResidentIndex/FindResident", "code": code}) or 0.0
+
+    before_ok, before_nf = count("OK"), count("NOT_FOUND")
+    world.call("json", "ResidentIndex", "FindResident", rpb.FindResidentRequest(document=world.resident()[1]))
+    world.call("proto", "ResidentIndex", "FindResident", rpb.FindResidentRequest(document=doc(resident_id())))
+    assert (count("OK"), count("NOT_FOUND")) == (before_ok + 1, before_nf + 1)
