@@ -2,7 +2,8 @@
 
 Debian's headless Chromium (``/usr/bin/chromium``, driven by ``/usr/bin/chromedriver`` through
 Selenium) opens the web wallet served by the REAL issuer (``healthcode-issuer serve`` as a
-subprocess, its HTTP listener serving Connect and ``/wallet/``), enrols with a resident ID
+subprocess, its HTTP listener serving Connect and ``/wallet/`` over TLS that the browser verifies
+with the issuer's development CA in its NSS database), enrols with a resident ID
 through the page (FindResident / RegisterResident, CreateChallenge, IssueCredential over Connect
 JSON, the proof signed by a non-extractable WebCrypto key), and shows the live code. Then the
 network goes off (DevTools network emulation, and the issuer is stopped), the page is opened
@@ -106,8 +107,8 @@ class Terminal:
 class Phone(Browser):
     """Headless Chromium (tools/bench/web_wallet.py) that takes screenshots and reads the QR back from them."""
 
-    def __init__(self, base: pathlib.Path) -> None:
-        super().__init__(base / "chromium-profile")
+    def __init__(self, base: pathlib.Path, ca_pem: bytes) -> None:
+        super().__init__(base / "chromium-profile", ca_pem=ca_pem)
         self.shots = base / "screenshots"
         self.shots.mkdir()
 
@@ -128,7 +129,7 @@ def world(tmp_path):
     require_browser()
     site = Site(tmp_path)
     site.start()
-    phone = Phone(tmp_path)
+    phone = Phone(tmp_path, site.env.ca_pem)  # the browser trusts the issuer's development CA
     try:
         yield site, Terminal(tmp_path, site), phone
     finally:

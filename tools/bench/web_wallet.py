@@ -32,6 +32,7 @@ import platform
 import shutil
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -121,20 +122,29 @@ class WalletSite:
 
 
 class Browser:
-    """Headless Debian Chromium (Selenium) with a phone-sized window and its own profile."""
+    """Headless Debian Chromium (Selenium) with a phone-sized window and its own profile.
 
-    def __init__(self, profile: pathlib.Path) -> None:
+    ``ca_pem``: a CA the browser trusts besides the system's (the issuer's development CA), put
+    in an NSS database under a home directory of the browser's own (``certutil``, Debian's
+    libnss3-tools), so that TLS to the issuer is verified as a phone's browser would verify it.
+    """
+
+    def __init__(self, profile: pathlib.Path, *, ca_pem: bytes | None = None) -> None:
         from selenium import webdriver
         from selenium.webdriver.chrome.options import Options
         from selenium.webdriver.chrome.service import Service
 
+        home = profile.parent / f"{profile.name}-home"
+        home.mkdir(parents=True, exist_ok=True)
+        if ca_pem is not None:
+            _trust_ca(home, ca_pem)
         options = Options()
         options.binary_location = str(CHROMIUM)
         for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=412,915",
-                         f"--user-data-dir={profile}", "--disable-gpu",
-                         "--ignore-certificate-errors"):  # the issuer's development CA is not in the browser's store
+                         f"--user-data-dir={profile}", "--disable-gpu"):
             options.add_argument(argument)
-        self.driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        service = Service(str(CHROMEDRIVER), env={**os.environ, "HOME": str(home)})
+        self.driver = webdriver.Chrome(service=service, options=options)
 
     def close(self) -> None:
         self.driver.quit()
@@ -188,6 +198,19 @@ class Browser:
         return float(self.js("return performance.getEntriesByName('healthcode:code-shown')[0].startTime"))
 
 
+def _trust_ca(home: pathlib.Path, ca_pem: bytes) -> None:
+    """Chromium on Linux reads the user's NSS database, ``$HOME/.pki/nssdb``: add ``ca_pem`` to it as a TLS CA."""
+    if shutil.which("certutil") is None:
+        raise RuntimeError("certutil is missing: ./dev setup installs libnss3-tools")
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True, exist_ok=True)
+    ca = home / "issuer-ca.pem"
+    ca.write_bytes(ca_pem)
+    for command in (["certutil", "-N", "-d", f"sql:{nssdb}", "--empty-password"],
+                    ["certutil", "-A", "-d", f"sql:{nssdb}", "-n", "healthcode-dev-ca", "-t", "C,,", "-i", str(ca)]):
+        subprocess.run(command, check=True, capture_output=True, timeout=30)
+
+
 def _first_contentful_paint(browser: Browser) -> float:
     return float(browser.wait(lambda: browser.js(
         "const e = performance.getEntriesByName('first-contentful-paint')[0]; return e ? e.startTime : null"),
@@ -217,7 +240,8 @@ def run(*, rounds: int = 7, out=sys.stdout, **_ignored: object) -> dict[str, Any
         figures: dict[str, Any] = {"sizes": sizes, "enrol_ms": [], "code_ms": [], "fcp_ms": [], "transferred": []}
         try:
             for round_ in range(rounds):
-                browser = Browser(base / f"profile-{round_}")  # a new phone: empty cache, no service worker
+                # a new phone: empty cache, no service worker
+                browser = Browser(base / f"profile-{round_}", ca_pem=site.env.ca_pem)
                 try:
                     _one_round(site, browser, round_, figures)
                 finally:
