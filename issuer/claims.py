@@ -11,10 +11,12 @@ registrations, links and moves go through the national index
 2. its documents are claimed nationally (ClaimIdentity, not provisional);
 3. claimed: the entry becomes ``claimed`` and the registration is acknowledged;
    held by another identity: the pending entry is removed and the answer is
-   :class:`HeldElsewhere` (ALREADY_EXISTS naming the home province); the
-   national index unreachable or too slow: the entry becomes ``provisional``
-   and the registration is acknowledged as provisional (the reconciler,
-   :mod:`issuer.reconciler`, claims it when the link returns).
+   :class:`HeldElsewhere` (ALREADY_EXISTS naming the home province); refused
+   outright (:class:`~issuer.national_client.NationalRefused`): the pending
+   entry is removed and the refusal answered (FAILED_PRECONDITION); the
+   national index unreachable, too slow or failing: the entry becomes
+   ``provisional`` and the registration is acknowledged as provisional (the
+   reconciler, :mod:`issuer.reconciler`, claims it when the link returns).
 
 A crash between (1) and (3) leaves a ``pending`` entry nobody was told about:
 a retry takes it up, and the reconciler settles it (claimed, or removed) once
@@ -125,6 +127,9 @@ class NationalResidentIndex(ResidentIndex):
             log.warning("national index unreachable: registration acknowledged as provisional",
                         extra={"event": "registration_provisional"})
             return Registration(mid, provisional=True)
+        except NationalRefused:  # a definitive refusal: nothing was stored nationally, nothing stays here
+            await self._write(self.store.delete_pending(mid))
+            raise
         if claim.outcome is ClaimOutcome.CLAIMED and claim.main_index_id == mid:  # (3) claimed
             await self._write(self.store.set_national_state(mid, NationalState.CLAIMED,
                                                             expect=[NationalState.PENDING, NationalState.PROVISIONAL]))

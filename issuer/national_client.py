@@ -6,13 +6,15 @@ refuses one naming another province). Wire types stay here: callers pass
 :class:`~issuer.documents.Document` values and get :class:`Claim`,
 :class:`NationalEvent` and the previous province back.
 
-Errors, in the issuer's root: the national index unreachable, or not
-answering within the call's deadline (UNAVAILABLE, DEADLINE_EXCEEDED,
-CANCELLED), is :class:`NationalUnavailable` (the caller decides: a
-registration goes on provisionally, a transfer is refused); any other status
-is :class:`NationalRefused` carrying the national service's message (it
+Errors, in the issuer's root: the national index unreachable, not answering
+within the call's deadline, or failing in a way that may pass (UNAVAILABLE,
+DEADLINE_EXCEEDED, CANCELLED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNKNOWN:
+whether it stored anything is unknown, and every national call is idempotent)
+is :class:`NationalUnavailable` (the caller decides: a registration goes on
+provisionally, a transfer is refused); any other status is a definitive
+refusal, :class:`NationalRefused`, carrying the national service's message (it
 carries no document number, by the national API's contract) and its status
-code's name.
+code's name; by the national API's contract nothing was stored.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ __all__ = [
     "certificate_province",
 ]
 
-_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL,
+                        grpc.StatusCode.UNKNOWN})
 
 
 class NationalUnavailable(Unavailable):
@@ -194,7 +198,7 @@ class NationalClient:
         try:
             return await getattr(self._index(), method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in _UNREACHABLE:
+            if exc.code() in _TRANSIENT:
                 raise NationalUnavailable(f"national index unreachable ({exc.code().name})") from None
             raise NationalRefused(f"national index: {exc.details() or exc.code().name}", exc.code().name) from None
 

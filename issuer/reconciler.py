@@ -17,6 +17,8 @@ and tools. The clock is passed in. A round, in order (marked in the code):
    * HELD: a ``pending`` entry (never acknowledged) is removed; an
      acknowledged one is merged into the holder as above (nothing acknowledged
      is lost);
+   * refused outright: a ``pending`` entry is removed; an acknowledged one
+     stays as it is (logged with the status, retried next round);
    * the national index unreachable: the round stops here and retries later.
 
 2. **events**: ListEvents after the durable cursor, page by page; each event
@@ -113,7 +115,10 @@ class Reconciler:
                 continue  # its registration may still be claiming it
             try:
                 await self._claim(run, record, now)
-            except NationalRefused as exc:
+            except NationalRefused as exc:  # definitive: a pending entry (never acknowledged) goes
+                if record.national_state is NationalState.PENDING:
+                    if await asyncio.wrap_future(self._store.delete_pending(record.main_index_id)):
+                        run.removed += 1
                 log.warning("national index refused a reconciliation claim: %s", exc.code,
                             extra={"event": "reconcile_refused"})
 
