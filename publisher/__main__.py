@@ -53,6 +53,7 @@ def cli() -> None:
 @click.option("--client-ca", type=_FILE, help="CA of the provinces' and national operators' client certificates.")
 @click.option("--batch-window", type=float, help="Seconds a push waits for others to share its publication [0.5].")
 @click.option("--timestamp-refresh", type=float, help="Seconds between timestamp refreshes [3600].")
+@click.option("--retention", type=float, help="Seconds after which old versions are pruned (0: never) [86400].")
 @click.option("--metrics-port", type=int, help="Prometheus port (0: off) [0].")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def serve(config_file: pathlib.Path | None, online_passphrase_env: str | None, **flags: object) -> None:

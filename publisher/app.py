@@ -90,6 +90,7 @@ class PublisherServer:
     async def start(cls, config: PublisherConfig, store: PublisherStore, tls: TlsMaterial, *,
                     clock: Callable[[], _dt.datetime] = _utc_now) -> "PublisherServer":
         loop = PublicationLoop(store, batch_window=config.batch_window, timestamp_refresh=config.timestamp_refresh,
+                               retention=_dt.timedelta(seconds=config.retention) if config.retention else None,
                                clock=clock)
         service = TrustPublisherService(store, loop, clock=clock)
         metrics = Metrics()

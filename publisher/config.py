@@ -9,6 +9,7 @@ Example file (relative paths are relative to the file's directory)::
     listen = "0.0.0.0:50070"
     batch_window_seconds = 0.5              # pushes arriving together share one snapshot and timestamp
     timestamp_refresh_minutes = 60          # a new timestamp this often (it expires after 1 day)
+    retention_hours = 24                    # old snapshots, role versions and files pruned after this (0: never)
     log_level = "INFO"
 
     [tls]                                   # mTLS is required: provinces are their certificates
@@ -50,6 +51,7 @@ class PublisherConfig:
     client_ca: pathlib.Path
     batch_window: float = 0.5
     timestamp_refresh: float = 3600.0
+    retention: float = 86400.0  # seconds; 0: never prune
     rate: float = 20.0  # pushes and status reads a second per caller (token bucket) ...
     burst: float = 40.0  # ... and bucket size
     metrics_port: int = 0
@@ -61,6 +63,8 @@ class PublisherConfig:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError("listen must be host:port (for example 0.0.0.0:50070)")
+        if self.retention < 0:
+            raise ConfigError("retention_hours must be >= 0 (0: never prune)")
         if self.batch_window < 0 or not self.timestamp_refresh > 0:
             raise ConfigError("batch_window_seconds must be >= 0 and timestamp_refresh_minutes positive")
         if not (self.rate > 0 and self.burst >= 1):
@@ -81,6 +85,7 @@ _FILE_KEYS: Mapping[tuple[str, str], tuple[str, str]] = {
     ("", "listen"): ("listen", "str"),
     ("", "batch_window_seconds"): ("batch_window", "number"),
     ("", "timestamp_refresh_minutes"): ("timestamp_refresh", "minutes"),
+    ("", "retention_hours"): ("retention", "hours"),
     ("", "rate"): ("rate", "number"),
     ("", "burst"): ("burst", "number"),
     ("", "grace_period"): ("grace_period", "number"),
@@ -100,8 +105,8 @@ def _convert(kind: str, value: Any, base: pathlib.Path, where: str) -> Any:
         return value
     if kind == "int" and type(value) is int:
         return value
-    if kind in ("number", "minutes") and type(value) in (int, float):
-        return float(value) * (60 if kind == "minutes" else 1)
+    if kind in ("number", "minutes", "hours") and type(value) in (int, float):
+        return float(value) * {"minutes": 60, "hours": 3600}.get(kind, 1)
     raise ConfigError(f"{where}: expected a {kind}")
 
 

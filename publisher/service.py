@@ -16,7 +16,9 @@ naming the province and the reason, and a gRPC status with a
 * **before the timestamp expires**: a new timestamp (and a snapshot if it
   would expire first) every ``timestamp_refresh`` seconds; this also picks up
   what the national ceremonies wrote into the repository;
-* **at start**: whatever a killed publisher left staged.
+* **at start**: whatever a killed publisher left staged;
+* **pruning**: with ``retention``, each timestamp refresh also deletes what no
+  terminal can still be fetching (:mod:`publisher.retention`).
 
 A failed publication is logged and retried after ``retry`` seconds.
 """
@@ -105,6 +107,7 @@ class PublicationLoop:
         batch_window: float = 0.5,
         timestamp_refresh: float = 3600.0,
         retry: float = 5.0,
+        retention: _dt.timedelta | None = None,
         clock: Callable[[], _dt.datetime] = _utc_now,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -112,6 +115,7 @@ class PublicationLoop:
             raise ValueError("batch_window must be >= 0, timestamp_refresh and retry positive")
         self.store = store
         self.batch_window, self.timestamp_refresh, self.retry = batch_window, timestamp_refresh, retry
+        self.retention = retention
         self._clock, self._monotonic = clock, monotonic
         self._cond = threading.Condition()
         self._pending_since: float | None = None
@@ -196,6 +200,15 @@ class PublicationLoop:
             self.last = result
             publication_log.info("published %d push(es): %s", result.pushes, result.summary,
                                  extra={"event": "publication"})
+        if force and self.retention is not None:
+            try:
+                pruned = self.store.prune(now=self._clock(), retention=self.retention)
+            except Exception as exc:  # noqa: BLE001 - pruning is housekeeping: logged, tried again next time
+                publication_log.error("pruning failed: %s: %s", type(exc).__name__, exc, extra={"event": "prune"})
+            else:
+                if pruned.snapshots or pruned.roles or pruned.targets:
+                    publication_log.info("pruned %d snapshot(s), %d role version(s), %d file(s)", pruned.snapshots,
+                                         pruned.roles, pruned.targets, extra={"event": "prune"})
         return True
 
 

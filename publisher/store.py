@@ -44,6 +44,7 @@ from shellkit.files import fsync_directory, write_file_atomically
 from shellkit.times import iso_utc
 
 from .checks import DEFAULT_LIMITS, Accepted, CheckedPush, Limits, check_push, role_digest
+from .retention import Pruned, prune
 
 __all__ = ["PublisherStore", "ProvinceState", "Publication"]
 
@@ -335,6 +336,11 @@ class PublisherStore:
                     accepted_version=accepted.version if accepted else 0,
                     accepted_at=self._accepted_at.get(code), role_expires=expires))
             return result
+
+    def prune(self, *, now: _dt.datetime, retention: _dt.timedelta) -> Pruned:
+        """Delete old snapshots, role versions and unlisted-by-any-role files (:mod:`publisher.retention`)."""
+        with self._lock, self.repo.lock():
+            return prune(self.repo, now=now, retention=retention)
 
     def timestamp(self) -> Timestamp:
         """The published timestamp."""

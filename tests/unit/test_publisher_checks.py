@@ -272,3 +272,35 @@ def test_a_publication_after_a_crash_between_write_and_snapshot_completes(world,
     assert world.repo._published_snapshot().signed.meta["province-33.json"].version == 2
     digest = hashlib.sha256(role).hexdigest()
     assert hashlib.sha256((world.repo.directory / "metadata" / "2.province-33.json").read_bytes()).hexdigest() == digest
+
+
+def test_pruning_keeps_what_a_terminal_can_fetch_and_drops_the_rest(world, tmp_path):
+    import os
+
+    from publisher.retention import prune
+    from verifier.trustsync import TrustSync
+
+    p = world.provinces["33"]
+    world.push("33", p.sign_keys())  # a key list, kept by every later version
+    for n in range(15):  # 15 role versions, each with a new revocation snapshot, each published
+        p.repo.publish_province_targets("33", {"revocation/00aa/snapshot.hcrs": f"state {n}".encode()},
+                                        p.tuf[:2], now=T0)
+        role = p.role_bytes()
+        world.push("33", role)
+        world.store.publish_staged(now=T0)
+    old = (T0 - 2 * DAY).timestamp()
+    for path in world.repo.directory.rglob("*"):
+        if path.is_file():
+            os.utime(path, (old, old))
+    young = prune(world.repo, now=T0, retention=dt.timedelta(days=365))
+    assert (young.snapshots, young.roles, young.targets) == (0, 0, 0)  # nothing is old enough
+    pruned = prune(world.repo, now=T0, retention=DAY, keep=10)
+    published = world.repo._published_snapshot().signed
+    assert pruned.roles == published.meta["province-33.json"].version - 10 - 1  # v1 .. v(published - 11)
+    assert pruned.snapshots == published.version - 10 - 1
+    assert pruned.targets == 4  # the revocation snapshots only the pruned role versions listed (v2-v5)
+    assert (world.repo.directory / "metadata" / "1.root.json").exists()
+    root = (world.repo.directory / "metadata" / "1.root.json").read_bytes()
+    terminal = TrustSync(tmp_path / "t" / "md", tmp_path / "t" / "t", world.repo.directory, root)
+    terminal.refresh(T0)  # a first sync after pruning still finds everything the snapshot names
+    assert terminal.province_targets("33")["provinces/33/revocation/00aa/snapshot.hcrs"]
