@@ -151,10 +151,12 @@ def _with_content_length(send: Any) -> Any:
 
 
 async def _too_large(send: Any, limit: int) -> None:
+    """The Connect error for a body over the cap, sent before the body is read. The connection stays
+    open (no ``Connection: close``): uvicorn discards the rest of the body as it arrives, so the
+    client reads this answer instead of a reset from a socket closed with unread data."""
     body = b'{"code":"resource_exhausted","message":"message is larger than configured max %d"}' % limit
     await send({"type": "http.response.start", "status": 429,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -262,6 +264,7 @@ class HttpServer:
         config.load()
         config.ssl = context  # our context (loaded from bytes, optional client certificates), not uvicorn's files
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+        logging.getLogger("uvicorn.access").disabled = True  # each RPC is logged once, by ObservedHandlers
         self._server = _EmbeddedServer(config)
         self._task = asyncio.ensure_future(self._server.serve(sockets=[self._socket]))
         while not self._server.started:
