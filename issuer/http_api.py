@@ -51,6 +51,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from protobuf.wkt import Any as AnyPb
 
+from issuer.errors import IssuerError
+
 __all__ = [
     "HttpContext",
     "StrictJsonCodec",
@@ -81,11 +83,14 @@ def _details_of(trailing_metadata: Iterable[tuple[str, Any]] | None) -> list[Err
     return []
 
 
-class _Abort(grpc.aio.AbortError):
-    """What :meth:`HttpContext.abort` raises: a gRPC abort to the servicer code, a Connect error to the client."""
+class _Abort(grpc.aio.AbortError, IssuerError):
+    """What :meth:`HttpContext.abort` raises: a gRPC abort to the servicer code (which lets
+    ``AbortError`` through), a Connect error to the client; under the issuer's error root."""
+
+    reason = "aborted"
 
     def __init__(self, error: ConnectError) -> None:
-        super().__init__(error.message)
+        IssuerError.__init__(self, error.message)
         self.error = error
 
 
