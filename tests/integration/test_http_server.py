@@ -216,3 +216,37 @@ def test_cli_serve_with_http_listen(tmp_path, pki):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _config(tmp_path, http: str):
+    from issuer.config import load_config
+
+    path = tmp_path / "conf" / "issuer.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text('province = "33"\ndatabase = "i.db"\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n'
+                    '[auth]\napi_keys = "callers.toml"\n[keys]\nsigning_key = "s.pem"\nvault_key = "v.key"\n' + http)
+    return load_config(path)
+
+
+def test_http_config_section(tmp_path):
+    from issuer.app import _http_options
+    from issuer.config import ConfigError
+
+    off = _config(tmp_path, "")
+    assert not off.http_enabled and _http_options(off) is None  # off unless asked for
+    (tmp_path / "conf" / "dist").mkdir()
+    on = _config(tmp_path, '[http]\nenabled = true\naddress = "0.0.0.0:8443"\nwallet_dir = "dist"\n')
+    options = _http_options(on)
+    assert options.listen == "0.0.0.0:8443" and options.static_dir == tmp_path / "conf" / "dist"  # file-relative
+    with pytest.raises(ConfigError, match="http.address"):
+        _config(tmp_path, '[http]\naddress = "8443"\n')
+    with pytest.raises(ConfigError, match="wrong type"):
+        _config(tmp_path, '[http]\nenabled = "yes"\n')
+    with pytest.raises(ConfigError, match="unknown setting http.port"):
+        _config(tmp_path, '[http]\nport = 8443\n')
+    missing = _config(tmp_path, '[http]\nenabled = true\nwallet_dir = "no-such-dir"\n')
+    with pytest.raises(ConfigError, match="not a directory"):
+        _http_options(missing)
