@@ -112,6 +112,7 @@ class PublisherServer:
         port = server.add_secure_port(config.listen, tls.credentials())
         if port == 0:
             raise OSError(f"cannot listen on {config.listen}")
+        _publication_gauges(metrics, store, loop, clock)
         httpd, metrics_port = None, None
         if config.metrics_port:
             httpd, _ = start_http_server(config.metrics_port, addr=config.metrics_address, registry=metrics.registry)
@@ -129,6 +130,30 @@ class PublisherServer:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
         await asyncio.to_thread(self.loop.stop)
+
+
+def _publication_gauges(metrics: Metrics, store: PublisherStore, loop: PublicationLoop,
+                        clock: Callable[[], _dt.datetime]) -> None:
+    """The publisher's own series beside the per-RPC ones: what to alert on."""
+    from prometheus_client import Gauge
+
+    def timestamp_left() -> float:
+        try:
+            return (store.timestamp().expires - clock()).total_seconds()
+        except (OSError, ValueError):
+            return float("nan")
+
+    for name, text, read in (
+        ("healthcode_publisher_staged_pushes", "Pushes acknowledged but not yet published.",
+         lambda: float(len(store.staged()))),
+        ("healthcode_publisher_timestamp_expires_in_seconds", "Seconds until the published timestamp expires.",
+         timestamp_left),
+        ("healthcode_publisher_publications", "Publications (snapshot + timestamp) since start.",
+         lambda: float(loop.publications)),
+        ("healthcode_publisher_failed_publications", "Failed publication attempts since start.",
+         lambda: float(loop.failures)),
+    ):
+        Gauge(name, text, registry=metrics.registry).set_function(read)
 
 
 def tls_material(config: PublisherConfig) -> TlsMaterial:

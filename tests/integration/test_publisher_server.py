@@ -213,5 +213,21 @@ def test_status_shows_what_is_pushed_but_not_published(served):
                                       now=utc_now())
     newest = repo.province_targets("44").version
     text = keys()
-    assert f"province 44" in text and f"PUSHED, NOT YET PUBLISHED: v{newest}" in text, text
+    assert "province 44" in text and f"PUSHED, NOT YET PUBLISHED: v{newest}" in text, text
     assert "timestamp expires" in text and "newest publication" in text
+
+
+def test_metrics_show_the_timestamp_expiry_and_the_rpcs(served):
+    import urllib.request
+
+    served.publisher.stop()
+    port = free_port()
+    served.start(metrics_port=port)
+    with served.chain.client("national:ops", served.port) as ops:
+        ops.status()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    left = [line for line in text.splitlines() if line.startswith("healthcode_publisher_timestamp_expires_in_seconds")]
+    assert left and 0 < float(left[0].split()[-1]) <= 86400
+    assert "healthcode_publisher_staged_pushes 0.0" in text
+    # the issuer's Metrics, reused: its series keep their healthcode_issuer_ names
+    assert 'code="OK",method="healthcode.publisher.v1.TrustPublisher/GetPublicationStatus"} 1.0' in text
