@@ -44,7 +44,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from issuer.http_api import CapturingRegistrar, ConnectApp, connect_endpoints
 from issuer.http_static import StaticFiles
 
-__all__ = ["HttpOptions", "HttpServer", "Router", "RPC_PREFIX", "WALLET_PREFIX"]
+__all__ = ["HttpOptions", "HttpServer", "Router", "RPC_PREFIX", "WALLET_PREFIX", "capture_handlers", "ssl_context"]
 
 log = logging.getLogger("issuer.http")
 
@@ -249,12 +249,23 @@ class HttpServer:
         # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it
         # a response's second write waits for the client's delayed ACK (measured: +40 ms a call)
         self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._socket.bind((host, int(port)))
-        self._socket.listen(1024)
-        self._socket.setblocking(False)
-        self.port = self._socket.getsockname()[1]
+        try:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._socket.bind((host, int(port)))
+            self._socket.listen(1024)
+            self._socket.setblocking(False)
+            self.port = self._socket.getsockname()[1]
+            await self._serve(context, max_concurrent, grace, options.listen)
+        except BaseException:
+            self._socket.close()
+            raise
+        log.info("HTTP listening on port %d (%s)", self.port, "TLS" if context else "PLAINTEXT",
+                 extra={"event": "http_listening", "port": self.port})
+        return self
+
+    async def _serve(self, context: ssl.SSLContext | None, max_concurrent: int | None, grace: float,
+                     listen: str) -> None:
         config = uvicorn.Config(
             self.router, http=_TlsPeerProtocol, lifespan="off", log_config=None, access_log=False,
             server_header=False, date_header=True, proxy_headers=False, limit_concurrency=max_concurrent,
@@ -270,11 +281,8 @@ class HttpServer:
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # raises why it could not start
-                raise OSError(f"cannot serve HTTP on {options.listen}")
+                raise OSError(f"cannot serve HTTP on {listen}")
             await asyncio.sleep(0.005)
-        log.info("HTTP listening on port %d (%s)", self.port, "TLS" if context else "PLAINTEXT",
-                 extra={"event": "http_listening", "port": self.port})
-        return self
 
     async def stop(self) -> None:
         """Refuse new connections, let requests in progress finish (within the grace), and stop."""
@@ -284,7 +292,7 @@ class HttpServer:
             await self._task
 
 
-def capture_handlers(service: Any, wrap: Any, extra: Any = ()) -> dict[str, grpc.RpcMethodHandler]:
+def capture_handlers(service: Any, wrap: Any) -> dict[str, grpc.RpcMethodHandler]:
     """The wrapped method handlers of ``service`` (an :class:`~issuer.service.IssuerService`), by path."""
     registrar = CapturingRegistrar(wrap)
     service.add_to_server(registrar)

@@ -250,3 +250,30 @@ def test_http_config_section(tmp_path):
     missing = _config(tmp_path, '[http]\nenabled = true\nwallet_dir = "no-such-dir"\n')
     with pytest.raises(ConfigError, match="not a directory"):
         _http_options(missing)
+
+
+def test_a_busy_http_port_fails_the_start(tmp_path, pki):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    loop = LoopThread()
+    domain = Domain(tmp_path / "issuer.db")
+    cert = pki.server()
+    options = ServerOptions(
+        service=ServiceSettings(province=PROVINCE), listen="127.0.0.1:0",
+        tls=TlsMaterial(cert.cert_pem, cert.key_pem, None),
+        api_keys=(auth.ApiKey("app", bytes.fromhex(auth.hash_api_key(APP_KEY))),), grace=0.5,
+        http=HttpOptions(listen=f"127.0.0.1:{busy.getsockname()[1]}"))
+
+    async def start():
+        return await IssuerServer.start(options, index=domain.index, codes=domain.codes)
+
+    try:
+        with pytest.raises(OSError):
+            loop.run(start())
+    finally:
+        busy.close()
+        domain.close()
+        loop.close()
