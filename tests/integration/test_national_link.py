@@ -298,6 +298,30 @@ def test_a_move_keeps_the_id_supersedes_the_old_codes_and_points_the_old_record_
     assert held.value.code() is grpc.StatusCode.ALREADY_EXISTS
 
 
+def test_a_move_takes_supplementary_documents_along_and_a_resident_can_move_back(world):
+    mid = register(world, "33", doc(14)).main_index_id
+    issue(world, "33", mid)
+    world.p["44"].stub("index").MoveResidentIn(rpb.MoveResidentInRequest(
+        main_index_id=mid, document=doc(14), supplementary=[doc(15, "440106")], consent=consent()),
+        metadata=APP, timeout=15)
+    found = world.p["44"].stub("index").FindResident(rpb.FindResidentRequest(document=doc(15, "440106")),
+                                                     metadata=APP, timeout=10)
+    assert found.main_index_id == mid
+    with pytest.raises(grpc.RpcError) as held:  # the supplementary document is claimed nationally, homed in 44
+        register(world, "33", doc(15, "440106"))
+    assert held.value.code() is grpc.StatusCode.ALREADY_EXISTS and "province 44" in held.value.details()
+    code_44 = issue(world, "44", mid)
+    back = world.p["33"].stub("index").MoveResidentIn(
+        rpb.MoveResidentInRequest(main_index_id=mid, document=doc(14), consent=consent()), metadata=APP, timeout=15)
+    assert (back.main_index_id, back.previous_province) == (mid, "44")
+    assert world.p["33"].store.get_resident(mid).national_state is NationalState.CLAIMED
+    assert world.p["44"].store.get_resident(mid).home_province == "33"
+    status = world.p["44"].stub("codes").GetCodeStatus(health_codes_pb2.GetCodeStatusRequest(ref=code_44.ref),
+                                                       metadata=APP, timeout=10).code
+    assert status.revocation_reason == common_pb2.REVOCATION_REASON_SUPERSEDED
+    assert issue(world, "33", mid).main_index_id == mid  # 33 issues again
+
+
 def test_a_move_without_consent_or_with_a_document_of_someone_else_changes_nothing(world):
     mid = register(world, "33", doc(11)).main_index_id
     register(world, "33", doc(12))
