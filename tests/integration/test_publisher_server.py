@@ -133,6 +133,16 @@ def test_replayed_and_rolled_back_pushes_are_refused(served):
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and refusal_reason(err.value) == "malformed"
 
 
+def test_an_oversized_file_is_refused_before_it_is_parsed(served):
+    role, files = served.sign("33", {"revocation/0300/snapshot.hcrs": b"small"})
+    big = [(files[0][0], b"\0" * ((16 << 20) + 1))] + files[1:]  # over the 16 MiB cap of one file
+    with served.chain.client("province:33", served.port) as client, pytest.raises(grpc.RpcError) as err:
+        client.push("33", role, targets=big)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and refusal_reason(err.value) == "too_large"
+    refusals = [line for line in served.log_lines() if line.get("event") == "push_refused"]
+    assert refusals[-1]["province"] == "33" and refusals[-1]["reason"] == "too_large"
+
+
 def test_callers_without_the_province_role_may_not_push(served):
     role, files = served.sign("33", {"revocation/00dd/snapshot.hcrs": b"x"})
     for cn, code in (("national:ops", grpc.StatusCode.PERMISSION_DENIED), ("app", grpc.StatusCode.PERMISSION_DENIED)):
