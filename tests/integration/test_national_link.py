@@ -1,7 +1,7 @@
 """The provincial issuer with a national link (issue 14), for real: two issuers and the national service.
 
 Everything on 127.0.0.1 over mTLS with one DevPki, in one event loop thread: two
-real :class:`issuer.server.IssuerServer` s (provinces 33 and 44: SQLite stores,
+real :class:`issuer.server.IssuerServer` s (provinces 33 and 44: SQLite stores, or PostgreSQL schemas,
 :class:`issuer.claims.NationalResidentIndex`, the ``NationalLink`` servicer, a
 reconciler run round by round) and the real national server (``national/``:
 its SQLite store, blind index, province links and hospital resolution). The
@@ -48,6 +48,7 @@ from issuer.reconciler import Reconciler
 from issuer.resolution import PatientResolver
 from issuer.server import IssuerServer, ServerOptions, TlsMaterial, utc_now
 from issuer.service import ServiceSettings
+from issuer.store import open_store
 from issuer.store.sqlite import SQLiteStore
 from issuer.wallets import WalletIssuer
 from national.api import national_index_pb2 as npb, national_index_pb2_grpc
@@ -61,6 +62,7 @@ from national.store import open_sqlite_store
 from national.trust import KeyringHolder
 
 from .national_support import LoopThread, Pki
+from .postgres_support import PgSchema, require_postgres
 
 API_KEY = "national-link-app-key-" + "k" * 40
 APP = (("authorization", f"Bearer {API_KEY}"),)
@@ -82,9 +84,10 @@ def doc(seq: int, region: str = "330106") -> common_pb2.Document:
 class Province:
     """A real provincial issuer with a national link (its reconciler run by the tests, round by round)."""
 
-    def __init__(self, code: str, base: pathlib.Path, pki: Pki, national_port: int) -> None:
+    def __init__(self, code: str, base: pathlib.Path, pki: Pki, national_port: int,
+                 database: str | None = None) -> None:
         self.code, self.pki = code, pki
-        self.store = SQLiteStore(base / f"issuer-{code}.db")
+        self.store = SQLiteStore(base / f"issuer-{code}.db") if database is None else open_store(database)
         self.signer = hc.SoftwareSigner(hc.generate_signing_key(hc.Algorithm.ES256))
         pair = pki.client(f"province:{code}")
         self.client = NationalClient(NationalLinkSettings(
@@ -184,13 +187,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def world(request, tmp_path_factory):
+    """The issuers on SQLite files, or each in a PostgreSQL schema of its own (the national store: SQLite)."""
+    schemas: dict[str, PgSchema] = {}
+    if request.param == "postgres":
+        require_postgres()
+        schemas = {c: PgSchema() for c in ("33", "44")}
     base = tmp_path_factory.mktemp("national-link")
     loop = LoopThread()
     pki = Pki.create()
     national = National(base, pki, _free_port())
-    provinces = {c: Province(c, base, pki, national.port) for c in ("33", "44")}
+    provinces = {c: Province(c, base, pki, national.port, schemas[c].url if schemas else None) for c in ("33", "44")}
     for p in provinces.values():
         loop.run(p.start())
     loop.run(national.start(provinces))
@@ -201,6 +209,8 @@ def world(tmp_path_factory):
         loop.run(p.stop())
     national.store.close()
     loop.close()
+    for schema in schemas.values():
+        schema.drop()
 
 
 def register(world: World, code: str, *docs: common_pb2.Document) -> rpb.RegisterResidentResponse:
