@@ -164,7 +164,10 @@ def consent_field(msg: resident_index_pb2.Consent, present: bool, now: dt.dateti
     ok = True
     method = _CONSENT_METHODS.get(msg.method)
     if method is None:
-        out.add("consent.method", "how the resident consented is required (in person or in the app)", "required")
+        if msg.method == resident_index_pb2.CONSENT_METHOD_UNSPECIFIED:
+            out.add("consent.method", "how the resident consented is required (in person or in the app)", "required")
+        else:
+            out.add("consent.method", "unknown consent method", "method")
         ok = False
     given_at = dt.datetime.fromtimestamp(msg.given_at.seconds, dt.timezone.utc)
     if not msg.HasField("given_at") or msg.given_at.seconds <= 0:
