@@ -256,12 +256,12 @@ class TrustPublisherService(pb_grpc.TrustPublisherServicer):
 
     async def GetPublicationStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         now = self._clock()
-        provinces, timestamp = await asyncio.to_thread(lambda: (self.store.provinces(), self.store.timestamp()))
-        snapshot = self.store.repo._published_snapshot()
+        provinces, timestamp, snapshot = await asyncio.to_thread(
+            lambda: (self.store.provinces(), self.store.timestamp(), self.store.published_snapshot()))
         return pb.PublicationStatus(
             now=_ts(now),
-            snapshot_version=snapshot.signed.version if snapshot is not None else 0,
-            snapshot_expires=_ts(snapshot.signed.expires) if snapshot is not None else None,
+            snapshot_version=snapshot.version if snapshot is not None else 0,
+            snapshot_expires=_ts(snapshot.expires) if snapshot is not None else None,
             timestamp_version=timestamp.version, timestamp_expires=_ts(timestamp.expires),
             last_publication=_ts(self.store.last_publication),
             provinces=[pb.ProvincePublication(

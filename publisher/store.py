@@ -35,7 +35,7 @@ import re
 import threading
 from dataclasses import dataclass
 
-from tuf.api.metadata import Metadata, TargetFile, Targets, Timestamp
+from tuf.api.metadata import Metadata, Snapshot, TargetFile, Targets, Timestamp
 
 from healthcode.keylist import InvalidKeyList, parse_key_list
 from keys.trustrepo import TrustRepository
@@ -117,8 +117,9 @@ class PublisherStore:
             if targets is not None:
                 data = (metadata / f"{targets.version}.{province_role(code)}.json").read_bytes()
                 self._accepted[code] = Accepted(targets.version, role_digest(data))
-                if code in self._accepted_at_text:
-                    self._accepted_at[code] = _parse_time(self._accepted_at_text[code]) or _dt.datetime.min
+                accepted_at = _parse_time(self._accepted_at_text.get(code))
+                if accepted_at is not None:
+                    self._accepted_at[code] = accepted_at
             serial = self._repo_serial(code)
             if serial is not None:
                 self._serials[code] = serial
@@ -341,6 +342,11 @@ class PublisherStore:
         """Delete old snapshots, role versions and unlisted-by-any-role files (:mod:`publisher.retention`)."""
         with self._lock, self.repo.lock():
             return prune(self.repo, now=now, retention=retention)
+
+    def published_snapshot(self) -> Snapshot | None:
+        """The snapshot the published timestamp names."""
+        snapshot = self.repo._published_snapshot()
+        return snapshot.signed if snapshot is not None else None
 
     def timestamp(self) -> Timestamp:
         """The published timestamp."""
