@@ -229,7 +229,8 @@ def test_the_page_renews_on_its_own_and_says_when_it_cannot(world):
     # from half the validity on, the page tries to renew; offline, it says so and keeps the code
     message = phone.wait(lambda: phone.js("return document.getElementById('renewal').dataset.reason") == "offline"
                          and phone.text("renewal"), "the page to report the failed renewal", timeout=90)
-    assert "无法连接签发机构" in message and "Cannot reach the issuer" in message and "北京时间" in message
+    assert "暂时无法续期" in message and "Cannot renew now: the issuer cannot be reached" in message
+    assert "北京时间" in message
     assert phone.serial() == first_serial
     text, png = phone.live_code("renewal-offline")
     assert terminal.verify_image(png)["result"] == "valid"  # the old credential still shows, still valid

@@ -138,7 +138,10 @@ class Page {
     const failure = await this.wallet.store.get('lastFailure');
     const renewal = $('renewal');
     if (failure && failure.reason === 'offline') {
-      say(renewal, 'offline', `无法续期，此码有效至 ${beijing(claims.expiresAt)} / cannot renew now; this code stays valid until then`);
+      const until = beijing(claims.expiresAt);
+      renewal.textContent = `暂时无法续期：无法连接签发机构。此码有效至 ${until} / Cannot renew now: the issuer ` +
+        `cannot be reached. This code stays valid until ${until}.`;
+      renewal.dataset.reason = 'offline';
     } else if (failure) {
       say(renewal, failure.reason, failure.detail);
     } else {
