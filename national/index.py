@@ -252,16 +252,16 @@ class NationalIndex:
 
     def events(self, province: str, *, after: int, limit: int) -> list[EventRow]:
         """``province``'s events with sequence > ``after``, oldest first, at most ``limit``."""
-        return self._store.transaction(lambda tx: tx.events_after(province, after, limit))
+        return self._store.read(lambda tx: tx.events_after(province, after, limit))
 
     def lookup(self, document: Document) -> IdentityRow | None:
         """The active identity holding ``document`` (after merges), or None."""
         bi = self._blind.blind_index(document)
-        return self._store.transaction(lambda tx: tx.identity_by_document(bi))
+        return self._store.read(lambda tx: tx.identity_by_document(bi))
 
     def identity(self, main_index_id: str) -> IdentityRow | None:
         """The identity's row (a merged one names its survivor), or None."""
-        return self._store.transaction(lambda tx: tx.identity(main_index_id))
+        return self._store.read(lambda tx: tx.identity(main_index_id))
 
     def survivor(self, main_index_id: str) -> IdentityRow | None:
         """The active identity ``main_index_id`` is or was merged into, or None if unknown."""

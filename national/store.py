@@ -21,7 +21,8 @@ Tables (``national.schema``-style migrations below, :data:`MIGRATIONS`):
 
 No table holds a document number or an unkeyed hash of one.
 
-Concurrency: every operation is one transaction (:meth:`NationalStore.transaction`).
+Concurrency: every write is one transaction (:meth:`NationalStore.transaction`); a read of one
+statement runs without a transaction block (:meth:`NationalStore.read`).
 SQLite: one connection, a lock, ``BEGIN IMMEDIATE``, WAL with ``synchronous=FULL``;
 the file and its WAL are owner-only. PostgreSQL: a small pool of connections at
 READ COMMITTED; ``INSERT ... ON CONFLICT DO NOTHING`` on the primary keys decides
@@ -285,7 +286,7 @@ class Tx:
 class NationalStore:
     """The national index's database. :meth:`transaction` runs ``work(tx)`` atomically (retried on races)."""
 
-    def __init__(self, begin: Callable[[], contextlib.AbstractContextManager[Tx]], close: Callable[[], None],
+    def __init__(self, begin: Callable[[bool], contextlib.AbstractContextManager[Tx]], close: Callable[[], None],
                  retryable: tuple[type[BaseException], ...], unavailable: tuple[type[BaseException], ...],
                  description: str) -> None:
         self._begin = begin
@@ -302,13 +303,22 @@ class NationalStore:
         """
         for _attempt in range(RETRIES):
             try:
-                with self._begin() as tx:
+                with self._begin(False) as tx:
                     return work(tx)
             except self._retryable:
                 continue
             except self._unavailable:
                 raise StoreUnavailable("the national database cannot be reached") from None
         raise Aborted("the national index is busy with the same identities; retry")
+
+    def read(self, work: Callable[[Tx], T]) -> T:
+        """``work(tx)`` for **one** read statement, without a transaction block (PostgreSQL autocommit:
+        the statement is its own snapshot; no BEGIN/COMMIT round trips). Use :meth:`transaction` for more."""
+        try:
+            with self._begin(True) as tx:
+                return work(tx)
+        except self._unavailable:
+            raise StoreUnavailable("the national database cannot be reached") from None
 
     def close(self) -> None:
         self._close()
@@ -352,9 +362,12 @@ def open_sqlite_store(path: os.PathLike[str] | str) -> NationalStore:
         ensure_private_file(f"{path}{suffix}")
 
     @contextlib.contextmanager
-    def begin() -> Iterator[Tx]:
+    def begin(read: bool) -> Iterator[Tx]:
         with lock:
             cur = conn.cursor()
+            if read:  # one SELECT in autocommit
+                yield Tx(cur, "?", "")
+                return
             cur.execute("BEGIN IMMEDIATE")
             try:
                 yield Tx(cur, "?", "")
@@ -389,10 +402,9 @@ def open_postgres_store(url: str, *, partitions: int = 16, pool_size: int = 8) -
     conninfo, schema = split_postgres_url(url)
 
     def connect() -> Any:
-        conn = psycopg.connect(conninfo, connect_timeout=10, options="-c TimeZone=UTC")
+        conn = psycopg.connect(conninfo, connect_timeout=10, options="-c TimeZone=UTC", autocommit=True)
         if schema is not None:
             conn.execute(pg_sql.SQL("SET search_path TO {}").format(pg_sql.Identifier(schema)))
-        conn.commit()
         return conn
 
     first = connect()
@@ -411,7 +423,7 @@ def open_postgres_store(url: str, *, partitions: int = 16, pool_size: int = 8) -
     closed = threading.Event()
 
     @contextlib.contextmanager
-    def begin() -> Iterator[Tx]:
+    def begin(read: bool) -> Iterator[Tx]:
         if closed.is_set():
             raise StoreUnavailableClosed()
         with slots:
@@ -423,8 +435,11 @@ def open_postgres_store(url: str, *, partitions: int = 16, pool_size: int = 8) -
                 conn = connect()
             ok = False
             try:
-                with conn.transaction():
-                    yield Tx(conn.cursor(), "%s", " FOR UPDATE")
+                if read:  # autocommit: one statement, its own snapshot
+                    yield Tx(conn.cursor(), "%s", "")
+                else:
+                    with conn.transaction():
+                        yield Tx(conn.cursor(), "%s", " FOR UPDATE")
                 ok = True
             finally:
                 if ok or not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:

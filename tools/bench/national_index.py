@@ -12,7 +12,7 @@
    each), for ``seconds`` each, interleaved: *claims* of new residents through
    :meth:`national.index.NationalIndex.claim` (HMAC under the national key,
    the claim transaction); *lookups* of loaded residents through the store
-   (the document joined to its identity, one transaction); and the **baseline**: a
+   (the document joined to its identity, one statement); and the **baseline**: a
    trivial indexed lookup of the same table (``SELECT main_index_id FROM
    documents WHERE blind_index = %s``, autocommit) with the same threads.
 3. **gRPC**: a short run of ClaimIdentity through the real server (mTLS,
@@ -198,7 +198,7 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
 
         def lookup(i: int) -> None:
             key = _loaded_key(i)
-            found = store.transaction(lambda tx: tx.identity_by_document(key))
+            found = store.read(lambda tx: tx.identity_by_document(key))
             assert found is not None, "a loaded resident is missing"
 
         local = threading.local()
@@ -230,7 +230,7 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
         print("| operation | calls | rate | p50 ms | p99 ms | p99 vs baseline |")
         print("|---|---:|---:|---:|---:|---:|")
         print(_row("baseline: `SELECT ... WHERE blind_index = %s`", base, seconds))
-        print(_row("lookup (store: document joined to identity, one transaction)", look, seconds, base_p99))
+        print(_row("lookup (store: document joined to identity, one statement)", look, seconds, base_p99))
         print(_row("claim (NationalIndex.claim: HMAC + claim transaction)", claims, seconds, base_p99))
         print(_row("claim over gRPC (ClaimIdentity, mTLS, in-process server)", grpc_lat, grpc_s, base_p99))
         print()
