@@ -14,9 +14,10 @@ and tools. The clock is passed in. A round, in order (marked in the code):
      the entry is recorded as merged into the survivor and its home province,
      its live codes revoked as merged (the revocation job publishes them),
      its documents kept (FindResident answers the survivor);
-   * HELD: a ``pending`` entry (never acknowledged) is removed; an
-     acknowledged one is merged into the holder as above (nothing acknowledged
-     is lost);
+   * HELD by another identity: a ``pending`` entry (never acknowledged) is
+     removed; an acknowledged one is merged into the holder as above (nothing
+     acknowledged is lost); HELD by this very identity, homed in another
+     province: it moved, and is released here (codes superseded);
    * refused outright: a ``pending`` entry is removed; an acknowledged one
      stays as it is (logged with the status, retried next round);
    * the national index unreachable: the round stops here and retries later.
@@ -121,6 +122,10 @@ class Reconciler:
                         run.removed += 1
                 log.warning("national index refused a reconciliation claim: %s", exc.code,
                             extra={"event": "reconcile_refused"})
+            except NationalUnavailable:
+                raise
+            except IssuerError as exc:  # this entry only; the next round tries it again
+                log.warning("reconciliation of an entry failed: %s", exc.reason, extra={"event": "reconcile_failed"})
 
     async def _claim(self, run: ReconcileRun, record: ResidentRecord, now: dt.datetime) -> None:
         mid = record.main_index_id
@@ -133,6 +138,9 @@ class Reconciler:
             if await asyncio.wrap_future(self._store.set_national_state(
                     mid, NationalState.CLAIMED, expect=[record.national_state])):
                 run.claimed += 1
+        elif claim.main_index_id == mid:  # HELD by this very identity: it is homed elsewhere now (it moved)
+            run.revoked += await asyncio.wrap_future(self._store.release_resident(
+                mid, to_province=claim.home_province, consent_reference="", at=now))
         elif pending and claim.outcome is ClaimOutcome.HELD:
             if await asyncio.wrap_future(self._store.delete_pending(mid)):
                 run.removed += 1

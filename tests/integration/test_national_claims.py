@@ -22,6 +22,7 @@ from issuer.errors import AlreadyExists
 from issuer.model import NationalState
 from issuer.national_client import Claim, ClaimOutcome, NationalRefused, NationalUnavailable
 from issuer.privacy import IdentifierVault
+from issuer.reconciler import Reconciler
 from issuer.store.sqlite import SQLiteStore
 
 NOW = dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.timezone.utc)
@@ -44,6 +45,7 @@ class DictNational:
         self.holders: dict[bytes, tuple[str, str]] = {}
         self.mode = "ok"
         self.calls = 0
+        self.moved: dict[str, str] = {}  # identity -> the province it moved to
 
     async def claim(self, main_index_id, documents, *, provisional, registered_at):
         self.calls += 1
@@ -51,6 +53,8 @@ class DictNational:
             raise NationalRefused("national index: refused", "PERMISSION_DENIED")
         if self.mode == "transient":
             raise NationalUnavailable("national index unreachable (INTERNAL)")
+        if main_index_id in self.moved:  # rule 2: homed in another province
+            return Claim(ClaimOutcome.HELD, main_index_id, self.moved[main_index_id])
         keys = [canonical_form(d) for d in documents]
         for key in keys:
             holder = self.holders.get(key)
@@ -140,3 +144,19 @@ def test_links_claim_for_claimed_entries_and_go_provisional_when_the_link_is_dow
     with pytest.raises(HeldElsewhere):
         run(index.link_identifier(other, document(12), now=NOW))
     assert len(store.identifiers_of(other)) == 1
+
+
+def test_the_reconciler_releases_an_entry_whose_identity_moved_and_skips_a_failing_one(setup):
+    store, national, index = setup
+    national.mode = "transient"
+    moved = run(index.register(document(20), now=NOW)).main_index_id
+    fine = run(index.register(document(21), now=NOW)).main_index_id
+    national.mode = "ok"
+    national.moved[moved] = "44"
+    reconciler = Reconciler(index=index, national=national, clock=lambda: NOW, interval=60)
+    result = run(reconciler.run_once())
+    assert not result.unreachable and result.claimed == 1
+    entry = store.get_resident(moved)
+    assert (entry.national_state, entry.home_province) == (S.MOVED, "44")
+    assert store.get_resident(fine).national_state is S.CLAIMED
+    assert run(reconciler.run_once()).claimed == 0  # nothing left: a second round changes nothing
