@@ -58,6 +58,8 @@ PROVINCES: tuple[str, ...] = ("33", "44", "11")
 #: (province, organisation) of each hospital with a certificate.
 HOSPITALS: tuple[tuple[str, str], ...] = (("44", "gz-zhongshan-1"), ("33", "hz-zheyi-1"))
 NATIONAL_CN = "national:ops"
+#: The provinces' reconciler period here (30 s in the example config): tests and benches wait for it.
+RECONCILE_INTERVAL = 1.0
 NOBODY_CN = "nobody"
 
 
@@ -247,7 +249,8 @@ def issuer_has_national() -> bool:
 def national_section(pki: pathlib.Path, code: str, national_address: str) -> str:
     """The issuer's ``[national]`` section: where the national service is, and the province's certificate."""
     return (f'[national]\naddress = "{national_address}"\nca = "{pki}/ca.pem"\n'
-            f'cert = "{pki}/{province_cn(code)}.pem"\nkey = "{pki}/{province_cn(code)}.key"\n')
+            f'cert = "{pki}/{province_cn(code)}.pem"\nkey = "{pki}/{province_cn(code)}.key"\n'
+            f'claim_timeout_ms = 2000\nreconcile_interval_seconds = {RECONCILE_INTERVAL}\n')
 
 
 NATIONAL_KEY_ENV = "HC_NATIONAL_KEY_PASSPHRASE"
