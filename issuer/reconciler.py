@@ -110,7 +110,15 @@ class Reconciler:
     # -- (1) claims
 
     async def _claims(self, run: ReconcileRun, now: dt.datetime) -> None:
-        records = await asyncio.to_thread(self._store.unclaimed_residents, limit=self._batch)
+        after: tuple[dt.datetime, str] | None = None
+        while True:  # page by page: entries that fail stay behind without holding up the ones after them
+            records = await asyncio.to_thread(self._store.unclaimed_residents, limit=self._batch, after=after)
+            if not records:
+                return
+            await self._claim_page(run, records, now)
+            after = (records[-1].created_at, records[-1].main_index_id)
+
+    async def _claim_page(self, run: ReconcileRun, records: list[ResidentRecord], now: dt.datetime) -> None:
         for record in records:
             if record.national_state is NationalState.PENDING and now - record.created_at < self._grace:
                 continue  # its registration may still be claiming it

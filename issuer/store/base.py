@@ -456,8 +456,10 @@ class Store(abc.ABC):
     # -- the national index (issue 14; written once in issuer/store/national.py)
 
     @abc.abstractmethod
-    def unclaimed_residents(self, *, limit: int) -> list[ResidentRecord]:
-        """Up to ``limit`` unmerged entries not claimed yet (``local``, ``pending``, ``provisional``), oldest first."""
+    def unclaimed_residents(self, *, limit: int,
+                            after: tuple[dt.datetime, str] | None = None) -> list[ResidentRecord]:
+        """Up to ``limit`` unmerged entries not claimed yet (``local``, ``pending``, ``provisional``), oldest first,
+        after ``after`` ((created_at, main_index_id) of the last one of the previous page)."""
 
     @abc.abstractmethod
     def set_national_state(self, main_index_id: str, state: NationalState, *,

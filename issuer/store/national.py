@@ -63,13 +63,20 @@ class NationalStatements:
 
     # -- standing
 
-    def unclaimed_residents(self, *, limit: int) -> list[ResidentRecord]:
+    def unclaimed_residents(self, *, limit: int,
+                            after: tuple[dt.datetime, str] | None = None) -> list[ResidentRecord]:
         from .sql import RESIDENT_COLUMNS
 
         # a local merge's merged entry has no documents left to claim: its survivor claims them
-        rows = self._all(f"SELECT {RESIDENT_COLUMNS} FROM residents WHERE national_state IN (?, ?, ?) "
-                         "AND merged_into IS NULL ORDER BY created_at, main_index_id LIMIT ?",
-                         (*_UNCLAIMED, int(limit)))
+        select = (f"SELECT {RESIDENT_COLUMNS} FROM residents WHERE national_state IN (?, ?, ?) "
+                  "AND merged_into IS NULL")
+        order = " ORDER BY created_at, main_index_id LIMIT ?"
+        if after is None:
+            rows = self._all(select + order, (*_UNCLAIMED, int(limit)))
+        else:
+            at = self._t(after[0])
+            rows = self._all(select + " AND (created_at > ? OR (created_at = ? AND main_index_id > ?))" + order,
+                             (*_UNCLAIMED, at, at, after[1], int(limit)))
         return [self._resident_record(row) for row in rows]
 
     def set_national_state(self, main_index_id: str, state: NationalState, *,

@@ -153,7 +153,7 @@ def test_the_reconciler_releases_an_entry_whose_identity_moved_and_skips_a_faili
     fine = run(index.register(document(21), now=NOW)).main_index_id
     national.mode = "ok"
     national.moved[moved] = "44"
-    reconciler = Reconciler(index=index, national=national, clock=lambda: NOW, interval=60)
+    reconciler = Reconciler(index=index, national=national, clock=lambda: NOW, interval=60, batch=1)  # pages of one
     result = run(reconciler.run_once())
     assert not result.unreachable and result.claimed == 1
     entry = store.get_resident(moved)

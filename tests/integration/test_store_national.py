@@ -87,6 +87,9 @@ def test_unclaimed_entries_are_listed_oldest_first(store):
     create(store, mid_d, 4, S.PENDING, NOW - dt.timedelta(hours=1))
     assert [r.main_index_id for r in store.unclaimed_residents(limit=10)] == [MID_A, mid_d, MID_C]
     assert [r.main_index_id for r in store.unclaimed_residents(limit=1)] == [MID_A]
+    page = store.unclaimed_residents(limit=2)
+    assert [r.main_index_id for r in store.unclaimed_residents(
+        limit=10, after=(page[-1].created_at, page[-1].main_index_id))] == [MID_C]
     store.merge_residents(survivor=MID_C, merged=MID_A, at=NOW).result()  # a local merge: nothing left to claim
     assert [r.main_index_id for r in store.unclaimed_residents(limit=10)] == [mid_d, MID_C]
 
