@@ -375,6 +375,33 @@ def test_the_his_example_in_the_docs_resolves_and_explains_refusals(cluster, des
     assert "无效健康码" in example["clerk_message"](error)
 
 
+def test_a_live_code_resolves_once_with_the_person_present(cluster, desks):
+    from healthcode.presentation import encode_presentation, proof_of_possession_input, step_at
+    from issuer.api import wallets_pb2, wallets_pb2_grpc
+
+    number = new_number()
+    mid = desks["33"].register(resident_id(number))
+    phone = hc.generate_signing_key(hc.Algorithm.ES256)
+    wallets = wallets_pb2_grpc.WalletsStub(desks["33"].channel)
+    challenge = wallets.CreateChallenge(wallets_pb2.CreateChallengeRequest(main_index_id=mid),
+                                        timeout=RPC_TIMEOUT).challenge
+    credential = wallets.IssueCredential(wallets_pb2.IssueCredentialRequest(
+        main_index_id=mid, challenge=challenge,
+        device_key=wallets_pb2.DeviceKey(algorithm=wallets_pb2.DEVICE_KEY_ALGORITHM_ES256,
+                                         public_key=phone.public_key().spki_der()[-65:]),
+        proof=phone.sign(proof_of_possession_input(challenge, phone.public_key()))), timeout=RPC_TIMEOUT).credential
+
+    shown = encode_presentation(credential.code_text, step_at(dt.datetime.now(dt.timezone.utc)), phone)
+    reply = resolve(cluster, HOSPITAL_44, shown, national_pb2.PURPOSE_EMERGENCY)
+    assert (reply.main_index_id, reply.primary_document.number) == (mid, number)
+    # the same presentation again (a screenshot passed on), and the bare credential: the person is not present
+    refused(lambda: resolve(cluster, HOSPITAL_44, shown), grpc.StatusCode.FAILED_PRECONDITION)
+    refused(lambda: resolve(cluster, HOSPITAL_44, credential.code_text), grpc.StatusCode.FAILED_PRECONDITION)
+    log = desks["33"].accesses(mid)
+    assert [(a.access_id, a.code_kind, a.purpose) for a in log] == [
+        (reply.access_id, "dynamic", national_pb2.PURPOSE_EMERGENCY)]
+
+
 def test_each_hospital_is_rate_limited(cluster, desks):
     from tools.bench.national_cluster import LIMITED_HOSPITAL
 
