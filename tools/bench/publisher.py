@@ -6,12 +6,14 @@ batch window 0.5 s) over a repository with 34 provinces delegated
 (:class:`tools.bench.publisher_chain.Chain`); each province signs its role
 versions in its own working copy beforehand (a revocation snapshot of 2 KiB
 changed each time, as a revocation run does) and pushes them over mTLS, one
-client thread per province. Two loads:
+client thread per province. Three loads:
 
 * **compressed time**: every round, all 34 provinces push at once, as fast as the
   publisher goes; the round ends when the last push is published. Reported: the
   round's wall time, pushes per minute it sustains, publications (snapshot +
   timestamp pairs) per round;
+* **saturated**: each province pushes 10 versions back to back, each as soon as
+  the previous one is acknowledged: the publisher's capacity;
 * **1/min scaled**: each province pushes once every ``period`` seconds (60 s
   scaled down by ``scale``), at its own random offset: the real rate, sped up.
   Reported: the lag from acknowledgement to publication (median, worst).
@@ -104,6 +106,7 @@ def run(*, rounds: int = 5, seconds: float = 30.0, concurrency: int = 34) -> dic
     pushes 3 times (period ``seconds / 3``); ``concurrency`` provinces (34)."""
     codes = sorted(PROVINCES)[:concurrency]
     scaled_pushes = 3
+    saturating = 10  # versions each province pushes back to back in the saturation run
     with tempfile.TemporaryDirectory(prefix="bench-publisher-") as tmp:
         base = pathlib.Path(tmp)
         now = dt.datetime.now(UTC).replace(microsecond=0)
@@ -111,7 +114,7 @@ def run(*, rounds: int = 5, seconds: float = 30.0, concurrency: int = 34) -> dic
         chain = Chain.create(base / "chain", now=now, provinces=codes)
         provinces = [_Province(chain, code) for code in codes]
         for p in provinces:
-            p.sign(rounds + scaled_pushes, now)
+            p.sign(rounds + saturating + scaled_pushes, now)
         setup = time.perf_counter() - t0
         port = free_port()
         publisher = Child("publisher", chain.publisher_argv(port, batch_window=0.5), log=base / "publisher.log",
@@ -145,6 +148,18 @@ def run(*, rounds: int = 5, seconds: float = 30.0, concurrency: int = 34) -> dic
                 walls.append(done - start)
                 cpus.append(_cpu_seconds(publisher.pid) - cpu0)
                 pubs.append(_snapshot_version(chain.repo_dir) - snap0)
+            # saturated: every province pushes its next version as soon as the last is acknowledged
+            cpu0, snap0, start = _cpu_seconds(publisher.pid), _snapshot_version(chain.repo_dir), time.monotonic()
+
+            def back_to_back(p: _Province) -> tuple[str, int]:
+                version = 0
+                for _ in range(saturating):
+                    version, _ = push(p)
+                return p.code, version
+
+            done = wait_published(dict(pool.map(back_to_back, provinces)))
+            sat_wall, sat_cpu = done - start, _cpu_seconds(publisher.pid) - cpu0
+            sat_pubs = _snapshot_version(chain.repo_dir) - snap0
             # the 1/min rate, scaled: every province pushes `scaled_pushes` times, once per period
             period = seconds / scaled_pushes
             lags: list[float] = []
@@ -179,6 +194,10 @@ def run(*, rounds: int = 5, seconds: float = 30.0, concurrency: int = 34) -> dic
         per_pub = statistics.median(c / max(1, p) for c, p in zip(cpus, pubs))
         rate = statistics.median(n / w * 60 for w in walls)
         result = {
+            "saturating": saturating, "saturated_pushes_per_minute": n * saturating / sat_wall * 60,
+            "saturated_publications": sat_pubs,
+            "saturated_cpu_per_push_ms": sat_cpu / (n * saturating) * 1000,
+            "saturated_cpu_per_publication_ms": sat_cpu / max(1, sat_pubs) * 1000, "saturated_wall_s": sat_wall,
             "provinces": n, "round_wall_s": statistics.median(walls), "pushes_per_minute": rate,
             "publications_per_round": statistics.median(pubs), "cpu_per_push_ms": per_push * 1000,
             "cpu_per_publication_ms": per_pub * 1000, "baseline_sign_ms": baseline * 1000,
@@ -206,6 +225,11 @@ def _report(r: dict[str, float], rounds: int, setup: float) -> None:
           f"Ed25519 snapshot signature ({r['baseline_sign_ms']:.3f} ms, same run) |")
     print(f"| publisher CPU per publication (compressed) | {r['cpu_per_publication_ms']:.1f} ms = "
           f"{ratio_pub:.0f}x the baseline signature |")
+    print(f"| saturated: each province pushes {int(r['saturating'])} versions back to back "
+          f"({int(r['provinces'] * r['saturating'])} pushes) | "
+          f"all published after {r['saturated_wall_s']:.2f} s: **{r['saturated_pushes_per_minute']:,.0f} pushes/min**; "
+          f"{int(r['saturated_publications'])} publications; CPU {r['saturated_cpu_per_push_ms']:.1f} ms per push, "
+          f"{r['saturated_cpu_per_publication_ms']:.1f} ms per publication |")
     print(f"| 1/min rate scaled: each province once every {r['scaled_period_s']:.1f} s, "
           f"{r['scaled_wall_s']:.0f} s | acknowledged -> published: median {r['scaled_lag_median_s']:.2f} s, "
           f"worst {r['scaled_lag_max_s']:.2f} s; {int(r['scaled_publications'])} publications; CPU "
