@@ -15,6 +15,11 @@ and verifies whatever it gets. :class:`HttpMirrorFetcher` is that fetcher for
   one). On ``304`` the kept body is handed to python-tuf, which verifies it as
   it verifies a download: the cache is a saving, never a trust decision. A
   mirror without validators simply gets unconditional requests.
+* **Few connections.** Inside one refresh (:meth:`HttpMirrorFetcher.deadline`)
+  requests share a kept-alive connection, and a new HTTPS connection resumes
+  the TLS session of the last one (a resumed handshake sends no
+  certificates), so a poll over HTTPS is one short handshake, not one full
+  handshake per file.
 * **An overall deadline.** :meth:`HttpMirrorFetcher.deadline` bounds every
   request made inside it (connect, headers, body) by one moment: a watchdog
   shuts the socket down when it passes, so a mirror that answers one byte
@@ -23,7 +28,8 @@ and verifies whatever it gets. :class:`HttpMirrorFetcher` is that fetcher for
   shows it as its ``trust sync failed`` warning.
 
 Counters (``requests``, ``not_modified``, ``wire_bytes``: status line,
-headers and body received) are for benchmarks and logs. A body replayed from
+headers and body received; ``connections`` opened and TLS sessions
+``resumed``) are for benchmarks and logs. A body replayed from
 the cache is a :class:`ReplayedBody`: :class:`verifier.mirror.CountingFetcher`
 counts it as zero bytes transferred.
 
@@ -60,6 +66,10 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "healthcode-mirror-validators/1"
 _CHUNK = 64 * 1024
+#: The longest error or 304 body read to keep a connection for the next request.
+_MAX_DRAIN = 64 * 1024
+#: (scheme, host, port) of a mirror.
+_Origin = tuple[str, str, "int | None"]
 
 
 class DeadlinePassed(tuf_errors.DownloadError):
@@ -85,6 +95,20 @@ class _Entry:
     etag: str | None
     last_modified: str | None
     body: bytes
+
+
+class _ResumingHTTPSConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that offers a previous TLS session (resumption: no certificates sent again)."""
+
+    def __init__(self, host: str, port: int | None, *, timeout: float, context: ssl.SSLContext,
+                 session: ssl.SSLSession | None) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._tls_context = context
+        self._resume = session
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)  # TCP (no proxy tunnels: mirrors are reached directly)
+        self.sock = self._tls_context.wrap_socket(self.sock, server_hostname=self.host, session=self._resume)
 
 
 class _Watchdog:
@@ -141,21 +165,37 @@ class HttpMirrorFetcher(FetcherInterface):
         self._clock = clock
         self._deadline: tuple[float, float] | None = None  # (monotonic end, the configured seconds)
         self._entries: dict[str, _Entry] | None = None  # loaded on first use
+        self._depth = 0  # open deadline blocks: connections are kept between requests inside one
+        self._idle: dict[_Origin, http.client.HTTPConnection] = {}
+        self._sessions: dict[_Origin, ssl.SSLSession] = {}
+        self._context: ssl.SSLContext | None = None
         self.requests = 0
         self.not_modified = 0
         self.wire_bytes = 0
+        self.connections = 0  # new connections opened
+        self.resumed = 0  # of those over TLS, how many resumed a previous session
 
     # ------------------------------------------------------------------ the deadline
 
     @contextlib.contextmanager
     def deadline(self, seconds: float | None) -> Iterator[None]:
-        """Every request inside the block ends by ``seconds`` from now (None: no deadline)."""
+        """Every request inside the block ends by ``seconds`` from now (None: no deadline).
+
+        Inside the block a connection is kept open between requests (one refresh's
+        requests share it); it is closed when the block ends.
+        """
         previous = self._deadline
         self._deadline = None if seconds is None else (self._clock() + seconds, seconds)
+        self._depth += 1
         try:
             yield
         finally:
             self._deadline = previous
+            self._depth -= 1
+            if not self._depth:
+                for connection in self._idle.values():
+                    connection.close()
+                self._idle.clear()
 
     def _remaining(self, url: str) -> float | None:
         if self._deadline is None:
@@ -175,22 +215,54 @@ class HttpMirrorFetcher(FetcherInterface):
         return DeadlinePassed(f"mirror too slow: refresh deadline of {seconds:g} s passed "
                               f"(reading {urlsplit(url).path.rsplit('/', 1)[-1] or url})")
 
+    # ------------------------------------------------------------------ connections
+
+    def _connection(self, origin: _Origin, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection to ``origin`` kept from this refresh (True), or a new one (False).
+
+        A new HTTPS connection offers the TLS session of the last one to the same
+        origin: a resumed handshake is a fraction of a full one (no certificates).
+        """
+        kept = self._idle.pop(origin, None)
+        if kept is not None:
+            kept.timeout = timeout
+            if kept.sock is not None:
+                kept.sock.settimeout(timeout)
+            return kept, True
+        scheme, host, port = origin
+        self.connections += 1
+        if scheme == "https":
+            if self._context is None:
+                self._context = self._ssl or ssl.create_default_context()
+            return _ResumingHTTPSConnection(host, port, timeout=timeout, context=self._context,
+                                            session=self._sessions.get(origin)), False
+        return http.client.HTTPConnection(host, port, timeout=timeout), False
+
+    def _release(self, origin: _Origin, connection: http.client.HTTPConnection,
+                 response: http.client.HTTPResponse, watchdog: _Watchdog | None) -> None:
+        """After a response read to its end: keep the connection for this refresh's next request, or close it."""
+        if watchdog is not None:
+            watchdog.cancel()
+        sock = connection.sock
+        if isinstance(sock, ssl.SSLSocket):
+            if sock.session_reused and not getattr(connection, "_counted", False):
+                self.resumed += 1
+                connection._counted = True  # type: ignore[attr-defined]
+            if sock.session is not None:
+                self._sessions[origin] = sock.session
+        if self._depth and not response.will_close and not (watchdog is not None and watchdog.fired) \
+                and response.isclosed() and sock is not None:
+            self._idle[origin] = connection
+        else:
+            connection.close()
+
     # ------------------------------------------------------------------ fetching
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise tuf_errors.DownloadError(f"not an http(s) URL: {url}")
-        remaining = self._remaining(url)
-        # the watchdog ends a request at the deadline; the socket's own timeout stays a per-read bound
-        timeout = self.read_timeout if remaining is None else min(self.read_timeout, remaining + 1.0)
-        connection: http.client.HTTPConnection
-        if parts.scheme == "https":
-            context = self._ssl or ssl.create_default_context()
-            connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=context)
-        else:
-            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-        watchdog = _Watchdog(connection, remaining) if remaining is not None else None
+        origin = (parts.scheme, parts.hostname, parts.port)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
@@ -200,29 +272,52 @@ class HttpMirrorFetcher(FetcherInterface):
             headers["If-None-Match"] = kept.etag
         elif kept is not None and kept.last_modified:
             headers["If-Modified-Since"] = kept.last_modified
-        try:
-            self.requests += 1
-            connection.request("GET", target, headers=headers)
-            response = connection.getresponse()
-            self.wire_bytes += _head_size(response)
-        except (OSError, http.client.HTTPException) as exc:
-            self._close(connection, watchdog)
-            if self._expired(watchdog):
-                raise self._passed(url) from exc
-            raise tuf_errors.DownloadError(f"cannot fetch {url}: {exc}") from exc
+        while True:
+            remaining = self._remaining(url)
+            # the watchdog ends a request at the deadline; the socket's own timeout stays a per-read bound
+            timeout = self.read_timeout if remaining is None else min(self.read_timeout, remaining + 1.0)
+            connection, reused = self._connection(origin, timeout)
+            watchdog = _Watchdog(connection, remaining) if remaining is not None else None
+            try:
+                self.requests += 1
+                connection.request("GET", target, headers=headers)
+                response = connection.getresponse()
+                self.wire_bytes += _head_size(response)
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self._close(connection, watchdog)
+                if self._expired(watchdog):
+                    raise self._passed(url) from exc
+                if reused:  # the mirror closed a kept connection meanwhile: once more on a new one
+                    continue
+                raise tuf_errors.DownloadError(f"cannot fetch {url}: {exc}") from exc
         if response.status == 304 and kept is not None:
-            self._close(connection, watchdog)
+            self._drain(origin, connection, response, watchdog)
             self.not_modified += 1
             return ReplayedBody(kept.body)
         if response.status != 200:
-            self._close(connection, watchdog)
+            self._drain(origin, connection, response, watchdog)
             raise tuf_errors.DownloadHTTPError(f"{url}: HTTP {response.status} {response.reason}", response.status)
-        return self._body(url, connection, response, watchdog)
+        return self._body(url, origin, connection, response, watchdog)
 
-    def _body(self, url: str, connection: http.client.HTTPConnection, response: http.client.HTTPResponse,
-              watchdog: _Watchdog | None) -> Iterator[bytes]:
+    def _drain(self, origin: _Origin, connection: http.client.HTTPConnection, response: http.client.HTTPResponse,
+               watchdog: _Watchdog | None) -> None:
+        """Read a short error or empty body so the connection can serve the next request (else close it)."""
+        try:
+            body = response.read(_MAX_DRAIN + 1)
+            self.wire_bytes += len(body)
+            if len(body) > _MAX_DRAIN:
+                raise http.client.HTTPException("error body too long to keep the connection")
+        except (OSError, http.client.HTTPException):
+            self._close(connection, watchdog)
+            return
+        self._release(origin, connection, response, watchdog)
+
+    def _body(self, url: str, origin: _Origin, connection: http.client.HTTPConnection,
+              response: http.client.HTTPResponse, watchdog: _Watchdog | None) -> Iterator[bytes]:
         keep: list[bytes] | None = [] if self._cacheable(response) else None
         size = 0
+        complete = False
         try:
             while True:
                 self._remaining(url)
@@ -245,8 +340,13 @@ class HttpMirrorFetcher(FetcherInterface):
                 raise self._passed(url)
             if response.length not in (None, 0):
                 raise tuf_errors.DownloadError(f"{url}: the mirror closed the connection mid-file")
+            response.read()  # b"": marks the response done, so the connection can carry the next request
+            complete = True
         finally:
-            self._close(connection, watchdog)
+            if complete:
+                self._release(origin, connection, response, watchdog)
+            else:
+                self._close(connection, watchdog)
         if keep is not None:
             self._remember(url, response, b"".join(keep))
 

@@ -1,14 +1,17 @@
 """A static HTTP mirror of the trust repository that counts what it sends: for benchmarks and tests.
 
-``python -m tools.bench.mirror_server DIR [--port N] [--port-file F] [--log F] [--etag] [--drip SECONDS]``
+``python -m tools.bench.mirror_server DIR [--port N] [--port-file F] [--log F] [--etag] [--drip SECONDS]
+[--tls-cert PEM --tls-key PEM]``
 
 Serves ``DIR`` on 127.0.0.1 as any static web server would (``http.server``'s
-handler: ``Last-Modified``, and ``If-Modified-Since`` answered with 304), and:
+handler over HTTP/1.1: ``Last-Modified``, and ``If-Modified-Since`` answered with
+304; connections kept alive, after a 404 too, as nginx does), and:
 
 * ``--etag``: an ETag per file (``"<mtime_ns>-<size>"`` in hex, as nginx makes
   them) and ``If-None-Match`` answered with 304;
 * ``--log F``: one JSON line per request, appended and flushed:
-  ``{"t", "path", "status", "sent", "received"}`` (``t`` in Unix seconds) with ``sent`` the bytes written
+  ``{"t", "conn", "path", "status", "sent", "received"}`` (``t`` in Unix seconds, ``conn`` the
+  connection's number) with ``sent`` the bytes written
   to the socket (status line, headers, body) and ``received`` the request's
   bytes (request line and headers);
 * ``--drip S``: a slow mirror: every response is written one byte every
@@ -28,6 +31,7 @@ import io
 import json
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -70,8 +74,12 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
     lock = threading.Lock()
     protocol_version = "HTTP/1.1"
     _etag_value: str | None = None
+    connections = 0  # connections accepted so far (a log record names its connection)
 
     def setup(self) -> None:
+        with self.lock:
+            MirrorHandler.connections += 1
+            self._connection = MirrorHandler.connections
         super().setup()
         self._counting = _Counting(self.wfile, self.drip)
         self.wfile = self._counting  # type: ignore[assignment]
@@ -82,8 +90,9 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
         self.requestline = ""  # a keep-alive connection closed by the client reads no request
         super().handle_one_request()
         if self.log_file is not None and self.requestline:
-            record = {"t": round(time.time(), 3), "path": self.path, "status": getattr(self, "_status", 0),
-                      "sent": self._counting.count, "received": self._received}
+            record = {"t": round(time.time(), 3), "conn": self._connection, "path": self.path,
+                      "status": getattr(self, "_status", 0), "sent": self._counting.count,
+                      "received": self._received}
             with self.lock:
                 self.log_file.write(json.dumps(record) + "\n")
                 self.log_file.flush()
@@ -93,6 +102,19 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
         headers = sum(len(k) + 2 + len(v) + 2 for k, v in self.headers.items()) + 2
         self._received = len(getattr(self, "raw_requestline", b"")) + headers
         return ok
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # a 404 keeps the connection open, as nginx and CDNs do (http.server closes it)
+        self._keep_open = code == 404
+        try:
+            super().send_error(code, message, explain)
+        finally:
+            self._keep_open = False
+
+    def send_header(self, keyword: str, value: str) -> None:
+        if getattr(self, "_keep_open", False) and keyword.lower() == "connection":
+            return
+        super().send_header(keyword, value)
 
     def send_response(self, code: int, message: str | None = None) -> None:
         self._status = code
@@ -125,12 +147,17 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def serve(directory: Path, *, port: int = 0, etag: bool = False, drip: float = 0.0,
-          log: Path | None = None) -> http.server.ThreadingHTTPServer:
-    """A started mirror server (in a daemon thread); ``server_address[1]`` is its port."""
+          log: Path | None = None, tls: tuple[Path, Path] | None = None) -> http.server.ThreadingHTTPServer:
+    """A started mirror server (in a daemon thread); ``server_address[1]`` is its port.
+    ``tls``: (certificate chain, key) PEM files: HTTPS (TLS 1.2 and 1.3, session tickets on)."""
     log_file = open(log, "a", encoding="utf-8") if log is not None else None  # noqa: SIM115 - lives with the server
     handler = type("Handler", (MirrorHandler,), {"etag": etag, "drip": drip, "log_file": log_file})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port),
                                              functools.partial(handler, directory=str(directory)))
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
@@ -145,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path)
     parser.add_argument("--etag", action="store_true")
     parser.add_argument("--drip", type=float, default=0.0)
+    parser.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate chain (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="... and this key (PEM)")
     args = parser.parse_args(argv)
-    server = serve(args.directory, port=args.port, etag=args.etag, drip=args.drip, log=args.log)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    server = serve(args.directory, port=args.port, etag=args.etag, drip=args.drip, log=args.log, tls=tls)
     if args.port_file is not None:
         temp = args.port_file.with_suffix(".tmp")
         temp.write_text(str(server.server_address[1]))
