@@ -253,12 +253,19 @@ def test_a_province_claims_only_for_itself(cluster, desks):
                                                                          fresh, "11")
 
 
-def test_malformed_claims_get_field_violations(cluster):
+def test_malformed_claims_get_field_violations(cluster, desks):
     stub = national_index(cluster, province_cn("33"))
     error = refused(lambda: stub.ClaimIdentity(national_pb2.ClaimIdentityRequest(
         main_index_id="not-an-id", documents=[common_pb2.Document(type=1, number="12345")]), timeout=RPC_TIMEOUT),
         grpc.StatusCode.INVALID_ARGUMENT)
     assert {"main_index_id", "documents[0].number"} <= set(violations(error)), violations(error)
+    # at a province with a national link: refused before any claim
+    bad = common_pb2.Document(type=common_pb2.DOCUMENT_TYPE_RESIDENT_ID, number=new_number()[:-1] + "0")
+    if bad.number == USED_NUMBERS[-1]:
+        bad.number = bad.number[:-1] + "1"
+    USED_NUMBERS.append(bad.number)
+    error = refused(lambda: desks["33"].register(bad), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "primary.number" in violations(error), violations(error)
 
 
 # --------------------------------------------------------------------------- hospitals resolve codes
@@ -321,6 +328,7 @@ def test_resolving_bad_codes_is_refused_and_logged_nowhere(cluster, desks):
         "revoked": revoked.code_text,
         "other province's key": _signed(key_44, province="33", subject=mid, **window),
         "not a code": "EHC1:NOT-A-CODE",
+        "too long": "EHC1:" + "A" * 5000,
     }
     for name, text in cases.items():
         error = refused(lambda text=text: resolve(cluster, HOSPITAL_44, text), expected_refusal(name))
