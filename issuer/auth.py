@@ -6,25 +6,32 @@ certificates, roles, rate limits.
 
   - ``authorization: Bearer <key>``: the key's SHA-256 is compared in constant
     time with *every* configured hash (no early exit), and the caller is the
-    name configured with the matching hash, with that entry's role (always
-    :attr:`Role.ISSUANCE`). A call that presents a key is judged by the key
-    alone: a wrong key is refused even on an mTLS connection.
+    name configured with the matching hash, with that entry's role
+    (:attr:`Role.ISSUANCE`, the default, or :attr:`Role.WALLET`). A call that
+    presents a key is judged by the key alone: a wrong key is refused even on
+    an mTLS connection.
   - otherwise, when client certificates are accepted (the server has a client
     CA, so gRPC already verified the chain in the handshake), the caller is the
     certificate's subject CN, and its role is named explicitly
     (:func:`certificate_role`): ``admin:<province>`` a province key admin,
     ``national:<name>`` the national operations centre, a CN listed in
     ``issuance_clients`` (the config's ``auth.issuance_clients``) an issuance
-    client; any other CN has no role and may call nothing.
+    client, a CN listed in ``wallet_clients`` (``auth.wallet_clients``) a
+    wallet client; any other CN has no role and may call nothing.
 
-* **Roles** (default deny, :data:`SERVICE_ROLES`): ``ResidentIndex``,
-  ``HealthCodes`` and ``Wallets`` take the issuance role only; ``KeyAdmin`` takes the admin
+* **Roles** (default deny, :data:`SERVICE_ROLES`, then :data:`METHOD_ROLES`): ``ResidentIndex``,
+  ``HealthCodes`` and ``Wallets`` take the issuance role; the wallet role (a resident's phone
+  wallet, a key that may sit in a public web page) reaches only :data:`WALLET_METHODS`:
+  enrolment (FindResident, RegisterResident, CreateChallenge, IssueCredential), the resident's
+  live codes and access log (ListLiveCodes, ListAccesses), never issuing, renewing, revoking,
+  rendering, merging or linking by itself; ``KeyAdmin`` takes the admin
   and national roles only (it then checks the province itself); ``NationalLink`` takes the
   national role only (the national service's calls: releases and resolutions); server
   reflection takes any role; a service missing from the table takes nobody.
   The standard health service is exempt from all of it.
 * :class:`RateLimiter` keeps one token bucket per caller (``rate`` tokens a
-  second, ``burst`` at most), with per-caller overrides.
+  second, ``burst`` at most), with per-caller overrides and per-role defaults
+  (the wallet role's are stricter: ``auth.wallet_rate``, ``auth.wallet_burst``).
 * :class:`Admission` applies all three to every RPC of every service except
   the exempt ones: UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED
   before the servicer runs (a refused call spends no token), and the caller's
@@ -35,9 +42,14 @@ The API keys file is TOML, hashes only (``hash_api_key`` makes one)::
     [[callers]]
     name = "mobile-app"
     key_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-    role = "issuance"   # optional, the default and the only role an API key can have
+    role = "issuance"   # optional: "issuance" (the default) or "wallet"
     rate = 200.0   # optional: tokens per second for this caller
     burst = 400    # optional
+
+    [[callers]]
+    name = "web-wallet"
+    key_sha256 = "..."
+    role = "wallet"     # enrolment and the resident's own reads only (WALLET_METHODS)
 
 It is a secret (anyone who can change it can add a caller): :func:`load_api_keys`
 refuses a file group or others can read or write (``chmod 600``).
@@ -67,8 +79,12 @@ __all__ = [
     "Role",
     "Caller",
     "SERVICE_ROLES",
+    "METHOD_ROLES",
+    "WALLET_METHODS",
+    "DEFAULT_WALLET_RATE_LIMIT",
     "certificate_role",
     "check_issuance_client_name",
+    "check_client_names",
     "ApiKey",
     "RateLimit",
     "Authenticator",
@@ -131,6 +147,7 @@ class Role(enum.Enum):
     """What a caller is for. Every caller has at most one; no role means no service."""
 
     ISSUANCE = "issuance"  # ResidentIndex, HealthCodes, Wallets: API keys, and certificates in auth.issuance_clients
+    WALLET = "wallet"  # WALLET_METHODS only: API keys with role "wallet", and certificates in auth.wallet_clients
     PROVINCE_ADMIN = "admin"  # KeyAdmin on its own province: certificate CN admin:<province>
     NATIONAL = "national"  # KeyAdmin reads and compromise cut-off, NationalLink: certificate CN national:<name>
     PROVINCE = "province"  # a provincial issuer at a national service (publisher/): certificate CN province:<code>
@@ -156,18 +173,35 @@ SERVICE_ROLES: Mapping[str, frozenset[Role]] = {
     "grpc.reflection.v1alpha.ServerReflection": _ANY_ROLE,
     "grpc.reflection.v1.ServerReflection": _ANY_ROLE,
 }
+#: What a resident's own wallet calls (``pkg.Service/Method``): enrolment (find or register the resident by
+#: their document, a challenge, the credential bound to the phone's key; renewal is a new enrolment with
+#: the same key), the resident's live codes and access log. Never IssueCode, RenewCode, RevokeCode,
+#: RenderCode, GetCodeStatus, MergeResidents, LinkIdentifier, MoveResidentIn, KeyAdmin, NationalLink.
+WALLET_METHODS = frozenset({
+    "healthcode.issuer.v1.ResidentIndex/FindResident",
+    "healthcode.issuer.v1.ResidentIndex/RegisterResident",
+    "healthcode.issuer.v1.ResidentIndex/ListAccesses",
+    "healthcode.issuer.v1.Wallets/CreateChallenge",
+    "healthcode.issuer.v1.Wallets/IssueCredential",
+    "healthcode.issuer.v1.Wallets/ListLiveCodes",
+})
+#: Roles a method takes besides its service's (:data:`SERVICE_ROLES`): a grant per method, never a removal.
+METHOD_ROLES: Mapping[str, frozenset[Role]] = {method: frozenset({Role.WALLET}) for method in WALLET_METHODS}
 
 _WHO_HAS = {
     Role.ISSUANCE: "issuance clients",
+    Role.WALLET: "wallet clients",
     Role.PROVINCE_ADMIN: "admin:<province> certificates",
     Role.NATIONAL: "national:<name> certificates",
     Role.PROVINCE: "province:<code> certificates",
 }
 
 
-def certificate_role(common_name: str, issuance_clients: frozenset[str] | set[str] = frozenset()) -> Role | None:
-    """The role a client certificate's CN names: ``admin:<province>``, ``national:<name>``, ``province:<code>``, or a CN
-    listed in ``issuance_clients``; None for anything else (``admin:99``, an unlisted CN)."""
+def certificate_role(common_name: str, issuance_clients: frozenset[str] | set[str] = frozenset(),
+                     wallet_clients: frozenset[str] | set[str] = frozenset()) -> Role | None:
+    """The role a client certificate's CN names: ``admin:<province>``, ``national:<name>``, ``province:<code>``, a CN
+    listed in ``issuance_clients`` (issuance) or in ``wallet_clients`` (wallet); None for anything else
+    (``admin:99``, an unlisted CN, a CN in both lists: a certificate has one role)."""
     match = PROVINCE_ADMIN_CN.fullmatch(common_name)
     if match:
         return Role.PROVINCE_ADMIN if match[1] in PROVINCES else None
@@ -176,18 +210,32 @@ def certificate_role(common_name: str, issuance_clients: frozenset[str] | set[st
     match = PROVINCE_CN.fullmatch(common_name)
     if match:
         return Role.PROVINCE if match[1] in PROVINCES else None
-    if common_name in issuance_clients and not common_name.startswith(_ROLE_PREFIXES):
+    if common_name.startswith(_ROLE_PREFIXES) or (common_name in issuance_clients and common_name in wallet_clients):
+        return None
+    if common_name in issuance_clients:
         return Role.ISSUANCE
+    if common_name in wallet_clients:
+        return Role.WALLET
     return None
 
 
-def check_issuance_client_name(name: Any) -> str:
-    """``name`` if it can be an issuance client's certificate CN; raises ``ValueError`` saying why not."""
+def check_issuance_client_name(name: Any, what: str = "an issuance client") -> str:
+    """``name`` if it can be an issuance (or wallet) client's certificate CN; raises ``ValueError`` saying why not."""
     if not isinstance(name, str) or not _CALLER_NAME.match(name):
-        raise ValueError("an issuance client's name is 1-64 characters of A-Z a-z 0-9 . _ @ : -")
+        raise ValueError(f"{what}'s name is 1-64 characters of A-Z a-z 0-9 . _ @ : -")
     if name.startswith(_ROLE_PREFIXES):
         raise ValueError(f"{name!r} is a key-administration name (admin:/national:): a certificate has one role")
     return name
+
+
+def check_client_names(issuance_clients: Iterable[Any], wallet_clients: Iterable[Any]) -> None:
+    """Raise ``ValueError`` unless every name can be a client certificate's CN and no CN is in both lists."""
+    issuance = {check_issuance_client_name(n) for n in issuance_clients}
+    wallet = {check_issuance_client_name(n, "a wallet client") for n in wallet_clients}
+    both = sorted(issuance & wallet)
+    if both:
+        raise ValueError(f"{both[0]!r} is listed as an issuance client and as a wallet client: a certificate has "
+                         "one role")
 
 
 def hash_api_key(key: str) -> str:
@@ -212,12 +260,21 @@ class RateLimit:
             raise ValueError("rate limit needs rate > 0 and burst >= 1")
 
 
+#: The wallet role's default bucket, per caller: stricter than an issuance client's (100/s, burst 200), since
+#: one wallet key may serve every resident of a self-service page (config ``auth.wallet_rate``/``wallet_burst``;
+#: a keys-file entry's own ``rate``/``burst`` still wins).
+DEFAULT_WALLET_RATE_LIMIT = RateLimit(20.0, 40.0)
+
+
+_API_KEY_ROLES = (Role.ISSUANCE, Role.WALLET)
+
+
 @dataclass(frozen=True)
 class ApiKey:
     """One configured caller: its name, its key's SHA-256, an optional own rate limit, its role.
 
-    An API key is always an issuance client: key administration takes a client
-    certificate, so the names ``admin:...`` and ``national:...`` are refused here.
+    An API key is an issuance client or a wallet client: key administration takes a
+    client certificate, so the names ``admin:...`` and ``national:...`` are refused here.
     """
 
     caller: str
@@ -230,8 +287,8 @@ class ApiKey:
             raise ValueError("caller name must be 1-64 characters of A-Z a-z 0-9 . _ @ : -")
         if self.caller.startswith(_ROLE_PREFIXES):
             raise ValueError("caller names admin:... and national:... belong to key administrators' certificates")
-        if self.role is not Role.ISSUANCE:
-            raise ValueError("an API key can only have the issuance role")
+        if self.role not in _API_KEY_ROLES:
+            raise ValueError("an API key has the issuance or the wallet role")
         if len(self.sha256) != 32:
             raise ValueError("key hash must be 32 bytes (SHA-256)")
 
@@ -262,11 +319,12 @@ def parse_api_keys(data: Mapping[str, Any]) -> list[ApiKey]:
             except (KeyError, TypeError, ValueError):
                 raise ValueError(f"keys file: callers[{i}] needs rate > 0 (and burst >= 1)") from None
         role = entry.get("role", Role.ISSUANCE.value)
-        if role != Role.ISSUANCE.value:
-            raise ValueError(f'keys file: callers[{i}] role must be "issuance" (the default): key administrators '
-                             "use admin:<province> or national:<name> client certificates, never API keys")
+        if role not in [r.value for r in _API_KEY_ROLES]:
+            raise ValueError(f'keys file: callers[{i}] role must be "issuance" (the default) or "wallet": key '
+                             "administrators use admin:<province> or national:<name> client certificates, never "
+                             "API keys")
         try:
-            keys.append(ApiKey(name, bytes.fromhex(digest), limit))
+            keys.append(ApiKey(name, bytes.fromhex(digest), limit, Role(role)))
         except ValueError as e:
             raise ValueError(f"keys file: callers[{i}]: {e}") from None
     names = [k.caller for k in keys]
@@ -296,10 +354,11 @@ class Authenticator:
     """Maps a call's credentials to a :class:`Caller` (see the module docstring)."""
 
     def __init__(self, api_keys: Iterable[ApiKey], *, accept_client_certs: bool,
-                 issuance_clients: Iterable[str] = ()) -> None:
+                 issuance_clients: Iterable[str] = (), wallet_clients: Iterable[str] = ()) -> None:
         self._keys = tuple(api_keys)
         self._accept_client_certs = accept_client_certs
         self._issuance_clients = frozenset(issuance_clients)
+        self._wallet_clients = frozenset(wallet_clients)
         self._roles: dict[str, Role | None] = {}  # certificate CN -> role, decided once per CN
 
     def authenticate(
@@ -330,7 +389,7 @@ class Authenticator:
         try:
             role = self._roles[cn]
         except KeyError:
-            role = certificate_role(cn, self._issuance_clients)
+            role = certificate_role(cn, self._issuance_clients, self._wallet_clients)
             if len(self._roles) < 10_000:  # CNs come from the client CA: a bounded set in practice
                 self._roles[cn] = role
         return Caller(cn, role)
@@ -351,23 +410,30 @@ class Authenticator:
 
 
 class RateLimiter:
-    """Per-caller token buckets. ``clock`` is a monotonic seconds counter (injectable for tests)."""
+    """Per-caller token buckets. ``clock`` is a monotonic seconds counter (injectable for tests).
+
+    A caller's bucket has its own limit (``per_caller``), else its role's (``per_role``), else ``default``.
+    """
 
     def __init__(
         self,
         default: RateLimit | None,
         per_caller: Mapping[str, RateLimit] | None = None,
         *,
+        per_role: Mapping[Role, RateLimit] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._default = default
         self._per_caller = dict(per_caller or {})
+        self._per_role = dict(per_role or {})
         self._clock = clock
         self._buckets: dict[str, list[float]] = {}  # caller -> [tokens, last refill time]
 
-    def try_acquire(self, caller: str) -> bool:
+    def try_acquire(self, caller: str, role: Role | None = None) -> bool:
         """Take one token from ``caller``'s bucket; ``False`` when it is empty."""
-        limit = self._per_caller.get(caller, self._default)
+        limit = self._per_caller.get(caller)
+        if limit is None:
+            limit = self._per_role.get(role, self._default) if role is not None else self._default
         if limit is None:
             return True
         now = self._clock()
@@ -412,11 +478,13 @@ class Admission:
         *,
         exempt_services: Iterable[str] = (HEALTH_SERVICE,),
         service_roles: Mapping[str, frozenset[Role]] = SERVICE_ROLES,
+        method_roles: Mapping[str, frozenset[Role]] = METHOD_ROLES,
     ) -> None:
         self._authenticator = authenticator
         self._limiter = limiter
         self._exempt = frozenset(exempt_services)
         self._service_roles = dict(service_roles)
+        self._method_roles = dict(method_roles)
 
     def checker(self, method: str) -> Callable[[grpc.aio.ServicerContext], Refusal | None]:
         """The admission check of ``method`` (``/pkg.Service/Method``): call it with the RPC's context;
@@ -426,7 +494,10 @@ class Admission:
         permission or rate-limit refusal (which is logged against the caller).
         """
         service = service_of(method)
-        allowed = self._service_roles.get(service, frozenset())
+        name = method.lstrip("/")
+        allowed = self._service_roles.get(service, frozenset()) | self._method_roles.get(name, frozenset())
+        # a service whose methods differ in who may call them is named by method in a refusal
+        target = name if any(m.startswith(service + "/") for m in self._method_roles) else service
         authenticate, try_acquire = self._authenticator.authenticate, self._limiter.try_acquire
 
         def check(context: grpc.aio.ServicerContext) -> Refusal | None:
@@ -435,8 +506,8 @@ class Admission:
                 return grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials"
             _CALLER.set(caller.name)
             if caller.role not in allowed:
-                return grpc.StatusCode.PERMISSION_DENIED, _denial(caller, service, allowed)
-            if not try_acquire(caller.name):
+                return grpc.StatusCode.PERMISSION_DENIED, _denial(caller, target, allowed)
+            if not try_acquire(caller.name, caller.role):
                 return grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded; retry later"
             return None
 
@@ -449,14 +520,15 @@ class Admission:
 
 
 def _denial(caller: Caller, service: str, allowed: frozenset[Role]) -> str:
-    """The PERMISSION_DENIED message: who the caller is, and who the service is open to.
+    """The PERMISSION_DENIED message: who the caller is, and who the service (or the method,
+    ``pkg.Service/Method``, when its service's methods differ) is open to.
 
     Logged once as a WARNING (caller, role, service; never request contents).
     """
     how = "API key" if caller.by_api_key else "certificate"
     if caller.role is None:
         who = (f"{how} {caller.name!r} has no role (a CN must be admin:<province>, national:<name>, "
-               "or listed in auth.issuance_clients)")
+               "or listed in auth.issuance_clients or auth.wallet_clients)")
     else:
         who = f"{how} {caller.name!r} has the {caller.role.value} role"
     if not allowed:

@@ -26,6 +26,10 @@ Example file (every key optional in the file if given as a flag)::
                                       # admin:<province> and national:<name> certificates reach KeyAdmin only
     rate = 100.0                      # default per-caller token bucket: tokens a second ...
     burst = 200                       # ... and bucket size
+    wallet_clients = ["wallet-gateway"]  # client-certificate CNs with the wallet role (enrolment and the
+                                      # resident's own reads only; API keys get it with role = "wallet")
+    wallet_rate = 20.0                # the wallet role's default bucket (stricter): tokens a second ...
+    wallet_burst = 40                 # ... and bucket size
 
     [keys]
     signing_key = "keys/signing-33.pem"          # PKCS#8 PEM, P-256 (ES256) or Ed25519 (EdDSA)
@@ -146,8 +150,11 @@ class IssuerConfig:
     insecure_dev_plaintext: bool = False
     api_keys: pathlib.Path | None = None
     issuance_clients: tuple[str, ...] = ()
+    wallet_clients: tuple[str, ...] = ()
     rate: float = 100.0
     burst: float = 200.0
+    wallet_rate: float = 20.0
+    wallet_burst: float = 40.0
     code_validity: dt.timedelta = dt.timedelta(days=7)
     metrics_port: int = 0
     metrics_address: str = "127.0.0.1"
@@ -203,6 +210,8 @@ class IssuerConfig:
         self._check_issuance_clients()
         if not (self.rate > 0 and self.burst >= 1):
             raise ConfigError("auth.rate must be > 0 and auth.burst >= 1")
+        if not (self.wallet_rate > 0 and self.wallet_burst >= 1):
+            raise ConfigError("auth.wallet_rate must be > 0 and auth.wallet_burst >= 1")
         if self.code_validity <= dt.timedelta(0):
             raise ConfigError("code_validity_hours must be positive")
         if not 0 <= self.metrics_port <= 65535:
@@ -257,16 +266,22 @@ class IssuerConfig:
             raise ConfigError(f"database: {e}") from None
 
     def _check_issuance_clients(self) -> None:
-        from issuer.auth import check_issuance_client_name
+        from issuer.auth import check_client_names, check_issuance_client_name
 
-        if self.issuance_clients and self.client_ca is None:
-            raise ConfigError("auth.issuance_clients names client certificates: set tls.client_ca")
-        for name in self.issuance_clients:
-            try:
-                check_issuance_client_name(name)
-            except ValueError as e:
-                raise ConfigError(f"auth.issuance_clients: {e}") from None
-        object.__setattr__(self, "issuance_clients", tuple(self.issuance_clients))
+        for setting, names in (("issuance_clients", self.issuance_clients), ("wallet_clients", self.wallet_clients)):
+            if names and self.client_ca is None:
+                raise ConfigError(f"auth.{setting} names client certificates: set tls.client_ca")
+            for name in names:
+                try:
+                    check_issuance_client_name(name, "a wallet client" if setting == "wallet_clients" else
+                                               "an issuance client")
+                except ValueError as e:
+                    raise ConfigError(f"auth.{setting}: {e}") from None
+            object.__setattr__(self, setting, tuple(names))
+        try:
+            check_client_names(self.issuance_clients, self.wallet_clients)
+        except ValueError as e:
+            raise ConfigError(f"auth: {e}") from None
 
     def _check_revocation(self) -> None:
         if self.revocation_directory is None:
@@ -390,8 +405,11 @@ FILE_KEYS: Mapping[tuple[str, str], tuple[str, Callable[[Any], Any]]] = {
     ("tls", "client_ca"): ("client_ca", _path),
     ("auth", "api_keys"): ("api_keys", _path),
     ("auth", "issuance_clients"): ("issuance_clients", _names),
+    ("auth", "wallet_clients"): ("wallet_clients", _names),
     ("auth", "rate"): ("rate", _number),
     ("auth", "burst"): ("burst", _number),
+    ("auth", "wallet_rate"): ("wallet_rate", _number),
+    ("auth", "wallet_burst"): ("wallet_burst", _number),
     ("keys", "signing_key"): ("signing_key", _path),
     ("keys", "signing_key_passphrase_env"): ("signing_key_passphrase_env", _str),
     ("keys", "vault_key"): ("vault_key", _path),

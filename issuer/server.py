@@ -95,7 +95,10 @@ class ServerOptions:
     insecure_dev_plaintext: bool = False
     api_keys: tuple[auth.ApiKey, ...] = ()
     issuance_clients: frozenset[str] = frozenset()  # client-certificate CNs with the issuance role
+    wallet_clients: frozenset[str] = frozenset()  # client-certificate CNs with the wallet role
     rate_limit: auth.RateLimit | None = auth.RateLimit(100.0, 200.0)
+    #: The wallet role's default bucket (a keys-file entry's own rate still wins); stricter than ``rate_limit``.
+    wallet_rate_limit: auth.RateLimit = auth.DEFAULT_WALLET_RATE_LIMIT
     metrics_listen: tuple[str, int] | None = None  # (address, port); port 0 picks a free one
     grace: float = 10.0
     max_concurrent_rpcs: int | None = None
@@ -204,13 +207,15 @@ class IssuerServer:
         per_caller = {k.caller: k.rate_limit for k in options.api_keys if k.rate_limit is not None}
         authenticator = auth.Authenticator(
             options.api_keys, accept_client_certs=options.tls is not None and options.tls.client_ca_pem is not None,
-            issuance_clients=options.issuance_clients,
+            issuance_clients=options.issuance_clients, wallet_clients=options.wallet_clients,
         )
         # No interceptors: every servicer registers through a registrar that wraps its
         # method handlers once with timing, logs, metrics, authentication and rate limits.
         observed = ObservedHandlers(
             self.metrics,
-            admission=auth.Admission(authenticator, auth.RateLimiter(options.rate_limit, per_caller, clock=monotonic)),
+            admission=auth.Admission(authenticator, auth.RateLimiter(
+                options.rate_limit, per_caller, per_role={auth.Role.WALLET: options.wallet_rate_limit},
+                clock=monotonic)),
         )
         self.server = grpc.aio.server(
             options=[
