@@ -563,13 +563,16 @@ def _outcome(cluster: Cluster, desks, document) -> tuple[str, str] | None:
 
 
 def test_zz_no_number_in_any_log_or_database(cluster, tmp_path):
-    """Last (by name): every number the module sent, searched for in every log, database and WAL file."""
+    """Last: every number the module sent, searched for in every log, database and WAL file, after a clean stop."""
     assert len(USED_NUMBERS) > 20
     canary = tmp_path / "canary.log"  # the scan finds what it looks for, in each encoding
     canary.write_bytes(b"x" + USED_NUMBERS[0].encode("utf-16-le") + b"y")
     assert scan_for([canary], USED_NUMBERS[:1]) == [(str(canary), USED_NUMBERS[0])]
 
+    for node in cluster.nodes:  # SIGTERM: every process writes its pending log lines and closes its database
+        assert node.stop() == 0, node.name
     files = list(cluster.data_files())
+    assert sum(1 for f in files if f.suffix == ".log" for _ in f.open("rb")) > 200  # the RPC lines are there
     assert {f.name for f in files} >= {"national.db", "national.log", "issuer.db", "province-33.log"}, files
     assert all(f.stat().st_size > 0 for f in files if f.suffix == ".log")
     assert scan_for(files, USED_NUMBERS) == []
