@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import pathlib
+import subprocess
+import sys
 import time
 from typing import Callable, Iterator
 
@@ -425,6 +428,42 @@ def test_each_hospital_is_rate_limited(cluster, desks):
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in answers, answers
     assert resolve(cluster, HOSPITAL_44, code).main_index_id == mid  # another hospital is not held back
     assert len(desks["33"].accesses(mid)) == sum(isinstance(a, str) for a in answers) + 1  # refused: no entry
+
+
+def test_wiring_a_the_his_feeds_the_verifier_and_resolves_the_same_text(cluster, desks, tmp_path):
+    """docs/his-integration.md §2, wiring A: scan -> verifier stdin -> JSON line -> ResolveCode with the text."""
+    number = new_number()
+    mid = desks["44"].register(resident_id(number))
+    scanned = desks["44"].issue(mid).code_text
+    trust = cluster.directory / "national" / "trust"  # the same keys the national service trusts (dev bundle)
+    head = [sys.executable, "-m", "verifier", "--data-dir", str(tmp_path / "hcv"), "--dev-trust",
+            "--source", str(trust)]
+    assert subprocess.run([*head, "sync"], capture_output=True, timeout=120, cwd=ROOT).returncode == 0
+    verifier = subprocess.Popen([*head, "run", "--stdin", "--json", "stdout", "--display", "none", "--no-audit",
+                                 "--no-sync"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=ROOT)
+    try:
+        assert verifier.stdin is not None and verifier.stdout is not None
+        verifier.stdin.write(scanned.encode() + b"\n" + b"EHC1:GARBAGE\n")
+        verifier.stdin.flush()
+        lines = [json.loads(verifier.stdout.readline()) for _ in range(2)]
+        verifier.stdin.close()
+        assert verifier.wait(60) == 0, verifier.stderr.read() if verifier.stderr else ""
+    finally:
+        if verifier.poll() is None:
+            verifier.kill()
+    valid, invalid = lines
+    assert (valid["schema"], valid["seq"], valid["result"], valid["province"], valid["main_index_id"]) == (
+        "healthcode-verifier/result/1", 1, "valid", "44", mid)
+    assert (invalid["seq"], invalid["result"], invalid["main_index_id"]) == (2, "invalid", None)
+    assert number not in json.dumps(lines)
+
+    example = his_example()
+    cert, key = (cluster.pki / f"{HOSPITAL_33}.pem").read_bytes(), (cluster.pki / f"{HOSPITAL_33}.key").read_bytes()
+    patient = example["resolve_scan"](example["open_resolver"](cluster.national.address, cluster.ca_pem, cert, key),
+                                      scanned, national_pb2.PURPOSE_REGISTRATION)
+    assert (patient["main_index_id"], patient["document_number"], patient["home_province"]) == (
+        valid["main_index_id"], number, "44")
 
 
 # --------------------------------------------------------------------------- moving
