@@ -520,6 +520,22 @@ def test_a_resident_moves_from_33_to_44_with_consent(cluster, desks):
     refused(lambda: desks["44"].register(document), grpc.StatusCode.ALREADY_EXISTS)
 
 
+def test_a_move_while_the_old_province_is_down_changes_nothing(cluster, desks):
+    document = resident_id(new_number())
+    mid = desks["33"].register(document)
+    code = desks["33"].issue(mid)
+    cluster.issuers["33"].kill()
+    try:
+        refused(lambda: desks["44"].move_in(mid, document, consent()), grpc.StatusCode.UNAVAILABLE)
+    finally:
+        cluster.issuers["33"].start()
+    assert national_holder(cluster, document) == (mid, "33")
+    refused(lambda: desks["44"].find(document), grpc.StatusCode.NOT_FOUND)
+    assert desks["33"].where(document) == (mid, "33")
+    assert desks["33"].status(code.code_text).state == common_pb2.CODE_STATE_VALID
+    assert desks["44"].move_in(mid, document, consent()).previous_province == "33"  # once 33 is back, it moves
+
+
 # --------------------------------------------------------------------------- partitions
 
 
