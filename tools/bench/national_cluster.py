@@ -4,7 +4,7 @@ For the end-to-end test (``tests/integration/test_national_cluster.py``) and the
 national benchmarks (:mod:`tools.bench.national`). Nothing here is meant for a
 real deployment: one throwaway CA signs every certificate.
 
-:meth:`Cluster.create` writes, under one directory:
+``Cluster(directory, now=...)`` writes, under ``directory``:
 
 * ``pki/``: the CA (``ca.pem``), one server certificate for 127.0.0.1 shared by
   every process, and client certificates (``<CN>.pem``/``.key``, keys 0600) for
@@ -16,8 +16,16 @@ real deployment: one throwaway CA signs every certificate.
 * ``province-<p>/``: that issuer's P-256 signing key, vault secret, API key
   (``app.apikey``, also valid for issuance), its SQLite file and ``issuer.toml``
   with the ``[national]`` section pointing at the national service;
-* ``national/``: the national service's key, its SQLite file, the provinces'
-  public keys and addresses, and ``national.toml``.
+* ``national/``: the national blind-index key in a file keystore (its
+  passphrase only in the process's environment, :data:`NATIONAL_KEY_ENV`), an
+  unsigned development trust bundle with every province's key
+  (``trust/bundle.json``, also a verifier's ``--dev-trust`` source), its
+  SQLite file and ``national.toml`` (national/config.py's format: the
+  provinces' NationalLink endpoints, a rate-limited hospital
+  :data:`LIMITED_HOSPITAL`).
+
+Provinces reconcile every :data:`RECONCILE_INTERVAL` seconds (30 in the example
+configuration), so tests and benchmarks need not wait long.
 
 Every port is chosen before any process starts (each config names the others'
 addresses) and kept across restarts. :class:`Node` runs one process (JSON log
