@@ -22,6 +22,7 @@ metrics :mod:`issuer.metrics`, its handler wrapping :mod:`issuer.handlers`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import pathlib
@@ -264,6 +265,11 @@ async def run(
     else:
         signer = load_signer_pem(_read_secret(config.signing_key, "signing key"), signing_key_passphrase)
     vault_secret = parse_vault_secret(_read_secret(config.vault_key, "vault key"))
+    if options.http is not None and options.http.static_dir is not None:  # the wallet's keys.json: our own keys
+        from issuer.key_list import ServedKeyList
+
+        served_keys = ServedKeyList(signer, province=config.province, clock=utc_now)
+        options = dataclasses.replace(options, http=dataclasses.replace(options.http, key_list=served_keys.current))
     try:
         index, codes, close_store = build_domain(config, signer=signer, vault_secret=vault_secret)
         claiming: Any = index  # with [national]: the NationalResidentIndex, before any wrapping

@@ -13,7 +13,8 @@ runtime and workers, outside the loop the store and the servicers live on.
 Routes (:class:`Router`):
 
 * ``POST /healthcode.issuer.v1.<Service>/<Method>``: Connect (JSON, binary) and gRPC-Web;
-* ``GET /wallet/...``: the web wallet's built files (:mod:`issuer.http_static`), when configured;
+* ``GET /wallet/...``: the web wallet's built files (:mod:`issuer.http_static`), when configured, and
+  ``/wallet/keys.json``, the issuer's own key list made on each request (:mod:`issuer.key_list`);
 * ``GET /healthz``: ``ok`` while serving (for load balancers; no RPC, no admission).
 
 TLS is on unless the server runs with ``insecure_dev_plaintext``: the gRPC
@@ -35,7 +36,7 @@ import socket
 import ssl
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import grpc
 import uvicorn
@@ -61,10 +62,13 @@ _PEER_NAMES: contextvars.ContextVar[tuple[bytes, ...]] = contextvars.ContextVar(
 @dataclass(frozen=True, kw_only=True)
 class HttpOptions:
     """The HTTP listener: ``listen`` host:port (port 0 picks a free one), the web wallet's built files
-    (``static_dir``; ``None``: no ``/wallet/``), and the request body cap (the gRPC server's)."""
+    (``static_dir``; ``None``: no ``/wallet/``), the wallet's ``keys.json`` (``key_list``: returns the
+    key list's bytes now; ``issuer.app`` gives the issuer's own, :class:`issuer.key_list.ServedKeyList`),
+    and the request body cap (the gRPC server's)."""
 
     listen: str = "127.0.0.1:8443"
     static_dir: pathlib.Path | None = None
+    key_list: Callable[[], bytes] | None = None
     max_request_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
@@ -235,7 +239,8 @@ class HttpServer:
         endpoints = connect_endpoints(handlers, peer_names=lambda _ctx: _PEER_NAMES.get())
         static = None
         if options.static_dir is not None:
-            static = StaticFiles(options.static_dir, WALLET_PREFIX)
+            generated = {"keys.json": options.key_list} if options.key_list is not None else None
+            static = StaticFiles(options.static_dir, WALLET_PREFIX, generated=generated)
         self.router = Router(ConnectApp(endpoints, max_request_bytes=options.max_request_bytes), static=static,
                              max_request_bytes=options.max_request_bytes)
         context = None

@@ -20,19 +20,28 @@ a prefix (``/wallet/``) with:
 * a Content-Security-Policy that allows the page's own origin only.
 
 GET and HEAD only; ``/wallet`` redirects to ``/wallet/``, which serves ``index.html``.
+
+Generated files (``generated``: name -> a function returning the bytes now) are
+served the same way, made on each request: the issuer's own key list as
+``keys.json`` (:mod:`issuer.key_list`), so that it follows key rotation. A
+generated file wins over a file of the same name in the directory.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import mimetypes
 import pathlib
 import re
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Mapping
 
 __all__ = ["StaticFiles", "MAX_STATIC_BYTES"]
+
+log = logging.getLogger("issuer.http")
 
 #: Refuse to load a directory larger than this (a misconfigured path, not a wallet build).
 MAX_STATIC_BYTES = 32 * 1024 * 1024
@@ -69,10 +78,12 @@ class _File:
     service_worker: bool
 
 
-def _compress(path: pathlib.Path, body: bytes, suffix: str) -> tuple[bytes | None, bytes | None]:
-    br_file, gz_file = path.with_name(path.name + ".br"), path.with_name(path.name + ".gz")
-    br = br_file.read_bytes() if br_file.is_file() else None
-    gz = gz_file.read_bytes() if gz_file.is_file() else None
+def _compress(path: pathlib.Path | None, body: bytes, suffix: str) -> tuple[bytes | None, bytes | None]:
+    br = gz = None
+    if path is not None:
+        br_file, gz_file = path.with_name(path.name + ".br"), path.with_name(path.name + ".gz")
+        br = br_file.read_bytes() if br_file.is_file() else None
+        gz = gz_file.read_bytes() if gz_file.is_file() else None
     if suffix not in _COMPRESSIBLE or len(body) < 256:
         return br, gz
     if gz is None:
@@ -88,14 +99,34 @@ def _compress(path: pathlib.Path, body: bytes, suffix: str) -> tuple[bytes | Non
             gz if gz is not None and len(gz) < len(body) else None)
 
 
-class StaticFiles:
-    """An ASGI application serving the files under ``directory`` at ``prefix`` (ending in ``/``)."""
+def _file(name: str, body: bytes, path: pathlib.Path | None) -> _File:
+    """What is served for ``name`` (``path``: where it was read, for precompressed siblings)."""
+    suffix = pathlib.PurePosixPath(name).suffix.lower()
+    content_type = _TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    br, gz = _compress(path, body, suffix)
+    base = pathlib.PurePosixPath(name).name
+    hashed = bool(_HASHED_NAME.search(base)) and suffix not in (".html", ".webmanifest") and path is not None
+    return _File(
+        body=body, br=br, gz=gz, content_type=content_type,
+        etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
+        cache_control="public, max-age=31536000, immutable" if hashed else "no-cache",
+        service_worker=base in ("sw.js", "service-worker.js"),
+    )
 
-    def __init__(self, directory: pathlib.Path, prefix: str = "/wallet/") -> None:
+
+class StaticFiles:
+    """An ASGI application serving the files under ``directory`` at ``prefix`` (ending in ``/``), and the
+    ``generated`` ones (name -> the bytes now; served ``no-cache``, made again when the bytes change)."""
+
+    def __init__(self, directory: pathlib.Path, prefix: str = "/wallet/", *,
+                 generated: Mapping[str, Callable[[], bytes]] | None = None) -> None:
         if not prefix.startswith("/") or not prefix.endswith("/"):
             raise ValueError("prefix must start and end with /")
         self.prefix = prefix
         self.files: dict[str, _File] = {}
+        self._generated = dict(generated or {})
+        self._made: dict[str, _File] = {}  # generated name -> the last file made
+        self._making = threading.Lock()
         total = 0
         root = directory.resolve()
         for path in sorted(root.rglob("*")):
@@ -106,16 +137,22 @@ class StaticFiles:
             if total > MAX_STATIC_BYTES:
                 raise ValueError(f"{directory} holds more than {MAX_STATIC_BYTES} bytes: not a web wallet build")
             name = path.relative_to(root).as_posix()
-            suffix = path.suffix.lower()
-            content_type = _TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
-            br, gz = _compress(path, body, suffix)
-            hashed = bool(_HASHED_NAME.search(path.name)) and suffix not in (".html", ".webmanifest")
-            self.files[name] = _File(
-                body=body, br=br, gz=gz, content_type=content_type,
-                etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
-                cache_control="public, max-age=31536000, immutable" if hashed else "no-cache",
-                service_worker=path.name in ("sw.js", "service-worker.js"),
-            )
+            self.files[name] = _file(name, body, path)
+        for name in self._generated:
+            if self.files.pop(name, None) is not None:
+                log.warning("%s in %s is not served: the issuer serves its own %s", name, directory, name,
+                            extra={"event": "static_file_shadowed", "file": name})
+
+    def _file_now(self, name: str) -> _File | None:
+        make = self._generated.get(name)
+        if make is None:
+            return self.files.get(name)
+        body = make()
+        with self._making:
+            made = self._made.get(name)
+            if made is None or made.body != body:
+                made = self._made[name] = _file(name, body, None)
+        return made
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path: str = scope["path"]
@@ -127,7 +164,7 @@ class StaticFiles:
             await _respond(send, 405, [(b"allow", b"GET, HEAD")])
             return
         name = path[len(self.prefix):] or "index.html"
-        file = self.files.get(name)
+        file = self._file_now(name)
         if file is None:
             await _respond(send, 404, [(b"content-type", b"text/plain; charset=utf-8")], b"not found\n")
             return

@@ -277,3 +277,138 @@ def test_a_busy_http_port_fails_the_start(tmp_path, pki):
         busy.close()
         domain.close()
         loop.close()
+
+
+# --------------------------------------------------------------------------- the wallet's key list
+
+
+def _trusted_now(key_set, now):
+    from healthcode.keylist import KeyList
+
+    return KeyList(province="33", serial=key_set.revision, keys=key_set.trusted_keys(now))
+
+
+def test_the_served_key_list_of_a_fixed_key_and_of_a_changing_key_set():
+    """:class:`issuer.key_list.ServedKeyList`: one fixed key (serial 1, the issuer's own 2000-2999 window), and a
+    key set (serial = revision, the keys ``healthcode-keys province publish`` would sign), made again when the
+    key set changes or a key's status at ``now`` does, and only then."""
+    import healthcode as hc
+    from healthcode.keylist import parse_key_list
+    from issuer.key_list import FIXED_KEY_FROM, FIXED_KEY_UNTIL, ServedKeyList
+    from keys.lifecycle import ProvinceKeySet
+    from keys.managed_key import RotationPolicy
+
+    fixed = hc.SoftwareSigner(hc.generate_signing_key(hc.Algorithm.ES256))
+    served = parse_key_list(ServedKeyList(fixed, province="33", clock=lambda: dt.datetime.now(dt.timezone.utc))
+                            .current(), province="33")
+    (key,) = served.keys
+    assert served.serial == 1 and (key.kid, key.use_from, key.verify_until) == (fixed.kid, FIXED_KEY_FROM,
+                                                                                FIXED_KEY_UNTIL)
+
+    t0 = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+    day = dt.timedelta(days=1)
+    first = hc.generate_signing_key(hc.Algorithm.ES256).public_key()
+    second = hc.generate_signing_key(hc.Algorithm.ES256).public_key()
+    key_set = ProvinceKeySet("33", RotationPolicy()).add_prepublished(first, use_from=t0, now=t0)
+
+    class Signer:  # what ServedKeyList reads of a RotatingSigner: its current key set
+        pass
+
+    signer, now = Signer(), [t0 + day]
+    signer.key_set = key_set
+    source = ServedKeyList(signer, province="33", clock=lambda: now[0])
+    one = source.current()
+    assert one == _trusted_now(key_set, now[0]).to_bytes() and source.current() is one  # cached
+    signer.key_set = key_set.add_prepublished(second, use_from=t0 + 20 * day, now=t0 + day)  # a rotation
+    two = source.current()
+    listed = parse_key_list(two, province="33")
+    assert listed.serial == key_set.revision + 1 and [k.kid for k in listed.keys] == [first.key_id(),
+                                                                                       second.key_id()]
+    now[0] = t0 + 400 * day  # the first key is past its use (retired), later past its verify_until
+    three = source.current()
+    assert three != two and three == _trusted_now(signer.key_set, now[0]).to_bytes()
+
+
+def test_serve_serves_its_own_key_list_at_wallet_keys_json_and_follows_a_rotation(tmp_path, pki):
+    """``healthcode-issuer serve`` with a rotating key set and ``[http]``: ``/wallet/keys.json`` is the issuer's
+    key list (a stale ``keys.json`` in the wallet directory is not served), and after a rotation and SIGHUP the
+    page gets the new key, under a higher serial and a new ETag."""
+    import healthcode as hc
+    from healthcode.keylist import parse_key_list
+    from keys.key_set_file import load_key_set, save_key_set
+    from keys.keystore import FileKeystore, ScryptParams
+    from keys.lifecycle import ProvinceKeySet
+    from keys.managed_key import RotationPolicy
+    from keys.province_keys import ProvinceKeyAdmin
+
+    passphrase = b"keys-json passphrase"
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    store = FileKeystore(tmp_path / "keys", passphrase, scrypt=ScryptParams(n=2**10, r=8, p=1))
+    first = store.generate(hc.Algorithm.ES256, label="33-first")
+    key_set = ProvinceKeySet("33", RotationPolicy()).add_prepublished(
+        store.public_key(first), handle=first, use_from=now - dt.timedelta(days=1), now=now - dt.timedelta(days=1))
+    save_key_set(tmp_path / "key-set-33.json", key_set)
+    pki.write(tmp_path / "pki")
+    write_file_atomically(tmp_path / "vault.key", os.urandom(32).hex().encode() + b"\n")
+    write_file_atomically(
+        tmp_path / "callers.toml", f'[[callers]]\nname = "app"\nkey_sha256 = "{auth.hash_api_key(APP_KEY)}"\n'.encode())
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "index.html").write_text("<!doctype html><title>wallet</title>")
+    (tmp_path / "dist" / "keys.json").write_text('{"stale": "a copied file"}')
+    (tmp_path / "issuer.toml").write_text(
+        'province = "33"\ndatabase = "issuer.db"\nlisten = "127.0.0.1:0"\n'
+        '[tls]\ncert = "pki/server.pem"\nkey = "pki/server.key"\n'
+        '[auth]\napi_keys = "callers.toml"\n'
+        '[keys]\nkey_set = "key-set-33.json"\nkey_set_check_seconds = 3600\nkeystore_dir = "keys"\n'
+        'signing_key_passphrase_env = "HC_TEST_KEYSTORE"\nvault_key = "vault.key"\n'
+        '[http]\nenabled = true\naddress = "127.0.0.1:0"\nwallet_dir = "dist"\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "issuer", "serve", "--config", str(tmp_path / "issuer.toml")],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT), HC_TEST_KEYSTORE=passphrase.decode()),
+        stderr=subprocess.PIPE, text=True)
+    try:
+        http_port, lines = None, []
+        deadline = time.monotonic() + 30
+        while http_port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("{") and json.loads(line).get("event") == "listening":
+                http_port = json.loads(line)["http_port"]
+        assert http_port, "".join(lines)
+        client = ConnectClient(http_port, pki.ca_cert_pem, "json")
+
+        status, headers, body = client.request("GET", "/wallet/keys.json", None, {})
+        assert status == 200 and headers["content-type"] == "application/json"
+        assert headers["cache-control"] == "no-cache"  # the page and its service worker revalidate it
+        served = parse_key_list(body, province="33")
+        assert body == _trusted_now(key_set, now).to_bytes()  # what publish would sign, serial = revision
+        assert [k.kid for k in served.keys] == [first.kid] and served.serial == key_set.revision
+        assert client.request("GET", "/wallet/keys.json", None, {"If-None-Match": headers["etag"]})[0] == 304
+
+        # a rotation (as `healthcode-keys province key generate 33 --rotate` does it), then SIGHUP
+        outcome = ProvinceKeyAdmin(province="33", key_set_path=tmp_path / "key-set-33.json",
+                                   keystore=store).add_key(now, rotate=True)
+        rotated = load_key_set(tmp_path / "key-set-33.json")
+        assert rotated.revision == key_set.revision + 1
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        status = 304  # unchanged until the issuer has re-read its key set
+        while status == 304 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            status, again, body = client.request("GET", "/wallet/keys.json", None,
+                                                 {"If-None-Match": headers["etag"], "Accept-Encoding": "identity"})
+        assert status == 200 and again["etag"] != headers["etag"]
+        listed = parse_key_list(body, province="33")
+        assert listed.serial == rotated.revision > served.serial
+        assert [k.kid for k in listed.keys] == [first.kid, outcome.key.kid]
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest
+        assert "static_file_shadowed" in "".join(lines) + rest  # the copied file was named, not served
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
