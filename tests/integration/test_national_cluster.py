@@ -40,7 +40,7 @@ import grpc
 import pytest
 
 import healthcode as hc
-from issuer.api import common_pb2, health_codes_pb2, resident_index_pb2
+from issuer.api import common_pb2, health_codes_pb2, health_codes_pb2_grpc, resident_index_pb2, resident_index_pb2_grpc
 
 from tools.bench.national_cluster import HOSPITALS, NATIONAL_CN, NOBODY_CN, Cluster, desk_cn, hospital_cn, \
     province_cn, scan_for
@@ -164,6 +164,15 @@ def test_a_guangdong_hospital_resolves_a_zhejiang_code_and_the_resident_sees_it(
 
     log = desks["33"].accesses(mid)
     assert [a.access_id for a in log] == [again.access_id, reply.access_id]  # newest first
+    # the resident's app reads the same log (an API key with the wallet role; its TLS certificate names no role)
+    with cluster.channel("33", NOBODY_CN) as channel:
+        app = resident_index_pb2_grpc.ResidentIndexStub(channel)
+        seen = app.ListAccesses(resident_index_pb2.ListAccessesRequest(main_index_id=mid),
+                                metadata=cluster.provinces["33"].wallet_metadata, timeout=RPC_TIMEOUT).accesses
+        assert list(seen) == log
+        refused(lambda: health_codes_pb2_grpc.HealthCodesStub(channel).IssueCode(
+            health_codes_pb2.IssueCodeRequest(main_index_id=mid), metadata=cluster.provinces["33"].wallet_metadata,
+            timeout=RPC_TIMEOUT), grpc.StatusCode.PERMISSION_DENIED)
     entry = log[1]
     assert (entry.hospital_organisation, entry.hospital_province, entry.purpose, entry.code_kind) == (
         HOSPITALS[0][1], "44", national_pb2.PURPOSE_REGISTRATION, "static")

@@ -13,8 +13,9 @@ real deployment: one throwaway CA signs every certificate.
   hospital ``hospital:<p>:<organisation>``, each province's registration desk
   ``desk-<p>`` (the ordinary issuance client) and ``nobody`` (a certificate
   from the right CA that names no role);
-* ``province-<p>/``: that issuer's P-256 signing key, vault secret, API key
-  (``app.apikey``, also valid for issuance), its SQLite file and ``issuer.toml``
+* ``province-<p>/``: that issuer's P-256 signing key, vault secret, API keys
+  (``app.apikey`` issuance, ``wallet.apikey`` the residents' app with the
+  wallet role), its SQLite file and ``issuer.toml``
   with the ``[national]`` section pointing at the national service;
 * ``national/``: the national blind-index key in a file keystore (its
   passphrase only in the process's environment, :data:`NATIONAL_KEY_ENV`), an
@@ -195,6 +196,7 @@ class Province:
     database: pathlib.Path
     api_key: str
     signing_pem: bytes
+    wallet_key: str  # the residents' app (API key role "wallet": enrolment and the resident's own reads)
 
     @property
     def address(self) -> str:
@@ -216,6 +218,10 @@ class Province:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.api_key}"),)
 
+    @property
+    def wallet_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.wallet_key}"),)
+
 
 def _secret(path: pathlib.Path, data: bytes) -> pathlib.Path:
     write_file_atomically(path, data)  # owner-only, as serve requires of secrets
@@ -230,10 +236,13 @@ def _province_files(directory: pathlib.Path, code: str, port: int, national_addr
                                 serialization.NoEncryption())
     _secret(directory / "signing.pem", pem)
     _secret(directory / "vault.key", (os.urandom(32).hex() + "\n").encode())
-    api_key = generate_api_key()
+    api_key, wallet_key = generate_api_key(), generate_api_key()
     _secret(directory / "app.apikey", (api_key + "\n").encode())
+    _secret(directory / "wallet.apikey", (wallet_key + "\n").encode())
     _secret(directory / "callers.toml",
-            f'[[callers]]\nname = "app-{code}"\nkey_sha256 = "{hash_api_key(api_key)}"\n'.encode())
+            f'[[callers]]\nname = "app-{code}"\nkey_sha256 = "{hash_api_key(api_key)}"\n\n'
+            f'[[callers]]\nname = "wallet-app-{code}"\nkey_sha256 = "{hash_api_key(wallet_key)}"\nrole = "wallet"\n'
+            .encode())
     pki = directory.parent / "pki"
     config = directory / "issuer.toml"
     config.write_text(
@@ -244,7 +253,7 @@ def _province_files(directory: pathlib.Path, code: str, port: int, national_addr
         '[keys]\nsigning_key = "signing.pem"\nvault_key = "vault.key"\n\n'
         + (national_section(pki, code, national_address) if national_address and issuer_has_national() else "")
     )
-    return Province(code, directory, port, config, directory / "issuer.db", api_key, pem)
+    return Province(code, directory, port, config, directory / "issuer.db", api_key, pem, wallet_key)
 
 
 def issuer_has_national() -> bool:
