@@ -218,9 +218,14 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
         base = _timed(baseline, sample, conc, seconds)
         look = _timed(lookup, sample[::-1], conc, seconds)
         claims = _timed(claim, list(range(1, 10_000_000)), conc, seconds)
-        grpc_s = min(seconds, 5.0)
-        grpc_lat = _grpc_run(index, conc, grpc_s, 20_000_000)
         base_p99 = percentile(base, 0.99)
+        print(_row("store-layer results (printed early)", claims, seconds, base_p99), flush=True)
+        grpc_s = min(seconds, 5.0)
+        try:
+            grpc_lat = _grpc_run(index, conc, grpc_s, 20_000_000)
+        except Exception as e:  # noqa: BLE001 - report the store numbers even if the server run fails
+            print(f"  the gRPC run failed: {type(e).__name__}: {e}", flush=True)
+            grpc_lat = [float("nan")]
         per = (sizes["identities"] + sizes["documents"]) / n
         print()
         print(f"### National index on PostgreSQL, {n:,} residents ({PARTITIONS} HASH partitions), {conc} in flight")
