@@ -28,8 +28,8 @@ export function fromBase64(text) {
 
 /**
  * An API client for `base` (the issuer's origin, or the app back end's that relays to it).
- * `authorization` (optional) is sent as the Authorization header: see docs/web-wallet.md on
- * why a production page leaves it out and lets its back end add the issuance credential.
+ * `authorization` (optional) is sent as the Authorization header: an API key with the issuer's
+ * wallet role at most (docs/web-wallet.md). The page calls only the wallet role's methods.
  */
 export function apiClient({ base, authorization = null, timeoutMs = 10000, fetch = globalThis.fetch.bind(globalThis) }) {
   const root = base.endsWith('/') ? base : `${base}/`;
@@ -60,9 +60,8 @@ export function apiClient({ base, authorization = null, timeoutMs = 10000, fetch
   return {
     findResident: (document) => call('ResidentIndex', 'FindResident', { document }),
     registerResident: (document) => call('ResidentIndex', 'RegisterResident', { primary: document }),
-    createChallenge: (document) => call('Wallets', 'CreateChallenge', { document }),
+    createChallenge: (resident) => call('Wallets', 'CreateChallenge', resident),  // {document} or {mainIndexId}
     issueCredential: (request) => call('Wallets', 'IssueCredential', request),
-    renewCode: (codeText, idempotencyKey) => call('HealthCodes', 'RenewCode', { codeText, idempotencyKey }),
-    getCodeStatus: (codeText) => call('HealthCodes', 'GetCodeStatus', { codeText }),
+    listLiveCodes: (mainIndexId) => call('Wallets', 'ListLiveCodes', { mainIndexId }),
   };
 }

@@ -7,15 +7,20 @@
 //   signs the proof of possession, IssueCredential; the answer is kept only once it verifies
 //   against the trust data and names this device's key;
 // * present(now): the live code of the current 30-s step, offline;
-// * renewIfDue(now): RenewCode once less than half the validity remains, at most every 5 min
-//   after a failure; a revoked credential is dropped and the resident asked to enrol again.
+// * renewIfDue(now): once less than half the validity remains (at most every 5 min after a
+//   failure), the device enrols again for the credential's resident: ListLiveCodes (is the held
+//   credential still live?), CreateChallenge, the proof, IssueCredential, which supersedes the
+//   old credential at the issuer. Only the phone holding the device key can renew, and only the
+//   wallet's own calls are used (the page's API key may have the issuer's wallet role only:
+//   docs/web-wallet.md). A credential no longer live is dropped and the resident asked to enrol
+//   again.
 //
 // Enrolment and renewal persist their idempotency key before the call and clear it in the write
 // that stores the result, so a lost answer never mints two credentials. Times are passed in
 // (seconds since the epoch); the page's clock is read only by main.js.
 
 import { ApiError, fromBase64, toBase64 } from './api.js';
-import { checkCredential, CredentialError, decodeCredentialUnverified } from './credential.js';
+import { boundTo, checkCredential, CredentialError, decodeCredentialUnverified } from './credential.js';
 import { present, proofOfPossessionInput, stepAt } from './presentation.js';
 
 export const RENEW_BELOW = 0.5;
@@ -28,16 +33,6 @@ export class WalletError extends Error {
     this.reason = reason;
   }
 }
-
-const REVOCATION_REASONS = {
-  REVOCATION_REASON_LOST_DEVICE: 'lost_device',
-  REVOCATION_REASON_DECEASED: 'deceased',
-  REVOCATION_REASON_FRAUD: 'fraud',
-  REVOCATION_REASON_MERGED: 'merged',
-  REVOCATION_REASON_SUPERSEDED: 'superseded',
-  REVOCATION_REASON_KEY_COMPROMISE: 'key_compromise',
-  REVOCATION_REASON_OTHER: 'other',
-};
 
 export function newIdempotencyKey() {
   return `web-${crypto.randomUUID().replace(/-/g, '')}`;
@@ -108,22 +103,28 @@ export class Wallet {
   /** Enrol this device for the resident holding `document` ({type, number, country}); returns the claims. */
   async enrol(document, now) {
     if (!this.api) throw new WalletError('offline', 'no issuer configured');
-    const { keyPair, point } = await this.device();
+    await this.device();  // made before anything is sent: the key the issuer will bind
     const kept = await this.store.get('pending');
     const pending = kept && kept.operation === 'enrol' ? kept : { operation: 'enrol', idempotencyKey: newIdempotencyKey() };
     await this.store.put({ pending });
     return this.keep(async () => {
       await this.findOrRegister(document);
-      const { challenge } = await this.api.createChallenge(document);
-      const challengeBytes = fromBase64(challenge);
-      const proof = new Uint8Array(await crypto.subtle.sign({ name: 'ECDSA', hash: 'SHA-256' }, keyPair.privateKey,
-        await proofOfPossessionInput(challengeBytes, point)));
-      const answer = await this.api.issueCredential({
-        document, challenge, proof: toBase64(proof), idempotencyKey: pending.idempotencyKey,
-        deviceKey: { algorithm: 'DEVICE_KEY_ALGORITHM_ES256', publicKey: toBase64(point) },
-      });
-      return answer.credential;
+      return this.bind({ document }, pending.idempotencyKey);
     }, now, 'enrol');
+  }
+
+  /** CreateChallenge for `resident` ({document} or {mainIndexId}), the device's proof of possession,
+   * IssueCredential: the issued credential ({codeText, ...}). */
+  async bind(resident, idempotencyKey) {
+    const { keyPair, point } = await this.device();
+    const { challenge } = await this.api.createChallenge(resident);
+    const proof = new Uint8Array(await crypto.subtle.sign({ name: 'ECDSA', hash: 'SHA-256' }, keyPair.privateKey,
+      await proofOfPossessionInput(fromBase64(challenge), point)));
+    const answer = await this.api.issueCredential({
+      ...resident, challenge, proof: toBase64(proof), idempotencyKey,
+      deviceKey: { algorithm: 'DEVICE_KEY_ALGORITHM_ES256', publicKey: toBase64(point) },
+    });
+    return answer.credential;
   }
 
   async findOrRegister(document) {
@@ -139,39 +140,47 @@ export class Wallet {
     }
   }
 
-  /** Renew now (RenewCode); returns the new claims or throws WalletError (offline, revoked, refused, ...). */
+  /** Renew now: this device enrols again for the credential's resident (see the top of the file);
+   * returns the new claims or throws WalletError (offline, revoked, expired, refused, ...). */
   async renew(now) {
     if (!this.api) throw new WalletError('offline', 'no issuer configured');
     const held = await this.store.get('credential');
     if (!held) throw new WalletError('not_enrolled', 'no credential yet: enrol with your document');
-    const serial = decodeCredentialUnverified(held.text).claims.serial.toString();
+    const { claims } = decodeCredentialUnverified(held.text);
+    const serial = claims.serial.toString();
     const kept = await this.store.get('pending');
     const pending = kept && kept.operation === 'renew' && kept.serial === serial ? kept
       : { operation: 'renew', idempotencyKey: newIdempotencyKey(), serial };
     await this.store.put({ pending });
     return this.keep(async () => {
-      try {
-        return (await this.api.renewCode(held.text, pending.idempotencyKey)).code;
-      } catch (err) {
-        if (err instanceof ApiError && (err.code === 'failed_precondition' || err.code === 'not_found')) {
-          const revoked = await this.revocation(held.text);
-          if (revoked) {
-            await this.store.put({ credential: undefined });
-            throw new WalletError('revoked', `the credential was revoked (${revoked}): enrol this phone again`);
-          }
-        }
-        throw err;
+      const live = await this.liveCredentials(claims.subject);
+      if (!live.some((c) => c.serial === serial)) {
+        const renewed = live.find((c) => c.serial !== serial);  // a renewal whose answer was lost
+        if (renewed) return { codeText: renewed.text };
+        if (now >= claims.expiresAt) throw new WalletError('expired', 'the credential has expired: enrol this phone again');
+        await this.store.put({ credential: undefined });
+        throw new WalletError('revoked', 'the credential is no longer valid at the issuer (revoked, or replaced by ' +
+          'an enrolment of another phone): enrol this phone again');
       }
+      return this.bind({ mainIndexId: claims.subject }, pending.idempotencyKey);
     }, now, 'renew the credential');
   }
 
-  async revocation(text) {
-    try {
-      const { code } = await this.api.getCodeStatus(text);
-      return code.state === 'CODE_STATE_REVOKED' ? REVOCATION_REASONS[code.revocationReason] || 'unspecified' : null;
-    } catch {
-      return null;
+  /** The resident's live phone credentials bound to this device: [{serial, text}], newest first (ListLiveCodes). */
+  async liveCredentials(mainIndexId) {
+    const { point } = await this.device();
+    const { codes = [] } = await this.api.listLiveCodes(mainIndexId);
+    const out = [];
+    for (const live of codes) {
+      if (live.channel !== 'CHANNEL_PHONE' || !live.code || !live.code.codeText) continue;
+      try {
+        const { claims } = decodeCredentialUnverified(live.code.codeText);
+        if (claims.cnf && boundTo(claims.cnf, point)) out.push({ serial: claims.serial.toString(), text: live.code.codeText });
+      } catch {
+        // not a credential this page can read: not this device's
+      }
     }
+    return out;
   }
 
   /** Renew when due; never throws for a failed attempt: {renewed, error}. After a failure it waits

@@ -1,7 +1,9 @@
 // The wallet's logic (src/wallet.js) with a test issuer: enrolment's idempotency key kept across a
 // lost answer and dropped after a refusal, the renewal policy (due from half the validity, a
-// 5-minute wait after a failure unless back online), a revoked credential dropped, and a
-// credential bound to another key refused. The store is an in-memory stand-in for IndexedDB
+// 5-minute wait after a failure unless back online), renewal as a new enrolment of the same device
+// key through the wallet role's calls only (ListLiveCodes, CreateChallenge, IssueCredential; a
+// renewal whose answer was lost is found among the live codes), a credential no longer live
+// dropped, and a credential bound to another key refused. The store is an in-memory stand-in for IndexedDB
 // (the browser test, tests/integration/test_web_wallet.py, uses the real one); the issuer signs
 // real credentials with a WebCrypto key, and the page checks them as it does in the browser.
 
@@ -61,7 +63,7 @@ async function testIssuer() {
 function scriptedApi(answers) {
   const calls = [];
   const api = {};
-  for (const method of ['findResident', 'registerResident', 'createChallenge', 'issueCredential', 'renewCode', 'getCodeStatus']) {
+  for (const method of ['findResident', 'registerResident', 'createChallenge', 'issueCredential', 'listLiveCodes']) {
     api[method] = async (...args) => {
       calls.push([method, ...args]);
       if (!answers[method]) throw new ApiError('unimplemented', method);
@@ -129,43 +131,90 @@ test('a lost answer keeps the idempotency key for the next attempt; a refusal dr
   assert.equal(store.records.has('lastFailure'), false);
 });
 
-test('renewal: due from half the validity, waits after a failure unless back online, keeps the binding', async () => {
+/** The issuer's side of renewal: the live phone credentials it lists, and IssueCredential superseding them. */
+function renewalAnswers({ failIssue = () => null } = {}) {
+  return (issuer, store) => {
+    const live = [];
+    const enrol = enrolAnswers()(issuer);
+    return {
+      live,
+      ...enrol,
+      issueCredential: async (request) => {
+        const failure = failIssue(request);
+        if (failure) throw failure;
+        const answer = await enrol.issueCredential(request);
+        live.splice(0, live.length, { code: { codeText: answer.credential.codeText }, channel: 'CHANNEL_PHONE' });
+        return answer;
+      },
+      listLiveCodes: async () => (live.length ? { codes: [...live] } : {}),
+    };
+  };
+}
+
+async function setupRenewal(options) {
+  let answers;
+  const made = await setup((issuer, store) => { answers = renewalAnswers(options)(issuer, store); return answers; });
+  return { ...made, live: answers.live };
+}
+
+test('renewal: due from half the validity, waits after a failure unless back online, a new enrolment of the same key', async () => {
   let renewFails = true;
-  const { wallet, store, calls } = await setup((issuer) => ({
-    ...enrolAnswers()(issuer),
-    renewCode: async () => {
-      if (renewFails) throw new ApiError('unavailable', 'down');
-      const { point } = await store.get('device');
-      return { code: { codeText: await issuer.credential(point, T0 + VALIDITY / 2 + 100) } };
-    },
-  }));
+  const { wallet, store, calls } = await setupRenewal({
+    failIssue: (request) => (request.mainIndexId && renewFails ? new ApiError('unavailable', 'down') : null),
+  });
   await wallet.enrol(DOCUMENT, T0);
   const half = T0 + VALIDITY / 2;
   assert.deepEqual(await wallet.renewIfDue(half - 1), { renewed: false, error: null });
-  assert.equal(calls.filter((c) => c[0] === 'renewCode').length, 0);
+  assert.equal(calls.filter((c) => c[0] === 'listLiveCodes').length, 0);
   const failed = await wallet.renewIfDue(half);
   assert.equal(failed.error.reason, 'offline');
   assert.equal((await wallet.renewIfDue(half + RETRY_AFTER - 1)).error, null);  // waiting
-  assert.equal(calls.filter((c) => c[0] === 'renewCode').length, 1);
+  const renewals = () => calls.filter((c) => c[0] === 'issueCredential' && c[1].mainIndexId);
+  assert.equal(renewals().length, 1);
   renewFails = false;
   assert.deepEqual(await wallet.renewIfDue(half + 200, { retryNow: true }), { renewed: true, error: null });
-  const renewCalls = calls.filter((c) => c[0] === 'renewCode');
-  assert.equal(renewCalls[0][2], renewCalls[1][2]);  // the same idempotency key for the same serial
+  assert.equal(renewals()[0][1].idempotencyKey, renewals()[1][1].idempotencyKey);  // the same key for the same serial
+  // by the resident's main index ID (the credential's subject), with a fresh proof by the same device key
+  const { point } = await store.get('device');
+  assert.deepEqual(calls.filter((c) => c[0] === 'createChallenge').at(-1)[1], { mainIndexId: 'AAAAAAAAAAAAAAAAAAAAAAAAAA' });
+  assert.equal(renewals()[1][1].deviceKey.publicKey, toBase64(point));
+  assert.equal(renewals()[1][1].document, undefined);  // the document number is not needed, and not kept
   const { claims } = await wallet.credential(half + 500);
   assert.equal(claims.serial, 2n);
   assert.equal(store.records.has('pending'), false);
 });
 
-test('a revoked credential is dropped and the resident asked to enrol again', async () => {
-  const { wallet, store } = await setup((issuer) => ({
-    ...enrolAnswers()(issuer),
-    renewCode: async () => { throw new ApiError('failed_precondition', 'code is revoked'); },
-    getCodeStatus: async () => ({ code: { state: 'CODE_STATE_REVOKED', revocationReason: 'REVOCATION_REASON_LOST_DEVICE' } }),
-  }));
+test('a renewal whose answer was lost is found among the live codes, not minted again', async () => {
+  let lose = true;
+  const { wallet, calls } = await setupRenewal();
   await wallet.enrol(DOCUMENT, T0);
-  await assert.rejects(wallet.renew(T0 + 100), (err) => err.reason === 'revoked' && /lost_device/.test(err.message));
+  const issue = wallet.api.issueCredential;
+  wallet.api.issueCredential = async (request) => {
+    const answer = await issue(request);  // the issuer issued (and superseded the old one) ...
+    if (lose && request.mainIndexId) { lose = false; throw new ApiError('unavailable', 'connection reset'); }
+    return answer;  // ... but the answer was lost
+  };
+  const half = T0 + VALIDITY / 2;
+  assert.equal((await wallet.renewIfDue(half)).error.reason, 'offline');
+  assert.deepEqual(await wallet.renewIfDue(half + 10, { retryNow: true }), { renewed: true, error: null });
+  assert.equal(calls.filter((c) => c[0] === 'issueCredential').length, 2);  // enrolment, one renewal: no third
+  assert.equal((await wallet.credential(half + 20)).claims.serial, 2n);
+});
+
+test('a credential no longer live (revoked, or another phone enrolled) is dropped; the resident enrols again', async () => {
+  const { wallet, store, live, calls } = await setupRenewal();
+  await wallet.enrol(DOCUMENT, T0);
+  live.splice(0);  // revoked at the issuer (a lost phone)
+  await assert.rejects(wallet.renew(T0 + 100), (err) => err.reason === 'revoked' && /no longer valid/.test(err.message));
   assert.equal(store.records.has('credential'), false);
+  assert.equal(calls.filter((c) => c[0] === 'issueCredential').length, 1);  // not renewed
   await assert.rejects(wallet.present(T0 + 101), { reason: 'not_enrolled' });
+
+  const later = await setupRenewal();  // expired and not live: revoked or merely expired, the page cannot tell
+  await later.wallet.enrol(DOCUMENT, T0);
+  later.live.splice(0);
+  await assert.rejects(later.wallet.renew(T0 + VALIDITY), { reason: 'expired' });
+  assert.equal(later.calls.filter((c) => c[0] === 'issueCredential').length, 1);  // not renewed either
 });
 
 test('a credential bound to another key, or past its expiry, shows no code', async () => {
