@@ -29,7 +29,9 @@ distinct residents.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
+import itertools
 import json
 import subprocess
 import sys
@@ -472,6 +474,65 @@ def _outcome(cluster: Cluster, desks, document) -> tuple[str, str] | None:
         return None
     (view,) = views
     return view if national_holder(cluster, document) == view else None
+
+
+def test_sigkill_of_the_national_service_amid_concurrent_registrations_loses_nothing(cluster, desks):
+    """33 and 44 register the same 60 people from 8 threads; the national service is SIGKILLed after 40.
+
+    Claims in flight die with it. A registration answered is acknowledged
+    (claimed, or provisional when the claim failed); a province that found the
+    person already claimed answers ALREADY_EXISTS (not acknowledged). After the
+    service returns and the provinces reconcile: per person, one survivor among
+    the acknowledged IDs, every acknowledged entry found at its province
+    pointing at it, every other acknowledged ID's code revoked (MERGED).
+    """
+    people = [resident_id(new_number()) for _ in range(60)]
+    jobs = [(province, document) for document in people for province in ("33", "44")]
+    acked: list[tuple[str, str, str, str, bool]] = []
+    done = itertools.count(1)
+
+    def work(job) -> None:
+        province, document = job
+        try:
+            reply = desks[province].register_reply(document)
+            acked.append((province, reply.main_index_id, desks[province].issue(reply.main_index_id).code_text,
+                          document.number, reply.provisional))
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+        if next(done) == 40:
+            cluster.national.kill()
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(work, jobs))
+    finally:
+        cluster.national.kill()
+        cluster.national.start()
+    provisional = [a for a in acked if a[4]]
+    assert provisional and len(provisional) < len(acked), "the kill fell inside the run"
+    by_number: dict[str, list[tuple[str, str, str]]] = {}
+    for province, mid, code, number, _ in acked:
+        by_number.setdefault(number, []).append((province, mid, code))
+    assert set(by_number) == {d.number for d in people}  # every person acknowledged somewhere
+
+    def view(document) -> tuple[str, str] | None:
+        views = {desks[p].where(document) for p, _, _ in by_number[document.number]}
+        return views.pop() if len(views) == 1 else None
+
+    wait_for(lambda: all(view(d) is not None for d in people), RECONCILE_TIMEOUT, "the provinces agree")
+    for document in people:
+        survivor, home = view(document)
+        assert national_holder(cluster, document) == (survivor, home)
+        registrations = by_number[document.number]
+        assert survivor in {mid for _, mid, _ in registrations}
+        for province, mid, code in registrations:
+            state = desks[province].status(code)
+            if mid == survivor:
+                assert state.state == common_pb2.CODE_STATE_VALID
+            else:
+                assert (state.state, state.revocation_reason) == (common_pb2.CODE_STATE_REVOKED,
+                                                                  common_pb2.REVOCATION_REASON_MERGED)
 
 
 # --------------------------------------------------------------------------- nothing leaked
