@@ -10,18 +10,23 @@ centre and hospitals would:
 * unique identities: a resident registered at 33 cannot be registered again
   at 44 (the answer names 33; 44 holds no second identity);
 * a move 33 -> 44 with consent: the same main index ID, 33's live codes
-  superseded, 33's record pointing to 44; without consent it is refused;
-* a partition: the national service stopped (SIGTERM) and, once, killed
-  (SIGKILL) while 33 and 44 both register the same people; after it returns
+  superseded, 33's record pointing to 44; without consent it is refused; with
+  33's issuer SIGKILLed it is UNAVAILABLE and changes nothing;
+* a partition: the national service stopped (SIGTERM), killed (SIGKILL)
+  between registrations, and killed amid concurrent registrations with claims
+  in flight, while 33 and 44 both register the same people; after it returns
   and reconciliation runs, one main index ID per person survives nationally,
   the loser's codes are revoked, both provinces know, and no acknowledged
   registration is lost;
 * a province-44 hospital resolves a province-33 code through the national
-  service, with a purpose, and the access is in the resident's log at 33;
-* the failures: forged, expired, revoked and other-province-signed codes, no
-  purpose, non-hospital certificates, claims for another province: each a
-  clear status, and no document number in any error, log file or the
-  national database.
+  service, with a purpose, and the access is in the resident's log at 33 (read
+  by the app); a live code resolves once; each hospital is rate limited;
+* docs/his-integration.md's example and its wiring A (scans fed to
+  ``healthcode-verifier run --stdin``, the same text resolved) as written;
+* the failures: forged, expired, revoked, other-province-signed and oversized
+  codes, no purpose, non-hospital certificates, claims for another province,
+  malformed documents: each a clear status, and no document number in any
+  error, log, database or WAL file (scanned after a clean stop).
 
 The cluster is started once for the module (four processes); tests use
 distinct residents.
