@@ -207,8 +207,10 @@ def test_resolving_bad_codes_is_refused_and_logged_nowhere(cluster, desks):
         "too long": "EHC1:" + "A" * 5000,
     }
     for name, text in cases.items():
-        error = refused(lambda text=text: resolve(cluster, HOSPITAL_44, text), expected_refusal(name))
-        assert error.details(), name
+        status, reason = EXPECTED_REFUSALS[name]
+        error = refused(lambda text=text: resolve(cluster, HOSPITAL_44, text), status)
+        assert error.details() and error_info(error)[0] == reason, (name, error_info(error), error.details())
+    assert violations(error) == {"code": "TOO_LONG"}
     assert desks["33"].accesses(mid) == []
 
     good = desks["33"].issue(mid).code_text
@@ -220,10 +222,15 @@ def test_resolving_bad_codes_is_refused_and_logged_nowhere(cluster, desks):
     assert desks["33"].accesses(mid) == []
 
 
-def expected_refusal(case: str) -> grpc.StatusCode:
-    """The status each bad code gets (the national service's error table)."""
-    return {"revoked": grpc.StatusCode.FAILED_PRECONDITION,
-            "expired": grpc.StatusCode.FAILED_PRECONDITION}.get(case, grpc.StatusCode.INVALID_ARGUMENT)
+#: The status and ErrorInfo reason each bad code gets (docs/his-integration.md §4 tells the clerk by these).
+EXPECTED_REFUSALS: dict[str, tuple[grpc.StatusCode, str]] = {
+    "forged": (grpc.StatusCode.INVALID_ARGUMENT, "BAD_SIGNATURE"),
+    "expired": (grpc.StatusCode.FAILED_PRECONDITION, "EXPIRED"),
+    "revoked": (grpc.StatusCode.FAILED_PRECONDITION, "PROVINCE_REFUSED"),  # the home province's answer, passed on
+    "other province's key": (grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_KEY"),
+    "not a code": (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED"),
+    "too long": (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+}
 
 
 def test_the_his_example_in_the_docs_resolves_and_explains_refusals(cluster, desks):
