@@ -210,9 +210,13 @@ def run(*, rounds: int = 24, scale: float = 20.0, out=sys.stdout) -> dict:
             terminal = _Terminal(process)
             for code in codes + primers:  # every code valid first: the issuance has reached the terminal
                 _wait(terminal, code, "valid", 120)
+            log_mark = len(mirror_log.read_text().splitlines())
+            idle_by = time.monotonic() + 5 * scaled["sync_interval"] + 30
+            while not any(r["status"] == 304 for p in _polls_after(mirror_log.read_text().splitlines(), log_mark)
+                          for r in p) and time.monotonic() < idle_by:
+                time.sleep(0.1)  # at least one poll with nothing new in the measurement
             setup = time.monotonic() - started
             watch = _PublishWatch(chain.repo_dir / "metadata" / "timestamp.json")
-            log_mark = len(mirror_log.read_text().splitlines())
             rng = random.Random(15)
             totals, published, rejected = [], [], []
             with grpc.secure_channel(address, credentials) as channel:
