@@ -15,6 +15,10 @@ terminal; a revoked credential is refused after the terminal's next sync; a rene
 reach the issuer says so on the page, and succeeds once the browser is back online; a credential
 the page cannot verify against the key list it was given is neither kept nor shown.
 
+The page's API key has the issuer's wallet role only (issue 16: a key in a public page is public):
+it enrols and renews, and cannot issue, renew, revoke or look up a code. Its key list is the
+issuer's own, served at ``/wallet/keys.json``.
+
 The site and the browser are the web-wallet benchmark's (tools/bench/web_wallet.py). The issuer
 issues credentials valid for 0.03 h (108 s), so that the page's own renewal (from half
 the validity on) happens within the test.
@@ -23,16 +27,20 @@ the validity on) happens within the test.
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import pathlib
+import ssl
 import subprocess
 import sys
 
+import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-import healthcode as hc
 from healthcode.base45 import b45encode
-from healthcode.keylist import KeyList
+from healthcode.keylist import parse_key_list
 from healthcode.presentation import STEP_SECONDS, decode_presentation_unverified
 from healthcode.revocation import RevocationState
 from healthcode.revocation_format import snapshot_target
@@ -42,6 +50,7 @@ from issuer.documents import make_resident_id
 from selenium.webdriver.common.by import By
 from tests.integration.test_verifier_cli import OFFLINE
 from tools.bench.web_wallet import Browser, WalletSite, require_browser
+from shellkit.files import write_file_atomically
 from verifier.images import decode_image
 from verifier.trust_sources import dev_bundle_bytes
 
@@ -249,22 +258,41 @@ def test_the_page_renews_on_its_own_and_says_when_it_cannot(world):
                                                   common_pb2.REVOCATION_REASON_SUPERSEDED)
 
 
+def test_the_page_gets_the_issuers_own_key_list_and_its_key_is_a_wallet_key(world):
+    """``/wallet/keys.json`` is the issuer's key list (nothing copied into the wallet's directory), and the
+    ``authorization`` the page sends (config.json, public) cannot issue or read a code's status."""
+    site, _, _ = world
+    assert not (site.wallet_dir / "keys.json").exists()
+    context = ssl.create_default_context(cadata=site.env.ca_pem.decode())
+    connection = http.client.HTTPSConnection("127.0.0.1", site.http_port, context=context, timeout=10)
+    connection.request("GET", "/wallet/keys.json")
+    listed = parse_key_list(connection.getresponse().read(), province="33")
+    connection.close()
+    assert [k.kid for k in listed.keys] == [site.key.kid] and listed.keys[0].public_key == site.key.public_key
+    page_key = json.loads((site.wallet_dir / "config.json").read_text())["authorization"]
+    with site.client() as client:
+        for call, request in ((client.codes.IssueCode, health_codes_pb2.IssueCodeRequest(main_index_id="0" * 26)),
+                              (client.codes.GetCodeStatus, health_codes_pb2.GetCodeStatusRequest(code_text="EHC1:X"))):
+            with pytest.raises(grpc.RpcError) as err:
+                call(request, metadata=(("authorization", page_key),), timeout=10)
+            assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED and "wallet role" in err.value.details()
+
+
 def test_a_credential_the_page_cannot_verify_is_not_kept_and_no_code_is_shown(world):
-    """The page was given another province key than the one that signs: it refuses the credential."""
+    """The page holds the key list it was given when it opened; the issuer then signs with another key
+    (its signing key replaced while the page was open): the page refuses the credential."""
     site, _, phone = world
-    other = hc.generate_signing_key(hc.Algorithm.ES256).public_key()
-    wrong = hc.TrustedKey(kid=site.key.kid, province=hc.ProvinceCode("33"), public_key=other,  # same kid, other key
-                          use_from=site.key.use_from, use_until=site.key.use_until, verify_until=site.key.verify_until)
-    site.stop()
-    (site.wallet_dir / "keys.json").write_bytes(
-        KeyList(province=hc.ProvinceCode("33"), serial=1, keys=(wrong,)).to_bytes())
-    site.start()  # the listener reads the wallet's files at start
     phone.driver.get(site.url)
-    phone.wait(phone.form_shown, "the enrolment form")
+    phone.wait(phone.form_shown, "the enrolment form")  # the key list is loaded: the issuer's first key
+    site.stop()
+    other = ec.generate_private_key(ec.SECP256R1())
+    write_file_atomically(site.env.directory / "signing.pem", other.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    site.start()
     phone.driver.find_element(By.ID, "document-number").send_keys(resident_number(203))
     phone.driver.find_element(By.ID, "enrol-button").click()
     message = phone.wait(lambda: phone.text("error"), "the page's refusal")
-    assert "凭证无法验证，不显示健康码" in message and "cannot be verified" in message and "bad_signature" in message
+    assert "凭证无法验证，不显示健康码" in message and "cannot be verified" in message and "unknown_key" in message
     assert phone.step() is None and phone.js("return document.getElementById('code').hidden") is True
     kept = phone.driver.execute_async_script("""
         const done = arguments[arguments.length - 1];

@@ -39,7 +39,7 @@ import time
 from typing import Any, Callable
 
 import healthcode as hc
-from healthcode.keylist import KeyList
+from issuer.auth import generate_api_key, hash_api_key
 from issuer.devenv import DevEnvironment, ServerProcess, free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -62,12 +62,14 @@ def require_browser() -> None:
 
 
 class WalletSite:
-    """A local issuer (gRPC and HTTP listeners) serving a copy of webwallet/dist with its key list.
+    """A local issuer (gRPC and HTTP listeners) serving a copy of webwallet/dist.
 
-    ``keys.json`` is the province's key list (:class:`healthcode.keylist.KeyList`, as the trust
-    repository publishes it); ``config.json`` carries the app's API key (development only:
-    docs/web-wallet.md). ``validity_hours`` sets the issuer's code validity; ``revocation``
-    publishes revocations to ``<issuer>/revocation-33`` (directory-only) at once.
+    ``/wallet/keys.json`` is the issuer's own key list (``issuer/key_list.py``: nothing is copied
+    into the wallet's directory). ``config.json`` carries an API key with the issuer's **wallet role**
+    (``wallet_key``: enrolment and the resident's own reads only, docs/web-wallet.md); the issuance
+    key (``env.api_key``) stays with the test, as with an app's back end. ``key`` is the issuer's key
+    as a terminal's trust data holds it. ``validity_hours`` sets the issuer's code validity;
+    ``revocation`` publishes revocations to ``<issuer>/revocation-33`` (directory-only) at once.
     """
 
     def __init__(self, base: pathlib.Path, *, validity_hours: float | None = None, revocation: bool = False) -> None:
@@ -79,9 +81,11 @@ class WalletSite:
                                  verify_until=self.now + dt.timedelta(days=97))
         self.wallet_dir = base / "wallet"
         shutil.copytree(DIST, self.wallet_dir)
-        (self.wallet_dir / "keys.json").write_bytes(
-            KeyList(province=hc.ProvinceCode("33"), serial=1, keys=(self.key,)).to_bytes())
-        (self.wallet_dir / "config.json").write_text(json.dumps({"authorization": f"Bearer {self.env.api_key}"}))
+        self.wallet_key = generate_api_key()
+        with open(self.env.directory / "callers.toml", "a") as callers:  # 0600, as DevEnvironment made it
+            callers.write(f'\n[[callers]]\nname = "web-wallet"\nkey_sha256 = "{hash_api_key(self.wallet_key)}"\n'
+                          'role = "wallet"\n')
+        (self.wallet_dir / "config.json").write_text(json.dumps({"authorization": f"Bearer {self.wallet_key}"}))
         self.http_port = free_port()
         config = self.env.config_path.read_text()
         head = f"code_validity_hours = {validity_hours}\n" if validity_hours is not None else ""
