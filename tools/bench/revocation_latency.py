@@ -26,8 +26,10 @@ repository's ``timestamp.json`` replaced) and published -> rejected; the
 ratio of the worst to the **baseline**, the sum of the scaled intervals as
 measured in the same run (the issuer's minimum interval as configured, the
 batch window, and the terminal's poll period read from the mirror's log);
-the formula of the parts with the default settings; and what each terminal
-poll cost on the wire (request and response, headers included) when nothing
+the formula of the parts with the default settings; once, at the end, a key
+compromise (KeyAdmin ``MarkCompromised`` by the national operator, every code
+rejected, published at once) until the terminal answers ``key_compromised``;
+and what each terminal poll cost on the wire (request and response, headers included) when nothing
 changed and when it fetched a revocation.
 """
 
@@ -49,9 +51,12 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from healthcode.model import PROVINCES
-from issuer.api import common_pb2, health_codes_pb2, health_codes_pb2_grpc, resident_index_pb2, resident_index_pb2_grpc
+
+from issuer.api import (common_pb2, health_codes_pb2, health_codes_pb2_grpc, key_admin_pb2, key_admin_pb2_grpc,
+                        resident_index_pb2, resident_index_pb2_grpc)
 from verifier.config import SyncConfig as TerminalSync
 from verifier.mirror import SyncConfig as ClientLimits
 
@@ -146,6 +151,22 @@ def _revoke(stub: health_codes_pb2_grpc.HealthCodesStub, text: str) -> None:
         code_text=text, reason=common_pb2.REVOCATION_REASON_LOST_DEVICE), timeout=30)
 
 
+def _compromise(address: str, credentials: grpc.ChannelCredentials, terminal: _Terminal, code: str,
+                timeout: float) -> float:
+    """MarkCompromised (every code rejected, published at once) on the signing key; seconds until
+    the terminal answers ``key_compromised`` for ``code``."""
+    with grpc.secure_channel(address, credentials) as channel:
+        stub = key_admin_pb2_grpc.KeyAdminStub(channel)
+        keys = stub.ListKeys(key_admin_pb2.ListKeysRequest(province="33"), timeout=30).keys
+        kid = next(k.kid for k in keys if k.signing)
+        t0 = time.monotonic()
+        since = timestamp_pb2.Timestamp(seconds=int(time.time()))
+        stub.MarkCompromised(key_admin_pb2.MarkCompromisedRequest(
+            province="33", kid=kid, since=since, policy=key_admin_pb2.COMPROMISE_POLICY_REJECT_ALL, publish=True),
+            timeout=30)
+    return _wait(terminal, code, "key_compromised", timeout) - t0
+
+
 def _wait(terminal: _Terminal, code: str, want: str, timeout: float) -> float:
     """Scan ``code`` every 50 ms until the terminal's reason is ``want`` (None: valid); the moment it was."""
     deadline = time.monotonic() + timeout
@@ -194,8 +215,8 @@ def run(*, rounds: int = 24, scale: float = 20.0, out=sys.stdout) -> dict:
             credentials = chain.grpc_credentials("app")
             children.append(Child("issuer", chain.issuer_argv(config, issuer_port), log=base / "issuer.log",
                                   env={**chain.issuer_env(), **env}, ready=grpc_ready(address, credentials)).start())
-            codes = asyncio.run(_issue(address, credentials, rounds + (rounds + 1) // 2))
-            codes, primers = codes[:rounds], codes[rounds:]
+            codes = asyncio.run(_issue(address, credentials, rounds + (rounds + 1) // 2 + 1))
+            codes, primers, spare = codes[:rounds], codes[rounds:-1], codes[-1]
 
             terminal_dir = base / "terminal"
             verifier = [sys.executable, "-m", "verifier", "--data-dir", str(terminal_dir), "--source", url]
@@ -208,7 +229,7 @@ def run(*, rounds: int = 24, scale: float = 20.0, out=sys.stdout) -> dict:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(base / "terminal.log", "wb"),  # noqa: SIM115
                 text=True, env=env)
             terminal = _Terminal(process)
-            for code in codes + primers:  # every code valid first: the issuance has reached the terminal
+            for code in [*codes, *primers, spare]:  # every code valid first: the issuance has reached the terminal
                 _wait(terminal, code, "valid", 120)
             log_mark = len(mirror_log.read_text().splitlines())
             idle_by = time.monotonic() + 5 * scaled["sync_interval"] + 30
@@ -235,6 +256,12 @@ def run(*, rounds: int = 24, scale: float = 20.0, out=sys.stdout) -> dict:
                     totals.append(t1 - t0)
                     published.append(t_pub - t0)
                     rejected.append(t1 - t_pub)
+            # last, a key compromise by the national operator through KeyAdmin (publish: at once);
+            # its polls fetch a key list, not a revocation: the byte counts stop before it
+            log_end = len(mirror_log.read_text().splitlines())
+            time.sleep(rng.uniform(0, scaled["sync_interval"]))
+            compromise = _compromise(address, chain.grpc_credentials("national:ops"), terminal, spare,
+                                     120 + 10 * sum(scaled.values()))
             process.terminate()
             process.wait(30)
         finally:
@@ -242,7 +269,7 @@ def run(*, rounds: int = 24, scale: float = 20.0, out=sys.stdout) -> dict:
                 watch.stop()
             for child in reversed(children):
                 child.stop()
-        measured_polls = _polls_after(mirror_log.read_text().splitlines(), log_mark)
+        measured_polls = _polls_after(mirror_log.read_text().splitlines()[:log_end], log_mark)
     idle = [_cost(p) for p in measured_polls if any(r["status"] == 304 for r in p)]
     changed = [_cost(p) for p in measured_polls
                if any(r["path"].endswith("timestamp.json") and r["status"] == 200 for r in p)]
@@ -251,8 +278,8 @@ def run(*, rounds: int = 24, scale: float = 20.0, out=sys.stdout) -> dict:
     period = statistics.median(gaps) if gaps else None  # the terminal's poll period, as the mirror saw it
     report = {
         "rounds": rounds, "scale": scale, "setup_s": setup, "totals": totals, "published": published,
-        "rejected": rejected, "idle_bytes": idle, "changed_bytes": changed, "poll_period_s": period,
-        "scaled": scaled,
+        "rejected": rejected, "compromise": compromise, "idle_bytes": idle, "changed_bytes": changed,
+        "poll_period_s": period, "scaled": scaled,
     }
     _report(report, out)
     return report
@@ -291,6 +318,8 @@ def _report(r: dict, out) -> None:
           f"{max(published):.2f} s |", file=out)
     print(f"| published -> rejected (terminal's sync wait, sync, scan) | {statistics.median(rejected):.2f} s | "
           f"{max(rejected):.2f} s |", file=out)
+    print(f"| a key compromise (KeyAdmin MarkCompromised, publish) -> rejected, once | {r['compromise']:.2f} s | |",
+          file=out)
     print(f"\nBaseline, the scaled intervals as run: the issuer job's wait max(settle {s['issuer_settle']:g} s, "
           f"minimum interval {s['issuer_min_interval']:.2f} s) + "
           f"batch window {s['batch_window']:.3f} s + terminal poll period {r['poll_period_s'] or 0:.2f} s "
@@ -302,6 +331,10 @@ def _report(r: dict, out) -> None:
           f"at its deadline {d['sync_deadline']:.0f} s = {formula:.1f} s, plus the processes' own work "
           f"(measured worst beyond the scaled intervals: {work:.2f} s) and the mirror's lag (0 for the "
           f"origin) = **{formula + work:.0f} s** against the target of {TARGET:.0f} s.", file=out)
+    compromise = d["push_poll"] + d["batch_window"] + d["sync_interval"] + d["sync_deadline"]
+    print(f"\nA key compromise, worst case with the defaults: push poll {d['push_poll']:g} s + batch "
+          f"{d['batch_window']:g} s + sync interval {d['sync_interval']:.0f} s + refresh deadline "
+          f"{d['sync_deadline']:.0f} s = {compromise:.1f} s, plus the work.", file=out)
     idle, changed = r["idle_bytes"], r["changed_bytes"]
     if idle:
         print(f"\nTerminal poll on the wire (request + response, headers included): nothing new "
