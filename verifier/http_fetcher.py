@@ -60,6 +60,8 @@ from tuf.ngclient import FetcherInterface
 
 from shellkit.files import write_file_atomically
 
+from .errors import MirrorUnavailable
+
 __all__ = ["HttpMirrorFetcher", "ReplayedBody", "DeadlinePassed", "CACHE_FORMAT"]
 
 logger = logging.getLogger(__name__)
@@ -72,8 +74,14 @@ _MAX_DRAIN = 64 * 1024
 _Origin = tuple[str, str, "int | None"]
 
 
-class DeadlinePassed(tuf_errors.DownloadError):
-    """The refresh's overall deadline passed while a request was under way (a slow mirror)."""
+class DeadlinePassed(tuf_errors.DownloadError, MirrorUnavailable):
+    """The refresh's overall deadline passed while a request was under way (a slow mirror).
+
+    A python-tuf ``DownloadError`` (python-tuf passes it through as it is) and the
+    verifier's :class:`~verifier.errors.MirrorUnavailable` (a transport failure).
+    """
+
+    reason = "mirror_too_slow"
 
 
 class ReplayedBody:

@@ -26,7 +26,7 @@ from tuf.ngclient import FetcherInterface, Updater
 from healthcode.keylist import InvalidKeyList
 
 from .errors import MirrorUnavailable, RollbackError, SyncError, TrustDataError, TrustDataFrozen
-from .http_fetcher import DeadlinePassed, ReplayedBody
+from .http_fetcher import ReplayedBody
 
 __all__ = ["SyncConfig", "DIRECTORY_URL", "DirectoryFetcher", "CountingFetcher", "pin_reference_time", "map_error"]
 
@@ -186,8 +186,6 @@ def map_error(
         return TrustDataError(f"{what}: a file is larger than its signed or capped length: {exc}")
     if isinstance(exc, tuf_errors.DownloadHTTPError):
         return MirrorUnavailable(f"{what}: mirror answered HTTP {exc.status_code}")
-    if isinstance(exc, DeadlinePassed):  # its own words: the cause is whatever read it interrupted
-        return MirrorUnavailable(f"{what}: {exc}")
     if isinstance(exc, tuf_errors.DownloadError):
         cause = exc.__cause__ or exc
         return MirrorUnavailable(f"{what}: mirror unavailable: {cause}")
