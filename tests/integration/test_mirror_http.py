@@ -242,3 +242,24 @@ def test_an_https_poll_is_one_connection_and_resumes_the_tls_session(nation, tmp
     finally:
         proxy.close()
         mirror.stop()
+
+
+def test_a_last_modified_in_the_same_second_as_the_response_is_not_used(nation, tmp_path):
+    # RFC 9110 8.8.2.2: a date less than a second before the response's Date is a weak validator
+    # (the file may change again within that second): the next request is unconditional
+    mirror = Mirror(nation.directory, tmp_path)
+    try:
+        client = TrustSync(tmp_path / "t" / "metadata", tmp_path / "t" / "targets", mirror.url,
+                           nation.repo.root_bytes(1))
+        timestamp = nation.directory / "metadata" / "timestamp.json"
+        soon = time.time() + 0.5
+        os.utime(timestamp, (soon, soon))
+        client.refresh(T0 + HOUR)
+        kept = tmp_path / "t" / "targets" / VALIDATORS_NAME  # absent when no file had a strong validator
+        validators = json.loads(kept.read_bytes())["entries"] if kept.exists() else {}
+        assert not any(url.endswith("timestamp.json") for url in validators)
+        mirror.requests()
+        client.refresh(T0 + 2 * HOUR)
+        assert [r["status"] for r in mirror.requests()] == [404, 200]
+    finally:
+        mirror.stop()
