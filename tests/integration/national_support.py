@@ -176,7 +176,8 @@ class NationalHarness:
     """A real national server (SQLite or PostgreSQL store given) with provinces' links, on a :class:`LoopThread`."""
 
     def __init__(self, loop: LoopThread, pki: Pki, store: NationalStore, provinces: dict[str, TestProvince], *,
-                 hospital_rate: float = 50.0, hospital_burst: float = 50.0, endpoints: dict[str, str] | None = None):
+                 hospital_rate: float = 50.0, hospital_burst: float = 50.0, endpoints: dict[str, str] | None = None,
+                 metrics: bool = False):
         self.loop = loop
         self.pki = pki
         self.store = store
@@ -196,7 +197,8 @@ class NationalHarness:
         from issuer import auth
 
         options = ServerOptions(tls=pki.server_tls(), listen="127.0.0.1:0",
-                                hospital_limit=auth.RateLimit(hospital_rate, hospital_burst), grace=0.5)
+                                hospital_limit=auth.RateLimit(hospital_rate, hospital_burst), grace=0.5,
+                                metrics_listen=("127.0.0.1", 0) if metrics else None)
         self.server: NationalServer = loop.run(NationalServer.start(options, index=self.index,
                                                                     resolver=self.resolver))
         self.port = self.server.port

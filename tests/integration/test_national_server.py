@@ -415,3 +415,23 @@ def test_reflection_lists_the_national_services(world):
                                           timeout=10)
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"healthcode.national.v1.NationalIndex", "healthcode.national.v1.HospitalResolution"} <= names
+
+
+def test_metrics_count_rpcs_by_method_and_code(world, tmp_path):
+    import urllib.request
+
+    served = NationalHarness(world.loop, world.pki, open_national_store(tmp_path / "n.db"), world.provinces,
+                             metrics=True)
+    try:
+        stub = served.index_stub("province:33")
+        stub.ListEvents(pb.ListEventsRequest(), timeout=10)
+        status_of(lambda: served.hospital_stub("province:33").ResolveCode(pb.ResolveCodeRequest(), timeout=10))
+        port = served.server.metrics_port
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert ('healthcode_national_rpcs_total{code="OK",method="healthcode.national.v1.NationalIndex/ListEvents"} 1.0'
+                in text)
+        assert 'code="PERMISSION_DENIED",method="healthcode.national.v1.HospitalResolution/ResolveCode"' in text
+        assert "healthcode_national_rpc_latency_seconds_bucket" in text
+    finally:
+        served.close()
+        served.store.close()
