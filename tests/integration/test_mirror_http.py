@@ -263,3 +263,37 @@ def test_a_last_modified_in_the_same_second_as_the_response_is_not_used(nation, 
         assert [r["status"] for r in mirror.requests()] == [404, 200]
     finally:
         mirror.stop()
+
+
+def test_a_running_terminal_warns_when_its_background_sync_hits_the_deadline(nation, tmp_path):
+    (tmp_path / "good").mkdir()
+    good = Mirror(nation.directory, tmp_path / "good")
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    try:
+        subprocess.run([sys.executable, "-m", "verifier", "--data-dir", str(tmp_path / "terminal"), "--source",
+                        good.url, "--root", str(_root_file(nation, tmp_path)), "--now", "2030-03-01T09:00:00Z",
+                        "sync", "--no-progress"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
+    finally:
+        good.stop()
+    (tmp_path / "slow").mkdir()
+    slow = Mirror(nation.directory, tmp_path / "slow", "--drip", "5")
+    terminal = subprocess.Popen(
+        [sys.executable, "-m", "verifier", "--data-dir", str(tmp_path / "terminal"), "--source", slow.url,
+         "--sync-deadline", "2s", "--now", "2030-03-01T10:00:00Z", "run", "--stdin", "--json", "stdout",
+         "--display", "stderr", "--no-audit"],
+        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert terminal.stderr is not None
+        os.set_blocking(terminal.stderr.fileno(), False)
+        seen, started = b"", time.monotonic()
+        while "镜像过慢".encode() not in seen and time.monotonic() - started < 30:
+            seen += terminal.stderr.read() or b""
+            time.sleep(0.1)
+        took = time.monotonic() - started
+    finally:
+        terminal.terminate()
+        terminal.wait(30)
+        slow.stop()
+    text = seen.decode()
+    assert "trust sync failed / 信任数据同步失败: 镜像过慢，同步超过 2 秒时限 / mirror too slow" in text, text
+    assert took < 2 + 10, took  # the deadline, plus the interpreter's start
