@@ -233,7 +233,6 @@ class TrustSync:
         # python-tuf's updater, the province roles and the (counting) fetcher of this process's last good refresh
         self._session: tuple[Updater, dict[str, Targets], FetcherInterface] | None = None
 
-
     # ------------------------------------------------------------------ public
 
     def refresh(self, now: _dt.datetime) -> SyncResult:
