@@ -144,9 +144,18 @@ class NationalIndex:
         at = to_epoch(registered_at if registered_at is not None else now)
         now_s = to_epoch(now)
 
+        def fast(tx: Tx) -> ClaimResult:
+            if not tx.claim_new(main_index_id, province, indexes, registered_at=at, now=now_s):
+                raise _Retry()  # something exists: roll back, take the full path
+            return ClaimResult(ClaimOutcome.CLAIMED, main_index_id, province)
+
         def work(tx: Tx) -> ClaimResult:
             return self._claim(tx, province, main_index_id, indexes, provisional, at, now_s)
 
+        try:  # the common case, a new resident with new documents, in one statement on PostgreSQL
+            return self._store.transaction(fast)
+        except _Retry:
+            pass
         for _ in range(5):
             try:
                 return self._store.transaction(work)

@@ -212,6 +212,30 @@ class Tx:
         return IdentityRow(mid_text(row[0]), row[1], int(row[2]), mid_text(row[3]) if row[3] is not None else None,
                            int(row[4]), int(row[5]))
 
+    def claim_new(self, mid: str, home: str, indexes: Sequence[bytes], *, registered_at: int, now: int) -> bool:
+        """The common claim in as few statements as the dialect allows: a new identity with new documents.
+
+        True when the identity and every document were inserted; False when anything existed
+        already (then the caller rolls back and takes the full path). PostgreSQL: one statement
+        (both INSERTs in a WITH); SQLite (no INSERT inside WITH): one INSERT per table.
+        """
+        identity_row = (mid_bytes(mid), home, ACTIVE, registered_at, now)
+        doc_rows = [(bi, mid_bytes(mid)) for bi in indexes]
+        doc_values = ", ".join(["(?, ?)"] * len(doc_rows))
+        insert_identity = ("INSERT INTO identities (main_index_id, home_province, state, survivor, registered_at, "
+                           "created_at) VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT DO NOTHING")
+        insert_documents = (f"INSERT INTO documents (blind_index, main_index_id) VALUES {doc_values} "
+                            "ON CONFLICT DO NOTHING")
+        flat = [v for row in doc_rows for v in row]
+        if self._ph != "?":  # PostgreSQL: one round trip
+            row = self._exec(f"WITH i AS ({insert_identity} RETURNING 1), d AS ({insert_documents} RETURNING 1) "
+                             "SELECT (SELECT count(*) FROM i), (SELECT count(*) FROM d)",
+                             (*identity_row, *flat)).fetchone()
+            return bool(int(row[0]) == 1 and int(row[1]) == len(doc_rows))
+        if self._exec(insert_identity, identity_row).rowcount != 1:
+            return False
+        return bool(self._exec(insert_documents, flat).rowcount == len(doc_rows))
+
     def insert_identity(self, mid: str, home: str, *, registered_at: int, now: int) -> bool:
         """True if the row was created; False when the ID exists already (it is left as it is)."""
         cur = self._exec("INSERT INTO identities (main_index_id, home_province, state, survivor, registered_at, "
