@@ -46,10 +46,8 @@ import argparse
 from typing import Callable
 
 from . import (core, crashloop, http_api, issuer, issuer_layers, key_recovery, national, national_index,
-               presentation, revocation, trust, verifier, web_wallet)
-
+               presentation, revocation, revocation_latency, trust, verifier, web_wallet)
 from . import publisher as publisher_bench
-from . import revocation_latency
 
 #: Each benchmark's ``run``: keyword options only, each with its own set (hence ``...``).
 BENCHES: dict[str, Callable[..., object]] = {
