@@ -383,31 +383,87 @@ def test_a_resident_moves_from_33_to_44_with_consent(cluster, desks):
 
 
 def test_a_move_while_the_old_province_is_down_changes_nothing(cluster, desks):
+    """33's issuer SIGKILLed: every move meanwhile is UNAVAILABLE and changes nothing. While 33 is down a
+    listener on its port takes (and drops) the national service's reconnection attempts: their gaps stay
+    within national/links.py's 5 s cap (gRPC's default backoff grows past 10 s within 30 s, to 120 s), so
+    once 33 is back the move goes through within a few seconds."""
     document = resident_id(new_number())
     mid = desks["33"].register(document)
     code = desks["33"].issue(mid)
-    cluster.issuers["33"].kill()
+    node = cluster.issuers["33"]
+    node.kill()
     try:
-        refused(lambda: desks["44"].move_in(mid, document, consent()), grpc.StatusCode.UNAVAILABLE)
+        with _Reconnects(node.port) as attempts:
+            until = time.monotonic() + OUTAGE
+            while time.monotonic() < until:  # the desk tries again and again: each time UNAVAILABLE
+                refused(lambda: desks["44"].move_in(mid, document, consent()), grpc.StatusCode.UNAVAILABLE)
+                time.sleep(1.0)
+            seen = attempts.stop()
     finally:
-        cluster.issuers["33"].start()
+        node.start()
+    back = time.monotonic()
+    gaps = [round(b - a, 1) for a, b in zip(seen, seen[1:])] + [round(until - seen[-1], 1)] if seen else []
+    assert len(seen) >= 5 and max(gaps) <= MAX_RECONNECT_GAP, gaps
     assert national_holder(cluster, document) == (mid, "33")
     refused(lambda: desks["44"].find(document), grpc.StatusCode.NOT_FOUND)
     assert desks["33"].where(document) == (mid, "33")
     assert desks["33"].status(code.code_text).state == common_pb2.CODE_STATE_VALID
-    # once 33 is back, the move goes through: UNAVAILABLE (nothing changed) until the national service's
-    # channel to 33 reconnects. national/links.py keeps gRPC's default reconnect backoff (growing to 120 s),
-    # where issuer/national_client.py caps it at 5 s: 15 s is enough here, after a short outage only.
-    deadline = time.monotonic() + 15
+    # once 33 is back the move goes through, after the national service's next reconnection attempt at most
     while True:
         try:
             assert desks["44"].move_in(mid, document, consent()).previous_province == "33"
             break
         except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+            if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() - back > MAX_RECONNECT_GAP + 2:
                 raise
-            time.sleep(0.5)
+            time.sleep(0.25)
     assert desks["33"].status(code.code_text).revocation_reason == common_pb2.REVOCATION_REASON_SUPERSEDED
+
+
+#: How long 33 stays down in the move test: long enough for gRPC's default backoff (1 s x 1.6 per attempt,
+#: +-20 %) to have made a gap over 10 s (the 6th, at about 26 s), and how long a gap may be with the cap.
+OUTAGE = 32.0
+MAX_RECONNECT_GAP = 7.5
+
+
+class _Reconnects:
+    """A TCP listener on a stopped province's port that records when connections arrive and drops them
+    (a TLS handshake that fails: to the national service's channel, one failed reconnection attempt)."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self._socket = socket.socket()
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", port))
+        self._socket.listen(16)
+        self._socket.settimeout(0.1)
+        self.times: list[float] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="reconnects", daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                continue
+            self.times.append(time.monotonic())
+            connection.close()
+
+    def __enter__(self) -> "_Reconnects":
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[float]:
+        self._stopped.set()
+        self._thread.join(5)
+        self._socket.close()
+        return list(self.times)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 # --------------------------------------------------------------------------- partitions
