@@ -11,7 +11,10 @@ within the call's deadline, or failing in a way that may pass (UNAVAILABLE,
 DEADLINE_EXCEEDED, CANCELLED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNKNOWN:
 whether it stored anything is unknown, and every national call is idempotent)
 is :class:`NationalUnavailable` (the caller decides: a registration goes on
-provisionally, a transfer is refused); any other status is a definitive
+provisionally, a transfer is refused); when the national index itself answered
+that a province it had to call (a transfer's old home) cannot be reached
+(ErrorInfo ``PROVINCE_UNAVAILABLE``) it is :class:`HomeProvinceUnavailable`,
+naming that province; any other status is a definitive
 refusal, :class:`NationalRefused`, carrying the national service's message (it
 carries no document number, by the national API's contract) and its status
 code's name; by the national API's contract nothing was stored.
@@ -27,9 +30,12 @@ from typing import Any, Sequence
 
 import grpc
 
+from healthcode.model import PROVINCES, PROVINCES_EN
+
 from .api import common_pb2
 from .documents import Document, DocumentType
 from .errors import Conflict, Unavailable
+from .wire import received_error_info
 
 __all__ = [
     "NationalLinkSettings",
@@ -41,11 +47,14 @@ __all__ = [
     "EventKind",
     "NationalEvent",
     "NationalUnavailable",
+    "HomeProvinceUnavailable",
     "NationalRefused",
     "document_pb",
     "certificate_province",
 ]
 
+#: The national service's ErrorInfo domain (``national.service.ERROR_DOMAIN``).
+_NATIONAL_DOMAIN = "national.healthcode"
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                         grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL,
                         grpc.StatusCode.UNKNOWN})
@@ -55,6 +64,24 @@ class NationalUnavailable(Unavailable):
     """The national index could not be reached, or did not answer in time."""
 
     reason = "national_unavailable"
+
+
+class HomeProvinceUnavailable(NationalUnavailable):
+    """The national index answered, but the resident's home province it had to call cannot be reached.
+
+    Nothing changed. ErrorInfo reason ``HOME_PROVINCE_UNAVAILABLE`` with metadata
+    ``home_province`` (empty when the national service named no known province).
+    """
+
+    reason = "home_province_unavailable"
+
+    def __init__(self, home_province: str) -> None:
+        known = home_province in PROVINCES
+        where = f"home province {home_province} ({PROVINCES[home_province]} {PROVINCES_EN[home_province]})" \
+            if known else "home province"
+        super().__init__(f"the resident's {where} cannot be reached now; nothing changed, try again later")
+        self.home_province = home_province if known else ""
+        self.metadata = {"home_province": self.home_province}
 
 
 class NationalRefused(Conflict):
@@ -199,6 +226,9 @@ class NationalClient:
             return await getattr(self._index(), method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _TRANSIENT:
+                info = received_error_info(exc)
+                if info is not None and (info.domain, info.reason) == (_NATIONAL_DOMAIN, "PROVINCE_UNAVAILABLE"):
+                    raise HomeProvinceUnavailable(info.metadata.get("province", "")) from None
                 raise NationalUnavailable(f"national index unreachable ({exc.code().name})") from None
             raise NationalRefused(f"national index: {exc.details() or exc.code().name}", exc.code().name) from None
 

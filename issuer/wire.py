@@ -47,6 +47,7 @@ __all__ = [
     "STATUS_BY_ERROR",
     "status_code_for",
     "error_status",
+    "received_error_info",
     "REASONS",
     "CLIENT_REASONS",
     "document_field",
@@ -123,6 +124,20 @@ def error_status(error: BaseException) -> grpc.Status:
         details.append(error_details_pb2.ErrorInfo(reason=error.reason.upper(), domain=ERROR_DOMAIN,
                                                    metadata=getattr(error, "metadata", None) or {}))
     return _status(code, message, details)
+
+
+def received_error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ``google.rpc.ErrorInfo`` a server put in a failed call's status, or None (none, or unreadable)."""
+    try:
+        status = rpc_status.from_call(error)
+    except (AttributeError, TypeError, ValueError):  # no trailing metadata, or a status that contradicts it
+        return None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
 
 
 # --------------------------------------------------------------------------- request fields

@@ -121,7 +121,7 @@ class _NoLinks:
                               hospital_province: str, today: datetime.date) -> PatientAnswer:
         from .errors import ProvinceUnavailable
 
-        raise ProvinceUnavailable(f"no NationalLink endpoint is configured for province {province}")
+        raise ProvinceUnavailable(f"no NationalLink endpoint is configured for province {province}", province)
 
 
 async def run(config: NationalConfig, *, key_secret: bytes,

@@ -102,10 +102,17 @@ class CodeNotUsable(NationalError):
 class ProvinceUnavailable(NationalError):
     """A province's NationalLink could not be reached or did not answer in time (-> UNAVAILABLE).
 
-    Nothing was changed nationally.
+    Nothing was changed nationally. ``province`` is the one that could not be
+    reached; the status's ErrorInfo carries it as metadata ``province`` (a
+    province's desk tells the clerk which one).
     """
 
     reason = "province_unavailable"
+
+    def __init__(self, message: str, province: str = "") -> None:
+        super().__init__(message)
+        self.province = province
+        self.metadata = {"province": province} if province else {}
 
 
 class Aborted(NationalError):

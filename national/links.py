@@ -78,7 +78,8 @@ class ProvinceLinks:
         if channel is None:
             target = self._endpoints.get(province)
             if target is None:
-                raise ProvinceUnavailable(f"no NationalLink endpoint is configured for province {province}")
+                raise ProvinceUnavailable(f"no NationalLink endpoint is configured for province {province}",
+                                          province)
             options: list[tuple[str, Any]] = list(RECONNECT_OPTIONS)
             if self._tls.server_name_override:
                 options.append(("grpc.ssl_target_name_override", self._tls.server_name_override))
@@ -92,7 +93,7 @@ class ProvinceLinks:
         except grpc.aio.AioRpcError as e:
             if e.code() in _UNREACHABLE:
                 raise ProvinceUnavailable(f"province {province} did not answer ({e.code().name}); "
-                                          "nothing was changed") from None
+                                          "nothing was changed", province) from None
             raise ProvinceRefused(province, e.code(), e.details() or "") from None
 
     async def release_resident(self, province: str, main_index_id: str, *, to_province: str,

@@ -93,7 +93,8 @@ def error_status(error: BaseException) -> grpc.Status:
                                                             reason=v.code.upper())
                 for v in error.violations]))
         if isinstance(error, NationalError):
-            details.append(error_details_pb2.ErrorInfo(reason=error.reason.upper(), domain=ERROR_DOMAIN))
+            details.append(error_details_pb2.ErrorInfo(reason=error.reason.upper(), domain=ERROR_DOMAIN,
+                                                       metadata=getattr(error, "metadata", None) or {}))
     proto = status_pb2.Status(code=code.value[0], message=message[:1000])
     for detail in details:
         proto.details.add().Pack(detail)

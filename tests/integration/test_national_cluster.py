@@ -395,8 +395,10 @@ def test_a_move_while_the_old_province_is_down_changes_nothing(cluster, desks):
     try:
         with _Reconnects(node.port) as attempts:
             until = time.monotonic() + OUTAGE
-            while time.monotonic() < until:  # the desk tries again and again: each time UNAVAILABLE
-                refused(lambda: desks["44"].move_in(mid, document, consent()), grpc.StatusCode.UNAVAILABLE)
+            while time.monotonic() < until:  # the desk tries again and again: each time UNAVAILABLE, naming 33
+                error = refused(lambda: desks["44"].move_in(mid, document, consent()), grpc.StatusCode.UNAVAILABLE)
+                assert error_info(error) == ("HOME_PROVINCE_UNAVAILABLE", {"home_province": "33"}), error.details()
+                assert "home province 33 (浙江 Zhejiang) cannot be reached now" in error.details()
                 time.sleep(1.0)
             seen = attempts.stop()
     finally:

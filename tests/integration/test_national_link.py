@@ -143,9 +143,10 @@ class National:
         self.server: NationalServer | None = None
         self.links: ProvinceLinks | None = None
 
-    async def start(self, provinces: dict[str, Province]) -> None:
+    async def start(self, provinces: dict[str, Province], endpoints: dict[str, str] | None = None) -> None:
+        """Serve; ``endpoints`` (province -> address) replaces some provinces' NationalLink addresses."""
         ops = self.pki.client("national:ops")
-        self.links = ProvinceLinks({c: f"127.0.0.1:{p.port}" for c, p in provinces.items()},
+        self.links = ProvinceLinks({c: f"127.0.0.1:{p.port}" for c, p in provinces.items()} | (endpoints or {}),
                                    LinkTls(self.pki.pki.ca_cert_pem, ops.cert_pem, ops.key_pem), timeout=5.0)
         index = NationalIndex(store=self.store, blind=self.blind, release=self.links)
 
@@ -346,6 +347,53 @@ def test_a_move_without_consent_or_with_a_document_of_someone_else_changes_nothi
     assert number(12) not in e.value.details()
     assert world.p["33"].store.get_resident(mid).national_state is NationalState.CLAIMED
     assert world.p["44"].store.get_resident(mid) is None
+
+
+def test_a_move_says_whether_the_national_index_or_the_old_home_province_is_unreachable(world):
+    """Both are UNAVAILABLE with nothing changed, but the desk hears which: the national index itself
+    (NATIONAL_UNAVAILABLE), or the resident's home province behind it (the national service's
+    PROVINCE_UNAVAILABLE: HOME_PROVINCE_UNAVAILABLE naming the province)."""
+    mid = register(world, "33", doc(16)).main_index_id
+    code = issue(world, "33", mid)
+    request = rpb.MoveResidentInRequest(main_index_id=mid, document=doc(16), consent=consent())
+    move = world.p["44"].stub("index").MoveResidentIn
+    world.loop.run(world.national.stop())
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            move(request, metadata=APP, timeout=15)
+        assert e.value.code() is grpc.StatusCode.UNAVAILABLE and error_info(e.value).reason == "NATIONAL_UNAVAILABLE"
+        assert "national index" in e.value.details() and "province 33" not in e.value.details()
+        # the national index back, but province 33's NationalLink unreachable (nothing listens there)
+        world.loop.run(world.national.start(world.p, endpoints={"33": f"127.0.0.1:{_free_port()}"}))
+        deadline = time.monotonic() + 10
+        while True:  # 44's channel to the national index reconnects first
+            with pytest.raises(grpc.RpcError) as e:
+                move(request, metadata=APP, timeout=15)
+            if error_info(e.value).reason != "NATIONAL_UNAVAILABLE" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert e.value.code() is grpc.StatusCode.UNAVAILABLE, e.value.details()
+        info = error_info(e.value)
+        assert (info.reason, dict(info.metadata)) == ("HOME_PROVINCE_UNAVAILABLE", {"home_province": "33"})
+        assert e.value.details() == ("the resident's home province 33 (浙江 Zhejiang) cannot be reached now; "
+                                     "nothing changed, try again later")
+    finally:
+        world.loop.run(world.national.stop())
+        world.loop.run(world.national.start(world.p))
+    assert world.p["44"].store.get_resident(mid) is None
+    assert world.p["33"].store.get_resident(mid).national_state is NationalState.CLAIMED
+    status = world.p["33"].stub("codes").GetCodeStatus(health_codes_pb2.GetCodeStatusRequest(ref=code.ref),
+                                                       metadata=APP, timeout=10).code
+    assert status.state == common_pb2.CODE_STATE_VALID
+    deadline = time.monotonic() + 10
+    while True:  # both reachable again: the move goes through
+        try:
+            assert move(request, metadata=APP, timeout=15).previous_province == "33"
+            break
+        except grpc.RpcError as e:
+            if e.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 # --------------------------------------------------------------------------- hospitals resolve

@@ -24,6 +24,7 @@ import healthcode as hc
 from healthcode import presentation as hp
 from issuer.api import common_pb2
 from issuer.logs import JsonFormatter
+from issuer.wire import received_error_info
 from national.api import national_index_pb2 as pb
 from national.store import open_national_store
 
@@ -334,6 +335,7 @@ def test_home_province_unreachable_is_unavailable(world, tmp_path):
         error = status_of(lambda: stub.ResolveCode(pb.ResolveCodeRequest(code=p33.code_for(new_mid()),
                                                                          purpose=pb.PURPOSE_TREATMENT), timeout=10))
         assert (error.code(), reason(error)) == (grpc.StatusCode.UNAVAILABLE, "PROVINCE_UNAVAILABLE")
+        assert dict(received_error_info(error).metadata) == {"province": "33"}  # which province, for a desk
     finally:
         lonely.close()
         lonely.store.close()
