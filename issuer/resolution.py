@@ -21,7 +21,8 @@ unverified fields; step by step (marked in the code):
    province, purpose, time, resident, kind of code; never a document number).
 
 Errors are :class:`CodeRefused` (FAILED_PRECONDITION, ErrorInfo reason the
-refusal's: ``BAD_SIGNATURE``, ``EXPIRED``, ``REVOKED``, ``OTHER_PROVINCE``...),
+refusal's: ``BAD_SIGNATURE``, ``EXPIRED``, ``REVOKED``, ``SUPERSEDED``,
+``OTHER_PROVINCE``...; a revoked code's message never says why it was revoked),
 :class:`~issuer.errors.InvalidRequest` and :class:`~issuer.errors.NotFound`.
 """
 
@@ -48,7 +49,7 @@ from healthcode.presentation import (
 from .documents import Document
 from .errors import Conflict, FieldViolation, InvalidRequest, NotFound
 from .index import ResidentIndex
-from .model import CodeRef
+from .model import CodeRef, RevocationReason
 from .store.base import AccessRecord, Store
 
 __all__ = ["Hospital", "Resolution", "PatientResolver", "CodeRefused"]
@@ -123,9 +124,10 @@ class PatientResolver:
         record = await asyncio.to_thread(self._store.get_code, CodeRef(code.province, code.kid, code.serial))  # (3)
         if record is None or record.main_index_id != code.subject or not self._same(record.text, text, dynamic):
             raise CodeRefused("unknown_code", "not a code this province issued")
-        if record.revoked_at is not None:
-            why = record.revocation_reason.value if record.revocation_reason else "revoked"
-            raise CodeRefused("superseded" if why == "superseded" else "revoked", f"code was revoked ({why})")
+        if record.revoked_at is not None:  # why it was revoked (lost device, deceased, fraud) is no hospital's business
+            if record.revocation_reason is RevocationReason.SUPERSEDED:
+                raise CodeRefused("superseded", "code was replaced by a newer code")
+            raise CodeRefused("revoked", "code was revoked")
         if dynamic:  # (4)
             try:
                 self._replays.admit(presentation, now)

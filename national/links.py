@@ -6,8 +6,11 @@ the provinces' server CA, reconnecting at most 5 s apart after a province
 restarts (:data:`RECONNECT_OPTIONS`). A province that cannot be reached, or does not
 answer within ``timeout`` seconds, is :class:`~national.errors.ProvinceUnavailable`;
 any other refusal is :class:`ProvinceRefused` carrying the province's status
-code (passed on to the caller) and its message (provinces' messages carry no
-numbers, by their contract).
+code (passed on to the caller) and its stable ErrorInfo reason when that is
+one hospitals may get (:data:`REFUSAL_MESSAGES`), else ``PROVINCE_REFUSED``.
+The message a hospital reads is built from that reason alone: a province's own
+message is never passed on (it may say why a code was revoked: lost device,
+deceased, fraud, which no hospital needs).
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import grpc
 
 from issuer.api import common_pb2, national_link_pb2, national_link_pb2_grpc
 from issuer.documents import Document, DocumentType, parse_document
+from issuer.wire import ERROR_DOMAIN as PROVINCE_ERROR_DOMAIN
+from issuer.wire import received_error_info
 
 from .errors import NationalError, ProvinceUnavailable
 
-__all__ = ["ProvinceLinks", "LinkTls", "ProvinceRefused", "PatientAnswer"]
+__all__ = ["ProvinceLinks", "LinkTls", "ProvinceRefused", "PatientAnswer", "REFUSAL_MESSAGES", "RECONNECT_OPTIONS"]
 
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                 grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
@@ -35,14 +40,49 @@ RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.initial_reconnect_backo
 _DOCUMENT_TYPES = {common_pb2.DocumentType.Value(f"DOCUMENT_TYPE_{t.name}"): t for t in DocumentType}
 
 
+_CURRENT = ("请出示当前健康码", "ask for the current code")
+_AGAIN = ("请本人重新出示", "ask the person to show it again")
+_INVALID = ("发码省份认定此码无效", "the home province found this code not valid")
+_REFUSALS: Mapping[str, tuple[str, str]] = {
+    "REVOKED": ("此码已被发码省份作废，" + _CURRENT[0], "the home province revoked this code: " + _CURRENT[1]),
+    "SUPERSEDED": ("此码已被新码取代，" + _CURRENT[0], "this code was replaced by a newer one: " + _CURRENT[1]),
+    "MOVED": ("居民已迁往他省，" + _CURRENT[0], "the resident moved to another province: " + _CURRENT[1]),
+    "EXPIRED": ("此码已过期，" + _CURRENT[0], "this code has expired: " + _CURRENT[1]),
+    "NOT_YET_VALID": ("此码尚未生效", "this code is not valid yet"),
+    "KEY_COMPROMISED": ("此码的签发密钥已停用，" + _CURRENT[0], "its signing key was withdrawn: " + _CURRENT[1]),
+    "REPLAYED": ("此动态码已查询过，" + _AGAIN[0], "this live code was resolved already: " + _AGAIN[1]),
+    "STALE_PRESENTATION": ("此动态码已过时，" + _AGAIN[0], "this live code is too old: " + _AGAIN[1]),
+    "FUTURE_PRESENTATION": ("此动态码时间有误，" + _AGAIN[0], "this live code's time is wrong: " + _AGAIN[1]),
+    "PRESENTATION_REQUIRED": ("此码绑定手机，请扫描手机上的动态码",
+                              "this code is bound to a phone: scan the live code the phone shows"),
+    "UNKNOWN_CODE": ("发码省份没有此码的记录", "the home province has no record of this code"),
+    "OTHER_PROVINCE": ("此码不是该省份签发的", "the province asked did not issue this code"),
+    "BAD_SIGNATURE": _INVALID,
+    "UNKNOWN_KEY": _INVALID,
+    "NOT_FOUND": ("发码省份查无此居民", "the home province has no such resident"),
+    "PROVINCE_REFUSED": ("发码省份拒绝查询此码", "the home province refused to resolve this code"),
+}
+#: The home province's refusal reasons (ErrorInfo, upper case) a hospital gets as they are, and what it reads
+#: for each (Chinese / English). Any other reason, or none, is ``PROVINCE_REFUSED`` with its message.
+REFUSAL_MESSAGES: Mapping[str, str] = {reason: f"{zh} / {en}" for reason, (zh, en) in _REFUSALS.items()}
+
+
 class ProvinceRefused(NationalError):
-    """The province answered with an error; ``code`` is its gRPC status code (passed on)."""
+    """The province answered with an error; ``code`` is its gRPC status code (passed on).
+
+    ``reason`` is the province's own when :data:`REFUSAL_MESSAGES` lists it, else
+    ``province_refused``; the message is that reason's, or ``message`` (one the
+    national service wrote itself, never a province's).
+    """
 
     reason = "province_refused"
 
-    def __init__(self, province: str, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"province {province}: {details or code.name.lower()}")
+    def __init__(self, province: str, code: grpc.StatusCode, province_reason: str = "", *, message: str = "") -> None:
+        reason = province_reason.upper() if province_reason.upper() in REFUSAL_MESSAGES else "PROVINCE_REFUSED"
+        super().__init__(message or REFUSAL_MESSAGES[reason])
         self.code = code
+        self.province = province
+        self.reason = reason.lower()
 
 
 @dataclass(frozen=True)
@@ -94,7 +134,9 @@ class ProvinceLinks:
             if e.code() in _UNREACHABLE:
                 raise ProvinceUnavailable(f"province {province} did not answer ({e.code().name}); "
                                           "nothing was changed", province) from None
-            raise ProvinceRefused(province, e.code(), e.details() or "") from None
+            info = received_error_info(e)  # the province's stable reason; its message stays here
+            reason = info.reason if info is not None and info.domain == PROVINCE_ERROR_DOMAIN else ""
+            raise ProvinceRefused(province, e.code(), reason) from None
 
     async def release_resident(self, province: str, main_index_id: str, *, to_province: str,
                                consent_reference: str) -> int:
@@ -117,7 +159,7 @@ class ProvinceLinks:
             primary = parse_document(doc_type, doc.number, country=doc.country or None, today=today)
         except ValueError:
             raise ProvinceRefused(province, grpc.StatusCode.INTERNAL,
-                                  "the province answered with a malformed primary document") from None
+                                  message=f"province {province} answered with a malformed primary document") from None
         resolved_at = response.resolved_at.ToDatetime(tzinfo=dt.timezone.utc)
         return PatientAnswer(response.main_index_id, primary, response.access_id, resolved_at)
 

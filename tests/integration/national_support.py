@@ -109,8 +109,11 @@ class _Link(national_link_pb2_grpc.NationalLinkServicer):
                 code = hc.verify(request.code, self.p.keyring, now=dt.datetime.now(dt.timezone.utc))
         except hc.VerificationError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"code not valid: {e.reason.value}")
-        if code.serial in self.p.revoked:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the code was revoked")
+        if code.serial in self.p.revoked:  # as a provincial issuer refuses: its status, message and ErrorInfo
+            from issuer.resolution import CodeRefused
+            from issuer.wire import error_status
+
+            await context.abort_with_status(error_status(CodeRefused(*self.p.refusal)))
         doc = self.p.patients.get(code.subject)
         if doc is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such resident")
@@ -140,6 +143,8 @@ class TestProvince:
         self.patients: dict[str, Document] = {}
         self.merged_into: dict[str, str] = {}
         self.revoked: set[int] = set()
+        #: (reason, message) of the refusal of a revoked code; a province's message may say why it was revoked
+        self.refusal: tuple[str, str] = ("revoked", "code was revoked (deceased)")
         self.released: list[tuple[str, str, str]] = []
         self.accesses: list[tuple[str, str, str, int]] = []
         self.callers: list[str] = []

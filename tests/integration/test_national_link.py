@@ -427,7 +427,14 @@ def test_a_hospital_in_44_resolves_a_33_code_and_the_resident_reads_the_access(w
     with pytest.raises(grpc.RpcError) as e:
         world.hospital().ResolveCode(npb.ResolveCodeRequest(code=code.code_text, purpose=npb.PURPOSE_TREATMENT),
                                      timeout=10)
-    assert e.value.code() is not grpc.StatusCode.OK and number(20) not in e.value.details()
+    assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION and number(20) not in e.value.details()
+    # the province's reason is passed on; why the code was revoked is not (neither by 33 nor by the national service)
+    assert error_info(e.value).reason == "REVOKED" and "lost_device" not in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        world.p["33"].stub("link", "national:ops").ResolvePatient(national_link_pb2.ResolvePatientRequest(
+            code=code.code_text, purpose=1, hospital=national_link_pb2.Hospital(organisation="gz-zhongshan-1",
+                                                                                province="44")), timeout=10)
+    assert error_info(e.value).reason == "REVOKED" and "lost_device" not in e.value.details()
     assert len(world.p["33"].store.accesses_of(mid, limit=10)) == 2
 
 

@@ -315,14 +315,32 @@ def test_bad_resolutions(world, name, make, cn, purpose, code, want_reason):
     assert len(world.provinces["33"].accesses) == before  # never routed
 
 
-def test_revoked_code_is_the_home_provinces_refusal(world):
+@pytest.mark.parametrize("refusal, want", [
+    (("revoked", "code was revoked (deceased)"), "REVOKED"),
+    (("superseded", "code was revoked (superseded)"), "SUPERSEDED"),
+    (("replayed", "this live code was resolved already (fraud)"), "REPLAYED"),
+    (("expired", "code refused: expired (fraud)"), "EXPIRED"),
+    (("fraud_hold", "code held: fraud investigation"), "PROVINCE_REFUSED"),  # not a reason hospitals get
+])
+def test_a_home_provinces_refusal_passes_its_reason_on_never_its_message(world, refusal, want):
+    """The HIS gets the province's stable reason (from a fixed list, else PROVINCE_REFUSED) and a message
+    built from that reason alone: nothing the province wrote, such as why a code was revoked, reaches it."""
+    from national.links import REFUSAL_MESSAGES
+
     p33 = world.provinces["33"]
     mid = new_mid()
     p33.patients[mid] = resident(n=4003)
     code = p33.code_for(mid)
     p33.revoked.add(p33._serial)
-    error = status_of(lambda: resolve(world, code))
-    assert (error.code(), reason(error)) == (grpc.StatusCode.FAILED_PRECONDITION, "PROVINCE_REFUSED")
+    p33.refusal = refusal
+    try:
+        error = status_of(lambda: resolve(world, code))
+    finally:
+        p33.refusal = ("revoked", "code was revoked (deceased)")
+    assert (error.code(), reason(error)) == (grpc.StatusCode.FAILED_PRECONDITION, want)
+    assert error.details() == REFUSAL_MESSAGES[want]
+    assert "deceased" not in error.details() and "fraud" not in error.details().lower()
+    assert " / " in error.details()  # Chinese / English
 
 
 def test_home_province_unreachable_is_unavailable(world, tmp_path):
