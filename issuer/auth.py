@@ -23,7 +23,8 @@ certificates, roles, rate limits.
   ``HealthCodes`` and ``Wallets`` take the issuance role; the wallet role (a resident's phone
   wallet, a key that may sit in a public web page) reaches only :data:`WALLET_METHODS`:
   enrolment (FindResident, RegisterResident, CreateChallenge, IssueCredential), the resident's
-  live codes and access log (ListLiveCodes, ListAccesses), never issuing, renewing, revoking,
+  live codes and access log (ListLiveCodes, ListAccesses; its ListLiveCodes lists phone credentials
+  only, never a printed code: :func:`current_role`), never issuing, renewing, revoking,
   rendering, merging or linking by itself; ``KeyAdmin`` takes the admin
   and national roles only (it then checks the province itself); ``NationalLink`` takes the
   national role only (the national service's calls: releases and resolutions); server
@@ -91,6 +92,7 @@ __all__ = [
     "RateLimiter",
     "Admission",
     "current_caller",
+    "current_role",
     "peek_caller",
     "clear_caller",
     "set_caller",
@@ -118,6 +120,7 @@ _ROLE_PREFIXES = ("admin:", "national:", "province:")
 log = logging.getLogger("issuer.auth")
 
 _CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("issuer_caller", default=None)
+_ROLE: contextvars.ContextVar["Role | None"] = contextvars.ContextVar("issuer_caller_role", default=None)
 
 
 def current_caller() -> str:
@@ -128,6 +131,11 @@ def current_caller() -> str:
     return caller
 
 
+def current_role() -> "Role | None":
+    """The role :class:`Admission` admitted the RPC being served with (None outside one, or if it had none)."""
+    return _ROLE.get()
+
+
 def set_caller(name: str) -> None:
     """Name the caller of the RPC being served (for an admission check outside :class:`Admission`)."""
     _CALLER.set(name)
@@ -136,6 +144,7 @@ def set_caller(name: str) -> None:
 def clear_caller() -> None:
     """Forget any caller in this context (the start of an RPC's task)."""
     _CALLER.set(None)
+    _ROLE.set(None)
 
 
 def peek_caller() -> str | None:
@@ -505,6 +514,7 @@ class Admission:
             if caller is None:
                 return grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials"
             _CALLER.set(caller.name)
+            _ROLE.set(caller.role)
             if caller.role not in allowed:
                 return grpc.StatusCode.PERMISSION_DENIED, _denial(caller, target, allowed)
             if not try_acquire(caller.name, caller.role):

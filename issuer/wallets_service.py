@@ -13,6 +13,12 @@ the one error table). What it validates before the domain:
 
 The domain then checks the challenge (used, expired, unknown, another
 resident's) and the proof, on the same fields. Nothing here logs an identifier.
+
+ListLiveCodes lists every live code to an issuance client, but to any other
+caller (the wallet role: a key that may sit in a public web page, with a main
+index ID shown in every on-screen code) phone credentials only: they are
+useless without the phone's device key, where a printed code's text works at
+a terminal on its own.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from healthcode.errors import InvalidKey
 from healthcode.model import MainIndexId
 from healthcode.presentation import CHALLENGE_BYTES
 
+from issuer import auth
 from issuer.api import wallets_pb2, wallets_pb2_grpc
 from issuer.documents import Document
 from issuer.errors import Violations
@@ -177,6 +184,8 @@ class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
             out.raise_if_any()
             mid = await self._main_index_id(context, mid, document)
             codes = await s._domain(context, self._w.list_live_codes(main_index_id=mid, now=now))
+            if auth.current_role() is not auth.Role.ISSUANCE:  # the wallet role: phone credentials only
+                codes = [code for code in codes if code.channel is Channel.PHONE]
             response = wallets_pb2.ListLiveCodesResponse()
             for code in codes:
                 live = response.codes.add(channel=_CHANNELS[code.channel])

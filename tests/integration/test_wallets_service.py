@@ -42,6 +42,8 @@ from issuer.wallets import CHALLENGE_TTL, WalletIssuer
 from .test_issuer_server import APP, APP_KEY, PROVINCE, Client, Domain, LoopThread, bad_request, doc, resident_id
 
 pb = wallets_pb2
+WALLET_KEY = "wallets-web-key-" + "w" * 40  # a wallet-role key, as a public web page holds it
+WEB = (("authorization", f"Bearer {WALLET_KEY}"),)
 hpb = health_codes_pb2
 ES256 = pb.DEVICE_KEY_ALGORITHM_ES256
 
@@ -97,8 +99,8 @@ class Served:
                                             idempotency_key=key)
         return self.wallets.IssueCredential(request, metadata=APP, timeout=10).credential
 
-    def live(self, mid: str) -> list[tuple[int, int]]:
-        reply = self.wallets.ListLiveCodes(pb.ListLiveCodesRequest(main_index_id=mid), metadata=APP, timeout=10)
+    def live(self, mid: str, metadata=APP) -> list[tuple[int, int]]:
+        reply = self.wallets.ListLiveCodes(pb.ListLiveCodesRequest(main_index_id=mid), metadata=metadata, timeout=10)
         return [(live.code.ref.serial, live.channel) for live in reply.codes]
 
     def status(self, code) -> object:
@@ -118,7 +120,8 @@ def served(tmp_path_factory):
     options = ServerOptions(
         service=ServiceSettings(province=PROVINCE), listen="127.0.0.1:0",
         tls=TlsMaterial(cert.cert_pem, cert.key_pem, None),
-        api_keys=(auth.ApiKey("app", bytes.fromhex(auth.hash_api_key(APP_KEY))),),
+        api_keys=(auth.ApiKey("app", bytes.fromhex(auth.hash_api_key(APP_KEY))),
+                  auth.ApiKey("web", bytes.fromhex(auth.hash_api_key(WALLET_KEY)), role=auth.Role.WALLET)),
         rate_limit=auth.RateLimit(10_000.0, 10_000.0), grace=1.0)
 
     async def start():
@@ -331,6 +334,23 @@ def test_a_second_enrolment_supersedes_the_first_and_leaves_the_static_code(serv
     second = served.enrol(mid, Phone())
     assert served.live(mid) == [(second.ref.serial, pb.CHANNEL_PHONE), (static.ref.serial, pb.CHANNEL_STATIC)]
     assert_superseded(served.status(first))
+
+
+def test_a_wallet_key_lists_phone_credentials_only_never_a_printed_code(served):
+    """A wallet-role key may sit in a public page, and a main index ID is in every code shown on a screen:
+    with them, a printed code's text (it works at a terminal on its own) must not be fetched. A phone
+    credential is useless without the phone's key, so the page may list those."""
+    mid, document = served.resident()
+    static = served.client.issue(mid)
+    assert served.live(mid, WEB) == []
+    listed = served.wallets.ListLiveCodes(pb.ListLiveCodesRequest(document=document), metadata=WEB, timeout=10)
+    assert list(listed.codes) == []
+    phone = served.enrol(mid, Phone())
+    reply = served.wallets.ListLiveCodes(pb.ListLiveCodesRequest(main_index_id=mid), metadata=WEB, timeout=10)
+    assert [(c.code.ref.serial, c.channel) for c in reply.codes] == [(phone.ref.serial, pb.CHANNEL_PHONE)]
+    assert static.code_text not in str(reply)
+    # an issuance client (the desk, the app's back end) still sees both
+    assert served.live(mid) == [(phone.ref.serial, pb.CHANNEL_PHONE), (static.ref.serial, pb.CHANNEL_STATIC)]
 
 
 def assert_superseded(code) -> None:
