@@ -72,8 +72,10 @@ def test_schema_is_created_in_its_own_schema(store, schema):
 
     with schema.connect() as raw:
         tables = {t for (t,) in raw.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema.name,))}
-        assert tables == {"residents", "identifiers", "codes", "serial_counters", "challenges", "schema_version", "accesses",
-                          "national_cursor"}
+        assert tables == {
+            "residents", "identifiers", "codes", "serial_counters", "challenges", "schema_version", "accesses",
+            "national_cursor",
+        }
         version = raw.execute("SELECT version FROM schema_version").fetchone()[0]
         assert version == len(MIGRATIONS) == store.schema_version
         types = dict(raw.execute(
