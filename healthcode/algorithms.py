@@ -30,6 +30,7 @@ __all__ = [
     "load_public_key_pem",
     "load_public_key_der",
     "load_p256_point",
+    "load_sm2_point",
     "generate_signing_key",
     "signing_key_from_private_bytes",
     "SM2_DEFAULT_SIGNER_ID",
@@ -223,6 +224,23 @@ def load_p256_point(point: bytes) -> VerificationKey:
     except ValueError:
         raise InvalidKey("not a point on P-256") from None
     return _ES256PublicKey(key)
+
+
+def load_sm2_point(point: bytes) -> VerificationKey:
+    """An SM2-SM3 key from a SEC 1 encoded point on the SM2 curve: ``04 x y``, or compressed ``02 x`` / ``03 x``.
+
+    The point is checked to be on the curve (a compressed one is decompressed
+    by ``gmalglib``, which refuses an ``x`` with no point). Raises
+    :class:`InvalidKey`, or :class:`UnsupportedAlgorithm` without the ``sm2`` extra.
+    """
+    if len(point) not in (33, 65) or point[0] not in (2, 3, 4) or (point[0] == 4) != (len(point) == 65):
+        raise InvalidKey("not a SEC 1 encoded SM2 point")
+    if point[0] != 4:
+        try:
+            point = bytes(_gmalglib().SM2.convert_pk(point, 0))  # 0: uncompressed
+        except ValueError:
+            raise InvalidKey("not a point on the SM2 curve") from None
+    return _SM2PublicKey(point)
 
 
 def load_public_key_pem(pem: str | bytes) -> VerificationKey:

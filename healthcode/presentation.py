@@ -9,10 +9,11 @@ refuses it with ``presentation_required``); the phone shows a *presentation*::
                         step: uint,              ; floor(unix time / 30)
                         device_signature: bstr ] )  ; 64 bytes, raw r || s
 
-and the device signature (ECDSA P-256 with SHA-256) covers
-:func:`device_signing_input`: a domain-separation string, the step, and the
-SHA-256 of the credential's COSE bytes. A terminal checks it offline with the
-key the issuer signed into the credential.
+and the device signature (ECDSA P-256 with SHA-256, or SM2 with SM3 where a
+province allows SM2 device keys) covers :func:`device_signing_input`: a
+domain-separation string, the step, and the SHA-256 of the credential's COSE
+bytes. A terminal checks it offline with the key the issuer signed into the
+credential; the key's curve in ``cnf`` fixes the algorithm (section 16.4).
 
 :func:`verify_presentation` (steps marked in the code):
 
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from . import cbor
-from .algorithms import VerificationKey, load_p256_point
+from .algorithms import Algorithm, VerificationKey, load_p256_point, load_sm2_point
 from .base45 import Base45Error, b45decode, b45encode
 from .codec import MAX_COSE_BYTES, PREFIX, _bstr_span, _decode_cose
 from .errors import (
@@ -58,6 +59,7 @@ from .errors import (
     Reason,
     Replayed,
     StalePresentation,
+    UnsupportedAlgorithm,
     VerificationError,
 )
 from .keyring import Keyring
@@ -78,6 +80,7 @@ __all__ = [
     "PresentationResult",
     "ReplayCache",
     "step_at",
+    "DEVICE_KEY_ALGORITHMS",
     "holder_cnf",
     "holder_key_from_cnf",
     "device_signing_input",
@@ -107,11 +110,16 @@ _MAX_STEP = 0xFFFFFFFF // STEP_SECONDS  # times are 32-bit on the wire, as in th
 _DEVICE_SIGNATURE_HEAD = b"\x58\x40"
 _COSE_KEY_KTY, _COSE_KEY_CRV, _COSE_KEY_X, _COSE_KEY_Y = 1, -1, -2, -3
 _KTY_EC2, _CRV_P256 = 2, 1
+#: The SM2 curve (GB/T 32918.5) in a COSE_Key: private use (RFC 9052 section 16.4, below -65536), as SM2-SM3's alg.
+_CRV_SM2 = -65537
 _CNF_COSE_KEY = 1
+#: Device key algorithms a credential may bind, with their COSE_Key curve: P-256 (ES256) and SM2 (SM2-SM3).
+DEVICE_KEY_ALGORITHMS: Mapping[Algorithm, int] = {Algorithm.ES256: _CRV_P256, Algorithm.SM2_SM3: _CRV_SM2}
+_CURVE_LOADERS = {_CRV_P256: (load_p256_point, "P-256"), _CRV_SM2: (load_sm2_point, "the SM2 curve")}
 
 
 class DeviceSigner(Protocol):
-    """The phone's key: ECDSA P-256 with SHA-256, raw ``r || s`` (64 bytes), over ``data``."""
+    """The phone's key: ECDSA P-256 with SHA-256 (or SM2 with SM3), raw ``r || s`` (64 bytes), over ``data``."""
 
     def sign(self, data: bytes) -> bytes: ...
 
@@ -155,16 +163,23 @@ def step_at(now: _dt.datetime) -> int:
     return to_epoch(now) // STEP_SECONDS
 
 
-def holder_cnf(public_point: bytes) -> dict[int, Any]:
-    """The ``cnf`` claim for a P-256 device key: ``{1: {1: 2, -1: 1, -2: x, -3: sign bit}}``.
+def holder_cnf(public_point: bytes, algorithm: Algorithm = Algorithm.ES256) -> dict[int, Any]:
+    """The ``cnf`` claim for a device key: ``{1: {1: 2, -1: crv, -2: x, -3: sign bit}}``.
 
-    ``public_point`` is the SEC 1 point (``04 x y`` or compressed). The key is
-    written compressed (RFC 9053 section 7.1.1: ``-3`` is the sign bit, ``true``
-    when y is odd), 33 bytes shorter than with y in full.
+    ``public_point`` is the SEC 1 point (``04 x y`` or compressed) on the
+    curve of ``algorithm``: ES256 (P-256, ``crv`` 1) or SM2-SM3 (the SM2
+    curve, ``crv`` -65537, private use). The key is written compressed (RFC
+    9053 section 7.1.1: ``-3`` is the sign bit, ``true`` when y is odd), 33
+    bytes shorter than with y in full. Raises :class:`InvalidKey` for a point
+    not on the curve, :class:`UnsupportedAlgorithm` for another algorithm (or
+    SM2 without the ``sm2`` extra).
     """
-    key = load_p256_point(public_point)  # refuses what is not on the curve
+    crv = DEVICE_KEY_ALGORITHMS.get(algorithm)
+    if crv is None:
+        raise UnsupportedAlgorithm(f"{algorithm} is not a device key algorithm")
+    key = _CURVE_LOADERS[crv][0](public_point)  # refuses what is not on the curve
     x, y_odd = _compressed(key)
-    return {_CNF_COSE_KEY: {_COSE_KEY_KTY: _KTY_EC2, _COSE_KEY_CRV: _CRV_P256, _COSE_KEY_X: x, _COSE_KEY_Y: y_odd}}
+    return {_CNF_COSE_KEY: {_COSE_KEY_KTY: _KTY_EC2, _COSE_KEY_CRV: crv, _COSE_KEY_X: x, _COSE_KEY_Y: y_odd}}
 
 
 def _compressed(key: VerificationKey) -> tuple[bytes, bool]:
@@ -173,25 +188,29 @@ def _compressed(key: VerificationKey) -> tuple[bytes, bool]:
 
 
 def _uncompressed_point(key: VerificationKey) -> bytes:
-    """``04 x y``: a P-256 SubjectPublicKeyInfo ends with the uncompressed point."""
+    """``04 x y``: a P-256 or SM2 SubjectPublicKeyInfo ends with the uncompressed point."""
     return key.spki_der()[-65:]
 
 
 def holder_key_from_cnf(cnf: Mapping[Any, Any] | None) -> VerificationKey:
     """The device key named by a credential's ``cnf`` claim; raise :class:`NoHolderKey`.
 
-    Supported: ``{1: COSE_Key}`` with an EC2 P-256 key (``kty`` 2, ``crv`` 1,
-    ``x`` 32 bytes, ``y`` 32 bytes or the sign bit as a boolean); the point
-    must be on the curve. Other members of the COSE_Key are ignored (RFC 9052
-    section 7); other confirmation methods are not supported.
+    Supported: ``{1: COSE_Key}`` with an EC2 key (``kty`` 2) on P-256
+    (``crv`` 1: ES256) or on the SM2 curve (``crv`` -65537: SM2-SM3), ``x`` 32
+    bytes, ``y`` 32 bytes or the sign bit as a boolean; the point must be on
+    the curve. Other members of the COSE_Key are ignored (RFC 9052 section 7);
+    other confirmation methods are not supported. An SM2 key where the ``sm2``
+    extra is not installed is :class:`NoHolderKey` too (this verifier cannot use it).
     """
     if cnf is None:
         raise NoHolderKey("credential is not bound to a device key (no cnf)")
     cose_key = cnf.get(_CNF_COSE_KEY)
     if type(cose_key) is not dict:
         raise NoHolderKey("cnf carries no COSE_Key")
-    if cose_key.get(_COSE_KEY_KTY) != _KTY_EC2 or cose_key.get(_COSE_KEY_CRV) != _CRV_P256:
-        raise NoHolderKey("holder key is not an EC2 P-256 key")
+    crv = cose_key.get(_COSE_KEY_CRV)
+    if cose_key.get(_COSE_KEY_KTY) != _KTY_EC2 or type(crv) is not int or crv not in _CURVE_LOADERS:
+        raise NoHolderKey("holder key is not an EC2 P-256 or SM2 key")
+    load, curve = _CURVE_LOADERS[crv]
     x, y = cose_key.get(_COSE_KEY_X), cose_key.get(_COSE_KEY_Y)
     if type(x) is not bytes or len(x) != 32:
         raise NoHolderKey("holder key x must be 32 bytes")
@@ -202,9 +221,11 @@ def holder_key_from_cnf(cnf: Mapping[Any, Any] | None) -> VerificationKey:
     else:
         raise NoHolderKey("holder key y must be 32 bytes or a sign bit")
     try:
-        return load_p256_point(point)
+        return load(point)
     except InvalidKey:
-        raise NoHolderKey("holder key is not a point on P-256") from None
+        raise NoHolderKey(f"holder key is not a point on {curve}") from None
+    except UnsupportedAlgorithm:
+        raise NoHolderKey("holder key is an SM2 key and this verifier has no SM2 (the sm2 extra)") from None
 
 
 def device_signing_input(credential_cose: bytes, step: int) -> bytes:
@@ -225,14 +246,23 @@ def proof_of_possession_input(challenge: bytes, device_key: VerificationKey) -> 
     return ENROLMENT_CONTEXT + challenge + hashlib.sha256(_uncompressed_point(device_key)).digest()
 
 
-def verify_proof_of_possession(device_point: bytes, challenge: bytes, proof: bytes) -> VerificationKey:
-    """The device key of ``device_point`` (SEC 1, P-256) if ``proof`` signs the challenge with it.
+def verify_proof_of_possession(device_point: bytes, challenge: bytes, proof: bytes,
+                               algorithm: Algorithm = Algorithm.ES256) -> VerificationKey:
+    """The device key of ``device_point`` (SEC 1) if ``proof`` signs the challenge with it.
 
-    Raises :class:`~healthcode.errors.InvalidKey` for a point that is not a
-    P-256 point, and :class:`~healthcode.errors.BadDeviceSignature` for a
-    proof that does not verify. The issuer calls this before binding a key.
+    ``algorithm`` is the key's: ES256 (a P-256 point, ECDSA with SHA-256) or
+    SM2-SM3 (an SM2 point, SM2 with SM3 and the default signer ID); both sign
+    the same bytes (:func:`proof_of_possession_input`). Raises
+    :class:`~healthcode.errors.InvalidKey` for a point that is not on the
+    curve, :class:`~healthcode.errors.UnsupportedAlgorithm` for another
+    algorithm (or SM2 without the ``sm2`` extra), and
+    :class:`~healthcode.errors.BadDeviceSignature` for a proof that does not
+    verify. The issuer calls this before binding a key.
     """
-    key = load_p256_point(device_point)
+    crv = DEVICE_KEY_ALGORITHMS.get(algorithm)
+    if crv is None:
+        raise UnsupportedAlgorithm(f"{algorithm} is not a device key algorithm")
+    key = _CURVE_LOADERS[crv][0](device_point)
     if not key.verify(proof, proof_of_possession_input(challenge, key)):
         raise BadDeviceSignature("proof of possession does not verify with the device key")
     return key
