@@ -335,7 +335,8 @@ async def run(
         # The wallet issuer uses CodeIssuer's own steps; the wrapper handed them on unchanged (__getattr__).
         server = await IssuerServer.start(options, index=index, codes=served, on_close=stop_job_and_close,
                                           key_admin=key_admin, national_link=link.servicer if link else None,
-                                          wallets=WalletIssuer(codes=codes, on_revoked=job.trigger if job else None))
+                                          wallets=WalletIssuer(codes=codes, on_revoked=job.trigger if job else None,
+                                                               device_key_algorithms=config.device_key_algorithm_list))
     except BaseException:
         await stop_job_and_close()
         raise

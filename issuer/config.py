@@ -91,6 +91,10 @@ copy (``key_admin.trust_repo``) and pushes to the national trust publisher
     # The national service calls in (NationalLink) with a national:<name> certificate: tls.client_ca must
     # verify it.
 
+    [wallets]                         # phone credentials (issue 13)
+    device_key_algorithms = ["ES256", "SM2"]   # device keys bound into credentials: "ES256" (P-256, the
+                                      # default alone) and "SM2" (SM2 with SM3; needs the sm2 extra)
+
     [http]                            # Connect (JSON, binary) and gRPC-Web beside gRPC (issuer/http_server.py)
     enabled = true                    # off by default
     address = "0.0.0.0:8443"          # host:port; TLS with [tls]'s certificate (client certificates optional)
@@ -113,10 +117,13 @@ import tomllib
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
-from healthcode import PROVINCES
+from healthcode import PROVINCES, Algorithm
 from issuer.errors import IssuerError
 
-__all__ = ["IssuerConfig", "ConfigError", "load_config", "FILE_KEYS"]
+__all__ = ["IssuerConfig", "ConfigError", "load_config", "FILE_KEYS", "DEVICE_KEY_ALGORITHM_NAMES"]
+
+#: ``[wallets] device_key_algorithms`` names: the device keys an issuer can bind.
+DEVICE_KEY_ALGORITHM_NAMES = {"ES256": Algorithm.ES256, "SM2": Algorithm.SM2_SM3}
 
 
 class ConfigError(IssuerError, ValueError):
@@ -188,6 +195,7 @@ class IssuerConfig:
     national_claim_timeout: float = 2.0
     national_transfer_timeout: float = 10.0
     national_reconcile_interval: float = 30.0
+    device_key_algorithms: tuple[str, ...] = ("ES256",)
 
     def __post_init__(self) -> None:
         self._check_database()
@@ -226,6 +234,7 @@ class IssuerConfig:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
         self._check_key_source()
+        self._check_device_key_algorithms()
         self._check_key_admin()
         self._check_revocation()
         self._check_national()
@@ -318,6 +327,22 @@ class IssuerConfig:
             raise ConfigError("key_admin needs rotating keys: set keys.key_set")
         if self.client_ca is None:
             raise ConfigError("key_admin is served over mTLS only: set tls.client_ca")
+
+    def _check_device_key_algorithms(self) -> None:
+        names = self.device_key_algorithms
+        if not names or len(set(names)) != len(names) or not set(names) <= set(DEVICE_KEY_ALGORITHM_NAMES):
+            raise ConfigError('wallets.device_key_algorithms must list "ES256" and/or "SM2", each once')
+        if "SM2" in names:
+            try:
+                import gmalglib.core  # noqa: F401  (the sm2 extra)
+            except ImportError:
+                raise ConfigError("wallets.device_key_algorithms has SM2: install the sm2 extra "
+                                  "(pip install 'healthcode[sm2]')") from None
+
+    @property
+    def device_key_algorithm_list(self) -> tuple[Algorithm, ...]:
+        """``device_key_algorithms`` as :class:`~healthcode.Algorithm` values, in the configured order."""
+        return tuple(DEVICE_KEY_ALGORITHM_NAMES[name] for name in self.device_key_algorithms)
 
     def _check_key_source(self) -> None:
         if (self.signing_key is None) == (self.key_set is None):
@@ -447,6 +472,7 @@ FILE_KEYS: Mapping[tuple[str, str], tuple[str, Callable[[Any], Any]]] = {
     ("national", "claim_timeout_ms"): ("national_claim_timeout", _millis),
     ("national", "transfer_timeout_ms"): ("national_transfer_timeout", _millis),
     ("national", "reconcile_interval_seconds"): ("national_reconcile_interval", _number),
+    ("wallets", "device_key_algorithms"): ("device_key_algorithms", _names),
 }
 _PATH_FIELDS = {"database", "tls_cert", "tls_key", "client_ca", "api_keys", "signing_key", "vault_key", "key_set",
                 "keystore_dir", "pkcs11_module", "trust_repo", "tuf_keys", "online_keys", "revocation_directory",
