@@ -12,7 +12,9 @@ An enrolment, step by step (marked in :meth:`WalletIssuer.issue_credential`):
    idempotent retry (answered with the first credential, before the
    challenge, which that credential used up); the resident; the challenge
    (unknown, expired, used, or another resident's or caller's: field
-   ``challenge``); the key (a point on P-256: field ``device_key.public_key``);
+   ``challenge``); the key (an algorithm this province allows, field
+   ``device_key.algorithm``; a point on its curve, P-256 or SM2: field
+   ``device_key.public_key``);
    the proof (field ``proof``; the challenge is then spent all the same, so a
    challenge takes one guess);
 4. the credential (a code whose ``cnf`` names the key) is issued with the
@@ -30,9 +32,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import secrets
+from collections.abc import Collection
 from typing import Callable, NamedTuple
 
-from healthcode.errors import BadDeviceSignature, InvalidKey
+from healthcode.algorithms import Algorithm
+from healthcode.errors import BadDeviceSignature, InvalidKey, UnsupportedAlgorithm
 from healthcode.model import MainIndexId, to_epoch
 from healthcode.presentation import CHALLENGE_BYTES, holder_cnf, verify_proof_of_possession
 
@@ -42,7 +46,11 @@ from .issuance import CodeIssuer, _check_caller, _check_key, _fingerprint
 from .model import Channel, IdempotencyKey, IssuedCode
 from .store.base import ChallengeRecord, ChallengeRefused, ChallengeUse, DuplicateIdempotencyKey, Store
 
-__all__ = ["WalletIssuer", "CHALLENGE_TTL", "Challenge"]
+__all__ = ["WalletIssuer", "CHALLENGE_TTL", "Challenge", "DEVICE_KEY_ALGORITHMS"]
+
+#: Device key algorithms an issuer can bind (P-256 is every phone's; SM2 where a province asks for it).
+DEVICE_KEY_ALGORITHMS = (Algorithm.ES256, Algorithm.SM2_SM3)
+_CURVE_NAMES = {Algorithm.ES256: "P-256", Algorithm.SM2_SM3: "the SM2 curve"}
 
 #: How long a challenge may be used.
 CHALLENGE_TTL = dt.timedelta(minutes=5)
@@ -63,11 +71,19 @@ class WalletIssuer:
     """Challenges, credentials bound to device keys, and a resident's live codes.
 
     ``codes`` issues, and its store keeps the challenges; ``random_bytes``
-    makes challenges (tests may pass their own). Times are passed in.
+    makes challenges (tests may pass their own). ``device_key_algorithms``
+    are the device keys this province binds (the config's
+    ``[wallets] device_key_algorithms``; default ES256 only): a subset of
+    :data:`DEVICE_KEY_ALGORITHMS`, in the order error messages name them. Times are passed in.
     """
 
     def __init__(self, *, codes: CodeIssuer, random_bytes: Callable[[int], bytes] = secrets.token_bytes,
-                 on_revoked: Callable[[], None] | None = None) -> None:
+                 on_revoked: Callable[[], None] | None = None,
+                 device_key_algorithms: Collection[Algorithm] = (Algorithm.ES256,)) -> None:
+        allowed = tuple(dict.fromkeys(Algorithm(a) for a in device_key_algorithms))
+        if not allowed or not set(allowed) <= set(DEVICE_KEY_ALGORITHMS):
+            raise ValueError(f"device key algorithms must be some of {', '.join(map(str, DEVICE_KEY_ALGORITHMS))}")
+        self.device_key_algorithms: tuple[Algorithm, ...] = allowed
         self._store: Store = codes._store
         self._codes = codes
         self._random = random_bytes
@@ -98,12 +114,15 @@ class WalletIssuer:
         proof: bytes,
         idempotency_key: IdempotencyKey | None,
         now: dt.datetime,
+        algorithm: Algorithm = Algorithm.ES256,
     ) -> IssuedCode:
-        """Issue a phone credential bound to ``device_key`` (SEC 1 P-256) after checking ``proof``.
+        """Issue a phone credential bound to ``device_key`` (SEC 1, a point on ``algorithm``'s curve:
+        P-256 for ES256, SM2 for SM2-SM3) after checking ``proof``.
 
         See the module docstring for the checks and their order. Raises
         :class:`~issuer.errors.InvalidRequest` (fields ``challenge``,
-        ``device_key.public_key``, ``proof``), :class:`~issuer.errors.NotFound`,
+        ``device_key.algorithm`` (not one of :attr:`device_key_algorithms`), ``device_key.public_key``,
+        ``proof``), :class:`~issuer.errors.NotFound`,
         :class:`~issuer.errors.Conflict` (merged resident; idempotency key
         reused with other parameters), :class:`~issuer.errors.NoSigningKey`,
         :class:`~issuer.errors.Unavailable`.
@@ -111,8 +130,14 @@ class WalletIssuer:
         caller = _check_caller(caller)
         mid = parse_main_index_id_field(main_index_id, "main_index_id")
         key = _check_key(idempotency_key)
+        algorithm = Algorithm(algorithm)
+        if algorithm not in self.device_key_algorithms:
+            raise _invalid("device_key.algorithm", f"{algorithm} device keys are not allowed here; allowed: "
+                                                   f"{', '.join(map(str, self.device_key_algorithms))}", "unsupported")
         challenge, device_key, proof = bytes(challenge), bytes(device_key), bytes(proof)
-        fingerprint = _fingerprint(b"credential", mid.encode(), device_key) if key is not None else None
+        # ES256's fingerprint is unchanged from before SM2; another algorithm is part of an SM2 one
+        what = b"credential" if algorithm is Algorithm.ES256 else b"credential/" + algorithm.value.encode()
+        fingerprint = _fingerprint(what, mid.encode(), device_key) if key is not None else None
         codes = self._codes
 
         async def work() -> IssuedCode:
@@ -125,9 +150,9 @@ class WalletIssuer:
             use = ChallengeUse(challenge, mid, caller)
             self._check_challenge(await asyncio.to_thread(self._store.get_challenge, challenge), use, now)
             try:
-                verify_proof_of_possession(device_key, challenge, proof)
-            except InvalidKey:
-                raise _invalid("device_key.public_key", "not a point on P-256", "curve") from None
+                verify_proof_of_possession(device_key, challenge, proof, algorithm)
+            except (InvalidKey, UnsupportedAlgorithm):  # UnsupportedAlgorithm: SM2 without the sm2 extra
+                raise _invalid("device_key.public_key", f"not a point on {_CURVE_NAMES[algorithm]}", "curve") from None
             except BadDeviceSignature:
                 await asyncio.wrap_future(self._store.consume_challenge(use, at=now))
                 raise _invalid("proof", "proof of possession does not verify with the device key "
@@ -135,7 +160,7 @@ class WalletIssuer:
             # (4) issue, consuming the challenge and superseding the last phone credential
             try:
                 return await codes._issue_new(caller=caller, mid=mid, key=key, fingerprint=fingerprint, now=now,
-                                              channel=Channel.PHONE, holder_key=holder_cnf(device_key),
+                                              channel=Channel.PHONE, holder_key=holder_cnf(device_key, algorithm),
                                               challenge=use, replace_live=True)
             except DuplicateIdempotencyKey:
                 original = await codes._stored_original(caller, key, fingerprint)

@@ -7,9 +7,12 @@ the one error table). What it validates before the domain:
 
 * the resident: ``main_index_id`` or ``document``, as ``IssueCode``;
 * ``challenge``: 32 bytes; ``proof``: 64 bytes (raw ``r || s``);
-* ``device_key``: ``algorithm`` ES256 (SM2 with SM3 is answered "not
-  supported yet" on ``device_key.algorithm``), ``public_key`` a SEC 1 P-256
-  point (65 bytes ``04 x y`` or 33 ``02/03 x``) on the curve.
+* ``device_key``: ``algorithm`` one the province allows (the domain's
+  ``device_key_algorithms``, from ``[wallets] device_key_algorithms``: ES256
+  only by default, SM2 with SM3 where a province asks for it; another is
+  refused on ``device_key.algorithm``, naming the allowed ones),
+  ``public_key`` a SEC 1 point (65 bytes ``04 x y`` or 33 ``02/03 x``) on
+  that algorithm's curve (P-256 or SM2).
 
 The domain then checks the challenge (used, expired, unknown, another
 resident's) and the proof, on the same fields. Nothing here logs an identifier.
@@ -26,8 +29,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any, Protocol
 
-from healthcode.algorithms import load_p256_point
-from healthcode.errors import InvalidKey
+from healthcode.algorithms import Algorithm, load_p256_point, load_sm2_point
+from healthcode.errors import InvalidKey, UnsupportedAlgorithm
 from healthcode.model import MainIndexId
 from healthcode.presentation import CHALLENGE_BYTES
 
@@ -54,50 +57,59 @@ __all__ = ["WalletsPort", "WalletsServicer", "SERVICE_NAME", "PROOF_BYTES"]
 SERVICE_NAME = wallets_pb2.DESCRIPTOR.services_by_name["Wallets"].full_name
 PROOF_BYTES = 64
 _CHANNELS = {Channel.PHONE: wallets_pb2.CHANNEL_PHONE, Channel.STATIC: wallets_pb2.CHANNEL_STATIC}
+_ALGORITHMS = {wallets_pb2.DEVICE_KEY_ALGORITHM_ES256: Algorithm.ES256,
+               wallets_pb2.DEVICE_KEY_ALGORITHM_SM2_SM3: Algorithm.SM2_SM3}
+_CURVES = {Algorithm.ES256: (load_p256_point, "P-256"), Algorithm.SM2_SM3: (load_sm2_point, "SM2")}
 
 
 class WalletsPort(Protocol):
     """What the servicer needs of the domain (``issuer.wallets.WalletIssuer``)."""
 
+    #: The device key algorithms this province binds (checked on ``device_key.algorithm``).
+    device_key_algorithms: tuple[Algorithm, ...]
+
     async def create_challenge(self, *, caller: str, main_index_id: MainIndexId, now: dt.datetime) -> "Challenge": ...
 
     async def issue_credential(self, *, caller: str, main_index_id: MainIndexId, challenge: bytes,
                                device_key: bytes, proof: bytes, idempotency_key: IdempotencyKey | None,
-                               now: dt.datetime) -> IssuedCode: ...
+                               now: dt.datetime, algorithm: Algorithm = Algorithm.ES256) -> IssuedCode: ...
 
     async def list_live_codes(self, *, main_index_id: MainIndexId, now: dt.datetime) -> list[IssuedCode]: ...
 
 
-def _device_key(request: Any, out: Violations) -> bytes | None:
+def _device_key(request: Any, allowed: tuple[Algorithm, ...], out: Violations) -> tuple[bytes, Algorithm] | None:
+    """The device key's point and algorithm, validated into ``out`` (``allowed``: the province's algorithms)."""
     if not request.HasField("device_key"):
         out.add("device_key", "device key is required", "required")
         return None
     key = request.device_key
-    ok = True
+    algorithm = _ALGORITHMS.get(key.algorithm)
+    names = ", ".join(map(str, allowed))
     if key.algorithm == wallets_pb2.DEVICE_KEY_ALGORITHM_UNSPECIFIED:
-        out.add("device_key.algorithm", "device key algorithm is required", "required")
-        ok = False
-    elif key.algorithm == wallets_pb2.DEVICE_KEY_ALGORITHM_SM2_SM3:
-        out.add("device_key.algorithm", "SM2 device keys are not supported yet", "unsupported")
-        ok = False
-    elif key.algorithm != wallets_pb2.DEVICE_KEY_ALGORITHM_ES256:
-        out.add("device_key.algorithm", "unknown device key algorithm", "algorithm")
-        ok = False
+        out.add("device_key.algorithm", f"device key algorithm is required (allowed: {names})", "required")
+    elif algorithm is None:
+        out.add("device_key.algorithm", f"unknown device key algorithm (allowed: {names})", "algorithm")
+    elif algorithm not in allowed:
+        out.add("device_key.algorithm", f"{algorithm} device keys are not allowed by this province; "
+                                        f"allowed: {names}", "unsupported")
+        algorithm = None
     point = bytes(key.public_key)
     if not point:
         out.add("device_key.public_key", "public key is required", "required")
         return None
     if not ((len(point) == 65 and point[0] == 4) or (len(point) == 33 and point[0] in (2, 3))):
-        out.add("device_key.public_key", "public key must be a SEC 1 P-256 point: 65 bytes (04 x y) or "
+        out.add("device_key.public_key", "public key must be a SEC 1 point: 65 bytes (04 x y) or "
                                          "33 bytes (02/03 x)", "format")
         return None
-    if ok:  # the curve only matters for a P-256 key
-        try:
-            load_p256_point(point)
-        except InvalidKey:
-            out.add("device_key.public_key", "not a point on P-256", "curve")
-            return None
-    return point if ok else None
+    if algorithm is None:  # the curve only matters for an allowed algorithm
+        return None
+    load, curve = _CURVES[algorithm]
+    try:
+        load(point)
+    except (InvalidKey, UnsupportedAlgorithm):
+        out.add("device_key.public_key", f"not a point on {curve}", "curve")
+        return None
+    return point, algorithm
 
 
 def _fixed_bytes(value: bytes, size: int, path: str, what: str, out: Violations) -> bytes | None:
@@ -158,17 +170,18 @@ class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
             out = Violations()
             mid, document = self._resident(request, now, out)
             challenge = _fixed_bytes(request.challenge, CHALLENGE_BYTES, "challenge", "challenge", out)
-            point = _device_key(request, out)
+            device = _device_key(request, self._w.device_key_algorithms, out)
             proof = _fixed_bytes(request.proof, PROOF_BYTES, "proof", "proof (raw r || s)", out)
             key = idempotency_key_field(request.idempotency_key, out)
             out.raise_if_any()
             # each of these is None only with a violation, raised just above
-            assert challenge is not None and point is not None and proof is not None
+            assert challenge is not None and device is not None and proof is not None
+            point, algorithm = device
             caller = s._caller()
             mid = await self._main_index_id(context, mid, document)
             code = await s._domain(context, self._w.issue_credential(
                 caller=caller, main_index_id=mid, challenge=challenge, device_key=point, proof=proof,
-                idempotency_key=key, now=now))
+                idempotency_key=key, now=now, algorithm=algorithm))
             response = wallets_pb2.IssueCredentialResponse()
             issued_code_pb(s._issued(code), now, response.credential)
             return response
