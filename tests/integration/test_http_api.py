@@ -42,7 +42,7 @@ from issuer.tls import DevPki
 from issuer.wallets import WalletIssuer
 
 from .connect_client import ConnectClient, GrpcWebClient, Outcome, violations_of
-from .test_issuer_server import (
+from .issuer_server_support import (
     APP,
     APP_KEY,
     BAD_INPUT,

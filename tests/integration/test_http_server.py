@@ -28,7 +28,7 @@ from issuer.tls import DevPki
 from shellkit.files import write_file_atomically
 
 from .connect_client import ConnectClient
-from .test_issuer_server import APP, APP_KEY, PROVINCE, ROOT, Domain, LoopThread, doc, resident_id
+from .issuer_server_support import APP, APP_KEY, PROVINCE, ROOT, Domain, LoopThread, doc, resident_id
 
 rpb = resident_index_pb2
 REGISTER = "/healthcode.issuer.v1.ResidentIndex/RegisterResident"

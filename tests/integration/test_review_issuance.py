@@ -34,7 +34,7 @@ from issuer.model import CodeRef, CodeState, IssuedCode, RevocationReason
 from issuer.privacy import IdentifierVault
 from issuer.store import SQLiteStore
 
-from .test_issuer_server import APP, Client, bad_request, harness, loop, pki  # noqa: F401 - fixtures
+from .issuer_server_support import APP, Client, bad_request, harness, loop, pki  # noqa: F401 - fixtures
 
 NOW = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
 TODAY = NOW.date()

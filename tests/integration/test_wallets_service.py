@@ -39,7 +39,7 @@ from issuer.model import Channel
 from issuer.service import ServiceSettings
 from issuer.wallets import CHALLENGE_TTL, WalletIssuer
 
-from .test_issuer_server import APP, APP_KEY, PROVINCE, Client, Domain, LoopThread, bad_request, doc, resident_id
+from .issuer_server_support import APP, APP_KEY, PROVINCE, Client, Domain, LoopThread, bad_request, doc, resident_id
 
 pb = wallets_pb2
 WALLET_KEY = "wallets-web-key-" + "w" * 40  # a wallet-role key, as a public web page holds it
