@@ -288,7 +288,7 @@ def verify(obj: Context, text, image, as_json, warn_age, max_age, clock_skew, st
     """
     from .display import Display
     from .output import encode, result_record
-    from .runtime import judge_for, outcome_of, verify_scan
+    from .check import check, instant_of, judge_for
     from .scan import LineFramer, Scan, to_scan
 
     policy = _policy(warn_age, max_age, clock_skew)
@@ -327,17 +327,18 @@ def verify(obj: Context, text, image, as_json, warn_age, max_age, clock_skew, st
     display = Display(sys.stdout)
     worst = EXIT_VALID
     for seq, scan in enumerate(scans, 1):
-        result, assessment = verify_scan(scan, state, policy, system_now=obj.clock(), judge=judge)
-        outcome = outcome_of(result, scan, seq, assessment, trust_warnings=state.warnings if state is not None else ())
+        at = instant_of(policy, obj.clock(), state)  # the same steps as the run loop's (verifier.check)
+        outcome = check(judge, at, seq, scan.text, scan.problem, scan.source, scan.ended_by)
+        assessment = at.assessment
         if as_json:
             sys.stdout.buffer.write(encode(result_record(outcome)))
             sys.stdout.flush()
         else:
             warnings = [assessment.warning] if assessment.warning else []
             display.show(outcome, warnings + list(outcome.trust_warnings))
-        if result.reason is hc.Reason.TRUST_DATA_STALE:
+        if outcome.reason is hc.Reason.TRUST_DATA_STALE:
             worst = EXIT_ERROR
-        elif not result.valid and worst == EXIT_VALID:
+        elif outcome.reason is not None and worst == EXIT_VALID:
             worst = EXIT_INVALID
     sys.exit(worst)
 

@@ -18,33 +18,21 @@ Threads, and why
 * the audit writer (:mod:`verifier.audit`) and, for a socket sink, its
   writer (:mod:`verifier.output`).
 
-One verification (:func:`verify_scan`), in order:
-
-1. the clock is read once and the freshness/clock policy applied
-   (:func:`verifier.trust.assess`);
-2. the scan is judged (:class:`verifier.verdict.Judge`, the one place of
-   judgement): a framing problem or a recognisable non-code is
-   INVALID/malformed; an ``EHCD:`` live code goes to
-   :func:`healthcode.presentation.verify_presentation` and then the replay
-   cache; anything else to :func:`healthcode.verify` and then the terminal's
-   policy for static codes (accept, check-id, refuse), with the keyring, the
-   revocation checker, the assessment as the staleness hook and the clock skews.
-
-The loop (:meth:`Runtime.process_batch`) takes the same steps for every scan,
-in full, a batch (one chunk of input) at a time, with the runtime's judge (the
-one that holds the replay cache); its shortcuts change where the work is done,
-not what is checked (a test compares it with :func:`verify_scan` scan by scan):
+One verification, the same steps as ``healthcode-verifier verify`` through the same
+functions (:mod:`verifier.check`): the instant (the clock reading with the freshness
+and clock policy, :func:`~verifier.check.instant_of`); the scan judged at it by the
+runtime's :class:`~verifier.verdict.Judge` (the one that holds the replay cache) and
+its :class:`Outcome` (:func:`~verifier.check.check`); its audit row
+(:func:`~verifier.check.audit_row`). What the loop does beside, to take them for a
+batch (one chunk of input) at a time:
 
 * the trust state and the sync error are read once per batch (a sync that
   lands mid-batch is used from the next one, milliseconds later);
-* what depends only on the instant (the assessment, the time text, the trust
-  block of the JSON line) is derived once per clock reading: the CLI's clock
-  returns one object per millisecond, so this is once per millisecond;
-* a valid static code goes straight to its JSON line (:class:`verifier.output.ValidLines`)
-  and its audit row (the short form, :class:`verifier.audit.ValidEntry`; every other
-  scan's row is a full :class:`verifier.audit.AuditEntry`);
-  an :class:`Outcome` is built only for a live code, a refused code, the display or
-  :meth:`Runtime.process`;
+* the instant is derived once per clock reading: the CLI's clock returns one
+  object per millisecond, so this is once per millisecond; with it, the parts of a
+  valid static code's JSON line that do not depend on the code
+  (:class:`verifier.output.ValidLines`; every other scan's line is
+  :func:`verifier.output.encode_result` of its outcome, the same bytes);
 * the JSON lines, the audit rows and the display's text of a batch are handed
   over once, at its end (the loop then flushes the sinks: one scan typed at a
   desk is a batch of one, shown and sent at once).
@@ -58,17 +46,14 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Literal, overload
 
-import healthcode as hc
-from healthcode.presentation import STEP_SECONDS, ReplayCache
-
-from .audit import AuditEntry, AuditLog, AuditRow, ValidEntry, iso_utc
-from .config import FreshnessPolicy, VerifierConfig
+from .audit import AuditLog, AuditRow
+from .check import audit_row, check, instant_of, judge_for, outcome_of, verify_scan  # re-exported
+from .config import VerifierConfig
 from .display import Display
 from .outcome import Outcome
 from .output import Sink, ValidLines, encode_result, kind_part, source_part, trust_part
 from .scan import ByteStream, FolderSource, Scan, ScanBatch, read_stream
 from .trust import (
-    Freshness,
     SyncReport,
     TrustAssessment,
     TrustError,
@@ -79,87 +64,11 @@ from .trust import (
     format_age_zh,
     sync_failure,
 )
-from .verdict import STATIC, Judge, StaticCodes, Verdict, unverified_identity
+from .verdict import STATIC, StaticCodes, unverified_identity
 
-__all__ = ["Outcome", "verify_scan", "unverified_identity", "Runtime"]
+__all__ = ["Outcome", "verify_scan", "outcome_of", "judge_for", "unverified_identity", "Runtime"]
 
-_EMPTY_KEYRING = hc.Keyring()
-#: A named tuple (Outcome, AuditEntry, ValidEntry) from a full tuple, without its Python-level __new__ (per scan)
-_new_entry = tuple.__new__
-_REFUSING = (Freshness.STALE, Freshness.MISSING)
 _QUEUE_BATCHES = 16  # batches (one per input chunk, <= 64 KiB): readers wait beyond that
-
-
-def judge_for(config: VerifierConfig, *, replay: bool) -> Judge:
-    """The :class:`~verifier.verdict.Judge` of ``config``, with a replay cache when ``replay`` (``run``)."""
-    codes = config.codes
-    cache = None
-    if replay:  # forget a presentation once it can no longer verify: 2 x skew + the window's two steps
-        cache = ReplayCache(capacity=codes.replay_capacity,
-                            horizon=2 * codes.presentation_skew + _dt.timedelta(seconds=2 * STEP_SECONDS))
-    return Judge(static_codes=StaticCodes(codes.static_codes), clock_skew=config.freshness.clock_skew,
-                 presentation_skew=codes.presentation_skew, replay=cache)
-
-
-def verify_scan(
-    scan: Scan,
-    state: TrustState | None,
-    policy: FreshnessPolicy,
-    *,
-    system_now: _dt.datetime,
-    judge: Judge | None = None,
-) -> tuple[Verdict, TrustAssessment]:
-    """Verify one scan against ``state`` at ``system_now`` (steps in the module docstring).
-
-    ``judge`` defaults to the default code policy with ``policy``'s clock skew and no replay cache.
-    """
-    if judge is None:
-        judge = Judge(clock_skew=policy.clock_skew)
-    # (1) clock and freshness policy
-    assessment = assess(policy, system_now=system_now,
-                        last_verified=state.last_verified_refresh if state is not None else None)
-    if state is None:
-        keyring, revocation = _EMPTY_KEYRING, None
-    else:
-        keyring, revocation = state.keyring, state.revocation
-    # The staleness hook is handed over only when the policy refuses: while the data is fresh or
-    # aging it would answer None for this very `now` (one Python call fewer per scan).
-    refusing = assessment.level is Freshness.STALE or assessment.level is Freshness.MISSING
-    # (2) the judgement
-    verdict = judge(scan.text, scan.problem, keyring, revocation, assessment if refusing else None, assessment.now)
-    return verdict, assessment
-
-
-def outcome_of(verdict: Verdict, scan: Scan, seq: int, assessment: TrustAssessment, *,
-               sync_error: str | None = None, trust_warnings: tuple[str, ...] = ()) -> Outcome:
-    """The :class:`Outcome` of ``verdict`` on ``scan`` (what :meth:`Runtime.process_batch` builds)."""
-    code, reason, detail, kind, step, check_id = verdict
-    claimed = unverified_identity(scan.text, reason) if code is None else None
-    return Outcome(seq, scan.source, scan.ended_by, code, reason, detail, assessment, sync_error, scan.text,
-                   claimed, trust_warnings, kind, step, check_id)
-
-
-def _audit_row(outcome: Outcome, stamp: str, age_s: int | None, behind: int, keep_subject: bool) -> AuditEntry:
-    """The full audit row of a scan."""
-    code, claimed, reason = outcome.code, outcome.claimed, outcome.reason
-    province: str | None
-    kid: str | None
-    serial: str | None
-    if code is not None:  # verified: valid, or refused by the terminal after verifying it
-        province, kid, serial, verified = code.province, code.kid.hex(), str(code.serial), 1
-    elif claimed is not None:
-        province, kid, serial, verified = claimed[0], claimed[1].hex(), str(claimed[2]), 0
-    else:
-        province = kid = serial = None
-        verified = 0
-    valid = reason is None
-    step = outcome.step
-    return _new_entry(AuditEntry, (
-        stamp, "valid" if valid else "invalid", None if reason is None else reason.value, province, kid, serial,
-        verified, outcome.source, age_s, behind, code.subject if keep_subject and code is not None else None,
-        outcome.text if keep_subject else None, outcome.kind,
-        None if step is None else iso_utc(_dt.datetime.fromtimestamp(step * STEP_SECONDS, _dt.timezone.utc)),
-        1 if outcome.check_id else 0))
 
 
 class Runtime:
@@ -383,14 +292,7 @@ class Runtime:
         the outcomes when ``outcomes`` is true, else None.
         """
         state = self.state
-        state_warnings: tuple[str, ...]
-        if state is None:
-            keyring, revocation, last_verified, state_warnings = _EMPTY_KEYRING, None, None, ()
-            recheck_at = None
-        else:
-            keyring, revocation = state.keyring, state.revocation
-            last_verified, state_warnings = state.last_verified_refresh, state.warnings
-            recheck_at = state.recheck_at
+        recheck_at = state.recheck_at if state is not None else None
         sync_error = self.sync_error
         policy = self._policy
         judge = self.judge
@@ -400,7 +302,6 @@ class Runtime:
         audit = self.audit
         keep_subject = audit is not None and audit.keep_subject
         include_subject = self._include_subject
-        direct = display is None and not outcomes  # then a valid static code needs no Outcome
         valid_lines = self._valid_lines
         static_kind = self._static_kind
         kept: list[Outcome] | None = [] if outcomes else None
@@ -421,68 +322,40 @@ class Runtime:
                 else:
                     text, source, problem, ended_by = item
                     part = None
-                # (1) clock and freshness policy: once per instant
+                # (1) the instant: once per clock reading
                 now = clock()
                 if now is not instant:
                     instant = now
-                    assessment = assess(policy, system_now=now, last_verified=last_verified)
-                    verify_at = assessment.now
-                    if recheck_at is not None and verify_at >= recheck_at and state is not None:
+                    at = instant_of(policy, now, state, sync_error)
+                    if recheck_at is not None and at.now >= recheck_at and state is not None:
                         # a key came into use or left it: the state's warnings change (rare)
-                        state = self._recheck(state, verify_at)
-                        state_warnings, recheck_at = state.warnings, state.recheck_at
-                    stamp = iso_utc(verify_at)
-                    # The staleness hook only when the policy refuses: while the data is fresh or aging
-                    # it would answer None for this very `now`.
-                    hook = assessment if assessment.level in _REFUSING else None
-                    age_s = None if assessment.age is None else int(assessment.age.total_seconds())
-                    behind = 0 if assessment.clock_behind is None else 1
+                        state = self._recheck(state, at.now)
+                        recheck_at = state.recheck_at
+                        at = instant_of(policy, now, state, sync_error)
                     if lines is not None:
-                        valid_lines.at(stamp, trust_part(assessment, sync_error, state_warnings))
+                        valid_lines.at(at.stamp, trust_part(at.assessment, sync_error, at.trust_warnings))
                 seq += 1
-                # (2) the judgement: framing, non-codes, live code + replay, static code + policy
-                verdict = judge(text, problem, keyring, revocation, hook, verify_at)
-                code, reason, detail, kind, step, check_id = verdict
-                if reason is None and step is None:
-                    # a valid static code: its JSON line and audit row straight from the code.
-                    # Its verdict always carries the code (Judge, step 4); mypy cannot see that, and
-                    # this loop gets no per-scan check to tell it: hence the ignores below.
+                # (2) the judgement and its outcome
+                result = check(judge, at, seq, text, problem, source, ended_by)
+                if result.reason is None:
                     valid += 1
-                    serial = str(code.serial)  # type: ignore[union-attr]  # valid static: code is set
-                    if lines is not None:
-                        lines.append(valid_lines.line(seq, code, serial, part or source_part(source, ended_by),
-                                                      static_kind))
-                    if rows is not None:
-                        if keep_subject:
-                            rows.append(_new_entry(AuditEntry, (
-                                stamp, "valid", None, code.province, code.kid.hex(),  # type: ignore[union-attr]
-                                serial, 1, source, age_s, behind,
-                                code.subject, text, STATIC, None, int(check_id))))  # type: ignore[union-attr]
-                        else:  # the short form
-                            rows.append(_new_entry(ValidEntry, (
-                                stamp, code.province, code.kid.hex(),  # type: ignore[union-attr]
-                                serial, source, age_s, behind, int(check_id))))
-                    if direct:
-                        continue
-                    outcome = _new_entry(Outcome, (seq, source, ended_by, code, None, "valid", assessment,
-                                                   sync_error, text, None, state_warnings, kind, None, check_id))
-                else:
-                    # a live code, or a refusal
-                    if reason is None:
-                        valid += 1
-                    claimed = None if code is not None else unverified_identity(text, reason)
-                    outcome = _new_entry(Outcome, (seq, source, ended_by, code, reason, detail, assessment,
-                                                   sync_error, text, claimed, state_warnings, kind, step, check_id))
-                    if lines is not None:
-                        lines.append(encode_result(outcome, include_subject=include_subject, time_text=stamp))
-                    if rows is not None:
-                        rows.append(_audit_row(outcome, stamp, age_s, behind, keep_subject))
+                if lines is not None:
+                    if result.reason is None and result.step is None:
+                        # a valid static code: its line from the instant's parts (Judge, step 4: code is set)
+                        code = result.code
+                        lines.append(valid_lines.line(seq, code, str(code.serial),  # type: ignore[union-attr]
+                                                      part or source_part(source, ended_by), static_kind))
+                    else:
+                        lines.append(encode_result(result, include_subject=include_subject, time_text=at.stamp))
+                # (3) the audit row
+                if rows is not None:
+                    rows.append(audit_row(result, at, keep_subject))
                 if display is not None:
                     if warned is not instant:  # the warnings, once per instant
-                        warned, warnings = instant, self.warnings(assessment)
-                    screens.append(display.render(outcome, warnings))
+                        warned, warnings = instant, self.warnings(at.assessment)
+                    screens.append(display.render(result, warnings))
                 if kept is not None:
-                    kept.append(outcome)
+                    kept.append(result)
         finally:
             self.seq = seq
             self.valid_count += valid

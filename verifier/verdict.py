@@ -1,9 +1,8 @@
 """What one scan is worth at this terminal: the one decision ``verify`` and ``run`` both take.
 
-:class:`Judge` is the scan path's single place of judgement; the loop
-(:meth:`verifier.runtime.Runtime.process_batch`) and :func:`verifier.runtime.verify_scan`
-call it with the trust state in force and the time, and differ only in what
-they do with the :class:`Verdict`. In order:
+:class:`Judge` is the scan path's single place of judgement; the scan path
+(:func:`verifier.check.check`, taken by ``verify`` and by the run loop alike)
+calls it with the trust state in force and the time. In order:
 
 1. a framing problem (binary data, an overlong line) is ``malformed``;
 2. **by prefix**: ``EHCD:`` is a *dynamic presentation* (the phone's live code,
