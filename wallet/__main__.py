@@ -63,6 +63,13 @@ def _policy_option(command):
                         help="Renew once less than this fraction of the credential's validity remains.")(command)
 
 
+def _curve(algorithm) -> str:
+    """How the CLI names a device key's algorithm."""
+    from wallet.device import DEVICE_KEY_ALGORITHMS
+
+    return DEVICE_KEY_ALGORITHMS.get(algorithm, str(algorithm))
+
+
 def _secret(path: pathlib.Path) -> bytes:
     return read_secret(path, what="device key secret file").rstrip(b"\r\n")
 
@@ -97,18 +104,26 @@ def cli() -> None:
               help="Where the device key lives: an encrypted key file, or a PKCS#11 token (secure element).")
 @click.option("--pkcs11-module", type=_EXISTING, help="PKCS#11 module path (--keystore pkcs11).")
 @click.option("--pkcs11-token", help="PKCS#11 token label (--keystore pkcs11).")
+@click.option("--algorithm", "algorithm_name", type=click.Choice(["ES256", "SM2"]), default="ES256",
+              show_default=True, help="The device key: ES256 (P-256, every phone's secure hardware) or SM2 "
+                                      "(SM2 with SM3, where the province's issuer allows it; file keystore only).")
 def init(wallet_dir: pathlib.Path, secret_file: pathlib.Path, kind: str, pkcs11_module: pathlib.Path | None,
-         pkcs11_token: str | None) -> None:
-    """Create the wallet and its P-256 device key."""
+         pkcs11_token: str | None, algorithm_name: str) -> None:
+    """Create the wallet and its device key (P-256, or SM2 with --algorithm SM2)."""
+    from healthcode import Algorithm
     from wallet.core import Wallet
 
     if kind == "pkcs11" and (pkcs11_module is None or not pkcs11_token):
         raise click.UsageError("--keystore pkcs11 needs --pkcs11-module and --pkcs11-token")
-    with Wallet.create(wallet_dir, kind, _secret(secret_file),
+    if kind == "pkcs11" and algorithm_name == "SM2":
+        raise click.UsageError("an SM2 device key cannot live in a PKCS#11 token (PKCS#11 has no standard SM2 "
+                               "mechanism and SoftHSM2 has none): use --keystore file")
+    algorithm = Algorithm.SM2_SM3 if algorithm_name == "SM2" else Algorithm.ES256
+    with Wallet.create(wallet_dir, kind, _secret(secret_file), algorithm=algorithm,
                        module=str(pkcs11_module) if pkcs11_module else None, token=pkcs11_token) as wallet:
         point = wallet.device.public_point()
     click.echo(f"钱包已创建 Wallet created in {wallet_dir}")
-    click.echo(f"设备密钥 Device key: P-256 in the {kind} keystore, public key {point[:9].hex()}...")
+    click.echo(f"设备密钥 Device key: {_curve(algorithm)} in the {kind} keystore, public key {point[:9].hex()}...")
     click.echo("下一步 Next: healthcode-wallet enrol --server ... --ca ... --document-type ... "
                "--document-number-file ...")
 
@@ -242,7 +257,8 @@ def status(wallet_dir: pathlib.Path, renew_below: float) -> None:
     now = _now()
     state = StateFile(wallet_dir).read()
     policy = RenewalPolicy(renew_below=renew_below)
-    click.echo(f"设备密钥 Device key: P-256, {state.device.kind} keystore (kid {state.device.handle.kid.hex()})")
+    click.echo(f"设备密钥 Device key: {_curve(state.device.handle.algorithm)}, {state.device.kind} keystore "
+               f"(kid {state.device.handle.kid.hex()})")
     if state.credential is None:
         click.echo("凭证 Credential: none: run `healthcode-wallet enrol`")
     else:

@@ -28,7 +28,7 @@ import pathlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from healthcode.algorithms import load_p256_point
+from healthcode.algorithms import Algorithm
 from healthcode.presentation import encode_presentation, proof_of_possession_input, step_at
 from issuer.api.common_pb2 import IssuedCode
 from issuer.documents import Document
@@ -101,11 +101,13 @@ class Wallet:
     @classmethod
     def create(cls, directory: os.PathLike[str] | str, kind: str, secret: bytes | str | None, *,
                module: str | None = None, token: str | None = None,
-               scrypt: ScryptParams = DEFAULT_SCRYPT) -> "Wallet":
+               scrypt: ScryptParams = DEFAULT_SCRYPT, algorithm: Algorithm = Algorithm.ES256) -> "Wallet":
         """A new wallet in ``directory`` (0700) with a new device key; refuses an existing wallet.
 
         ``secret`` is the key file's passphrase (``kind`` ``"file"``) or the
         token's user PIN (``"pkcs11"``, with ``module`` and ``token``).
+        ``algorithm``: ES256 (P-256) or SM2-SM3 (file keystore only; the
+        province's issuer must allow SM2 device keys).
         """
         files = StateFile(directory)
         if files.exists():
@@ -115,7 +117,7 @@ class Wallet:
             if files.exists():
                 raise AlreadyInitialised(f"{files.path} exists: this phone already has a wallet")
             config, device = create_device_key(kind, files.directory, secret, module=module, token=token,
-                                               scrypt=scrypt)
+                                               scrypt=scrypt, algorithm=algorithm)
             files.write(WalletState(device=config))
         return cls(directory, device)
 
@@ -186,9 +188,10 @@ class Wallet:
 
             def issue() -> IssuedCode:
                 challenge = client.create_challenge(document)
-                proof = self.device.sign(proof_of_possession_input(challenge, load_p256_point(self._point)))
+                proof = self.device.sign(proof_of_possession_input(challenge, self.device.public_key()))
                 return client.issue_credential(document, challenge=challenge, public_point=self._point,
-                                               proof=proof, idempotency_key=pending.idempotency_key)
+                                               proof=proof, idempotency_key=pending.idempotency_key,
+                                               algorithm=self.device.algorithm)
 
             return self._keep(state, issue, now)
 

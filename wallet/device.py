@@ -3,8 +3,12 @@
 :class:`DeviceKey` is all the wallet needs from a key: the SEC 1 public point
 (``public_point``) and ECDSA P-256 with SHA-256 signatures as raw ``r || s``,
 64 bytes (``sign``), which is the form the core's presentations and the
-issuer's proof of possession use. Two implementations, both over the
-project's keystores (:mod:`keys.keystore`), never a copy of them:
+issuer's proof of possession use. Where a province allows them, the key may
+be SM2 instead (``algorithm`` SM2-SM3: SM2 with SM3, signer ID
+``1234567812345678``, raw ``r || s`` too); SM2 keys live in the ``file``
+keystore only: PKCS#11 has no standard SM2 mechanism and SoftHSM2 has none,
+so there is no SM2 secure-element model here. Two implementations, both over
+the project's keystores (:mod:`keys.keystore`), never a copy of them:
 
 * ``file``: a software key in an owner-only, passphrase-encrypted PKCS#8
   file (PBES2, scrypt, AES-256-CBC) in ``<wallet>/device-key/`` (a 0700
@@ -29,15 +33,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from healthcode import Algorithm
+from healthcode.algorithms import VerificationKey
 from keys.errors import KeyManagementError
 from keys.keystore import FileKeystore, KeyHandle, Keystore, KeystoreSigner, Pkcs11Keystore, ScryptParams
 
 from .errors import DeviceKeyError, StateCorrupt
 
 __all__ = ["DeviceKey", "DeviceKeyConfig", "KeystoreDeviceKey", "create_device_key", "open_device_key",
-           "KEY_KINDS", "DEVICE_KEY_LABEL", "DEFAULT_SCRYPT"]
+           "KEY_KINDS", "DEVICE_KEY_LABEL", "DEFAULT_SCRYPT", "DEVICE_KEY_ALGORITHMS"]
 
 KEY_KINDS = ("file", "pkcs11")
+#: Device key algorithms, with the curve's name: P-256 everywhere, SM2 where a province asks for it (file only).
+DEVICE_KEY_ALGORITHMS = {Algorithm.ES256: "P-256", Algorithm.SM2_SM3: "SM2"}
 DEVICE_KEY_LABEL = "healthcode-wallet device key"
 _KEY_DIRECTORY = "device-key"
 #: The key file's encryption cost: the keystore's default (scrypt N=2**14, r=8, p=4, about 0.1 s).
@@ -45,14 +52,14 @@ DEFAULT_SCRYPT = ScryptParams()
 
 
 class DeviceKey(Protocol):
-    """What the wallet needs from the phone's key (ECDSA P-256 with SHA-256)."""
+    """What the wallet needs from the phone's key (ECDSA P-256 with SHA-256, or SM2 with SM3)."""
 
     def public_point(self) -> bytes:
         """The public key, SEC 1 uncompressed: ``04 || x || y`` (65 bytes)."""
         ...
 
     def sign(self, data: bytes) -> bytes:
-        """ECDSA P-256 over SHA-256(``data``): raw ``r || s``, 64 bytes."""
+        """ECDSA P-256 over SHA-256(``data``) (or SM2-SM3 over ``data``): raw ``r || s``, 64 bytes."""
         ...
 
 
@@ -60,11 +67,20 @@ class KeystoreDeviceKey:
     """A :class:`DeviceKey` over a keystore signer (file or PKCS#11); holds no key material itself."""
 
     def __init__(self, signer: KeystoreSigner, keystore: Keystore) -> None:
-        if signer.algorithm is not Algorithm.ES256:
-            raise DeviceKeyError(f"a device key must be ES256 (P-256), not {signer.algorithm.value}")
+        if signer.algorithm not in DEVICE_KEY_ALGORITHMS:
+            raise DeviceKeyError(f"a device key must be ES256 (P-256) or SM2-SM3, not {signer.algorithm.value}")
         self._signer = signer
         self._keystore = keystore
-        self._point = signer.public_key().spki_der()[-65:]  # the point ends a P-256 SubjectPublicKeyInfo
+        self._point = signer.public_key().spki_der()[-65:]  # the point ends a P-256 or SM2 SubjectPublicKeyInfo
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """ES256 (P-256) or SM2-SM3."""
+        return self._signer.algorithm
+
+    def public_key(self) -> VerificationKey:
+        """The public key, for the proof of possession's input."""
+        return self._signer.public_key()
 
     def public_point(self) -> bytes:
         return self._point
@@ -134,8 +150,12 @@ def _keystore(kind: str, wallet_dir: pathlib.Path, secret: bytes, module: str | 
 
 def create_device_key(kind: str, wallet_dir: os.PathLike[str] | str, secret: bytes | str | None, *,
                       module: str | None = None, token: str | None = None,
-                      scrypt: ScryptParams = DEFAULT_SCRYPT) -> tuple[DeviceKeyConfig, KeystoreDeviceKey]:
-    """Generate a new P-256 device key of ``kind``; its description and the key, ready to sign.
+                      scrypt: ScryptParams = DEFAULT_SCRYPT, algorithm: Algorithm = Algorithm.ES256,
+                      ) -> tuple[DeviceKeyConfig, KeystoreDeviceKey]:
+    """Generate a new device key of ``kind``; its description and the key, ready to sign.
+
+    ``algorithm`` is ES256 (P-256, the default) or SM2-SM3 (``file`` only:
+    raises :class:`DeviceKeyError` for ``pkcs11``, which has no SM2 here).
 
     ``secret`` is the passphrase of the key file (``file``, at least 8 bytes)
     or the token's user PIN (``pkcs11``). ``scrypt`` is the key file's
@@ -143,10 +163,16 @@ def create_device_key(kind: str, wallet_dir: os.PathLike[str] | str, secret: byt
     lower it.
     """
     wallet_dir = pathlib.Path(wallet_dir)
+    algorithm = Algorithm(algorithm)
+    if algorithm not in DEVICE_KEY_ALGORITHMS:
+        raise DeviceKeyError(f"a device key must be ES256 (P-256) or SM2-SM3, not {algorithm.value}")
+    if algorithm is Algorithm.SM2_SM3 and kind == "pkcs11":
+        raise DeviceKeyError("an SM2 device key cannot live in a PKCS#11 token (PKCS#11 has no standard SM2 "
+                             "mechanism and SoftHSM2 has none): use the file keystore")
     raw = _secret(secret, "passphrase" if kind == "file" else "PIN")
     try:
         store = _keystore(kind, wallet_dir, raw, module, token, scrypt)
-        handle = store.generate(Algorithm.ES256, label=DEVICE_KEY_LABEL)
+        handle = store.generate(algorithm, label=DEVICE_KEY_LABEL)
         config = DeviceKeyConfig(kind, handle, module if kind == "pkcs11" else None,
                                  token if kind == "pkcs11" else None)
         return config, KeystoreDeviceKey(store.load_signer(handle), store)

@@ -23,6 +23,7 @@ import uuid
 
 import grpc
 
+from healthcode.algorithms import Algorithm
 from issuer.api import common_pb2, health_codes_pb2, wallets_pb2
 from issuer.client import IssuerClient, document_message
 from issuer.documents import Document
@@ -30,6 +31,9 @@ from issuer.documents import Document
 from .errors import CredentialRevoked, IssuerRefused, Offline, WalletError
 
 __all__ = ["WalletClient", "new_idempotency_key", "OFFLINE_CODES"]
+
+_DEVICE_KEY_ALGORITHMS = {Algorithm.ES256: wallets_pb2.DEVICE_KEY_ALGORITHM_ES256,
+                          Algorithm.SM2_SM3: wallets_pb2.DEVICE_KEY_ALGORITHM_SM2_SM3}
 
 #: What says "the issuer cannot answer now", after the client's own retries.
 OFFLINE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -78,11 +82,12 @@ class WalletClient(IssuerClient):
             raise _wallet_error(error, "start the enrolment") from None
 
     def issue_credential(self, document: Document, *, challenge: bytes, public_point: bytes, proof: bytes,
-                         idempotency_key: str) -> common_pb2.IssuedCode:
-        """The credential bound to ``public_point``, after the issuer checks ``proof`` over ``challenge``."""
+                         idempotency_key: str, algorithm: Algorithm = Algorithm.ES256) -> common_pb2.IssuedCode:
+        """The credential bound to ``public_point`` (an ``algorithm`` key: ES256 or SM2-SM3), after the
+        issuer checks ``proof`` over ``challenge``."""
         request = wallets_pb2.IssueCredentialRequest(
             document=document_message(document), challenge=challenge,
-            device_key=wallets_pb2.DeviceKey(algorithm=wallets_pb2.DEVICE_KEY_ALGORITHM_ES256,
+            device_key=wallets_pb2.DeviceKey(algorithm=_DEVICE_KEY_ALGORITHMS[Algorithm(algorithm)],
                                              public_key=public_point),
             proof=proof, idempotency_key=idempotency_key)
         try:
