@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from issuer.tls import DevPki
-from tests.integration.test_trustrepo import HOUR, SMALL, T0, Nation
+from tests.integration.trustrepo_support import HOUR, SMALL, T0, Nation
 from verifier.errors import SyncFailed
 from verifier.http_fetcher import CACHE_FORMAT, HttpMirrorFetcher
 from verifier.trust import sync_failure
