@@ -18,7 +18,13 @@ vectors) with ``presentation`` (the scanned text) instead of ``code``, plus:
 
     step                 the step the presentation carries (or null when unreadable)
     holder_public_key    the device key the credential binds, SEC 1 uncompressed hex (or null)
+    holder_alg           its algorithm: "ES256" (P-256, crv 1) or "SM2-SM3" (SM2 curve, crv -65537) (or null)
     holder_seed_label    its seed label (or null)
+
+SM2 device keys (``holder_alg`` "SM2-SM3") sign the same domain-separated
+bytes with SM2 and SM3 (signer ID ``1234567812345678``), with the
+deterministic nonce stream of :mod:`tools.gen_vectors`; the tests check them
+with OpenSSL (``pkeyutl -rawin -digest sm3``), independently of gmalglib.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from healthcode.base45 import b45encode
 from healthcode.model import to_epoch
 from tools.gen_vectors import (
     DEFAULT_OUT,
+    _nonce_stream,
     EDDSA_KEY,
     ES256_KEY,
     ISSUED,
@@ -68,27 +75,39 @@ SKEW = 30  # the default clock skew, seconds
 
 DEVICE_KEY = TestKey("device/p256/phone-1", Algorithm.ES256)
 OTHER_DEVICE_KEY = TestKey("device/p256/phone-2", Algorithm.ES256)
+SM2_DEVICE_KEY = TestKey("device/sm2/phone-1", Algorithm.SM2_SM3)
+OTHER_SM2_DEVICE_KEY = TestKey("device/sm2/phone-2", Algorithm.SM2_SM3)
+#: COSE_Key curves of device keys: P-256 (RFC 9053) and the SM2 curve (private use, docs/code-format.md §16.4).
+CRV = {Algorithm.ES256: 1, Algorithm.SM2_SM3: -65537}
 
 
 def _point(key: TestKey) -> bytes:
-    """The SEC 1 uncompressed point of a P-256 test key."""
+    """The SEC 1 uncompressed point of a P-256 or SM2 test key (the end of its SubjectPublicKeyInfo)."""
     return key.public_key().spki_der()[-65:]
 
 
 def cnf_compressed(key: TestKey) -> dict[int, Any]:
     point = _point(key)
-    return {1: {1: 2, -1: 1, -2: point[1:33], -3: bool(point[64] & 1)}}
+    return {1: {1: 2, -1: CRV[key.algorithm], -2: point[1:33], -3: bool(point[64] & 1)}}
 
 
 def cnf_uncompressed(key: TestKey) -> dict[int, Any]:
     point = _point(key)
-    return {1: {1: 2, -1: 1, -2: point[1:33], -3: point[33:]}}
+    return {1: {1: 2, -1: CRV[key.algorithm], -2: point[1:33], -3: point[33:]}}
 
 
-def _device_key_of_parity(odd: bool) -> TestKey:
+def sm2_sign_with_signer_id(key: TestKey, data: bytes, signer_id: bytes) -> bytes:
+    """An SM2-SM3 signature of ``data`` by ``key`` with another signer ID than the format's (Z_A differs)."""
+    import gmalglib.core as core  # the `sm2` extra
+
+    return bytes(core.SM2(sk=key.secret, uid=signer_id, rnd_fn=_nonce_stream(key.secret, data)).sign(data))
+
+
+def _device_key_of_parity(odd: bool, algorithm: Algorithm = Algorithm.ES256) -> TestKey:
     """The first device test key whose y is odd (or even), for the sign-bit vectors."""
+    prefix = "device/p256/parity" if algorithm is Algorithm.ES256 else "device/sm2/parity"
     for i in range(64):
-        key = TestKey(f"device/p256/parity-{i}", Algorithm.ES256)
+        key = TestKey(f"{prefix}-{i}", algorithm)
         if bool(_point(key)[64] & 1) is odd:
             return key
     raise AssertionError("no key of that parity")  # pragma: no cover
@@ -144,6 +163,7 @@ class PresentationVector:
             "claims": None if self.claims is None else claims_to_json(self.claims),
             "step": self.step,
             "holder_public_key": None if self.holder is None else _point(self.holder).hex(),
+            "holder_alg": None if self.holder is None else self.holder.algorithm.value,
             "holder_seed_label": None if self.holder is None else self.holder.label,
             "test_only": TEST_ONLY_NOTICE,
         }
@@ -194,6 +214,68 @@ def _valid_vectors() -> Iterator[PresentationVector]:
                  claims=bound_claims(status=1, extra={-70000: "x"}))
     yield _valid("valid-presentation-other-serials-revoked", "Revocations of other serials do not matter.",
                  revoked_serials=(1, 4241, 4243))
+
+
+def _sm2_valid_vectors() -> Iterator[PresentationVector]:
+    yield _valid("valid-presentation-sm2-device",
+                 "An ES256 credential bound to a compressed SM2 device key (crv -65537); SM2-SM3 device signature.",
+                 claims=bound_claims(SM2_DEVICE_KEY), device=SM2_DEVICE_KEY)
+    yield _valid("valid-presentation-sm2-device-sm2-credential",
+                 "All SM2: an SM2-SM3 credential bound to an SM2 device key.",
+                 claims=bound_claims(SM2_DEVICE_KEY), device=SM2_DEVICE_KEY, issuer=SM2_KEY)
+    yield _valid("valid-presentation-sm2-device-uncompressed-holder-key",
+                 "The SM2 holder key with y in full (32 bytes) instead of the sign bit.",
+                 claims=base_claims(holder_key=cnf_uncompressed(SM2_DEVICE_KEY)), device=SM2_DEVICE_KEY)
+    for odd in (False, True):
+        device = _device_key_of_parity(odd, Algorithm.SM2_SM3)
+        yield _valid(f"valid-presentation-sm2-device-holder-y-{'odd' if odd else 'even'}",
+                     f"A compressed SM2 holder key whose y is {'odd: -3 is true' if odd else 'even: -3 is false'}.",
+                     claims=bound_claims(device), device=device)
+    yield _valid("valid-presentation-sm2-device-previous-step", "SM2 device; made in the previous 30-s step.",
+                 claims=bound_claims(SM2_DEVICE_KEY), device=SM2_DEVICE_KEY, step=NOW_STEP - 1)
+
+
+SM2_COSE = standard_cose(bound_claims(SM2_DEVICE_KEY), ES256_KEY)
+
+
+def _sm2_invalid_vectors() -> Iterator[PresentationVector]:
+    good = presentation_bytes(SM2_COSE, NOW_STEP, SM2_DEVICE_KEY)
+    sm2 = dict(holder=SM2_DEVICE_KEY)
+    yield _defect("invalid-presentation-sm2-device-signature-bit-flip", "The SM2 device signature's last bit flipped.",
+                  "bad_device_signature", good[:-1] + bytes((good[-1] ^ 0x01,)), **sm2)
+    yield _defect("invalid-presentation-sm2-signed-by-another-device",
+                  "Signed by another phone's SM2 key than the one bound in the credential.",
+                  "bad_device_signature", presentation_bytes(SM2_COSE, NOW_STEP, OTHER_SM2_DEVICE_KEY), **sm2)
+    yield _defect("invalid-presentation-sm2-step-changed",
+                  "The SM2 device signed the previous step; the step was rewritten to the current one.",
+                  "bad_device_signature", presentation_bytes(SM2_COSE, NOW_STEP, SM2_DEVICE_KEY,
+                                                             signed_step=NOW_STEP - 1), **sm2)
+    signed = device_input(SM2_COSE, NOW_STEP)
+    yield _defect("invalid-presentation-sm2-other-signer-id",
+                  "An SM2-SM3 device signature made with the empty signer ID instead of 1234567812345678.",
+                  "bad_device_signature", presentation_bytes(
+                      SM2_COSE, NOW_STEP, SM2_DEVICE_KEY,
+                      signature=sm2_sign_with_signer_id(SM2_DEVICE_KEY, signed, b"")), **sm2)
+    yield _defect("invalid-presentation-sm2-holder-p256-signature",
+                  "The credential binds an SM2 key; the presentation carries an ES256 signature by a P-256 key.",
+                  "bad_device_signature", presentation_bytes(SM2_COSE, NOW_STEP, DEVICE_KEY), **sm2)
+    yield _defect("invalid-presentation-p256-holder-sm2-signature",
+                  "The credential binds a P-256 key; the presentation carries an SM2-SM3 signature.",
+                  "bad_device_signature", presentation_bytes(GOOD_COSE, NOW_STEP, SM2_DEVICE_KEY))
+    yield _defect("invalid-presentation-sm2-stale", "SM2 device; made 3 minutes ago.", "stale_presentation",
+                  presentation_bytes(SM2_COSE, NOW_STEP - 6, SM2_DEVICE_KEY), step=NOW_STEP - 6, **sm2)
+    point = _point(SM2_DEVICE_KEY)
+    for name, description, cnf in (
+        ("invalid-presentation-sm2-holder-key-not-on-curve", "The bound SM2 key's x is not on the SM2 curve.",
+         {1: {1: 2, -1: -65537, -2: (5).to_bytes(32, "big"), -3: True}}),
+        ("invalid-presentation-sm2-holder-key-y-off-curve", "The bound SM2 key's y in full does not match its x.",
+         {1: {1: 2, -1: -65537, -2: point[1:33], -3: point[33:64] + bytes((point[64] ^ 1,))}}),
+        ("invalid-presentation-holder-key-unknown-private-curve", "crv -65538: a private-use curve no one defined.",
+         {1: {1: 2, -1: -65538, -2: point[1:33], -3: True}}),
+    ):
+        cose = standard_cose(base_claims(holder_key=cnf), ES256_KEY)
+        yield _defect(name, description, "no_holder_key", presentation_bytes(cose, NOW_STEP, SM2_DEVICE_KEY),
+                      **sm2)
 
 
 def _defect(name: str, description: str, expected: str, data_or_text: bytes | str, **kwargs: Any
@@ -335,6 +417,8 @@ def build_vectors() -> list[PresentationVector]:
         *_invalid_holder_vectors(),
         *_invalid_credential_vectors(),
         *_invalid_form_vectors(),
+        *_sm2_valid_vectors(),
+        *_sm2_invalid_vectors(),
     ]
     names = [v.name for v in vectors]
     assert len(names) == len(set(names)), "duplicate vector names"

@@ -11,14 +11,21 @@ Contracts checked here:
   the issuer's COSE_Sign1 (ES256 and EdDSA credentials), and cryptography checks
   the device signature over the domain-separated bytes rebuilt here from the
   spec (``docs/code-format.md`` §16.4), with the holder key from the vector;
+  an SM2 device signature (``holder_alg`` SM2-SM3) is checked by OpenSSL
+  (``pkeyutl -verify -rawin -digest sm3``, signer ID 1234567812345678), and
+  OpenSSL also refuses the SM2 vectors' bad device signatures;
 * the set has at least 30 vectors and covers every presentation reason.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import hashlib
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +78,10 @@ def test_vector_set_shape():
     assert covered <= {"valid"} | {r.value for r in Reason}
     assert all("PRIVATE" not in v["public_key_pem"] for v in VECTORS.values())
     assert {v["alg"] for v in VECTORS.values() if v["expected"] == "valid"} == {"ES256", "EdDSA", "SM2-SM3"}
+    # SM2 device keys: valid ones, and refusals with the same reason codes as P-256
+    sm2 = [v for v in VECTORS.values() if v["holder_alg"] == "SM2-SM3"]
+    assert len([v for v in sm2 if v["expected"] == "valid"]) >= 5
+    assert {"bad_device_signature", "no_holder_key", "stale_presentation"} <= {v["expected"] for v in sm2}
 
 
 @pytest.mark.parametrize("name", list(VECTORS), ids=_ids(list(VECTORS)))
@@ -99,11 +110,20 @@ def _parts(vector: dict[str, Any]) -> tuple[bytes, int, bytes]:
     return data[1:-66 - len(step_item)], step, data[-64:]
 
 
-@pytest.mark.parametrize("name", VALID, ids=_ids(VALID))
+_P256_VALID = [name for name in VALID if VECTORS[name]["holder_alg"] == "ES256"]
+_SM2_HOLDER = [name for name, v in VECTORS.items() if v["holder_alg"] == "SM2-SM3" and v["step"] is not None]
+
+
+def _signed_bytes(cose: bytes, step: int) -> bytes:
+    """§16.4, rebuilt from the spec."""
+    return b"EHC-DYN-v1\x00" + step.to_bytes(8, "big") + hashlib.sha256(cose).digest()
+
+
+@pytest.mark.parametrize("name", _P256_VALID, ids=_ids(_P256_VALID))
 def test_cryptography_verifies_the_device_signature(name):
     vector = VECTORS[name]
     cose, step, signature = _parts(vector)
-    signed = b"EHC-DYN-v1\x00" + step.to_bytes(8, "big") + hashlib.sha256(cose).digest()
+    signed = _signed_bytes(cose, step)
     device = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes.fromhex(vector["holder_public_key"]))
     der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
     device.verify(der, signed, ec.ECDSA(hashes.SHA256()))  # raises InvalidSignature on failure
@@ -126,3 +146,46 @@ def test_python_cwt_verifies_the_credential(name):
     key = cwt.COSEKey.from_pem(vector["public_key_pem"], alg=vector["alg"], kid=bytes.fromhex(vector["kid"]))
     claims = cbor2.loads(cwt.COSE.new(verify_kid=True).decode(cose, key))
     assert claims == raw_claims(expected_claims(vector))
+
+
+def _openssl_sm2_problem() -> str | None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return "no `openssl` binary on PATH"
+    algs = subprocess.run([openssl, "list", "-public-key-algorithms"], capture_output=True, timeout=30)
+    if not re.search(rb"\bSM2\b", algs.stdout, re.IGNORECASE):
+        return "`openssl list -public-key-algorithms` has no SM2"
+    return None
+
+
+@pytest.mark.parametrize("name", _SM2_HOLDER, ids=_ids(_SM2_HOLDER))
+def test_openssl_checks_the_sm2_device_signatures(name, tmp_path):
+    """OpenSSL's SM2 (independent of gmalglib) accepts exactly the valid SM2 vectors' device signatures.
+
+    Every SM2-holder vector with a readable step: valid ones verify; those refused with
+    ``bad_device_signature`` fail in OpenSSL too (other refusals are not about the signature).
+    """
+    problem = _openssl_sm2_problem()
+    if problem is not None:
+        pytest.skip(f"OpenSSL SM2 unavailable: {problem}")
+    vector = VECTORS[name]
+    cose, step, signature = _parts(vector)
+    point = bytes.fromhex(vector["holder_public_key"])
+    spki = bytes.fromhex("3059301306072a8648ce3d020106082a811ccf5501822d03420004") + point[1:]
+    pem = tmp_path / "device.pem"
+    pem.write_text("-----BEGIN PUBLIC KEY-----\n" + base64.encodebytes(spki).decode() + "-----END PUBLIC KEY-----\n")
+    (tmp_path / "msg").write_bytes(_signed_bytes(cose, step))
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    (tmp_path / "sig").write_bytes(encode_dss_signature(r, s) if r and s else b"\x30\x06\x02\x01\x00\x02\x01\x00")
+    proc = subprocess.run([shutil.which("openssl") or "openssl", "pkeyutl", "-verify", "-rawin", "-digest", "sm3",
+                           "-pkeyopt", "distid:1234567812345678", "-pubin", "-inkey", str(pem),
+                           "-in", str(tmp_path / "msg"), "-sigfile", str(tmp_path / "sig")],
+                          capture_output=True, timeout=30)
+    verified = proc.returncode == 0 and b"Signature Verified Successfully" in proc.stdout
+    if vector["expected"] == "valid":
+        assert verified, proc.stdout + proc.stderr
+        cnf = expected_claims(vector)["cnf"][1]
+        assert (cnf[1], cnf[-1], cnf[-2]) == (2, -65537, point[1:33])
+        assert cnf[-3] in (point[33:], bool(point[64] & 1))
+    elif vector["expected"] == "bad_device_signature":
+        assert not verified and b"Signature Verification Failure" in proc.stdout, proc.stdout + proc.stderr
