@@ -38,23 +38,12 @@ from issuer.tls import DevPki
 
 
 PROVINCE = "33"
-
-
 APP_KEY = "app-key-" + "a" * 40
-
-
 LIMITED_KEY = "limited-key-" + "b" * 40
-
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-
 pb = common_pb2
-
-
 hpb = health_codes_pb2
-
-
 rpb = resident_index_pb2
 
 
@@ -259,19 +248,10 @@ def served(harness):
 # --------------------------------------------------------------------------- bad input, every RPC
 
 GOOD_MID = hc.main_index_id_from_bytes(bytes(range(16)))
-
-
 GOOD_REF = pb.CodeRef(province=PROVINCE, kid=b"\x01" * 8, serial=1)
-
-
 _ID = make_resident_id("330106", dt.date(1990, 5, 17), 123)
-
-
 BAD_CHECK = _ID[:-1] + ("0" if _ID[-1] != "0" else "1")
-
-
 FUTURE_BIRTH = make_resident_id("330106", dt.date(2100, 1, 1), 1)
-
 
 BAD_INPUT = {
     # RegisterResident

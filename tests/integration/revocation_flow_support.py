@@ -36,29 +36,13 @@ from verifier.trustsync import TrustSync
 
 
 UTC = dt.timezone.utc
-
-
 NOW = dt.datetime(2030, 3, 1, 8, 0, tzinfo=UTC)  # far from the wall clock: every time is a parameter
-
-
 MIN = dt.timedelta(minutes=1)
-
-
 HOUR = dt.timedelta(hours=1)
-
-
 DAY = dt.timedelta(days=1)
-
-
 PROVINCE_PASSPHRASE = b"province 33 tuf passphrase"
-
-
 ONLINE_PASSPHRASE = b"national online passphrase"
-
-
 FAST_SCRYPT = ScryptParams(n=2**10, r=8, p=1)
-
-
 VAULT = {"blind_index_key": b"I" * 32, "encryption_key": b"E" * 32}
 
 

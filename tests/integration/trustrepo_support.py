@@ -27,21 +27,11 @@ from verifier.trustsync import (
 
 
 UTC = dt.timezone.utc
-
-
 # Far from the wall clock on purpose: expiry must be judged at the `now` we pass.
 T0 = dt.datetime(2030, 3, 1, 8, 0, tzinfo=UTC)
-
-
 HOUR = dt.timedelta(hours=1)
-
-
 DAY = dt.timedelta(days=1)
-
-
 SUBJECT = hc.main_index_id_from_bytes(hashlib.sha256(b"trust sync resident").digest()[:16])
-
-
 SMALL = ("11", "33", "44")
 
 
