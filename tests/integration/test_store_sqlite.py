@@ -66,7 +66,7 @@ def test_group_commit_lingers_only_once_writes_arrive_concurrently(path):
     # commit_linger is long here so that timing on a busy machine cannot blur the two cases.
     import time
 
-    from .test_store_contract import code, resident
+    from .store_contract_support import code, resident
 
     with SQLiteStore(path, commit_linger=0.08) as s:
         s.create_resident(resident(), []).result()
