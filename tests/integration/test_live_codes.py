@@ -16,7 +16,7 @@ import pytest
 import healthcode as hc
 from healthcode.algorithms import generate_signing_key
 from healthcode.presentation import encode_presentation, holder_cnf, step_at
-from tests.integration.test_verifier_runtime import (
+from tests.integration.verifier_runtime_support import (
     T0,
     H,
     Clock,

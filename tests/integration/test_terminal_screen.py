@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from tests.integration.test_verifier_runtime import T0, H, World
+from tests.integration.verifier_runtime_support import T0, H, World
 from verifier.audit import AuditEntry, AuditLog
 from verifier.config import AuditConfig
 from verifier.scan import FolderSource
@@ -276,7 +276,7 @@ def test_tuf_revocation_warning_names_live_keys_only_and_sync_failure_is_short(t
 
 def test_a_key_coming_into_use_mid_run_is_warned_from_then_on(world, tmp_path):
     """The loop takes the state's warnings anew once a pre-published key's use_from has passed."""
-    from tests.integration.test_verifier_runtime import Clock, _scan, lines_of, runtime_for
+    from tests.integration.verifier_runtime_support import Clock, _scan, lines_of, runtime_for
     from verifier.trust import TrustState
 
     import healthcode as hc

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.integration.test_verifier_runtime import T0, H, Pty, World
+from tests.integration.verifier_runtime_support import T0, H, Pty, World
 
 NOW = (T0 + H).strftime("%Y-%m-%dT%H:%M:%SZ")
 TIMEOUT = 120

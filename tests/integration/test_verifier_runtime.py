@@ -1,172 +1,46 @@
 """The scanner loop end to end, in-process: a real pty as a keyboard wedge, a serial port,
-real PNG/JPEG images in a watched folder, no network at all, aging trust data, a sync that
-fails mid-run, garbage input, the audit log and the HIS socket.
+real PNG/JPEG images in a watched folder, no network at all, aging trust data, garbage input,
+and the loop answering as ``verify_scan``.
 
 Every test uses an injected clock; real time is only spent on I/O timeouts (bounded).
-The helpers here (:class:`World`, :func:`runtime_for`) are shared with ``test_verifier_cli.py``.
+A sync that fails mid-run, the audit log and the HIS socket are in
+``test_verifier_runtime_sync_audit.py``; the shared helpers (:class:`World`,
+:func:`runtime_for`) in ``verifier_runtime_support.py``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import os
-import pathlib
 import socket
-import sqlite3
-import termios
 import threading
 import time
 
 import pytest
 
-import healthcode as hc
-from verifier.audit import AuditEntry, AuditLog
-from verifier.config import AuditConfig, ScanConfig, SyncConfig, VerifierConfig
-from verifier.display import Display
-from verifier.output import SocketSink, StreamSink
-from verifier.runtime import Runtime
+from verifier.config import AuditConfig, SyncConfig, VerifierConfig
 from verifier.scan import FdStream, FolderSource, SerialStream
-from verifier.trust import SyncFailed
-from verifier.trust_sources import DevBundleSource, dev_bundle_bytes
-
-T0 = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
-H = dt.timedelta(hours=1)
-WATCHDOG = 60.0  # no test may run the loop longer than this
-
-
-class Clock:
-    """An injected clock: stands still unless moved."""
-
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-
-class World:
-    """Two provinces' keys, codes signed with them, a mirror serving a dev bundle, a synced cache."""
-
-    def __init__(self, root: pathlib.Path) -> None:
-        self.root = root
-        self.mirror = root / "mirror"
-        self.data_dir = root / "data"
-        self.signers = {}
-        keys = []
-        for province in ("33", "44"):
-            key = hc.generate_signing_key(hc.Algorithm.ES256)
-            signer = hc.SoftwareSigner(key)
-            self.signers[province] = signer
-            keys.append(hc.TrustedKey(kid=signer.kid, province=province, public_key=key.public_key(),
-                                      use_from=T0 - 30 * 24 * H, use_until=T0 + 60 * 24 * H,
-                                      verify_until=T0 + 90 * 24 * H))
-        self.keys = keys
-        self.valid = [self.code("33", serial=i) for i in range(6)] + [self.code("44", serial=i) for i in range(4)]
-        self.revoked = self.code("33", serial=1000)
-        self.expired = self.code("44", serial=2000, issued=T0 - 10 * 24 * H, expires=T0 - 3 * 24 * H)
-        self.publish(version=1)
-        self.source().refresh(T0)
-
-    def code(self, province: str, *, serial: int, issued: dt.datetime | None = None,
-             expires: dt.datetime | None = None) -> str:
-        issued = issued or T0 - H
-        expires = expires or T0 + 30 * 24 * H  # outlives the trust-data limit, to test staleness
-        claims = hc.CodeClaims(province=province, subject=hc.main_index_id_from_bytes(os.urandom(16)),
-                               serial=serial, issued_at=issued, expires_at=expires)
-        return hc.sign_code(claims, self.signers[province])
-
-    def publish(self, *, version: int, extra_revoked: tuple[int, ...] = ()) -> None:
-        self.mirror.mkdir(parents=True, exist_ok=True)
-        revoked = {("33", self.signers["33"].kid): [1000, *extra_revoked]}
-        (self.mirror / "bundle.json").write_bytes(dev_bundle_bytes(self.keys, version=version, revoked=revoked))
-
-    def source(self) -> DevBundleSource:
-        return DevBundleSource(self.data_dir / "trust", self.mirror)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> World:
-    return World(tmp_path_factory.mktemp("world"))
-
-
-def runtime_for(world: World, clock: Clock, tmp_path: pathlib.Path, *, source=None, audit=True,
-                config: VerifierConfig | None = None, background_sync=False, display_ansi=False):
-    """A runtime writing JSON to a buffer, the display to a string and the audit log under tmp_path."""
-    config = config or VerifierConfig(
-        audit=AuditConfig(path=tmp_path / "audit.sqlite3"),
-        scan=ScanConfig(frame_timeout=dt.timedelta(milliseconds=150), folder_poll=dt.timedelta(milliseconds=50)),
-    )
-    out = io.BytesIO()
-    screen = io.StringIO()
-    audit_log = AuditLog(config.audit, clock=clock).start() if audit else None
-    runtime = Runtime(source or world.source(), config=config, clock=clock, sinks=[StreamSink(out)],
-                      display=Display(screen, ansi=display_ansi), audit=audit_log,
-                      background_sync=background_sync)
-    runtime.load()
-    watchdog = threading.Timer(WATCHDOG, runtime.stop)
-    watchdog.daemon = True
-    watchdog.start()
-    return runtime, out, screen, audit_log
-
-
-def lines_of(out: io.BytesIO) -> list[dict]:
-    return [json.loads(line) for line in out.getvalue().decode().splitlines()]
-
-
-def audit_rows(path: pathlib.Path) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute("SELECT * FROM audit ORDER BY id").fetchall()
-    finally:
-        conn.close()
-
-
-class Pty:
-    """A real pseudo-terminal: the test writes to the master as a scanner would type."""
-
-    def __init__(self) -> None:
-        self.master, slave = os.openpty()
-        self.path = os.ttyname(slave)
-        os.close(slave)
-
-    def wait_raw(self, timeout: float = 10.0) -> None:
-        """Wait until the verifier has put the tty in byte mode (so nothing is echoed or edited)."""
-        deadline = time.monotonic() + timeout
-        while termios.tcgetattr(self.master)[3] & termios.ICANON:
-            assert time.monotonic() < deadline, "the verifier never configured the tty"
-            time.sleep(0.01)
-
-    def type(self, data: bytes, *, chunk: int = 0) -> None:
-        if not chunk:
-            os.write(self.master, data)
-            return
-        for i in range(0, len(data), chunk):
-            os.write(self.master, data[i:i + chunk])
-
-    def close(self) -> None:
-        os.close(self.master)
-
-
-def run_in_thread(runtime: Runtime) -> threading.Thread:
-    thread = threading.Thread(target=runtime.run, daemon=True)
-    thread.start()
-    return thread
-
-
-def wait_for(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
+from verifier.trust_sources import DevBundleSource
+from .verifier_runtime_support import (
+    Clock,
+    H,
+    Pty,
+    T0,
+    _scan,
+    audit_rows,
+    lines_of,
+    run_in_thread,
+    runtime_for,
+    wait_for,
+)
+from .verifier_runtime_support import world  # noqa: F401 - fixtures
 
 
 # --- the keyboard wedge on a real pty ---------------------------------------------------------------
 
 
-def test_pty_keyboard_wedge(world, tmp_path):
+def test_pty_keyboard_wedge(world, tmp_path):  # noqa: F811 - the imported fixture
     clock = Clock(T0 + H)
     runtime, out, screen, audit_log = runtime_for(world, clock, tmp_path)
     pty = Pty()
@@ -208,7 +82,7 @@ def test_pty_keyboard_wedge(world, tmp_path):
     assert "VALID" in screen.getvalue() and "浙江 Zhejiang (33)" in screen.getvalue()
 
 
-def test_serial_scanner_without_terminator(world, tmp_path):
+def test_serial_scanner_without_terminator(world, tmp_path):  # noqa: F811 - the imported fixture
     """pyserial on a pty: codes sent with no terminator are split by the inter-character timeout."""
     clock = Clock(T0 + H)
     runtime, out, _, audit_log = runtime_for(world, clock, tmp_path, audit=False)
@@ -248,7 +122,7 @@ GARBAGE = [
 
 
 @pytest.mark.parametrize("name,data,reason,words", GARBAGE, ids=[g[0] for g in GARBAGE])
-def test_garbage_on_the_wedge(world, tmp_path, name, data, reason, words):
+def test_garbage_on_the_wedge(world, tmp_path, name, data, reason, words):  # noqa: F811 - the imported fixture
     """Garbage gives INVALID with a reason (one per line in it); a good code right after still verifies."""
     if name == "two codes run together":
         data = (world.valid[0] + world.valid[1]).encode() + b"\r\n"
@@ -280,7 +154,7 @@ def test_garbage_on_the_wedge(world, tmp_path, name, data, reason, words):
     assert any(words in r["detail"] for r in refused), refused
 
 
-def test_garbage_through_a_pipe_never_stops_the_loop(world, tmp_path):
+def test_garbage_through_a_pipe_never_stops_the_loop(world, tmp_path):  # noqa: F811 - the imported fixture
     """Everything at once through a pipe (no frame timeout on pipes): one result per line."""
     clock = Clock(T0 + H)
     runtime, out, _, _ = runtime_for(world, clock, tmp_path, audit=False)
@@ -305,7 +179,7 @@ def test_garbage_through_a_pipe_never_stops_the_loop(world, tmp_path):
 # --- images in a watched folder -------------------------------------------------------------------
 
 
-def _images(world) -> dict[str, bytes]:
+def _images(world) -> dict[str, bytes]:  # noqa: F811 - the imported fixture
     from PIL import Image, ImageFilter
 
     from issuer.render import render_png
@@ -334,7 +208,7 @@ def _png(image) -> bytes:
     return buffer.getvalue()
 
 
-def test_folder_of_dropped_images(world, tmp_path):
+def test_folder_of_dropped_images(world, tmp_path):  # noqa: F811 - the imported fixture
     clock = Clock(T0 + H)
     runtime, out, _, audit_log = runtime_for(world, clock, tmp_path)
     folder = tmp_path / "drop"
@@ -368,7 +242,7 @@ def test_folder_of_dropped_images(world, tmp_path):
 # --- offline, aging, clock ----------------------------------------------------------------------------
 
 
-def test_verifies_with_no_network_at_all(world, tmp_path, monkeypatch):
+def test_verifies_with_no_network_at_all(world, tmp_path, monkeypatch):  # noqa: F811 - the imported fixture
     """Every way to reach the network raises; verification runs from the cached trust data."""
     attempts = []
 
@@ -409,7 +283,7 @@ AGE_CASES = [
 
 
 @pytest.mark.parametrize("name,age,result,reason,freshness", AGE_CASES, ids=[c[0] for c in AGE_CASES])
-def test_trust_data_ages_honestly(world, tmp_path, name, age, result, reason, freshness):
+def test_trust_data_ages_honestly(world, tmp_path, name, age, result, reason, freshness):  # noqa: F811 - the imported fixture
     clock = Clock(T0 + age)
     runtime, out, screen, _ = runtime_for(world, clock, tmp_path, audit=False)
     outcome = runtime.process(_scan(world.valid[0]))
@@ -424,7 +298,7 @@ def test_trust_data_ages_honestly(world, tmp_path, name, age, result, reason, fr
     assert outcome.trust.level.value == freshness
 
 
-def test_clock_behind_the_last_refresh_is_floored_and_flagged(world, tmp_path):
+def test_clock_behind_the_last_refresh_is_floored_and_flagged(world, tmp_path):  # noqa: F811 - the imported fixture
     clock = Clock(T0 - 3 * 24 * H)  # the RTC lost three days
     runtime, out, screen, _ = runtime_for(world, clock, tmp_path, audit=False)
     runtime.process(_scan(world.valid[0]))
@@ -437,7 +311,7 @@ def test_clock_behind_the_last_refresh_is_floored_and_flagged(world, tmp_path):
     assert "clock 3 d behind" in screen.getvalue()
 
 
-def test_the_loop_answers_as_verify_scan(world, tmp_path):
+def test_the_loop_answers_as_verify_scan(world, tmp_path):  # noqa: F811 - the imported fixture
     """process_batch (the loop, with its shortcuts) gives, scan by scan, the JSON line and the audit row
     of verify_scan's answer: valid codes, refused ones, garbage, a clock behind, a replay window or not."""
     from verifier.output import encode, result_record
@@ -483,7 +357,7 @@ def test_the_loop_answers_as_verify_scan(world, tmp_path):
     ("outside a replay window: valid codes in the short form", None, "ValidEntry"),
     ("inside a replay window: every row in full", dt.timedelta(hours=1), "AuditEntry"),
 ])
-def test_the_loop_queues_typed_audit_entries(world, tmp_path, name, keep, valid_type):
+def test_the_loop_queues_typed_audit_entries(world, tmp_path, name, keep, valid_type):  # noqa: F811 - the imported fixture
     """Every row the loop hands the audit log is a named entry (AuditEntry, or ValidEntry for a valid
     static code outside a replay window), never a bare positional tuple."""
     from verifier import audit as audit_module
@@ -507,201 +381,3 @@ def test_the_loop_queues_typed_audit_entries(world, tmp_path, name, keep, valid_
     assert all(isinstance(row, audit_module.AuditRow) for row in queued), name
     assert {row.source for row in queued} == {"stdin"}, name
     assert queued[1].reason == "revoked" and queued[1].claims_verified == 0, name
-
-
-def _scan(text: str):
-    from verifier.scan import Scan
-
-    return Scan(text, "test", None, "newline")
-
-
-# --- sync --------------------------------------------------------------------------------------------
-
-
-class FlakySource:
-    """Delegates to a real source; every refresh after the first ``good`` raises."""
-
-    def __init__(self, inner, good: int) -> None:
-        self.inner = inner
-        self.good = good
-        self.calls = 0
-        self.done = 0  # refreshes finished (well or not)
-
-    def refresh(self, now, *, progress=None):
-        self.calls += 1
-        try:
-            if self.calls > self.good:
-                raise SyncFailed("mirror unreachable (test)")
-            return self.inner.refresh(now, progress=progress)
-        finally:
-            self.done += 1
-
-    def load(self, now):
-        return self.inner.load(now)
-
-
-def test_sync_that_fails_mid_run_keeps_the_last_good_data(world, tmp_path):
-    local = World(tmp_path / "w")  # its own mirror: this test publishes a new revocation
-    clock = Clock(T0 + H)
-    source = FlakySource(local.source(), good=2)
-    config = VerifierConfig(sync=SyncConfig(interval=dt.timedelta(hours=1), retry=dt.timedelta(hours=1)),
-                            audit=AuditConfig(path=tmp_path / "audit.sqlite3"))
-    runtime, out, screen, audit_log = runtime_for(local, clock, tmp_path, source=source, config=config,
-                                                  background_sync=True)
-    read_fd, write_fd = os.pipe()
-    runtime.add_stream(lambda: FdStream(read_fd, "pipe", owns=True), name="pipe")
-    thread = run_in_thread(runtime)
-    wait_for(lambda: source.done >= 1 and runtime.sync_error is None)  # the first sync, at start
-    local.publish(version=2, extra_revoked=(2,))
-    runtime.request_sync()
-    wait_for(lambda: source.done >= 2 and runtime.last_sync is not None and runtime.last_sync.changed)
-    os.write(write_fd, (local.valid[2] + "\n").encode())  # revoked by the second, good, sync
-    wait_for(lambda: runtime.seq >= 1)
-    runtime.request_sync()  # from here on the mirror is gone
-    wait_for(lambda: source.done >= 3 and runtime.sync_error is not None)
-    clock.now = T0 + 2 * H
-    os.write(write_fd, "\n".join(local.valid).encode() + b"\n")
-    runtime.request_sync()
-    wait_for(lambda: runtime.seq >= 1 + len(local.valid) and source.done >= 4)
-    os.close(write_fd)
-    thread.join(10)
-    audit_log.close()
-
-    results = lines_of(out)
-    assert results[0]["reason"] == "revoked"
-    after = results[1:]
-    assert [r["result"] for r in after] == ["invalid" if i == 2 else "valid" for i in range(len(local.valid))]
-    failed = ("trust sync failed / 信任数据同步失败: 无法读取信任数据 / "
-              "cannot fetch trust data: mirror unreachable (test)")
-    assert all(r["trust"]["sync_error"] == failed for r in after)
-    assert all(r["trust"]["age_s"] <= 3600 for r in after)  # the last good refresh is still in force
-    assert failed in screen.getvalue()
-    assert "上次有效的数据继续使用 / last good data in force" in screen.getvalue()
-
-
-# --- audit log ---------------------------------------------------------------------------------------
-
-
-def test_audit_log_survives_a_full_disk(world, tmp_path):
-    """SQLITE_FULL (a page cap stands in for the disk) is reported; the loop goes on; rows follow later."""
-    clock = Clock(T0 + H)
-    config = AuditConfig(path=tmp_path / "audit.sqlite3", batch_interval=dt.timedelta(milliseconds=10))
-    log = AuditLog(config, clock=clock).start()
-    log.flush()
-    log.close()
-    full = AuditLog(config, clock=clock, pragmas=["PRAGMA max_page_count = 4"]).start()
-    runtime = Runtime(world.source(), clock=clock, audit=full, display=Display(io.StringIO(), ansi=False),
-                      config=VerifierConfig(audit=config))
-    runtime.load()
-    for _ in range(1000):
-        assert runtime.process(_scan(world.valid[0])).valid
-    wait_for(lambda: full.problem is not None)
-    assert "full" in full.problem
-    assert any("audit log not writable" in w for w in runtime.warnings())
-    full._conn.execute("PRAGMA max_page_count = 100000")  # space freed
-    assert full.flush(10)
-    assert full.problem is None
-    full.close()
-    assert len(audit_rows(config.path)) == 1000
-
-
-def test_audit_rows_in_both_forms_keep_their_order_and_privacy(tmp_path):
-    """Full rows and the short form of valid rows, interleaved, land in order; outside a replay
-    window a subject or a raw code handed over anyway is not stored."""
-    from verifier.audit import AuditEntry, ValidEntry
-
-    config = AuditConfig(path=tmp_path / "audit.sqlite3", batch_interval=dt.timedelta(milliseconds=10))
-    log = AuditLog(config, clock=Clock(T0)).start()
-    short = ValidEntry("2026-11-22T08:00:00.000Z", "33", "ab", "1", "stdin", 60, 0, 1)
-    full = AuditEntry("2026-11-22T08:00:00.001Z", "invalid", "revoked", "33", "ab", "2", 0, "stdin", 60, 1,
-                      "SUBJECTSUBJECTSUBJECTSUBJE", "EHC1:RAW", "dynamic", "2026-11-22T08:00:00.000Z")
-    log.queue_rows([short, full, short, *[short] * 300, full])
-    log.record(full)
-    assert log.flush()
-    log.close()
-    rows = [tuple(r)[1:] for r in audit_rows(config.path)]
-    as_full = ("2026-11-22T08:00:00.000Z", "valid", None, "33", "ab", "1", 1, "stdin", 60, 0, None, None,
-               "static", None, 1)
-    stored_full = (*full[:10], None, None, *full[12:])
-    assert rows == [as_full, stored_full, as_full, *[as_full] * 300, stored_full, stored_full]
-
-
-def test_audit_replay_window_rotation_and_cap(world, tmp_path):
-    clock = Clock(T0)
-    config = AuditConfig(path=tmp_path / "audit.sqlite3", keep_subject_for=dt.timedelta(hours=1),
-                         retention=dt.timedelta(days=2), max_rows=5)
-    log = AuditLog(config, clock=clock).start()
-    runtime = Runtime(world.source(), clock=clock, audit=log, config=VerifierConfig(audit=config))
-    runtime.load()
-    for i, hours in enumerate((0, 1, 2, 30, 49, 50, 50.5)):
-        clock.now = T0 + 72 * H + dt.timedelta(hours=hours)  # trust data aging, still usable
-        runtime.process(_scan(world.valid[i]))
-    assert log.flush()
-    rows = audit_rows(config.path)
-    assert len(rows) == 7 and all(r["subject"] for r in rows)  # inside the window they are kept
-    log.maintain()
-    rows = audit_rows(config.path)
-    # now = T0+72h+50.5h: older than 2 d deleted, at most 5 rows, subjects older than 1 h cleared
-    assert [r["time"][:16] for r in rows] == ["2026-11-26T14:00", "2026-11-27T09:00", "2026-11-27T10:00",
-                                              "2026-11-27T10:30"]
-    assert [bool(r["subject"]) for r in rows] == [False, False, True, True]
-    log.close()
-
-
-# --- JSON to the HIS over a local socket -------------------------------------------------------------
-
-
-def test_json_lines_to_a_unix_socket_that_comes_late(world, tmp_path):
-    path = str(tmp_path / "his.sock")
-    sink = SocketSink(f"unix:{path}")
-    clock = Clock(T0 + H)
-    runtime = Runtime(world.source(), clock=clock, sinks=[sink])
-    runtime.load()
-    for code in world.valid[:3]:
-        runtime.process(_scan(code))
-    sink.flush()
-    wait_for(lambda: sink.problem is not None)  # the HIS is not listening yet: kept, reported
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(path)
-    server.listen()
-    server.settimeout(10)
-    runtime.process(_scan(world.revoked))
-    sink.flush()
-    conn, _ = server.accept()
-    conn.settimeout(10)
-    data = b""
-    while data.count(b"\n") < 4:
-        data += conn.recv(65536)
-    records = [json.loads(line) for line in data.splitlines()]
-    assert [r["result"] for r in records] == ["valid"] * 3 + ["invalid"]
-    sink.close()
-    conn.close()
-    server.close()
-
-
-def test_tcp_output_only_to_loopback():
-    with pytest.raises(ValueError, match="loopback"):
-        SocketSink("tcp:10.0.0.5:9000")
-
-
-def test_audit_rows_beyond_max_pending_drop_the_oldest_when_a_write_fails(tmp_path):
-    # A failed batch goes back to the front of the queue; rows queued meanwhile (the scan loop
-    # goes on) push it over max_pending: the oldest rows are the ones dropped, as documented.
-    def row(n: int) -> AuditEntry:
-        return AuditEntry(f"t{n}", "invalid", "bad_format", None, None, None, 0, "stdin", 0, 0)
-
-    audit = AuditLog(AuditConfig(path=tmp_path / "audit.sqlite3", batch_rows=4, max_pending=4),
-                     clock=lambda: dt.datetime.now(dt.timezone.utc))
-
-    class FailingConnection:
-        def execute(self, sql, *args):
-            if sql == "BEGIN":
-                audit.queue_rows([row(4), row(5)])  # arrive while the batch is being written
-                raise sqlite3.OperationalError("disk I/O error")
-
-    audit.queue_rows([row(n) for n in range(4)])
-    audit._conn = FailingConnection()
-    with pytest.raises(sqlite3.OperationalError):
-        audit._write_pending()
-    assert [entry.time for entry in audit._pending] == ["t2", "t3", "t4", "t5"]
-    assert audit.dropped == 2
