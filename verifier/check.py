@@ -107,13 +107,13 @@ def audit_row(result: Outcome, at: Instant, keep_subject: bool) -> AuditRow:
     inside a replay window.
     """
     code, reason, step = result.code, result.reason, result.step
+    if reason is None and step is None and not keep_subject:  # a valid static code: the short form
+        return _new(ValidEntry, (at.stamp, code.province, code.kid.hex(), str(code.serial),  # type: ignore[union-attr]
+                                 result.source, at.age_s, at.behind, 1 if result.check_id else 0))
     province: str | None
     kid: str | None
     serial: str | None
     if code is not None:  # verified: valid, or refused by the terminal after verifying it
-        if reason is None and step is None and not keep_subject:  # a valid static code: the short form
-            return _new(ValidEntry, (at.stamp, code.province, code.kid.hex(), str(code.serial), result.source,
-                                     at.age_s, at.behind, 1 if result.check_id else 0))
         province, kid, serial, verified = code.province, code.kid.hex(), str(code.serial), 1
     elif (claimed := result.claimed) is not None:
         province, kid, serial, verified = claimed[0], claimed[1].hex(), str(claimed[2]), 0

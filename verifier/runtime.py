@@ -339,8 +339,11 @@ class Runtime:
                 result = check(judge, at, seq, text, problem, source, ended_by)
                 if result.reason is None:
                     valid += 1
+                    static_valid = result.step is None
+                else:
+                    static_valid = False
                 if lines is not None:
-                    if result.reason is None and result.step is None:
+                    if static_valid:
                         # a valid static code: its line from the instant's parts (Judge, step 4: code is set)
                         code = result.code
                         lines.append(valid_lines.line(seq, code, str(code.serial),  # type: ignore[union-attr]
