@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import hashlib
+import hmac
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,7 +43,6 @@ from healthcode.base45 import b45encode
 from healthcode.model import to_epoch
 from tools.gen_vectors import (
     DEFAULT_OUT,
-    _nonce_stream,
     EDDSA_KEY,
     ES256_KEY,
     ISSUED,
@@ -100,7 +100,15 @@ def sm2_sign_with_signer_id(key: TestKey, data: bytes, signer_id: bytes) -> byte
     """An SM2-SM3 signature of ``data`` by ``key`` with another signer ID than the format's (Z_A differs)."""
     import gmalglib.core as core  # the `sm2` extra
 
-    return bytes(core.SM2(sk=key.secret, uid=signer_id, rnd_fn=_nonce_stream(key.secret, data)).sign(data))
+    secret = key.secret
+    counter = iter(range(1, 65))  # gmalglib asks again for an out-of-range nonce; 64 refusals cannot happen
+
+    def nonces(size: int) -> bytes:  # deterministic: HMAC-SHA256(secret, label || SHA-256(data) || counter)
+        block = hmac.new(secret, b"SM2 other-ID nonce" + hashlib.sha256(data).digest() + bytes((next(counter),)),
+                         hashlib.sha256).digest()
+        return block[:size]
+
+    return bytes(core.SM2(sk=secret, uid=signer_id, rnd_fn=nonces).sign(data))
 
 
 def _device_key_of_parity(odd: bool, algorithm: Algorithm = Algorithm.ES256) -> TestKey:
