@@ -98,7 +98,7 @@ from tools.gen_vectors.cose import bstr as bstr, claims_map as claims_map, cose_
 from tools.gen_vectors.cose import protected_item as protected_item, standard_cose as standard_cose
 from tools.gen_vectors.testkeys import EDDSA_KEY as EDDSA_KEY, ES256_KEY as ES256_KEY, SM2_KEY as SM2_KEY
 from tools.gen_vectors.testkeys import ISSUED as ISSUED, SECOND as SECOND, VERIFY_AT as VERIFY_AT
-from tools.gen_vectors.testkeys import UNTRUSTED_KEY as UNTRUSTED_KEY, _iso as _iso, _nonce_stream as _nonce_stream
+from tools.gen_vectors.testkeys import UNTRUSTED_KEY as UNTRUSTED_KEY, _iso as _iso
 from tools.gen_vectors.vector import base_claims as base_claims
 
 __all__ = [
