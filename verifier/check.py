@@ -49,7 +49,7 @@ class Instant(NamedTuple):
     #: the time the scan is judged at (``assessment.now``: the clock, floored at the last refresh)
     now: _dt.datetime
     keyring: hc.Keyring
-    revocation: object | None  # the revocation checker of the state, or None
+    revocation: hc.RevocationChecker | None
     #: the staleness hook handed to the core: the assessment while the policy refuses, else None
     #: (while the data is fresh or aging it would answer None for this very ``now``)
     hook: TrustAssessment | None
