@@ -251,10 +251,11 @@ class NationalClient:
         """TransferResident with the resident's consent; returns the province they moved from."""
         from national.api import national_index_pb2 as pb
 
-        method = {ConsentMethod.IN_PERSON: pb.CONSENT_METHOD_IN_PERSON, ConsentMethod.APP: pb.CONSENT_METHOD_APP}
+        method = {ConsentMethod.IN_PERSON: common_pb2.CONSENT_METHOD_IN_PERSON,
+                  ConsentMethod.APP: common_pb2.CONSENT_METHOD_APP}
         request = pb.TransferResidentRequest(main_index_id=main_index_id, document=document_pb(document),
-                                             consent=pb.Consent(method=method[consent.method],
-                                                                reference=consent.reference))
+                                             consent=common_pb2.Consent(method=method[consent.method],
+                                                                        reference=consent.reference))
         request.consent.given_at.FromSeconds(int(consent.given_at.timestamp()))
         reply = await self._call("TransferResident", request, self.settings.transfer_timeout)
         return str(reply.previous_province)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
-from issuer.api import resident_index_pb2, resident_index_pb2_grpc
+from issuer.api import common_pb2, resident_index_pb2, resident_index_pb2_grpc
 from issuer.documents import Document, canonical_form
 from issuer.errors import Violations
 from issuer.wire import china_date, document_field, main_index_id_field, set_timestamp
@@ -150,11 +150,10 @@ MAX_ACCESS_PAGE = 100
 DEFAULT_ACCESS_PAGE = 20
 #: How old a consent may be when the move is asked for.
 MAX_CONSENT_AGE = dt.timedelta(days=1)
-_CONSENT_METHODS = {resident_index_pb2.CONSENT_METHOD_IN_PERSON: "in_person",
-                    resident_index_pb2.CONSENT_METHOD_APP: "app"}
+_CONSENT_METHODS = {common_pb2.CONSENT_METHOD_IN_PERSON: "in_person", common_pb2.CONSENT_METHOD_APP: "app"}
 
 
-def consent_field(msg: resident_index_pb2.Consent, present: bool, now: dt.datetime, out: Violations):
+def consent_field(msg: common_pb2.Consent, present: bool, now: dt.datetime, out: Violations):
     """The request's consent as an :class:`issuer.national_client.Consent`, or None (violations added)."""
     from issuer.national_client import Consent, ConsentMethod
 
@@ -164,7 +163,7 @@ def consent_field(msg: resident_index_pb2.Consent, present: bool, now: dt.dateti
     ok = True
     method = _CONSENT_METHODS.get(msg.method)
     if method is None:
-        if msg.method == resident_index_pb2.CONSENT_METHOD_UNSPECIFIED:
+        if msg.method == common_pb2.CONSENT_METHOD_UNSPECIFIED:
             out.add("consent.method", "how the resident consented is required (in person or in the app)", "required")
         else:
             out.add("consent.method", "unknown consent method", "method")

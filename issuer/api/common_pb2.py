@@ -25,23 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!healthcode/issuer/v1/common.proto\x12\x14healthcode.issuer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"]\n\x08\x44ocument\x12\x30\n\x04type\x18\x01 \x01(\x0e\x32\".healthcode.issuer.v1.DocumentType\x12\x0e\n\x06number\x18\x02 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x03 \x01(\t\"8\n\x07\x43odeRef\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x0b\n\x03kid\x18\x02 \x01(\x0c\x12\x0e\n\x06serial\x18\x03 \x01(\x04\"\xe4\x02\n\nIssuedCode\x12*\n\x03ref\x18\x01 \x01(\x0b\x32\x1d.healthcode.issuer.v1.CodeRef\x12\x15\n\rmain_index_id\x18\x02 \x01(\t\x12\x11\n\tcode_text\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x05state\x18\x06 \x01(\x0e\x32\x1f.healthcode.issuer.v1.CodeState\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x41\n\x11revocation_reason\x18\x08 \x01(\x0e\x32&.healthcode.issuer.v1.RevocationReason*\x85\x02\n\x0c\x44ocumentType\x12\x1d\n\x19\x44OCUMENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44OCUMENT_TYPE_RESIDENT_ID\x10\x01\x12&\n\"DOCUMENT_TYPE_RESIDENCE_PERMIT_HMT\x10\x02\x12(\n$DOCUMENT_TYPE_PERMANENT_RESIDENCE_ID\x10\x03\x12%\n!DOCUMENT_TYPE_TRAVEL_PERMIT_HK_MO\x10\x04\x12\"\n\x1e\x44OCUMENT_TYPE_TRAVEL_PERMIT_TW\x10\x05\x12\x1a\n\x16\x44OCUMENT_TYPE_PASSPORT\x10\x06*\x98\x02\n\x10RevocationReason\x12!\n\x1dREVOCATION_REASON_UNSPECIFIED\x10\x00\x12!\n\x1dREVOCATION_REASON_LOST_DEVICE\x10\x01\x12\x1e\n\x1aREVOCATION_REASON_DECEASED\x10\x02\x12\x1b\n\x17REVOCATION_REASON_FRAUD\x10\x03\x12\x1c\n\x18REVOCATION_REASON_MERGED\x10\x04\x12 \n\x1cREVOCATION_REASON_SUPERSEDED\x10\x05\x12$\n REVOCATION_REASON_KEY_COMPROMISE\x10\x06\x12\x1b\n\x17REVOCATION_REASON_OTHER\x10\x07*m\n\tCodeState\x12\x1a\n\x16\x43ODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43ODE_STATE_VALID\x10\x01\x12\x16\n\x12\x43ODE_STATE_EXPIRED\x10\x02\x12\x16\n\x12\x43ODE_STATE_REVOKED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!healthcode/issuer/v1/common.proto\x12\x14healthcode.issuer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"]\n\x08\x44ocument\x12\x30\n\x04type\x18\x01 \x01(\x0e\x32\".healthcode.issuer.v1.DocumentType\x12\x0e\n\x06number\x18\x02 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x03 \x01(\t\"\x7f\n\x07\x43onsent\x12\x33\n\x06method\x18\x01 \x01(\x0e\x32#.healthcode.issuer.v1.ConsentMethod\x12,\n\x08given_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x03 \x01(\t\"8\n\x07\x43odeRef\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x0b\n\x03kid\x18\x02 \x01(\x0c\x12\x0e\n\x06serial\x18\x03 \x01(\x04\"\xe4\x02\n\nIssuedCode\x12*\n\x03ref\x18\x01 \x01(\x0b\x32\x1d.healthcode.issuer.v1.CodeRef\x12\x15\n\rmain_index_id\x18\x02 \x01(\t\x12\x11\n\tcode_text\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x05state\x18\x06 \x01(\x0e\x32\x1f.healthcode.issuer.v1.CodeState\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x41\n\x11revocation_reason\x18\x08 \x01(\x0e\x32&.healthcode.issuer.v1.RevocationReason*\x85\x02\n\x0c\x44ocumentType\x12\x1d\n\x19\x44OCUMENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44OCUMENT_TYPE_RESIDENT_ID\x10\x01\x12&\n\"DOCUMENT_TYPE_RESIDENCE_PERMIT_HMT\x10\x02\x12(\n$DOCUMENT_TYPE_PERMANENT_RESIDENCE_ID\x10\x03\x12%\n!DOCUMENT_TYPE_TRAVEL_PERMIT_HK_MO\x10\x04\x12\"\n\x1e\x44OCUMENT_TYPE_TRAVEL_PERMIT_TW\x10\x05\x12\x1a\n\x16\x44OCUMENT_TYPE_PASSPORT\x10\x06*e\n\rConsentMethod\x12\x1e\n\x1a\x43ONSENT_METHOD_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONSENT_METHOD_IN_PERSON\x10\x01\x12\x16\n\x12\x43ONSENT_METHOD_APP\x10\x02*\x98\x02\n\x10RevocationReason\x12!\n\x1dREVOCATION_REASON_UNSPECIFIED\x10\x00\x12!\n\x1dREVOCATION_REASON_LOST_DEVICE\x10\x01\x12\x1e\n\x1aREVOCATION_REASON_DECEASED\x10\x02\x12\x1b\n\x17REVOCATION_REASON_FRAUD\x10\x03\x12\x1c\n\x18REVOCATION_REASON_MERGED\x10\x04\x12 \n\x1cREVOCATION_REASON_SUPERSEDED\x10\x05\x12$\n REVOCATION_REASON_KEY_COMPROMISE\x10\x06\x12\x1b\n\x17REVOCATION_REASON_OTHER\x10\x07*m\n\tCodeState\x12\x1a\n\x16\x43ODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43ODE_STATE_VALID\x10\x01\x12\x16\n\x12\x43ODE_STATE_EXPIRED\x10\x02\x12\x16\n\x12\x43ODE_STATE_REVOKED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'healthcode.issuer.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DOCUMENTTYPE']._serialized_start=605
-  _globals['_DOCUMENTTYPE']._serialized_end=866
-  _globals['_REVOCATIONREASON']._serialized_start=869
-  _globals['_REVOCATIONREASON']._serialized_end=1149
-  _globals['_CODESTATE']._serialized_start=1151
-  _globals['_CODESTATE']._serialized_end=1260
+  _globals['_DOCUMENTTYPE']._serialized_start=734
+  _globals['_DOCUMENTTYPE']._serialized_end=995
+  _globals['_CONSENTMETHOD']._serialized_start=997
+  _globals['_CONSENTMETHOD']._serialized_end=1098
+  _globals['_REVOCATIONREASON']._serialized_start=1101
+  _globals['_REVOCATIONREASON']._serialized_end=1381
+  _globals['_CODESTATE']._serialized_start=1383
+  _globals['_CODESTATE']._serialized_end=1492
   _globals['_DOCUMENT']._serialized_start=92
   _globals['_DOCUMENT']._serialized_end=185
-  _globals['_CODEREF']._serialized_start=187
-  _globals['_CODEREF']._serialized_end=243
-  _globals['_ISSUEDCODE']._serialized_start=246
-  _globals['_ISSUEDCODE']._serialized_end=602
+  _globals['_CONSENT']._serialized_start=187
+  _globals['_CONSENT']._serialized_end=314
+  _globals['_CODEREF']._serialized_start=316
+  _globals['_CODEREF']._serialized_end=372
+  _globals['_ISSUEDCODE']._serialized_start=375
+  _globals['_ISSUEDCODE']._serialized_end=731
 # @@protoc_insertion_point(module_scope)

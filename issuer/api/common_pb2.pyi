@@ -19,6 +19,12 @@ class DocumentType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DOCUMENT_TYPE_TRAVEL_PERMIT_TW: _ClassVar[DocumentType]
     DOCUMENT_TYPE_PASSPORT: _ClassVar[DocumentType]
 
+class ConsentMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONSENT_METHOD_UNSPECIFIED: _ClassVar[ConsentMethod]
+    CONSENT_METHOD_IN_PERSON: _ClassVar[ConsentMethod]
+    CONSENT_METHOD_APP: _ClassVar[ConsentMethod]
+
 class RevocationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REVOCATION_REASON_UNSPECIFIED: _ClassVar[RevocationReason]
@@ -43,6 +49,9 @@ DOCUMENT_TYPE_PERMANENT_RESIDENCE_ID: DocumentType
 DOCUMENT_TYPE_TRAVEL_PERMIT_HK_MO: DocumentType
 DOCUMENT_TYPE_TRAVEL_PERMIT_TW: DocumentType
 DOCUMENT_TYPE_PASSPORT: DocumentType
+CONSENT_METHOD_UNSPECIFIED: ConsentMethod
+CONSENT_METHOD_IN_PERSON: ConsentMethod
+CONSENT_METHOD_APP: ConsentMethod
 REVOCATION_REASON_UNSPECIFIED: RevocationReason
 REVOCATION_REASON_LOST_DEVICE: RevocationReason
 REVOCATION_REASON_DECEASED: RevocationReason
@@ -65,6 +74,16 @@ class Document(_message.Message):
     number: str
     country: str
     def __init__(self, type: _Optional[_Union[DocumentType, str]] = ..., number: _Optional[str] = ..., country: _Optional[str] = ...) -> None: ...
+
+class Consent(_message.Message):
+    __slots__ = ("method", "given_at", "reference")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    GIVEN_AT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    method: ConsentMethod
+    given_at: _timestamp_pb2.Timestamp
+    reference: str
+    def __init__(self, method: _Optional[_Union[ConsentMethod, str]] = ..., given_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reference: _Optional[str] = ...) -> None: ...
 
 class CodeRef(_message.Message):
     __slots__ = ("province", "kid", "serial")

@@ -3,22 +3,12 @@ import datetime
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from issuer.api import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class ConsentMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    CONSENT_METHOD_UNSPECIFIED: _ClassVar[ConsentMethod]
-    CONSENT_METHOD_IN_PERSON: _ClassVar[ConsentMethod]
-    CONSENT_METHOD_APP: _ClassVar[ConsentMethod]
-CONSENT_METHOD_UNSPECIFIED: ConsentMethod
-CONSENT_METHOD_IN_PERSON: ConsentMethod
-CONSENT_METHOD_APP: ConsentMethod
 
 class RegisterResidentRequest(_message.Message):
     __slots__ = ("primary", "supplementary")
@@ -110,16 +100,6 @@ class ListAccessesResponse(_message.Message):
     next_page_token: str
     def __init__(self, accesses: _Optional[_Iterable[_Union[Access, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
-class Consent(_message.Message):
-    __slots__ = ("method", "given_at", "reference")
-    METHOD_FIELD_NUMBER: _ClassVar[int]
-    GIVEN_AT_FIELD_NUMBER: _ClassVar[int]
-    REFERENCE_FIELD_NUMBER: _ClassVar[int]
-    method: ConsentMethod
-    given_at: _timestamp_pb2.Timestamp
-    reference: str
-    def __init__(self, method: _Optional[_Union[ConsentMethod, str]] = ..., given_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reference: _Optional[str] = ...) -> None: ...
-
 class MoveResidentInRequest(_message.Message):
     __slots__ = ("main_index_id", "document", "supplementary", "consent")
     MAIN_INDEX_ID_FIELD_NUMBER: _ClassVar[int]
@@ -129,8 +109,8 @@ class MoveResidentInRequest(_message.Message):
     main_index_id: str
     document: _common_pb2.Document
     supplementary: _containers.RepeatedCompositeFieldContainer[_common_pb2.Document]
-    consent: Consent
-    def __init__(self, main_index_id: _Optional[str] = ..., document: _Optional[_Union[_common_pb2.Document, _Mapping]] = ..., supplementary: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ..., consent: _Optional[_Union[Consent, _Mapping]] = ...) -> None: ...
+    consent: _common_pb2.Consent
+    def __init__(self, main_index_id: _Optional[str] = ..., document: _Optional[_Union[_common_pb2.Document, _Mapping]] = ..., supplementary: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ..., consent: _Optional[_Union[_common_pb2.Consent, _Mapping]] = ...) -> None: ...
 
 class MoveResidentInResponse(_message.Message):
     __slots__ = ("main_index_id", "previous_province")

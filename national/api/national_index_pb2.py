@@ -26,45 +26,41 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from issuer.api import common_pb2 as healthcode_dot_issuer_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+healthcode/national/v1/national_index.proto\x12\x16healthcode.national.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!healthcode/issuer/v1/common.proto\"\xbf\x01\n\x14\x43laimIdentityRequest\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x31\n\tdocuments\x18\x02 \x03(\x0b\x32\x1e.healthcode.issuer.v1.Document\x12\x13\n\x0bprovisional\x18\x03 \x01(\x08\x12\x31\n\rregistered_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rhome_province\x18\x05 \x01(\t\"|\n\x15\x43laimIdentityResponse\x12\x35\n\x07outcome\x18\x01 \x01(\x0e\x32$.healthcode.national.v1.ClaimOutcome\x12\x15\n\rmain_index_id\x18\x02 \x01(\t\x12\x15\n\rhome_province\x18\x03 \x01(\t\"\x81\x01\n\x07\x43onsent\x12\x35\n\x06method\x18\x01 \x01(\x0e\x32%.healthcode.national.v1.ConsentMethod\x12,\n\x08given_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x03 \x01(\t\"\x94\x01\n\x17TransferResidentRequest\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x30\n\x08\x64ocument\x18\x02 \x01(\x0b\x32\x1e.healthcode.issuer.v1.Document\x12\x30\n\x07\x63onsent\x18\x03 \x01(\x0b\x32\x1f.healthcode.national.v1.Consent\"L\n\x18TransferResidentResponse\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x19\n\x11previous_province\x18\x02 \x01(\t\"\xc7\x01\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.healthcode.national.v1.EventKind\x12\x15\n\rmain_index_id\x18\x03 \x01(\t\x12\x1b\n\x13other_main_index_id\x18\x04 \x01(\t\x12\x16\n\x0eother_province\x18\x05 \x01(\t\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x11ListEventsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04\x12\x11\n\tpage_size\x18\x02 \x01(\r\"C\n\x12ListEventsResponse\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1d.healthcode.national.v1.Event\"T\n\x12ResolveCodeRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x30\n\x07purpose\x18\x02 \x01(\x0e\x32\x1f.healthcode.national.v1.Purpose\"\xc1\x01\n\x13ResolveCodeResponse\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x38\n\x10primary_document\x18\x02 \x01(\x0b\x32\x1e.healthcode.issuer.v1.Document\x12\x15\n\rhome_province\x18\x03 \x01(\t\x12\x11\n\taccess_id\x18\x04 \x01(\t\x12/\n\x0bresolved_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x7f\n\rIdentityState\x12\x1e\n\x1aIDENTITY_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15IDENTITY_STATE_ACTIVE\x10\x01\x12\x18\n\x14IDENTITY_STATE_MOVED\x10\x02\x12\x19\n\x15IDENTITY_STATE_MERGED\x10\x03*z\n\x0c\x43laimOutcome\x12\x1d\n\x19\x43LAIM_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43LAIM_OUTCOME_CLAIMED\x10\x01\x12\x16\n\x12\x43LAIM_OUTCOME_HELD\x10\x02\x12\x18\n\x14\x43LAIM_OUTCOME_MERGED\x10\x03*e\n\rConsentMethod\x12\x1e\n\x1a\x43ONSENT_METHOD_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONSENT_METHOD_IN_PERSON\x10\x01\x12\x16\n\x12\x43ONSENT_METHOD_APP\x10\x02*w\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_KIND_MERGED_AWAY\x10\x01\x12\x17\n\x13\x45VENT_KIND_ABSORBED\x10\x02\x12\x19\n\x15\x45VENT_KIND_MOVED_AWAY\x10\x03*\x7f\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x18\n\x14PURPOSE_REGISTRATION\x10\x01\x12\x15\n\x11PURPOSE_TREATMENT\x10\x02\x12\x15\n\x11PURPOSE_EMERGENCY\x10\x03\x12\x13\n\x0fPURPOSE_BILLING\x10\x04\x32\xd9\x02\n\rNationalIndex\x12l\n\rClaimIdentity\x12,.healthcode.national.v1.ClaimIdentityRequest\x1a-.healthcode.national.v1.ClaimIdentityResponse\x12u\n\x10TransferResident\x12/.healthcode.national.v1.TransferResidentRequest\x1a\x30.healthcode.national.v1.TransferResidentResponse\x12\x63\n\nListEvents\x12).healthcode.national.v1.ListEventsRequest\x1a*.healthcode.national.v1.ListEventsResponse2|\n\x12HospitalResolution\x12\x66\n\x0bResolveCode\x12*.healthcode.national.v1.ResolveCodeRequest\x1a+.healthcode.national.v1.ResolveCodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+healthcode/national/v1/national_index.proto\x12\x16healthcode.national.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!healthcode/issuer/v1/common.proto\"\xbf\x01\n\x14\x43laimIdentityRequest\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x31\n\tdocuments\x18\x02 \x03(\x0b\x32\x1e.healthcode.issuer.v1.Document\x12\x13\n\x0bprovisional\x18\x03 \x01(\x08\x12\x31\n\rregistered_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rhome_province\x18\x05 \x01(\t\"|\n\x15\x43laimIdentityResponse\x12\x35\n\x07outcome\x18\x01 \x01(\x0e\x32$.healthcode.national.v1.ClaimOutcome\x12\x15\n\rmain_index_id\x18\x02 \x01(\t\x12\x15\n\rhome_province\x18\x03 \x01(\t\"\x92\x01\n\x17TransferResidentRequest\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x30\n\x08\x64ocument\x18\x02 \x01(\x0b\x32\x1e.healthcode.issuer.v1.Document\x12.\n\x07\x63onsent\x18\x03 \x01(\x0b\x32\x1d.healthcode.issuer.v1.Consent\"L\n\x18TransferResidentResponse\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x19\n\x11previous_province\x18\x02 \x01(\t\"\xc7\x01\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.healthcode.national.v1.EventKind\x12\x15\n\rmain_index_id\x18\x03 \x01(\t\x12\x1b\n\x13other_main_index_id\x18\x04 \x01(\t\x12\x16\n\x0eother_province\x18\x05 \x01(\t\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x11ListEventsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04\x12\x11\n\tpage_size\x18\x02 \x01(\r\"C\n\x12ListEventsResponse\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1d.healthcode.national.v1.Event\"T\n\x12ResolveCodeRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x30\n\x07purpose\x18\x02 \x01(\x0e\x32\x1f.healthcode.national.v1.Purpose\"\xc1\x01\n\x13ResolveCodeResponse\x12\x15\n\rmain_index_id\x18\x01 \x01(\t\x12\x38\n\x10primary_document\x18\x02 \x01(\x0b\x32\x1e.healthcode.issuer.v1.Document\x12\x15\n\rhome_province\x18\x03 \x01(\t\x12\x11\n\taccess_id\x18\x04 \x01(\t\x12/\n\x0bresolved_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x7f\n\rIdentityState\x12\x1e\n\x1aIDENTITY_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15IDENTITY_STATE_ACTIVE\x10\x01\x12\x18\n\x14IDENTITY_STATE_MOVED\x10\x02\x12\x19\n\x15IDENTITY_STATE_MERGED\x10\x03*z\n\x0c\x43laimOutcome\x12\x1d\n\x19\x43LAIM_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43LAIM_OUTCOME_CLAIMED\x10\x01\x12\x16\n\x12\x43LAIM_OUTCOME_HELD\x10\x02\x12\x18\n\x14\x43LAIM_OUTCOME_MERGED\x10\x03*w\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_KIND_MERGED_AWAY\x10\x01\x12\x17\n\x13\x45VENT_KIND_ABSORBED\x10\x02\x12\x19\n\x15\x45VENT_KIND_MOVED_AWAY\x10\x03*\x7f\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x18\n\x14PURPOSE_REGISTRATION\x10\x01\x12\x15\n\x11PURPOSE_TREATMENT\x10\x02\x12\x15\n\x11PURPOSE_EMERGENCY\x10\x03\x12\x13\n\x0fPURPOSE_BILLING\x10\x04\x32\xd9\x02\n\rNationalIndex\x12l\n\rClaimIdentity\x12,.healthcode.national.v1.ClaimIdentityRequest\x1a-.healthcode.national.v1.ClaimIdentityResponse\x12u\n\x10TransferResident\x12/.healthcode.national.v1.TransferResidentRequest\x1a\x30.healthcode.national.v1.TransferResidentResponse\x12\x63\n\nListEvents\x12).healthcode.national.v1.ListEventsRequest\x1a*.healthcode.national.v1.ListEventsResponse2|\n\x12HospitalResolution\x12\x66\n\x0bResolveCode\x12*.healthcode.national.v1.ResolveCodeRequest\x1a+.healthcode.national.v1.ResolveCodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'healthcode.national.v1.national_index_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IDENTITYSTATE']._serialized_start=1437
-  _globals['_IDENTITYSTATE']._serialized_end=1564
-  _globals['_CLAIMOUTCOME']._serialized_start=1566
-  _globals['_CLAIMOUTCOME']._serialized_end=1688
-  _globals['_CONSENTMETHOD']._serialized_start=1690
-  _globals['_CONSENTMETHOD']._serialized_end=1791
-  _globals['_EVENTKIND']._serialized_start=1793
-  _globals['_EVENTKIND']._serialized_end=1912
-  _globals['_PURPOSE']._serialized_start=1914
-  _globals['_PURPOSE']._serialized_end=2041
+  _globals['_IDENTITYSTATE']._serialized_start=1303
+  _globals['_IDENTITYSTATE']._serialized_end=1430
+  _globals['_CLAIMOUTCOME']._serialized_start=1432
+  _globals['_CLAIMOUTCOME']._serialized_end=1554
+  _globals['_EVENTKIND']._serialized_start=1556
+  _globals['_EVENTKIND']._serialized_end=1675
+  _globals['_PURPOSE']._serialized_start=1677
+  _globals['_PURPOSE']._serialized_end=1804
   _globals['_CLAIMIDENTITYREQUEST']._serialized_start=140
   _globals['_CLAIMIDENTITYREQUEST']._serialized_end=331
   _globals['_CLAIMIDENTITYRESPONSE']._serialized_start=333
   _globals['_CLAIMIDENTITYRESPONSE']._serialized_end=457
-  _globals['_CONSENT']._serialized_start=460
-  _globals['_CONSENT']._serialized_end=589
-  _globals['_TRANSFERRESIDENTREQUEST']._serialized_start=592
-  _globals['_TRANSFERRESIDENTREQUEST']._serialized_end=740
-  _globals['_TRANSFERRESIDENTRESPONSE']._serialized_start=742
-  _globals['_TRANSFERRESIDENTRESPONSE']._serialized_end=818
-  _globals['_EVENT']._serialized_start=821
-  _globals['_EVENT']._serialized_end=1020
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1022
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1084
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1086
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1153
-  _globals['_RESOLVECODEREQUEST']._serialized_start=1155
-  _globals['_RESOLVECODEREQUEST']._serialized_end=1239
-  _globals['_RESOLVECODERESPONSE']._serialized_start=1242
-  _globals['_RESOLVECODERESPONSE']._serialized_end=1435
-  _globals['_NATIONALINDEX']._serialized_start=2044
-  _globals['_NATIONALINDEX']._serialized_end=2389
-  _globals['_HOSPITALRESOLUTION']._serialized_start=2391
-  _globals['_HOSPITALRESOLUTION']._serialized_end=2515
+  _globals['_TRANSFERRESIDENTREQUEST']._serialized_start=460
+  _globals['_TRANSFERRESIDENTREQUEST']._serialized_end=606
+  _globals['_TRANSFERRESIDENTRESPONSE']._serialized_start=608
+  _globals['_TRANSFERRESIDENTRESPONSE']._serialized_end=684
+  _globals['_EVENT']._serialized_start=687
+  _globals['_EVENT']._serialized_end=886
+  _globals['_LISTEVENTSREQUEST']._serialized_start=888
+  _globals['_LISTEVENTSREQUEST']._serialized_end=950
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=952
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1019
+  _globals['_RESOLVECODEREQUEST']._serialized_start=1021
+  _globals['_RESOLVECODEREQUEST']._serialized_end=1105
+  _globals['_RESOLVECODERESPONSE']._serialized_start=1108
+  _globals['_RESOLVECODERESPONSE']._serialized_end=1301
+  _globals['_NATIONALINDEX']._serialized_start=1807
+  _globals['_NATIONALINDEX']._serialized_end=2152
+  _globals['_HOSPITALRESOLUTION']._serialized_start=2154
+  _globals['_HOSPITALRESOLUTION']._serialized_end=2278
 # @@protoc_insertion_point(module_scope)

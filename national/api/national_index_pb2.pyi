@@ -25,12 +25,6 @@ class ClaimOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CLAIM_OUTCOME_HELD: _ClassVar[ClaimOutcome]
     CLAIM_OUTCOME_MERGED: _ClassVar[ClaimOutcome]
 
-class ConsentMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    CONSENT_METHOD_UNSPECIFIED: _ClassVar[ConsentMethod]
-    CONSENT_METHOD_IN_PERSON: _ClassVar[ConsentMethod]
-    CONSENT_METHOD_APP: _ClassVar[ConsentMethod]
-
 class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EVENT_KIND_UNSPECIFIED: _ClassVar[EventKind]
@@ -53,9 +47,6 @@ CLAIM_OUTCOME_UNSPECIFIED: ClaimOutcome
 CLAIM_OUTCOME_CLAIMED: ClaimOutcome
 CLAIM_OUTCOME_HELD: ClaimOutcome
 CLAIM_OUTCOME_MERGED: ClaimOutcome
-CONSENT_METHOD_UNSPECIFIED: ConsentMethod
-CONSENT_METHOD_IN_PERSON: ConsentMethod
-CONSENT_METHOD_APP: ConsentMethod
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_MERGED_AWAY: EventKind
 EVENT_KIND_ABSORBED: EventKind
@@ -90,16 +81,6 @@ class ClaimIdentityResponse(_message.Message):
     home_province: str
     def __init__(self, outcome: _Optional[_Union[ClaimOutcome, str]] = ..., main_index_id: _Optional[str] = ..., home_province: _Optional[str] = ...) -> None: ...
 
-class Consent(_message.Message):
-    __slots__ = ("method", "given_at", "reference")
-    METHOD_FIELD_NUMBER: _ClassVar[int]
-    GIVEN_AT_FIELD_NUMBER: _ClassVar[int]
-    REFERENCE_FIELD_NUMBER: _ClassVar[int]
-    method: ConsentMethod
-    given_at: _timestamp_pb2.Timestamp
-    reference: str
-    def __init__(self, method: _Optional[_Union[ConsentMethod, str]] = ..., given_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reference: _Optional[str] = ...) -> None: ...
-
 class TransferResidentRequest(_message.Message):
     __slots__ = ("main_index_id", "document", "consent")
     MAIN_INDEX_ID_FIELD_NUMBER: _ClassVar[int]
@@ -107,8 +88,8 @@ class TransferResidentRequest(_message.Message):
     CONSENT_FIELD_NUMBER: _ClassVar[int]
     main_index_id: str
     document: _common_pb2.Document
-    consent: Consent
-    def __init__(self, main_index_id: _Optional[str] = ..., document: _Optional[_Union[_common_pb2.Document, _Mapping]] = ..., consent: _Optional[_Union[Consent, _Mapping]] = ...) -> None: ...
+    consent: _common_pb2.Consent
+    def __init__(self, main_index_id: _Optional[str] = ..., document: _Optional[_Union[_common_pb2.Document, _Mapping]] = ..., consent: _Optional[_Union[_common_pb2.Consent, _Mapping]] = ...) -> None: ...
 
 class TransferResidentResponse(_message.Message):
     __slots__ = ("main_index_id", "previous_province")

@@ -324,7 +324,7 @@ BAD_INPUT = {
                    [("main_index_id", "REQUIRED"), ("document", "REQUIRED"), ("consent", "REQUIRED")]),
     "move-consent-unset": ("index", "MoveResidentIn",
                            rpb.MoveResidentInRequest(main_index_id=GOOD_MID, document=doc(BAD_CHECK),
-                                                     consent=rpb.Consent()),
+                                                     consent=common_pb2.Consent()),
                            [("document.number", "CHECK_CHARACTER"), ("consent.method", "REQUIRED"),
                             ("consent.given_at", "REQUIRED"), ("consent.reference", "FORMAT")]),
     # IssueCode

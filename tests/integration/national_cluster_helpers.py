@@ -75,7 +75,7 @@ class Desk:
         return self.index.RegisterResident(request, timeout=RPC_TIMEOUT)
 
     def move_in(self, main_index_id: str, document: common_pb2.Document,
-                consent: resident_index_pb2.Consent | None) -> resident_index_pb2.MoveResidentInResponse:
+                consent: common_pb2.Consent | None) -> resident_index_pb2.MoveResidentInResponse:
         request = resident_index_pb2.MoveResidentInRequest(main_index_id=main_index_id, document=document,
                                                            consent=consent)
         return self.index.MoveResidentIn(request, timeout=RPC_TIMEOUT)
@@ -179,9 +179,9 @@ def his_example() -> dict:
     return namespace
 
 
-def consent(method: int = resident_index_pb2.CONSENT_METHOD_IN_PERSON, *,
-            given_at: dt.datetime | None = None) -> resident_index_pb2.Consent:
-    given = resident_index_pb2.Consent(method=method, reference="desk-44/consent/0001")
+def consent(method: int = common_pb2.CONSENT_METHOD_IN_PERSON, *,
+            given_at: dt.datetime | None = None) -> common_pb2.Consent:
+    given = common_pb2.Consent(method=method, reference="desk-44/consent/0001")
     given.given_at.FromDatetime(given_at or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
                                 - dt.timedelta(minutes=1))
     return given

@@ -348,7 +348,7 @@ def test_a_resident_moves_from_33_to_44_with_consent(cluster, desks):
     # without consent, with an unset method, with a consent from the future: refused, nothing changed
     error = refused(lambda: desks["44"].move_in(mid, document, None), grpc.StatusCode.INVALID_ARGUMENT)
     assert any(f.startswith("consent") for f in violations(error)), violations(error)
-    error = refused(lambda: desks["44"].move_in(mid, document, consent(resident_index_pb2.CONSENT_METHOD_UNSPECIFIED)),
+    error = refused(lambda: desks["44"].move_in(mid, document, consent(common_pb2.CONSENT_METHOD_UNSPECIFIED)),
                     grpc.StatusCode.INVALID_ARGUMENT)
     assert "consent.method" in violations(error), violations(error)
     future = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(hours=1)

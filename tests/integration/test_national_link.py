@@ -235,8 +235,8 @@ def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     return None
 
 
-def consent() -> rpb.Consent:
-    c = rpb.Consent(method=rpb.CONSENT_METHOD_IN_PERSON, reference="desk-44/2026-001")
+def consent() -> common_pb2.Consent:
+    c = common_pb2.Consent(method=common_pb2.CONSENT_METHOD_IN_PERSON, reference="desk-44/2026-001")
     c.given_at.FromSeconds(int(dt.datetime.now(dt.timezone.utc).timestamp()) - 60)
     return c
 

@@ -200,15 +200,15 @@ def test_bad_claims(world, name, request_, code, fields):
     assert before is None and world.index.lookup(resident(n=2006)) is None  # nothing stored
 
 
-def _consent(method=pb.CONSENT_METHOD_IN_PERSON, age=dt.timedelta(minutes=5), reference="desk-44/1"):
-    c = pb.Consent(method=method, reference=reference)
+def _consent(method=common_pb2.CONSENT_METHOD_IN_PERSON, age=dt.timedelta(minutes=5), reference="desk-44/1"):
+    c = common_pb2.Consent(method=method, reference=reference)
     c.given_at.FromSeconds(int((dt.datetime.now(dt.timezone.utc) - age).timestamp()))
     return c
 
 
 @pytest.mark.parametrize("name, consent, fields", [
     ("no consent", None, {"consent": "REQUIRED"}),
-    ("no method", _consent(method=pb.CONSENT_METHOD_UNSPECIFIED), {"consent.method": "REQUIRED"}),
+    ("no method", _consent(method=common_pb2.CONSENT_METHOD_UNSPECIFIED), {"consent.method": "REQUIRED"}),
     ("consent too old", _consent(age=dt.timedelta(days=31)), {"consent.given_at": "EXPIRED"}),
     ("no reference", _consent(reference=""), {"consent.reference": "FORMAT"}),
 ])
