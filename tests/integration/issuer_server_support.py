@@ -19,7 +19,6 @@ import threading
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2_grpc
 from grpc_status import rpc_status
@@ -35,6 +34,8 @@ from issuer.server import IssuerServer, ServerOptions, TlsMaterial
 from issuer.service import ServiceSettings
 from issuer.store.sqlite import SQLiteStore
 from issuer.tls import DevPki
+
+from .grpc_status_support import field_violations
 
 
 PROVINCE = "33"
@@ -142,14 +143,8 @@ APP = bearer(APP_KEY)
 def bad_request(error: grpc.RpcError) -> list[tuple[str, str]]:
     """(field, reason) of every BadRequest field violation in an INVALID_ARGUMENT error."""
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details())
-    status = rpc_status.from_call(error)
-    assert status is not None, "no rich status in the trailers"
-    out = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            detail.Unpack(br)
-            out += [(v.field, v.reason) for v in br.field_violations]
+    assert rpc_status.from_call(error) is not None, "no rich status in the trailers"
+    out = field_violations(error)
     assert out, "no BadRequest detail"
     return out
 

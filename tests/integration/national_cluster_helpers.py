@@ -15,13 +15,13 @@ from typing import Callable
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 import healthcode as hc
 from issuer.api import (common_pb2, health_codes_pb2, health_codes_pb2_grpc, resident_index_pb2,
                         resident_index_pb2_grpc)
 from issuer.documents import make_resident_id
+from issuer.wire import received_error_info
 from national.api import national_index_pb2 as national_pb2
 from national.api import national_index_pb2_grpc as national_pb2_grpc
 from tools.bench.national_cluster import HOSPITALS, Cluster, desk_cn, hospital_cn, province_cn
@@ -115,25 +115,8 @@ def refused(call: Callable[[], object], *codes: grpc.StatusCode) -> grpc.RpcErro
 
 def error_info(error: grpc.RpcError) -> tuple[str, dict[str, str]] | None:
     """The ErrorInfo (reason, metadata) of an error, if it has one."""
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason, dict(info.metadata)
-    return None
-
-
-def violations(error: grpc.RpcError) -> dict[str, str]:
-    """The BadRequest field violations of an error: field -> reason."""
-    status = rpc_status.from_call(error)
-    out: dict[str, str] = {}
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out.update({v.field: v.reason for v in bad.field_violations})
-    return out
+    info = received_error_info(error)
+    return (info.reason, dict(info.metadata)) if info is not None else None
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -40,6 +40,8 @@ from keys.key_set_file import load_key_set
 from shellkit.files import write_file_atomically
 from verifier.trustsync import TrustSync
 
+from .grpc_status_support import error_reason, field_violations
+
 UTC = dt.timezone.utc
 DAY = dt.timedelta(days=1)
 HOUR = dt.timedelta(hours=1)
@@ -172,13 +174,7 @@ def served(loop, pki, tmp_path, template):
 
 
 def error_info(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    return ""
+    return error_reason(error) or ""
 
 
 def call(stub, method: str, request, **kw):
@@ -349,13 +345,7 @@ def test_bad_input_and_refusals_map_to_status_codes(served):
             call(stub, method, request)
         assert (err.value.code(), error_info(err.value)) == (code, reason), (method, err.value.details())
         if field is not None:
-            status = rpc_status.from_call(err.value)
-            fields = []
-            for detail in status.details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    br = error_details_pb2.BadRequest()
-                    detail.Unpack(br)
-                    fields += [v.field for v in br.field_violations]
+            fields = [f for f, _ in field_violations(err.value)]
             assert fields == [field], (method, fields)
     assert served.nation.key_set().revision == 1
     forced = call(stub, "RetireKey", kpb.RetireKeyRequest(province="33", kid=kid, force=True))

@@ -54,10 +54,11 @@ from tools.bench.national_cluster import HOSPITALS, NATIONAL_CN, NOBODY_CN, Clus
 
 pytest.importorskip("national.api.national_index_pb2")
 
+from .grpc_status_support import violations  # noqa: E402
 from .national_cluster_helpers import (HOSPITAL_33, HOSPITAL_44, RECONCILE_TIMEOUT, ROOT, RPC_TIMEOUT,  # noqa: E402
                                        USED_NUMBERS, Desk, consent, error_info, his_example, national_holder,
                                        national_index, national_pb2, new_number, refused, resident_id, resolve,
-                                       signed, violations, wait_for)
+                                       signed, wait_for)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -29,8 +29,6 @@ import time
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 import healthcode as hc
 from healthcode import presentation as hp
@@ -63,6 +61,7 @@ from national.trust import KeyringHolder
 
 from .national_support import LoopThread, Pki
 from .postgres_support import PgSchema, require_postgres
+from .grpc_status_support import error_info, field_violations
 
 API_KEY = "national-link-app-key-" + "k" * 40
 APP = (("authorization", f"Bearer {API_KEY}"),)
@@ -223,16 +222,6 @@ def register(world: World, code: str, *docs: common_pb2.Document) -> rpb.Registe
 def issue(world: World, code: str, mid: str) -> common_pb2.IssuedCode:
     return world.p[code].stub("codes").IssueCode(health_codes_pb2.IssueCodeRequest(main_index_id=mid),
                                                  metadata=APP, timeout=10).code
-
-
-def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    return None
 
 
 def consent() -> common_pb2.Consent:
@@ -522,14 +511,7 @@ def test_release_is_idempotent_when_replayed(world):
 
 
 def _fields(error: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(error)
-    out = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out += [v.field for v in bad.field_violations]
-    return out
+    return [f for f, _ in field_violations(error)]
 
 
 # --------------------------------------------------------------------------- partitions

@@ -16,9 +16,7 @@ import logging
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 import healthcode as hc
 from healthcode import presentation as hp
@@ -28,6 +26,7 @@ from issuer.wire import received_error_info
 from national.api import national_index_pb2 as pb
 from national.store import open_national_store
 
+from .grpc_status_support import error_reason as reason, violations
 from .national_support import NOW, LoopThread, NationalHarness, Pki, TestProvince, new_mid, resident
 
 CLIENTS = ["province:33", "province:44", "hospital:44:gz-first", "hospital:33:hz-first"]
@@ -68,27 +67,6 @@ def status_of(call):
     with pytest.raises(grpc.RpcError) as info:
         call()
     return info.value
-
-
-def violations(error) -> dict[str, str]:
-    status = rpc_status.from_call(error)
-    out = {}
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out.update({v.field: v.reason for v in bad.field_violations})
-    return out
-
-
-def reason(error) -> str | None:
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    return None
 
 
 def claim_request(mid, *docs, **kw) -> pb.ClaimIdentityRequest:
