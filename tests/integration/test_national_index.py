@@ -17,19 +17,8 @@ from national.links import LinkTls, ProvinceLinks
 from national.store import MERGED, open_national_store
 
 from .national_support import NOW, LoopThread, Pki, TestProvince, new_mid, resident
-from .postgres_support import PgSchema, require_postgres
 
 CLAIMED, HELD, MERGED_ = ClaimOutcome.CLAIMED, ClaimOutcome.HELD, ClaimOutcome.MERGED
-
-
-@pytest.fixture(scope="module")
-def pg():
-    require_postgres()
-    schema = PgSchema()
-    try:
-        yield schema
-    finally:
-        schema.drop()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -37,7 +26,7 @@ def store(request, tmp_path):
     if request.param == "sqlite":
         s = open_national_store(tmp_path / "national.db")
     else:
-        schema = request.getfixturevalue("pg")
+        schema = request.getfixturevalue("pg_schema")  # conftest: this module's schema
         schema.drop()
         s = open_national_store(schema.url, partitions=4)
     yield s
