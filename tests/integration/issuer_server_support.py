@@ -24,8 +24,12 @@ from grpc_reflection.v1alpha import reflection_pb2_grpc
 from grpc_status import rpc_status
 
 import healthcode as hc
+from healthcode import Algorithm
+from healthcode.algorithms import generate_signing_key
+from healthcode.presentation import proof_of_possession_input
 from issuer import auth
 from issuer.api import common_pb2, health_codes_pb2, health_codes_pb2_grpc, resident_index_pb2, resident_index_pb2_grpc
+from issuer.api import wallets_pb2
 from issuer.documents import make_resident_id
 from issuer.index import ResidentIndex
 from issuer.issuance import CodeIssuer
@@ -147,6 +151,26 @@ def bad_request(error: grpc.RpcError) -> list[tuple[str, str]]:
     out = field_violations(error)
     assert out, "no BadRequest detail"
     return out
+
+
+class Phone:
+    """A phone's device key (a real P-256 key by default, or SM2), its SEC 1 point, and what it signs."""
+
+    def __init__(self, algorithm: Algorithm = Algorithm.ES256) -> None:
+        self.algorithm = algorithm
+        self.key = generate_signing_key(algorithm)
+        self.point = self.key.public_key().spki_der()[-65:]
+
+    def sign(self, data: bytes) -> bytes:
+        return self.key.sign(data)
+
+    def proof(self, challenge: bytes) -> bytes:
+        return self.sign(proof_of_possession_input(challenge, self.key.public_key()))
+
+    def device_key(self) -> wallets_pb2.DeviceKey:
+        wire = wallets_pb2.DEVICE_KEY_ALGORITHM_SM2_SM3 if self.algorithm is Algorithm.SM2_SM3 else \
+            wallets_pb2.DEVICE_KEY_ALGORITHM_ES256
+        return wallets_pb2.DeviceKey(algorithm=wire, public_key=self.point)
 
 
 class Client:

@@ -22,12 +22,10 @@ import grpc
 import pytest
 
 import healthcode as hc
-from healthcode.algorithms import generate_signing_key
 from healthcode.codec import ClaimKey, decode_unverified
 from healthcode.errors import PresentationRequired
 from healthcode.presentation import (
     encode_presentation,
-    proof_of_possession_input,
     step_at,
     verify_presentation,
 )
@@ -39,7 +37,8 @@ from issuer.model import Channel
 from issuer.service import ServiceSettings
 from issuer.wallets import CHALLENGE_TTL, WalletIssuer
 
-from .issuer_server_support import APP, APP_KEY, PROVINCE, Client, Domain, LoopThread, bad_request, doc, resident_id
+from .issuer_server_support import (APP, APP_KEY, PROVINCE, Client, Domain, LoopThread, Phone, bad_request, doc,
+                                    resident_id)
 
 pb = wallets_pb2
 WALLET_KEY = "wallets-web-key-" + "w" * 40  # a wallet-role key, as a public web page holds it
@@ -49,23 +48,6 @@ ES256 = pb.DEVICE_KEY_ALGORITHM_ES256
 
 
 # --------------------------------------------------------------------------- the phone and the harness
-
-
-class Phone:
-    """A phone's device key: a real P-256 key, its SEC 1 point, and what it signs."""
-
-    def __init__(self) -> None:
-        self.key = generate_signing_key()
-        self.point = self.key.public_key().spki_der()[-65:]
-
-    def sign(self, data: bytes) -> bytes:
-        return self.key.sign(data)
-
-    def proof(self, challenge: bytes) -> bytes:
-        return self.sign(proof_of_possession_input(challenge, self.key.public_key()))
-
-    def device_key(self) -> pb.DeviceKey:
-        return pb.DeviceKey(algorithm=ES256, public_key=self.point)
 
 
 class Clock:

@@ -20,11 +20,9 @@ import pytest
 pytest.importorskip("gmalglib", reason="SM2 needs the 'sm2' extra (gmalglib)")
 
 from healthcode import Algorithm  # noqa: E402
-from healthcode.algorithms import generate_signing_key  # noqa: E402
 from healthcode.presentation import (  # noqa: E402
     encode_presentation,
     holder_cnf,
-    proof_of_possession_input,
     step_at,
     verify_presentation,
 )
@@ -35,29 +33,11 @@ from issuer.server import IssuerServer, ServerOptions, TlsMaterial  # noqa: E402
 from issuer.service import ServiceSettings  # noqa: E402
 from issuer.wallets import WalletIssuer  # noqa: E402
 
-from .issuer_server_support import APP, APP_KEY, PROVINCE, Client, Domain, LoopThread, bad_request  # noqa: E402
+from .issuer_server_support import (APP, APP_KEY, PROVINCE, Client, Domain, LoopThread, Phone,  # noqa: E402
+                                    bad_request)
 
 pb = wallets_pb2
-
-
-class Phone:
-    """A phone's device key (SM2 or P-256), its SEC 1 point, and what it signs."""
-
-    def __init__(self, algorithm: Algorithm = Algorithm.SM2_SM3) -> None:
-        self.algorithm = algorithm
-        self.key = generate_signing_key(algorithm)
-        self.point = self.key.public_key().spki_der()[-65:]
-
-    def sign(self, data: bytes) -> bytes:
-        return self.key.sign(data)
-
-    def proof(self, challenge: bytes) -> bytes:
-        return self.sign(proof_of_possession_input(challenge, self.key.public_key()))
-
-    def device_key(self) -> pb.DeviceKey:
-        wire = pb.DEVICE_KEY_ALGORITHM_SM2_SM3 if self.algorithm is Algorithm.SM2_SM3 else \
-            pb.DEVICE_KEY_ALGORITHM_ES256
-        return pb.DeviceKey(algorithm=wire, public_key=self.point)
+SM2 = Algorithm.SM2_SM3
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +94,7 @@ def _live(stub, mid: str) -> list[int]:
 def test_an_sm2_phone_enrols_and_presents(served, compressed):
     client, stub, domain = served
     mid = client.register()
-    phone = Phone()
+    phone = Phone(SM2)
     point = phone.point if not compressed else bytes((2 + (phone.point[64] & 1),)) + phone.point[1:33]
     credential = _enrol(stub, mid, phone, key_public_key=point)
     now = dt.datetime.now(dt.timezone.utc)
@@ -137,7 +117,7 @@ BAD = [
      [("device_key.public_key", "CURVE")]),
     ("p256_point_named_sm2", lambda phone: dict(key_public_key=Phone(Algorithm.ES256).point),
      [("device_key.public_key", "CURVE")]),
-    ("proof_by_another_key", lambda phone: dict(proof=Phone().proof(b"\x00" * 32)), [("proof", "PROOF")]),
+    ("proof_by_another_key", lambda phone: dict(proof=Phone(SM2).proof(b"\x00" * 32)), [("proof", "PROOF")]),
     ("sm2_point_named_es256", lambda phone: dict(key_algorithm=pb.DEVICE_KEY_ALGORITHM_ES256),
      [("device_key.public_key", "CURVE")]),
 ]
@@ -147,7 +127,7 @@ BAD = [
 def test_bad_sm2_input_is_invalid_argument_and_stores_nothing(served, change, expected):
     client, stub, _ = served
     mid = client.register()
-    phone = Phone()
+    phone = Phone(SM2)
     with pytest.raises(grpc.RpcError) as caught:
         _enrol(stub, mid, phone, **change(phone))
     assert bad_request(caught.value) == expected
@@ -157,7 +137,7 @@ def test_bad_sm2_input_is_invalid_argument_and_stores_nothing(served, change, ex
 def test_an_sm2_proof_does_not_pass_for_a_p256_key_nor_the_reverse(served):
     client, stub, _ = served
     mid = client.register()
-    p256, sm2 = Phone(Algorithm.ES256), Phone()
+    p256, sm2 = Phone(Algorithm.ES256), Phone(SM2)
     challenge = _challenge(stub, mid)
     request = pb.IssueCredentialRequest(main_index_id=mid, challenge=challenge, device_key=p256.device_key(),
                                         proof=sm2.proof(challenge))
