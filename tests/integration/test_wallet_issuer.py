@@ -15,9 +15,6 @@ with the issuer gone, renewal says "offline" and the phone keeps presenting.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -32,24 +29,14 @@ from verifier.images import decode_image
 from wallet import Wallet
 from wallet.remote import WalletClient
 
+from .wallet_cli_support import owner_only, wallet
+
 UTC = dt.timezone.utc
 PASSPHRASE = "correct horse battery"
 
 
 def auth(env: DevEnvironment) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {env.api_key}"),)
-
-
-def owner_only(path, text: str):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    return path
-
-
-def wallet(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wallet", *args], capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture

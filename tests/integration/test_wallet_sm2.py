@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -32,21 +31,10 @@ from issuer.documents import make_resident_id, parse_document  # noqa: E402
 from verifier.trust_sources import DEV_BUNDLE_NAME, dev_bundle_bytes  # noqa: E402
 from wallet import Wallet  # noqa: E402
 
+from .wallet_cli_support import ROOT, owner_only, wallet  # noqa: E402
+
 UTC = dt.timezone.utc
 PASSPHRASE = "correct horse battery"
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def owner_only(path: pathlib.Path, text: str) -> pathlib.Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    return path
-
-
-def wallet(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wallet", *args], capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL, cwd=ROOT)
 
 
 def terminal(env: DevEnvironment, data_dir: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
