@@ -8,6 +8,8 @@ Contracts:
 - :func:`ensure_private_file` tightens a file some library created (SQLite's database,
   ``-wal`` and ``-shm``) to ``0600``.
 - :func:`require_private` refuses a secret that group or others can read, naming the fix.
+- :func:`read_config_file` reads a file a configuration names (optionally a secret), any
+  failure raised as the caller's own configuration error.
 - :func:`file_lock` holds an exclusive ``flock`` for a block.
 """
 
@@ -20,7 +22,7 @@ import pathlib
 import stat
 import tempfile
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 __all__ = [
     "OWNER_ONLY",
@@ -32,6 +34,7 @@ __all__ = [
     "ensure_private_file",
     "require_private",
     "read_secret",
+    "read_config_file",
     "file_lock",
 ]
 
@@ -140,6 +143,25 @@ def read_secret(path: os.PathLike[str] | str, *, what: str = "secret file") -> b
         if mode & _GROUP_OR_OTHER:
             raise InsecureFileMode(path, mode, what)
         return handle.read()
+
+
+def read_config_file(path: os.PathLike[str] | str, *, what: str, error: Callable[[str], Exception],
+                     secret: bool = False) -> bytes:
+    """The bytes of a file a configuration names (``what`` says which, e.g. "TLS key").
+
+    Raises ``error(message)`` (without the ``OSError`` as context) when the file cannot be
+    read, ``cannot read <what> <path>: <reason>``, or, with ``secret``, when group or others
+    have any permission on it (:func:`read_secret`; the message says ``chmod 600 <path>``).
+    """
+    try:
+        if secret:
+            return read_secret(path, what=what)
+        with open(path, "rb") as handle:
+            return handle.read()
+    except InsecureFileMode as e:
+        raise error(str(e)) from None
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from None
 
 
 @contextlib.contextmanager

@@ -6,12 +6,13 @@ import ast
 import datetime as dt
 import os
 import pathlib
+import signal
 import stat
 
 import click
 import pytest
 
-from shellkit import cli, files, times
+from shellkit import cli, files, processes, times
 
 SHELLKIT = pathlib.Path(files.__file__).parent
 
@@ -100,6 +101,40 @@ def test_secret_readable_by_others_is_refused_with_the_fix(tmp_path, mode, refus
     else:
         assert files.read_secret(secret) == b"00" * 32
         files.require_private(secret)
+
+
+class _ConfigError(Exception):
+    pass
+
+
+def test_read_config_file_raises_the_callers_error(tmp_path):
+    plain, secret = tmp_path / "ca.pem", tmp_path / "tls.key"
+    plain.write_bytes(b"cert")
+    secret.write_bytes(b"key")
+    os.chmod(secret, 0o644)
+    assert files.read_config_file(plain, what="client CA", error=_ConfigError) == b"cert"
+    with pytest.raises(_ConfigError, match=r"chmod 600 .*tls\.key") as refused:
+        files.read_config_file(secret, what="TLS key", error=_ConfigError, secret=True)
+    assert refused.value.__context__ is None or refused.value.__suppress_context__
+    os.chmod(secret, 0o600)
+    assert files.read_config_file(secret, what="TLS key", error=_ConfigError, secret=True) == b"key"
+    with pytest.raises(_ConfigError, match=r"^cannot read client CA .*missing\.pem: No such file or directory$"):
+        files.read_config_file(tmp_path / "missing.pem", what="client CA", error=_ConfigError)
+
+
+def test_terminate_stops_gracefully_or_kills():
+    import subprocess
+    import sys
+
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert processes.terminate(polite, timeout=30) == -signal.SIGTERM
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)"],
+                                stdout=subprocess.PIPE)
+    stubborn.stdout.readline()  # SIGTERM is ignored from here on
+    assert processes.terminate(stubborn, timeout=0.2) == -signal.SIGKILL
+    stubborn.stdout.close()
+    assert processes.terminate(stubborn) == -signal.SIGKILL  # already gone: its status, no signal sent
 
 
 def test_file_lock_creates_owner_only_lock(tmp_path):
