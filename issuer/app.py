@@ -37,7 +37,7 @@ from issuer import auth
 from issuer.config import ConfigError, IssuerConfig
 from issuer.server import IssuerServer, ServerOptions, TlsMaterial, utc_now
 from issuer.service import CodeIssuerPort, ResidentIndexPort, ServiceSettings
-from shellkit.files import InsecureFileMode, read_secret
+from shellkit.files import InsecureFileMode, read_config_file
 
 if TYPE_CHECKING:
     from issuer.issuance import CodeIssuer
@@ -90,22 +90,13 @@ def parse_vault_secret(text: bytes) -> bytes:
 
 
 def _read(path, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    return read_config_file(path, what=what, error=ConfigError)
 
 
 def _read_secret(path, what: str) -> bytes:
     """A secret file's bytes; a :class:`ConfigError` saying ``chmod 600 <path>`` when group or others
     have any permission on it (another local user could read or replace the secret)."""
-    try:
-        return read_secret(path, what=what)
-    except InsecureFileMode as e:
-        raise ConfigError(str(e)) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    return read_config_file(path, what=what, error=ConfigError, secret=True)
 
 
 def server_options(config: IssuerConfig) -> ServerOptions:
