@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import healthcode as hc
-from shellkit.files import InsecureFileMode, read_secret
+from shellkit.files import read_config_file
 
 from .claims import NationalResidentIndex
 from .config import ConfigError, IssuerConfig
@@ -35,15 +35,7 @@ _FIXED_KEY_UNTIL = dt.datetime(2999, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def _read(path: Any, what: str, *, secret: bool = False) -> bytes:
-    try:
-        if secret:
-            return read_secret(path, what=what)
-        with open(path, "rb") as f:
-            return f.read()
-    except InsecureFileMode as e:
-        raise ConfigError(str(e)) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    return read_config_file(path, what=what, error=ConfigError, secret=secret)
 
 
 def national_settings(config: IssuerConfig) -> NationalLinkSettings:

@@ -20,7 +20,7 @@ from typing import Callable
 
 from issuer import auth
 from issuer.server import TlsMaterial, utc_now
-from shellkit.files import InsecureFileMode, read_secret
+from shellkit.files import read_config_file
 
 from .blind_index import HmacKey, NationalBlindIndex, open_national_key
 from .config import NationalConfig
@@ -38,20 +38,11 @@ log = logging.getLogger("national.app")
 
 
 def _read(path, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    return read_config_file(path, what=what, error=ConfigError)
 
 
 def _read_secret(path, what: str) -> bytes:
-    try:
-        return read_secret(path, what=what)
-    except InsecureFileMode as e:
-        raise ConfigError(str(e)) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    return read_config_file(path, what=what, error=ConfigError, secret=True)
 
 
 def server_options(config: NationalConfig) -> ServerOptions:
