@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 import healthcode as hc
 from issuer.auth import generate_api_key, hash_api_key
 from issuer.tls import DevPki
+from shellkit.processes import terminate
 
 if TYPE_CHECKING:
     import grpc
@@ -160,14 +160,7 @@ class ServerProcess:
         """SIGTERM (graceful drain), then wait; returns the exit code."""
         if self.process is None:
             return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process, timeout)
 
     def kill(self) -> None:
         """SIGKILL: the crash the durability guarantees are about."""

@@ -31,7 +31,6 @@ import datetime as dt
 import os
 import pathlib
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from issuer.tls import DevPki
 from keys import ceremony, province_keys
 from keys.keystore import FileKeystore
 from shellkit.files import write_file_atomically
+from shellkit.processes import terminate
 
 __all__ = ["PASSPHRASE", "KEYSTORE_SECRET", "Chain", "Child", "free_port"]
 
@@ -221,14 +221,7 @@ class Child:
         """SIGTERM, then wait (SIGKILL after ``timeout``); the exit code."""
         if self.process is None:
             return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return int(self.process.returncode)
+        return terminate(self.process, timeout)
 
 
 def grpc_ready(address: str, credentials) -> Callable[[], bool]:  # noqa: ANN001 - grpc.ChannelCredentials
