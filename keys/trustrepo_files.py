@@ -34,6 +34,7 @@ from tuf.api.metadata import (
 )
 
 from healthcode.errors import InvalidClaims
+from healthcode.keylist import InvalidKeyList, parse_key_list
 from healthcode.model import parse_province
 from keys.errors import TrustRepoError
 from shellkit.files import file_lock, write_file_atomically
@@ -45,6 +46,7 @@ __all__ = [
     "province_role",
     "province_target_path",
     "KEY_LIST_NAME",
+    "highest_key_list_serial",
     "PROVINCE_PATH_PATTERNS",
 ]
 
@@ -93,6 +95,21 @@ class Change:
 def province_role(code: str) -> str:
     """The TUF role name of a province: ``province-33``."""
     return f"province-{checked_province(code)}"
+
+
+def highest_key_list_serial(targets: Path, code: str) -> int | None:
+    """The highest serial among the key lists stored for province ``code`` below ``targets``
+    (``provinces/<code>/<SHA256>.keys.json``, every version kept); None when there is none.
+    A file that does not parse as that province's key list is passed over."""
+    highest = None
+    folder = targets / "provinces" / code
+    for path in folder.glob(f"*.{KEY_LIST_NAME}") if folder.is_dir() else ():
+        try:
+            serial = parse_key_list(path.read_bytes(), province=code).serial
+        except InvalidKeyList:
+            continue
+        highest = serial if highest is None else max(highest, serial)
+    return highest
 
 
 def province_target_path(code: str, name: str) -> str:

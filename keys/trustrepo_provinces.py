@@ -28,6 +28,7 @@ from .trustrepo_files import (
     RepositoryFiles,
     checked_province,
     delegation_of,
+    highest_key_list_serial,
     province_role,
     province_target_path,
     sign_role,
@@ -202,14 +203,7 @@ class ProvinceRoles(RepositoryFiles):
             key_list = parse_key_list(data, province=code)
         except InvalidKeyList as exc:
             raise TrustRepoError(f"provinces/{code}/{KEY_LIST_NAME}: {exc}") from None
-        highest = None
-        folder = self._targets / "provinces" / code
-        for path in folder.glob(f"*.{KEY_LIST_NAME}") if folder.is_dir() else ():
-            try:
-                serial = parse_key_list(path.read_bytes(), province=code).serial
-            except InvalidKeyList:
-                continue
-            highest = serial if highest is None else max(highest, serial)
+        highest = highest_key_list_serial(self._targets, code)
         if highest is not None and key_list.serial <= highest:
             raise TrustRepoError(
                 f"provinces/{code}/{KEY_LIST_NAME}: serial {key_list.serial} must exceed "

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 from tuf.api.metadata import Metadata, Snapshot, TargetFile, Targets, Timestamp
 
-from healthcode.keylist import InvalidKeyList, parse_key_list
+from healthcode.keylist import parse_key_list
 from keys.trustrepo import TrustRepository
-from keys.trustrepo_files import KEY_LIST_NAME, hashed_path, province_role, write_repo_file
+from keys.trustrepo_files import KEY_LIST_NAME, hashed_path, highest_key_list_serial, province_role, write_repo_file
 from shellkit.files import fsync_directory, write_file_atomically
 from shellkit.times import iso_utc
 
@@ -120,7 +120,7 @@ class PublisherStore:
                 accepted_at = _parse_time(self._accepted_at_text.get(code))
                 if accepted_at is not None:
                     self._accepted_at[code] = accepted_at
-            serial = self._repo_serial(code)
+            serial = highest_key_list_serial(self.repo.directory / "targets", code)
             if serial is not None:
                 self._serials[code] = serial
         for path in self.staged():
@@ -136,17 +136,6 @@ class PublisherStore:
                 moment = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc)
                 self._published_version[code] = version
                 self._published_at[code] = iso_utc(moment)
-
-    def _repo_serial(self, code: str) -> int | None:
-        folder = self.repo.directory / "targets" / "provinces" / code
-        highest = None
-        for path in folder.glob(f"*.{KEY_LIST_NAME}") if folder.is_dir() else ():
-            try:
-                serial = parse_key_list(path.read_bytes(), province=code).serial
-            except InvalidKeyList:
-                continue
-            highest = serial if highest is None else max(highest, serial)
-        return highest
 
     def _note_staged(self, push: CheckedPush, at: _dt.datetime) -> None:
         code = push.province
