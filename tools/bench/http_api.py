@@ -42,7 +42,7 @@ from typing import Awaitable
 import grpc
 
 from ._measure import percentile
-from .issuer import _closed_loop, _Contender
+from .issuer import _Contender, _interleaved
 
 __all__ = ["run", "ConnectJsonPool"]
 
@@ -158,15 +158,8 @@ async def _bench(workspace, grpc_port: int, http_port: int, server_pid: int, *, 
             "connect": _Contender("IssueCode over Connect JSON", over_connect, server_pid),
         }
         try:
-            for c in contenders.values():  # connections, caches, allocator: not timed
-                await _closed_loop(c.call, concurrency=concurrency, seconds=warmup, server_pid=c.server_pid)
-            for index in range(rounds):
-                order = list(contenders.values())
-                if index % 2:
-                    order.reverse()
-                for c in order:
-                    c.rounds.append(await _closed_loop(c.call, concurrency=concurrency, seconds=seconds,
-                                                       server_pid=c.server_pid))
+            await _interleaved(contenders.values(), rounds=rounds, seconds=seconds, concurrency=concurrency,
+                               warmup=warmup)
         finally:
             await pool.close()
     return contenders

@@ -49,7 +49,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterable
 
 import grpc
 
@@ -192,6 +192,20 @@ class _Contender:
         return percentile([x for r in self.rounds for x in r.latencies], fraction)
 
 
+async def _interleaved(contenders: Iterable[_Contender], *, rounds: int, seconds: float, concurrency: int,
+                       warmup: float) -> None:
+    """Warm each contender up for ``warmup`` s (connections, caches, allocator: not timed), then
+    ``rounds`` rounds of each in turn, the order reversed every other round (no contender always
+    goes first); each round is appended to its contender's ``rounds``."""
+    forward = list(contenders)
+    for c in forward:
+        await _closed_loop(c.call, concurrency=concurrency, seconds=warmup, server_pid=c.server_pid)
+    for index in range(rounds):
+        for c in (forward if index % 2 == 0 else forward[::-1]):
+            c.rounds.append(await _closed_loop(c.call, concurrency=concurrency, seconds=seconds,
+                                               server_pid=c.server_pid))
+
+
 async def _bench(workspace, issuer_port: int, issuer_pid: int, echo_port: int, echo_pid: int, *, rounds: int,
                  seconds: float, concurrency: int, residents: int, warmup: float,
                  sweep: tuple[int, ...]) -> dict[str, _Contender]:
@@ -228,15 +242,8 @@ async def _bench(workspace, issuer_port: int, issuer_pid: int, echo_port: int, e
             "keyed": _Contender("IssueCode, idempotency key", issue_keyed, issuer_pid),
             "plain": _Contender("IssueCode, no key", issue_plain, issuer_pid),
         }
-        for c in contenders.values():  # connections, caches, allocator: not timed
-            await _closed_loop(c.call, concurrency=concurrency, seconds=warmup, server_pid=c.server_pid)
-        for index in range(rounds):
-            order = list(contenders.values())
-            if index % 2:
-                order.reverse()
-            for c in order:
-                c.rounds.append(await _closed_loop(c.call, concurrency=concurrency, seconds=seconds,
-                                                   server_pid=c.server_pid))
+        await _interleaved(contenders.values(), rounds=rounds, seconds=seconds, concurrency=concurrency,
+                           warmup=warmup)
         # latency against load: one more echo/issue pair at other numbers of calls in flight
         for level in sweep:
             for name in ("echo", "keyed"):
