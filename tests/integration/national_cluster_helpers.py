@@ -1,4 +1,5 @@
-"""Helpers of tests/integration/test_national_cluster.py: the desk, the national stubs, the checks of a refusal.
+"""Helpers of tests/integration/test_national_cluster.py: the desk, the national stubs, the checks of a refusal,
+the listener that records reconnections and the partition tests' registration and outcome.
 
 Kept apart so the test module reads as the list of what issue 14 must do.
 :data:`USED_NUMBERS` collects every document number the tests send anywhere;
@@ -168,3 +169,75 @@ def consent(method: int = common_pb2.CONSENT_METHOD_IN_PERSON, *,
     given.given_at.FromDatetime(given_at or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
                                 - dt.timedelta(minutes=1))
     return given
+
+
+#: How long 33 stays down in the move test: long enough for gRPC's default backoff (1 s x 1.6 per attempt,
+#: +-20 %) to have made a gap over 10 s (the 6th, at about 26 s), and how long a gap may be with the cap.
+OUTAGE = 32.0
+MAX_RECONNECT_GAP = 7.5
+
+
+class Reconnects:
+    """A TCP listener on a stopped province's port that records when connections arrive and drops them
+    (a TLS handshake that fails: to the national service's channel, one failed reconnection attempt)."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self._socket = socket.socket()
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", port))
+        self._socket.listen(16)
+        self._socket.settimeout(0.1)
+        self.times: list[float] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="reconnects", daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                continue
+            self.times.append(time.monotonic())
+            connection.close()
+
+    def __enter__(self) -> "Reconnects":
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[float]:
+        self._stopped.set()
+        self._thread.join(5)
+        self._socket.close()
+        return list(self.times)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def register_both(desks, people: list[common_pb2.Document], provinces: tuple[str, ...] = ("33", "44"),
+                   ) -> list[tuple[str, str, str, str]]:
+    """Register every person at each province and issue a code there: (province, mid, code, number) acked."""
+    acked = []
+    for document in people:
+        for province in provinces:
+            reply = desks[province].register_reply(document)
+            assert reply.provisional, "registered while the national service was down: provisional"
+            mid = reply.main_index_id
+            acked.append((province, mid, desks[province].issue(mid).code_text, document.number))
+    return acked
+
+
+def outcome(cluster: Cluster, desks, document) -> tuple[str, str] | None:
+    """(survivor, home) once both provinces and then the national index agree on ``document``; else None.
+
+    The provinces are asked first: probing the national index for a document
+    nobody holds yet would claim it for the probing province.
+    """
+    views = {desks[p].where(document) for p in ("33", "44")}
+    if len(views) != 1:
+        return None
+    (view,) = views
+    return view if national_holder(cluster, document) == view else None

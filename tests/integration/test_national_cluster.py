@@ -55,10 +55,11 @@ from tools.bench.national_cluster import HOSPITALS, NATIONAL_CN, NOBODY_CN, Clus
 pytest.importorskip("national.api.national_index_pb2")
 
 from .grpc_status_support import violations  # noqa: E402
-from .national_cluster_helpers import (HOSPITAL_33, HOSPITAL_44, RECONCILE_TIMEOUT, ROOT, RPC_TIMEOUT,  # noqa: E402
-                                       USED_NUMBERS, Desk, consent, error_info, his_example, national_holder,
-                                       national_index, national_pb2, new_number, refused, resident_id, resolve,
-                                       signed, wait_for)
+from .national_cluster_helpers import (HOSPITAL_33, HOSPITAL_44, MAX_RECONNECT_GAP, OUTAGE,  # noqa: E402
+                                       RECONCILE_TIMEOUT, ROOT, RPC_TIMEOUT, USED_NUMBERS, Desk, Reconnects, consent,
+                                       error_info, his_example, national_holder, national_index, national_pb2,
+                                       new_number, outcome, refused, register_both, resident_id, resolve, signed,
+                                       wait_for)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -395,7 +396,7 @@ def test_a_move_while_the_old_province_is_down_changes_nothing(cluster, desks):
     node = cluster.issuers["33"]
     node.kill()
     try:
-        with _Reconnects(node.port) as attempts:
+        with Reconnects(node.port) as attempts:
             until = time.monotonic() + OUTAGE
             while time.monotonic() < until:  # the desk tries again and again: each time UNAVAILABLE, naming 33
                 error = refused(lambda: desks["44"].move_in(mid, document, consent()), grpc.StatusCode.UNAVAILABLE)
@@ -424,66 +425,7 @@ def test_a_move_while_the_old_province_is_down_changes_nothing(cluster, desks):
     assert desks["33"].status(code.code_text).revocation_reason == common_pb2.REVOCATION_REASON_SUPERSEDED
 
 
-#: How long 33 stays down in the move test: long enough for gRPC's default backoff (1 s x 1.6 per attempt,
-#: +-20 %) to have made a gap over 10 s (the 6th, at about 26 s), and how long a gap may be with the cap.
-OUTAGE = 32.0
-MAX_RECONNECT_GAP = 7.5
-
-
-class _Reconnects:
-    """A TCP listener on a stopped province's port that records when connections arrive and drops them
-    (a TLS handshake that fails: to the national service's channel, one failed reconnection attempt)."""
-
-    def __init__(self, port: int) -> None:
-        import socket
-        import threading
-
-        self._socket = socket.socket()
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(("127.0.0.1", port))
-        self._socket.listen(16)
-        self._socket.settimeout(0.1)
-        self.times: list[float] = []
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name="reconnects", daemon=True)
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                connection, _ = self._socket.accept()
-            except OSError:
-                continue
-            self.times.append(time.monotonic())
-            connection.close()
-
-    def __enter__(self) -> "_Reconnects":
-        self._thread.start()
-        return self
-
-    def stop(self) -> list[float]:
-        self._stopped.set()
-        self._thread.join(5)
-        self._socket.close()
-        return list(self.times)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 # --------------------------------------------------------------------------- partitions
-
-
-def _register_both(desks, people: list[common_pb2.Document], provinces: tuple[str, ...] = ("33", "44"),
-                   ) -> list[tuple[str, str, str, str]]:
-    """Register every person at each province and issue a code there: (province, mid, code, number) acked."""
-    acked = []
-    for document in people:
-        for province in provinces:
-            reply = desks[province].register_reply(document)
-            assert reply.provisional, "registered while the national service was down: provisional"
-            mid = reply.main_index_id
-            acked.append((province, mid, desks[province].issue(mid).code_text, document.number))
-    return acked
 
 
 @pytest.mark.parametrize("how", ["stopped", "killed"])
@@ -492,7 +434,7 @@ def test_a_partition_is_reconciled_to_one_identity_per_person(cluster, desks, ho
     if how == "stopped":
         cluster.national.stop()
         try:
-            acked = _register_both(desks, people)
+            acked = register_both(desks, people)
         finally:
             cluster.national.start()
     else:  # the first person reaches the national index from 33; then SIGKILL, and the rest is provisional
@@ -502,7 +444,7 @@ def test_a_partition_is_reconciled_to_one_identity_per_person(cluster, desks, ho
         cluster.national.kill()
         time.sleep(1.1)  # registered_at is whole seconds: 44's entry is acknowledged strictly later
         try:
-            acked += _register_both(desks, people[:1], ("44",)) + _register_both(desks, people[1:])
+            acked += register_both(desks, people[:1], ("44",)) + register_both(desks, people[1:])
         finally:
             cluster.national.start()
     assert len(acked) == 2 * len(people) and len({mid for _, mid, _, _ in acked}) == 2 * len(people)
@@ -513,13 +455,13 @@ def test_a_partition_is_reconciled_to_one_identity_per_person(cluster, desks, ho
 
     def settled() -> bool:
         try:
-            return all(_outcome(cluster, desks, document) is not None for document in people)
+            return all(outcome(cluster, desks, document) is not None for document in people)
         except grpc.RpcError:
             return False
 
     wait_for(settled, RECONCILE_TIMEOUT, "every person reconciled at both provinces")
     for document in people:
-        survivor, home = _outcome(cluster, desks, document)
+        survivor, home = outcome(cluster, desks, document)
         registrations = by_number[document.number]
         assert survivor in {mid for _, mid, _ in registrations}
         assert sum(mid != survivor for _, mid, _ in registrations) == 1  # exactly one loser per person
@@ -533,19 +475,6 @@ def test_a_partition_is_reconciled_to_one_identity_per_person(cluster, desks, ho
                 assert (state.state, state.revocation_reason) == (common_pb2.CODE_STATE_REVOKED,
                                                                   common_pb2.REVOCATION_REASON_MERGED)
                 refused(lambda p=province, m=mid: desks[p].issue(m), grpc.StatusCode.FAILED_PRECONDITION)
-
-
-def _outcome(cluster: Cluster, desks, document) -> tuple[str, str] | None:
-    """(survivor, home) once both provinces and then the national index agree on ``document``; else None.
-
-    The provinces are asked first: probing the national index for a document
-    nobody holds yet would claim it for the probing province.
-    """
-    views = {desks[p].where(document) for p in ("33", "44")}
-    if len(views) != 1:
-        return None
-    (view,) = views
-    return view if national_holder(cluster, document) == view else None
 
 
 def test_sigkill_of_the_national_service_amid_concurrent_registrations_loses_nothing(cluster, desks):
