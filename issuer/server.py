@@ -45,6 +45,7 @@ __all__ = [
     "ServerOptions",
     "IssuerServer",
     "add_reflection_v1",
+    "close_after_stop",
     "utc_now",
 ]
 
@@ -158,6 +159,19 @@ def add_reflection_v1(servicer: Any, server: Any) -> None:
         response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, handlers),))
     server.add_registered_method_handlers(REFLECTION_V1, handlers)
+
+
+async def close_after_stop(metrics_httpd: Any, on_close: Callable[[], Awaitable[None] | None] | None) -> None:
+    """The last steps of a server's shutdown, once it serves no more (the issuer's, the national index's and
+    the trust publisher's): its metrics HTTP server (``prometheus_client.start_http_server``'s; None when off)
+    stopped, then ``on_close`` run (awaited when it returns a coroutine)."""
+    if metrics_httpd is not None:
+        metrics_httpd.shutdown()
+        metrics_httpd.server_close()
+    if on_close is not None:
+        result = on_close()
+        if asyncio.iscoroutine(result):
+            await result
 
 
 # --------------------------------------------------------------------------- the server
@@ -286,13 +300,7 @@ class IssuerServer:
                 await asyncio.wait_for(self.service.drain(), DRAIN_TIMEOUT)
             except TimeoutError:
                 log.warning("domain calls still running after %.0f s; closing the store anyway", DRAIN_TIMEOUT)
-            if self._metrics_httpd is not None:
-                self._metrics_httpd.shutdown()
-                self._metrics_httpd.server_close()
-            if self._on_close is not None:  # (4)
-                result = self._on_close()
-                if asyncio.iscoroutine(result):
-                    await result
+            await close_after_stop(self._metrics_httpd, self._on_close)  # (4)
             self._stopped.set()
             log.info("issuer stopped", extra={"event": "stopped"})
 
