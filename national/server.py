@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from healthcode import PROVINCES
 from issuer import auth
 from issuer.handlers import ObservedHandlers
-from issuer.server import REFLECTION_V1, TlsMaterial, add_reflection_v1, utc_now
+from issuer.server import REFLECTION_V1, TlsMaterial, add_reflection_v1, close_after_stop, utc_now
 
 from .admission import HOSPITAL_RESOLUTION, NATIONAL_INDEX, NationalAdmission
 from .api import national_index_pb2_grpc as pb_grpc
@@ -146,13 +146,7 @@ class NationalServer:
                 return
             await self.health.enter_graceful_shutdown()
             await self.server.stop(self._grace if grace is None else grace)
-            if self._metrics_httpd is not None:
-                self._metrics_httpd.shutdown()
-                self._metrics_httpd.server_close()
-            if self._on_close is not None:
-                result = self._on_close()
-                if asyncio.iscoroutine(result):
-                    await result
+            await close_after_stop(self._metrics_httpd, self._on_close)
             self._stopped.set()
             log.info("national index stopped", extra={"event": "stopped"})
 

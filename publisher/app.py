@@ -35,7 +35,7 @@ from prometheus_client import start_http_server
 from issuer import auth
 from issuer.handlers import ObservedHandlers
 from issuer.metrics import Metrics
-from issuer.server import REFLECTION_V1, TlsMaterial, add_reflection_v1
+from issuer.server import REFLECTION_V1, TlsMaterial, add_reflection_v1, close_after_stop
 from keys.ceremony import open_repository
 from keys.signers import RoleKeyFile, load_role_signer
 from shellkit.files import read_secret
@@ -126,9 +126,7 @@ class PublisherServer:
     async def shutdown(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        if self._metrics_httpd is not None:
-            self._metrics_httpd.shutdown()
-            self._metrics_httpd.server_close()
+        await close_after_stop(self._metrics_httpd, None)
         await asyncio.to_thread(self.loop.stop)
 
 
