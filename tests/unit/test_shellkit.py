@@ -137,6 +137,22 @@ def test_terminate_stops_gracefully_or_kills():
     assert processes.terminate(stubborn) == -signal.SIGKILL  # already gone: its status, no signal sent
 
 
+def test_stop_signals_set_the_event_inside_the_block_only():
+    import asyncio
+
+    async def main() -> bool:
+        with processes.stop_signals((signal.SIGUSR1,)) as stop:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            await asyncio.wait_for(stop.wait(), 5)
+        return asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)  # False: already removed
+
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        assert asyncio.run(main()) is False
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def test_file_lock_creates_owner_only_lock(tmp_path):
     lock = tmp_path / "sub" / ".lock"
     with files.file_lock(lock):
