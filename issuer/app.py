@@ -38,6 +38,7 @@ from issuer.config import ConfigError, IssuerConfig
 from issuer.server import IssuerServer, ServerOptions, TlsMaterial, utc_now
 from issuer.service import CodeIssuerPort, ResidentIndexPort, ServiceSettings
 from shellkit.files import InsecureFileMode, read_config_file
+from shellkit.processes import stop_signals
 
 if TYPE_CHECKING:
     from issuer.issuance import CodeIssuer
@@ -334,30 +335,26 @@ async def run(
     if link is not None:
         link.reconciler.start()
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     watcher = None
-    if close_keystore is not None:  # rotating keys: re-read the key set periodically and on SIGHUP
-        reload_now = asyncio.Event()
-        loop.add_signal_handler(signal.SIGHUP, reload_now.set)
-        watcher = asyncio.ensure_future(signer.watch(every=config.key_set_check_interval, wake=reload_now))
-    metrics = "metrics off" if server.metrics_port is None else f"metrics port {server.metrics_port}"
-    if server.http_port is not None:
-        metrics += f", HTTP port {server.http_port}"
-    log.info(
-        "listening on port %d (%s, province %s, %s)",
-        server.port, metrics, config.province, "TLS" if options.tls else "PLAINTEXT",
-        extra={"event": "listening", "port": server.port, "metrics_port": server.metrics_port,
-               "http_port": server.http_port},
-    )
-    if ready is not None:
-        ready(server)
     try:
-        await stop.wait()
+        with stop_signals() as stop:
+            if close_keystore is not None:  # rotating keys: re-read the key set periodically and on SIGHUP
+                reload_now = asyncio.Event()
+                loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+                watcher = asyncio.ensure_future(signer.watch(every=config.key_set_check_interval, wake=reload_now))
+            metrics = "metrics off" if server.metrics_port is None else f"metrics port {server.metrics_port}"
+            if server.http_port is not None:
+                metrics += f", HTTP port {server.http_port}"
+            log.info(
+                "listening on port %d (%s, province %s, %s)",
+                server.port, metrics, config.province, "TLS" if options.tls else "PLAINTEXT",
+                extra={"event": "listening", "port": server.port, "metrics_port": server.metrics_port,
+                       "http_port": server.http_port},
+            )
+            if ready is not None:
+                ready(server)
+            await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         if watcher is not None:
             loop.remove_signal_handler(signal.SIGHUP)
             watcher.cancel()
