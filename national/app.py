@@ -21,6 +21,7 @@ from typing import Callable
 from issuer import auth
 from issuer.server import TlsMaterial, utc_now
 from shellkit.files import read_config_file
+from shellkit.processes import stop_signals
 
 from .blind_index import HmacKey, NationalBlindIndex, open_national_key
 from .config import NationalConfig
@@ -127,9 +128,6 @@ async def run(config: NationalConfig, *, key_secret: bytes,
         await service.close()
         raise
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
     def reload() -> None:
         try:
@@ -139,14 +137,14 @@ async def run(config: NationalConfig, *, key_secret: bytes,
         except ConfigError as e:
             log.error("trusted keys not re-read: %s", e, extra={"event": "trust_reload_failed"})
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
-    log.info("listening on port %d (%s, mTLS)", server.port, service.store.description,
-             extra={"event": "listening", "port": server.port, "metrics_port": server.metrics_port})
-    if ready is not None:
-        ready(server)
     try:
-        await stop.wait()
+        with stop_signals() as stop:
+            loop.add_signal_handler(signal.SIGHUP, reload)
+            log.info("listening on port %d (%s, mTLS)", server.port, service.store.description,
+                     extra={"event": "listening", "port": server.port, "metrics_port": server.metrics_port})
+            if ready is not None:
+                ready(server)
+            await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+        loop.remove_signal_handler(signal.SIGHUP)
         await server.shutdown()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import logging
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from issuer.server import REFLECTION_V1, TlsMaterial, add_reflection_v1, close_a
 from keys.ceremony import open_repository
 from keys.signers import RoleKeyFile, load_role_signer
 from shellkit.files import read_secret
+from shellkit.processes import stop_signals
 
 from .checks import DEFAULT_LIMITS
 from .config import PublisherConfig
@@ -169,21 +169,16 @@ async def run(config: PublisherConfig, *, online_passphrase: bytes,
     tls = tls_material(config)
     store = open_store(config, online_passphrase)
     server = await PublisherServer.start(config, store, tls)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("listening on port %d (%s; %d push(es) staged at start)", server.port,
-             "metrics off" if server.metrics_port is None else f"metrics port {server.metrics_port}",
-             len(store.staged()),
-             extra={"event": "listening", "port": server.port, "metrics_port": server.metrics_port})
-    if ready is not None:
-        ready(server)
     try:
-        await stop.wait()
+        with stop_signals() as stop:
+            log.info("listening on port %d (%s; %d push(es) staged at start)", server.port,
+                     "metrics off" if server.metrics_port is None else f"metrics port {server.metrics_port}",
+                     len(store.staged()),
+                     extra={"event": "listening", "port": server.port, "metrics_port": server.metrics_port})
+            if ready is not None:
+                ready(server)
+            await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         log.info("publisher shutting down", extra={"event": "shutdown"})
         await server.shutdown(config.grace_period)
         log.info("publisher stopped", extra={"event": "stopped"})
