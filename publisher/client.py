@@ -20,6 +20,7 @@ from shellkit.times import beijing, human_duration
 from .api import trust_publisher_pb2 as pb
 from .api import trust_publisher_pb2_grpc as pb_grpc
 from .checks import DEFAULT_LIMITS
+from .store import ProvinceState
 
 __all__ = ["PublisherClient", "PushAck", "PublicationReport", "ProvinceReport", "status_lines", "refusal_reason"]
 
@@ -35,14 +36,8 @@ class PushAck:
     accepted_at: _dt.datetime | None
 
 
-@dataclass(frozen=True)
-class ProvinceReport:
-    province: str
-    published_version: int
-    published_at: _dt.datetime | None
-    accepted_version: int
-    accepted_at: _dt.datetime | None
-    role_expires: _dt.datetime | None
+#: One province in the publication status: the publisher store's own record, read over the wire.
+ProvinceReport = ProvinceState
 
 
 @dataclass(frozen=True)
