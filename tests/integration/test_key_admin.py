@@ -17,7 +17,6 @@ import os
 import pathlib
 import shutil
 import signal
-import threading
 
 import grpc
 import pytest
@@ -41,8 +40,10 @@ from shellkit.files import write_file_atomically
 from verifier.trustsync import TrustSync
 
 from .grpc_status_support import error_reason, field_violations
+from . import issuer_server_support
 
 UTC = dt.timezone.utc
+loop, pki = issuer_server_support.loop, issuer_server_support.pki  # the module-scoped fixtures, shared
 DAY = dt.timedelta(days=1)
 HOUR = dt.timedelta(hours=1)
 PASSPHRASE = b"key admin test passphrase"
@@ -98,32 +99,6 @@ class Nation:
 
     def key_set(self):
         return load_key_set(self.home.key_set_path)
-
-
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 30):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def loop():
-    lt = LoopThread()
-    yield lt
-    lt.close()
-
-
-@pytest.fixture(scope="module")
-def pki():
-    return DevPki.create(now=dt.datetime.now(UTC))
 
 
 class Served:
