@@ -45,6 +45,7 @@ __all__ = [
     "ServerOptions",
     "IssuerServer",
     "add_reflection_v1",
+    "start_metrics",
     "close_after_stop",
     "utc_now",
 ]
@@ -161,6 +162,16 @@ def add_reflection_v1(servicer: Any, server: Any) -> None:
     server.add_registered_method_handlers(REFLECTION_V1, handlers)
 
 
+def start_metrics(listen: tuple[str, int] | None, registry: Any) -> tuple[Any, int | None]:
+    """Serve ``registry`` to Prometheus over HTTP on ``listen`` (address, port; port 0: a free one) in a
+    thread: (the HTTP server, for :func:`close_after_stop`; its port), or (None, None) when ``listen`` is None."""
+    if listen is None:
+        return None, None
+    address, port = listen
+    httpd, _ = start_http_server(port, addr=address, registry=registry)
+    return httpd, httpd.server_port
+
+
 async def close_after_stop(metrics_httpd: Any, on_close: Callable[[], Awaitable[None] | None] | None) -> None:
     """The last steps of a server's shutdown, once it serves no more (the issuer's, the national index's and
     the trust publisher's): its metrics HTTP server (``prometheus_client.start_http_server``'s; None when off)
@@ -263,10 +274,7 @@ class IssuerServer:
             self.port = self.server.add_insecure_port(options.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {options.listen}")
-        if options.metrics_listen is not None:
-            address, port = options.metrics_listen
-            self._metrics_httpd, _ = start_http_server(port, addr=address, registry=self.metrics.registry)
-            self.metrics_port = self._metrics_httpd.server_port
+        self._metrics_httpd, self.metrics_port = start_metrics(options.metrics_listen, self.metrics.registry)
         await self.server.start()
         if options.http is not None:  # the same wrapped handlers over Connect and gRPC-Web (issuer/http_server.py)
             from issuer.http_server import HttpServer, capture_handlers
