@@ -30,12 +30,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from healthcode import PROVINCES
 from issuer import auth
 from issuer.handlers import ObservedHandlers
-from issuer.server import REFLECTION_V1, TlsMaterial, add_reflection_v1, close_after_stop, utc_now
+from issuer.server import REFLECTION_V1, TlsMaterial, add_reflection_v1, close_after_stop, start_metrics, utc_now
 
 from .admission import HOSPITAL_RESOLUTION, NATIONAL_INDEX, NationalAdmission
 from .api import national_index_pb2_grpc as pb_grpc
@@ -128,10 +128,7 @@ class NationalServer:
         self.port = self.server.add_secure_port(options.listen, options.tls.credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {options.listen}")
-        if options.metrics_listen is not None:
-            address, port = options.metrics_listen
-            self._metrics_httpd, _ = start_http_server(port, addr=address, registry=self.metrics.registry)
-            self.metrics_port = self._metrics_httpd.server_port
+        self._metrics_httpd, self.metrics_port = start_metrics(options.metrics_listen, self.metrics.registry)
         await self.server.start()
         for name in names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

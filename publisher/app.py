@@ -29,12 +29,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
-from prometheus_client import start_http_server
 
 from issuer import auth
 from issuer.handlers import ObservedHandlers
 from issuer.metrics import Metrics
-from issuer.server import REFLECTION_V1, TlsMaterial, add_reflection_v1, close_after_stop
+from issuer.server import REFLECTION_V1, TlsMaterial, add_reflection_v1, close_after_stop, start_metrics
 from keys.ceremony import open_repository
 from keys.signers import RoleKeyFile, load_role_signer
 from shellkit.files import read_secret
@@ -113,10 +112,8 @@ class PublisherServer:
         if port == 0:
             raise OSError(f"cannot listen on {config.listen}")
         _publication_gauges(metrics, store, loop, clock)
-        httpd, metrics_port = None, None
-        if config.metrics_port:
-            httpd, _ = start_http_server(config.metrics_port, addr=config.metrics_address, registry=metrics.registry)
-            metrics_port = httpd.server_port
+        httpd, metrics_port = start_metrics((config.metrics_address, config.metrics_port) if config.metrics_port
+                                            else None, metrics.registry)
         loop.start()  # what a killed publisher acknowledged is published first
         await server.start()
         await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
