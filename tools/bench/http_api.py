@@ -41,8 +41,7 @@ from typing import Awaitable
 
 import grpc
 
-from ._measure import percentile
-from .issuer import _Contender, _interleaved
+from .issuer import _Contender, _cpu_rows, _interleaved, _latency_rows
 
 __all__ = ["run", "ConnectJsonPool"]
 
@@ -223,23 +222,13 @@ def _report(contenders: dict[str, _Contender], *, out, rounds: int, seconds: flo
     print(f"\n## Latency ({concurrency} in flight; ms, all rounds pooled)\n", file=out)
     print("| contender | p50 | p90 | p99 | max | p99 per round (min-max) | errors |", file=out)
     print("|---|---:|---:|---:|---:|---|---:|", file=out)
-    for x in (g, c):
-        p99s = [percentile(r.latencies, 0.99) * 1000 for r in x.rounds]
-        print(f"| {x.name} | {x.pooled(0.5) * 1000:.2f} | {x.pooled(0.9) * 1000:.2f} | {x.pooled(0.99) * 1000:.2f} | "
-              f"{x.pooled(1.0) * 1000:.1f} | {min(p99s):.1f}-{max(p99s):.1f} | {sum(r.errors for r in x.rounds)} |",
-              file=out)
+    _latency_rows((g, c), out)
 
     print("\n## CPU per call (all rounds; % of one core)\n", file=out)
     print("| contender | server µs/call | server CPU | server event-loop thread µs/call | event-loop busy | "
           "client µs/call | client CPU |", file=out)
     print("|---|---:|---:|---:|---:|---:|---:|", file=out)
-    for x in (g, c):
-        calls = sum(r.calls for r in x.rounds) or 1
-        wall = sum(r.seconds for r in x.rounds)
-        server, client = sum(r.server_cpu for r in x.rounds), sum(r.client_cpu for r in x.rounds)
-        loop_cpu = sum(r.server_loop_cpu for r in x.rounds)
-        print(f"| {x.name} | {server / calls * 1e6:,.0f} | {server / wall:.0%} | {loop_cpu / calls * 1e6:,.0f} | "
-              f"{loop_cpu / wall:.0%} | {client / calls * 1e6:,.0f} | {client / wall:.0%} |", file=out)
+    _cpu_rows((g, c), out)
 
     ratio = statistics.median(ratios)
     print("\n## Target\n", file=out)

@@ -282,6 +282,28 @@ def run(*, rounds: int = 5, seconds: float = 3.0, concurrency: int = 32, residen
     return contenders
 
 
+def _latency_rows(contenders: Iterable[_Contender], out) -> None:
+    """A latency table's rows, one a contender: p50, p90, p99 and max of all rounds pooled (ms), the range of
+    the rounds' p99s, the errors."""
+    for c in contenders:
+        p99s = [percentile(r.latencies, 0.99) * 1000 for r in c.rounds]
+        print(f"| {c.name} | {c.pooled(0.5) * 1000:.2f} | {c.pooled(0.9) * 1000:.2f} | {c.pooled(0.99) * 1000:.2f} | "
+              f"{c.pooled(1.0) * 1000:.1f} | {min(p99s):.1f}-{max(p99s):.1f} | "
+              f"{sum(r.errors for r in c.rounds)} |", file=out)
+
+
+def _cpu_rows(contenders: Iterable[_Contender], out) -> None:
+    """A CPU table's rows, one a contender, over all rounds: the server's CPU per call and share of a core (all
+    threads, then its event-loop thread), the client's."""
+    for c in contenders:
+        calls = sum(r.calls for r in c.rounds) or 1
+        wall = sum(r.seconds for r in c.rounds)
+        server, client = sum(r.server_cpu for r in c.rounds), sum(r.client_cpu for r in c.rounds)
+        loop_cpu = sum(r.server_loop_cpu for r in c.rounds)
+        print(f"| {c.name} | {server / calls * 1e6:,.0f} | {server / wall:.0%} | {loop_cpu / calls * 1e6:,.0f} | "
+              f"{loop_cpu / wall:.0%} | {client / calls * 1e6:,.0f} | {client / wall:.0%} |", file=out)
+
+
 def _report(contenders: dict[str, _Contender], *, out, rounds: int, seconds: float, concurrency: int,
             residents: int) -> None:
     echo, keyed, plain = contenders["echo"], contenders["keyed"], contenders["plain"]
@@ -312,23 +334,13 @@ def _report(contenders: dict[str, _Contender], *, out, rounds: int, seconds: flo
           file=out)
     print("| contender | p50 | p90 | p99 | max | p99 per round (min-max) | errors |", file=out)
     print("|---|---:|---:|---:|---:|---|---:|", file=out)
-    for c in (echo, keyed, plain):
-        p99s = [percentile(r.latencies, 0.99) * 1000 for r in c.rounds]
-        print(f"| {c.name} | {c.pooled(0.5) * 1000:.2f} | {c.pooled(0.9) * 1000:.2f} | {c.pooled(0.99) * 1000:.2f} | "
-              f"{c.pooled(1.0) * 1000:.1f} | {min(p99s):.1f}-{max(p99s):.1f} | "
-              f"{sum(r.errors for r in c.rounds)} |", file=out)
+    _latency_rows((echo, keyed, plain), out)
 
     print("\n## CPU per call (all rounds; % of one core; the server's event loop is one thread)\n", file=out)
     print("| contender | server µs/call (all threads) | server CPU | server event-loop thread µs/call | "
           "event-loop thread busy | client µs/call | client CPU |", file=out)
     print("|---|---:|---:|---:|---:|---:|---:|", file=out)
-    for c in (echo, keyed, plain):
-        calls = sum(r.calls for r in c.rounds) or 1
-        wall = sum(r.seconds for r in c.rounds)
-        server, client = sum(r.server_cpu for r in c.rounds), sum(r.client_cpu for r in c.rounds)
-        loop_cpu = sum(r.server_loop_cpu for r in c.rounds)
-        print(f"| {c.name} | {server / calls * 1e6:,.0f} | {server / wall:.0%} | {loop_cpu / calls * 1e6:,.0f} | "
-              f"{loop_cpu / wall:.0%} | {client / calls * 1e6:,.0f} | {client / wall:.0%} |", file=out)
+    _cpu_rows((echo, keyed, plain), out)
 
     if keyed.sweep:
         print(f"\n## Load against latency (one round of {seconds:g} s per level, after the interleaved rounds)\n",
