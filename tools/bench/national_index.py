@@ -7,17 +7,26 @@
    the server, 1M per statement (``INSERT ... SELECT FROM generate_series``):
    blind index ``md5(i||'a') || md5(i||'b')`` (32 bytes; HMAC output is as
    random), main index ID ``md5(i||'m')`` (16 bytes), so the run can look any
-   of them up again without keeping them.
-2. **Store layer at ``concurrency`` in flight** (threads, one pooled connection
+   of them up again without keeping them. ``--schema NAME`` loads into NAME
+   instead and keeps it; a later run with the same NAME and size reuses that
+   load (``--drop-schema`` drops it at the end).
+2. **The database alone** (:mod:`tools.bench.national_pgbench`): ``pgbench``, a C
+   client, at 4, 8 and ``concurrency`` clients (``-j 2``, ``-M prepared``) runs
+   exactly the statements :mod:`national.store` sends for a lookup, a claim
+   (``BEGIN``; the WITH of both INSERTs; ``COMMIT``) and the baseline below,
+   ``seconds`` each, percentiles from its per-transaction log; and once more the
+   lookup with ``plan_cache_mode=force_generic_plan`` (a diagnosis: the default
+   re-plans the partitioned join on every call).
+3. **Store layer at 4, 8 and ``concurrency`` in flight** (threads, one pooled connection
    each), for ``seconds`` each, interleaved: *claims* of new residents through
    :meth:`national.index.NationalIndex.claim` (HMAC under the national key,
    the claim transaction); *lookups* of loaded residents through the store
    (the document joined to its identity, one statement); and the **baseline**: a
    trivial indexed lookup of the same table (``SELECT main_index_id FROM
    documents WHERE blind_index = %s``, autocommit) with the same threads.
-3. **gRPC**: a short run of ClaimIdentity through the real server (mTLS,
+4. **gRPC**: a short run of ClaimIdentity through the real server (mTLS,
    admission, logs, metrics) in this process, ``concurrency`` in flight.
-4. **Disk**: bytes per resident of identities + documents (tables, TOAST and
+5. **Disk**: bytes per resident of identities + documents (tables, TOAST and
    indexes, every partition: ``pg_total_relation_size`` over ``pg_partition_tree``).
 
 Prints a Markdown report with p50/p99, the ratio to the baseline and the
@@ -169,7 +178,27 @@ def _mid() -> MainIndexId:
     return hc.main_index_id_from_bytes(os.urandom(16))
 
 
-def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: float = 10.0) -> None:
+def _loaded(admin: Any, schema: str) -> tuple[int, float, dict[str, int]] | None:
+    """(residents, load seconds, sizes) of an earlier load kept in ``schema``, or None."""
+    row = admin.execute("SELECT to_regclass(%s)", (f"{schema}.bench_loaded",)).fetchone()
+    if row[0] is None:
+        return None
+    row = admin.execute("SELECT residents, load_seconds, identities, identities_heap, documents, documents_heap "
+                        "FROM bench_loaded").fetchone()
+    if row is None:
+        return None
+    return int(row[0]), float(row[1]), {"identities": int(row[2]), "identities_heap": int(row[3]),
+                                        "documents": int(row[4]), "documents_heap": int(row[5])}
+
+
+def _pct(lat: list[float]) -> str:
+    return f"{percentile(lat, 0.5):.2f} / {percentile(lat, 0.99):.2f}"
+
+
+def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: float = 10.0, schema: str = "",
+        drop_schema: bool = False) -> None:
+    """``schema``: load into (or reuse an earlier load in) that schema and keep it, unless ``drop_schema``;
+    without it, a fresh ``national_bench_<pid>`` dropped at the end."""
     import psycopg
 
     from issuer.documents import make_resident_id, parse_document
@@ -177,15 +206,31 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
     from national.index import NationalIndex
     from national.store import open_postgres_store
 
+    from .national_pgbench import run_pgbench
+
     n, conc = int(residents), int(concurrency)
-    schema = f"national_bench_{os.getpid()}"
+    keep = bool(schema) and not drop_schema
+    schema = schema or f"national_bench_{os.getpid()}"
     url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema={schema}"
     store = open_postgres_store(url, partitions=PARTITIONS, pool_size=conc)
     admin = psycopg.connect(PG_URL, autocommit=True, options=f"-c search_path={schema}")
     try:
-        print(f"national-index: loading {n:,} residents into schema {schema} ({PARTITIONS} partitions)", flush=True)
-        load_s = _load(admin, n)
-        sizes = _sizes(admin)
+        earlier = _loaded(admin, schema)
+        if earlier is not None and earlier[0] == n:
+            _, load_s, sizes = earlier
+            print(f"national-index: reusing {n:,} residents loaded in schema {schema} ({load_s:.0f} s then)",
+                  flush=True)
+        else:
+            print(f"national-index: loading {n:,} residents into schema {schema} ({PARTITIONS} partitions)",
+                  flush=True)
+            load_s = _load(admin, n)
+            sizes = _sizes(admin)
+            admin.execute("CREATE TABLE IF NOT EXISTS bench_loaded (residents bigint, load_seconds float8, "
+                          "identities bigint, identities_heap bigint, documents bigint, documents_heap bigint)")
+            admin.execute("DELETE FROM bench_loaded")
+            admin.execute("INSERT INTO bench_loaded VALUES (%s, %s, %s, %s, %s, %s)",
+                          (n, load_s, sizes["identities"], sizes["identities_heap"], sizes["documents"],
+                           sizes["documents_heap"]))
         index = NationalIndex(store=store, blind=NationalBlindIndex(SoftwareHmacKey(os.urandom(32))))
         now = dt.datetime.now(dt.timezone.utc)
         today = (now + dt.timedelta(hours=8)).date()
@@ -202,46 +247,94 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
             assert found is not None, "a loaded resident is missing"
 
         local = threading.local()
+        opened: list[Any] = []
 
         def baseline(i: int) -> None:
             conn = getattr(local, "conn", None)
             if conn is None:
                 conn = local.conn = psycopg.connect(PG_URL, autocommit=True, options=f"-c search_path={schema}")
+                opened.append(conn)
             row = conn.execute("SELECT main_index_id FROM documents WHERE blind_index = %s",
                                (_loaded_key(i),)).fetchone()
             assert row is not None
 
+        def pg(name: str, clients: int) -> list[float]:
+            lat, took = run_pgbench(name, url=PG_URL, schema=schema, residents=n, clients=clients, seconds=seconds)
+            pg_secs[(name, clients)] = took
+            return lat
+
         rng = random.Random(14)
         sample = [rng.randrange(1, n + 1) for _ in range(2_000_000)]
-        _timed(baseline, sample[:2000], conc, 2.0)  # warm connections and caches
-        _timed(lookup, sample[:2000], conc, 2.0)
-        base = _timed(baseline, sample, conc, seconds)
-        look = _timed(lookup, sample[::-1], conc, seconds)
-        claims = _timed(claim, list(range(1, 10_000_000)), conc, seconds)
+        levels = sorted({c for c in (4, 8) if c < conc} | {conc})
+        pg_secs: dict[tuple[str, int], float] = {}
+        py: dict[tuple[str, int], list[float]] = {}
+        db: dict[tuple[str, int], list[float]] = {}
+        run_pgbench("lookup", url=PG_URL, schema=schema, residents=n, clients=conc, seconds=2.0)  # warm caches
+        for k, level in enumerate(levels):
+            # pgbench first, while this process holds few connections (max_connections is 100)
+            for name in ("baseline", "lookup", "claim"):
+                db[name, level] = pg(name, level)
+                print(f"  pgbench {name} at {level}: p50/p99 {_pct(db[name, level])} ms", flush=True)
+            _timed(baseline, sample[:2000], level, 2.0)  # warm connections
+            _timed(lookup, sample[:2000], level, 2.0)
+            py["baseline", level] = _timed(baseline, sample, level, seconds)
+            py["lookup", level] = _timed(lookup, sample[::-1], level, seconds)
+            py["claim", level] = _timed(claim, list(range(1 + k * 1_000_000, (k + 1) * 1_000_000)), level, seconds)
+            for conn in opened:
+                conn.close()
+            opened.clear()
+            local = threading.local()
+            print(f"  python at {level}: baseline {_pct(py['baseline', level])}, lookup {_pct(py['lookup', level])}, "
+                  f"claim {_pct(py['claim', level])} ms (p50 / p99)", flush=True)
+        generic, generic_s = run_pgbench("lookup", url=PG_URL, schema=schema, residents=n, clients=conc,
+                                         seconds=seconds, options="-c plan_cache_mode=force_generic_plan")
+        print(f"  pgbench lookup at {conc}, generic plan: p50/p99 {_pct(generic)} ms", flush=True)
+        base, look, claims = py["baseline", conc], py["lookup", conc], py["claim", conc]
         base_p99 = percentile(base, 0.99)
-        print(_row("store-layer results (printed early)", claims, seconds, base_p99), flush=True)
         grpc_s = min(seconds, 5.0)
         try:
             grpc_lat = _grpc_run(index, conc, grpc_s, 20_000_000)
         except Exception as e:  # noqa: BLE001 - report the store numbers even if the server run fails
             print(f"  the gRPC run failed: {type(e).__name__}: {e}", flush=True)
             grpc_lat = [float("nan")]
+        db_base_p99 = percentile(db["baseline", conc], 0.99)
         per = (sizes["identities"] + sizes["documents"]) / n
         print()
         print(f"### National index on PostgreSQL, {n:,} residents ({PARTITIONS} HASH partitions), {conc} in flight")
         print()
-        print(f"Load: {load_s:.0f} s. Latency in ms; ratio = p99 / the baseline's p99 (same run, same threads).")
+        print(f"Load: {load_s:.0f} s. Latency in ms; ratio = p99 / the baseline's p99 (same run, same client: "
+              "pgbench rows against the pgbench baseline, Python rows against the Python baseline).")
         print()
         print("| operation | calls | rate | p50 ms | p99 ms | p99 vs baseline |")
         print("|---|---:|---:|---:|---:|---:|")
-        print(_row("baseline: `SELECT ... WHERE blind_index = %s`", base, seconds))
+        print(_row(f"pgbench baseline: `SELECT ... WHERE blind_index = $1` ({conc} clients, C)",
+                   db["baseline", conc], pg_secs["baseline", conc]))
+        print(_row("pgbench lookup: the store's lookup statement", db["lookup", conc], pg_secs["lookup", conc],
+                   db_base_p99))
+        print(_row("pgbench claim: BEGIN; the store's claim statement; COMMIT", db["claim", conc],
+                   pg_secs["claim", conc], db_base_p99))
+        print(_row("pgbench lookup, same statement, `plan_cache_mode=force_generic_plan` (diagnosis)", generic,
+                   generic_s, db_base_p99))
+        print(_row(f"Python baseline: `SELECT ... WHERE blind_index = %s` ({conc} threads)", base, seconds))
         print(_row("lookup (store: document joined to identity, one statement)", look, seconds, base_p99))
         print(_row("claim (NationalIndex.claim: HMAC + claim transaction)", claims, seconds, base_p99))
         print(_row("claim over gRPC (ClaimIdentity, mTLS, in-process server)", grpc_lat, grpc_s, base_p99))
         print()
-        verdict = {name: "met" if percentile(lat, 0.99) <= TARGET_P99_MS else "NOT met"
-                   for name, lat in (("lookup", look), ("claim", claims))}
-        print(f"Target p99 <= {TARGET_P99_MS:.0f} ms: lookup {verdict['lookup']}, claim {verdict['claim']}.")
+        verdict = {f"{who} {name}": "met" if percentile(lat, 0.99) <= TARGET_P99_MS else "NOT met"
+                   for who, src in (("database (pgbench)", db), ("Python store", py))
+                   for name, lat in ((name, src[name, conc]) for name in ("lookup", "claim"))}
+        print(f"Target p99 <= {TARGET_P99_MS:.0f} ms at {conc}: "
+              + ", ".join(f"{name} {v}" for name, v in verdict.items()) + ".")
+        print()
+        print("p50 / p99 ms by calls in flight (pgbench: C clients, one connection each; Python: threads of this "
+              "process through the store, one pooled connection each):")
+        print()
+        print("| in flight | pgbench baseline | pgbench lookup | pgbench claim | Python baseline | Python lookup "
+              "| Python claim |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for level in levels:
+            print(f"| {level} | " + " | ".join(_pct(src[name, level]) for src in (db, py)
+                                               for name in ("baseline", "lookup", "claim")) + " |")
         print()
         mib = {name: value / 2**20 for name, value in sizes.items()}
         print(f"Disk: identities {mib['identities']:,.0f} MiB (heap {mib['identities_heap']:,.0f}), "
@@ -254,5 +347,8 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
               f"{3 * total * 1.25 / 1e12:.1f} TB in all.")
     finally:
         store.close()
-        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        if keep:
+            print(f"(schema {schema} kept: reuse it with --schema {schema}, drop it with --drop-schema)")
+        else:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         admin.close()
