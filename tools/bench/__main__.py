@@ -59,7 +59,7 @@ BENCHES: dict[str, Callable[..., object]] = {
     "publisher": publisher_bench.run,
     "national-index": national_index.run, "web-wallet": web_wallet.run}
 #: Per-benchmark defaults for the options not given on the command line.
-DEFAULTS: dict[str, dict[str, float]] = {
+DEFAULTS: dict[str, dict[str, float | str | bool]] = {
     "core": {"rounds": 7, "seconds": 1.0},
     "issuer": {"rounds": 5, "seconds": 3.0, "concurrency": 32},
     "issuer-layers": {"rounds": 3, "seconds": 2.0, "concurrency": 32},
@@ -74,7 +74,8 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "national-registration": {"rounds": 5, "cycles": 200},
     "national-partition": {"cycles": 1000, "concurrency": 16},
     "publisher": {"rounds": 5, "seconds": 30.0, "concurrency": 34},
-    "national-index": {"residents": 10_000_000, "concurrency": 32, "seconds": 10.0},
+    "national-index": {"residents": 10_000_000, "concurrency": 32, "seconds": 10.0, "schema": "",
+                       "drop_schema": False},
     "web-wallet": {"rounds": 7},
 }
 
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="kill -9 cycles (crashloop: 20); registrations per round (national-registration: 200); "
                         "people (national-partition: 1000)")
     parser.add_argument("--residents", type=int, help="synthetic residents loaded (national-index: 10,000,000)")
+    parser.add_argument("--schema", help="national-index: load into (or reuse the load kept in) this PostgreSQL "
+                        "schema and keep it")
+    parser.add_argument("--drop-schema", action="store_true", default=None,
+                        help="national-index with --schema: drop the schema at the end")
     args = parser.parse_args(argv)
     given = {name: value for name, value in vars(args).items() if name != "which" and value is not None}
     for name in args.which or list(BENCHES):
