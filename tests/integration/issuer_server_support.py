@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import json
 import os
 import pathlib
+import subprocess
 import threading
+import time
 
 import grpc
 import pytest
@@ -142,6 +145,22 @@ def bearer(key: str) -> tuple[tuple[str, str], ...]:
 
 
 APP = bearer(APP_KEY)
+
+
+def listening_entry(proc: subprocess.Popen, timeout: float = 30.0, *, seen: list[str] | None = None) -> dict:
+    """The ``listening`` entry of a serving process's JSON log on its stderr (text), read line by line until
+    it comes (each line read is appended to ``seen`` too); the test fails, showing every line read, when it
+    does not within ``timeout`` s."""
+    lines: list[str] = [] if seen is None else seen
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("{") and (entry := json.loads(line)).get("event") == "listening":
+            return entry
+    pytest.fail("no listening line:\n" + "".join(lines))
 
 
 def bad_request(error: grpc.RpcError) -> list[tuple[str, str]]:

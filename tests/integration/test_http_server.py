@@ -28,7 +28,7 @@ from issuer.tls import DevPki
 from shellkit.files import write_file_atomically
 
 from .connect_client import ConnectClient
-from .issuer_server_support import APP, APP_KEY, PROVINCE, ROOT, Domain, LoopThread, doc, resident_id
+from .issuer_server_support import APP, APP_KEY, PROVINCE, ROOT, Domain, LoopThread, doc, listening_entry, resident_id
 
 rpb = resident_index_pb2
 REGISTER = "/healthcode.issuer.v1.ResidentIndex/RegisterResident"
@@ -187,17 +187,8 @@ def test_cli_serve_with_http_listen(tmp_path, pki):
          "--http-listen", "127.0.0.1:0"],
         cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), stderr=subprocess.PIPE, text=True)
     try:
-        http_port, lines = None, []
-        deadline = time.monotonic() + 30
-        while http_port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            entry = json.loads(line)
-            if entry.get("event") == "listening":
-                http_port = entry["http_port"]
-        assert http_port, "".join(lines)
+        http_port = listening_entry(proc)["http_port"]
+        assert http_port
         number = resident_id()
         outcome = ConnectClient(http_port, pki.ca_cert_pem, "json").call(
             REGISTER, rpb.RegisterResidentRequest(primary=doc(number)), rpb.RegisterResidentResponse, metadata=APP)
@@ -367,16 +358,9 @@ def test_serve_serves_its_own_key_list_at_wallet_keys_json_and_follows_a_rotatio
         cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT), HC_TEST_KEYSTORE=passphrase.decode()),
         stderr=subprocess.PIPE, text=True)
     try:
-        http_port, lines = None, []
-        deadline = time.monotonic() + 30
-        while http_port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("{") and json.loads(line).get("event") == "listening":
-                http_port = json.loads(line)["http_port"]
-        assert http_port, "".join(lines)
+        lines: list[str] = []
+        http_port = listening_entry(proc, seen=lines)["http_port"]
+        assert http_port
         client = ConnectClient(http_port, pki.ca_cert_pem, "json")
 
         status, headers, body = client.request("GET", "/wallet/keys.json", None, {})

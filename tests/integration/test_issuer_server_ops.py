@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from issuer import auth
 from issuer.logs import JsonFormatter
 from shellkit.files import write_file_atomically
-from .issuer_server_support import APP, APP_KEY, Client, ROOT, bearer, doc, hpb, resident_id, rpb
+from .issuer_server_support import APP, APP_KEY, Client, ROOT, bearer, doc, hpb, listening_entry, resident_id, rpb
 from .issuer_server_support import harness, loop, pki, served  # noqa: F401 - fixtures
 
 
@@ -108,18 +108,7 @@ def test_cli_serve_from_config_file_and_sigterm(tmp_path, pki):  # noqa: F811 - 
         cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
     )
     try:
-        port = None
-        log_lines = []
-        deadline = time.monotonic() + 30
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            log_lines.append(line)
-            entry = json.loads(line)
-            if entry.get("event") == "listening":
-                port = entry["port"]
-        assert port, "".join(log_lines)
+        port = listening_entry(proc)["port"]
         client = Client(port, pki)
         try:
             mid = client.register()
