@@ -369,13 +369,8 @@ class RevocationPublishJob:
 
     def wait_for_runs(self, count: int, timeout: float) -> int:
         """Wait until ``count`` runs (successful or not) have finished; return how many have."""
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while self._runs < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+            self._cond.wait_for(lambda: self._runs >= count, timeout)
             return self._runs
 
     @property

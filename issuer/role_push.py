@@ -162,14 +162,8 @@ class RolePusher:
 
     def wait_acknowledged(self, version: int, timeout: float) -> bool:
         """Wait until the publisher acknowledged ``version`` or a later one."""
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while self.acknowledged < version:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
+            return self._cond.wait_for(lambda: self.acknowledged >= version, timeout)
 
     def _loop(self) -> None:
         delay = self.backoff_initial
