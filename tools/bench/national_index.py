@@ -16,7 +16,8 @@
    (``BEGIN``; the WITH of both INSERTs; ``COMMIT``) and the baseline below,
    ``seconds`` each, percentiles from its per-transaction log; and once more the
    lookup with ``plan_cache_mode=force_generic_plan`` (a diagnosis: the default
-   re-plans the partitioned join on every call).
+   re-plans the partitioned join on every call), and the claim's statement alone in
+   autocommit (one round trip instead of three).
 3. **Store layer at 4, 8 and ``concurrency`` in flight** (threads, one pooled connection
    each), for ``seconds`` each, interleaved: *claims* of new residents through
    :meth:`national.index.NationalIndex.claim` (HMAC under the national key,
@@ -289,6 +290,9 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
         generic, generic_s = run_pgbench("lookup", url=PG_URL, schema=schema, residents=n, clients=conc,
                                          seconds=seconds, options="-c plan_cache_mode=force_generic_plan")
         print(f"  pgbench lookup at {conc}, generic plan: p50/p99 {_pct(generic)} ms", flush=True)
+        one_trip, one_trip_s = run_pgbench("claim-autocommit", url=PG_URL, schema=schema, residents=n, clients=conc,
+                                           seconds=seconds)
+        print(f"  pgbench claim at {conc}, one statement in autocommit: p50/p99 {_pct(one_trip)} ms", flush=True)
         base, look, claims = py["baseline", conc], py["lookup", conc], py["claim", conc]
         base_p99 = percentile(base, 0.99)
         grpc_s = min(seconds, 5.0)
@@ -315,6 +319,8 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
                    pg_secs["claim", conc], db_base_p99))
         print(_row("pgbench lookup, same statement, `plan_cache_mode=force_generic_plan` (diagnosis)", generic,
                    generic_s, db_base_p99))
+        print(_row("pgbench claim, same statement alone in autocommit, no BEGIN/COMMIT (diagnosis)", one_trip,
+                   one_trip_s, db_base_p99))
         print(_row(f"Python baseline: `SELECT ... WHERE blind_index = %s` ({conc} threads)", base, seconds))
         print(_row("lookup (store: document joined to identity, one statement)", look, seconds, base_p99))
         print(_row("claim (NationalIndex.claim: HMAC + claim transaction)", claims, seconds, base_p99))
