@@ -152,8 +152,8 @@ class NationalIndex:
         def work(tx: Tx) -> ClaimResult:
             return self._claim(tx, province, main_index_id, indexes, provisional, at, now_s)
 
-        try:  # the common case, a new resident with new documents, in one statement on PostgreSQL
-            return self._store.transaction(fast)
+        try:  # the common case, a new resident with new documents: one autocommit statement on PostgreSQL
+            return self._store.statement(fast)
         except _Retry:
             pass
         for _ in range(5):

@@ -66,12 +66,19 @@ __all__ = [
     "MERGED",
     "RETRIES",
     "MIGRATIONS",
+    "POSTGRES_SESSION_OPTIONS",
 ]
 
 ACTIVE = 1
 MERGED = 3
 RETRIES = 5
 T = TypeVar("T")
+#: How the store's PostgreSQL sessions start. ``force_generic_plan``: with HASH partitions the default
+#: plan cache re-plans every call of a joined lookup (each custom plan prunes at plan time, which costs
+#: more than the lookup); the generic plan is planned once per connection and prunes at run time.
+POSTGRES_SESSION_OPTIONS = "-c TimeZone=UTC -c plan_cache_mode=force_generic_plan"
+# The store's ways into its database (``begin(mode)``): one read, one all-or-none write, a transaction.
+READ, STATEMENT, TRANSACTION = "read", "statement", "transaction"
 
 
 class StoreUnavailable(NationalError):
@@ -180,12 +187,17 @@ MIGRATIONS: Sequence[tuple[str, Callable[[str, int | None], list[str]]]] = (("00
 
 
 class Tx:
-    """One transaction's statements: the national index's SQL, written once (``?`` placeholders)."""
+    """One transaction's statements: the national index's SQL, written once (``?`` placeholders).
 
-    def __init__(self, cursor: Any, placeholder: str, for_update: str) -> None:
+    ``conflict``: the dialect's unique-violation error types (PostgreSQL's fast claim relies on them).
+    """
+
+    def __init__(self, cursor: Any, placeholder: str, for_update: str,
+                 conflict: tuple[type[BaseException], ...] = ()) -> None:
         self._cur = cursor
         self._ph = placeholder
         self._for_update = for_update
+        self._conflict = conflict
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         if self._ph != "?":
@@ -216,25 +228,32 @@ class Tx:
         """The common claim in as few statements as the dialect allows: a new identity with new documents.
 
         True when the identity and every document were inserted; False when anything existed
-        already (then the caller rolls back and takes the full path). PostgreSQL: one statement
-        (both INSERTs in a WITH); SQLite (no INSERT inside WITH): one INSERT per table.
+        already (then the caller rolls back and takes the full path).
+
+        PostgreSQL: **one statement**, both plain INSERTs in a WITH, meant to run alone in autocommit
+        (:meth:`NationalStore.statement`): any existing (or concurrently inserted, once that commits)
+        identity or document is a unique violation, which undoes the whole statement, so nothing is
+        written and it returns False; all or none, and the first claimant wins. Inside a transaction
+        block that violation aborts the transaction, so it must be the block's only statement.
+        SQLite (no INSERT inside WITH): one INSERT per table, ``ON CONFLICT DO NOTHING``, in a
+        transaction the caller rolls back on False.
         """
         identity_row = (mid_bytes(mid), home, ACTIVE, registered_at, now)
         doc_rows = [(bi, mid_bytes(mid)) for bi in indexes]
         doc_values = ", ".join(["(?, ?)"] * len(doc_rows))
         insert_identity = ("INSERT INTO identities (main_index_id, home_province, state, survivor, registered_at, "
-                           "created_at) VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT DO NOTHING")
-        insert_documents = (f"INSERT INTO documents (blind_index, main_index_id) VALUES {doc_values} "
-                            "ON CONFLICT DO NOTHING")
+                           "created_at) VALUES (?, ?, ?, NULL, ?, ?)")
+        insert_documents = f"INSERT INTO documents (blind_index, main_index_id) VALUES {doc_values}"
         flat = [v for row in doc_rows for v in row]
-        if self._ph != "?":  # PostgreSQL: one round trip
-            row = self._exec(f"WITH i AS ({insert_identity} RETURNING 1), d AS ({insert_documents} RETURNING 1) "
-                             "SELECT (SELECT count(*) FROM i), (SELECT count(*) FROM d)",
-                             (*identity_row, *flat)).fetchone()
-            return bool(int(row[0]) == 1 and int(row[1]) == len(doc_rows))
-        if self._exec(insert_identity, identity_row).rowcount != 1:
+        if self._ph != "?":  # PostgreSQL: one round trip, atomic on its own
+            try:
+                cur = self._exec(f"WITH i AS ({insert_identity}) {insert_documents}", (*identity_row, *flat))
+            except self._conflict:
+                return False
+            return bool(cur.rowcount == len(doc_rows))
+        if self._exec(insert_identity + " ON CONFLICT DO NOTHING", identity_row).rowcount != 1:
             return False
-        return bool(self._exec(insert_documents, flat).rowcount == len(doc_rows))
+        return bool(self._exec(insert_documents + " ON CONFLICT DO NOTHING", flat).rowcount == len(doc_rows))
 
     def insert_identity(self, mid: str, home: str, *, registered_at: int, now: int) -> bool:
         """True if the row was created; False when the ID exists already (it is left as it is)."""
@@ -310,7 +329,7 @@ class Tx:
 class NationalStore:
     """The national index's database. :meth:`transaction` runs ``work(tx)`` atomically (retried on races)."""
 
-    def __init__(self, begin: Callable[[bool], contextlib.AbstractContextManager[Tx]], close: Callable[[], None],
+    def __init__(self, begin: Callable[[str], contextlib.AbstractContextManager[Tx]], close: Callable[[], None],
                  retryable: tuple[type[BaseException], ...], unavailable: tuple[type[BaseException], ...],
                  description: str) -> None:
         self._begin = begin
@@ -327,7 +346,7 @@ class NationalStore:
         """
         for _attempt in range(RETRIES):
             try:
-                with self._begin(False) as tx:
+                with self._begin(TRANSACTION) as tx:
                     return work(tx)
             except self._retryable:
                 continue
@@ -339,10 +358,24 @@ class NationalStore:
         """``work(tx)`` for **one** read statement, without a transaction block (PostgreSQL autocommit:
         the statement is its own snapshot; no BEGIN/COMMIT round trips). Use :meth:`transaction` for more."""
         try:
-            with self._begin(True) as tx:
+            with self._begin(READ) as tx:
                 return work(tx)
         except self._unavailable:
             raise StoreUnavailable("the national database cannot be reached") from None
+
+    def statement(self, work: Callable[[Tx], T]) -> T:
+        """``work(tx)`` for **one** writing statement that is all-or-none on its own: PostgreSQL runs it
+        in autocommit (one round trip instead of BEGIN, it, COMMIT); SQLite, whose writes here take
+        more statements, in a transaction as :meth:`transaction`. Retried as :meth:`transaction`."""
+        for _attempt in range(RETRIES):
+            try:
+                with self._begin(STATEMENT) as tx:
+                    return work(tx)
+            except self._retryable:
+                continue
+            except self._unavailable:
+                raise StoreUnavailable("the national database cannot be reached") from None
+        raise Aborted("the national index is busy with the same identities; retry")
 
     def close(self) -> None:
         self._close()
@@ -386,10 +419,10 @@ def open_sqlite_store(path: os.PathLike[str] | str) -> NationalStore:
         ensure_private_file(f"{path}{suffix}")
 
     @contextlib.contextmanager
-    def begin(read: bool) -> Iterator[Tx]:
+    def begin(mode: str) -> Iterator[Tx]:
         with lock:
             cur = conn.cursor()
-            if read:  # one SELECT in autocommit
+            if mode == READ:  # one SELECT in autocommit
                 yield Tx(cur, "?", "")
                 return
             cur.execute("BEGIN IMMEDIATE")
@@ -426,7 +459,7 @@ def open_postgres_store(url: str, *, partitions: int = 16, pool_size: int = 8) -
     conninfo, schema = split_postgres_url(url)
 
     def connect() -> Any:
-        conn = psycopg.connect(conninfo, connect_timeout=10, options="-c TimeZone=UTC", autocommit=True)
+        conn = psycopg.connect(conninfo, connect_timeout=10, options=POSTGRES_SESSION_OPTIONS, autocommit=True)
         if schema is not None:
             conn.execute(pg_sql.SQL("SET search_path TO {}").format(pg_sql.Identifier(schema)))
         return conn
@@ -441,13 +474,14 @@ def open_postgres_store(url: str, *, partitions: int = 16, pool_size: int = 8) -
     except BaseException:
         first.close()
         raise
+    conflict: tuple[type[BaseException], ...] = (pg_errors.UniqueViolation,)
     idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
     idle.put(first)
     slots = threading.BoundedSemaphore(pool_size)
     closed = threading.Event()
 
     @contextlib.contextmanager
-    def begin(read: bool) -> Iterator[Tx]:
+    def begin(mode: str) -> Iterator[Tx]:
         if closed.is_set():
             raise StoreUnavailableClosed()
         with slots:
@@ -459,11 +493,11 @@ def open_postgres_store(url: str, *, partitions: int = 16, pool_size: int = 8) -
                 conn = connect()
             ok = False
             try:
-                if read:  # autocommit: one statement, its own snapshot
-                    yield Tx(conn.cursor(), "%s", "")
+                if mode != TRANSACTION:  # autocommit: one statement, its own snapshot, atomic on its own
+                    yield Tx(conn.cursor(), "%s", "", conflict)
                 else:
                     with conn.transaction():
-                        yield Tx(conn.cursor(), "%s", " FOR UPDATE")
+                        yield Tx(conn.cursor(), "%s", " FOR UPDATE", conflict)
                 ok = True
             finally:
                 if ok or not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:

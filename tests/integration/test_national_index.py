@@ -134,6 +134,7 @@ def test_concurrent_claims_of_one_document_have_one_winner(index):
     assert len(winners) == 1
     holder = index.lookup(doc).main_index_id
     assert all(r.main_index_id == holder for r in results if r is not None)
+    assert [m for m in mids if index.identity(m) is not None] == [holder]  # losers wrote nothing: all or none
 
 
 # --------------------------------------------------------------------------- transfer, with a real province
