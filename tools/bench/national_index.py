@@ -13,11 +13,12 @@
 2. **The database alone** (:mod:`tools.bench.national_pgbench`): ``pgbench``, a C
    client, at 4, 8 and ``concurrency`` clients (``-j 2``, ``-M prepared``) runs
    exactly the statements :mod:`national.store` sends for a lookup, a claim
-   (``BEGIN``; the WITH of both INSERTs; ``COMMIT``) and the baseline below,
-   ``seconds`` each, percentiles from its per-transaction log; and once more the
-   lookup with ``plan_cache_mode=force_generic_plan`` (a diagnosis: the default
-   re-plans the partitioned join on every call), and the claim's statement alone in
-   autocommit (one round trip instead of three).
+   (the WITH of both INSERTs alone in autocommit) and the baseline below, in sessions
+   set up as the store's (``plan_cache_mode=force_generic_plan``), ``seconds`` each,
+   percentiles from its per-transaction log; and, as "before" diagnoses, the store as it
+   was: the lookup with the default plan cache (``plan_cache_mode=auto``: it re-plans the
+   partitioned join on every call), and the claim as ``BEGIN``; the WITH of both
+   ``INSERT ... ON CONFLICT DO NOTHING`` with counts; ``COMMIT``.
 3. **Store layer at 4, 8 and ``concurrency`` in flight** (threads, one pooled connection
    each), for ``seconds`` each, interleaved: *claims* of new residents through
    :meth:`national.index.NationalIndex.claim` (HMAC under the national key,
@@ -287,12 +288,13 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
             local = threading.local()
             print(f"  python at {level}: baseline {_pct(py['baseline', level])}, lookup {_pct(py['lookup', level])}, "
                   f"claim {_pct(py['claim', level])} ms (p50 / p99)", flush=True)
-        generic, generic_s = run_pgbench("lookup", url=PG_URL, schema=schema, residents=n, clients=conc,
-                                         seconds=seconds, options="-c plan_cache_mode=force_generic_plan")
-        print(f"  pgbench lookup at {conc}, generic plan: p50/p99 {_pct(generic)} ms", flush=True)
-        one_trip, one_trip_s = run_pgbench("claim-autocommit", url=PG_URL, schema=schema, residents=n, clients=conc,
-                                           seconds=seconds)
-        print(f"  pgbench claim at {conc}, one statement in autocommit: p50/p99 {_pct(one_trip)} ms", flush=True)
+        custom, custom_s = run_pgbench("lookup", url=PG_URL, schema=schema, residents=n, clients=conc,
+                                       seconds=seconds, options="-c plan_cache_mode=auto")
+        print(f"  pgbench lookup at {conc}, before (plan_cache_mode=auto): p50/p99 {_pct(custom)} ms", flush=True)
+        three_trips, three_trips_s = run_pgbench("claim-before", url=PG_URL, schema=schema, residents=n,
+                                                 clients=conc, seconds=seconds)
+        print(f"  pgbench claim at {conc}, before (BEGIN; statement; COMMIT): p50/p99 {_pct(three_trips)} ms",
+              flush=True)
         base, look, claims = py["baseline", conc], py["lookup", conc], py["claim", conc]
         base_p99 = percentile(base, 0.99)
         grpc_s = min(seconds, 5.0)
@@ -313,14 +315,14 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
         print("|---|---:|---:|---:|---:|---:|")
         print(_row(f"pgbench baseline: `SELECT ... WHERE blind_index = $1` ({conc} clients, C)",
                    db["baseline", conc], pg_secs["baseline", conc]))
-        print(_row("pgbench lookup: the store's lookup statement", db["lookup", conc], pg_secs["lookup", conc],
-                   db_base_p99))
-        print(_row("pgbench claim: BEGIN; the store's claim statement; COMMIT", db["claim", conc],
+        print(_row("pgbench lookup: the store's lookup statement (generic plan)", db["lookup", conc],
+                   pg_secs["lookup", conc], db_base_p99))
+        print(_row("pgbench claim: the store's claim statement alone in autocommit", db["claim", conc],
                    pg_secs["claim", conc], db_base_p99))
-        print(_row("pgbench lookup, same statement, `plan_cache_mode=force_generic_plan` (diagnosis)", generic,
-                   generic_s, db_base_p99))
-        print(_row("pgbench claim, same statement alone in autocommit, no BEGIN/COMMIT (diagnosis)", one_trip,
-                   one_trip_s, db_base_p99))
+        print(_row("before: pgbench lookup, same statement, `plan_cache_mode=auto` (custom plans)", custom,
+                   custom_s, db_base_p99))
+        print(_row("before: pgbench claim, BEGIN; WITH of both INSERT ... ON CONFLICT DO NOTHING; COMMIT",
+                   three_trips, three_trips_s, db_base_p99))
         print(_row(f"Python baseline: `SELECT ... WHERE blind_index = %s` ({conc} threads)", base, seconds))
         print(_row("lookup (store: document joined to identity, one statement)", look, seconds, base_p99))
         print(_row("claim (NationalIndex.claim: HMAC + claim transaction)", claims, seconds, base_p99))

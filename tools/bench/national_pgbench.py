@@ -13,9 +13,14 @@ resident and every claim is new:
 * ``baseline``: ``SELECT main_index_id FROM documents WHERE blind_index = ...``;
 * ``lookup``: :meth:`national.store.Tx.identity_by_document` (the document joined to
   its identity, one statement, autocommit as :meth:`NationalStore.read` runs it);
-* ``claim``: :meth:`national.store.Tx.claim_new` on PostgreSQL inside
-  :meth:`NationalStore.transaction` (``BEGIN``; the WITH of both INSERTs; ``COMMIT``:
-  three round trips, as psycopg sends them), a new identity with one new document.
+* ``claim``: :meth:`national.store.Tx.claim_new` on PostgreSQL as
+  :meth:`NationalStore.statement` runs it (the WITH of both plain INSERTs alone in
+  autocommit: one round trip), a new identity with one new document;
+* ``claim-before`` (a diagnosis, the store before issue 14's fix): ``BEGIN``; the WITH of
+  both ``INSERT ... ON CONFLICT DO NOTHING RETURNING 1`` with counts; ``COMMIT``.
+
+The sessions start as the store's do (:data:`national.store.POSTGRES_SESSION_OPTIONS`,
+``plan_cache_mode=force_generic_plan``); ``options`` can override that for a diagnosis.
 
 ``-M prepared`` (psycopg prepares a statement after its 5th use too), ``-j 2``
 threads, one connection per client, latencies from the per-transaction log
@@ -30,6 +35,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+
+from national.store import POSTGRES_SESSION_OPTIONS
 
 __all__ = ["SCRIPTS", "pgbench_path", "run_pgbench"]
 
@@ -48,6 +55,12 @@ SCRIPTS: dict[str, str] = {
     # r far above the loaded range and a suffix the loader never used: each claim is new.
     "claim": (
         "\\set r random(100000000000, 9000000000000000000)\n"
+        "WITH i AS (INSERT INTO identities (main_index_id, home_province, state, survivor, registered_at, "
+        "created_at) VALUES (decode(md5(:r::text || 'n'), 'hex'), '33', 1, NULL, 1765000000, 1765000000)) "
+        "INSERT INTO documents (blind_index, main_index_id) VALUES "
+        "(decode(md5(:r::text || 'c') || md5(:r::text || 'd'), 'hex'), decode(md5(:r::text || 'n'), 'hex'));\n"),
+    "claim-before": (
+        "\\set r random(100000000000, 9000000000000000000)\n"
         "BEGIN;\n"
         "WITH i AS (INSERT INTO identities (main_index_id, home_province, state, survivor, registered_at, "
         "created_at) VALUES (decode(md5(:r::text || 'n'), 'hex'), '33', 1, NULL, 1765000000, 1765000000) "
@@ -58,9 +71,6 @@ SCRIPTS: dict[str, str] = {
         "SELECT (SELECT count(*) FROM i), (SELECT count(*) FROM d);\n"
         "END;\n"),
 }
-#: A diagnosis, not the store's: the same claim statement alone in autocommit (one round trip instead of
-#: three; a single statement is atomic on its own).
-SCRIPTS["claim-autocommit"] = SCRIPTS["claim"].replace("BEGIN;\n", "").replace("END;\n", "")
 
 
 def pgbench_path() -> str:
@@ -76,15 +86,15 @@ def run_pgbench(name: str, *, url: str, schema: str, residents: int, clients: in
                 seconds: float, options: str = "") -> tuple[list[float], float]:
     """Run script ``name`` with ``clients`` connections for ``seconds``: (latencies in ms, duration s).
 
-    ``url`` is a libpq URL without ``?schema``; the schema goes in by ``PGOPTIONS``, with
-    ``options`` (more ``-c name=value`` settings for the sessions) after it.
+    ``url`` is a libpq URL without ``?schema``; the schema and the store's session settings go in
+    by ``PGOPTIONS``, with ``options`` (more ``-c name=value`` settings, which win) after them.
     Raises :class:`subprocess.CalledProcessError` when pgbench fails (its output in the error).
     """
     with tempfile.TemporaryDirectory(prefix="pgbench-") as tmp:
         script = pathlib.Path(tmp, f"{name}.sql")
         script.write_text(SCRIPTS[name].format(n=residents))
         prefix = str(pathlib.Path(tmp, "log"))
-        env = {**os.environ, "PGOPTIONS": f"-c search_path={schema} {options}".strip()}
+        env = {**os.environ, "PGOPTIONS": f"-c search_path={schema} {POSTGRES_SESSION_OPTIONS} {options}".strip()}
         done = subprocess.run(
             [pgbench_path(), "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(2, clients)),
              "-T", str(max(1, round(seconds))), "-f", str(script), "-l", f"--log-prefix={prefix}", url],
