@@ -9,6 +9,8 @@ command that produced it.
 * ``issuer-layers``: the same load against servers built up layer by layer (echo, echo + a GIL
   release, echo + signing, the issuer with a canned code, signing only, the real store): where
   an IssueCode's server time goes (default 3 rounds of 2 s);
+* ``issuer-compare --tree DIR``: IssueCode of this checkout against IssueCode of another one (an
+  older commit's ``git archive``) and the echo, interleaved in one run: did a change cost per call;
 * ``crashloop``: kill -9 cycles of the real issuer under concurrent issuance, counting lost
   and duplicated acknowledged issuances (default 20 cycles);
 * ``trust``: trust sync of 34 provinces from a mirror directory: refresh bytes after one
@@ -45,13 +47,14 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from . import (core, crashloop, http_api, issuer, issuer_layers, key_recovery, national, national_index,
+from . import (core, crashloop, http_api, issuer, issuer_compare, issuer_layers, key_recovery, national, national_index,
                presentation, revocation, revocation_latency, trust, verifier, web_wallet)
 from . import publisher as publisher_bench
 
 #: Each benchmark's ``run``: keyword options only, each with its own set (hence ``...``).
 BENCHES: dict[str, Callable[..., object]] = {
     "core": core.run, "issuer": issuer.run, "issuer-layers": issuer_layers.run, "crashloop": crashloop.run,
+    "issuer-compare": issuer_compare.run,
     "trust": trust.run, "revocation": revocation.run, "revocation-latency": revocation_latency.run,
     "verifier": verifier.run,
     "key-recovery": key_recovery.run, "presentation": presentation.run, "http-api": http_api.run,
@@ -63,6 +66,7 @@ DEFAULTS: dict[str, dict[str, float | str | bool]] = {
     "core": {"rounds": 7, "seconds": 1.0},
     "issuer": {"rounds": 5, "seconds": 3.0, "concurrency": 32},
     "issuer-layers": {"rounds": 3, "seconds": 2.0, "concurrency": 32},
+    "issuer-compare": {"rounds": 5, "seconds": 3.0, "concurrency": 32, "tree": ""},
     "crashloop": {"cycles": 20, "concurrency": 48},
     "trust": {"rounds": 7},
     "revocation": {"rounds": 7, "seconds": 1.0},
@@ -94,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--residents", type=int, help="synthetic residents loaded (national-index: 10,000,000)")
     parser.add_argument("--schema", help="national-index: load into (or reuse the load kept in) this PostgreSQL "
                         "schema and keep it")
+    parser.add_argument("--tree", help="issuer-compare: another checkout of this project (e.g. an older commit's "
+                        "git archive) whose issuer runs against this one's")
     parser.add_argument("--drop-schema", action="store_true", default=None,
                         help="national-index with --schema: drop the schema at the end")
     args = parser.parse_args(argv)

@@ -148,21 +148,23 @@ class ServerProcess:
 
     @classmethod
     def issuer(cls, workspace: Workspace, *, log_name: str = "server.log", timeout: float = 30.0,
-               extra_flags: Sequence[str] = ()) -> "ServerProcess":
-        """``python -m issuer serve`` on 127.0.0.1 with a port the kernel picks."""
+               extra_flags: Sequence[str] = (), root: pathlib.Path | None = None) -> "ServerProcess":
+        """``python -m issuer serve`` on 127.0.0.1 with a port the kernel picks (``root``: of another
+        checkout of this project, e.g. an older commit's ``git archive``; this one by default)."""
         argv = [sys.executable, "-m", "issuer", "serve", *workspace.serve_flags,
                 "--listen", "127.0.0.1:0", "--log-level", "INFO", *extra_flags]
-        return cls.spawn(argv, workspace.directory / log_name, ca_pem=workspace.ca_pem, timeout=timeout)
+        return cls.spawn(argv, workspace.directory / log_name, ca_pem=workspace.ca_pem, timeout=timeout, root=root)
 
     @classmethod
     def spawn(cls, argv: Sequence[str], log_path: pathlib.Path, *, ca_pem: bytes,
-              timeout: float = 30.0) -> "ServerProcess":
+              timeout: float = 30.0, root: pathlib.Path | None = None) -> "ServerProcess":
+        root = ROOT if root is None else root
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         log_path = pathlib.Path(log_path)
         with open(log_path, "ab") as log:
             offset = log.tell()
-            process = subprocess.Popen(list(argv), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+            process = subprocess.Popen(list(argv), cwd=root, env=env, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         server = cls(process, log_path, 0)
         try:
