@@ -45,7 +45,8 @@ from issuer.tls import DevPki
 from issuer.wallets import WalletIssuer
 
 from .connect_client import ConnectClient
-from .test_key_admin import HOUR, LoopThread, Nation, utc_now
+from .issuer_server_support import LoopThread
+from .test_key_admin import HOUR, Nation, utc_now
 
 API_KEY = "roles-app-key-" + "d" * 40
 APP = (("authorization", f"Bearer {API_KEY}"),)
