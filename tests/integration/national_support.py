@@ -11,7 +11,9 @@ until that lands; the national server under test is the real one.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import hashlib
 import os
 import pathlib
 import threading
@@ -235,3 +237,24 @@ def write_pki(pki: Pki, directory: pathlib.Path, clients: list[str]) -> dict[str
         write_file_atomically(paths[f"{cn}.pem"], pair.cert_pem, mode=0o644)
         write_file_atomically(paths[f"{cn}.key"], pair.key_pem)
     return paths
+
+
+def encodings(number: str) -> set[bytes]:
+    """The forms a document number could leak in: text, UTF-16/32, hex, Base32/64, BCD, integers, common hashes."""
+    ascii_ = number.encode()
+    digits = "".join(ch for ch in number if ch.isdigit())
+    out = {ascii_, number.encode("utf-16-le"), number.encode("utf-16-be"), number.encode("utf-32-le"),
+           ascii_.hex().encode(), ascii_.hex().upper().encode(), base64.b64encode(ascii_),
+           base64.b32encode(ascii_).rstrip(b"="), base64.urlsafe_b64encode(ascii_).rstrip(b"=")}
+    out.add(number[:14].encode())  # the region and birth date alone
+    if len(digits) % 2:
+        digits += "0"
+    bcd = bytes(int(digits[i]) << 4 | int(digits[i + 1]) for i in range(0, len(digits), 2))
+    out.add(bcd)
+    out.add(int(digits).to_bytes(8, "big"))
+    out.add(int(digits).to_bytes(8, "little"))
+    for form in (ascii_, b"resident_id:" + ascii_):
+        for h in (hashlib.sha256, hashlib.sha1, hashlib.md5, hashlib.sha224, hashlib.sha512):
+            d = h(form).digest()
+            out |= {d, d.hex().encode(), base64.b64encode(d)}
+    return out

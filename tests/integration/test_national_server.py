@@ -8,9 +8,7 @@ and a privacy byte scan of the database, its WAL and the logs.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
 import io
 import logging
 
@@ -27,7 +25,7 @@ from national.api import national_index_pb2 as pb
 from national.store import open_national_store
 
 from .grpc_status_support import error_reason as reason, violations
-from .national_support import NOW, LoopThread, NationalHarness, Pki, TestProvince, new_mid, resident
+from .national_support import NOW, LoopThread, NationalHarness, Pki, TestProvince, encodings, new_mid, resident
 
 CLIENTS = ["province:33", "province:44", "hospital:44:gz-first", "hospital:33:hz-first"]
 
@@ -357,26 +355,6 @@ def test_hospitals_are_rate_limited_one_by_one(world, tmp_path):
 
 
 # --------------------------------------------------------------------------- privacy
-
-
-def encodings(number: str) -> set[bytes]:
-    ascii_ = number.encode()
-    digits = "".join(ch for ch in number if ch.isdigit())
-    out = {ascii_, number.encode("utf-16-le"), number.encode("utf-16-be"), number.encode("utf-32-le"),
-           ascii_.hex().encode(), ascii_.hex().upper().encode(), base64.b64encode(ascii_),
-           base64.b32encode(ascii_).rstrip(b"="), base64.urlsafe_b64encode(ascii_).rstrip(b"=")}
-    out.add(number[:14].encode())  # the region and birth date alone
-    if len(digits) % 2:
-        digits += "0"
-    bcd = bytes(int(digits[i]) << 4 | int(digits[i + 1]) for i in range(0, len(digits), 2))
-    out.add(bcd)
-    out.add(int(digits).to_bytes(8, "big"))
-    out.add(int(digits).to_bytes(8, "little"))
-    for form in (ascii_, b"resident_id:" + ascii_):
-        for h in (hashlib.sha256, hashlib.sha1, hashlib.md5, hashlib.sha224, hashlib.sha512):
-            d = h(form).digest()
-            out |= {d, d.hex().encode(), base64.b64encode(d)}
-    return out
 
 
 def test_privacy_byte_scan(world):
