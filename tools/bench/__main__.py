@@ -32,7 +32,8 @@ command that produced it.
   load and durability (default 5 rounds of 3 s, 32 calls in flight);
 * ``national-index``: the national index on PostgreSQL with 10 million synthetic residents: claim and
   lookup p50/p99 at 32 in flight against a trivial indexed lookup, a short gRPC run, bytes per resident
-  and the projection to 1.4 billion (``--residents N``; default 10,000,000, 10 s per operation);
+  and the projection to 1.4 billion (``--residents N``; default 10,000,000, 10 s per operation; the store's
+  calls also from ``--processes`` processes, default 4);
 * ``publisher``: the national trust publisher (its own process) with 34 provinces pushing over mTLS: all at
   once as fast as it goes, then the 1/min rate scaled; its process CPU per push and per publication against
   one Ed25519 snapshot signature (default 5 rounds, 30 s scaled);
@@ -79,7 +80,7 @@ DEFAULTS: dict[str, dict[str, float | str | bool]] = {
     "national-partition": {"cycles": 1000, "concurrency": 16},
     "publisher": {"rounds": 5, "seconds": 30.0, "concurrency": 34},
     "national-index": {"residents": 10_000_000, "concurrency": 32, "seconds": 10.0, "schema": "",
-                       "drop_schema": False},
+                       "drop_schema": False, "processes": 4},
     "web-wallet": {"rounds": 7},
 }
 
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                         "schema and keep it")
     parser.add_argument("--tree", help="issuer-compare: another checkout of this project (e.g. an older commit's "
                         "git archive) whose issuer runs against this one's")
+    parser.add_argument("--processes", type=int, help="national-index: also run the store's calls at --concurrency "
+                        "spread over this many processes (4; 0: not)")
     parser.add_argument("--drop-schema", action="store_true", default=None,
                         help="national-index with --schema: drop the schema at the end")
     args = parser.parse_args(argv)

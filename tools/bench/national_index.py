@@ -25,7 +25,9 @@
    the claim transaction); *lookups* of loaded residents through the store
    (the document joined to its identity, one statement); and the **baseline**: a
    trivial indexed lookup of the same table (``SELECT main_index_id FROM
-   documents WHERE blind_index = %s``, autocommit) with the same threads.
+   documents WHERE blind_index = %s``, autocommit) with the same threads. At ``concurrency``,
+   the lookup and the claim again from ``processes`` processes of ``concurrency / processes``
+   threads each (:mod:`tools.bench.national_processes`: how the service is deployed).
 4. **gRPC**: a short run of ClaimIdentity through the real server (mTLS,
    admission, logs, metrics) in this process, ``concurrency`` in flight.
 5. **Disk**: bytes per resident of identities + documents (tables, TOAST and
@@ -155,12 +157,13 @@ def _grpc_run(index: Any, concurrency: int, seconds: float, first: int) -> list[
         async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", creds) as channel:
             stub = pb_grpc.NationalIndexStub(channel)
             counter = iter(range(first, first + 10_000_000))
+            region = f"4401{random.randrange(10, 100)}"  # new residents even in a schema kept from an earlier run
             deadline = time.perf_counter() + seconds
 
             async def worker() -> None:
                 while time.perf_counter() < deadline:
                     i = next(counter)
-                    number = make_resident_id("440106", dt.date(1960, 1, 1) + dt.timedelta(days=i // 1000), i % 1000)
+                    number = make_resident_id(region, dt.date(1960, 1, 1) + dt.timedelta(days=i // 1000), i % 1000)
                     request = pb.ClaimIdentityRequest(main_index_id=_mid(), documents=[common_pb2.Document(
                         type=common_pb2.DOCUMENT_TYPE_RESIDENT_ID, number=number)])
                     t0 = time.perf_counter()
@@ -198,9 +201,10 @@ def _pct(lat: list[float]) -> str:
 
 
 def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: float = 10.0, schema: str = "",
-        drop_schema: bool = False) -> None:
+        drop_schema: bool = False, processes: float = 4) -> None:
     """``schema``: load into (or reuse an earlier load in) that schema and keep it, unless ``drop_schema``;
-    without it, a fresh ``national_bench_<pid>`` dropped at the end."""
+    without it, a fresh ``national_bench_<pid>`` dropped at the end. ``processes``: the store's calls at
+    ``concurrency`` are also measured spread over that many processes (0: not)."""
     import psycopg
 
     from issuer.documents import make_resident_id, parse_document
@@ -209,6 +213,7 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
     from national.store import open_postgres_store
 
     from .national_pgbench import run_pgbench
+    from .national_processes import in_processes
 
     n, conc = int(residents), int(concurrency)
     keep = bool(schema) and not drop_schema
@@ -237,8 +242,10 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
         now = dt.datetime.now(dt.timezone.utc)
         today = (now + dt.timedelta(hours=8)).date()
 
+        region = f"3301{random.randrange(10, 100)}"  # new residents even in a schema kept from an earlier run
+
         def claim(i: int) -> None:
-            number = make_resident_id("330106", dt.date(1950, 1, 1) + dt.timedelta(days=i // 1000), i % 1000)
+            number = make_resident_id(region, dt.date(1950, 1, 1) + dt.timedelta(days=i // 1000), i % 1000)
             doc = parse_document("resident_id", number, today=today)
             index.claim(province="33", main_index_id=_mid(), documents=[doc], provisional=False,
                         registered_at=None, now=now)
@@ -295,6 +302,14 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
                                                  clients=conc, seconds=seconds)
         print(f"  pgbench claim at {conc}, before (BEGIN; statement; COMMIT): p50/p99 {_pct(three_trips)} ms",
               flush=True)
+        procs = int(processes)
+        spread: dict[str, list[float]] = {}
+        if procs > 1:
+            for name in ("lookup", "claim"):
+                spread[name] = in_processes(name, url=url, residents=n, in_flight=conc, processes=procs,
+                                            seconds=seconds)
+                print(f"  python {name} at {conc} in {procs} processes of {conc // procs} threads: p50/p99 "
+                      f"{_pct(spread[name])} ms", flush=True)
         base, look, claims = py["baseline", conc], py["lookup", conc], py["claim", conc]
         base_p99 = percentile(base, 0.99)
         grpc_s = min(seconds, 5.0)
@@ -326,11 +341,17 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
         print(_row(f"Python baseline: `SELECT ... WHERE blind_index = %s` ({conc} threads)", base, seconds))
         print(_row("lookup (store: document joined to identity, one statement)", look, seconds, base_p99))
         print(_row("claim (NationalIndex.claim: HMAC + claim transaction)", claims, seconds, base_p99))
+        for name, label in (("lookup", "lookup"), ("claim", "claim")):
+            if name in spread:
+                print(_row(f"{label}, the same through {procs} processes of {conc // procs} threads (own store each)",
+                           spread[name], seconds, base_p99))
         print(_row("claim over gRPC (ClaimIdentity, mTLS, in-process server)", grpc_lat, grpc_s, base_p99))
         print()
         verdict = {f"{who} {name}": "met" if percentile(lat, 0.99) <= TARGET_P99_MS else "NOT met"
-                   for who, src in (("database (pgbench)", db), ("Python store", py))
+                   for who, src in (("database (pgbench)", db), ("Python store, one process", py))
                    for name, lat in ((name, src[name, conc]) for name in ("lookup", "claim"))}
+        verdict |= {f"Python store, {procs} processes, {name}": "met" if percentile(lat, 0.99) <= TARGET_P99_MS
+                    else "NOT met" for name, lat in spread.items()}
         print(f"Target p99 <= {TARGET_P99_MS:.0f} ms at {conc}: "
               + ", ".join(f"{name} {v}" for name, v in verdict.items()) + ".")
         print()

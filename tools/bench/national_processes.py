@@ -1,0 +1,90 @@
+"""The national store's calls from several processes at once (part of ``python -m tools.bench national-index``).
+
+The national service is deployed as a few processes behind a load balancer, sharing one PostgreSQL
+(``docs/operations.md`` §14), not as one process with 32 threads: each process has its own GIL. This
+module measures that shape: ``processes`` spawned processes, each with its own store (its own pool)
+and ``in_flight / processes`` threads, run the same lookup or claim as
+:mod:`tools.bench.national_index` at the same moment (a barrier), for ``seconds``; latencies of all
+processes are pooled for p50/p99.
+
+Claims use a region code of this run (``3301NN``, random per run) so that a schema kept from an
+earlier run (``--schema``) still gets new residents, not the "already claimed" path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing as mp
+import os
+import random
+from typing import Any, Callable
+
+__all__ = ["in_processes"]
+
+
+def _operation(kind: str, store: Any, residents: int, region: str, first: int) -> tuple[Callable[[int], object],
+                                                                                         list[int]]:
+    from issuer.documents import make_resident_id, parse_document
+    from national.blind_index import NationalBlindIndex, SoftwareHmacKey
+    from national.index import NationalIndex
+
+    from .national_index import _loaded_key, _mid
+
+    if kind == "lookup":
+        rng = random.Random(first)
+
+        def lookup(i: int) -> None:
+            assert store.read(lambda tx: tx.identity_by_document(_loaded_key(i))) is not None, "a resident is missing"
+
+        return lookup, [rng.randrange(1, residents + 1) for _ in range(400_000)]
+    index = NationalIndex(store=store, blind=NationalBlindIndex(SoftwareHmacKey(os.urandom(32))))
+    now = dt.datetime.now(dt.timezone.utc)
+    today = (now + dt.timedelta(hours=8)).date()
+
+    def claim(i: int) -> None:
+        number = make_resident_id(region, dt.date(1950, 1, 1) + dt.timedelta(days=i // 1000), i % 1000)
+        index.claim(province="33", main_index_id=_mid(), documents=[parse_document("resident_id", number, today=today)],
+                    provisional=False, registered_at=None, now=now)
+
+    return claim, list(range(first, first + 400_000))
+
+
+def _child(kind: str, url: str, residents: int, threads: int, seconds: float, region: str, first: int,
+           barrier: Any, results: Any) -> None:
+    from national.store import open_postgres_store
+
+    from .national_index import PARTITIONS, _timed
+
+    store = open_postgres_store(url, partitions=PARTITIONS, pool_size=threads)
+    try:
+        op, inputs = _operation(kind, store, residents, region, first)
+        _timed(op, inputs[:2000], threads, 1.0)  # open and warm the pool
+        barrier.wait(timeout=300)
+        results.put(_timed(op, inputs[2000:], threads, seconds))
+    finally:
+        store.close()
+
+
+def in_processes(kind: str, *, url: str, residents: int, in_flight: int, processes: int,
+                 seconds: float) -> list[float]:
+    """Latencies (ms) of ``kind`` ("lookup" or "claim") with ``in_flight`` threads spread over ``processes``."""
+    if in_flight % processes:
+        raise ValueError("in_flight must be a multiple of processes")
+    ctx = mp.get_context("spawn")  # a clean interpreter each: no inherited pool, threads or sockets
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    region = f"3301{random.randrange(10, 100)}"
+    children = [ctx.Process(target=_child, args=(kind, url, residents, in_flight // processes, seconds, region,
+                                                 1 + p * 1_000_000, barrier, results))
+                for p in range(processes)]
+    for child in children:
+        child.start()
+    latencies: list[float] = []
+    try:
+        for _ in children:
+            latencies.extend(results.get(timeout=seconds + 600))
+    finally:
+        for child in children:
+            child.join(timeout=30)
+            if child.is_alive():
+                child.kill()
+    return latencies
