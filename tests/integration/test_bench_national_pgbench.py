@@ -112,3 +112,28 @@ def test_a_failing_pgbench_raises(loaded):
     with pytest.raises(subprocess.CalledProcessError):
         run_pgbench("lookup", url=schema.server, schema="hc_no_such_schema", residents=RESIDENTS, clients=1,
                     seconds=1)
+
+
+def test_the_store_calls_from_several_processes_run_and_claim_new_residents(loaded):
+    from tools.bench.national_processes import in_processes
+
+    schema, admin = loaded
+    url = f"{schema.server}?schema={schema.name}"
+    before = admin.execute("SELECT count(*) FROM documents").fetchone()[0]
+    lookups = in_processes("lookup", url=url, residents=RESIDENTS, in_flight=4, processes=2, seconds=0.5)
+    assert len(lookups) > 10 and all(ms > 0 for ms in lookups)  # a missing resident raises in the child
+    claims = in_processes("claim", url=url, residents=RESIDENTS, in_flight=4, processes=2, seconds=0.5)
+    after = admin.execute("SELECT count(*) FROM documents").fetchone()[0]
+    assert len(claims) > 10
+    assert after - before >= len(claims)  # each timed claim (and each warm-up one) added a resident
+    with pytest.raises(ValueError):
+        in_processes("lookup", url=url, residents=RESIDENTS, in_flight=5, processes=2, seconds=0.1)
+
+
+def test_a_failing_process_fails_the_run_at_once(loaded):
+    from tools.bench.national_processes import in_processes
+
+    schema, _admin = loaded
+    with pytest.raises(RuntimeError, match="lookup process failed"):  # residents it never loaded: lookups miss
+        in_processes("lookup", url=f"{schema.server}?schema={schema.name}", residents=RESIDENTS * 1000,
+                     in_flight=2, processes=2, seconds=0.5)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing as mp
 import os
+import queue
 import random
+import time
 from typing import Any, Callable
 
 __all__ = ["in_processes"]
@@ -79,9 +81,16 @@ def in_processes(kind: str, *, url: str, residents: int, in_flight: int, process
     for child in children:
         child.start()
     latencies: list[float] = []
+    received, deadline = 0, time.monotonic() + seconds + 600
     try:
-        for _ in children:
-            latencies.extend(results.get(timeout=seconds + 600))
+        while received < processes:
+            try:
+                latencies.extend(results.get(timeout=1.0))
+                received += 1
+            except queue.Empty:
+                failed = [c.exitcode for c in children if c.exitcode not in (None, 0)]
+                if failed or time.monotonic() > deadline:
+                    raise RuntimeError(f"a {kind} process failed (exit codes {failed}) or did not answer") from None
     finally:
         for child in children:
             child.join(timeout=30)
