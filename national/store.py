@@ -344,15 +344,7 @@ class NationalStore:
         A deadlock or serialization failure reruns ``work`` (up to :data:`RETRIES` times), so it must
         not have effects outside the transaction; after that, :class:`~national.errors.Aborted`.
         """
-        for _attempt in range(RETRIES):
-            try:
-                with self._begin(TRANSACTION) as tx:
-                    return work(tx)
-            except self._retryable:
-                continue
-            except self._unavailable:
-                raise StoreUnavailable("the national database cannot be reached") from None
-        raise Aborted("the national index is busy with the same identities; retry")
+        return self._retried(TRANSACTION, work)
 
     def read(self, work: Callable[[Tx], T]) -> T:
         """``work(tx)`` for **one** read statement, without a transaction block (PostgreSQL autocommit:
@@ -367,9 +359,12 @@ class NationalStore:
         """``work(tx)`` for **one** writing statement that is all-or-none on its own: PostgreSQL runs it
         in autocommit (one round trip instead of BEGIN, it, COMMIT); SQLite, whose writes here take
         more statements, in a transaction as :meth:`transaction`. Retried as :meth:`transaction`."""
+        return self._retried(STATEMENT, work)
+
+    def _retried(self, mode: str, work: Callable[[Tx], T]) -> T:
         for _attempt in range(RETRIES):
             try:
-                with self._begin(STATEMENT) as tx:
+                with self._begin(mode) as tx:
                     return work(tx)
             except self._retryable:
                 continue

@@ -11,14 +11,17 @@ until that lands; the national server under test is the real one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import datetime as dt
 import hashlib
+import io
+import logging
 import os
 import pathlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import grpc
 
@@ -258,3 +261,22 @@ def encodings(number: str) -> set[bytes]:
             d = h(form).digest()
             out |= {d, d.hex().encode(), base64.b64encode(d)}
     return out
+
+
+@contextlib.contextmanager
+def captured_json_logs() -> Iterator[io.StringIO]:
+    """Every log record, as the services' JSON lines, into a buffer (root at DEBUG); restored afterwards."""
+    from issuer.logs import JsonFormatter
+
+    logs = io.StringIO()
+    handler = logging.StreamHandler(logs)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield logs
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)

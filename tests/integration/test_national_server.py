@@ -9,7 +9,6 @@ and a privacy byte scan of the database, its WAL and the logs.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
 
 import grpc
@@ -19,13 +18,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import healthcode as hc
 from healthcode import presentation as hp
 from issuer.api import common_pb2
-from issuer.logs import JsonFormatter
 from issuer.wire import received_error_info
 from national.api import national_index_pb2 as pb
 from national.store import open_national_store
 
 from .grpc_status_support import error_reason as reason, violations
-from .national_support import NOW, LoopThread, NationalHarness, Pki, TestProvince, encodings, new_mid, resident
+from .national_support import (NOW, LoopThread, NationalHarness, Pki, TestProvince, captured_json_logs, encodings,
+                               new_mid, resident)
 
 CLIENTS = ["province:33", "province:44", "hospital:44:gz-first", "hospital:33:hz-first"]
 
@@ -37,21 +36,13 @@ def world(tmp_path_factory):
     provinces = {code: TestProvince(code, pki) for code in ("33", "44")}
     for p in provinces.values():
         loop.run(p.start())
-    logs = io.StringIO()
-    handler = logging.StreamHandler(logs)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    store = open_national_store(tmp / "national.db")
-    harness = NationalHarness(loop, pki, store, provinces, hospital_rate=1000.0, hospital_burst=1000.0)
-    harness.db_path, harness.logs = tmp / "national.db", logs
-    yield harness
-    harness.close()
-    store.close()
-    root.removeHandler(handler)
-    root.setLevel(old_level)
+    with captured_json_logs() as logs:
+        store = open_national_store(tmp / "national.db")
+        harness = NationalHarness(loop, pki, store, provinces, hospital_rate=1000.0, hospital_burst=1000.0)
+        harness.db_path, harness.logs = tmp / "national.db", logs
+        yield harness
+        harness.close()
+        store.close()
     for p in provinces.values():
         loop.run(p.stop())
     loop.close()
