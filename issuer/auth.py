@@ -104,6 +104,7 @@ __all__ = [
     "HEALTH_SERVICE",
     "PROVINCE_ADMIN_CN",
     "NATIONAL_CN",
+    "NATIONAL_INDEX_CN",
 ]
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -113,9 +114,13 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 #: Certificate CNs that name a key-administration role (``issuer/key_admin.py`` checks the province).
 PROVINCE_ADMIN_CN = re.compile(r"admin:([0-9]{2})")
 NATIONAL_CN = re.compile(r"national:[A-Za-z0-9][A-Za-z0-9._@-]{0,54}")
+#: The national index service calling a province's NationalLink (``national/``): a role of its own, so that
+#: neither a national key administrator's certificate can resolve patients or release residents, nor the
+#: national index service's certificate can cut off a province's keys.
+NATIONAL_INDEX_CN = re.compile(r"national-index:[A-Za-z0-9][A-Za-z0-9._@-]{0,48}")
 #: A provincial issuer calling a national service (the trust publisher, ``publisher/``).
 PROVINCE_CN = re.compile(r"province:([0-9]{2})")
-_ROLE_PREFIXES = ("admin:", "national:", "province:")
+_ROLE_PREFIXES = ("admin:", "national:", "national-index:", "province:")
 
 log = logging.getLogger("issuer.auth")
 
@@ -158,7 +163,8 @@ class Role(enum.Enum):
     ISSUANCE = "issuance"  # ResidentIndex, HealthCodes, Wallets: API keys, and certificates in auth.issuance_clients
     WALLET = "wallet"  # WALLET_METHODS only: API keys with role "wallet", and certificates in auth.wallet_clients
     PROVINCE_ADMIN = "admin"  # KeyAdmin on its own province: certificate CN admin:<province>
-    NATIONAL = "national"  # KeyAdmin reads and compromise cut-off, NationalLink: certificate CN national:<name>
+    NATIONAL = "national"  # KeyAdmin reads and compromise cut-off: certificate CN national:<name>
+    NATIONAL_INDEX = "national-index"  # NationalLink only (the national index service): CN national-index:<name>
     PROVINCE = "province"  # a provincial issuer at a national service (publisher/): certificate CN province:<code>
 
 
@@ -178,7 +184,7 @@ SERVICE_ROLES: Mapping[str, frozenset[Role]] = {
     "healthcode.issuer.v1.HealthCodes": frozenset({Role.ISSUANCE}),
     "healthcode.issuer.v1.Wallets": frozenset({Role.ISSUANCE}),
     "healthcode.admin.v1.KeyAdmin": frozenset({Role.PROVINCE_ADMIN, Role.NATIONAL}),
-    "healthcode.issuer.v1.NationalLink": frozenset({Role.NATIONAL}),  # the national service's calls (issue 14)
+    "healthcode.issuer.v1.NationalLink": frozenset({Role.NATIONAL_INDEX}),  # the national index's calls (issue 14)
     "grpc.reflection.v1alpha.ServerReflection": _ANY_ROLE,
     "grpc.reflection.v1.ServerReflection": _ANY_ROLE,
 }
@@ -202,13 +208,15 @@ _WHO_HAS = {
     Role.WALLET: "wallet clients",
     Role.PROVINCE_ADMIN: "admin:<province> certificates",
     Role.NATIONAL: "national:<name> certificates",
+    Role.NATIONAL_INDEX: "national-index:<name> certificates",
     Role.PROVINCE: "province:<code> certificates",
 }
 
 
 def certificate_role(common_name: str, issuance_clients: frozenset[str] | set[str] = frozenset(),
                      wallet_clients: frozenset[str] | set[str] = frozenset()) -> Role | None:
-    """The role a client certificate's CN names: ``admin:<province>``, ``national:<name>``, ``province:<code>``, a CN
+    """The role a client certificate's CN names: ``admin:<province>``, ``national:<name>``,
+    ``national-index:<name>``, ``province:<code>``, a CN
     listed in ``issuance_clients`` (issuance) or in ``wallet_clients`` (wallet); None for anything else
     (``admin:99``, an unlisted CN, a CN in both lists: a certificate has one role)."""
     match = PROVINCE_ADMIN_CN.fullmatch(common_name)
@@ -216,6 +224,8 @@ def certificate_role(common_name: str, issuance_clients: frozenset[str] | set[st
         return Role.PROVINCE_ADMIN if match[1] in PROVINCES else None
     if NATIONAL_CN.fullmatch(common_name):
         return Role.NATIONAL
+    if NATIONAL_INDEX_CN.fullmatch(common_name):
+        return Role.NATIONAL_INDEX
     match = PROVINCE_CN.fullmatch(common_name)
     if match:
         return Role.PROVINCE if match[1] in PROVINCES else None
@@ -233,7 +243,8 @@ def check_issuance_client_name(name: Any, what: str = "an issuance client") -> s
     if not isinstance(name, str) or not _CALLER_NAME.match(name):
         raise ValueError(f"{what}'s name is 1-64 characters of A-Z a-z 0-9 . _ @ : -")
     if name.startswith(_ROLE_PREFIXES):
-        raise ValueError(f"{name!r} is a key-administration name (admin:/national:): a certificate has one role")
+        raise ValueError(f"{name!r} is a key-administration name or a service's (admin:, national:, national-index:, "
+                         "province:): a certificate has one role")
     return name
 
 
@@ -295,7 +306,8 @@ class ApiKey:
         if not _CALLER_NAME.match(self.caller):
             raise ValueError("caller name must be 1-64 characters of A-Z a-z 0-9 . _ @ : -")
         if self.caller.startswith(_ROLE_PREFIXES):
-            raise ValueError("caller names admin:... and national:... belong to key administrators' certificates")
+            raise ValueError("caller names admin:..., national:..., national-index:... and province:... belong to "
+                             "key administrators' and services' certificates")
         if self.role not in _API_KEY_ROLES:
             raise ValueError("an API key has the issuance or the wallet role")
         if len(self.sha256) != 32:

@@ -25,8 +25,8 @@ from the variable ``key.passphrase_env`` names. Example::
 
     [provinces]                       # calling the provinces' NationalLink (transfers, resolutions)
     ca = "pki/ca.pem"                 # the provinces' server CA
-    cert = "pki/national:ops.pem"     # the national client certificate, CN national:<name>
-    key = "pki/national:ops.key"      # owner-only
+    cert = "pki/national-index.pem"   # the national index's client certificate, CN national-index:<name>
+    key = "pki/national-index.key"    # owner-only
     timeout_seconds = 5.0
     endpoints = { "33" = "issuer-33.internal:50051", "44" = "issuer-44.internal:50051" }
 

@@ -121,7 +121,7 @@ class National:
 
     async def start(self, provinces: dict[str, Province], endpoints: dict[str, str] | None = None) -> None:
         """Serve; ``endpoints`` (province -> address) replaces some provinces' NationalLink addresses."""
-        ops = self.pki.client("national:ops")
+        ops = self.pki.client("national-index:ops")
         self.links = ProvinceLinks({c: f"127.0.0.1:{p.port}" for c, p in provinces.items()} | (endpoints or {}),
                                    LinkTls(self.pki.pki.ca_cert_pem, ops.cert_pem, ops.key_pem), timeout=5.0)
         index = NationalIndex(store=self.store, blind=self.blind, release=self.links)

@@ -161,7 +161,7 @@ class TestProvince:
         names = context.auth_context().get("x509_common_name") or [b""]
         cn = names[0].decode()
         self.callers.append(cn)
-        if not cn.startswith("national:"):
+        if not cn.startswith("national-index:"):  # the role a real issuer admits to NationalLink
             raise PermissionError(cn)
 
     def code_for(self, mid: str, *, days: int = 7, issued: dt.datetime | None = None) -> str:
@@ -192,7 +192,7 @@ class NationalHarness:
         self.pki = pki
         self.store = store
         self.provinces = provinces
-        national = pki.client("national:ops")
+        national = pki.client("national-index:ops")
         self.links = ProvinceLinks(endpoints or {c: f"127.0.0.1:{p.port}" for c, p in provinces.items()},
                                    LinkTls(pki.pki.ca_cert_pem, national.cert_pem, national.key_pem), timeout=2.0)
         self.blind = NationalBlindIndex(SoftwareHmacKey(os.urandom(32)))

@@ -54,7 +54,7 @@ def test_generate_key_serve_claim_resolve_and_stop(tmp_path):
     p33 = TestProvince("33", pki)
     loop.run(p33.start())
     try:
-        paths = write_pki(pki, tmp_path / "pki", ["national:ops"])
+        paths = write_pki(pki, tmp_path / "pki", ["national-index:ops"])
         write_file_atomically(tmp_path / "bundle.json", dev_bundle_bytes([p33.trusted], version=1), mode=0o644)
         config = tmp_path / "national.toml"
         config.write_text(f"""
@@ -70,8 +70,8 @@ keystore = "file"
 directory = "keys"
 [provinces]
 ca = "{paths['ca']}"
-cert = "{paths['national:ops.pem']}"
-key = "{paths['national:ops.key']}"
+cert = "{paths['national-index:ops.pem']}"
+key = "{paths['national-index:ops.key']}"
 endpoints = {{ "33" = "127.0.0.1:{p33.port}" }}
 [trust]
 dev_bundle = "bundle.json"

@@ -156,7 +156,7 @@ def _consent():
 
 def test_transfer_releases_the_old_home_first(store, provinces):
     loop, pki, p33 = provinces
-    national = pki.client("national:ops")
+    national = pki.client("national-index:ops")
     links = ProvinceLinks({"33": f"127.0.0.1:{p33.port}"}, LinkTls(pki.pki.ca_cert_pem, national.cert_pem,
                                                                      national.key_pem))
     index = NationalIndex(store=store, blind=NationalBlindIndex(SoftwareHmacKey(os.urandom(32))), release=links)
@@ -164,7 +164,7 @@ def test_transfer_releases_the_old_home_first(store, provinces):
     claim(index, "33", mid, [doc])
     result = loop.run(index.transfer(province="44", main_index_id=mid, document=doc, consent=_consent(), now=NOW))
     assert (result.main_index_id, result.previous_province) == (mid, "33")
-    assert p33.released == [(mid, "44", "desk-44/2026/0001")] and p33.callers == ["national:ops"]
+    assert p33.released == [(mid, "44", "desk-44/2026/0001")] and p33.callers == ["national-index:ops"]
     assert index.identity(mid).home_province == "44"
     assert [(e.kind, e.main_index_id, e.other_province) for e in index.events("33", after=0, limit=10)] == [
         (EventKind.MOVED_AWAY, mid, "44")]
@@ -180,7 +180,7 @@ def test_transfer_releases_the_old_home_first(store, provinces):
 
 def test_transfer_with_the_old_home_unreachable_changes_nothing(store, provinces):
     loop, pki, p33 = provinces
-    national = pki.client("national:ops")
+    national = pki.client("national-index:ops")
     links = ProvinceLinks({"33": "127.0.0.1:1"}, LinkTls(pki.pki.ca_cert_pem, national.cert_pem, national.key_pem),
                           timeout=1.0)
     index = NationalIndex(store=store, blind=NationalBlindIndex(SoftwareHmacKey(os.urandom(32))), release=links)
@@ -196,7 +196,7 @@ def test_transfer_with_the_old_home_unreachable_changes_nothing(store, provinces
 @pytest.mark.parametrize("case", ["unknown", "wrong_document", "merged", "already_home"])
 def test_transfer_refusals(store, provinces, case):
     loop, pki, p33 = provinces
-    national = pki.client("national:ops")
+    national = pki.client("national-index:ops")
     links = ProvinceLinks({"33": f"127.0.0.1:{p33.port}"}, LinkTls(pki.pki.ca_cert_pem, national.cert_pem,
                                                                      national.key_pem))
     index = NationalIndex(store=store, blind=NationalBlindIndex(SoftwareHmacKey(os.urandom(32))), release=links)

@@ -261,7 +261,7 @@ def test_a_hospital_in_44_resolves_a_33_code_and_the_resident_reads_the_access(w
     # the province's reason is passed on; why the code was revoked is not (neither by 33 nor by the national service)
     assert error_info(e.value).reason == "REVOKED" and "lost_device" not in e.value.details()
     with pytest.raises(grpc.RpcError) as e:
-        world.p["33"].stub("link", "national:ops").ResolvePatient(national_link_pb2.ResolvePatientRequest(
+        world.p["33"].stub("link", "national-index:ops").ResolvePatient(national_link_pb2.ResolvePatientRequest(
             code=code.code_text, purpose=1, hospital=national_link_pb2.Hospital(organisation="gz-zhongshan-1",
                                                                                 province="44")), timeout=10)
     assert error_info(e.value).reason == "REVOKED" and "lost_device" not in e.value.details()
@@ -287,7 +287,7 @@ def test_a_live_presentation_resolves_once(world):
     assert reply.main_index_id == mid and reply.primary_document.number == number(21)
     assert world.p["33"].store.accesses_of(mid, limit=5)[0].code_kind == "dynamic"
     # the same live code again, straight at the province (the national service refuses it too): a replay
-    link = world.p["33"].stub("link", "national:ops")
+    link = world.p["33"].stub("link", "national-index:ops")
     hospital = national_link_pb2.Hospital(organisation="gz-zhongshan-1", province="44")
     with pytest.raises(grpc.RpcError) as e:
         link.ResolvePatient(national_link_pb2.ResolvePatientRequest(code=live, purpose=1, hospital=hospital),
@@ -315,13 +315,13 @@ def test_national_link_refuses_other_callers_other_provinces_codes_and_bad_input
                 main_index_id=mid, to_province="33"), timeout=10)
         assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED, cn
     assert world.p["44"].store.get_resident(mid).national_state is NationalState.CLAIMED
-    link33 = world.p["33"].stub("link", "national:ops")
+    link33 = world.p["33"].stub("link", "national-index:ops")
     with pytest.raises(grpc.RpcError) as e:  # a 44 code at 33: not this province's
         link33.ResolvePatient(request, timeout=10)
     assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION and error_info(e.value).reason == "OTHER_PROVINCE"
     forged = code_44[:-8] + ("A" * 8 if not code_44.endswith("A" * 8) else "B" * 8)
     with pytest.raises(grpc.RpcError) as e:
-        world.p["44"].stub("link", "national:ops").ResolvePatient(
+        world.p["44"].stub("link", "national-index:ops").ResolvePatient(
             national_link_pb2.ResolvePatientRequest(code=forged, purpose=1, hospital=request.hospital), timeout=10)
     assert e.value.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
     with pytest.raises(grpc.RpcError) as e:
@@ -341,7 +341,7 @@ def test_national_link_refuses_other_callers_other_provinces_codes_and_bad_input
 def test_release_is_idempotent_when_replayed(world):
     mid = register(world, "44", doc(23, "440106")).main_index_id
     issue(world, "44", mid)
-    link = world.p["44"].stub("link", "national:ops")
+    link = world.p["44"].stub("link", "national-index:ops")
     release = national_link_pb2.ReleaseResidentRequest(main_index_id=mid, to_province="11", consent_reference="r-1")
     assert link.ReleaseResident(release, timeout=10).superseded_codes == 1
     assert link.ReleaseResident(release, timeout=10).superseded_codes == 0

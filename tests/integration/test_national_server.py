@@ -215,7 +215,7 @@ def test_cross_province_resolution(world):
     assert (r.main_index_id, r.home_province, r.primary_document.number) == (mid, "33", doc.number)
     assert r.access_id and r.resolved_at.seconds > 0
     assert p33.accesses[-1] == (mid, "gz-first", "44", pb.PURPOSE_EMERGENCY)
-    assert p33.callers[-1] == "national:ops"
+    assert p33.callers[-1] == "national-index:ops"
 
 
 def test_dynamic_presentation_resolves_once(world):

@@ -81,6 +81,7 @@ CALLERS = {
     "admin-33": ("admin:33", ()),
     "admin-44": ("admin:44", ()),
     "national": ("national:ops", ()),
+    "national-index": ("national-index:ops", ()),
     "province-44": ("province:44", ()),
     "admin-99": ("admin:99", ()),  # not a province: no role
     "unlisted-certificate": ("ops", ()),  # from the client CA, but not named: no role
@@ -95,7 +96,8 @@ WALLET_ADMITTED = {
     WALLETS: {"CreateChallenge", "IssueCredential", "ListLiveCodes"},
 }
 #: caller -> one outcome per service of SERVICES (health: always admitted, no credentials needed).
-#: NationalLink (issue 14): the national service's calls into the province, national:<name> certificates only.
+#: NationalLink (issue 14): the national index service's calls into the province, national-index:<name>
+#: certificates only (a national key administrator's national:<name> certificate cannot resolve or release).
 EXPECTED = {
     "api-key":              (A, A, A, D, D, A, A, A),
     "issuance-certificate": (A, A, A, D, D, A, A, A),
@@ -104,7 +106,8 @@ EXPECTED = {
     "wallet-key-on-issuance-certificate": (W, D, W, D, D, A, A, A),
     "admin-33":             (D, D, D, A, D, A, A, A),
     "admin-44":             (D, D, D, A, D, A, A, A),  # admitted to KeyAdmin; KeyAdmin refuses province 33 itself
-    "national":             (D, D, D, A, A, A, A, A),
+    "national":             (D, D, D, A, D, A, A, A),  # key administration only: never NationalLink
+    "national-index":       (D, D, D, D, A, A, A, A),  # the national index service: NationalLink only
     "province-44":          (D, D, D, D, D, A, A, A),  # a province (at a national service): not NationalLink
     "admin-99":             (D, D, D, D, D, A, D, D),
     "unlisted-certificate": (D, D, D, D, D, A, D, D),
@@ -278,7 +281,7 @@ def test_role_matrix_over_http(served, caplog, caller, service, expected):
 def test_grpc_only_services_are_not_served_over_http(served):
     for service in (KEY_ADMIN, NATIONAL_LINK):
         method = DESCRIPTORS[service].methods[0]
-        status, _, _ = served.http("admin:33" if service == KEY_ADMIN else "national:ops").request(
+        status, _, _ = served.http("admin:33" if service == KEY_ADMIN else "national-index:ops").request(
             "POST", f"/{service}/{method.name}", b"{}", {"Content-Type": "application/json"})
         assert status == 404, service
 
@@ -369,7 +372,7 @@ def test_the_reviewers_attacks_are_refused_and_change_nothing(served):
         ("RevokeCode", HEALTH_CODES, health_codes_pb2.RevokeCodeRequest(
             main_index_id=mid, reason=common_pb2.REVOCATION_REASON_FRAUD), health_codes_pb2.RevokeCodeResponse),
     ]
-    for cn in ("national:ops", "admin:44", "admin:99", "admin:33"):
+    for cn in ("national:ops", "national-index:ops", "admin:44", "admin:99", "admin:33"):
         for method, service, request, response in attacks:
             stub = served.channel(cn).unary_unary(f"/{service}/{method}",
                                                   request_serializer=type(request).SerializeToString,
@@ -482,6 +485,9 @@ def test_key_admin_still_checks_the_province_behind_admission(served):
     ("admin:3", (), (), None),
     ("national:ops", (), (), auth.Role.NATIONAL),
     ("national:", (), (), None),
+    ("national-index:ops", (), (), auth.Role.NATIONAL_INDEX),
+    ("national-index:", (), (), None),
+    ("national-index:ops", ("national-index:ops",), (), auth.Role.NATIONAL_INDEX),  # a listing never changes it
     ("desk", ("desk",), (), auth.Role.ISSUANCE),
     ("desk", (), (), None),
     ("admin:33", ("admin:33",), ("admin:33",), auth.Role.PROVINCE_ADMIN),  # a listing never changes an admin's role
@@ -498,10 +504,11 @@ def test_certificate_role(cn, issuance, wallet, role):
 @pytest.mark.parametrize("entry, message", [
     ({"role": "admin"}, 'role must be "issuance"'),
     ({"role": "national"}, 'role must be "issuance"'),
-    ({"name": "admin:33"}, "belong to key administrators' certificates"),
-    ({"name": "national:ops"}, "belong to key administrators' certificates"),
+    ({"name": "admin:33"}, "belong to key administrators' and services' certificates"),
+    ({"name": "national:ops"}, "belong to key administrators' and services' certificates"),
+    ({"name": "national-index:ops"}, "belong to key administrators' and services' certificates"),
     ({"role": "Wallet"}, 'role must be "issuance" \\(the default\\) or "wallet"'),
-    ({"role": "wallet", "name": "admin:33"}, "belong to key administrators' certificates"),
+    ({"role": "wallet", "name": "admin:33"}, "belong to key administrators' and services' certificates"),
 ])
 def test_api_keys_file_roles_are_issuance_only(entry, message):
     base = {"name": "app", "key_sha256": auth.hash_api_key("k")}

@@ -9,7 +9,7 @@ real deployment: one throwaway CA signs every certificate.
 * ``pki/``: the CA (``ca.pem``), one server certificate for 127.0.0.1 shared by
   every process, and client certificates (``<CN>.pem``/``.key``, keys 0600) for
   ``province:<p>`` (a province's issuer calling the national service),
-  ``national:ops`` (the national service calling the provinces), each
+  ``national-index:ops`` (the national index service calling the provinces), each
   hospital ``hospital:<p>:<organisation>``, each province's registration desk
   ``desk-<p>`` (the ordinary issuance client) and ``nobody`` (a certificate
   from the right CA that names no role);
@@ -66,7 +66,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROVINCES: tuple[str, ...] = ("33", "44", "11")
 #: (province, organisation) of each hospital with a certificate.
 HOSPITALS: tuple[tuple[str, str], ...] = (("44", "gz-zhongshan-1"), ("33", "hz-zheyi-1"))
-NATIONAL_CN = "national:ops"
+NATIONAL_CN = "national-index:ops"
 #: The provinces' reconciler period here (30 s in the example config): tests and benches wait for it.
 RECONCILE_INTERVAL = 1.0
 NOBODY_CN = "nobody"
