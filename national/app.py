@@ -98,7 +98,8 @@ def open_service(config: NationalConfig, *, key_secret: bytes) -> OpenService:
     except BaseException:
         key.close()
         raise
-    index = NationalIndex(store=store, blind=NationalBlindIndex(key), release=links)
+    index = NationalIndex(store=store, blind=NationalBlindIndex(key), release=links,
+                          max_provisional_age=datetime.timedelta(hours=config.max_provisional_age_hours))
 
     def survivor(mid: str) -> str | None:
         row = index.survivor(mid)

@@ -9,6 +9,7 @@ from the variable ``key.passphrase_env`` names. Example::
     partitions = 16                   # PostgreSQL: HASH partitions of identities and documents (at creation)
     log_level = "INFO"
     grace_period = 10.0
+    max_provisional_age_hours = 72    # how far back a province's provisional registration time may reach
 
     [tls]                             # mTLS is required: every caller presents a certificate
     cert = "pki/national-server.pem"
@@ -96,6 +97,7 @@ class NationalConfig:
     hospital_limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     metrics_port: int = 0
     metrics_address: str = "127.0.0.1"
+    max_provisional_age_hours: float = 72.0
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -138,6 +140,9 @@ class NationalConfig:
             raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
         if self.grace_period < 0:
             raise ConfigError("grace_period must be >= 0")
+        hours = self.max_provisional_age_hours
+        if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not 0 < hours <= 24 * 90:
+            raise ConfigError("max_provisional_age_hours must be more than 0 and at most 2160 (90 days)")
 
 
 def _table(data: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
@@ -152,8 +157,8 @@ def _table(data: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, A
 
 def parse_config(data: Mapping[str, Any], base: pathlib.Path) -> NationalConfig:
     """The configuration a parsed TOML document describes (relative paths against ``base``)."""
-    top = {"listen", "database", "partitions", "log_level", "grace_period", "tls", "key", "provinces", "trust",
-           "rate", "metrics"}
+    top = {"listen", "database", "partitions", "log_level", "grace_period", "max_provisional_age_hours", "tls", "key",
+           "provinces", "trust", "rate", "metrics"}
     unknown = set(data) - top
     if unknown:
         raise ConfigError(f"unknown setting {sorted(unknown)[0]}")
@@ -184,7 +189,7 @@ def parse_config(data: Mapping[str, Any], base: pathlib.Path) -> NationalConfig:
     for name in ("listen", "log_level"):
         if name in data:
             values[name] = data[name]
-    for name in ("partitions", "grace_period"):
+    for name in ("partitions", "grace_period", "max_provisional_age_hours"):
         if name in data:
             values[name] = data[name]
     if "keystore" in key:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import enum
+import logging
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -56,8 +57,11 @@ __all__ = [
     "ReleasePort",
     "NationalIndex",
     "MAX_DOCUMENTS",
+    "DEFAULT_MAX_PROVISIONAL_AGE",
     "survivor_of",
 ]
+
+log = logging.getLogger("national.index")
 
 MAX_DOCUMENTS = 17
 _MAX_CHAIN = 64
@@ -116,6 +120,14 @@ def survivor_of(a: IdentityRow, b: IdentityRow) -> IdentityRow:
     return min(a, b, key=lambda row: (row.registered_at, row.main_index_id))
 
 
+#: How far back a provisional claim's registration time may reach (the longest partition a province may
+#: reconcile with its own times): older times count as this far back. A province's times decide merges
+#: ("registered first survives"), so without a bound one province could backdate a claim and take over
+#: any resident homed elsewhere; with it, only identities claimed within the bound can lose to a
+#: provisional claim, and each such loss of a nationally claimed identity is logged as a warning.
+DEFAULT_MAX_PROVISIONAL_AGE = dt.timedelta(days=3)
+
+
 class _Retry(Exception):
     """A document was taken between reading and inserting (PostgreSQL): rerun the transaction."""
 
@@ -128,20 +140,33 @@ class NationalIndex:
     the old home province.
     """
 
-    def __init__(self, *, store: NationalStore, blind: BlindIndexer, release: ReleasePort | None = None) -> None:
+    def __init__(self, *, store: NationalStore, blind: BlindIndexer, release: ReleasePort | None = None,
+                 max_provisional_age: dt.timedelta = DEFAULT_MAX_PROVISIONAL_AGE) -> None:
+        if max_provisional_age <= dt.timedelta(0):
+            raise ValueError("max_provisional_age must be positive")
         self._store = store
         self._blind = blind
         self._release = release
+        self._max_provisional_age = max_provisional_age
 
     # ------------------------------------------------------------------ claim
 
     def claim(self, *, province: str, main_index_id: MainIndexId, documents: Sequence[Document],
               provisional: bool, registered_at: dt.datetime | None, now: dt.datetime) -> ClaimResult:
-        """Claim ``documents`` for ``main_index_id`` homed in ``province`` (see the module docstring)."""
+        """Claim ``documents`` for ``main_index_id`` homed in ``province`` (see the module docstring).
+
+        Only a provisional claim's ``registered_at`` is the province's word, and only back to
+        ``max_provisional_age`` before ``now`` (earlier times count as that bound); a claim made while
+        the link was up is registered ``now``, whatever it says.
+        """
         if not 1 <= len(documents) <= MAX_DOCUMENTS:
             raise ValueError(f"a claim has 1 to {MAX_DOCUMENTS} documents")
         indexes = list(dict.fromkeys(self._blind.blind_index(d) for d in documents))  # HMACs outside the transaction
-        at = to_epoch(registered_at if registered_at is not None else now)
+        if provisional and registered_at is not None:
+            registered_at = min(max(registered_at, now - self._max_provisional_age), now)
+        else:
+            registered_at = now
+        at = to_epoch(registered_at)
         now_s = to_epoch(now)
 
         def fast(tx: Tx) -> ClaimResult:
@@ -205,6 +230,10 @@ class NationalIndex:
         for loser in group:
             if loser is survivor:
                 continue
+            if loser.home_province != province:  # another province's identity lost: worth an operator's look
+                log.warning("merge: a provisional claim of province %s (registered %.1f h before the national index "
+                            "first saw the identity it displaced) took over an identity homed in province %s",
+                            province, (loser.created_at - registered_at) / 3600, loser.home_province)
             tx.repoint_documents(loser.main_index_id, survivor.main_index_id)
             tx.mark_merged(loser.main_index_id, survivor.main_index_id)
             tx.append_event(loser.home_province, EventKind.MERGED_AWAY, loser.main_index_id,

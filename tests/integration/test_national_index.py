@@ -38,9 +38,9 @@ def index(store):
     return NationalIndex(store=store, blind=NationalBlindIndex(SoftwareHmacKey(os.urandom(32))))
 
 
-def claim(index, province, mid, docs, *, provisional=False, registered_at=None):
+def claim(index, province, mid, docs, *, provisional=False, registered_at=None, now=NOW):
     return index.claim(province=province, main_index_id=mid, documents=docs, provisional=provisional,
-                       registered_at=registered_at, now=NOW)
+                       registered_at=registered_at, now=now)
 
 
 def test_first_claim_wins_and_reclaim_is_idempotent(index):
@@ -70,7 +70,7 @@ def test_provisional_collision_merges_registered_first_survives(index, first_reg
     holder, claimant = new_mid(), new_mid()
     doc = resident(n=5)
     early, late = NOW - dt.timedelta(hours=2), NOW - dt.timedelta(hours=1)
-    claim(index, "33", holder, [doc], registered_at=early if first_registered == "holder" else late)
+    claim(index, "33", holder, [doc], now=early if first_registered == "holder" else late)  # claimed online then
     result = claim(index, "44", claimant, [doc, resident(n=6)], provisional=True,
                    registered_at=early if first_registered == "claimant" else late)
     survivor, loser = (claimant, holder) if first_registered == "claimant" else (holder, claimant)
@@ -89,6 +89,43 @@ def test_provisional_collision_merges_registered_first_survives(index, first_reg
     assert claim(index, "44" if loser == claimant else "33", loser, [doc], provisional=True,
                  registered_at=late).main_index_id == survivor
     assert len(index.events("33", after=0, limit=10)) + len(index.events("44", after=0, limit=10)) == 2
+
+
+def test_a_backdated_provisional_claim_cannot_take_over_an_identity_claimed_before_the_bound(index, caplog):
+    """A province's provisional time counts back at most max_provisional_age (3 days by default): a claim
+    saying "registered in 2020" cannot displace a resident another province claimed 400 days ago."""
+    victim, attacker = new_mid(), new_mid()
+    doc = resident(n=15)
+    claim(index, "33", victim, [doc], now=NOW - dt.timedelta(days=400))
+    assert claim(index, "44", attacker, [doc]).outcome is HELD  # online: held by 33
+    result = claim(index, "44", attacker, [doc], provisional=True, registered_at=dt.datetime(2020, 1, 2,
+                                                                                               tzinfo=dt.timezone.utc))
+    assert (result.outcome, result.main_index_id, result.home_province) == (MERGED_, victim, "33")
+    assert index.identity(victim).state != MERGED and index.lookup(doc).main_index_id == victim
+    assert [e.kind for e in index.events("33", after=0, limit=10)] == [EventKind.ABSORBED]
+    assert "took over" not in caplog.text
+
+
+def test_within_the_bound_a_provisional_claim_still_wins_and_the_takeover_is_logged(index, caplog):
+    holder, claimant = new_mid(), new_mid()
+    doc = resident(n=16)
+    claim(index, "33", holder, [doc], now=NOW - dt.timedelta(days=1))
+    with caplog.at_level("WARNING", logger="national.index"):
+        result = claim(index, "44", claimant, [doc], provisional=True, registered_at=NOW - dt.timedelta(days=2))
+    assert (result.outcome, result.main_index_id) == (MERGED_, claimant)
+    assert "province 44" in caplog.text and "province 33" in caplog.text and doc.number not in caplog.text
+
+
+def test_only_a_provisional_claim_says_when_it_was_registered(index):
+    """An online claim is registered now, whatever it says: it cannot backdate itself to win later merges."""
+    online, partitioned = new_mid(), new_mid()
+    doc = resident(n=17)
+    claim(index, "33", online, [doc], registered_at=NOW - dt.timedelta(days=30))  # says 30 days ago: counts as NOW
+    result = claim(index, "44", partitioned, [doc], provisional=True, registered_at=NOW - dt.timedelta(hours=1))
+    assert result.main_index_id == partitioned
+    future = claim(index, "44", new_mid(), [resident(n=18)], provisional=True,
+                   registered_at=NOW + dt.timedelta(days=1))  # never after now
+    assert index.identity(future.main_index_id).registered_at == int(NOW.timestamp())
 
 
 def test_merge_order_does_not_matter(index):

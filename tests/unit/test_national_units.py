@@ -70,6 +70,8 @@ def test_config_paths_are_relative_to_the_file(tmp_path):
     assert config.endpoints == {"33": "127.0.0.1:50051"} and config.hospital_limits == {"hospital:44:gz": (5.0, 5.0)}
     pg = parse_config({**_toml(BASE), "database": "postgresql://u@h/db?schema=national"}, tmp_path)
     assert pg.database == "postgresql://u@h/db?schema=national"
+    assert config.max_provisional_age_hours == 72
+    assert parse_config({**_toml(BASE), "max_provisional_age_hours": 12}, tmp_path).max_provisional_age_hours == 12
 
 
 def _toml(text: str) -> dict:
@@ -91,6 +93,9 @@ def _toml(text: str) -> dict:
     (lambda d: d.update(surprise=1), "unknown setting surprise"),
     (lambda d: d["tls"].update(extra="x"), "unknown setting tls.extra"),
     (lambda d: d.update(partitions=0), "partitions"),
+    (lambda d: d.update(max_provisional_age_hours=0), "max_provisional_age_hours"),
+    (lambda d: d.update(max_provisional_age_hours=24 * 91), "max_provisional_age_hours"),
+    (lambda d: d.update(max_provisional_age_hours=True), "max_provisional_age_hours"),
 ])
 def test_bad_configs(tmp_path, change, message):
     data = _toml(BASE)
