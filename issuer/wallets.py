@@ -22,6 +22,16 @@ An enrolment, step by step (marked in :meth:`WalletIssuer.issue_credential`):
    superseded, in the same transaction: a challenge used meanwhile by a
    concurrent request refuses the code, and nothing is stored.
 
+``renewal_only`` (the servicer sets it for a caller without the issuance
+role that names the resident by main index ID: a wallet-role key may sit in
+a public page, and every QR code carries the main index ID in clear) allows
+only a renewal: :meth:`~WalletIssuer.create_challenge` needs a live phone
+credential, and :meth:`~WalletIssuer.issue_credential` a device key equal to
+the one bound in a live phone credential of the resident (checked after the
+retry and before the challenge, so a refusal spends nothing). Otherwise
+:class:`RenewalOnly` (FAILED_PRECONDITION, reason ``renewal_only``): a new
+phone names the resident by document.
+
 The :class:`~issuer.issuance.CodeIssuer` does the issuing (serials, signing,
 group commit, idempotency); this module adds the challenge and the key.
 Errors are :mod:`issuer.errors` types; nothing here logs an identifier.
@@ -40,13 +50,13 @@ from healthcode.errors import BadDeviceSignature, InvalidKey, UnsupportedAlgorit
 from healthcode.model import MainIndexId, to_epoch
 from healthcode.presentation import CHALLENGE_BYTES, holder_cnf, verify_proof_of_possession
 
-from .errors import FieldViolation, InvalidRequest, NotFound
+from .errors import Conflict, FieldViolation, InvalidRequest, NotFound
 from .index import parse_main_index_id_field
-from .issuance import CodeIssuer, _check_caller, _check_key, _fingerprint
+from .issuance import CodeIssuer, _check_caller, _check_key, _fingerprint, _holder_key_of
 from .model import Channel, IdempotencyKey, IssuedCode
 from .store.base import ChallengeRecord, ChallengeRefused, ChallengeUse, DuplicateIdempotencyKey, Store
 
-__all__ = ["WalletIssuer", "CHALLENGE_TTL", "Challenge", "DEVICE_KEY_ALGORITHMS"]
+__all__ = ["WalletIssuer", "CHALLENGE_TTL", "Challenge", "DEVICE_KEY_ALGORITHMS", "RenewalOnly"]
 
 #: Device key algorithms an issuer can bind (P-256 is every phone's; SM2 where a province asks for it).
 DEVICE_KEY_ALGORITHMS = (Algorithm.ES256, Algorithm.SM2_SM3)
@@ -61,6 +71,13 @@ class Challenge(NamedTuple):
 
     value: bytes
     expires_at: dt.datetime
+
+
+class RenewalOnly(Conflict):
+    """By main index ID, a caller without the issuance role renews only (-> FAILED_PRECONDITION):
+    the resident has no live phone credential, or it is bound to another device key."""
+
+    reason = "renewal_only"
 
 
 def _invalid(field: str, description: str, code: str) -> InvalidRequest:
@@ -89,13 +106,18 @@ class WalletIssuer:
         self._random = random_bytes
         self._on_revoked = on_revoked  # e.g. the revocation job's trigger: a new credential supersedes the last
 
-    async def create_challenge(self, *, caller: str, main_index_id: MainIndexId, now: dt.datetime) -> Challenge:
+    async def create_challenge(self, *, caller: str, main_index_id: MainIndexId, now: dt.datetime,
+                               renewal_only: bool = False) -> Challenge:
         """A new single-use challenge for the resident (:class:`~issuer.errors.NotFound`,
-        :class:`~issuer.errors.Conflict` for a merged one). Expires :data:`CHALLENGE_TTL` after ``now``
+        :class:`~issuer.errors.Conflict` for a merged one; with ``renewal_only``, :class:`RenewalOnly`
+        when the resident has no live phone credential). Expires :data:`CHALLENGE_TTL` after ``now``
         (whole seconds, as stored)."""
         caller = _check_caller(caller)
         mid = parse_main_index_id_field(main_index_id, "main_index_id")
         await self._codes._require_active(mid)
+        if renewal_only and not await self._live_holder_keys(mid, now):
+            raise RenewalOnly("by main index ID a wallet only renews, and this resident has no live phone "
+                              "credential: enrol the phone with the resident's document")
         value = self._random(CHALLENGE_BYTES)
         if len(value) != CHALLENGE_BYTES:
             raise ValueError("random_bytes returned the wrong length")
@@ -115,6 +137,7 @@ class WalletIssuer:
         idempotency_key: IdempotencyKey | None,
         now: dt.datetime,
         algorithm: Algorithm = Algorithm.ES256,
+        renewal_only: bool = False,
     ) -> IssuedCode:
         """Issue a phone credential bound to ``device_key`` (SEC 1, a point on ``algorithm``'s curve:
         P-256 for ES256, SM2 for SM2-SM3) after checking ``proof``.
@@ -124,7 +147,8 @@ class WalletIssuer:
         ``device_key.algorithm`` (not one of :attr:`device_key_algorithms`), ``device_key.public_key``,
         ``proof``), :class:`~issuer.errors.NotFound`,
         :class:`~issuer.errors.Conflict` (merged resident; idempotency key
-        reused with other parameters), :class:`~issuer.errors.NoSigningKey`,
+        reused with other parameters), :class:`RenewalOnly` (with ``renewal_only``: ``device_key`` is not
+        the key of a live phone credential of the resident), :class:`~issuer.errors.NoSigningKey`,
         :class:`~issuer.errors.Unavailable`.
         """
         caller = _check_caller(caller)
@@ -147,6 +171,8 @@ class WalletIssuer:
                 if original is not None:
                     return original
             await codes._require_active(mid)
+            if renewal_only:
+                await self._require_bound(mid, device_key, algorithm, now)
             use = ChallengeUse(challenge, mid, caller)
             self._check_challenge(await asyncio.to_thread(self._store.get_challenge, challenge), use, now)
             try:
@@ -172,6 +198,24 @@ class WalletIssuer:
         if self._on_revoked is not None:  # the resident's previous phone credential may now be superseded
             self._on_revoked()
         return credential
+
+    async def _live_holder_keys(self, mid: MainIndexId, now: dt.datetime) -> list[dict]:
+        """The ``cnf`` claims of the resident's live phone credentials (at most one, in practice)."""
+        records = await asyncio.to_thread(self._store.codes_of, mid)
+        return [cnf for r in records
+                if r.channel is Channel.PHONE and r.revoked_at is None and r.expires_at > now
+                and (cnf := _holder_key_of(r)) is not None]
+
+    async def _require_bound(self, mid: MainIndexId, device_key: bytes, algorithm: Algorithm,
+                             now: dt.datetime) -> None:
+        """Refuse (:class:`RenewalOnly`) a device key not bound in a live phone credential of the resident."""
+        try:
+            wanted = holder_cnf(device_key, algorithm)
+        except (InvalidKey, UnsupportedAlgorithm):
+            raise _invalid("device_key.public_key", f"not a point on {_CURVE_NAMES[algorithm]}", "curve") from None
+        if wanted not in await self._live_holder_keys(mid, now):
+            raise RenewalOnly("by main index ID a wallet only renews, with the device key of the resident's live "
+                              "phone credential: enrol another phone with the resident's document")
 
     @staticmethod
     def _check_challenge(record: ChallengeRecord | None, use: ChallengeUse, now: dt.datetime) -> None:

@@ -17,6 +17,14 @@ the one error table). What it validates before the domain:
 The domain then checks the challenge (used, expired, unknown, another
 resident's) and the proof, on the same fields. Nothing here logs an identifier.
 
+By main index ID, a caller without the issuance role (the wallet role: a key
+that may sit in a public web page, and a main index ID is in clear in every
+QR code) only renews: CreateChallenge needs a live phone credential of the
+resident, and IssueCredential the device key bound in it
+(``renewal_only``, :class:`issuer.wallets.RenewalOnly`: FAILED_PRECONDITION,
+reason ``RENEWAL_ONLY``); a new phone names the resident by document. An
+issuance client (an app's back end, a front desk) enrols by either.
+
 ListLiveCodes lists every live code to an issuance client, but to any other
 caller (the wallet role: a key that may sit in a public web page, with a main
 index ID shown in every on-screen code) phone credentials only: they are
@@ -68,11 +76,13 @@ class WalletsPort(Protocol):
     #: The device key algorithms this province binds (checked on ``device_key.algorithm``).
     device_key_algorithms: tuple[Algorithm, ...]
 
-    async def create_challenge(self, *, caller: str, main_index_id: MainIndexId, now: dt.datetime) -> "Challenge": ...
+    async def create_challenge(self, *, caller: str, main_index_id: MainIndexId, now: dt.datetime,
+                               renewal_only: bool = False) -> "Challenge": ...
 
     async def issue_credential(self, *, caller: str, main_index_id: MainIndexId, challenge: bytes,
                                device_key: bytes, proof: bytes, idempotency_key: IdempotencyKey | None,
-                               now: dt.datetime, algorithm: Algorithm = Algorithm.ES256) -> IssuedCode: ...
+                               now: dt.datetime, algorithm: Algorithm = Algorithm.ES256,
+                               renewal_only: bool = False) -> IssuedCode: ...
 
     async def list_live_codes(self, *, main_index_id: MainIndexId, now: dt.datetime) -> list[IssuedCode]: ...
 
@@ -140,6 +150,12 @@ class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
         out.add("resident", "one of main_index_id or document is required", "required")
         return None, None
 
+    @staticmethod
+    def _renewal_only(document: Document | None) -> bool:
+        """Whether the resident is named by main index ID by a caller without the issuance role: then
+        the call may only renew the phone credential bound to its device key (the module docstring)."""
+        return document is None and auth.current_role() is not auth.Role.ISSUANCE
+
     async def _main_index_id(self, context: Any, mid: MainIndexId | None, document: Document | None) -> MainIndexId:
         s = self._s
         if document is not None:
@@ -155,8 +171,10 @@ class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
             mid, document = self._resident(request, now, out)
             out.raise_if_any()
             caller = s._caller()
+            renewal_only = self._renewal_only(document)
             mid = await self._main_index_id(context, mid, document)
-            challenge = await s._domain(context, self._w.create_challenge(caller=caller, main_index_id=mid, now=now))
+            challenge = await s._domain(context, self._w.create_challenge(caller=caller, main_index_id=mid, now=now,
+                                                                          renewal_only=renewal_only))
             response = wallets_pb2.CreateChallengeResponse(challenge=challenge.value)
             set_timestamp(response.expires_at, challenge.expires_at)
             return response
@@ -178,10 +196,11 @@ class WalletsServicer(wallets_pb2_grpc.WalletsServicer):
             assert challenge is not None and device is not None and proof is not None
             point, algorithm = device
             caller = s._caller()
+            renewal_only = self._renewal_only(document)
             mid = await self._main_index_id(context, mid, document)
             code = await s._domain(context, self._w.issue_credential(
                 caller=caller, main_index_id=mid, challenge=challenge, device_key=point, proof=proof,
-                idempotency_key=key, now=now, algorithm=algorithm))
+                idempotency_key=key, now=now, algorithm=algorithm, renewal_only=renewal_only))
             response = wallets_pb2.IssueCredentialResponse()
             issued_code_pb(s._issued(code), now, response.credential)
             return response

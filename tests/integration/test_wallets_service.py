@@ -457,3 +457,75 @@ def test_the_enrolment_flow_on_both_stores(backend):
     finally:
         store.close()
 
+
+
+# ------------------------------------------------------------- the wallet role: by main index ID, renewal only
+
+
+def _wallet_challenge(served, resident: dict) -> bytes:
+    return served.wallets.CreateChallenge(pb.CreateChallengeRequest(**resident), metadata=WEB, timeout=10).challenge
+
+
+def _wallet_issue(served, resident: dict, phone: Phone, challenge: bytes):
+    request = pb.IssueCredentialRequest(**resident, challenge=challenge, device_key=phone.device_key(),
+                                        proof=phone.proof(challenge))
+    return served.wallets.IssueCredential(request, metadata=WEB, timeout=10).credential
+
+
+def _assert_renewal_only(error: grpc.RpcError) -> None:
+    from issuer.wire import received_error_info
+
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION, error.details()
+    info = received_error_info(error)
+    assert info is not None and info.reason == "RENEWAL_ONLY"
+    assert "document" in error.details()
+
+
+def test_a_wallet_key_binds_a_new_phone_only_by_document_and_renews_by_main_index_id_with_the_bound_key(served):
+    """Review finding: every QR code carries the main index ID in clear, and a wallet-role key may sit in a
+    public page; by main index ID alone such a caller could bind its own phone to anyone, superseding the
+    resident's. By main index ID the wallet role renews only: with the device key of the resident's live
+    phone credential (the proof then shows it holds that key). A new phone names the resident by document."""
+    mid, document = served.resident()
+    phone_a, phone_b = Phone(), Phone()
+    with pytest.raises(grpc.RpcError) as nothing_to_renew:  # no phone credential yet
+        _wallet_challenge(served, {"main_index_id": mid})
+    _assert_renewal_only(nothing_to_renew.value)
+    enrolled = _wallet_issue(served, {"document": document}, phone_a, _wallet_challenge(served, {"document": document}))
+    assert served.live(mid) == [(enrolled.ref.serial, pb.CHANNEL_PHONE)]
+
+    # another phone, by the main index ID alone: refused, nothing stored, nothing superseded
+    challenge = _wallet_challenge(served, {"main_index_id": mid})
+    with pytest.raises(grpc.RpcError) as refused:
+        _wallet_issue(served, {"main_index_id": mid}, phone_b, challenge)
+    _assert_renewal_only(refused.value)
+    assert served.live(mid) == [(enrolled.ref.serial, pb.CHANNEL_PHONE)]
+    assert served.status(enrolled).state == common_pb2.CODE_STATE_VALID
+
+    # phone A renews by main index ID, with the same challenge (the refusal did not spend it)
+    renewed = _wallet_issue(served, {"main_index_id": mid}, phone_a, challenge)
+    assert _cnf(renewed.code_text) == _cnf(enrolled.code_text)
+    assert served.live(mid) == [(renewed.ref.serial, pb.CHANNEL_PHONE)]
+    assert_superseded(served.status(enrolled))
+
+    # a revoked credential renews nothing; phone B enrols by document, and then only B renews by ID
+    served.codes.RevokeCode(hpb.RevokeCodeRequest(ref=renewed.ref, reason=common_pb2.REVOCATION_REASON_LOST_DEVICE),
+                            metadata=APP, timeout=10)
+    with pytest.raises(grpc.RpcError) as revoked:
+        _wallet_challenge(served, {"main_index_id": mid})
+    _assert_renewal_only(revoked.value)
+    by_document = _wallet_issue(served, {"document": document}, phone_b,
+                                _wallet_challenge(served, {"document": document}))
+    with pytest.raises(grpc.RpcError) as lost_phone:
+        _wallet_issue(served, {"main_index_id": mid}, phone_a, _wallet_challenge(served, {"main_index_id": mid}))
+    _assert_renewal_only(lost_phone.value)
+    assert served.live(mid) == [(by_document.ref.serial, pb.CHANNEL_PHONE)]
+
+
+def test_an_issuance_client_still_enrols_any_phone_by_main_index_id(served):
+    """The app's back end and the front desk keep enrolling by main index ID (they know the resident)."""
+    mid, _ = served.resident()
+    first = served.enrol(mid, Phone())
+    second = served.enrol(mid, Phone())
+    assert _cnf(second.code_text) != _cnf(first.code_text)
+    assert served.live(mid) == [(second.ref.serial, pb.CHANNEL_PHONE)]
