@@ -22,10 +22,11 @@ certificates, roles, rate limits.
 * **Roles** (default deny, :data:`SERVICE_ROLES`, then :data:`METHOD_ROLES`): ``ResidentIndex``,
   ``HealthCodes`` and ``Wallets`` take the issuance role; the wallet role (a resident's phone
   wallet, a key that may sit in a public web page) reaches only :data:`WALLET_METHODS`:
-  enrolment (FindResident, RegisterResident, CreateChallenge, IssueCredential), the resident's
-  live codes and access log (ListLiveCodes, ListAccesses; its ListLiveCodes lists phone credentials
-  only, never a printed code: :func:`current_role`), never issuing, renewing, revoking,
-  rendering, merging or linking by itself; ``KeyAdmin`` takes the admin
+  enrolment (FindResident, RegisterResident, CreateChallenge, IssueCredential; by main index ID
+  a renewal only, with the bound device key: ``issuer/wallets_service.py``), the resident's live
+  codes (ListLiveCodes; phone credentials only, never a printed code: :func:`current_role`), never
+  the access log (ListAccesses names the resident by main index ID alone, which every QR code
+  carries), issuing, renewing, revoking, rendering, merging or linking by itself; ``KeyAdmin`` takes the admin
   and national roles only (it then checks the province itself); ``NationalLink`` takes the
   national role only (the national service's calls: releases and resolutions); server
   reflection takes any role; a service missing from the table takes nobody.
@@ -190,12 +191,13 @@ SERVICE_ROLES: Mapping[str, frozenset[Role]] = {
 }
 #: What a resident's own wallet calls (``pkg.Service/Method``): enrolment (find or register the resident by
 #: their document, a challenge, the credential bound to the phone's key; renewal is a new enrolment with
-#: the same key), the resident's live codes and access log. Never IssueCode, RenewCode, RevokeCode,
-#: RenderCode, GetCodeStatus, MergeResidents, LinkIdentifier, MoveResidentIn, KeyAdmin, NationalLink.
+#: the same key, the only one allowed by main index ID), the resident's live codes. Never ListAccesses (by
+#: main index ID alone, which every QR code carries, it would read anyone's hospital access log), IssueCode,
+#: RenewCode, RevokeCode, RenderCode, GetCodeStatus, MergeResidents, LinkIdentifier, MoveResidentIn,
+#: KeyAdmin, NationalLink.
 WALLET_METHODS = frozenset({
     "healthcode.issuer.v1.ResidentIndex/FindResident",
     "healthcode.issuer.v1.ResidentIndex/RegisterResident",
-    "healthcode.issuer.v1.ResidentIndex/ListAccesses",
     "healthcode.issuer.v1.Wallets/CreateChallenge",
     "healthcode.issuer.v1.Wallets/IssueCredential",
     "healthcode.issuer.v1.Wallets/ListLiveCodes",

@@ -89,10 +89,11 @@ CALLERS = {
 }
 SERVICES = (RESIDENT_INDEX, HEALTH_CODES, WALLETS, KEY_ADMIN, NATIONAL_LINK, HEALTH, REFLECTION_V1ALPHA, REFLECTION_V1)
 A, D, U, W = "admitted", "denied", "unauthenticated", "wallet methods only"
-#: What the wallet role reaches (W): a resident's enrolment, live codes and access log; every other method of
-#: the service is denied. Written out here, not read from issuer.auth, so that a change there fails this test.
+#: What the wallet role reaches (W): a resident's enrolment and live codes (not the access log: review finding);
+#: every other method of the service is denied. Written out here, not read from issuer.auth, so that a change
+#: there fails this test.
 WALLET_ADMITTED = {
-    RESIDENT_INDEX: {"FindResident", "RegisterResident", "ListAccesses"},
+    RESIDENT_INDEX: {"FindResident", "RegisterResident"},
     WALLETS: {"CreateChallenge", "IssueCredential", "ListLiveCodes"},
 }
 #: caller -> one outcome per service of SERVICES (health: always admitted, no credentials needed).
@@ -591,3 +592,32 @@ def test_a_served_issuer_with_mtls_admits_its_listed_issuance_client(tmp_path):
         reply = register(resident_index_pb2.RegisterResidentRequest(primary=common_pb2.Document(
             type=common_pb2.DOCUMENT_TYPE_RESIDENT_ID, number=number)), timeout=10)  # no API key: the certificate
         hc.parse_main_index_id(reply.main_index_id)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_the_wallet_role_cannot_read_an_access_log_by_main_index_id(served, transport):
+    """Review finding: a main index ID is in every QR code in clear, and a wallet-role key may sit in a public
+    page: with both, ListAccesses read any resident's hospital access log. The wallet role no longer reaches
+    it (the web wallet never called it); an issuance client (the app's back end) still reads it."""
+    number = resident_number(300 + (transport == "http"))
+    register = served.channel("no-role-client").unary_unary(
+        f"/{RESIDENT_INDEX}/RegisterResident",
+        request_serializer=resident_index_pb2.RegisterResidentRequest.SerializeToString,
+        response_deserializer=resident_index_pb2.RegisterResidentResponse.FromString)
+    mid = register(resident_index_pb2.RegisterResidentRequest(primary=common_pb2.Document(
+        type=common_pb2.DOCUMENT_TYPE_RESIDENT_ID, number=number)), metadata=APP, timeout=10).main_index_id
+    request = resident_index_pb2.ListAccessesRequest(main_index_id=mid)
+    path = f"/{RESIDENT_INDEX}/ListAccesses"
+    callers = (("wallet", WEB), ("issuance", APP))
+    if transport == "http":
+        client = served.http("no-role-client")
+        outcomes = {name: client.call(path, request, resident_index_pb2.ListAccessesResponse,
+                                      metadata=metadata).code for name, metadata in callers}
+    else:
+        stub = served.channel("no-role-client").unary_unary(
+            path, request_serializer=resident_index_pb2.ListAccessesRequest.SerializeToString,
+            response_deserializer=resident_index_pb2.ListAccessesResponse.FromString)
+        outcomes = {name: _grpc_code(stub, request, metadata) for name, metadata in callers}
+    assert outcomes == {"wallet": grpc.StatusCode.PERMISSION_DENIED, "issuance": grpc.StatusCode.OK}
+    assert auth.Role.WALLET in auth.METHOD_ROLES[f"{RESIDENT_INDEX}/FindResident"]
+    assert f"{RESIDENT_INDEX}/ListAccesses" not in auth.WALLET_METHODS
