@@ -70,7 +70,9 @@ def open_store(config: PublisherConfig, online_passphrase: bytes) -> PublisherSt
         repo = open_repository(config.repository, online=online)
     except (KeyManagementError, TrustRepoError, OSError) as exc:
         raise ConfigError(f"cannot open the repository or the online keys: {exc}") from None
-    return PublisherStore(repo, config.state_dir)
+    # a pushed role must outlive its publication and the next timestamp refresh
+    min_validity = _dt.timedelta(seconds=config.batch_window + config.timestamp_refresh)
+    return PublisherStore(repo, config.state_dir, min_validity=min_validity)
 
 
 @dataclass

@@ -6,17 +6,21 @@ steps, numbered as in :func:`check_push`:
 
 1. the caller pushes its own province (certificate CN ``province:<code>``);
 2. sizes are capped before anything is parsed (role, each file, the whole push);
-3. the role parses as TUF targets metadata and has not expired;
+3. the role parses as TUF targets metadata, its version fits the staged file's
+   name (below 10**12), and it does not expire within ``min_validity`` (the
+   batch window and one timestamp refresh: it must outlive its publication);
 4. the national targets delegates ``provinces/<code>/`` to ``province-<code>``
    first, a threshold of the province's current keys signed the role, and the
-   role lists nothing outside its delegation;
+   role lists nothing outside its delegation, nor any path the repository's
+   writer refuses (:func:`province_file`);
 5. versions only go up: the exact role accepted before is an idempotent retry,
    an older accepted role sent again is ``replayed``, any other version not
    above the accepted one is ``rolled_back``;
 6. every file carried is listed by the role with exactly its length and hash
    (a truncated upload fails here), and every listed file not carried is held;
 7. a new key list parses as the province's and raises its serial;
-8. unlisted files are revocation files below ``provinces/<code>/revocation/``;
+8. unlisted files are revocation files below ``provinces/<code>/revocation/``,
+   named as the writer requires (:func:`province_file`);
 9. last, the verifier's own check of a province role
    (:func:`verifier.tuf_verify.verify_province_role`) over the role as the
    next snapshot will name it: nothing is accepted that a terminal refuses.
@@ -36,11 +40,13 @@ from tuf.api.metadata import DelegatedRole, Metadata, MetaFile, Snapshot, Target
 from healthcode.errors import InvalidClaims
 from healthcode.keylist import InvalidKeyList, parse_key_list
 from healthcode.model import parse_province
-from keys.trustrepo_files import HASHED_NAME, KEY_LIST_NAME, province_role
+from keys.errors import TrustRepoError
+from keys.trustrepo_files import HASHED_NAME, KEY_LIST_NAME, province_role, province_target_path
 
 from .errors import PushRefused, Reason
 
-__all__ = ["Limits", "DEFAULT_LIMITS", "CheckedPush", "Accepted", "check_push", "role_digest"]
+__all__ = ["Limits", "DEFAULT_LIMITS", "CheckedPush", "Accepted", "check_push", "role_digest", "province_file",
+           "MAX_VERSION", "DEFAULT_MIN_VALIDITY"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,11 @@ class Limits:
 
 #: The caps by default (frozen, so one shared instance is safe).
 DEFAULT_LIMITS = Limits()
+#: Role versions go up to this, exclusive: a staged push is named ``<code>-<version:012d>.push``.
+MAX_VERSION = 10**12
+#: A role must not expire sooner than this after it is pushed: the default batch window (0.5 s) and
+#: timestamp refresh (60 min), rounded up. The server passes its configured sum.
+DEFAULT_MIN_VALIDITY = _dt.timedelta(hours=1, seconds=1)
 
 @dataclass(frozen=True)
 class Accepted:
@@ -81,6 +92,19 @@ def role_digest(role_bytes: bytes) -> str:
     return hashlib.sha256(role_bytes).hexdigest()
 
 
+def province_file(code: str, path: str) -> bool:
+    """Whether the repository can write ``path`` as a file of province ``code``: ``provinces/<code>/``
+    then 1 to 3 segments of ``[A-Za-z0-9._-]`` (up to 100 characters), none empty or starting with a
+    dot, so no ``..``, NUL or space (the writer's own rule, :func:`keys.trustrepo_files.province_target_path`)."""
+    prefix = f"provinces/{code}/"
+    if not path.startswith(prefix):
+        return False
+    try:
+        return province_target_path(code, path[len(prefix):]) == path
+    except TrustRepoError:
+        return False
+
+
 def check_push(
     *,
     caller_province: str,
@@ -95,6 +119,7 @@ def check_push(
     was_accepted: Callable[[int, bytes], bool],
     now: _dt.datetime,
     limits: Limits = DEFAULT_LIMITS,
+    min_validity: _dt.timedelta = DEFAULT_MIN_VALIDITY,
 ) -> CheckedPush:
     """Check one push of ``province``'s role by ``caller_province`` (module docstring, steps 1-9).
 
@@ -102,7 +127,8 @@ def check_push(
     newest accepted role; ``key_list_serial`` the highest key-list serial it
     published; ``held(info)`` whether the publisher holds the bytes of a listed
     target; ``was_accepted(version, role_bytes)`` whether exactly that role
-    was accepted before. Raises :class:`PushRefused`.
+    was accepted before; ``min_validity`` how long the role must still be
+    valid after ``now``. Raises :class:`PushRefused`.
     """
     # (1) whose role
     try:
@@ -142,8 +168,14 @@ def check_push(
         raise PushRefused(Reason.MALFORMED, f"{role_name}: {md.signed.type} metadata, not targets",
                           field="role_metadata")
     role = md.signed
+    if role.version >= MAX_VERSION:
+        raise PushRefused(Reason.MALFORMED, f"{role_name}: version {role.version} is not below {MAX_VERSION}",
+                          field="role_metadata")
     if role.expires <= now:
         raise PushRefused(Reason.EXPIRED, f"{role_name} v{role.version} expired at {role.expires.isoformat()}")
+    if role.expires < now + min_validity:
+        raise PushRefused(Reason.EXPIRED, f"{role_name} v{role.version} expires at {role.expires.isoformat()}, "
+                          f"within {min_validity} (before the next timestamp refresh): sign it for longer")
     # (4) delegation, signatures, paths
     delegations = national.delegations
     probe = f"provinces/{code}/{KEY_LIST_NAME}"
@@ -155,10 +187,11 @@ def check_push(
     except tuf_errors.UnsignedMetadataError as exc:
         raise PushRefused(Reason.BAD_SIGNATURE, f"{role_name} v{role.version}: {exc}") from None
     delegation = cast(DelegatedRole, national.get_delegated_role(role_name))  # a delegation of targets
-    outside = sorted(p for p in role.targets if not delegation.is_delegated_path(p))
+    outside = sorted(p for p in role.targets if not delegation.is_delegated_path(p) or not province_file(code, p))
     if outside:
-        raise PushRefused(Reason.OUTSIDE_DELEGATION,
-                          f"{role_name} v{role.version} signs {', '.join(outside[:3])}, outside its delegation")
+        raise PushRefused(Reason.OUTSIDE_DELEGATION, f"{role_name} v{role.version} signs "
+                          f"{', '.join(repr(p[:120]) for p in outside[:3])}, outside its delegation or not a "
+                          f"file name the repository takes")
     # (5) versions only go up
     digest = role_digest(role_bytes)
     if accepted is not None and digest == accepted.sha256:
@@ -203,8 +236,8 @@ def check_push(
         name = path.rpartition("/")[2]
         segments = path.split("/")
         if (not path.startswith(prefix) or not 4 <= len(segments) <= 5 or not delegation.is_delegated_path(path)
-                or any(not s or s.startswith(".") for s in segments) or HASHED_NAME.match(name)):
-            raise PushRefused(Reason.OUTSIDE_DELEGATION, f"unlisted {path!r} is not a revocation file of "
+                or not province_file(code, path) or HASHED_NAME.match(name)):
+            raise PushRefused(Reason.OUTSIDE_DELEGATION, f"unlisted {path[:120]!r} is not a revocation file of "
                               f"province {code}", field="unlisted")
         served[path] = data
     # (9) the verifier's own check, as the next snapshot will name the role

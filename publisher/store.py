@@ -15,6 +15,13 @@ ceremonies), steps marked in the code:
 3. records each province's publication in ``<state>/ledger.json`` and deletes
    the staged files.
 
+A staged push that cannot be read or written (a path the writer refuses, staged
+by a publisher older than its checks; a damaged file) is **quarantined**: moved
+to ``<state>/quarantine/``, logged at ERROR with its province and why, and the
+rest is published; so one bad push never stops the other provinces' pushes nor
+the timestamp refresh. The province may push again (its accepted version falls
+back to the one published); an operator inspects the quarantined file.
+
 Every step can be repeated: a publisher killed anywhere redoes (1)-(3) for what
 is still staged when it starts again, so an acknowledged push is always
 published. The state directory holds only public data (signed metadata and
@@ -35,15 +42,26 @@ import re
 import threading
 from dataclasses import dataclass
 
+from tuf.api.exceptions import RepositoryError
 from tuf.api.metadata import Metadata, Snapshot, TargetFile, Targets, Timestamp
 
 from healthcode.keylist import parse_key_list
+from keys.errors import TrustRepoError
 from keys.trustrepo import TrustRepository
 from keys.trustrepo_files import KEY_LIST_NAME, hashed_path, highest_key_list_serial, province_role, write_repo_file
 from shellkit.files import fsync_directory, write_file_atomically
 from shellkit.times import iso_utc
 
-from .checks import DEFAULT_LIMITS, Accepted, CheckedPush, Limits, check_push, role_digest
+from .checks import (
+    DEFAULT_LIMITS,
+    DEFAULT_MIN_VALIDITY,
+    Accepted,
+    CheckedPush,
+    Limits,
+    check_push,
+    province_file,
+    role_digest,
+)
 from .retention import Pruned, prune
 
 __all__ = ["PublisherStore", "ProvinceState", "Publication"]
@@ -52,6 +70,8 @@ log = logging.getLogger("publisher.store")
 
 _STAGED = re.compile(r"([0-9]{2})-([0-9]{12})\.push")
 _MAGIC = b"HCPUSH1\n"
+#: What reading a damaged staged file raises.
+_UNREADABLE = (ValueError, KeyError, TypeError, RepositoryError)
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,7 @@ class Publication:
     pushes: int  # staged pushes written
     summary: str  # the snapshot/timestamp summary
     provinces: tuple[str, ...]  # provinces whose published role changed
+    quarantined: tuple[str, ...] = ()  # staged files moved aside, unwritable (module docstring)
 
 
 def _parse_time(text: str | None) -> _dt.datetime | None:
@@ -82,16 +103,19 @@ def _parse_time(text: str | None) -> _dt.datetime | None:
 class PublisherStore:
     """The staged pushes and publication ledger in ``state_dir`` for the repository ``repo``.
 
-    ``repo`` must hold the online (snapshot, timestamp) signers. Thread-safe:
-    :meth:`accept` and :meth:`publish_staged` may run in different threads.
+    ``repo`` must hold the online (snapshot, timestamp) signers; ``min_validity``
+    is how long a pushed role must still be valid (:func:`publisher.checks.check_push`).
+    Thread-safe: :meth:`accept` and :meth:`publish_staged` may run in different threads.
     """
 
     def __init__(self, repo: TrustRepository, state_dir: str | os.PathLike[str], *,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS, min_validity: _dt.timedelta = DEFAULT_MIN_VALIDITY) -> None:
         self.repo = repo
         self.state_dir = pathlib.Path(state_dir)
         self.limits = limits
+        self.min_validity = min_validity
         self._staged_dir = self.state_dir / "staged"
+        self._quarantine_dir = self.state_dir / "quarantine"
         self._staged_dir.mkdir(parents=True, exist_ok=True)
         self._ledger_path = self.state_dir / "ledger.json"
         self._lock = threading.RLock()
@@ -111,21 +135,31 @@ class PublisherStore:
 
     def _load(self) -> None:
         """What the repository holds and what is staged: the accepted role and key-list serial per province."""
-        metadata = self.repo.directory / "metadata"
         for code in self.repo.provinces():
-            targets = self.repo.province_targets(code)
-            if targets is not None:
-                data = (metadata / f"{targets.version}.{province_role(code)}.json").read_bytes()
-                self._accepted[code] = Accepted(targets.version, role_digest(data))
-                accepted_at = _parse_time(self._accepted_at_text.get(code))
-                if accepted_at is not None:
-                    self._accepted_at[code] = accepted_at
-            serial = highest_key_list_serial(self.repo.directory / "targets", code)
-            if serial is not None:
-                self._serials[code] = serial
+            self._load_province(code)
         for path in self.staged():
-            push, at = self._read_staged(path)
+            try:
+                push, at = self._read_staged(path)
+            except _UNREADABLE as exc:  # a damaged file: not to stop the start
+                self._quarantine(path, path.name[:2], f"unreadable: {exc}")
+                continue
             self._note_staged(push, at)
+
+    def _load_province(self, code: str) -> None:
+        """The accepted role and key-list serial of ``code`` as the repository holds them."""
+        self._accepted.pop(code, None)
+        self._accepted_at.pop(code, None)
+        self._serials.pop(code, None)
+        targets = self.repo.province_targets(code)
+        if targets is not None:
+            data = (self.repo.directory / "metadata" / f"{targets.version}.{province_role(code)}.json").read_bytes()
+            self._accepted[code] = Accepted(targets.version, role_digest(data))
+            accepted_at = _parse_time(self._accepted_at_text.get(code))
+            if accepted_at is not None:
+                self._accepted_at[code] = accepted_at
+        serial = highest_key_list_serial(self.repo.directory / "targets", code)
+        if serial is not None:
+            self._serials[code] = serial
 
     def _seed_ledger(self) -> None:
         """Provinces published before this ledger existed (by the ``healthcode-keys publish`` cron, or a
@@ -170,7 +204,7 @@ class PublisherStore:
                 caller_province=caller_province, province=province, role_bytes=role_bytes, targets=targets,
                 unlisted=unlisted, national=self.repo.targets(), accepted=self._accepted.get(code),
                 key_list_serial=self._serials.get(code), held=self._held, was_accepted=self._was_accepted,
-                now=now, limits=self.limits)
+                now=now, limits=self.limits, min_validity=self.min_validity)
             if push.already_accepted:
                 return push, self._accepted_at.get(push.province, now)
             self._stage(push, now)
@@ -191,7 +225,13 @@ class PublisherStore:
         for path in (self.repo.directory / "metadata").glob(f"{version}.province-*.json"):
             if path.read_bytes() == role_bytes:
                 return True
-        return any(self._read_staged(p)[0].role_bytes == role_bytes for p in self.staged())
+        for staged in self.staged():
+            try:
+                if self._read_staged(staged)[0].role_bytes == role_bytes:
+                    return True
+            except _UNREADABLE:  # damaged: quarantined at the next publication
+                continue
+        return False
 
     def _stage(self, push: CheckedPush, now: _dt.datetime) -> None:
         header = {
@@ -242,11 +282,26 @@ class PublisherStore:
             staged = self.staged()
             if not staged and not force:
                 return None
-            pushes = [self._read_staged(path)[0] for path in staged]
+            quarantined: list[str] = []
+            written: list[pathlib.Path] = []
             with self.repo.lock():
-                # (1) into the repository, oldest first
-                for push in pushes:
-                    self._write(push)
+                # (1) into the repository, oldest first; what cannot be written is moved aside
+                for path in staged:
+                    try:
+                        push = self._read_staged(path)[0]
+                    except _UNREADABLE as exc:
+                        self._quarantine(path, path.name[:2], f"unreadable: {exc}")
+                        quarantined.append(path.name)
+                        continue
+                    try:
+                        self._write(push)
+                    except (TrustRepoError, ValueError) as exc:  # not OSError: a full disk is retried
+                        self._quarantine(path, push.province, f"cannot be written: {exc}")
+                        quarantined.append(path.name)
+                        continue
+                    written.append(path)
+                for code in sorted({name[:2] for name in quarantined}):
+                    self._load_province(code)  # its accepted version falls back to what the repository holds
                 # (2) the commit point
                 change = self.repo.publish(now=now)
             # (3) the ledger, then the staged files go
@@ -259,17 +314,32 @@ class PublisherStore:
                     changed.append(code)
             self.last_publication = now
             self._write_ledger()
-            for path in staged:
+            for path in written:
                 path.unlink()
             if staged:
                 fsync_directory(self._staged_dir)
             self._pending.clear()
             for warning in change.warnings:
                 log.warning("publication: %s", warning, extra={"event": "publication_warning"})
-            return Publication(len(pushes), change.summary, tuple(sorted(changed)))
+            return Publication(len(written), change.summary, tuple(sorted(changed)), tuple(quarantined))
+
+    def _quarantine(self, path: pathlib.Path, code: str, why: str) -> None:
+        """Move the staged ``path`` to ``<state>/quarantine/`` and log it (module docstring)."""
+        self._quarantine_dir.mkdir(exist_ok=True)
+        os.replace(path, self._quarantine_dir / path.name)
+        fsync_directory(self._quarantine_dir)
+        fsync_directory(self._staged_dir)
+        log.error("province-%s: staged push %s quarantined in %s: %s", code, path.name, self._quarantine_dir,
+                  why[:300], extra={"event": "push_quarantined", "province": code, "reason": "quarantined"})
 
     def _write(self, push: CheckedPush) -> None:
+        """Write ``push`` into the repository (step 1). Raises :class:`TrustRepoError` before writing anything
+        when a path is not one the repository takes (a push staged before the checks refused it)."""
         code, role = push.province, push.role
+        bad = sorted(p for p in (*push.targets, *role.targets, *push.unlisted) if not province_file(code, p))
+        if bad:
+            raise TrustRepoError(f"province-{code} v{push.version}: paths the repository does not take: "
+                                 f"{', '.join(repr(p[:120]) for p in bad[:3])}")
         for path, data in push.targets.items():
             target = self.repo.directory / "targets" / hashed_path(role.targets[path])
             if not target.exists():
