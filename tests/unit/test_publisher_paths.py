@@ -2,8 +2,9 @@
 
 Regression tests of a review of ``publisher/``: pushed paths are checked with
 the writer's own rule (``keys.trustrepo_files.province_target_path``), role
-versions fit the staged file's name, a role must outlive its publication, a
-staged push that cannot be written is quarantined. Reuses the :class:`World` of ``test_publisher_checks``.
+versions fit the staged file's name, a role must outlive its publication, and
+a staged push that cannot be written is quarantined. Reuses the :class:`World`
+of ``test_publisher_checks``.
 """
 
 from __future__ import annotations
