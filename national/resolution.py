@@ -26,6 +26,7 @@ presentation, a phone-bound credential shown as a copy) is
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 from dataclasses import dataclass
@@ -96,13 +97,14 @@ class CodeResolver:
 
     async def resolve(self, *, code: str, purpose: int, organisation: str, hospital_province: str,
                       now: dt.datetime) -> Resolved:
-        verified = self.verify(code, now)
+        verified = await asyncio.to_thread(self.verify, code, now)  # signatures and the keyring: off the loop
         home = verified.province  # (3) the verified province, never an unverified field
         answer = await self._patients.resolve_patient(
             home, code=code, purpose=purpose, organisation=organisation, hospital_province=hospital_province,
             today=now.astimezone(CHINA).date())
         if answer.main_index_id != verified.subject:  # (4) only the survivor of a merge may differ
-            survivor = self._survivor(verified.subject) if self._survivor is not None else None
+            survivor = (await asyncio.to_thread(self._survivor, verified.subject)  # a store read: off the loop
+                        if self._survivor is not None else None)
             if survivor != answer.main_index_id:
                 raise Conflict("the home province answered for another identity; the resolution was not used")
         return Resolved(answer.main_index_id, home, answer)

@@ -20,6 +20,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from healthcode import PROVINCES
 from healthcode.model import from_epoch
 from issuer.api import common_pb2
 from issuer.wire import china_date, document_field, main_index_id_field, set_timestamp
@@ -92,6 +93,9 @@ def error_status(error: BaseException) -> grpc.Status:
                 error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description,
                                                             reason=v.code.upper())
                 for v in error.violations]))
+        elif isinstance(error, CodeRejected):  # INVALID_ARGUMENT like any bad field: say which one
+            details.append(error_details_pb2.BadRequest(field_violations=[error_details_pb2.BadRequest.FieldViolation(
+                field="code", description=message, reason=error.reason.upper())]))
         if isinstance(error, NationalError):
             details.append(error_details_pb2.ErrorInfo(reason=error.reason.upper(), domain=ERROR_DOMAIN,
                                                        metadata=getattr(error, "metadata", None) or {}))
@@ -159,6 +163,8 @@ class NationalIndexServicer(pb_grpc.NationalIndexServicer):
             parsed = [document_field(d, True, f"documents[{i}]", today, out) for i, d in enumerate(docs)]
             registered_at = _time(request.registered_at, request.HasField("registered_at"), "registered_at", out,
                                   now, required=request.provisional)
+            if request.home_province and request.home_province not in PROVINCES:
+                out.add("home_province", "a GB/T 2260 province code (two digits), or empty", "invalid")
             out.raise_if_any()
             if request.home_province and request.home_province != province:
                 raise Refused(f"a province claims for itself only: this certificate is province {province}")

@@ -151,6 +151,8 @@ BAD_ID = resident(n=2001).number[:-1] + ("0" if resident(n=2001).number[-1] != "
      grpc.StatusCode.INVALID_ARGUMENT, {"registered_at": "FUTURE"}),
     ("claim for another province", lambda: claim_request(new_mid(), resident(n=2006), home_province="44"),
      grpc.StatusCode.PERMISSION_DENIED, None),
+    ("home province not a province", lambda: claim_request(new_mid(), resident(n=2006), home_province="zz"),
+     grpc.StatusCode.INVALID_ARGUMENT, {"home_province": "INVALID"}),
 ])
 def test_bad_claims(world, name, request_, code, fields):
     request = request_()
@@ -279,6 +281,9 @@ def test_bad_resolutions(world, name, make, cn, purpose, code, want_reason):
         assert violations(error) == {"code": "TOO_LONG"}
     if name == "forged":
         assert reason(error) in ("BAD_SIGNATURE", "MALFORMED")
+    if code is grpc.StatusCode.INVALID_ARGUMENT and name not in ("no purpose", "no code"):  # a bad code: its field
+        assert set(violations(error)) == {"code"}
+        assert name == "oversized code" or violations(error)["code"] == reason(error)
     assert len(world.provinces["33"].accesses) == before  # never routed
 
 
