@@ -16,9 +16,9 @@ copies. What this module adds is only the transport:
   as ``time_remaining``, ``abort``/``abort_with_status`` as a
   :class:`~connectrpc.errors.ConnectError` with the same code, message and
   ``google.rpc`` details);
-* :class:`StrictJsonCodec` refuses unknown JSON fields and malformed JSON as
-  INVALID_ARGUMENT with a ``google.rpc.BadRequest`` naming the field, and
-  never echoes a value from the body (it may be a document number).
+* :class:`StrictJsonCodec` refuses unknown JSON fields, duplicate keys and
+  malformed JSON as INVALID_ARGUMENT with a ``google.rpc.BadRequest`` naming
+  the field, and never echoes a value from the body (it may be a document number).
 
 Routes: ``POST /<package>.<Service>/<Method>`` (for example
 ``/healthcode.issuer.v1.ResidentIndex/RegisterResident``) with
@@ -148,6 +148,19 @@ class HttpContext:
 # --------------------------------------------------------------------------- JSON
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook``: an object, or :class:`_DuplicateKey` when a key repeats (the
+    standard library keeps the last, so a body could say one thing to a proxy or a log and another to us)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise _DuplicateKey()
+    return value
+
+
 _FAILED_FIELD = re.compile(r"Failed to parse ([A-Za-z0-9_]+) field")
 #: An unknown key is named in a violation only if it looks like a field name (letters and underscores):
 #: a key is client input, and a document number must not come back in an error.
@@ -250,7 +263,7 @@ class StrictJsonCodec:
     """Proto3 JSON for google.protobuf messages; unknown fields refused (a typo must not pass silently).
 
     A body that does not parse is INVALID_ARGUMENT with field violations:
-    ``FORMAT`` on ``""`` (not JSON, or not an object), ``UNKNOWN_FIELD`` on each
+    ``FORMAT`` on ``""`` (not JSON, not an object, or a key twice in one object), ``UNKNOWN_FIELD`` on each
     unknown field's path (``supplementary[1].nmber``; a key that is not
     letters and underscores is not repeated: the violation names its parent),
     ``TYPE`` on a field of the wrong type or value. The parser's own message,
@@ -266,7 +279,9 @@ class StrictJsonCodec:
     def decode(self, data: bytes | bytearray, message_class: type[Message]) -> Message:
         message = message_class()
         try:
-            value = json.loads(data) if data else {}
+            value = json.loads(data, object_pairs_hook=_no_duplicates) if data else {}
+        except _DuplicateKey:
+            raise _violation(("", "a key appears twice in one JSON object", "FORMAT")) from None
         except (ValueError, UnicodeDecodeError):
             raise _violation(("", "body is not valid JSON", "FORMAT")) from None
         if not isinstance(value, dict):

@@ -32,6 +32,8 @@ import tomllib
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Mapping
 
+from keys.trustrepo_files import RepoConfig
+
 from .errors import ConfigError
 
 __all__ = ["PublisherConfig", "load_config"]
@@ -67,6 +69,10 @@ class PublisherConfig:
             raise ConfigError("retention_hours must be >= 0 (0: never prune)")
         if self.batch_window < 0 or not self.timestamp_refresh > 0:
             raise ConfigError("batch_window_seconds must be >= 0 and timestamp_refresh_minutes positive")
+        expiry = RepoConfig().timestamp_expiry.total_seconds()  # the repository the publisher opens signs with it
+        if self.timestamp_refresh >= expiry / 2:
+            raise ConfigError(f"timestamp_refresh_minutes must be below {expiry / 120:g}, half the timestamp's "
+                              f"{expiry / 3600:g} h expiry")
         if not (self.rate > 0 and self.burst >= 1):
             raise ConfigError("rate must be > 0 and burst >= 1")
         if not 0 <= self.metrics_port <= 65535:

@@ -177,12 +177,15 @@ class PublicationLoop:
 
     def _refresh_delay(self) -> float:
         """Until the next timestamp refresh: ``timestamp_refresh``, sooner if the timestamp expires before
-        two refresh periods have passed (a publisher started late, or a long outage)."""
+        two refresh periods have passed (a publisher started late, or a long outage), but never sooner than
+        ``retry`` (or ``timestamp_refresh`` if shorter): a refresh period of half the timestamp's expiry or
+        more would otherwise publish without pause."""
+        floor = min(self.retry, self.timestamp_refresh)
         try:
             left = (self.store.timestamp().expires - self._clock()).total_seconds()
         except (OSError, ValueError):
             return self.retry
-        return max(0.0, min(self.timestamp_refresh, left - 2 * self.timestamp_refresh))
+        return max(floor, min(self.timestamp_refresh, left - 2 * self.timestamp_refresh))
 
     def _publish(self, *, force: bool) -> bool:
         cpu = time.thread_time()

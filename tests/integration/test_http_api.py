@@ -11,7 +11,7 @@ runs against gRPC, Connect JSON and Connect binary (and gRPC-Web for
 ``google.rpc.BadRequest`` field violations; a refused request stores nothing,
 and no identifier from the request appears in the error or in the logs.
 
-HTTP-only rows (:data:`HTTP_ONLY`): malformed JSON, unknown fields, wrong
+HTTP-only rows (:data:`HTTP_ONLY`): malformed JSON, duplicate keys, unknown fields, wrong
 content types, GET, bodies over the cap with and without a length.
 """
 
@@ -380,6 +380,11 @@ HTTP_ONLY = {
                    S.INVALID_ARGUMENT, [("primary.type", "TYPE")]),
     "number-as-object": (b'{"primary": {"number": {"a": "11010519491231002X"}}}', None, 400, S.INVALID_ARGUMENT,
                          [("primary.number", "TYPE")]),
+    "duplicate-key": (b'{"primary": {"type": 1, "number": "110105194912310000"}, '
+                      b'"primary": {"type": 1, "number": "11010519491231002X"}}', None, 400, S.INVALID_ARGUMENT,
+                      [("", "FORMAT")]),
+    "duplicate-nested-key": (b'{"primary": {"type": 1, "number": "11010519491231002X", "number": "1"}}', None, 400,
+                             S.INVALID_ARGUMENT, [("", "FORMAT")]),
     "bad-proto-bytes": (b"\xff\xff\xff", "application/proto", 400, S.INVALID_ARGUMENT, []),
     "text-plain": (b"{}", "text/plain", 415, None, []),
     "form": (b"primary=1", "application/x-www-form-urlencoded", 415, None, []),

@@ -2,9 +2,9 @@
 
 Regression tests of a review of ``publisher/``: pushed paths are checked with
 the writer's own rule (``keys.trustrepo_files.province_target_path``), role
-versions fit the staged file's name, a role must outlive its publication, and
-a staged push that cannot be written is quarantined. Reuses the :class:`World`
-of ``test_publisher_checks``.
+versions fit the staged file's name, a role must outlive its publication,
+a staged push that cannot be written is quarantined, and the timestamp refresh
+never spins. Reuses the :class:`World` of ``test_publisher_checks``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 
 import pytest
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 import healthcode as hc
 from healthcode.keylist import KeyList
-from publisher.errors import Reason
+from publisher.config import PublisherConfig
+from publisher.errors import ConfigError, Reason
+from publisher.service import PublicationLoop
 from publisher.store import PublisherStore
 from tests.unit.test_publisher_checks import DAY, T0, Province, World, refused
 
@@ -166,3 +169,20 @@ def test_a_corrupt_staged_file_does_not_stop_the_timestamp_refresh(world, tmp_pa
     world.store.publish_staged(now=T0 + dt.timedelta(hours=1), force=True)
     assert world.store.timestamp().version == before + 1
     assert (tmp_path / "state" / "quarantine" / staged.name).exists()
+
+
+def test_the_loop_does_not_spin_when_the_refresh_is_half_the_expiry(world):
+    loop = PublicationLoop(world.store, timestamp_refresh=12 * 3600, retry=5.0, clock=lambda: T0)
+    loop.start()
+    time.sleep(0.5)
+    loop.stop(5)
+    assert loop.publications <= 1
+
+
+def test_a_refresh_period_of_half_the_timestamp_expiry_or_more_is_refused(tmp_path):
+    base = dict(repository=tmp_path / "repo", state_dir=tmp_path / "state", online_keys=tmp_path / "k",
+                tls_cert=tmp_path / "c", tls_key=tmp_path / "k.pem", client_ca=tmp_path / "ca")
+    for minutes in (720, 1440):
+        with pytest.raises(ConfigError, match="timestamp_refresh_minutes"):
+            PublisherConfig(**base, timestamp_refresh=minutes * 60.0)
+    assert PublisherConfig(**base, timestamp_refresh=719 * 60.0).timestamp_refresh == 719 * 60
