@@ -18,7 +18,13 @@ copies. What this module adds is only the transport:
   ``google.rpc`` details);
 * :class:`StrictJsonCodec` refuses unknown JSON fields, duplicate keys and
   malformed JSON as INVALID_ARGUMENT with a ``google.rpc.BadRequest`` naming
-  the field, and never echoes a value from the body (it may be a document number).
+  the field, and never echoes a value from the body (it may be a document number);
+* :class:`CapturingRegistrar` puts a certificate check inside admission: when
+  the listener asks for client certificates (a client CA is configured) and a
+  request brings no verified one, only the wallet role is admitted
+  (:func:`wallet_only_without_certificate`). gRPC requires a certificate on
+  every connection then; HTTP lets phones in without one, so an issuance key
+  alone must not reach IssueCode or RevokeCode over HTTP.
 
 Routes: ``POST /<package>.<Service>/<Method>`` (for example
 ``/healthcode.issuer.v1.ResidentIndex/RegisterResident``) with
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
@@ -51,6 +58,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from protobuf.wkt import Any as AnyPb
 
+from issuer import auth
 from issuer.errors import IssuerError
 
 __all__ = [
@@ -60,7 +68,10 @@ __all__ = [
     "connect_endpoints",
     "ConnectApp",
     "connect_code",
+    "wallet_only_without_certificate",
 ]
+
+log = logging.getLogger("issuer.http")
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -99,14 +110,18 @@ class HttpContext:
 
     ``peer_names`` are the subject CNs of a verified TLS client certificate
     (empty without one), given to the authenticator as gRPC's
-    ``x509_common_name``.
+    ``x509_common_name``. ``certificate_missing``: the listener asks for client
+    certificates (a client CA is configured) and this request has no verified
+    one, so only the wallet role may be admitted (gRPC would have refused the connection).
     """
 
-    __slots__ = ("_ctx", "_peer_names", "_code", "_details")
+    __slots__ = ("_ctx", "_peer_names", "certificate_missing", "_code", "_details")
 
-    def __init__(self, ctx: RequestContext, peer_names: tuple[bytes, ...] = ()) -> None:
+    def __init__(self, ctx: RequestContext, peer_names: tuple[bytes, ...] = (), *,
+                 certificate_missing: bool = False) -> None:
         self._ctx = ctx
         self._peer_names = peer_names
+        self.certificate_missing = certificate_missing
         self._code: grpc.StatusCode | None = None
         self._details = ""
 
@@ -303,9 +318,36 @@ class StrictJsonCodec:
 # --------------------------------------------------------------------------- endpoints
 
 
+def wallet_only_without_certificate(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler``, refusing with PERMISSION_DENIED a caller whose request has no verified client certificate
+    where the listener asks for one (:attr:`HttpContext.certificate_missing`) unless admission gave it the
+    wallet role. Runs *inside* admission (it reads :func:`issuer.auth.current_role`), so the refusal is logged
+    and counted as the RPC's. Streaming handlers (not served over HTTP) are returned as they are."""
+    if handler.request_streaming or handler.response_streaming:
+        return handler
+    behaviour = handler.unary_unary
+
+    async def unary(request: Any, context: Any) -> Any:
+        if getattr(context, "certificate_missing", False):
+            role = auth.current_role()
+            if role is not auth.Role.WALLET:
+                caller = auth.peek_caller()
+                log.warning("access denied: caller %s, role %s, no client certificate over HTTP", caller,
+                            role.value if role else "none", extra={"event": "access_denied", "caller": caller})
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"a client certificate is required for the {role.value if role else 'issuance'} role over "
+                    f"HTTP (caller {caller!r}); without one, only API keys with the wallet role are admitted")
+        return await behaviour(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+
+
 class CapturingRegistrar:
     """Stands in for a ``grpc.aio.Server`` while generated ``add_*_to_server`` functions register:
-    keeps each service's method handlers (already wrapped, when given ``wrap``)."""
+    keeps each service's method handlers (already wrapped, when given ``wrap``: admission and observability
+    around :func:`wallet_only_without_certificate`)."""
 
     def __init__(self, wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler] | None = None) -> None:
         self._wrap = wrap
@@ -317,7 +359,8 @@ class CapturingRegistrar:
     def add_registered_method_handlers(self, service: str, method_handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         for name, handler in method_handlers.items():
             path = f"/{service}/{name}"
-            self.handlers[path] = self._wrap(path, handler) if self._wrap is not None else handler
+            self.handlers[path] = (self._wrap(path, wallet_only_without_certificate(handler))
+                                   if self._wrap is not None else handler)
 
 
 def _message_class(full_name: str) -> type[Message]:
@@ -328,8 +371,12 @@ def connect_endpoints(
     handlers: Mapping[str, grpc.RpcMethodHandler],
     *,
     peer_names: Callable[[RequestContext], tuple[bytes, ...]] = lambda ctx: (),
+    certificate_missing: Callable[[RequestContext], bool] = lambda ctx: False,
 ) -> dict[str, Any]:
     """One Connect unary endpoint per unary gRPC method handler, keyed by its path.
+
+    ``peer_names`` and ``certificate_missing`` tell, per request, what :class:`HttpContext` takes of the TLS
+    client certificate.
 
     The request and response classes come from the default descriptor pool
     (the generated ``_pb2`` modules are imported by the servicers).
@@ -348,14 +395,15 @@ def connect_endpoints(
             input=_message_class(method.input_type.full_name), output=_message_class(method.output_type.full_name),
             idempotency_level=IdempotencyLevel.UNKNOWN, stream_type=StreamType.UNARY,
         )
-        endpoints[path] = Endpoint.unary(info, _call(handler.unary_unary, peer_names))
+        endpoints[path] = Endpoint.unary(info, _call(handler.unary_unary, peer_names, certificate_missing))
     return endpoints
 
 
 def _call(behaviour: Callable[[Any, Any], Awaitable[Any]],
-          peer_names: Callable[[RequestContext], tuple[bytes, ...]]) -> Callable[[Any, RequestContext], Awaitable[Any]]:
+          peer_names: Callable[[RequestContext], tuple[bytes, ...]],
+          certificate_missing: Callable[[RequestContext], bool]) -> Callable[[Any, RequestContext], Awaitable[Any]]:
     async def call(request: Any, ctx: RequestContext) -> Any:
-        context = HttpContext(ctx, peer_names(ctx))
+        context = HttpContext(ctx, peer_names(ctx), certificate_missing=certificate_missing(ctx))
         try:
             return await behaviour(request, context)
         except _Abort as abort:

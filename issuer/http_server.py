@@ -19,10 +19,15 @@ Routes (:class:`Router`):
 
 TLS is on unless the server runs with ``insecure_dev_plaintext``: the gRPC
 listener's certificate and key. With a client CA, a client certificate is
-*optional* over HTTP (a phone has none; it sends an API key) and verified
-when sent, and its subject CN reaches the authenticator as over gRPC.
-Uvicorn's own logs go to the ``issuer.http`` logger's children at WARNING;
+verified when sent, and its subject CN reaches the authenticator as over
+gRPC; it is not required in the handshake (a phone has none; it sends a
+wallet API key), but a request without one is admitted in the wallet role
+only (:func:`issuer.http_api.wallet_only_without_certificate`): gRPC requires a
+certificate on every connection, and the issuance role keeps that factor
+over HTTP. Uvicorn's own logs go to the ``issuer.http`` logger's children at WARNING;
 each RPC is logged once, by :class:`issuer.handlers.ObservedHandlers`.
+RPC answers carry ``Cache-Control: no-store``; native gRPC
+(``application/grpc``) is refused with 415 (it has its own listener).
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ WALLET_PREFIX = "/wallet/"
 
 #: The verified client certificate's subject CNs of the request being served (set by the router).
 _PEER_NAMES: contextvars.ContextVar[tuple[bytes, ...]] = contextvars.ContextVar("issuer_http_peer", default=())
+#: Whether the request being served lacks the client certificate the listener asks for (set by the router).
+_CERTIFICATE_MISSING: contextvars.ContextVar[bool] = contextvars.ContextVar("issuer_http_no_cert", default=False)
+_NO_STORE = (b"cache-control", b"no-store")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,14 +99,20 @@ class Router:
 
     An RPC whose ``Content-Length`` exceeds ``max_request_bytes`` is refused
     before its body is read (RESOURCE_EXHAUSTED, as gRPC refuses an oversized
-    message); a body sent without a length is cut at the same size by the
-    Connect application while it is read.
+    message: a Connect error, or a gRPC-Web trailers-only answer); a body sent
+    without a length is cut at the same size by the Connect application while
+    it is read. Native gRPC (``application/grpc``, ``application/grpc+proto``)
+    is refused with 415. ``client_certificates``: the TLS listener asks for
+    client certificates (a client CA is configured); an RPC without a verified
+    one is then marked for :func:`issuer.http_api.wallet_only_without_certificate`.
     """
 
-    def __init__(self, rpc: ConnectApp, *, static: StaticFiles | None, max_request_bytes: int) -> None:
+    def __init__(self, rpc: ConnectApp, *, static: StaticFiles | None, max_request_bytes: int,
+                 client_certificates: bool = False) -> None:
         self._rpc = rpc
         self._static = static
         self._max = max_request_bytes
+        self._client_certificates = client_certificates
         self.serving = True
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -114,16 +128,7 @@ class Router:
             return
         path: str = scope["path"]
         if path.startswith(RPC_PREFIX):
-            for key, value in scope.get("headers", ()):
-                if key == b"content-length" and (not value.isdigit() or int(value) > self._max):
-                    await _too_large(send, self._max)
-                    return
-            tls = scope.get("extensions", {}).get("tls") or {}
-            token = _PEER_NAMES.set(tuple(tls.get("client_cert_cns", ())))
-            try:
-                await self._rpc(scope, receive, _with_content_length(send))
-            finally:
-                _PEER_NAMES.reset(token)
+            await self._serve_rpc(scope, receive, send)
         elif self._static is not None and (path + "/").startswith(self._static.prefix):
             await self._static(scope, receive, send)
         elif path == "/healthz" and scope["method"] in ("GET", "HEAD"):
@@ -132,17 +137,50 @@ class Router:
             await _plain(send, 404, b"not found\n")
 
 
+    async def _serve_rpc(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        content_type, length = b"", None
+        for key, value in scope.get("headers", ()):
+            if key == b"content-type":
+                content_type = value.lower()
+            elif key == b"content-length":
+                length = value
+        if _is_native_grpc(content_type):
+            await _plain(send, 415, b"native gRPC is served on the gRPC port; here: Connect and gRPC-Web\n",
+                         [_NO_STORE])
+            return
+        if length is not None and (not length.isdigit() or int(length) > self._max):
+            await _too_large(send, self._max, grpc_web=content_type.startswith(b"application/grpc-web"))
+            return
+        tls = scope.get("extensions", {}).get("tls") or {}
+        names = _PEER_NAMES.set(tuple(tls.get("client_cert_cns", ())))
+        missing = _CERTIFICATE_MISSING.set(self._client_certificates and not tls.get("client_cert_verified", False))
+        try:
+            await self._rpc(scope, receive, _with_content_length(send))
+        finally:
+            _CERTIFICATE_MISSING.reset(missing)
+            _PEER_NAMES.reset(names)
+
+
+def _is_native_grpc(content_type: bytes) -> bool:
+    """``application/grpc`` and ``application/grpc+<codec>`` (not gRPC-Web, ``application/grpc-web...``)."""
+    media = content_type.partition(b";")[0].strip()
+    return media == b"application/grpc" or media.startswith(b"application/grpc+")
+
+
 def _with_content_length(send: Any) -> Any:
-    """``send``, with a ``Content-Length`` added to a response whose whole body comes in one message
-    (every Connect unary answer): the server would otherwise send it chunked."""
+    """``send``, with ``Cache-Control: no-store`` on the response (an RPC's answer is never cached), and a
+    ``Content-Length`` added to a response whose whole body comes in one message (every Connect unary
+    answer): the server would otherwise send it chunked."""
     start: dict[str, Any] | None = None
 
     async def wrapped(message: dict[str, Any]) -> None:
         nonlocal start
         kind = message["type"]
-        if kind == "http.response.start" and not message.get("trailers"):
-            start = message  # held until the body shows whether it is whole
-            return
+        if kind == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), _NO_STORE]}
+            if not message.get("trailers"):
+                start = message  # held until the body shows whether it is whole
+                return
         if start is not None and kind == "http.response.body":
             held, start = start, None
             if not message.get("more_body", False):
@@ -154,19 +192,29 @@ def _with_content_length(send: Any) -> Any:
     return wrapped
 
 
-async def _too_large(send: Any, limit: int) -> None:
-    """The Connect error for a body over the cap, sent before the body is read. The connection stays
-    open (no ``Connection: close``): uvicorn discards the rest of the body as it arrives, so the
-    client reads this answer instead of a reset from a socket closed with unread data."""
-    body = b'{"code":"resource_exhausted","message":"message is larger than configured max %d"}' % limit
-    await send({"type": "http.response.start", "status": 429,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+async def _too_large(send: Any, limit: int, *, grpc_web: bool) -> None:
+    """The answer to a body over the cap, sent before the body is read: a Connect error (HTTP 429), or for
+    gRPC-Web, whose clients read the status from ``grpc-status``, a trailers-only answer (HTTP 200,
+    RESOURCE_EXHAUSTED in the headers, no body). The connection stays open (no ``Connection: close``):
+    uvicorn discards the rest of the body as it arrives, so the client reads this answer instead of a
+    reset from a socket closed with unread data."""
+    message = b"message is larger than configured max %d" % limit
+    if grpc_web:
+        status, body = 200, b""
+        headers = [(b"content-type", b"application/grpc-web+proto"), (b"grpc-status", b"8"),
+                   (b"grpc-message", message.replace(b" ", b"%20"))]
+    else:
+        status, body = 429, b'{"code":"resource_exhausted","message":"%s"}' % message
+        headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", b"%d" % len(body)), _NO_STORE]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class _TlsPeerProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol, with the verified client certificate's CNs in the scope
-    (``extensions.tls.client_cert_cns``, after the ASGI TLS extension)."""
+    (``extensions.tls.client_cert_cns``, after the ASGI TLS extension) and whether the handshake verified
+    one (``client_cert_verified``)."""
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -176,7 +224,7 @@ class _TlsPeerProtocol(HttpToolsProtocol):
         peer = ssl_object.getpeercert()  # a dict only for a certificate the handshake verified
         cns = tuple(value.encode() for rdn in (peer or {}).get("subject", ()) for key, value in rdn
                     if key == "commonName")
-        self.scope["extensions"] = {"tls": {"client_cert_cns": cns}}
+        self.scope["extensions"] = {"tls": {"client_cert_cns": cns, "client_cert_verified": bool(peer)}}
 
 
 @contextlib.contextmanager
@@ -192,7 +240,8 @@ def _pem_files(cert_pem: bytes, key_pem: bytes) -> Iterator[tuple[str, str]]:
 
 
 def ssl_context(cert_chain_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None) -> ssl.SSLContext:
-    """A TLS 1.2+ server context; with ``client_ca_pem``, client certificates optional and verified if sent."""
+    """A TLS 1.2+ server context; with ``client_ca_pem``, client certificates optional in the handshake and
+    verified if sent (the :class:`Router` admits a request without one in the wallet role only)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     with _pem_files(cert_chain_pem, key_pem) as (cert, key):
@@ -236,13 +285,15 @@ class HttpServer:
         :class:`~issuer.http_api.CapturingRegistrar`) on ``options.listen``; ``tls`` is the gRPC
         listener's :class:`~issuer.server.TlsMaterial`, or ``None`` for plaintext (development only)."""
         self = cls()
-        endpoints = connect_endpoints(handlers, peer_names=lambda _ctx: _PEER_NAMES.get())
+        endpoints = connect_endpoints(handlers, peer_names=lambda _ctx: _PEER_NAMES.get(),
+                                      certificate_missing=lambda _ctx: _CERTIFICATE_MISSING.get())
         static = None
         if options.static_dir is not None:
             generated = {"keys.json": options.key_list} if options.key_list is not None else None
             static = StaticFiles(options.static_dir, WALLET_PREFIX, generated=generated)
         self.router = Router(ConnectApp(endpoints, max_request_bytes=options.max_request_bytes), static=static,
-                             max_request_bytes=options.max_request_bytes)
+                             max_request_bytes=options.max_request_bytes,
+                             client_certificates=tls is not None and tls.client_ca_pem is not None)
         context = None
         if tls is not None:
             context = ssl_context(tls.cert_chain_pem, tls.key_pem, tls.client_ca_pem)

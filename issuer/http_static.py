@@ -17,7 +17,9 @@ a prefix (``/wallet/``) with:
   the rest, so a service worker (``sw.js``, served with
   ``Service-Worker-Allowed`` for the prefix) and ``index.html`` update as soon
   as they change;
-* a Content-Security-Policy that allows the page's own origin only.
+* a Content-Security-Policy that allows the page's own origin only;
+* over TLS, ``Strict-Transport-Security: max-age=31536000`` (a phone that
+  has loaded the wallet once never asks for it over plain HTTP again).
 
 GET and HEAD only; ``/wallet`` redirects to ``/wallet/``, which serves ``index.html``.
 
@@ -179,6 +181,8 @@ class StaticFiles:
         ]
         if file.service_worker:
             common.append((b"service-worker-allowed", self.prefix.encode()))
+        if scope.get("scheme") == "https":  # over plaintext (development only) a browser ignores it anyway
+            common.append(_HSTS)
         if file.etag in headers.get("if-none-match", ""):
             await _respond(send, 304, common)
             return
@@ -192,6 +196,10 @@ class StaticFiles:
         if encoding is not None:
             out.append((b"content-encoding", encoding))
         await _respond(send, 200, out, b"" if method == "HEAD" else body)
+
+
+#: A year, the host only (no includeSubDomains, no preload: the issuer's host name says nothing of its siblings).
+_HSTS = (b"strict-transport-security", b"max-age=31536000")
 
 
 def _request_headers(scope: dict[str, Any]) -> dict[str, str]:

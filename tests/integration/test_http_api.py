@@ -11,8 +11,9 @@ runs against gRPC, Connect JSON and Connect binary (and gRPC-Web for
 ``google.rpc.BadRequest`` field violations; a refused request stores nothing,
 and no identifier from the request appears in the error or in the logs.
 
-HTTP-only rows (:data:`HTTP_ONLY`): malformed JSON, duplicate keys, unknown fields, wrong
-content types, GET, bodies over the cap with and without a length.
+HTTP-only rows (:data:`HTTP_ONLY`): malformed JSON, duplicate keys, unknown
+fields, wrong content types (native gRPC among them), GET, bodies over the cap
+with and without a length; RPC answers are never cached.
 """
 
 from __future__ import annotations
@@ -291,7 +292,7 @@ for _name, _change, _expected in WALLET_BAD_REQUESTS:
                                         tuple(_expected))
 
 WEB_CASES = ["register-ok", "register-empty", "find-unknown", "issue-ok", "credential-ok", "credential-no_proof",
-             "no-credentials", "live-ok"]
+             "no-credentials", "live-ok", "oversized"]
 
 
 def _strings(message: Message) -> set[str]:
@@ -388,6 +389,8 @@ HTTP_ONLY = {
     "bad-proto-bytes": (b"\xff\xff\xff", "application/proto", 400, S.INVALID_ARGUMENT, []),
     "text-plain": (b"{}", "text/plain", 415, None, []),
     "form": (b"primary=1", "application/x-www-form-urlencoded", 415, None, []),
+    "native-grpc": (b"\x00\x00\x00\x00\x00", "application/grpc", 415, None, []),  # gRPC has its own listener
+    "native-grpc-proto": (b"\x00\x00\x00\x00\x00", "application/grpc+proto", 415, None, []),
 }
 
 
@@ -402,6 +405,8 @@ def test_bad_http_bodies_get_connect_errors_and_store_nothing(world, caplog, nam
         assert outcome.code is code and outcome.violations == violations
     assert world.stored() == before
     assert b"11010519491231002X" not in outcome.raw and "11010519491231002X" not in caplog.text
+    assert "Exception in ASGI application" not in caplog.text and not any(
+        r.levelno >= logging.ERROR for r in caplog.records)
 
 
 def test_get_is_refused_so_no_identifier_travels_in_a_url(world):
@@ -423,6 +428,28 @@ def test_an_oversized_body_without_a_length_is_cut_while_read(world):
     assert response.status == 429 and b"resource_exhausted" in response.read()
     conn.close()
     assert world.stored() == before
+
+
+def test_an_oversized_grpc_web_body_gets_a_trailers_only_answer(world):
+    """A gRPC-Web client reads the status from ``grpc-status``, not from the HTTP status: a body over the cap
+    with a ``Content-Length`` is refused before it is read with HTTP 200 and ``grpc-status: 8``."""
+    request = rpb.RegisterResidentRequest(primary=doc("1" * 70_000))
+    outcome = world.call("grpc-web", "ResidentIndex", "RegisterResident", request)
+    assert outcome.http_status == 200 and outcome.headers["grpc-status"] == "8"
+    assert outcome.code is S.RESOURCE_EXHAUSTED and "larger than" in outcome.message
+    assert outcome.headers["content-type"].startswith("application/grpc-web")
+
+
+@pytest.mark.parametrize("transport", ["json", "proto", "grpc-web"])
+def test_rpc_answers_are_not_cached(world, transport):
+    ok = world.call(transport, "ResidentIndex", "RegisterResident",
+                    rpb.RegisterResidentRequest(primary=doc(resident_id())))
+    refused = world.call(transport, "ResidentIndex", "RegisterResident", rpb.RegisterResidentRequest(), metadata=())
+    too_large = world.call(transport, "ResidentIndex", "RegisterResident",
+                           rpb.RegisterResidentRequest(primary=doc("1" * 70_000)))
+    assert (ok.code, refused.code, too_large.code) == (S.OK, S.UNAUTHENTICATED, S.RESOURCE_EXHAUSTED)
+    for outcome in (ok, refused, too_large):
+        assert outcome.headers["cache-control"] == "no-store"
 
 
 def test_a_gzip_request_and_response(world):

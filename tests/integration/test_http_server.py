@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from issuer import auth
-from issuer.api import resident_index_pb2
+from issuer.api import health_codes_pb2, resident_index_pb2
 from issuer.http_server import HttpOptions
 from issuer.server import IssuerServer, ServerOptions, TlsMaterial
 from issuer.service import ServiceSettings
@@ -28,10 +28,25 @@ from issuer.tls import DevPki
 from shellkit.files import write_file_atomically
 
 from .connect_client import ConnectClient
-from .issuer_server_support import APP, APP_KEY, PROVINCE, ROOT, Domain, LoopThread, doc, listening_entry, resident_id
+from .issuer_server_support import (
+    APP,
+    APP_KEY,
+    GOOD_MID,
+    PROVINCE,
+    ROOT,
+    Domain,
+    LoopThread,
+    bearer,
+    doc,
+    listening_entry,
+    resident_id,
+)
 
-rpb = resident_index_pb2
+rpb, hpb = resident_index_pb2, health_codes_pb2
 REGISTER = "/healthcode.issuer.v1.ResidentIndex/RegisterResident"
+ISSUE = "/healthcode.issuer.v1.HealthCodes/IssueCode"
+WALLET_KEY = "wallet-key-" + "w" * 40
+WALLET = bearer(WALLET_KEY)
 APP_JS = b"// the wallet\n" + b"console.log('health code');\n" * 200
 
 
@@ -42,7 +57,8 @@ def pki():
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, pki):
-    """An issuer with mTLS (client certificates optional over HTTP) and a built wallet directory."""
+    """An issuer with mTLS (over HTTP, a request without a client certificate may take the wallet role only)
+    and a built wallet directory."""
     base = tmp_path_factory.mktemp("http-server")
     dist = base / "dist"
     (dist / "assets").mkdir(parents=True)
@@ -57,7 +73,8 @@ def served(tmp_path_factory, pki):
     options = ServerOptions(
         service=ServiceSettings(province=PROVINCE), listen="127.0.0.1:0",
         tls=TlsMaterial(cert.cert_pem, cert.key_pem, pki.ca_cert_pem),
-        api_keys=(auth.ApiKey("app", bytes.fromhex(auth.hash_api_key(APP_KEY))),),
+        api_keys=(auth.ApiKey("app", bytes.fromhex(auth.hash_api_key(APP_KEY))),
+                  auth.ApiKey("phone", bytes.fromhex(auth.hash_api_key(WALLET_KEY)), role=auth.Role.WALLET)),
         issuance_clients=frozenset({"ops"}), grace=1.0,
         http=HttpOptions(listen="127.0.0.1:0", static_dir=dist),
     )
@@ -81,17 +98,30 @@ def _client(served, pki, cert: str | None = None) -> ConnectClient:
 # --------------------------------------------------------------------------- client certificates
 
 
-@pytest.mark.parametrize("cert, metadata, code", [
-    ("ops", (), grpc.StatusCode.OK),                        # an issuance client's certificate, no key
-    (None, APP, grpc.StatusCode.OK),                        # a phone: no certificate, an API key
-    ("ops", APP, grpc.StatusCode.OK),                       # both: the key decides (as over gRPC)
-    (None, (), grpc.StatusCode.UNAUTHENTICATED),            # neither
-    ("nobody", (), grpc.StatusCode.PERMISSION_DENIED),      # a certificate with no role
+@pytest.mark.parametrize("cert, metadata, path, code", [
+    ("ops", (), REGISTER, grpc.StatusCode.OK),                       # an issuance client's certificate, no key
+    (None, WALLET, REGISTER, grpc.StatusCode.OK),                    # a phone: no certificate, a wallet key
+    ("ops", APP, REGISTER, grpc.StatusCode.OK),                      # both: the key decides (as over gRPC)
+    ("nobody", APP, ISSUE, grpc.StatusCode.NOT_FOUND),               # a verified certificate and an issuance key
+    (None, APP, REGISTER, grpc.StatusCode.PERMISSION_DENIED),        # an issuance key without a certificate...
+    (None, APP, ISSUE, grpc.StatusCode.PERMISSION_DENIED),           # ... whatever it calls
+    (None, WALLET, ISSUE, grpc.StatusCode.PERMISSION_DENIED),        # a wallet key outside the wallet's methods
+    (None, (), REGISTER, grpc.StatusCode.UNAUTHENTICATED),           # neither
+    ("nobody", (), REGISTER, grpc.StatusCode.PERMISSION_DENIED),     # a certificate with no role
 ])
-def test_client_certificates_are_optional_over_http_and_name_the_caller(served, pki, cert, metadata, code):
-    request = rpb.RegisterResidentRequest(primary=doc(resident_id()))
-    outcome = _client(served, pki, cert).call(REGISTER, request, rpb.RegisterResidentResponse, metadata=metadata)
+def test_without_a_client_certificate_only_wallet_keys_are_admitted_over_http(served, pki, cert, metadata, path,
+                                                                               code):
+    """With a client CA, gRPC requires a certificate on every connection; HTTP lets a phone in without one, so
+    there an API key without a verified certificate takes the wallet role only: turning on ``[http]`` must not
+    drop the certificate factor of the issuance role."""
+    if path == ISSUE:
+        request, response_class = hpb.IssueCodeRequest(main_index_id=GOOD_MID), hpb.IssueCodeResponse
+    else:
+        request, response_class = rpb.RegisterResidentRequest(primary=doc(resident_id())), rpb.RegisterResidentResponse
+    outcome = _client(served, pki, cert).call(path, request, response_class, metadata=metadata)
     assert outcome.code is code, outcome.message
+    if code is grpc.StatusCode.PERMISSION_DENIED and metadata == APP:
+        assert "client certificate is required for the issuance role over HTTP" in outcome.message
 
 
 def test_a_certificate_from_another_ca_is_refused_in_the_handshake(served, pki, tmp_path):
@@ -118,6 +148,7 @@ def test_wallet_files_have_types_compression_and_cache_headers(served, pki):
     assert headers["cache-control"] == "no-cache" and headers["vary"] == "Accept-Encoding"
     assert "default-src 'self'" in headers["content-security-policy"]
     assert headers["x-content-type-options"] == "nosniff"
+    assert headers["strict-transport-security"] == "max-age=31536000"  # served over TLS
 
     status, headers, body = _get(served, pki, "/wallet/assets/app.3f9a1c2e.js", {"Accept-Encoding": "gzip"})
     assert status == 200 and headers["content-type"].startswith("text/javascript")
@@ -158,6 +189,31 @@ def test_wallet_paths(served, pki, path, method, status):
         assert headers["location"] == "/wallet/"
     if method == "HEAD":
         assert body == b"" and int(headers["content-length"]) > 0
+
+
+def test_hsts_only_over_tls(tmp_path):
+    """``Strict-Transport-Security`` is sent over TLS only: over plaintext (development) a browser ignores it, and
+    it must not pin a development host name to HTTPS."""
+    import asyncio
+
+    from issuer.http_static import StaticFiles
+
+    (tmp_path / "index.html").write_text("<!doctype html><title>wallet</title>")
+    static = StaticFiles(tmp_path, "/wallet/")
+
+    def headers_of(scheme: str) -> dict[bytes, bytes]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "scheme": scheme, "method": "GET", "path": "/wallet/", "headers": []}
+        asyncio.run(static(scope, None, send))
+        assert sent[0]["status"] == 200
+        return dict(sent[0]["headers"])
+
+    assert headers_of("https")[b"strict-transport-security"] == b"max-age=31536000"
+    assert b"strict-transport-security" not in headers_of("http")
 
 
 # --------------------------------------------------------------------------- the CLI
