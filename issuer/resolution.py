@@ -14,8 +14,9 @@ unverified fields; step by step (marked in the code):
 3. the code's state in the store: it must be a code this province issued to
    that resident (the exact text; for a presentation, the exact credential),
    not revoked, superseded or merged away;
-4. a presentation is admitted once (:class:`healthcode.presentation.ReplayCache`):
-   resolving needs the person present, a replay is refused;
+4. a presentation is admitted once (:class:`healthcode.presentation.ReplayCache` in this process, and
+   durably with the access in step 6: the store refuses a presentation recorded before, by any process
+   of this province or before a restart): resolving needs the person present, a replay is refused;
 5. the resident, after local merges, and their primary document, opened from the vault;
 6. the access, recorded durably before the answer (hospital organisation and
    province, purpose, time, resident, kind of code; never a document number).
@@ -50,7 +51,7 @@ from .documents import Document
 from .errors import Conflict, FieldViolation, InvalidRequest, NotFound
 from .index import ResidentIndex
 from .model import CodeRef, RevocationReason
-from .store.base import AccessRecord, Store
+from .store.base import AccessRecord, PresentationResolved, Store
 
 __all__ = ["Hospital", "Resolution", "PatientResolver", "CodeRefused"]
 
@@ -141,8 +142,13 @@ class PatientResolver:
         access = AccessRecord(  # (6)
             access_id=self._access_id(now), main_index_id=mid,
             hospital_organisation=hospital.organisation, hospital_province=hospital.province, purpose=purpose,
-            resolved_at=from_epoch(to_epoch(now)), code_kind="dynamic" if dynamic else "static")
-        await asyncio.wrap_future(self._store.record_access(access))
+            resolved_at=from_epoch(to_epoch(now)), code_kind="dynamic" if dynamic else "static",
+            presentation=f"{code.kid.hex()}:{code.serial}:{presentation.step}" if dynamic else None)
+        try:
+            await asyncio.wrap_future(self._store.record_access(access))
+        except PresentationResolved:  # another process of this province (or before a restart) resolved it
+            raise CodeRefused("replayed", "this live code was resolved already: ask the person to show it "
+                                          "again") from None
         return Resolution(mid, documents[0], access.access_id, access.resolved_at)
 
     def _access_id(self, now: dt.datetime) -> str:

@@ -57,6 +57,7 @@ __all__ = [
     "ResidentMoved",
     "AccessRecord",
     "CodeNotRenewable",
+    "PresentationResolved",
     "StoreClosed",
     "StoreOverloaded",
     "WriteFailed",
@@ -130,6 +131,8 @@ class AccessRecord:
     purpose: int
     resolved_at: dt.datetime
     code_kind: str
+    #: a live code's "kid:serial:step" (hex kid): recorded with the access, refused if recorded before
+    presentation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +292,10 @@ class ChallengeRefused(RowRejected, InvalidRequest):
 
     def __init__(self, message: str = "challenge is unknown, expired or already used; ask for a new one") -> None:
         super().__init__([FieldViolation("challenge", message, "challenge")])
+
+
+class PresentationResolved(RowRejected, Conflict):
+    """This live code (the same presentation: kid, serial and step) was resolved already, here or elsewhere."""
 
 
 class StoreClosed(RowRejected, Unavailable):

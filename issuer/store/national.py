@@ -28,13 +28,17 @@ from ..model import NationalState, RevocationReason
 from .base import (
     AccessRecord,
     DuplicateIdentifier,
+    PresentationResolved,
     IdentifierRecord,
     ResidentMerged,
     ResidentNotFound,
     ResidentRecord,
 )
 
-__all__ = ["NationalStatements"]
+__all__ = ["NationalStatements", "PRESENTATION_MEMORY"]
+
+#: How long a resolved live code is remembered: far longer than a presentation is accepted (about 90 s).
+PRESENTATION_MEMORY = dt.timedelta(minutes=10)
 
 _UNCLAIMED = (NationalState.LOCAL.value, NationalState.PENDING.value, NationalState.PROVISIONAL.value)
 _ACCESS_COLUMNS = "access_id, main_index_id, hospital_organisation, hospital_province, purpose, resolved_at, code_kind"
@@ -200,11 +204,19 @@ class NationalStatements:
                   self._t(r.resolved_at), r.code_kind)
         sql = self._q(f"INSERT INTO accesses ({_ACCESS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)")
         q = self._q
+        at = self._t(r.resolved_at)
+        forget_before = self._t(r.resolved_at - PRESENTATION_MEMORY)
 
         def run(conn: Any) -> None:
             known = conn.execute(q("SELECT 1 FROM residents WHERE main_index_id = ?"), (r.main_index_id,)).fetchone()
             if known is None:
                 raise ResidentNotFound("resident not found")
+            if r.presentation is not None:  # once, whichever process answers: the primary key decides
+                conn.execute(q("DELETE FROM presentations_resolved WHERE resolved_at < ?"), (forget_before,))
+                added = conn.execute(q("INSERT INTO presentations_resolved (presentation, resolved_at) VALUES (?, ?) "
+                                       "ON CONFLICT (presentation) DO NOTHING"), (r.presentation, at))
+                if added.rowcount == 0:
+                    raise PresentationResolved("this live code was resolved already")
             conn.execute(sql, params)
 
         return self._operation(run)

@@ -22,6 +22,7 @@ types by role (``{text}``, ``{bytes}``, ``{time}``, ``{bool}``, ``{serial}``,
              hospital_province text, purpose serial, resolved_at time, code_kind text)
           index (main_index_id, resolved_at, access_id)
     national_cursor(name text PK, sequence serial)
+    presentations_resolved(presentation text PK, resolved_at time)     index (resolved_at)
 
 Migrations apply in order, each in its own transaction under the dialect's
 migration lock; the database records how many were applied (its *schema
@@ -144,8 +145,17 @@ _NATIONAL = Migration("national", (
     " sequence {serial} NOT NULL){table_options}",
 ))
 
+# A live code resolves once, whichever process or replica answers (issue 14: a hospital resolves only with
+# the person present): the presentations resolved lately, keyed "kid:serial:step", kept a few minutes.
+_PRESENTATIONS = Migration("presentations_resolved", (
+    "CREATE TABLE presentations_resolved ("
+    " presentation {text} NOT NULL PRIMARY KEY,"
+    " resolved_at {time} NOT NULL){table_options}",
+    "CREATE INDEX presentations_resolved_by_time ON presentations_resolved (resolved_at)",
+))
+
 #: Applied in order; the schema version is the number applied. Append only.
-MIGRATIONS: tuple[Migration, ...] = (_INITIAL, _REVOKED_INDEX, _WALLETS, _NATIONAL)
+MIGRATIONS: tuple[Migration, ...] = (_INITIAL, _REVOKED_INDEX, _WALLETS, _NATIONAL, _PRESENTATIONS)
 
 
 class Migrating(Protocol[C_contra]):

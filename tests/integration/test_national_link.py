@@ -293,6 +293,18 @@ def test_a_live_presentation_resolves_once(world):
         link.ResolvePatient(national_link_pb2.ResolvePatientRequest(code=live, purpose=1, hospital=hospital),
                             timeout=10)
     assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION and error_info(e.value).reason == "REPLAYED"
+    # another process of province 33 (its own replay cache, the same database) refuses it too: the store decides
+    from issuer.national_setup import keyring_of
+    from issuer.resolution import CodeRefused, Hospital, PatientResolver
+
+    p33 = world.p["33"]
+    other_process = PatientResolver(index=p33.index, store=p33.store, province="33",
+                                    keyring_at=keyring_of(p33.signer, "33"))
+    with pytest.raises(CodeRefused) as refused:
+        world.loop.run(other_process.resolve(live, purpose=1, hospital=Hospital("gz-zhongshan-1", "44"),
+                                             now=dt.datetime.now(dt.timezone.utc)))
+    assert refused.value.reason == "replayed"
+    assert len(p33.store.accesses_of(mid, limit=5)) == 1  # the replay recorded no access
     with pytest.raises(grpc.RpcError) as e:  # the credential shown on its own is no live code
         link.ResolvePatient(national_link_pb2.ResolvePatientRequest(code=credential, purpose=1, hospital=hospital),
                             timeout=10)

@@ -74,7 +74,7 @@ def test_schema_is_created_in_its_own_schema(store, schema):
         tables = {t for (t,) in raw.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema.name,))}
         assert tables == {
             "residents", "identifiers", "codes", "serial_counters", "challenges", "schema_version", "accesses",
-            "national_cursor",
+            "national_cursor", "presentations_resolved",
         }
         version = raw.execute("SELECT version FROM schema_version").fetchone()[0]
         assert version == len(MIGRATIONS) == store.schema_version
