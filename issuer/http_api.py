@@ -163,16 +163,15 @@ class HttpContext:
 # --------------------------------------------------------------------------- JSON
 
 
-class _DuplicateKey(ValueError):
-    pass
+_DUPLICATE_KEY = "a key appears twice in one JSON object"
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads``'s ``object_pairs_hook``: an object, or :class:`_DuplicateKey` when a key repeats (the
-    standard library keeps the last, so a body could say one thing to a proxy or a log and another to us)."""
+    """``json.loads``'s ``object_pairs_hook``: an object, or ``ValueError(_DUPLICATE_KEY)`` when a key repeats
+    (the standard library keeps the last, so a body could say one thing to a proxy or a log and another to us)."""
     value = dict(pairs)
     if len(value) != len(pairs):
-        raise _DuplicateKey()
+        raise ValueError(_DUPLICATE_KEY)
     return value
 
 
@@ -295,10 +294,9 @@ class StrictJsonCodec:
         message = message_class()
         try:
             value = json.loads(data, object_pairs_hook=_no_duplicates) if data else {}
-        except _DuplicateKey:
-            raise _violation(("", "a key appears twice in one JSON object", "FORMAT")) from None
-        except (ValueError, UnicodeDecodeError):
-            raise _violation(("", "body is not valid JSON", "FORMAT")) from None
+        except (ValueError, UnicodeDecodeError) as e:
+            duplicate = e.args == (_DUPLICATE_KEY,)
+            raise _violation(("", _DUPLICATE_KEY if duplicate else "body is not valid JSON", "FORMAT")) from None
         if not isinstance(value, dict):
             raise _violation(("", "body must be a JSON object", "FORMAT")) from None
         out: list[tuple[str, str, str]] = []

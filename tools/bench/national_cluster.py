@@ -196,7 +196,7 @@ class Province:
     database: pathlib.Path
     api_key: str
     signing_pem: bytes
-    wallet_key: str  # the residents' app (API key role "wallet": enrolment and the resident's own reads)
+    wallet_key: str  # the residents' app (API key role "wallet": enrolment, renewal and the live codes)
 
     @property
     def address(self) -> str:
