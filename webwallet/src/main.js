@@ -4,7 +4,7 @@
 import QRCode from 'qrcode';
 import { apiClient } from './api.js';
 import { openStore } from './store.js';
-import { notRolledBack, parseTrust, TrustError } from './trust.js';
+import { highestSerials, notRolledBack, parseTrust, TrustError } from './trust.js';
 import { renewAt, Wallet, WalletError } from './wallet.js';
 import { STEP_SECONDS, stepAt } from './presentation.js';
 
@@ -45,11 +45,12 @@ async function loadJson(url) {
 async function loadTrust(store) {
   const kept = await store.get('trust');
   const keptTrust = kept ? await parseTrust(kept.json).catch(() => null) : null;
+  const seen = highestSerials((await store.get('trustSerials')) || {}, keptTrust ? keptTrust.serials : {});
   try {
     const json = await loadJson('keys.json');
     const fresh = await parseTrust(json);
-    if (notRolledBack(keptTrust, fresh)) {
-      await store.put({ trust: { json } });
+    if (notRolledBack({ serials: seen }, fresh)) {
+      await store.put({ trust: { json }, trustSerials: highestSerials(seen, fresh.serials) });
       return fresh;
     }
   } catch (err) {

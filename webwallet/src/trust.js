@@ -47,6 +47,7 @@ export async function parseTrust(json) {
     if (typeof list.province !== 'string' || !/^[1-8][0-9]$/.test(list.province)) throw new TrustError('key list province must be two digits');
     if (!Number.isInteger(list.serial) || list.serial < 0) throw new TrustError('key list serial must be a whole number');
     if (!Array.isArray(list.keys) || list.keys.length > MAX_KEYS) throw new TrustError('key list keys must be a list');
+    if (list.province in serials) throw new TrustError(`province ${list.province} has two key lists`);
     serials[list.province] = list.serial;
     for (const [i, entry] of list.keys.entries()) {
       const where = `key ${i} of province ${list.province}`;
@@ -89,8 +90,17 @@ export async function parseTrust(json) {
   };
 }
 
-/** Whether `fresh` may replace `kept` (both parsed): no province's serial goes down. */
+/** Whether `fresh` may replace `kept` (`{serials}`: a parsed list, or the highest serials seen): no
+ * province's serial goes down. */
 export function notRolledBack(kept, fresh) {
   if (!kept) return true;
   return Object.entries(kept.serials).every(([p, s]) => !(p in fresh.serials) || fresh.serials[p] >= s);
+}
+
+/** The highest serial seen per province, over both: what a later list must not go below, even after a
+ * list that left a province out replaced the one that had it. */
+export function highestSerials(a, b) {
+  const out = { ...a };
+  for (const [p, s] of Object.entries(b)) out[p] = Math.max(out[p] ?? s, s);
+  return out;
 }

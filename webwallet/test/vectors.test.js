@@ -13,7 +13,7 @@ import { boundTo, checkCredential, CODE_PREFIX, CredentialError, decodeCredentia
 import {
   decodePresentationUnverified, deviceSigningInput, encodePresentation, present, proofOfPossessionInput, stepAt,
 } from '../src/presentation.js';
-import { notRolledBack, parseTrust } from '../src/trust.js';
+import { highestSerials, notRolledBack, parseTrust, TrustError } from '../src/trust.js';
 
 const VECTORS = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'tests', 'vectors');
 // serialText: the claims' serial as written (JSON numbers past 2^53 lose digits in JSON.parse)
@@ -185,6 +185,14 @@ test('key lists: malformed ones are refused, a lower serial is a rollback', asyn
   assert.ok(notRolledBack(first, await parseTrust({ ...good, serial: 5 })));
   assert.ok(notRolledBack(first, await parseTrust({ ...good, serial: 6 })));
   assert.equal(notRolledBack(first, await parseTrust({ ...good, serial: 4 })), false);
+  // a list that leaves the province out cannot reset its serial: the highest seen is kept apart
+  const without = await parseTrust({ ...good, province: good.province === '11' ? '12' : '11', serial: 1 });
+  assert.ok(notRolledBack(first, without));
+  const seen = highestSerials(first.serials, without.serials);
+  assert.equal(notRolledBack({ serials: seen }, await parseTrust({ ...good, serial: 3 })), false);
+  assert.deepEqual(highestSerials({ 33: 5, 11: 2 }, { 33: 4, 44: 1 }), { 33: 5, 11: 2, 44: 1 });
+  // one province twice in one document is refused (which of its lists would count?)
+  await assert.rejects(parseTrust([good, { ...good, serial: 1 }]), TrustError);
 });
 
 test("the proof of possession input is docs/wallet.md's worked example", async () => {
