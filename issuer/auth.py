@@ -28,7 +28,8 @@ certificates, roles, rate limits.
   the access log (ListAccesses names the resident by main index ID alone, which every QR code
   carries), issuing, renewing, revoking, rendering, merging or linking by itself; ``KeyAdmin`` takes the admin
   and national roles only (it then checks the province itself); ``NationalLink`` takes the
-  national role only (the national service's calls: releases and resolutions); server
+  national-index role only (``national-index:<name>``, the national index service's calls: releases
+  and resolutions; never a key administrator's ``national:<name>``); server
   reflection takes any role; a service missing from the table takes nobody.
   The standard health service is exempt from all of it.
 * :class:`RateLimiter` keeps one token bucket per caller (``rate`` tokens a

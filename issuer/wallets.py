@@ -54,7 +54,7 @@ from .errors import Conflict, FieldViolation, InvalidRequest, NotFound
 from .index import parse_main_index_id_field
 from .issuance import CodeIssuer, _check_caller, _check_key, _fingerprint, _holder_key_of
 from .model import Channel, IdempotencyKey, IssuedCode
-from .store.base import ChallengeRecord, ChallengeRefused, ChallengeUse, DuplicateIdempotencyKey, Store
+from .store.base import ChallengeRecord, ChallengeRefused, ChallengeUse, CodeRecord, DuplicateIdempotencyKey, Store
 
 __all__ = ["WalletIssuer", "CHALLENGE_TTL", "Challenge", "DEVICE_KEY_ALGORITHMS", "RenewalOnly"]
 
@@ -82,6 +82,10 @@ class RenewalOnly(Conflict):
 
 def _invalid(field: str, description: str, code: str) -> InvalidRequest:
     return InvalidRequest([FieldViolation(field, description, code)])
+
+
+def _not_on_curve(algorithm: Algorithm) -> InvalidRequest:
+    return _invalid("device_key.public_key", f"not a point on {_CURVE_NAMES[algorithm]}", "curve")
 
 
 class WalletIssuer:
@@ -178,7 +182,7 @@ class WalletIssuer:
             try:
                 verify_proof_of_possession(device_key, challenge, proof, algorithm)
             except (InvalidKey, UnsupportedAlgorithm):  # UnsupportedAlgorithm: SM2 without the sm2 extra
-                raise _invalid("device_key.public_key", f"not a point on {_CURVE_NAMES[algorithm]}", "curve") from None
+                raise _not_on_curve(algorithm) from None
             except BadDeviceSignature:
                 await asyncio.wrap_future(self._store.consume_challenge(use, at=now))
                 raise _invalid("proof", "proof of possession does not verify with the device key "
@@ -199,12 +203,14 @@ class WalletIssuer:
             self._on_revoked()
         return credential
 
+    async def _live(self, mid: MainIndexId, now: dt.datetime) -> list[CodeRecord]:
+        """The resident's live codes (unrevoked, unexpired at ``now``), oldest first."""
+        records = await asyncio.to_thread(self._store.codes_of, mid)
+        return [r for r in records if r.revoked_at is None and r.expires_at > now]
+
     async def _live_holder_keys(self, mid: MainIndexId, now: dt.datetime) -> list[dict]:
         """The ``cnf`` claims of the resident's live phone credentials (at most one, in practice)."""
-        records = await asyncio.to_thread(self._store.codes_of, mid)
-        return [cnf for r in records
-                if r.channel is Channel.PHONE and r.revoked_at is None and r.expires_at > now
-                and (cnf := _holder_key_of(r)) is not None]
+        return [cnf for r in await self._live(mid, now) if (cnf := _holder_key_of(r)) is not None]
 
     async def _require_bound(self, mid: MainIndexId, device_key: bytes, algorithm: Algorithm,
                              now: dt.datetime) -> None:
@@ -212,7 +218,7 @@ class WalletIssuer:
         try:
             wanted = holder_cnf(device_key, algorithm)
         except (InvalidKey, UnsupportedAlgorithm):
-            raise _invalid("device_key.public_key", f"not a point on {_CURVE_NAMES[algorithm]}", "curve") from None
+            raise _not_on_curve(algorithm) from None
         if wanted not in await self._live_holder_keys(mid, now):
             raise RenewalOnly("by main index ID a wallet only renews, with the device key of the resident's live "
                               "phone credential: enrol another phone with the resident's document")
@@ -234,6 +240,4 @@ class WalletIssuer:
         mid = parse_main_index_id_field(main_index_id, "main_index_id")
         if await asyncio.to_thread(self._store.get_resident, mid) is None:
             raise NotFound("resident not found")
-        records = await asyncio.to_thread(self._store.codes_of, mid)
-        live = [r.to_issued_code() for r in records if r.revoked_at is None and r.expires_at > now]
-        return live[::-1]
+        return [r.to_issued_code() for r in reversed(await self._live(mid, now))]
