@@ -14,9 +14,10 @@ unverified fields; step by step (marked in the code):
 3. the code's state in the store: it must be a code this province issued to
    that resident (the exact text; for a presentation, the exact credential),
    not revoked, superseded or merged away;
-4. a presentation is admitted once (:class:`healthcode.presentation.ReplayCache` in this process, and
-   durably with the access in step 6: the store refuses a presentation recorded before, by any process
-   of this province or before a restart): resolving needs the person present, a replay is refused;
+4. a presentation is admitted once: it is recorded with the access in step 6, and the store refuses
+   one recorded before, by any process of this province or before a restart (a presentation is
+   spent only when its access is recorded, so a call that failed before may be retried): resolving
+   needs the person present, a replay is refused;
 5. the resident, after local merges, and their primary document, opened from the vault;
 6. the access, recorded durably before the answer (hospital organisation and
    province, purpose, time, resident, kind of code; never a document number).
@@ -41,7 +42,6 @@ from healthcode.codec import decode_unverified, parse_core_claims
 from healthcode.errors import HealthCodeError, MalformedCode, VerificationError
 from healthcode.model import from_epoch, to_epoch
 from healthcode.presentation import (
-    ReplayCache,
     decode_presentation_unverified,
     is_presentation,
     verify_presentation,
@@ -97,13 +97,12 @@ class PatientResolver:
 
     def __init__(self, *, index: ResidentIndex, store: Store, province: str,
                  keyring_at: Callable[[dt.datetime], hc.Keyring],
-                 random_bytes: Callable[[int], bytes] = os.urandom, replay_capacity: int = 100_000) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         self._index = index
         self._store = store
         self._province = province
         self._keyring_at = keyring_at
         self._random_bytes = random_bytes
-        self._replays = ReplayCache(capacity=replay_capacity)
 
     async def resolve(self, text: str, *, purpose: int, hospital: Hospital, now: dt.datetime) -> Resolution:
         """Resolve ``text`` for ``hospital`` with ``purpose``; record the access; see the module docstring."""
@@ -129,12 +128,6 @@ class PatientResolver:
             if record.revocation_reason is RevocationReason.SUPERSEDED:
                 raise CodeRefused("superseded", "code was replaced by a newer code")
             raise CodeRefused("revoked", "code was revoked")
-        if dynamic:  # (4)
-            try:
-                self._replays.admit(presentation, now)
-            except VerificationError:
-                raise CodeRefused("replayed", "this live code was resolved already: ask the person to show it "
-                                              "again") from None
         mid = await asyncio.to_thread(self._survivor, record.main_index_id)  # (5)
         documents = await asyncio.to_thread(self._index.documents_of, mid, today=now.astimezone(_CHINA).date())
         if not documents:
@@ -146,7 +139,7 @@ class PatientResolver:
             presentation=f"{code.kid.hex()}:{code.serial}:{presentation.step}" if dynamic else None)
         try:
             await asyncio.wrap_future(self._store.record_access(access))
-        except PresentationResolved:  # another process of this province (or before a restart) resolved it
+        except PresentationResolved:  # (4) resolved before, by this or another process of the province
             raise CodeRefused("replayed", "this live code was resolved already: ask the person to show it "
                                           "again") from None
         return Resolution(mid, documents[0], access.access_id, access.resolved_at)
