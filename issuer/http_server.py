@@ -136,7 +136,6 @@ class Router:
         else:
             await _plain(send, 404, b"not found\n")
 
-
     async def _serve_rpc(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         content_type, length = b"", None
         for key, value in scope.get("headers", ()):
