@@ -174,8 +174,11 @@ class NationalIndex:
                 raise _Retry()  # something exists: roll back, take the full path
             return ClaimResult(ClaimOutcome.CLAIMED, main_index_id, province)
 
+        displaced: list[IdentityRow] = []  # other provinces' identities this claim's merge displaced
+
         def work(tx: Tx) -> ClaimResult:
-            return self._claim(tx, province, main_index_id, indexes, provisional, at, now_s)
+            displaced.clear()  # a rerun transaction starts over
+            return self._claim(tx, province, main_index_id, indexes, provisional, at, now_s, displaced)
 
         try:  # the common case, a new resident with new documents: one autocommit statement on PostgreSQL
             return self._store.statement(fast)
@@ -183,13 +186,18 @@ class NationalIndex:
             pass
         for _ in range(5):
             try:
-                return self._store.transaction(work)
+                result = self._store.transaction(work)
             except _Retry:
                 continue
+            for loser in displaced:  # committed: worth an operator's look (never a number)
+                log.warning("merge: a provisional claim of province %s (registered %.1f h before the national index "
+                            "first saw the identity it displaced) took over an identity homed in province %s",
+                            province, (loser.created_at - at) / 3600, loser.home_province)
+            return result
         raise Aborted("documents of this claim are being claimed concurrently; retry")
 
     def _claim(self, tx: Tx, province: str, mid: MainIndexId, indexes: list[bytes], provisional: bool,
-               registered_at: int, now: int) -> ClaimResult:
+               registered_at: int, now: int, displaced: list[IdentityRow]) -> ClaimResult:
         own = tx.identity(mid, lock=True)
         if own is not None and own.state == MERGED:  # (1)
             survivor = _follow(tx, own)
@@ -230,10 +238,8 @@ class NationalIndex:
         for loser in group:
             if loser is survivor:
                 continue
-            if loser.home_province != province:  # another province's identity lost: worth an operator's look
-                log.warning("merge: a provisional claim of province %s (registered %.1f h before the national index "
-                            "first saw the identity it displaced) took over an identity homed in province %s",
-                            province, (loser.created_at - registered_at) / 3600, loser.home_province)
+            if loser.home_province != province:
+                displaced.append(loser)
             tx.repoint_documents(loser.main_index_id, survivor.main_index_id)
             tx.mark_merged(loser.main_index_id, survivor.main_index_id)
             tx.append_event(loser.home_province, EventKind.MERGED_AWAY, loser.main_index_id,
