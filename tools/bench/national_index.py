@@ -96,6 +96,41 @@ def _sizes(conn: Any) -> dict[str, int]:
     return out
 
 
+def _lookup_op(store: Any) -> Callable[[int], None]:
+    """A lookup of loaded resident ``i`` through the store (the document joined to its identity)."""
+
+    def lookup(i: int) -> None:
+        key = _loaded_key(i)
+        assert store.read(lambda tx: tx.identity_by_document(key)) is not None, "a loaded resident is missing"
+
+    return lookup
+
+
+def _index(store: Any) -> Any:
+    """A :class:`national.index.NationalIndex` over ``store`` with a fresh national key."""
+    from national.blind_index import NationalBlindIndex, SoftwareHmacKey
+    from national.index import NationalIndex
+
+    return NationalIndex(store=store, blind=NationalBlindIndex(SoftwareHmacKey(os.urandom(32))))
+
+
+def _claim_op(store: Any, region: str) -> Callable[[int], None]:
+    """A claim of new resident ``i`` of ``region`` (6 digits) through :class:`national.index.NationalIndex`
+    (HMAC under a fresh national key, then the claim transaction), registered now, by province 33."""
+    from issuer.documents import make_resident_id, parse_document
+
+    index = _index(store)
+    now = dt.datetime.now(dt.timezone.utc)
+    today = (now + dt.timedelta(hours=8)).date()
+
+    def claim(i: int) -> None:
+        number = make_resident_id(region, dt.date(1950, 1, 1) + dt.timedelta(days=i // 1000), i % 1000)
+        index.claim(province="33", main_index_id=_mid(), documents=[parse_document("resident_id", number, today=today)],
+                    provisional=False, registered_at=None, now=now)
+
+    return claim
+
+
 def _timed(op: Callable[[int], object], inputs: list[int], concurrency: int, seconds: float) -> list[float]:
     """Run ``op`` over ``inputs`` with ``concurrency`` threads for about ``seconds``; latencies in ms."""
     latencies: list[float] = []
@@ -207,9 +242,6 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
     ``concurrency`` are also measured spread over that many processes (0: not)."""
     import psycopg
 
-    from issuer.documents import make_resident_id, parse_document
-    from national.blind_index import NationalBlindIndex, SoftwareHmacKey
-    from national.index import NationalIndex
     from national.store import open_postgres_store
 
     from .national_pgbench import run_pgbench
@@ -238,22 +270,9 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
             admin.execute("INSERT INTO bench_loaded VALUES (%s, %s, %s, %s, %s, %s)",
                           (n, load_s, sizes["identities"], sizes["identities_heap"], sizes["documents"],
                            sizes["documents_heap"]))
-        index = NationalIndex(store=store, blind=NationalBlindIndex(SoftwareHmacKey(os.urandom(32))))
-        now = dt.datetime.now(dt.timezone.utc)
-        today = (now + dt.timedelta(hours=8)).date()
-
-        region = f"3301{random.randrange(10, 100)}"  # new residents even in a schema kept from an earlier run
-
-        def claim(i: int) -> None:
-            number = make_resident_id(region, dt.date(1950, 1, 1) + dt.timedelta(days=i // 1000), i % 1000)
-            doc = parse_document("resident_id", number, today=today)
-            index.claim(province="33", main_index_id=_mid(), documents=[doc], provisional=False,
-                        registered_at=None, now=now)
-
-        def lookup(i: int) -> None:
-            key = _loaded_key(i)
-            found = store.read(lambda tx: tx.identity_by_document(key))
-            assert found is not None, "a loaded resident is missing"
+        # new residents even in a schema kept from an earlier run (the processes' claims use 3302NN)
+        claim = _claim_op(store, f"3301{random.randrange(10, 100)}")
+        lookup = _lookup_op(store)
 
         local = threading.local()
         opened: list[Any] = []
@@ -314,7 +333,7 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
         base_p99 = percentile(base, 0.99)
         grpc_s = min(seconds, 5.0)
         try:
-            grpc_lat = _grpc_run(index, conc, grpc_s, 20_000_000)
+            grpc_lat = _grpc_run(_index(store), conc, grpc_s, 20_000_000)
         except Exception as e:  # noqa: BLE001 - report the store numbers even if the server run fails
             print(f"  the gRPC run failed: {type(e).__name__}: {e}", flush=True)
             grpc_lat = [float("nan")]
@@ -341,9 +360,9 @@ def run(*, residents: float = 10_000_000, concurrency: float = 32, seconds: floa
         print(_row(f"Python baseline: `SELECT ... WHERE blind_index = %s` ({conc} threads)", base, seconds))
         print(_row("lookup (store: document joined to identity, one statement)", look, seconds, base_p99))
         print(_row("claim (NationalIndex.claim: HMAC + claim transaction)", claims, seconds, base_p99))
-        for name, label in (("lookup", "lookup"), ("claim", "claim")):
+        for name in ("lookup", "claim"):
             if name in spread:
-                print(_row(f"{label}, the same through {procs} processes of {conc // procs} threads (own store each)",
+                print(_row(f"{name}, the same through {procs} processes of {conc // procs} threads (own store each)",
                            spread[name], seconds, base_p99))
         print(_row("claim over gRPC (ClaimIdentity, mTLS, in-process server)", grpc_lat, grpc_s, base_p99))
         print()

@@ -7,15 +7,14 @@ and ``in_flight / processes`` threads, run the same lookup or claim as
 :mod:`tools.bench.national_index` at the same moment (a barrier), for ``seconds``; latencies of all
 processes are pooled for p50/p99.
 
-Claims use a region code of this run (``3301NN``, random per run) so that a schema kept from an
-earlier run (``--schema``) still gets new residents, not the "already claimed" path.
+Claims use a region code of this run (``3302NN``, random per run; the one-process claims use ``3301NN``)
+so that a schema kept from an earlier run (``--schema``) still gets new residents, not the "already
+claimed" path.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import multiprocessing as mp
-import os
 import queue
 import random
 import time
@@ -26,29 +25,12 @@ __all__ = ["in_processes"]
 
 def _operation(kind: str, store: Any, residents: int, region: str, first: int) -> tuple[Callable[[int], object],
                                                                                          list[int]]:
-    from issuer.documents import make_resident_id, parse_document
-    from national.blind_index import NationalBlindIndex, SoftwareHmacKey
-    from national.index import NationalIndex
-
-    from .national_index import _loaded_key, _mid
+    from .national_index import _claim_op, _lookup_op
 
     if kind == "lookup":
         rng = random.Random(first)
-
-        def lookup(i: int) -> None:
-            assert store.read(lambda tx: tx.identity_by_document(_loaded_key(i))) is not None, "a resident is missing"
-
-        return lookup, [rng.randrange(1, residents + 1) for _ in range(400_000)]
-    index = NationalIndex(store=store, blind=NationalBlindIndex(SoftwareHmacKey(os.urandom(32))))
-    now = dt.datetime.now(dt.timezone.utc)
-    today = (now + dt.timedelta(hours=8)).date()
-
-    def claim(i: int) -> None:
-        number = make_resident_id(region, dt.date(1950, 1, 1) + dt.timedelta(days=i // 1000), i % 1000)
-        index.claim(province="33", main_index_id=_mid(), documents=[parse_document("resident_id", number, today=today)],
-                    provisional=False, registered_at=None, now=now)
-
-    return claim, list(range(first, first + 400_000))
+        return _lookup_op(store), [rng.randrange(1, residents + 1) for _ in range(400_000)]
+    return _claim_op(store, region), list(range(first, first + 400_000))
 
 
 def _child(kind: str, url: str, residents: int, threads: int, seconds: float, region: str, first: int,
@@ -74,7 +56,7 @@ def in_processes(kind: str, *, url: str, residents: int, in_flight: int, process
         raise ValueError("in_flight must be a multiple of processes")
     ctx = mp.get_context("spawn")  # a clean interpreter each: no inherited pool, threads or sockets
     barrier, results = ctx.Barrier(processes), ctx.Queue()
-    region = f"3301{random.randrange(10, 100)}"
+    region = f"3302{random.randrange(10, 100)}"  # not the one-process claims' 3301NN
     children = [ctx.Process(target=_child, args=(kind, url, residents, in_flight // processes, seconds, region,
                                                  1 + p * 1_000_000, barrier, results))
                 for p in range(processes)]
