@@ -11,8 +11,8 @@ until that lands; the national server under test is the real one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import io
