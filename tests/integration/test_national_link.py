@@ -268,10 +268,11 @@ def test_a_hospital_in_44_resolves_a_33_code_and_the_resident_reads_the_access(w
     assert len(world.p["33"].store.accesses_of(mid, limit=10)) == 2
 
 
-def test_a_live_presentation_resolves_once(world):
+def _phone(world, n):
+    """A resident of province 33 (document ``n``) with a phone credential: (main index ID, credential, device key)."""
     from healthcode.algorithms import generate_signing_key
 
-    mid = register(world, "33", doc(21)).main_index_id
+    mid = register(world, "33", doc(n)).main_index_id
     device = generate_signing_key()  # the phone's P-256 key
     wallets = world.p["33"].stub("wallets")
     challenge = wallets.CreateChallenge(wallets_pb2.CreateChallengeRequest(main_index_id=mid), metadata=APP,
@@ -282,6 +283,11 @@ def test_a_live_presentation_resolves_once(world):
                                          public_key=device.public_key().spki_der()[-65:]),
         proof=device.sign(hp.proof_of_possession_input(challenge, device.public_key()))),
         metadata=APP, timeout=10).credential.code_text
+    return mid, credential, device
+
+
+def test_a_live_presentation_resolves_once(world):
+    mid, credential, device = _phone(world, 21)
     live = hp.encode_presentation(credential, hp.step_at(dt.datetime.now(dt.timezone.utc)), device)
     reply = world.hospital().ResolveCode(npb.ResolveCodeRequest(code=live, purpose=npb.PURPOSE_EMERGENCY), timeout=10)
     assert reply.main_index_id == mid and reply.primary_document.number == number(21)
@@ -460,3 +466,42 @@ def test_the_reconciler_task_claims_on_its_own_once_the_link_returns(world):
 
 async def _start(reconciler: Reconciler) -> None:
     reconciler.start()
+
+
+def test_a_live_code_whose_access_was_not_recorded_can_be_resolved_again(world):
+    """A presentation is spent only with its access: a store that refused the write leaves it unspent."""
+    from issuer.national_setup import keyring_of
+    from issuer.resolution import CodeRefused, Hospital, PatientResolver
+    from issuer.store.base import StoreOverloaded
+
+    mid, credential, device = _phone(world, 22)
+    p33 = world.p["33"]
+    now = dt.datetime.now(dt.timezone.utc)
+    live = hp.encode_presentation(credential, hp.step_at(now), device)
+
+    class OverloadedOnce:
+        """The province's real store, whose first access write is refused as overloaded."""
+
+        def __init__(self, store):
+            self._store, self.refused = store, False
+
+        def __getattr__(self, name):
+            return getattr(self._store, name)
+
+        def record_access(self, record):
+            if not self.refused:
+                self.refused = True
+                raise StoreOverloaded("too many writes waiting")
+            return self._store.record_access(record)
+
+    resolver = PatientResolver(index=p33.index, store=OverloadedOnce(p33.store), province="33",
+                               keyring_at=keyring_of(p33.signer, "33"))
+    hospital = Hospital("gz-zhongshan-1", "44")
+    with pytest.raises(StoreOverloaded):
+        world.loop.run(resolver.resolve(live, purpose=1, hospital=hospital, now=now))
+    assert p33.store.accesses_of(mid, limit=5) == []
+    resolved = world.loop.run(resolver.resolve(live, purpose=1, hospital=hospital, now=now))  # the retry
+    assert resolved.main_index_id == mid and len(p33.store.accesses_of(mid, limit=5)) == 1
+    with pytest.raises(CodeRefused) as refused:  # and then it is spent
+        world.loop.run(resolver.resolve(live, purpose=1, hospital=hospital, now=now))
+    assert refused.value.reason == "replayed"
